@@ -1,0 +1,90 @@
+#include "core/params.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace kvsim {
+
+std::string param_type_name(ParamType type) {
+  switch (type) {
+    case ParamType::Int: return "int";
+    case ParamType::Float: return "float";
+    case ParamType::Bool: return "bool";
+  }
+  return "?";
+}
+
+std::string format_param_value(ParamType type, double value) {
+  if (type == ParamType::Bool) return value != 0.0 ? "true" : "false";
+  if (type == ParamType::Int) return std::to_string(static_cast<long long>(value));
+  std::ostringstream out;
+  out << value;
+  return out.str();
+}
+
+namespace {
+
+double parse_value(const std::string& press, const ParamDef& def, const std::string& text) {
+  const std::string where = "press '" + press + "': parameter '" + def.name + "'";
+  if (def.type == ParamType::Bool) {
+    if (text == "true" || text == "1") return 1.0;
+    if (text == "false" || text == "0") return 0.0;
+    throw Error(where + " expects true or false, got '" + text + "'");
+  }
+  const char* begin = text.c_str();
+  char* end = nullptr;
+  const double value = std::strtod(begin, &end);
+  if (text.empty() || end != begin + text.size() || !std::isfinite(value))
+    throw Error(where + " expects a finite " + param_type_name(def.type) + ", got '" + text + "'");
+  if (def.type == ParamType::Int && value != std::floor(value))
+    throw Error(where + " expects an integer, got '" + text + "'");
+  return value;
+}
+
+}  // namespace
+
+ParamValues ParamValues::resolve(const std::string& press_name, const std::vector<ParamDef>& schema,
+                                 const std::map<std::string, std::string>& given) {
+  for (const auto& [key, text] : given) {
+    bool known = false;
+    for (const ParamDef& def : schema) known = known || def.name == key;
+    if (!known) {
+      std::string names;
+      for (const ParamDef& def : schema) names += (names.empty() ? "" : ", ") + def.name;
+      throw Error("press '" + press_name + "' has no parameter '" + key + "' (parameters: " +
+                  (names.empty() ? "none" : names) + ")");
+    }
+  }
+  ParamValues out;
+  for (const ParamDef& def : schema) {
+    const auto it = given.find(def.name);
+    double value;
+    if (it != given.end()) {
+      value = parse_value(press_name, def, it->second);
+    } else if (def.default_value) {
+      value = *def.default_value;
+    } else {
+      throw Error("press '" + press_name + "': parameter '" + def.name + "' is required (e.g. " +
+                  press_name + ":" + def.name + "=...)");
+    }
+    const std::string where = "press '" + press_name + "': parameter '" + def.name + "' = " +
+                              format_param_value(def.type, value);
+    if (def.min && value < *def.min)
+      throw Error(where + " is below its minimum " + format_param_value(def.type, *def.min));
+    if (def.max && value > *def.max)
+      throw Error(where + " is above its maximum " + format_param_value(def.type, *def.max));
+    out.values_[def.name] = value;
+  }
+  return out;
+}
+
+double ParamValues::get(const std::string& name) const {
+  const auto it = values_.find(name);
+  if (it == values_.end()) throw Error("internal: parameter '" + name + "' was not declared");
+  return it->second;
+}
+
+}  // namespace kvsim

@@ -1,0 +1,41 @@
+#pragma once
+// Typed press parameters: each press declares a schema (name, type, default, range) and
+// receives validated values. Values are held as double; ints and bools are exact.
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kvsim {
+
+enum class ParamType { Int, Float, Bool };
+
+struct ParamDef {
+  std::string name;
+  ParamType type = ParamType::Float;
+  std::optional<double> default_value;  // nullopt: the user must set it
+  std::optional<double> min, max;       // inclusive bounds, when any
+  std::string help;
+};
+
+std::string param_type_name(ParamType type);
+std::string format_param_value(ParamType type, double value);
+
+class ParamValues {
+ public:
+  // Validates `given` (raw strings from a spec) against `schema` for press `press_name`:
+  // unknown keys, unparsable values, missing required values and out-of-range values
+  // are kvsim::Errors naming the press and the parameter.
+  static ParamValues resolve(const std::string& press_name, const std::vector<ParamDef>& schema,
+                             const std::map<std::string, std::string>& given);
+
+  double get(const std::string& name) const;
+  int get_int(const std::string& name) const { return static_cast<int>(get(name)); }
+  bool get_bool(const std::string& name) const { return get(name) != 0.0; }
+  const std::map<std::string, double>& values() const { return values_; }
+
+ private:
+  std::map<std::string, double> values_;
+};
+
+}  // namespace kvsim

@@ -1,0 +1,22 @@
+#pragma once
+// A press spec names a press, its parameters and (for wrappers) the press it wraps:
+//   spec   := name [ '(' spec ')' ] [ ':' key '=' value { ',' key '=' value } ]
+// e.g. "snapkv", "snapkv:window_size=32", "adakv(snapkv:window_size=32):alpha_safeguard=0.1".
+#include <map>
+#include <memory>
+#include <string>
+
+namespace kvsim {
+
+struct PressSpec {
+  std::string name;
+  std::map<std::string, std::string> params;
+  std::shared_ptr<PressSpec> inner;  // set for wrappers
+
+  std::string to_string() const;
+};
+
+// Throws kvsim::Error with the offending text on malformed input.
+PressSpec parse_press_spec(const std::string& text);
+
+}  // namespace kvsim

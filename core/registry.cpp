@@ -1,0 +1,76 @@
+#include "core/registry.h"
+
+#include "core/error.h"
+
+namespace kvsim {
+
+std::string backend_name(Backend backend) { return backend == Backend::reference ? "reference" : "cuda"; }
+
+Backend parse_backend(const std::string& name) {
+  if (name == "reference" || name == "cpu") return Backend::reference;
+  if (name == "cuda") return Backend::cuda;
+  throw Error("unknown backend '" + name + "' (backends: reference, cuda)");
+}
+
+Registry& Registry::instance() {
+  static Registry registry;
+  return registry;
+}
+
+void Registry::add(const PressInfo& info, Backend backend, PressFactory factory) {
+  Entry& entry = entries_[info.name];
+  if (entry.factories.empty()) entry.info = info;
+  entry.factories[backend] = std::move(factory);
+}
+
+const PressInfo* Registry::find(const std::string& name) const {
+  const auto it = entries_.find(name);
+  return it == entries_.end() ? nullptr : &it->second.info;
+}
+
+std::vector<const PressInfo*> Registry::presses() const {
+  std::vector<const PressInfo*> out;
+  for (const auto& [name, entry] : entries_) out.push_back(&entry.info);
+  return out;
+}
+
+bool Registry::implements(const std::string& name, Backend backend) const {
+  const auto it = entries_.find(name);
+  return it != entries_.end() && it->second.factories.count(backend) > 0;
+}
+
+const PressInfo& Registry::check(const PressSpec& spec, Backend backend) const {
+  const auto it = entries_.find(spec.name);
+  if (it == entries_.end()) {
+    std::string names;
+    for (const auto& [name, entry] : entries_) names += (names.empty() ? "" : ", ") + name;
+    throw Error("unknown press '" + spec.name + "' (known presses: " + names + ")");
+  }
+  const PressInfo& info = it->second.info;
+  if (!it->second.factories.count(backend))
+    throw Error("press '" + spec.name + "' is not implemented on the " + backend_name(backend) + " backend");
+  if (info.wraps_scorer && !spec.inner)
+    throw Error("press '" + spec.name + "' wraps a scorer: write it as " + spec.name + "(<scorer>), e.g. " +
+                spec.name + "(snapkv)");
+  if (!info.wraps_scorer && spec.inner)
+    throw Error("press '" + spec.name + "' does not wrap another press, but got '(" + spec.inner->to_string() + ")'");
+  if (spec.inner) {
+    const PressInfo& inner = check(*spec.inner, backend);
+    if (!inner.is_scorer)
+      throw Error("press '" + spec.name + "' needs a scorer press inside, and '" + inner.name + "' is not one");
+  }
+  ParamValues::resolve(spec.name, info.params, spec.params);
+  return info;
+}
+
+std::unique_ptr<Press> Registry::make(const PressSpec& spec, Backend backend) const {
+  const PressInfo& info = check(spec, backend);
+  PressConfig config{info, ParamValues::resolve(spec.name, info.params, spec.params), spec.inner, backend, *this};
+  return entries_.at(spec.name).factories.at(backend)(config);
+}
+
+std::unique_ptr<Press> Registry::make(const std::string& spec, Backend backend) const {
+  return make(parse_press_spec(spec), backend);
+}
+
+}  // namespace kvsim

@@ -1,0 +1,76 @@
+#pragma once
+// The press registry: every press registers itself once per backend, by name, with its
+// parameter schema. The CLI (`kvsim list`, spec parsing), the tests and the benchmarks
+// all walk this registry, so adding a press touches no central file.
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/params.h"
+#include "core/press.h"
+#include "core/press_spec.h"
+
+namespace kvsim {
+
+enum class Backend { reference, cuda };
+std::string backend_name(Backend backend);
+Backend parse_backend(const std::string& name);
+
+struct PressInfo {
+  std::string name;          // kvpress-style snake_case, e.g. "snapkv"
+  std::string summary;       // one line: what it keeps, and its source
+  std::vector<ParamDef> params;
+  bool wraps_scorer = false;  // spec takes an inner scorer: name(inner)
+  bool uses_ratio = true;     // false for threshold presses (dms): ratio is ignored
+  bool is_scorer = false;     // usable as the inner press of a wrapper
+  std::string example;        // spec used in default runs, when the bare name is not enough
+};
+
+class Registry;
+
+// What a factory receives: validated parameters and, for wrappers, the inner spec.
+struct PressConfig {
+  const PressInfo& info;
+  ParamValues params;
+  std::shared_ptr<PressSpec> inner;
+  Backend backend;
+  const Registry& registry;
+};
+
+using PressFactory = std::function<std::unique_ptr<Press>(const PressConfig&)>;
+
+class Registry {
+ public:
+  static Registry& instance();
+
+  // Called once per (press, backend), usually from a static Registrar.
+  void add(const PressInfo& info, Backend backend, PressFactory factory);
+
+  const PressInfo* find(const std::string& name) const;
+  std::vector<const PressInfo*> presses() const;  // sorted by name
+  bool implements(const std::string& name, Backend backend) const;
+
+  // Parses, validates and builds a press; kvsim::Error on unknown names, bad parameters,
+  // a wrapper without an inner scorer, or a press the backend does not implement.
+  std::unique_ptr<Press> make(const std::string& spec, Backend backend) const;
+  std::unique_ptr<Press> make(const PressSpec& spec, Backend backend) const;
+  // Validates without building (for `kvsim replay` argument checking and metadata).
+  const PressInfo& check(const PressSpec& spec, Backend backend) const;
+
+ private:
+  struct Entry {
+    PressInfo info;
+    std::map<Backend, PressFactory> factories;
+  };
+  std::map<std::string, Entry> entries_;
+};
+
+struct Registrar {
+  Registrar(const PressInfo& info, Backend backend, PressFactory factory) {
+    Registry::instance().add(info, backend, std::move(factory));
+  }
+};
+
+}  // namespace kvsim

@@ -1,0 +1,22 @@
+#pragma once
+// Rotary position embedding in the Hugging Face "rotate_half" convention
+// (shared/PRESSES.md §0.2). inv_freq already includes any rope_scaling (llama3, linear,
+// ...); attention_scaling multiplies cos and sin (1 for default RoPE).
+#include <vector>
+
+namespace kvsim {
+
+struct RopeConfig {
+  std::vector<double> inv_freq;  // [head_dim / 2]
+  double attention_scaling = 1.0;
+
+  // Default (unscaled) RoPE: inv_freq[i] = theta^(-2i/d).
+  static RopeConfig from_theta(double theta, int head_dim);
+};
+
+// out = RoPE_p(x); x and out have head_dim = 2 * inv_freq.size() entries (may alias).
+void apply_rope(const float* x, float* out, double position, const RopeConfig& rope);
+// out = RoPE_p^{-1}(x): rotate by -p and divide by attention_scaling^2 (may alias).
+void invert_rope(const float* x, float* out, double position, const RopeConfig& rope);
+
+}  // namespace kvsim

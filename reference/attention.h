@@ -1,0 +1,28 @@
+#pragma once
+// Reference attention: causal softmax attention with GQA (query head h reads KV head
+// h / (H / Hkv)), logits scaled by 1/sqrt(d), float32 compute and accumulation, and a
+// numerically stable softmax (row max subtracted).
+#include <vector>
+
+#include "core/tensor.h"
+#include "reference/eigen.h"
+
+namespace kvsim::ref {
+
+// Rows of `queries` attend over rows of `keys`. Query row i may see key column j iff
+// key_pos[j] <= query_pos[i] (pass empty position lists for no mask). Returns the
+// softmax probabilities (rows x keys); `lse` (optional) receives each row's log-sum-exp
+// of the scaled logits.
+RowMatrix attention_probs(const Eigen::Ref<const RowMatrix>& queries, const Eigen::Ref<const RowMatrix>& keys,
+                          const std::vector<int>& query_pos, const std::vector<int>& key_pos,
+                          Eigen::VectorXd* lse = nullptr);
+
+// Causal attention outputs of every query head at positions [0, tokens): [H, tokens, d].
+// Computed in blocks of query rows so memory stays O(block * tokens).
+HeadTensor causal_attention(const LayerTensors& layer, int tokens);
+
+inline int kv_head_of(int query_head, int num_heads, int num_kv_heads) {
+  return query_head / (num_heads / num_kv_heads);
+}
+
+}  // namespace kvsim::ref

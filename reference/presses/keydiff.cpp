@@ -1,0 +1,35 @@
+// keydiff — kvpress KeyDiffPress (arXiv 2504.15364): anchor = mean of the L2-normalised
+// keys of the head (normalize eps 1e-12); score = -cos(k, anchor) (eps 1e-8), so the keys
+// least similar to the anchor are kept. No protected tokens.
+#include <algorithm>
+
+#include "reference/scorer_press.h"
+
+namespace kvsim::ref {
+namespace {
+
+class KeyDiffPress final : public ScorerPress {
+ public:
+  explicit KeyDiffPress(const PressConfig&) : ScorerPress("keydiff") {}
+
+  Scores score(const PressInput& in, double) const override {
+    Scores s(in.num_kv_heads(), in.n);
+    for (int g = 0; g < in.num_kv_heads(); ++g) {
+      const auto keys = head_rows(in.layer.k, g, in.n);
+      const Eigen::VectorXf norms = keys.rowwise().norm();
+      Eigen::RowVectorXf anchor = Eigen::RowVectorXf::Zero(keys.cols());
+      for (int t = 0; t < in.n; ++t) anchor += keys.row(t) / std::max(norms[t], 1e-12f);
+      anchor /= static_cast<float>(in.n);
+      const float anchor_norm = anchor.norm();
+      for (int t = 0; t < in.n; ++t)
+        s(g, t) = -keys.row(t).dot(anchor) / std::max(norms[t] * anchor_norm, 1e-8f);
+    }
+    return s;
+  }
+};
+
+const Registrar registered({.name = "keydiff", .summary = "keep the keys least similar to the mean key direction (arXiv 2504.15364)", .is_scorer = true},
+                           Backend::reference, factory_of<KeyDiffPress>());
+
+}  // namespace
+}  // namespace kvsim::ref

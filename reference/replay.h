@@ -1,0 +1,65 @@
+#pragma once
+// The replay engine: for one layer at a time, every press compresses the segment it
+// sees (the context; context + question in query-aware mode) and every later query
+// (question, then generated tokens) attends to the compressed segment plus the
+// uncompressed tokens after it, causally — as kvpress applies presses. The perturbation
+// of each later query's attention output is measured against the full cache.
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/registry.h"
+#include "core/stats.h"
+#include "traces/trace.h"
+
+namespace kvsim::ref {
+
+struct ReplayOptions {
+  std::vector<std::string> presses;  // press specs
+  std::vector<double> ratios;        // kvpress compression ratios in [0, 1)
+  std::vector<int> layers;           // recorded layers to replay; empty = all
+  bool query_aware = false;          // the press also sees the question
+  Backend backend = Backend::reference;
+};
+
+// Per-query metrics of one (layer, query head), and their summaries.
+struct HeadResult {
+  int layer = 0, head = 0;
+  double kept_fraction = 0;  // kept / n for the head's KV head
+  Summary rel_err, cosine, recall;
+};
+
+struct LayerResult {
+  int layer = 0;
+  double kept_fraction = 0;
+  Summary rel_err, cosine, recall, oproj_rel_err;  // oproj_rel_err.count == 0 without o_proj
+};
+
+struct RunResult {
+  std::string press;  // the spec as given
+  double ratio = 0;   // NaN for presses that ignore the ratio (dms, none)
+  double achieved_ratio = 0;  // 1 - kept / (n * Hkv * layers)
+  Summary rel_err, cosine, recall, oproj_rel_err;
+  std::vector<LayerResult> layers;
+  std::vector<HeadResult> heads;
+};
+
+struct ReplayResult {
+  std::string trace;
+  int n_compressed = 0;  // tokens each press sees
+  int n_queries = 0;     // evaluation queries per layer and head
+  std::vector<RunResult> runs;
+};
+
+// Metrics of one query's compressed attention output against the full one.
+struct QueryMetrics {
+  double rel_err = 0, cosine = 1, recall = 1;
+};
+QueryMetrics compare_outputs(const float* full, const float* compressed, int dim, double lse_full, double lse_compressed);
+
+// Validates options (press specs, ratios in [0, 1), layers recorded) before any work;
+// kvsim::Error names the bad value. `progress` (optional) gets a line per layer.
+ReplayResult replay(const TraceReader& trace, const ReplayOptions& options,
+                    const std::function<void(const std::string&)>& progress = {});
+
+}  // namespace kvsim::ref

@@ -1,0 +1,36 @@
+#include "reference/scorer_press.h"
+
+#include "core/error.h"
+#include "core/registry.h"
+#include "reference/select.h"
+
+namespace kvsim::ref {
+
+Scores ScorerPress::checked_score(const PressInput& input, double ratio) const {
+  Scores s = score(input, ratio);
+  if (s.rows() != input.num_kv_heads() || s.cols() != input.n)
+    throw Error("internal: press '" + name_ + "' returned scores of the wrong shape");
+  check_scores(s, name_);
+  return s;
+}
+
+Compression ScorerPress::compress(const PressInput& input, double ratio) const {
+  if (ratio == 0.0) {  // kvpress: a zero ratio leaves the cache untouched
+    Compression all;
+    all.kept.assign(static_cast<std::size_t>(input.num_kv_heads()), std::vector<int>(static_cast<std::size_t>(input.n)));
+    for (auto& head : all.kept)
+      for (int t = 0; t < input.n; ++t) head[t] = t;
+    return all;
+  }
+  return select_topk_per_head(checked_score(input, ratio), budget(input, ratio));
+}
+
+std::unique_ptr<ScorerPress> make_inner_scorer(const PressConfig& config) {
+  std::unique_ptr<Press> inner = config.registry.make(*config.inner, config.backend);
+  auto* scorer = dynamic_cast<ScorerPress*>(inner.get());
+  if (!scorer) throw Error("press '" + config.info.name + "' needs a scorer press inside");
+  inner.release();
+  return std::unique_ptr<ScorerPress>(scorer);
+}
+
+}  // namespace kvsim::ref

@@ -1,0 +1,27 @@
+#pragma once
+// Building blocks shared by the reference scorers (shared/PRESSES.md §0.3).
+#include "core/press.h"
+#include "reference/eigen.h"
+
+namespace kvsim::ref {
+
+// Window attention WA(w): softmax of the last w queries of head h (positions n-w .. n-1)
+// over keys [0, n), causal; returns the w x (n - w) block of columns before the window
+// (not renormalised), as kvpress' SnapKV compute_window_attention.
+RowMatrix window_attention(const PressInput& input, int query_head, int window);
+
+// PyTorch avg_pool1d(kernel, stride 1, padding kernel/2, count_include_pad=True) on a row:
+// edges are divided by `kernel`, not by the number of valid taps.
+Eigen::RowVectorXf avg_pool1d(const Eigen::Ref<const Eigen::RowVectorXf>& x, int kernel);
+
+// Mean of per-query-head rows [H, m] over each GQA group -> [Hkv, m].
+Scores group_mean(const RowMatrix& per_query_head, int num_kv_heads);
+
+// Adds `before` columns in front and `after` columns behind, all equal to the global
+// max of `s` plus one (kvpress' protection of sinks and windows).
+Scores pad_with_max_plus_one(const Scores& s, int before, int after);
+
+// Pre-RoPE copy of rows [first, first + count) of head h of `t` (positions = row index).
+RowMatrix pre_rope_rows(const HeadTensor& t, int head, int first, int count, const RopeConfig& rope);
+
+}  // namespace kvsim::ref

@@ -1,0 +1,71 @@
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "tools/commands.h"
+
+namespace kvsim::cli {
+
+std::string default_trace_path() {
+  if (const char* env = std::getenv("KVSIM_TRACE"); env && *env) return env;
+  return KVSIM_BUNDLED_TRACE;
+}
+
+void write_output(const std::string& path, const std::string& content) {
+  if (path.empty() || path == "-") {
+    std::cout << content << std::flush;
+    return;
+  }
+  const std::string temporary = path + ".tmp" + std::to_string(::getpid());
+  {
+    std::ofstream out(temporary, std::ios::binary);
+    if (!out) throw Error("cannot write output file " + path + " (cannot create " + temporary + ")");
+    out << content;
+    out.close();
+    if (!out) {
+      std::filesystem::remove(temporary);
+      throw Error("cannot write output file " + path);
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(temporary, path, ec);
+  if (ec) {
+    std::filesystem::remove(temporary, ec);
+    throw Error("cannot write output file " + path + ": " + ec.message());
+  }
+}
+
+std::vector<int> parse_layer_list(const std::string& text) {
+  std::vector<int> layers;
+  std::size_t pos = 0;
+  auto fail = [&] { throw Error("bad --layers '" + text + "' (expected e.g. 0,2,5-7)"); };
+  auto number = [&]() {
+    std::size_t start = pos;
+    while (pos < text.size() && std::isdigit(static_cast<unsigned char>(text[pos]))) ++pos;
+    if (pos == start || pos - start > 6) fail();
+    return std::stoi(text.substr(start, pos - start));
+  };
+  while (pos < text.size()) {
+    const int first = number();
+    int last = first;
+    if (pos < text.size() && text[pos] == '-') {
+      ++pos;
+      last = number();
+      if (last < first) fail();
+    }
+    for (int l = first; l <= last; ++l) layers.push_back(l);
+    if (pos < text.size()) {
+      if (text[pos] != ',') fail();
+      ++pos;
+      if (pos == text.size()) fail();
+    }
+  }
+  if (layers.empty()) fail();
+  return layers;
+}
+
+}  // namespace kvsim::cli

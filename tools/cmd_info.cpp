@@ -1,0 +1,49 @@
+// kvsim info: what a trace holds.
+#include <boost/program_options.hpp>
+#include <iostream>
+
+#include "tools/commands.h"
+#include "traces/trace.h"
+
+namespace po = boost::program_options;
+
+namespace kvsim::cli {
+
+int info_command(const Args& args) {
+  po::options_description desc("kvsim info [TRACE]: what a trace holds (default: the bundled trace)");
+  desc.add_options()("help,h", "show this help")("trace", po::value<std::string>(), "trace file (HDF5, format v1)");
+  po::positional_options_description positional;
+  positional.add("trace", 1);
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(desc).positional(positional).run(), vm);
+  po::notify(vm);
+  if (vm.count("help")) {
+    std::cout << desc;
+    return 0;
+  }
+  const std::string path = vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path();
+  const TraceReader trace(path);
+  const TraceInfo& info = trace.info();
+  std::string layers;
+  for (int l : info.recorded_layers) layers += (layers.empty() ? "" : ",") + std::to_string(l);
+  const int first = info.recorded_layers.front();
+  std::cout << "trace:            " << path << "\n"
+            << "format version:   " << kTraceFormatVersion << "\n"
+            << "model:            " << info.model_name << "\n"
+            << "layers:           " << info.recorded_layers.size() << " recorded of " << info.num_hidden_layers << " (" << layers << ")\n"
+            << "heads:            " << info.num_attention_heads << " query, " << info.num_key_value_heads << " key/value (group "
+            << info.group_size() << "), head_dim " << info.head_dim << "\n"
+            << "hidden size:      " << (info.hidden_size ? std::to_string(info.hidden_size) : "unknown") << "\n"
+            << "rope:             theta " << info.rope_theta << ", scaling " << (info.rope_scaling.empty() ? "none" : info.rope_scaling)
+            << ", attention_scaling " << info.rope.attention_scaling << "\n"
+            << "storage dtype:    " << dtype_name(info.dtype) << "\n"
+            << "tokens:           " << info.total_tokens() << " = " << info.n_context << " context + " << info.n_question
+            << " question + " << info.n_generated << " generated\n"
+            << "attn_out:         " << (trace.has_dataset(first, "attn_out") ? "yes" : "no") << "\n"
+            << "o_proj weight:    " << (trace.has_dataset(first, "o_proj_weight") ? "yes" : "no") << "\n"
+            << "hidden states:    " << (trace.has_dataset(first, "hidden_states") ? "yes" : "no") << "\n";
+  if (!info.text.empty()) std::cout << "text:             " << info.text.substr(0, 200) << (info.text.size() > 200 ? "..." : "") << "\n";
+  return 0;
+}
+
+}  // namespace kvsim::cli

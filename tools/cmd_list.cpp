@@ -1,0 +1,61 @@
+// kvsim list: the press registry as a table (or JSON).
+#include <boost/program_options.hpp>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/registry.h"
+#include "tools/commands.h"
+
+namespace po = boost::program_options;
+
+namespace kvsim::cli {
+
+int list_command(const Args& args) {
+  po::options_description desc("kvsim list: presses, their parameters and defaults, and which backends implement them");
+  desc.add_options()("help,h", "show this help")("format", po::value<std::string>()->default_value("table"), "table or json");
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(desc).run(), vm);
+  po::notify(vm);
+  if (vm.count("help")) {
+    std::cout << desc << "\nSpec syntax: name[(inner)][:key=value,...], e.g. adakv(snapkv:window_size=32):alpha_safeguard=0.1\n";
+    return 0;
+  }
+  const Registry& registry = Registry::instance();
+  const std::string format = vm["format"].as<std::string>();
+  if (format == "json") {
+    nlohmann::json presses = nlohmann::json::array();
+    for (const PressInfo* info : registry.presses()) {
+      nlohmann::json params = nlohmann::json::array();
+      for (const ParamDef& p : info->params)
+        params.push_back({{"name", p.name}, {"type", param_type_name(p.type)},
+                          {"default", p.default_value ? nlohmann::json(*p.default_value) : nlohmann::json(nullptr)},
+                          {"help", p.help}});
+      nlohmann::json backends = nlohmann::json::array();
+      for (Backend b : {Backend::reference, Backend::cuda})
+        if (registry.implements(info->name, b)) backends.push_back(backend_name(b));
+      presses.push_back({{"name", info->name}, {"summary", info->summary}, {"wraps_scorer", info->wraps_scorer},
+                         {"uses_ratio", info->uses_ratio}, {"params", params}, {"backends", backends}});
+    }
+    std::cout << presses.dump(2) << "\n";
+    return 0;
+  }
+  if (format != "table") throw Error("unknown --format '" + format + "' (table or json)");
+  std::cout << "| press | parameters (defaults) | backends | description |\n|:--|:--|:--|:--|\n";
+  for (const PressInfo* info : registry.presses()) {
+    std::ostringstream params;
+    for (const ParamDef& p : info->params)
+      params << (params.tellp() ? ", " : "") << p.name << "="
+             << (p.default_value ? format_param_value(p.type, *p.default_value) : std::string("<required>"));
+    std::string backends;
+    for (Backend b : {Backend::reference, Backend::cuda})
+      if (registry.implements(info->name, b)) backends += (backends.empty() ? "" : ", ") + backend_name(b);
+    const std::string name = info->wraps_scorer ? info->name + "(<scorer>)" : info->name;
+    std::cout << "| " << name << " | " << (params.str().empty() ? "-" : params.str()) << " | " << backends << " | "
+              << info->summary << (info->uses_ratio ? "" : " (ignores --ratio)") << " |\n";
+  }
+  return 0;
+}
+
+}  // namespace kvsim::cli

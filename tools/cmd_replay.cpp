@@ -1,0 +1,68 @@
+// kvsim replay: every press x ratio on a trace, perturbation metrics per press and ratio.
+#include <boost/program_options.hpp>
+#include <iostream>
+
+#include "core/error.h"
+#include "core/registry.h"
+#include "reference/replay.h"
+#include "tools/commands.h"
+#include "tools/report.h"
+
+namespace po = boost::program_options;
+
+namespace kvsim::cli {
+
+namespace {
+
+// Every registered press with its defaults (wrappers with their example inner press).
+std::vector<std::string> default_presses() {
+  std::vector<std::string> specs;
+  for (const PressInfo* info : Registry::instance().presses())
+    specs.push_back(info->example.empty() ? info->name : info->example);
+  return specs;
+}
+
+}  // namespace
+
+int replay_command(const Args& args) {
+  po::options_description desc(
+      "kvsim replay: compress each recorded layer's context with every press and ratio, and measure how much the\n"
+      "attention outputs of the later queries (question, generated tokens) move. Options");
+  desc.add_options()("help,h", "show this help")
+      ("trace", po::value<std::string>(), "trace file (default: the bundled trace)")
+      ("press", po::value<std::vector<std::string>>()->multitoken()->composing(),
+       "press specs, e.g. snapkv adakv(snapkv) 'dms(snapkv):threshold=0.001' (default: every registered press)")
+      ("ratio", po::value<std::vector<double>>()->multitoken()->composing(), "compression ratios in [0, 1) (default: 0.25 0.5 0.75)")
+      ("layers", po::value<std::string>(), "recorded layers to replay, e.g. 0,2,5-7 (default: all)")
+      ("query-aware", po::bool_switch(), "the press also sees the question (kvpress query_aware); evaluates generated tokens only")
+      ("backend", po::value<std::string>()->default_value("reference"), "reference (Eigen CPU)")
+      ("format", po::value<std::string>()->default_value("table"), "table (Markdown), csv or json")
+      ("detail", po::value<std::string>()->default_value("summary"), "summary, layer or head")
+      ("output,o", po::value<std::string>(), "write the report to this file (written atomically) instead of stdout")
+      ("quiet,q", po::bool_switch(), "no progress lines on stderr");
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(desc).run(), vm);
+  po::notify(vm);
+  if (vm.count("help")) {
+    std::cout << desc;
+    return 0;
+  }
+  ref::ReplayOptions options;
+  options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_presses();
+  options.ratios = vm.count("ratio") ? vm["ratio"].as<std::vector<double>>() : std::vector<double>{0.25, 0.5, 0.75};
+  if (vm.count("layers")) options.layers = parse_layer_list(vm["layers"].as<std::string>());
+  options.query_aware = vm["query-aware"].as<bool>();
+  options.backend = parse_backend(vm["backend"].as<std::string>());
+  const ReportFormat format = parse_report_format(vm["format"].as<std::string>());
+  const ReportDetail detail = parse_report_detail(vm["detail"].as<std::string>());
+  const bool quiet = vm["quiet"].as<bool>();
+
+  const TraceReader trace(vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path());
+  const ref::ReplayResult result = ref::replay(trace, options, [&](const std::string& line) {
+    if (!quiet) std::cerr << "kvsim replay: " << line << "\n";
+  });
+  write_output(vm.count("output") ? vm["output"].as<std::string>() : "", format_replay(result, format, detail));
+  return 0;
+}
+
+}  // namespace kvsim::cli

@@ -1,0 +1,44 @@
+// kvsim synth-trace: write a synthetic trace (see tools/synthetic_trace.h).
+#include <boost/program_options.hpp>
+#include <iostream>
+
+#include "core/error.h"
+#include "tools/commands.h"
+#include "tools/synthetic_trace.h"
+
+namespace po = boost::program_options;
+
+namespace kvsim::cli {
+
+int synth_trace_command(const Args& args) {
+  SyntheticTraceSpec spec;
+  std::string dtype = "float16", output;
+  po::options_description desc("kvsim synth-trace: write a synthetic trace with sinks, locality and a needle. Options");
+  desc.add_options()("help,h", "show this help")
+      ("output,o", po::value<std::string>(&output)->required(), "trace file to write")
+      ("seed", po::value<uint64_t>(&spec.seed)->default_value(spec.seed), "Philox seed")
+      ("layers", po::value<int>(&spec.recorded_layers)->default_value(spec.recorded_layers), "recorded layers (0..N-1)")
+      ("context", po::value<int>(&spec.n_context)->default_value(spec.n_context), "context tokens")
+      ("question", po::value<int>(&spec.n_question)->default_value(spec.n_question), "question tokens")
+      ("generated", po::value<int>(&spec.n_generated)->default_value(spec.n_generated), "generated tokens")
+      ("heads", po::value<int>(&spec.num_heads)->default_value(spec.num_heads), "query heads")
+      ("kv-heads", po::value<int>(&spec.num_kv_heads)->default_value(spec.num_kv_heads), "key/value heads")
+      ("head-dim", po::value<int>(&spec.head_dim)->default_value(spec.head_dim), "head dimension")
+      ("dtype", po::value<std::string>(&dtype)->default_value(dtype), "float16, bfloat16 or float32");
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(desc).run(), vm);
+  if (vm.count("help")) {
+    std::cout << desc;
+    return 0;
+  }
+  po::notify(vm);
+  spec.dtype = parse_dtype(dtype);
+  if (spec.n_context < 64 || spec.n_question < 0 || spec.n_generated < 0 || spec.num_heads < 1 || spec.num_kv_heads < 1 ||
+      spec.head_dim < 2 || spec.recorded_layers < 1 || spec.recorded_layers > spec.num_hidden_layers)
+    throw Error("synth-trace: --context must be >= 64, --layers in [1, 30], counts positive");
+  spec.needle_start = spec.n_context * 2 / 5;
+  write_synthetic_trace(output, spec);
+  return 0;
+}
+
+}  // namespace kvsim::cli

@@ -1,0 +1,100 @@
+// kvsim verify-trace: recompute every recorded attention output from the trace's Q/K/V
+// with the reference engine and compare with the recorded attn_out, per layer.
+#include <boost/program_options.hpp>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+
+#include "core/error.h"
+#include "reference/attention.h"
+#include "tools/commands.h"
+#include "traces/trace.h"
+
+namespace po = boost::program_options;
+
+namespace kvsim::cli {
+
+namespace {
+
+// Largest per-token relative error the storage dtype can explain (rounding of Q/K/V
+// and of the output, plus the model's own low-precision attention kernel).
+double default_tolerance(StorageDtype dtype) {
+  switch (dtype) {
+    case StorageDtype::float32: return 1e-3;
+    case StorageDtype::float16: return 2e-2;
+    case StorageDtype::bfloat16: return 8e-2;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int verify_trace_command(const Args& args) {
+  po::options_description desc("kvsim verify-trace [TRACE]: check recorded attention outputs against the trace's Q/K/V. Options");
+  desc.add_options()("help,h", "show this help")("trace", po::value<std::string>(), "trace file (default: the bundled trace)")
+      ("tolerance", po::value<double>(), "max relative error per token (default by storage dtype: f32 1e-3, f16 2e-2, bf16 8e-2)");
+  po::positional_options_description positional;
+  positional.add("trace", 1);
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(desc).positional(positional).run(), vm);
+  po::notify(vm);
+  if (vm.count("help")) {
+    std::cout << desc;
+    return 0;
+  }
+  const TraceReader trace(vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path());
+  const TraceInfo& info = trace.info();
+  const double tolerance = vm.count("tolerance") ? vm["tolerance"].as<double>() : default_tolerance(info.dtype);
+  if (!(tolerance > 0)) throw Error("--tolerance must be positive");
+  const int T = info.total_tokens(), d = info.head_dim;
+  std::cout << "| layer | max rel_err | mean rel_err | worst head | worst token | verdict |\n|--:|--:|--:|--:|--:|:--|\n";
+  std::vector<std::string> failures;
+  int checked = 0;
+  for (int layer : info.recorded_layers) {
+    if (!trace.has_dataset(layer, "attn_out")) {
+      std::cout << "| " << layer << " | - | - | - | - | no attn_out |\n";
+      continue;
+    }
+    const LayerTensors tensors = trace.read_layer(layer, {.attn_out = true, .o_proj = false});
+    const HeadTensor computed = ref::causal_attention(tensors, T);
+    double max_err = 0, sum_err = 0;
+    int worst_head = 0, worst_token = 0;
+    for (int h = 0; h < info.num_attention_heads; ++h)
+      for (int t = 0; t < T; ++t) {
+        double diff = 0, norm = 0;
+        for (int c = 0; c < d; ++c) {
+          const double recorded = tensors.attn_out.at(h, t, c), mine = computed.at(h, t, c);
+          diff += (mine - recorded) * (mine - recorded);
+          norm += recorded * recorded;
+        }
+        const double err = std::sqrt(diff) / std::max(std::sqrt(norm), 1e-6);
+        sum_err += err;
+        if (err > max_err) {
+          max_err = err;
+          worst_head = h;
+          worst_token = t;
+        }
+      }
+    const bool ok = max_err <= tolerance;
+    char line[256];
+    std::snprintf(line, sizeof line, "| %d | %.3e | %.3e | %d | %d | %s |\n", layer, max_err,
+                  sum_err / (static_cast<double>(info.num_attention_heads) * T), worst_head, worst_token, ok ? "ok" : "FAIL");
+    std::cout << line;
+    ++checked;
+    if (!ok) {
+      char why[256];
+      std::snprintf(why, sizeof why, "layer %d: max relative error %.3e (head %d, token %d) exceeds %.1e", layer, max_err,
+                    worst_head, worst_token, tolerance);
+      failures.push_back(why);
+    }
+  }
+  if (checked == 0) throw Error("trace " + trace.path() + ": no layer has an attn_out dataset to verify");
+  if (!failures.empty()) {
+    for (const std::string& f : failures) std::cerr << "kvsim verify-trace: error: trace " << trace.path() << ": " << f << "\n";
+    return 1;
+  }
+  std::cout << "\ntrace " << trace.path() << " verified: " << checked << " layers within " << tolerance << "\n";
+  return 0;
+}
+
+}  // namespace kvsim::cli

@@ -1,0 +1,25 @@
+#pragma once
+// The kvsim subcommands. Each takes the arguments after its name and returns the exit
+// status; user errors are thrown as kvsim::Error (or a program_options error) and
+// reported by main as one line.
+#include <string>
+#include <vector>
+
+namespace kvsim::cli {
+
+using Args = std::vector<std::string>;
+
+int list_command(const Args& args);
+int info_command(const Args& args);
+int replay_command(const Args& args);
+int synth_trace_command(const Args& args);
+int verify_trace_command(const Args& args);
+
+// The bundled trace used when --trace is not given (KVSIM_TRACE overrides it).
+std::string default_trace_path();
+// Writes `content` to `path` atomically (temporary file + rename), or to stdout for "" / "-".
+void write_output(const std::string& path, const std::string& content);
+// "0,2,5-7" -> {0, 2, 5, 6, 7}
+std::vector<int> parse_layer_list(const std::string& text);
+
+}  // namespace kvsim::cli

@@ -1,0 +1,181 @@
+#include "tools/report.h"
+
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace kvsim {
+
+ReportFormat parse_report_format(const std::string& name) {
+  if (name == "table") return ReportFormat::table;
+  if (name == "csv") return ReportFormat::csv;
+  if (name == "json") return ReportFormat::json;
+  throw Error("unknown --format '" + name + "' (table, csv or json)");
+}
+
+ReportDetail parse_report_detail(const std::string& name) {
+  if (name == "summary") return ReportDetail::summary;
+  if (name == "layer") return ReportDetail::layer;
+  if (name == "head") return ReportDetail::head;
+  throw Error("unknown --detail '" + name + "' (summary, layer or head)");
+}
+
+namespace {
+
+std::string fixed(double value, int decimals = 4) {
+  if (std::isnan(value)) return "-";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, value);
+  return buf;
+}
+
+std::string full_precision(double value) {
+  if (std::isnan(value)) return "";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.9g", value);
+  return buf;
+}
+
+// One output row: identifying columns plus the metric summaries.
+struct Row {
+  std::string press;
+  double ratio, achieved;
+  std::string layer, head;
+  Summary rel_err, cosine, recall, oproj;
+};
+
+std::vector<Row> rows_of(const ref::ReplayResult& result, ReportDetail detail) {
+  std::vector<Row> rows;
+  for (const auto& run : result.runs) {
+    if (detail == ReportDetail::summary) {
+      rows.push_back({run.press, run.ratio, run.achieved_ratio, "all", "all", run.rel_err, run.cosine, run.recall, run.oproj_rel_err});
+    } else if (detail == ReportDetail::layer) {
+      for (const auto& l : run.layers)
+        rows.push_back({run.press, run.ratio, 1.0 - l.kept_fraction, std::to_string(l.layer), "all", l.rel_err, l.cosine, l.recall,
+                        l.oproj_rel_err});
+    } else {
+      for (const auto& h : run.heads)
+        rows.push_back({run.press, run.ratio, 1.0 - h.kept_fraction, std::to_string(h.layer), std::to_string(h.head), h.rel_err,
+                        h.cosine, h.recall, Summary{std::nan(""), std::nan(""), std::nan(""), 0}});
+    }
+  }
+  return rows;
+}
+
+std::string markdown(const ref::ReplayResult& result, const std::vector<Row>& rows, ReportDetail detail) {
+  bool has_oproj = false;
+  for (const Row& r : rows) has_oproj = has_oproj || r.oproj.count > 0;
+  std::vector<std::string> header = {"press", "ratio", "achieved"};
+  if (detail != ReportDetail::summary) header.push_back("layer");
+  if (detail == ReportDetail::head) header.push_back("head");
+  for (const char* h : {"rel_err mean", "rel_err median", "rel_err p95", "cosine mean", "recall mean"}) header.push_back(h);
+  if (has_oproj) header.push_back("o_proj rel_err mean");
+
+  std::vector<std::vector<std::string>> cells;
+  for (const Row& r : rows) {
+    std::vector<std::string> line = {r.press, fixed(r.ratio, 2), fixed(r.achieved, 3)};
+    if (detail != ReportDetail::summary) line.push_back(r.layer);
+    if (detail == ReportDetail::head) line.push_back(r.head);
+    for (double v : {r.rel_err.mean, r.rel_err.median, r.rel_err.p95, r.cosine.mean, r.recall.mean}) line.push_back(fixed(v));
+    if (has_oproj) line.push_back(r.oproj.count ? fixed(r.oproj.mean) : "-");
+    cells.push_back(line);
+  }
+  std::vector<std::size_t> width(header.size());
+  for (std::size_t c = 0; c < header.size(); ++c) {
+    width[c] = header[c].size();
+    for (const auto& line : cells) width[c] = std::max(width[c], line[c].size());
+  }
+  std::ostringstream out;
+  out << "trace: " << result.trace << "  (compressed segment: " << result.n_compressed << " tokens; "
+      << result.n_queries << " evaluation queries per layer and head)\n\n";
+  auto emit = [&](const std::vector<std::string>& line) {
+    out << "|";
+    for (std::size_t c = 0; c < line.size(); ++c) {
+      const bool left = c == 0;
+      const std::string pad(width[c] - line[c].size(), ' ');
+      out << ' ' << (left ? line[c] + pad : pad + line[c]) << " |";
+    }
+    out << "\n";
+  };
+  emit(header);
+  out << "|";
+  for (std::size_t c = 0; c < header.size(); ++c) {  // first column left-aligned, numbers right-aligned
+    const std::string dashes(width[c] - 1, '-');
+    out << ' ' << (c == 0 ? ":" + dashes : dashes + ":") << " |";
+  }
+  out << "\n";
+  for (const auto& line : cells) emit(line);
+  return out.str();
+}
+
+std::string csv(const std::vector<Row>& rows) {
+  std::ostringstream out;
+  out << "press,ratio,achieved_ratio,layer,head";
+  for (const char* m : {"rel_err", "cosine", "recall", "oproj_rel_err"})
+    out << "," << m << "_mean," << m << "_median," << m << "_p95";
+  out << "\n";
+  for (const Row& r : rows) {
+    // Specs may contain commas: quote the press column.
+    out << '"' << r.press << "\"," << full_precision(r.ratio) << "," << full_precision(r.achieved) << "," << r.layer << "," << r.head;
+    for (const Summary* s : {&r.rel_err, &r.cosine, &r.recall, &r.oproj}) {
+      const bool empty = s->count == 0;
+      out << "," << (empty ? "" : full_precision(s->mean)) << "," << (empty ? "" : full_precision(s->median)) << ","
+          << (empty ? "" : full_precision(s->p95));
+    }
+    out << "\n";
+  }
+  return out.str();
+}
+
+nlohmann::json summary_json(const Summary& s) {
+  if (s.count == 0) return nullptr;
+  return {{"mean", s.mean}, {"median", s.median}, {"p95", s.p95}, {"count", s.count}};
+}
+
+std::string json(const ref::ReplayResult& result, ReportDetail detail) {
+  nlohmann::json runs = nlohmann::json::array();
+  for (const auto& run : result.runs) {
+    nlohmann::json j = {{"press", run.press},
+                        {"ratio", std::isnan(run.ratio) ? nlohmann::json(nullptr) : nlohmann::json(run.ratio)},
+                        {"achieved_ratio", run.achieved_ratio},
+                        {"rel_err", summary_json(run.rel_err)},
+                        {"cosine", summary_json(run.cosine)},
+                        {"recall", summary_json(run.recall)},
+                        {"oproj_rel_err", summary_json(run.oproj_rel_err)}};
+    if (detail != ReportDetail::summary) {
+      nlohmann::json layers = nlohmann::json::array();
+      for (const auto& l : run.layers)
+        layers.push_back({{"layer", l.layer}, {"kept_fraction", l.kept_fraction}, {"rel_err", summary_json(l.rel_err)},
+                          {"cosine", summary_json(l.cosine)}, {"recall", summary_json(l.recall)},
+                          {"oproj_rel_err", summary_json(l.oproj_rel_err)}});
+      j["layers"] = layers;
+    }
+    if (detail == ReportDetail::head) {
+      nlohmann::json heads = nlohmann::json::array();
+      for (const auto& h : run.heads)
+        heads.push_back({{"layer", h.layer}, {"head", h.head}, {"kept_fraction", h.kept_fraction},
+                         {"rel_err", summary_json(h.rel_err)}, {"cosine", summary_json(h.cosine)}, {"recall", summary_json(h.recall)}});
+      j["heads"] = heads;
+    }
+    runs.push_back(j);
+  }
+  nlohmann::json doc = {{"trace", result.trace}, {"n_compressed", result.n_compressed}, {"n_queries", result.n_queries}, {"runs", runs}};
+  return doc.dump(2) + "\n";
+}
+
+}  // namespace
+
+std::string format_replay(const ref::ReplayResult& result, ReportFormat format, ReportDetail detail) {
+  const std::vector<Row> rows = rows_of(result, detail);
+  switch (format) {
+    case ReportFormat::table: return markdown(result, rows, detail);
+    case ReportFormat::csv: return csv(rows);
+    case ReportFormat::json: return json(result, detail);
+  }
+  return "";
+}
+
+}  // namespace kvsim

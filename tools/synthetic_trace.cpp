@@ -1,0 +1,128 @@
+#include "tools/synthetic_trace.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "core/half.h"
+#include "core/philox.h"
+#include "reference/attention.h"
+
+namespace kvsim {
+
+namespace {
+
+// Standard normal draws from Philox (Box-Muller), keyed by (seed, layer, stream, index),
+// so the trace does not depend on the standard library's distributions.
+class Normal {
+ public:
+  Normal(uint64_t seed, int layer) : seed_(seed), layer_(static_cast<uint32_t>(layer)) {}
+  float operator()(uint32_t stream, uint32_t index) const {
+    const float u1 = philox_uniform(seed_, layer_, stream, index, 0) + (1.0f / 33554432.0f);
+    const float u2 = philox_uniform(seed_, layer_, stream, index, 1);
+    return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.28318530718f * u2);
+  }
+
+ private:
+  uint64_t seed_;
+  uint32_t layer_;
+};
+
+std::vector<float> unit_vector(const Normal& normal, uint32_t stream, int d) {
+  std::vector<float> v(static_cast<std::size_t>(d));
+  double norm = 0;
+  for (int c = 0; c < d; ++c) {
+    v[c] = normal(stream, static_cast<uint32_t>(c));
+    norm += static_cast<double>(v[c]) * v[c];
+  }
+  for (float& x : v) x = static_cast<float>(x / std::sqrt(norm));
+  return v;
+}
+
+float round_to(StorageDtype dtype, float x) {
+  return dtype == StorageDtype::float16 ? round_to_half(x) : dtype == StorageDtype::bfloat16 ? round_to_bf16(x) : x;
+}
+
+// Streams of the Normal generator, one per kind of draw.
+enum Stream : uint32_t {
+  kSinkDir = 1, kNeedleDir = 1000, kLocal = 2000, kKeyNoise = 3000, kQueryNoise = 4000, kValue = 5000, kOproj = 9000
+};
+
+}  // namespace
+
+void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& s) {
+  if (s.num_kv_heads < 1 || s.num_heads % s.num_kv_heads || s.head_dim % 2 || s.n_context < 1 ||
+      s.needle_start + s.needle_length > s.n_context || s.recorded_layers < 1 || s.recorded_layers > s.num_hidden_layers)
+    throw Error("synthetic trace: inconsistent shape parameters");
+  const int T = s.n_context + s.n_question + s.n_generated, d = s.head_dim, G = s.num_heads / s.num_kv_heads;
+  TraceInfo info;
+  info.model_name = "kvsim-synthetic (SmolLM2-135M-shaped, seed " + std::to_string(s.seed) + ")";
+  info.num_hidden_layers = s.num_hidden_layers;
+  for (int l = 0; l < s.recorded_layers; ++l) info.recorded_layers.push_back(l);
+  info.num_attention_heads = s.num_heads;
+  info.num_key_value_heads = s.num_kv_heads;
+  info.head_dim = d;
+  info.hidden_size = s.num_heads * d;
+  info.rope_theta = s.rope_theta;
+  info.rope = RopeConfig::from_theta(s.rope_theta, d);
+  info.dtype = s.dtype;
+  info.n_context = s.n_context;
+  info.n_question = s.n_question;
+  info.n_generated = s.n_generated;
+  for (int t = 0; t < T; ++t) info.tokens.push_back(static_cast<int32_t>(philox_uniform(s.seed, 1u << 20, 7, t) * 49152.0f));
+  info.text = "synthetic trace: sinks, locality and a needle at [" + std::to_string(s.needle_start) + ", " +
+              std::to_string(s.needle_start + s.needle_length) + ") that question and generated queries look for";
+
+  TraceWriter writer(path, info);
+  // Logit scales (q.k / sqrt(d)): noise ~ 1, sink ~ +5, needle ~ +4 for later queries,
+  // locality ~ +2 between nearby tokens.
+  const float query_sink = 4.0f, key_sink = 10.0f, needle_key = 4.0f, needle_query = 8.0f, locality = 0.5f;
+  for (int layer = 0; layer < s.recorded_layers; ++layer) {
+    const Normal normal(s.seed, layer);
+    LayerTensors tensors;
+    tensors.layer_index = layer;
+    tensors.q = HeadTensor(s.num_heads, T, d);
+    tensors.k = HeadTensor(s.num_kv_heads, T, d);
+    tensors.v = HeadTensor(s.num_kv_heads, T, d);
+    for (int g = 0; g < s.num_kv_heads; ++g) {
+      const auto sink_dir = unit_vector(normal, kSinkDir + g, d);
+      const auto needle_dir = unit_vector(normal, kNeedleDir + g, d);
+      // AR(1) locality signal shared by the queries and keys of the group.
+      std::vector<float> local(static_cast<std::size_t>(d), 0.0f);
+      for (int t = 0; t < T; ++t) {
+        for (int c = 0; c < d; ++c) local[c] = 0.98f * local[c] + 0.2f * normal(kLocal + g, static_cast<uint32_t>(t * d + c));
+        const bool needle = t >= s.needle_start && t < s.needle_start + s.needle_length;
+        std::vector<float> key(d), value(d);
+        for (int c = 0; c < d; ++c) {
+          key[c] = normal(kKeyNoise + g, static_cast<uint32_t>(t * d + c)) + locality * local[c] +
+                   (t == 0 ? key_sink * sink_dir[c] : 0.0f) + (needle ? needle_key * needle_dir[c] : 0.0f);
+          value[c] = normal(kValue + g, static_cast<uint32_t>(t * d + c));
+        }
+        apply_rope(key.data(), &tensors.k.at(g, t, 0), t, info.rope);
+        for (int c = 0; c < d; ++c) tensors.v.at(g, t, c) = value[c];
+        for (int h = g * G; h < (g + 1) * G; ++h) {
+          std::vector<float> query(d);
+          const bool asks = t >= s.n_context;  // question and generated tokens look for the needle
+          for (int c = 0; c < d; ++c)
+            query[c] = normal(kQueryNoise + h, static_cast<uint32_t>(t * d + c)) + locality * local[c] +
+                       query_sink * sink_dir[c] + (asks ? needle_query * needle_dir[c] : 0.0f);
+          apply_rope(query.data(), &tensors.q.at(h, t, 0), t, info.rope);
+        }
+      }
+    }
+    // Store what the file will hold, then compute the attention output from it.
+    for (HeadTensor* t : {&tensors.q, &tensors.k, &tensors.v})
+      for (float& x : t->data) x = round_to(s.dtype, x);
+    tensors.attn_out = ref::causal_attention(tensors, T);
+    if (s.with_o_proj) {
+      const int in = s.num_heads * d;
+      tensors.o_proj_rows = info.hidden_size;
+      tensors.o_proj.resize(static_cast<std::size_t>(info.hidden_size) * in);
+      for (std::size_t i = 0; i < tensors.o_proj.size(); ++i)
+        tensors.o_proj[i] = round_to(s.dtype, normal(kOproj, static_cast<uint32_t>(i)) / std::sqrt(static_cast<float>(in)));
+    }
+    writer.write_layer(tensors);
+  }
+  writer.finish();
+}
+
+}  // namespace kvsim

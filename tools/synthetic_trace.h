@@ -1,0 +1,27 @@
+#pragma once
+// A synthetic trace with the structure presses react to — attention sinks, locality and a
+// "needle" span that only the question's queries look for — written in format v1 with
+// its attention outputs computed by the reference engine. Deterministic for a seed
+// (Philox draws), so the bundled trace is reproducible bit for bit.
+#include <cstdint>
+#include <string>
+
+#include "traces/trace.h"
+
+namespace kvsim {
+
+struct SyntheticTraceSpec {
+  int recorded_layers = 4;      // layers 0 .. recorded_layers-1 of num_hidden_layers
+  int num_hidden_layers = 30;
+  int num_heads = 9, num_kv_heads = 3, head_dim = 64;  // SmolLM2-135M's attention shape
+  int n_context = 512, n_question = 24, n_generated = 40;
+  int needle_start = 200, needle_length = 16;
+  double rope_theta = 100000.0;
+  StorageDtype dtype = StorageDtype::float16;
+  bool with_o_proj = true;
+  uint64_t seed = 0;
+};
+
+void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& spec);
+
+}  // namespace kvsim

@@ -1,0 +1,483 @@
+#include "traces/trace.h"
+
+#include <H5Cpp.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/half.h"
+
+namespace kvsim {
+
+std::string dtype_name(StorageDtype dtype) {
+  switch (dtype) {
+    case StorageDtype::float16: return "float16";
+    case StorageDtype::bfloat16: return "bfloat16";
+    case StorageDtype::float32: return "float32";
+  }
+  return "?";
+}
+
+StorageDtype parse_dtype(const std::string& name) {
+  if (name == "float16") return StorageDtype::float16;
+  if (name == "bfloat16") return StorageDtype::bfloat16;
+  if (name == "float32") return StorageDtype::float32;
+  throw Error("unknown storage dtype '" + name + "' (float16, bfloat16 or float32)");
+}
+
+namespace {
+
+// IEEE binary16 and bfloat16 as HDF5 float types (the same layout h5py uses for float16).
+H5::FloatType make_16bit_float(StorageDtype dtype) {
+  H5::FloatType type(H5::PredType::IEEE_F32LE);
+  if (dtype == StorageDtype::float16) {
+    type.setFields(15, 10, 5, 0, 10);
+    type.setSize(2);
+    type.setEbias(15);
+  } else {
+    type.setFields(15, 7, 8, 0, 7);
+    type.setSize(2);
+    type.setEbias(127);
+  }
+  return type;
+}
+
+std::string shape_string(const std::vector<hsize_t>& dims) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < dims.size(); ++i) {
+    if (i) out += ',';
+    out += std::to_string(dims[i]);
+  }
+  return out + "]";
+}
+
+std::string layer_group(int layer) { return "/layers/" + std::to_string(layer); }
+
+enum class FileFloat { f16, bf16, other };
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Reader
+
+struct TraceReader::Impl {
+  H5::H5File file;
+
+  [[noreturn]] static void fail(const std::string& path, const std::string& what) {
+    throw Error("trace " + path + ": " + what);
+  }
+
+  template <typename T>
+  static T read_scalar_attr(const std::string& path, const H5::H5Object& object, const std::string& name,
+                            bool is_float) {
+    if (!object.attrExists(name)) fail(path, "missing root attribute '" + name + "'");
+    H5::Attribute attr = object.openAttribute(name);
+    const H5T_class_t cls = attr.getTypeClass();
+    if (is_float ? (cls != H5T_FLOAT && cls != H5T_INTEGER) : cls != H5T_INTEGER)
+      fail(path, "root attribute '" + name + "' has the wrong type (expected " +
+                     std::string(is_float ? "a number" : "an integer") + ")");
+    if (attr.getSpace().getSimpleExtentNpoints() != 1) fail(path, "root attribute '" + name + "' is not a scalar");
+    T value{};
+    attr.read(is_float ? H5::PredType::NATIVE_DOUBLE : H5::PredType::NATIVE_LLONG, &value);
+    return value;
+  }
+
+  static int read_int_attr(const std::string& path, const H5::H5Object& object, const std::string& name) {
+    const long long value = read_scalar_attr<long long>(path, object, name, false);
+    if (value < 0 || value > (1LL << 31) - 1) fail(path, "root attribute '" + name + "' = " + std::to_string(value) + " is out of range");
+    return static_cast<int>(value);
+  }
+
+  static std::string read_string_attr(const std::string& path, const H5::H5Object& object, const std::string& name,
+                                      bool required) {
+    if (!object.attrExists(name)) {
+      if (required) fail(path, "missing root attribute '" + name + "'");
+      return "";
+    }
+    H5::Attribute attr = object.openAttribute(name);
+    if (attr.getTypeClass() != H5T_STRING) fail(path, "root attribute '" + name + "' is not a string");
+    std::string value;
+    attr.read(attr.getStrType(), value);
+    return value;
+  }
+
+  static std::vector<long long> read_int_array(const std::string& path, const H5::DataSet& ds, const std::string& name) {
+    if (ds.getTypeClass() != H5T_INTEGER) fail(path, "dataset '" + name + "' has a non-integer type");
+    H5::DataSpace space = ds.getSpace();
+    if (space.getSimpleExtentNdims() != 1) fail(path, "dataset '" + name + "' is not one-dimensional");
+    std::vector<long long> values(static_cast<std::size_t>(space.getSimpleExtentNpoints()));
+    if (!values.empty()) ds.read(values.data(), H5::PredType::NATIVE_LLONG);
+    return values;
+  }
+
+  H5::DataSet open_dataset(const std::string& path, const std::string& name) const {
+    if (!file.nameExists(name)) fail(path, "missing dataset " + name);
+    return file.openDataSet(name);
+  }
+
+  // Checks that `name` is a float dataset of the given shape.
+  static void check_float_shape(const std::string& path, const H5::DataSet& ds, const std::string& name,
+                                const std::vector<hsize_t>& expected) {
+    if (ds.getTypeClass() != H5T_FLOAT)
+      fail(path, "dataset " + name + " has a non-float dtype (expected float16, bfloat16 or float32)");
+    H5::DataSpace space = ds.getSpace();
+    std::vector<hsize_t> dims(static_cast<std::size_t>(space.getSimpleExtentNdims()));
+    space.getSimpleExtentDims(dims.data());
+    if (dims != expected)
+      fail(path, "dataset " + name + " has shape " + shape_string(dims) + ", expected " + shape_string(expected));
+  }
+
+  static FileFloat classify(const H5::DataSet& ds) {
+    H5::FloatType type = ds.getFloatType();
+    if (type.getSize() != 2 || type.getOrder() != H5T_ORDER_LE) return FileFloat::other;
+    return type.getEbias() == 15 ? FileFloat::f16 : type.getEbias() == 127 ? FileFloat::bf16 : FileFloat::other;
+  }
+
+  // Reads a hyperslab (offset/count per dimension) of a float dataset into float32.
+  static void read_float_slab(const std::string& path, const H5::DataSet& ds, const std::string& name,
+                              const std::vector<hsize_t>& offset, const std::vector<hsize_t>& count, float* out) {
+    H5::DataSpace file_space = ds.getSpace();
+    file_space.selectHyperslab(H5S_SELECT_SET, count.data(), offset.data());
+    hsize_t total = 1;
+    for (hsize_t c : count) total *= c;
+    H5::DataSpace mem_space(1, &total);
+    const FileFloat kind = classify(ds);
+    if (kind == FileFloat::other) {
+      ds.read(out, H5::PredType::NATIVE_FLOAT, mem_space, file_space);
+    } else {  // read the raw 16-bit words and widen them here (faster than HDF5's soft conversion)
+      std::vector<uint16_t> raw(total);
+      ds.read(raw.data(), ds.getDataType(), mem_space, file_space);
+      for (hsize_t i = 0; i < total; ++i) out[i] = kind == FileFloat::f16 ? half_to_float(raw[i]) : bf16_to_float(raw[i]);
+    }
+    for (hsize_t i = 0; i < total; ++i) {
+      if (!std::isfinite(out[i])) {
+        std::ostringstream where;
+        where << "dataset " << name << " holds a non-finite value (" << out[i] << ") at flat index "
+              << i << " of the slab starting at " << shape_string(offset);
+        fail(path, where.str());
+      }
+    }
+  }
+};
+
+namespace {
+
+// Runs fn, turning HDF5 library exceptions into one-line kvsim errors naming the file.
+template <typename Fn>
+auto with_hdf5_errors(const std::string& path, const std::string& doing, Fn&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const H5::Exception& e) {
+    std::string detail = e.getDetailMsg();
+    if (detail.empty()) detail = "HDF5 error";
+    throw Error("trace " + path + ": cannot " + doing + " (" + detail + "): the file is not a valid HDF5 trace or is truncated");
+  }
+}
+
+}  // namespace
+
+TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make_unique<Impl>()) {
+  H5::Exception::dontPrint();
+  if (!std::filesystem::exists(path)) throw Error("trace " + path + ": no such file");
+  with_hdf5_errors(path, "open the file", [&] {
+    if (!H5::H5File::isHdf5(path)) throw Error("trace " + path + ": not an HDF5 file (or truncated)");
+    impl_->file.openFile(path, H5F_ACC_RDONLY);
+    return 0;
+  });
+  with_hdf5_errors(path, "read the root attributes", [&] {
+    const H5::Group root = impl_->file.openGroup("/");
+    const int version = Impl::read_int_attr(path, root, "kvsim_format_version");
+    if (version != kTraceFormatVersion)
+      Impl::fail(path, "format version " + std::to_string(version) + " is not supported (this kvsim reads version " +
+                           std::to_string(kTraceFormatVersion) + ")");
+    TraceInfo& info = info_;
+    info.model_name = Impl::read_string_attr(path, root, "model_name", true);
+    info.num_hidden_layers = Impl::read_int_attr(path, root, "num_hidden_layers");
+    info.num_attention_heads = Impl::read_int_attr(path, root, "num_attention_heads");
+    info.num_key_value_heads = Impl::read_int_attr(path, root, "num_key_value_heads");
+    info.head_dim = Impl::read_int_attr(path, root, "head_dim");
+    info.hidden_size = root.attrExists("hidden_size") ? Impl::read_int_attr(path, root, "hidden_size") : 0;
+    info.rope_theta = Impl::read_scalar_attr<double>(path, root, "rope_theta", true);
+    info.rope_scaling = Impl::read_string_attr(path, root, "rope_scaling", false);
+    info.rope.attention_scaling = Impl::read_scalar_attr<double>(path, root, "attention_scaling", true);
+    info.dtype = parse_dtype(Impl::read_string_attr(path, root, "dtype", true));
+    info.n_context = Impl::read_int_attr(path, root, "n_context");
+    info.n_question = Impl::read_int_attr(path, root, "n_question");
+    info.n_generated = Impl::read_int_attr(path, root, "n_generated");
+
+    if (info.num_hidden_layers < 1 || info.num_attention_heads < 1 || info.num_key_value_heads < 1)
+      Impl::fail(path, "num_hidden_layers, num_attention_heads and num_key_value_heads must be positive");
+    if (info.num_attention_heads % info.num_key_value_heads != 0)
+      Impl::fail(path, "num_attention_heads (" + std::to_string(info.num_attention_heads) +
+                           ") is not a multiple of num_key_value_heads (" + std::to_string(info.num_key_value_heads) + ")");
+    if (info.head_dim < 2 || info.head_dim % 2 != 0) Impl::fail(path, "head_dim must be a positive even number");
+    if (info.n_context < 1) Impl::fail(path, "n_context must be at least 1");
+    if (!(info.rope.attention_scaling > 0)) Impl::fail(path, "attention_scaling must be positive");
+
+    const auto layers = Impl::read_int_array(path, impl_->open_dataset(path, "/recorded_layers"), "/recorded_layers");
+    if (layers.empty()) Impl::fail(path, "recorded_layers is empty");
+    for (long long l : layers) {
+      if (l < 0 || l >= info.num_hidden_layers)
+        Impl::fail(path, "recorded layer " + std::to_string(l) + " is outside [0, num_hidden_layers=" +
+                             std::to_string(info.num_hidden_layers) + ")");
+      info.recorded_layers.push_back(static_cast<int>(l));
+    }
+
+    const auto tokens = Impl::read_int_array(path, impl_->open_dataset(path, "/tokens"), "/tokens");
+    if (static_cast<int>(tokens.size()) != info.total_tokens())
+      Impl::fail(path, "dataset /tokens has " + std::to_string(tokens.size()) + " entries, expected n_context + n_question + n_generated = " +
+                           std::to_string(info.total_tokens()));
+    info.tokens.assign(tokens.begin(), tokens.end());
+
+    const H5::DataSet inv_freq = impl_->open_dataset(path, "/rope_inv_freq");
+    Impl::check_float_shape(path, inv_freq, "/rope_inv_freq", {static_cast<hsize_t>(info.head_dim / 2)});
+    info.rope.inv_freq.resize(static_cast<std::size_t>(info.head_dim / 2));
+    inv_freq.read(info.rope.inv_freq.data(), H5::PredType::NATIVE_DOUBLE);
+    for (double f : info.rope.inv_freq)
+      if (!std::isfinite(f)) Impl::fail(path, "dataset /rope_inv_freq holds a non-finite value");
+
+    if (impl_->file.nameExists("/text")) {
+      const H5::DataSet text = impl_->file.openDataSet("/text");
+      if (text.getTypeClass() != H5T_STRING) Impl::fail(path, "dataset /text is not a string");
+      text.read(info.text, text.getStrType());
+    }
+    return 0;
+  });
+}
+
+TraceReader::~TraceReader() = default;
+
+bool TraceReader::has_dataset(int layer, const std::string& name) const {
+  return with_hdf5_errors(path_, "look up datasets", [&] {
+    const std::string group = layer_group(layer);
+    return impl_->file.nameExists("/layers") && impl_->file.nameExists(group) && impl_->file.nameExists(group + "/" + name);
+  });
+}
+
+HeadTensor TraceReader::read_heads(int layer, const std::string& name, int head_begin, int head_count, int tokens) const {
+  const TraceInfo& info = info_;
+  bool recorded = false;
+  for (int l : info.recorded_layers) recorded = recorded || l == layer;
+  if (!recorded) {
+    std::string list;
+    for (int l : info.recorded_layers) list += (list.empty() ? "" : ",") + std::to_string(l);
+    Impl::fail(path_, "layer " + std::to_string(layer) + " is not recorded (recorded layers: " + list + ")");
+  }
+  const int heads = (name == "k" || name == "v") ? info.num_key_value_heads : info.num_attention_heads;
+  if (head_begin < 0 || head_count < 1 || head_begin + head_count > heads || tokens < 0 || tokens > info.total_tokens())
+    Impl::fail(path_, "requested heads [" + std::to_string(head_begin) + ", " + std::to_string(head_begin + head_count) +
+                          ") x tokens [0, " + std::to_string(tokens) + ") are outside dataset " + name);
+  const std::string ds_name = layer_group(layer) + "/" + name;
+  return with_hdf5_errors(path_, "read " + ds_name, [&] {
+    const H5::DataSet ds = impl_->open_dataset(path_, ds_name);
+    Impl::check_float_shape(path_, ds, ds_name,
+                            {static_cast<hsize_t>(heads), static_cast<hsize_t>(info.total_tokens()),
+                             static_cast<hsize_t>(info.head_dim)});
+    HeadTensor out(head_count, tokens, info.head_dim);
+    if (tokens > 0)
+      Impl::read_float_slab(path_, ds, ds_name, {static_cast<hsize_t>(head_begin), 0, 0},
+                            {static_cast<hsize_t>(head_count), static_cast<hsize_t>(tokens), static_cast<hsize_t>(info.head_dim)},
+                            out.data.data());
+    return out;
+  });
+}
+
+LayerTensors TraceReader::read_layer(int layer, LayerParts parts) const {
+  const TraceInfo& info = info_;
+  const int T = info.total_tokens();
+  LayerTensors out;
+  out.layer_index = layer;
+  out.q = read_heads(layer, "q", 0, info.num_attention_heads, T);
+  out.k = read_heads(layer, "k", 0, info.num_key_value_heads, T);
+  out.v = read_heads(layer, "v", 0, info.num_key_value_heads, T);
+  if (parts.attn_out && has_dataset(layer, "attn_out")) out.attn_out = read_heads(layer, "attn_out", 0, info.num_attention_heads, T);
+  if (parts.o_proj && has_dataset(layer, "o_proj_weight")) {
+    const std::string name = layer_group(layer) + "/o_proj_weight";
+    with_hdf5_errors(path_, "read " + name, [&] {
+      const H5::DataSet ds = impl_->file.openDataSet(name);
+      H5::DataSpace space = ds.getSpace();
+      if (space.getSimpleExtentNdims() != 2) Impl::fail(path_, "dataset " + name + " is not two-dimensional");
+      hsize_t dims[2];
+      space.getSimpleExtentDims(dims);
+      const hsize_t in_features = static_cast<hsize_t>(info.num_attention_heads) * info.head_dim;
+      Impl::check_float_shape(path_, ds, name, {dims[0], in_features});
+      if (info.hidden_size && dims[0] != static_cast<hsize_t>(info.hidden_size))
+        Impl::fail(path_, "dataset " + name + " has " + std::to_string(dims[0]) + " rows, expected hidden_size = " +
+                              std::to_string(info.hidden_size));
+      out.o_proj.resize(dims[0] * dims[1]);
+      out.o_proj_rows = static_cast<int>(dims[0]);
+      Impl::read_float_slab(path_, ds, name, {0, 0}, {dims[0], dims[1]}, out.o_proj.data());
+      return 0;
+    });
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Writer
+
+struct TraceWriter::Impl {
+  std::unique_ptr<H5::H5File> file;
+  bool finished = false;
+  std::string partial;
+
+  H5::DataType storage_type(StorageDtype dtype) const {
+    if (dtype == StorageDtype::float32) return H5::PredType::IEEE_F32LE;
+    return make_16bit_float(dtype);
+  }
+
+  void write_float(const std::string& name, const std::vector<hsize_t>& dims, const float* data, StorageDtype dtype,
+                   const std::vector<hsize_t>& chunk) {
+    H5::DataSpace space(static_cast<int>(dims.size()), dims.data());
+    H5::DSetCreatPropList props;
+    bool chunkable = true;
+    for (std::size_t i = 0; i < dims.size(); ++i) chunkable = chunkable && dims[i] > 0 && chunk[i] > 0;
+    if (chunkable) props.setChunk(static_cast<int>(chunk.size()), chunk.data());
+    const H5::DataType type = storage_type(dtype);
+    H5::DataSet ds = file->createDataSet(name, type, space, props);
+    hsize_t total = 1;
+    for (hsize_t d : dims) total *= d;
+    if (total == 0) return;
+    if (dtype == StorageDtype::float32) {
+      ds.write(data, H5::PredType::NATIVE_FLOAT);
+    } else {
+      std::vector<uint16_t> raw(total);
+      for (hsize_t i = 0; i < total; ++i)
+        raw[i] = dtype == StorageDtype::float16 ? float_to_half(data[i]) : float_to_bf16(data[i]);
+      ds.write(raw.data(), type);
+    }
+  }
+};
+
+namespace {
+
+void write_int_attr(H5::H5Object& object, const std::string& name, long long value) {
+  H5::Attribute attr = object.createAttribute(name, H5::PredType::STD_I64LE, H5::DataSpace(H5S_SCALAR));
+  attr.write(H5::PredType::NATIVE_LLONG, &value);
+}
+void write_double_attr(H5::H5Object& object, const std::string& name, double value) {
+  H5::Attribute attr = object.createAttribute(name, H5::PredType::IEEE_F64LE, H5::DataSpace(H5S_SCALAR));
+  attr.write(H5::PredType::NATIVE_DOUBLE, &value);
+}
+void write_string_attr(H5::H5Object& object, const std::string& name, const std::string& value) {
+  H5::StrType type(H5::PredType::C_S1, H5T_VARIABLE);
+  type.setCset(H5T_CSET_UTF8);
+  H5::Attribute attr = object.createAttribute(name, type, H5::DataSpace(H5S_SCALAR));
+  attr.write(type, value);
+}
+
+}  // namespace
+
+TraceWriter::TraceWriter(const std::string& path, const TraceInfo& info)
+    : path_(path), info_(info), impl_(std::make_unique<Impl>()) {
+  H5::Exception::dontPrint();
+  if (info.num_key_value_heads < 1 || info.num_attention_heads % info.num_key_value_heads != 0)
+    throw Error("trace " + path + ": num_attention_heads must be a positive multiple of num_key_value_heads");
+  if (static_cast<int>(info.tokens.size()) != info.total_tokens())
+    throw Error("trace " + path + ": tokens has " + std::to_string(info.tokens.size()) + " entries, expected " +
+                std::to_string(info.total_tokens()));
+  if (static_cast<int>(info.rope.inv_freq.size()) * 2 != info.head_dim)
+    throw Error("trace " + path + ": rope inv_freq must have head_dim / 2 entries");
+  impl_->partial = path + ".partial";
+  with_hdf5_errors(path, "create the file", [&] {
+    impl_->file = std::make_unique<H5::H5File>(impl_->partial, H5F_ACC_TRUNC);
+    H5::Group root = impl_->file->openGroup("/");
+    write_int_attr(root, "kvsim_format_version", kTraceFormatVersion);
+    write_string_attr(root, "model_name", info.model_name);
+    write_int_attr(root, "num_hidden_layers", info.num_hidden_layers);
+    write_int_attr(root, "num_attention_heads", info.num_attention_heads);
+    write_int_attr(root, "num_key_value_heads", info.num_key_value_heads);
+    write_int_attr(root, "head_dim", info.head_dim);
+    if (info.hidden_size) write_int_attr(root, "hidden_size", info.hidden_size);
+    write_double_attr(root, "rope_theta", info.rope_theta);
+    write_string_attr(root, "rope_scaling", info.rope_scaling);
+    write_double_attr(root, "attention_scaling", info.rope.attention_scaling);
+    write_string_attr(root, "dtype", dtype_name(info.dtype));
+    write_int_attr(root, "n_context", info.n_context);
+    write_int_attr(root, "n_question", info.n_question);
+    write_int_attr(root, "n_generated", info.n_generated);
+
+    const hsize_t n_layers = info.recorded_layers.size();
+    std::vector<int32_t> layers(info.recorded_layers.begin(), info.recorded_layers.end());
+    impl_->file->createDataSet("/recorded_layers", H5::PredType::STD_I32LE, H5::DataSpace(1, &n_layers))
+        .write(layers.data(), H5::PredType::NATIVE_INT32);
+    const hsize_t n_tokens = info.tokens.size();
+    H5::DataSet tokens = impl_->file->createDataSet("/tokens", H5::PredType::STD_I32LE, H5::DataSpace(1, &n_tokens));
+    if (n_tokens) tokens.write(info.tokens.data(), H5::PredType::NATIVE_INT32);
+    const hsize_t half = info.rope.inv_freq.size();
+    impl_->file->createDataSet("/rope_inv_freq", H5::PredType::IEEE_F64LE, H5::DataSpace(1, &half))
+        .write(info.rope.inv_freq.data(), H5::PredType::NATIVE_DOUBLE);
+    if (!info.text.empty()) {
+      H5::StrType type(H5::PredType::C_S1, H5T_VARIABLE);
+      type.setCset(H5T_CSET_UTF8);
+      impl_->file->createDataSet("/text", type, H5::DataSpace(H5S_SCALAR)).write(info.text, type);
+    }
+    impl_->file->createGroup("/layers");
+    return 0;
+  });
+}
+
+TraceWriter::~TraceWriter() {
+  if (!impl_->finished) {
+    try {
+      if (impl_->file) impl_->file->close();
+    } catch (...) {
+    }
+    std::error_code ignored;
+    std::filesystem::remove(impl_->partial, ignored);
+  }
+}
+
+void TraceWriter::write_layer(const LayerTensors& layer) {
+  const TraceInfo& info = info_;
+  const int T = info.total_tokens();
+  const std::string group = layer_group(layer.layer_index);
+  auto check = [&](const HeadTensor& t, int heads, const char* name) {
+    if (t.heads != heads || t.tokens != T || t.dim != info.head_dim)
+      throw Error("trace " + path_ + ": layer " + std::to_string(layer.layer_index) + " " + name + " has shape [" +
+                  std::to_string(t.heads) + "," + std::to_string(t.tokens) + "," + std::to_string(t.dim) + "], expected [" +
+                  std::to_string(heads) + "," + std::to_string(T) + "," + std::to_string(info.head_dim) + "]");
+  };
+  check(layer.q, info.num_attention_heads, "q");
+  check(layer.k, info.num_key_value_heads, "k");
+  check(layer.v, info.num_key_value_heads, "v");
+  if (!layer.attn_out.empty()) check(layer.attn_out, info.num_attention_heads, "attn_out");
+  with_hdf5_errors(path_, "write " + group, [&] {
+    impl_->file->createGroup(group);
+    // One chunk = one head x up to 1024 tokens: reading one head of one layer touches
+    // only that head's chunks.
+    const hsize_t chunk_tokens = static_cast<hsize_t>(std::min(T, 1024));
+    const hsize_t d = static_cast<hsize_t>(info.head_dim);
+    auto write3 = [&](const HeadTensor& t, const char* name) {
+      impl_->write_float(group + "/" + name, {static_cast<hsize_t>(t.heads), static_cast<hsize_t>(T), d}, t.data.data(),
+                         info.dtype, {1, chunk_tokens, d});
+    };
+    write3(layer.q, "q");
+    write3(layer.k, "k");
+    write3(layer.v, "v");
+    if (!layer.attn_out.empty()) write3(layer.attn_out, "attn_out");
+    if (!layer.o_proj.empty()) {
+      const hsize_t rows = static_cast<hsize_t>(layer.o_proj_rows);
+      const hsize_t cols = static_cast<hsize_t>(info.num_attention_heads) * d;
+      if (rows * cols != layer.o_proj.size()) throw Error("trace " + path_ + ": o_proj has the wrong size");
+      impl_->write_float(group + "/o_proj_weight", {rows, cols}, layer.o_proj.data(), info.dtype, {rows, cols});
+    }
+    return 0;
+  });
+}
+
+void TraceWriter::finish() {
+  with_hdf5_errors(path_, "finish the file", [&] {
+    impl_->file->close();
+    return 0;
+  });
+  std::error_code ec;
+  std::filesystem::rename(impl_->partial, path_, ec);
+  if (ec) throw Error("trace " + path_ + ": cannot rename " + impl_->partial + " into place: " + ec.message());
+  impl_->finished = true;
+}
+
+}  // namespace kvsim

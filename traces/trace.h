@@ -1,0 +1,95 @@
+#pragma once
+// Trace format v1 (see traces/FORMAT.md): HDF5 files holding, per recorded layer, the
+// post-RoPE Q/K/V a model's attention consumed, optionally its per-head attention output
+// and o_proj weight. The reader loads one layer at a time with hyperslab reads, converts
+// the storage dtype to float32, and validates shapes, dtypes and finiteness; every
+// problem is a kvsim::Error naming the file and the dataset.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/rope.h"
+#include "core/tensor.h"
+
+namespace kvsim {
+
+constexpr int kTraceFormatVersion = 1;
+
+enum class StorageDtype { float16, bfloat16, float32 };
+std::string dtype_name(StorageDtype dtype);
+StorageDtype parse_dtype(const std::string& name);  // "float16" | "bfloat16" | "float32"
+
+struct TraceInfo {
+  std::string model_name;
+  int num_hidden_layers = 0;
+  std::vector<int> recorded_layers;
+  int num_attention_heads = 0;
+  int num_key_value_heads = 0;
+  int head_dim = 0;
+  int hidden_size = 0;  // model hidden size D; 0 if unknown
+  double rope_theta = 0;
+  std::string rope_scaling;  // the model config's rope_scaling as JSON, "" if none
+  RopeConfig rope;           // inv_freq (scaling applied) and attention_scaling
+  StorageDtype dtype = StorageDtype::float16;
+  int n_context = 0, n_question = 0, n_generated = 0;
+  std::vector<int32_t> tokens;
+  std::string text;  // optional
+
+  int total_tokens() const { return n_context + n_question + n_generated; }
+  int group_size() const { return num_attention_heads / num_key_value_heads; }
+};
+
+// What read_layer loads beyond q/k/v.
+struct LayerParts {
+  bool attn_out = true;
+  bool o_proj = true;
+};
+
+class TraceReader {
+ public:
+  explicit TraceReader(const std::string& path);
+  ~TraceReader();
+  TraceReader(const TraceReader&) = delete;
+  TraceReader& operator=(const TraceReader&) = delete;
+
+  const std::string& path() const { return path_; }
+  const TraceInfo& info() const { return info_; }
+  bool has_dataset(int layer, const std::string& name) const;  // e.g. "attn_out"
+
+  // Loads a recorded layer (float32). attn_out / o_proj are left empty when the trace
+  // lacks them or `parts` skips them.
+  LayerTensors read_layer(int layer, LayerParts parts = {}) const;
+  // Heads [head_begin, head_begin + head_count) and tokens [0, tokens) of one dataset
+  // ("q", "k", "v" or "attn_out"): a hyperslab read, the cheap path for one head.
+  HeadTensor read_heads(int layer, const std::string& name, int head_begin, int head_count, int tokens) const;
+
+ private:
+  struct Impl;
+  std::string path_;
+  TraceInfo info_;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Writes to "<path>.partial" and renames to <path> in finish(); a writer destroyed
+// before finish() removes the partial file, so no half-written trace is ever left.
+class TraceWriter {
+ public:
+  TraceWriter(const std::string& path, const TraceInfo& info);
+  ~TraceWriter();
+  TraceWriter(const TraceWriter&) = delete;
+  TraceWriter& operator=(const TraceWriter&) = delete;
+
+  // layer.layer_index must be in info.recorded_layers; q/k/v required, attn_out and
+  // o_proj written when non-empty.
+  void write_layer(const LayerTensors& layer);
+  void finish();
+
+ private:
+  struct Impl;
+  std::string path_;
+  TraceInfo info_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvsim
