@@ -58,6 +58,8 @@ const PressInfo& Registry::check(const PressSpec& spec, Backend backend) const {
     const PressInfo& inner = check(*spec.inner, backend);
     if (!inner.is_scorer)
       throw Error("press '" + spec.name + "' needs a scorer press inside, and '" + inner.name + "' is not one");
+    if (!inner.wrappable)
+      throw Error("press '" + inner.name + "' cannot be wrapped (kvpress forbids it inside '" + spec.name + "')");
   }
   ParamValues::resolve(spec.name, info.params, spec.params);
   return info;

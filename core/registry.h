@@ -25,6 +25,7 @@ struct PressInfo {
   bool wraps_scorer = false;  // spec takes an inner scorer: name(inner)
   bool uses_ratio = true;     // false for threshold presses (dms): ratio is ignored
   bool is_scorer = false;     // usable as the inner press of a wrapper
+  bool wrappable = true;      // false: kvpress forbids it inside wrappers (needs eager attentions)
   std::string example;        // spec used in default runs, when the bare name is not enough
 };
 

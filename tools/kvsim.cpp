@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
   }
   const auto it = commands.find(argv[1]);
   if (it == commands.end()) {
-    std::cerr << "kvsim: error: unknown command '" << argv[1] << "'\n" << kUsage;
+    std::cerr << "kvsim: error: unknown command '" << argv[1] << "' (commands: list, info, replay, verify-trace, synth-trace)\n";
     return 2;
   }
   try {

@@ -2,6 +2,7 @@
 // sliding window (arXiv 2506.05345, dense-prefill inference). The inner scorer scores the
 // segment at its own ratio 0; if n > sliding_window_size, every token older than the last
 // sliding_window_size tokens whose score is below `threshold` is dropped, per KV head.
+// (kvpress keeps NaN-scored tokens, since NaN < threshold is false; kvsim rejects NaN scores.)
 // The compression ratio is data dependent: `--ratio` does not apply.
 #include "reference/scorer_press.h"
 
@@ -16,7 +17,7 @@ class DmsPress final : public Press {
         window_(c.params.get_int("sliding_window_size")) {}
 
   Compression compress(const PressInput& in, double) const override {
-    const Scores s = in.n > window_ ? inner_->checked_score(in, 0.0) : Scores();
+    const Scores s = inner_->checked_score(in, 0.0);  // also when n <= window: the inner press's checks apply
     Compression out;
     out.kept.resize(static_cast<std::size_t>(in.num_kv_heads()));
     for (int g = 0; g < in.num_kv_heads(); ++g)

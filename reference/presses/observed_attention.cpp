@@ -1,7 +1,9 @@
 // observed_attention — kvpress ObservedAttentionPress (H2O-style, arXiv 2306.14048): the
 // full causal attention of the segment's own queries; score of key j =
 // (sum over queries i >= j of A[i, j]) / (n - j), averaged over the GQA group.
-// No window or sink protection. O(n^2 d) per head.
+// No window or sink protection. O(n^2 d) per head. kvpress reads the model's own eager
+// attention weights; kvsim recomputes plain causal softmax(q.k / sqrt(d)), which is the
+// same for Llama/Mistral/Qwen-style attention (not for Gemma's scaling or softcapping).
 #include <numeric>
 
 #include "reference/attention.h"
@@ -40,7 +42,8 @@ class ObservedAttentionPress final : public ScorerPress {
 
 const Registrar registered({.name = "observed_attention",
                             .summary = "mean attention each key received from the segment's queries (H2O-style, arXiv 2306.14048)",
-                            .is_scorer = true},
+                            .is_scorer = true,
+                            .wrappable = false},
                            Backend::reference, factory_of<ObservedAttentionPress>());
 
 }  // namespace

@@ -16,6 +16,8 @@ std::vector<ParamDef> snapkv_params() {
 }
 
 Scores snapkv_scores(const PressInput& in, int window, int kernel, const std::string& press) {
+  if (kernel % 2 == 0)  // an even kernel changes the pooled length; kvpress fails on it too
+    throw Error("press '" + press + "': kernel_size must be odd, got " + std::to_string(kernel));
   if (in.n <= window)
     throw Error("press '" + press + "': needs more than window_size=" + std::to_string(window) + " tokens, got " +
                 std::to_string(in.n));

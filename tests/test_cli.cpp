@@ -1,0 +1,147 @@
+// The kvsim binary end to end: successful commands, and bad input — each a one-line
+// error naming the file or parameter, a non-zero exit, and no output file left behind.
+#include <gtest/gtest.h>
+
+#include <H5Cpp.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sys/wait.h>
+
+#include "reference/attention.h"
+#include "test_util.h"
+
+namespace kvsim {
+namespace {
+
+struct Result {
+  int status;
+  std::string output;
+};
+
+Result kvsim(const std::string& args) {
+  const std::string command = std::string(KVSIM_BINARY) + " " + args + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  Result r{-1, ""};
+  if (!pipe) return r;
+  std::array<char, 4096> buffer;
+  while (std::size_t n = fread(buffer.data(), 1, buffer.size(), pipe)) r.output.append(buffer.data(), n);
+  const int raw = pclose(pipe);
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+  return r;
+}
+
+// Non-zero exit (not a crash) and a single error line containing every part.
+void expect_clean_failure(const Result& r, std::initializer_list<std::string> parts) {
+  EXPECT_TRUE(r.status == 1 || r.status == 2) << "status " << r.status << ": " << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  EXPECT_NE(r.output.find("error: "), std::string::npos) << r.output;
+  for (const std::string& part : parts) EXPECT_NE(r.output.find(part), std::string::npos) << "'" << part << "' not in: " << r.output;
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    trace_ = dir_.file("t.h5");
+    TraceInfo info = test::trace_info(4, 2, 8, 80, 8, 8, {0, 1});
+    std::vector<LayerTensors> layers;
+    for (int l : {0, 1}) {
+      LayerTensors layer = test::random_layer(4, 2, 96, 8, 70 + l, l);
+      layer.attn_out = ref::causal_attention(layer, 96);
+      layers.push_back(layer);
+    }
+    test::write_trace(trace_, info, layers);
+  }
+  test::TempDir dir_;
+  std::string trace_;
+};
+
+TEST_F(Cli, ReplayWritesATableCsvAndJson) {
+  const Result table = kvsim("replay -q --trace " + trace_ + " --press knorm 'snapkv:window_size=8' --ratio 0.25 0.5");
+  ASSERT_EQ(table.status, 0) << table.output;
+  EXPECT_NE(table.output.find("| knorm"), std::string::npos) << table.output;
+  EXPECT_NE(table.output.find("| snapkv:window_size=8"), std::string::npos);
+  const std::string csv = dir_.file("out.csv");
+  ASSERT_EQ(kvsim("replay -q --trace " + trace_ + " --press knorm --ratio 0.5 --format csv --detail head -o " + csv).status, 0);
+  std::ifstream in(csv);
+  std::string header, line;
+  std::getline(in, header);
+  EXPECT_EQ(header.rfind("press,ratio,achieved_ratio,layer,head,rel_err_mean", 0), 0u) << header;
+  int rows = 0;
+  while (std::getline(in, line)) ++rows;
+  EXPECT_EQ(rows, 8);  // 2 layers x 4 heads
+  const Result json = kvsim("replay -q --trace " + trace_ + " --press knorm --ratio 0.5 --format json --detail layer");
+  ASSERT_EQ(json.status, 0);
+  EXPECT_NE(json.output.find("\"achieved_ratio\": 0.5"), std::string::npos) << json.output;
+  EXPECT_NE(json.output.find("\"layers\""), std::string::npos);
+}
+
+TEST_F(Cli, ListInfoAndVerifyTrace) {
+  const Result list = kvsim("list");
+  ASSERT_EQ(list.status, 0);
+  for (const char* name : {"snapkv", "adakv(<scorer>)", "dms(<scorer>)", "expected_attention", "window_size=64"})
+    EXPECT_NE(list.output.find(name), std::string::npos) << name;
+  const Result info = kvsim("info " + trace_);
+  ASSERT_EQ(info.status, 0);
+  EXPECT_NE(info.output.find("80 context + 8 question + 8 generated"), std::string::npos) << info.output;
+  const Result verify = kvsim("verify-trace " + trace_);
+  EXPECT_EQ(verify.status, 0) << verify.output;
+  EXPECT_NE(verify.output.find("verified: 2 layers"), std::string::npos) << verify.output;
+  for (const char* command : {"list", "info", "replay", "verify-trace", "synth-trace"})
+    EXPECT_EQ(kvsim(std::string(command) + " --help").status, 0) << command;
+}
+
+TEST_F(Cli, VerifyTraceNamesTheLayerWhoseKeysWerePerturbed) {
+  {
+    H5::H5File file(trace_, H5F_ACC_RDWR);
+    H5::DataSet ds = file.openDataSet("/layers/1/k");
+    std::vector<float> keys(2 * 96 * 8);
+    ds.read(keys.data(), H5::PredType::NATIVE_FLOAT);
+    for (float& k : keys) k *= 1.5f;
+    ds.write(keys.data(), H5::PredType::NATIVE_FLOAT);
+  }
+  const Result r = kvsim("verify-trace " + trace_);
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("layer 1: max relative error"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("| 0 |"), std::string::npos);
+}
+
+TEST_F(Cli, BadInputFailsCleanlyAndWritesNoOutputFile) {
+  const std::string out = dir_.file("never.csv");
+  const std::string base = "replay -q --trace " + trace_ + " -o " + out + " ";
+  expect_clean_failure(kvsim(base + "--press nosuch"), {"unknown press 'nosuch'"});
+  expect_clean_failure(kvsim(base + "--press knorm --ratio 1.0"), {"ratio", "outside [0, 1)"});
+  expect_clean_failure(kvsim(base + "--press knorm --ratio -0.5"), {"outside [0, 1)"});
+  expect_clean_failure(kvsim(base + "--press knorm --ratio abc"), {"--ratio"});
+  expect_clean_failure(kvsim(base + "--press snapkv:window_size=abc"), {"window_size", "abc"});
+  expect_clean_failure(kvsim(base + "--press 'dms(knorm)'"), {"threshold", "required"});
+  expect_clean_failure(kvsim(base + "--press knorm --layers 7"), {"layer 7 is not recorded"});
+  expect_clean_failure(kvsim(base + "--press knorm --format xml"), {"--format", "xml"});
+  expect_clean_failure(kvsim(base + "--press knorm --backend tpu"), {"unknown backend 'tpu'"});
+  expect_clean_failure(kvsim(base + "--press knorm --bogus"), {"bogus"});
+  expect_clean_failure(kvsim("replay -q --trace " + dir_.file("missing.h5")), {"missing.h5", "no such file"});
+  const std::string truncated = dir_.file("trunc.h5");
+  std::filesystem::copy_file(trace_, truncated);
+  std::filesystem::resize_file(truncated, std::filesystem::file_size(truncated) / 3);
+  expect_clean_failure(kvsim("replay -q --press knorm --trace " + truncated + " -o " + out), {"trunc.h5"});
+  expect_clean_failure(kvsim("info " + truncated), {"trunc.h5"});
+  expect_clean_failure(kvsim("frobnicate"), {"unknown command 'frobnicate'"});
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+TEST(CliSynth, WritesADeterministicTraceThatVerifies) {
+  test::TempDir dir;
+  const std::string a = dir.file("a.h5"), b = dir.file("b.h5");
+  const std::string args = " --layers 2 --context 100 --question 4 --generated 4 --seed 3";
+  ASSERT_EQ(kvsim("synth-trace -o " + a + args).status, 0);
+  ASSERT_EQ(kvsim("synth-trace -o " + b + args).status, 0);
+  const TraceReader ra(a), rb(b);
+  EXPECT_EQ(ra.read_layer(1).k.data, rb.read_layer(1).k.data);
+  EXPECT_EQ(kvsim("verify-trace " + a).status, 0);
+  expect_clean_failure(kvsim("synth-trace"), {"output"});
+}
+
+}  // namespace
+}  // namespace kvsim

@@ -1,0 +1,174 @@
+// Core building blocks: Philox known answers, half/bfloat16 rounding, percentiles,
+// parameter validation, press spec parsing and registry errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "core/half.h"
+#include "core/philox.h"
+#include "core/press_spec.h"
+#include "core/registry.h"
+#include "core/rope.h"
+#include "core/stats.h"
+
+namespace kvsim {
+namespace {
+
+// Known-answer vectors published with Random123 (kat_vectors, philox4x32 10 rounds).
+TEST(Philox, MatchesRandom123KnownAnswers) {
+  const Philox4x32 zero = philox4x32_10(0, 0, 0, 0, 0, 0);
+  EXPECT_EQ(zero.v[0], 0x6627e8d5u);
+  EXPECT_EQ(zero.v[1], 0xe169c58du);
+  EXPECT_EQ(zero.v[2], 0xbc57ac4cu);
+  EXPECT_EQ(zero.v[3], 0x9b00dbd8u);
+  const Philox4x32 ones = philox4x32_10(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu);
+  EXPECT_EQ(ones.v[0], 0x408f276du);
+  EXPECT_EQ(ones.v[1], 0x41c83b0eu);
+  EXPECT_EQ(ones.v[2], 0xa20bc7c6u);
+  EXPECT_EQ(ones.v[3], 0x6d5451fdu);
+  const Philox4x32 pi = philox4x32_10(0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u, 0xa4093822u, 0x299f31d0u);
+  EXPECT_EQ(pi.v[0], 0xd16cfe09u);
+  EXPECT_EQ(pi.v[1], 0x94fdccebu);
+  EXPECT_EQ(pi.v[2], 0x5001e420u);
+  EXPECT_EQ(pi.v[3], 0x24126ea1u);
+}
+
+TEST(Philox, UniformIsInUnitIntervalAndKeyed) {
+  double sum = 0;
+  for (uint32_t t = 0; t < 10000; ++t) {
+    const float u = philox_uniform(7, 1, 2, t);
+    ASSERT_GE(u, 0.0f);
+    ASSERT_LT(u, 1.0f);
+    sum += u;
+  }
+  EXPECT_NEAR(sum / 10000, 0.5, 0.02);
+  EXPECT_EQ(philox_uniform(7, 1, 2, 3), philox_uniform(7, 1, 2, 3));
+  EXPECT_NE(philox_uniform(7, 1, 2, 3), philox_uniform(8, 1, 2, 3));
+  EXPECT_NE(philox_uniform(7, 1, 2, 3), philox_uniform(7, 2, 2, 3));
+}
+
+TEST(Half, RoundTripsEveryHalfAndRoundsToNearestEven) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = half_to_float(static_cast<uint16_t>(h));
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(float_to_half(f), h) << std::hex << h;
+  }
+  EXPECT_EQ(half_to_float(float_to_half(1.0f)), 1.0f);
+  EXPECT_EQ(round_to_half(1.0f + 1.0f / 2048), 1.0f);                    // halfway, even stays
+  EXPECT_EQ(round_to_half(1.0f + 3.0f / 2048), 1.0f + 2.0f / 1024);      // halfway, rounds up to even
+  EXPECT_EQ(round_to_half(65520.0f), INFINITY);
+  EXPECT_EQ(round_to_half(5.96046448e-8f), 5.96046448e-8f);  // smallest subnormal
+  EXPECT_EQ(round_to_bf16(1.0f + 1.0f / 256), 1.0f);         // halfway, even stays
+  EXPECT_EQ(round_to_bf16(1.0f + 3.0f / 256), 1.0f + 4.0f / 256);
+  EXPECT_EQ(round_to_bf16(-2.5f), -2.5f);
+}
+
+TEST(Stats, PercentilesInterpolateLinearly) {
+  // numpy.percentile([1, 2, 3, 4], [50, 95]) = [2.5, 3.85]
+  const Summary s = summarize({4, 1, 3, 2});
+  EXPECT_DOUBLE_EQ(s.mean, 2.5);
+  EXPECT_DOUBLE_EQ(s.median, 2.5);
+  EXPECT_NEAR(s.p95, 3.85, 1e-12);
+  EXPECT_EQ(s.count, 4u);
+  EXPECT_DOUBLE_EQ(summarize({7}).p95, 7.0);
+}
+
+TEST(Rope, InverseUndoesRotationAndPreservesNorm) {
+  RopeConfig rope = RopeConfig::from_theta(10000.0, 8);
+  const float x[8] = {1, -2, 3, 0.5f, -1, 2, 0.25f, 4};
+  float y[8], z[8];
+  apply_rope(x, y, 37, rope);
+  invert_rope(y, z, 37, rope);
+  double nx = 0, ny = 0;
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_NEAR(z[i], x[i], 1e-5);
+    nx += x[i] * x[i];
+    ny += y[i] * y[i];
+  }
+  EXPECT_NEAR(nx, ny, 1e-4);
+  // Position 0 is the identity; dimension pair (0, 4) rotates by p * theta^0 = p radians.
+  apply_rope(x, y, 0, rope);
+  for (int i = 0; i < 8; ++i) EXPECT_FLOAT_EQ(y[i], x[i]);
+  apply_rope(x, y, 1, rope);
+  EXPECT_NEAR(y[0], x[0] * std::cos(1.0) - x[4] * std::sin(1.0), 1e-6);
+  EXPECT_NEAR(y[4], x[4] * std::cos(1.0) + x[0] * std::sin(1.0), 1e-6);
+}
+
+TEST(PressSpec, ParsesNamesParametersAndWrappers) {
+  const PressSpec plain = parse_press_spec("snapkv");
+  EXPECT_EQ(plain.name, "snapkv");
+  EXPECT_TRUE(plain.params.empty());
+  const PressSpec nested = parse_press_spec("adakv(snapkv:window_size=32,kernel_size=3):alpha_safeguard=0.1");
+  EXPECT_EQ(nested.name, "adakv");
+  EXPECT_EQ(nested.params.at("alpha_safeguard"), "0.1");
+  ASSERT_TRUE(nested.inner);
+  EXPECT_EQ(nested.inner->name, "snapkv");
+  EXPECT_EQ(nested.inner->params.at("window_size"), "32");
+  EXPECT_EQ(nested.inner->params.at("kernel_size"), "3");
+  EXPECT_EQ(parse_press_spec(nested.to_string()).to_string(), nested.to_string());
+  EXPECT_EQ(parse_press_spec("dms(knorm):threshold=-4").params.at("threshold"), "-4");
+}
+
+TEST(PressSpec, RejectsMalformedSpecsWithTheirText) {
+  for (const char* bad : {"", "snapkv:", "snapkv:window_size", "snapkv:=3", "adakv(snapkv", "snapkv)", "snap kv",
+                          "snapkv:a=1,a=2", "adakv()"}) {
+    try {
+      parse_press_spec(bad);
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("bad press spec"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(Params, ValidatesTypesRangesAndRequiredValues) {
+  const std::vector<ParamDef> schema = {{"window_size", ParamType::Int, 64.0, 1.0, {}, ""},
+                                        {"alpha", ParamType::Float, 0.2, 0.0, 1.0, ""},
+                                        {"flag", ParamType::Bool, 0.0, {}, {}, ""},
+                                        {"threshold", ParamType::Float, {}, {}, {}, ""}};
+  const ParamValues v = ParamValues::resolve("p", schema, {{"threshold", "-4"}, {"flag", "true"}});
+  EXPECT_EQ(v.get_int("window_size"), 64);
+  EXPECT_DOUBLE_EQ(v.get("alpha"), 0.2);
+  EXPECT_TRUE(v.get_bool("flag"));
+  EXPECT_DOUBLE_EQ(v.get("threshold"), -4.0);
+  auto message = [&](std::map<std::string, std::string> given) {
+    try {
+      ParamValues::resolve("p", schema, given);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message({}).find("parameter 'threshold' is required"), std::string::npos);
+  EXPECT_NE(message({{"threshold", "1"}, {"window_size", "2.5"}}).find("expects an integer"), std::string::npos);
+  EXPECT_NE(message({{"threshold", "1"}, {"window_size", "0"}}).find("below its minimum"), std::string::npos);
+  EXPECT_NE(message({{"threshold", "1"}, {"alpha", "1.5"}}).find("above its maximum"), std::string::npos);
+  EXPECT_NE(message({{"threshold", "nan"}}).find("expects a finite"), std::string::npos);
+  EXPECT_NE(message({{"threshold", "1"}, {"flag", "yes"}}).find("expects true or false"), std::string::npos);
+  EXPECT_NE(message({{"threshold", "1"}, {"windw", "3"}}).find("has no parameter 'windw'"), std::string::npos);
+}
+
+TEST(Registry, ReportsUnknownPressesAndMisusedWrappers) {
+  const Registry& registry = Registry::instance();
+  auto message = [&](const std::string& spec) {
+    try {
+      registry.make(spec, Backend::reference);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message("nosuchpress").find("unknown press 'nosuchpress'"), std::string::npos);
+  EXPECT_NE(message("adakv").find("wraps a scorer"), std::string::npos);
+  EXPECT_NE(message("snapkv(knorm)").find("does not wrap"), std::string::npos);
+  EXPECT_NE(message("adakv(adakv(snapkv))").find("is not one"), std::string::npos);
+  EXPECT_NE(message("adakv(none)").find("is not one"), std::string::npos);
+  EXPECT_NE(message("dms(knorm)").find("'threshold' is required"), std::string::npos);
+  EXPECT_NE(message("adakv(observed_attention)").find("cannot be wrapped"), std::string::npos);
+  EXPECT_NE(message("snapkv:window_size=abc").find("window_size"), std::string::npos);
+  EXPECT_EQ(message("adakv(snapkv:window_size=16)"), "no error");
+}
+
+}  // namespace
+}  // namespace kvsim

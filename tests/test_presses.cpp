@@ -1,0 +1,335 @@
+// Every press: a small hand-worked case whose kept set is known, and invariants checked
+// over the whole registry (kept counts, no duplicates, ratio 0 keeps all, determinism).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+#include "core/philox.h"
+#include "core/registry.h"
+#include "reference/scoring.h"
+#include "test_util.h"
+
+namespace kvsim {
+namespace {
+
+using Kept = std::vector<std::vector<int>>;
+const RopeConfig kRope = RopeConfig::from_theta(10000.0, 2);
+
+Compression run(const std::string& spec, const LayerTensors& layer, int n, double ratio, int num_layers = 1,
+                const RopeConfig& rope = kRope) {
+  const PressInput input{layer, n, num_layers, rope};
+  return Registry::instance().make(spec, Backend::reference)->compress(input, ratio);
+}
+
+// A layer with d = 2 whose keys are given per (kv head, token) as (x, y) pairs; queries
+// and values are zero unless set by the test.
+LayerTensors layer_with_keys(const std::vector<std::vector<std::pair<float, float>>>& keys, int H = 0) {
+  const int Hkv = static_cast<int>(keys.size()), T = static_cast<int>(keys[0].size());
+  LayerTensors layer;
+  layer.q = HeadTensor(H ? H : Hkv, T, 2);
+  layer.k = HeadTensor(Hkv, T, 2);
+  layer.v = HeadTensor(Hkv, T, 2);
+  for (int g = 0; g < Hkv; ++g)
+    for (int t = 0; t < T; ++t) {
+      layer.k.at(g, t, 0) = keys[g][t].first;
+      layer.k.at(g, t, 1) = keys[g][t].second;
+      layer.v.at(g, t, 0) = 1.0f;
+    }
+  return layer;
+}
+
+std::vector<std::pair<float, float>> norms(std::initializer_list<float> values) {
+  std::vector<std::pair<float, float>> out;
+  for (float v : values) out.push_back({v, 0.0f});
+  return out;
+}
+
+TEST(Knorm, KeepsTheLowestNormKeys) {
+  const LayerTensors layer = layer_with_keys({norms({3, 1, 2, 5}), norms({0.5f, 9, 8, 0.1f})});
+  EXPECT_EQ(run("knorm", layer, 4, 0.5).kept, (Kept{{1, 2}, {0, 3}}));
+  EXPECT_EQ(run("knorm", layer, 4, 0.75).kept, (Kept{{1}, {3}}));
+}
+
+TEST(Knorm, TiesKeepTheLowerPosition) {
+  const LayerTensors layer = layer_with_keys({norms({1, 1, 1, 1})});
+  EXPECT_EQ(run("knorm", layer, 4, 0.5).kept, (Kept{{0, 1}}));
+}
+
+TEST(StreamingLlm, KeepsSinksAndTheMostRecentTokens) {
+  const LayerTensors layer = test::random_layer(2, 2, 12, 4, 1);
+  EXPECT_EQ(run("streaming_llm:n_sink=2", layer, 10, 0.5).kept, (Kept{{0, 1, 7, 8, 9}, {0, 1, 7, 8, 9}}));
+  EXPECT_EQ(run("streaming_llm", layer, 10, 0.25).kept[0], (std::vector<int>{0, 1, 2, 3, 7, 8, 9}));
+  EXPECT_THROW(run("streaming_llm:n_sink=10", layer, 10, 0.5), Error);
+}
+
+TEST(Random, KeepsThePhiloxTopKPerHead) {
+  const LayerTensors layer = test::random_layer(4, 2, 50, 4, 2, /*layer_index=*/3);
+  const Compression c = run("random:seed=11", layer, 40, 0.75);
+  for (int g = 0; g < 2; ++g) {
+    std::vector<int> order(40);
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](int a, int b) { return philox_uniform(11, 3, g, a) > philox_uniform(11, 3, g, b); });
+    std::vector<int> expected(order.begin(), order.begin() + 10);
+    std::sort(expected.begin(), expected.end());
+    EXPECT_EQ(c.kept[g], expected) << "head " << g;
+  }
+  EXPECT_NE(c.kept, run("random:seed=12", layer, 40, 0.75).kept);
+  EXPECT_NE(c.kept[0], c.kept[1]);
+}
+
+TEST(Scoring, AvgPoolCountsPaddingAsPyTorch) {
+  Eigen::RowVectorXf x(6);
+  x << 1, 2, 3, 4, 5, 6;
+  Eigen::RowVectorXf expected(6);
+  expected << 1.2f, 2.0f, 3.0f, 4.0f, 3.6f, 3.0f;  // torch.avg_pool1d(x, 5, 1, 2)
+  EXPECT_TRUE(ref::avg_pool1d(x, 5).isApprox(expected, 1e-6f));
+}
+
+// Window attention in one dimension: a query of 1 and keys (0, 0, 3, 0, 0, 0) put most of
+// the window's attention on token 2, which SnapKV keeps beside the 2-token window.
+TEST(SnapKv, KeepsTheWindowAndTheMostAttendedToken) {
+  LayerTensors layer = layer_with_keys({norms({0, 0, 3, 0, 0, 0})});
+  for (int t = 0; t < 6; ++t) layer.q.at(0, t, 0) = 1.0f;
+  EXPECT_EQ(run("snapkv:window_size=2,kernel_size=1", layer, 6, 0.5).kept, (Kept{{2, 4, 5}}));
+  EXPECT_EQ(run("snapkv:window_size=2,kernel_size=1", layer, 6, 0.6).kept, (Kept{{4, 5}}));
+  EXPECT_THROW(run("snapkv:window_size=6", layer, 6, 0.5), Error);
+  EXPECT_THROW(run("snapkv:window_size=2,kernel_size=4", layer, 6, 0.5), Error);
+}
+
+// With kernel 1, window 2 and one head, the score of token j < n - 2 is the mean over the
+// two window queries of softmax(q.k / sqrt(d)) — computed here from the definition.
+TEST(SnapKv, ScoresFollowTheWindowAttentionDefinition) {
+  const LayerTensors layer = test::random_layer(1, 1, 9, 2, 5);
+  const int n = 9, w = 2, kept = 4;  // ratio 5/9 -> int(9 * 4/9) = 4: window + 2 best
+  std::vector<double> score(n - w, 0.0);
+  for (int i = n - w; i < n; ++i) {
+    std::vector<double> e(i + 1);
+    double sum = 0;
+    for (int j = 0; j <= i; ++j)
+      sum += e[j] = std::exp((layer.q.at(0, i, 0) * layer.k.at(0, j, 0) + layer.q.at(0, i, 1) * layer.k.at(0, j, 1)) / std::sqrt(2.0));
+    for (int j = 0; j < n - w; ++j) score[j] += e[j] / sum / w;
+  }
+  std::vector<int> order(n - w);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return score[a] > score[b]; });
+  std::vector<int> expected = {order[0], order[1], 7, 8};
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(run("snapkv:window_size=2,kernel_size=1", layer, n, 1.0 - (kept + 0.5) / n).kept[0], expected);
+}
+
+// Budgets worked by hand from kvpress' get_layer_budget (n = 1000, w = 64, beta = 20, L = 32):
+// ratio 0.5: max 936, min 64, step 872/31 -> layers 0, 10, 31 keep 936, round(654.71) = 655, 64;
+// ratio 0.1: max 936, min 864; n = 100 (ratio 0.5) falls back to round(50) = 50.
+TEST(PyramidKv, BudgetsDecreaseLinearlyOverLayers) {
+  const LayerTensors base = test::random_layer(2, 1, 1000, 4, 3);
+  auto kept_at = [&](int layer_index, double ratio, int n) {
+    LayerTensors layer = base;
+    layer.layer_index = layer_index;
+    return run("pyramidkv", layer, n, ratio, 32).kept[0].size();
+  };
+  EXPECT_EQ(kept_at(0, 0.5, 1000), 936u);
+  EXPECT_EQ(kept_at(10, 0.5, 1000), 655u);
+  EXPECT_EQ(kept_at(31, 0.5, 1000), 64u);
+  EXPECT_EQ(kept_at(0, 0.1, 1000), 936u);
+  EXPECT_EQ(kept_at(31, 0.1, 1000), 864u);
+  EXPECT_EQ(kept_at(5, 0.5, 100), 50u);
+}
+
+// TOVA averages the last query's attention over all heads: both KV heads keep one set.
+TEST(Tova, SelectsTheSameTokensForEveryHeadByMeanLastQueryAttention) {
+  LayerTensors layer = layer_with_keys({norms({0, 2, 0, 0, 0}), norms({0, 0, 0, 2.5f, 0})});
+  for (int h = 0; h < 2; ++h) layer.q.at(h, 4, 0) = 1.0f;
+  // Head 0 favours token 1 (logit 2/sqrt2), head 1 token 3 (2.5/sqrt2): the mean favours 3,
+  // then 1; the last token is always kept.
+  EXPECT_EQ(run("tova", layer, 5, 0.6).kept, (Kept{{3, 4}, {3, 4}}));
+  EXPECT_EQ(run("tova", layer, 5, 0.4).kept, (Kept{{1, 3, 4}, {1, 3, 4}}));
+}
+
+// Zero queries attend uniformly: column sums over causal rows, divided by n - j:
+// j=0: (1 + 1/2 + 1/3)/3 = 0.611, j=1: (1/2 + 1/3)/2 = 0.417, j=2: (1/3)/1 = 0.333.
+TEST(ObservedAttention, NormalisesColumnSumsByTheQueriesThatSeeEachKey) {
+  const LayerTensors layer = layer_with_keys({norms({1, 2, 3})});
+  EXPECT_EQ(run("observed_attention", layer, 3, 0.3).kept, (Kept{{0, 1}}));
+  EXPECT_EQ(run("observed_attention", layer, 3, 0.6).kept, (Kept{{0}}));
+}
+
+TEST(KeyDiff, KeepsTheKeysLeastAlignedWithTheMeanDirection) {
+  const LayerTensors layer = layer_with_keys({{{1, 0}, {1, 0.1f}, {0, 1}, {1, -0.1f}, {2, 0}}});
+  // Anchor = mean unit key = (0.798, 0.2): cosines 0.970, 0.989, 0.243, 0.941, 0.970.
+  EXPECT_EQ(run("keydiff", layer, 5, 0.75).kept, (Kept{{2}}));
+  // Then (1, -0.1); (1, 0) and (2, 0) tie exactly and the lower position wins.
+  EXPECT_EQ(run("keydiff", layer, 5, 0.4).kept, (Kept{{0, 2, 3}}));
+}
+
+TEST(LagKv, ShortInputsKeepSinksAndTheMostRecentTokens) {
+  const LayerTensors layer = test::random_layer(1, 1, 20, 4, 4);
+  EXPECT_EQ(run("lagkv:n_sink=2,lag_size=16", layer, 20, 0.5).kept[0], (std::vector<int>{0, 1, 12, 13, 14, 15, 16, 17, 18, 19}));
+}
+
+// n_sink = 1, lag 4, n = 13: partitions [1,5) and [5,9) are scored against the next one,
+// [9,13) has no reference and is kept with the sink. A token whose channels swing far
+// outside the next partition's range has the largest spread and rank in its partition.
+TEST(LagKv, KeepsTheMostSpreadTokenOfEachPartition) {
+  LayerTensors layer = test::random_layer(1, 1, 13, 4, 6);
+  for (HeadTensor* t : {&layer.k, &layer.v})
+    for (float& x : t->data) x = 0.5f + 0.1f * x;
+  for (int t : {3, 7})
+    for (int c = 0; c < 4; ++c) {
+      layer.k.at(0, t, c) = c % 2 ? -5.0f : 5.0f;
+      layer.v.at(0, t, c) = c % 2 ? -5.0f : 5.0f;
+    }
+  // int(13 * 0.55) = 7 kept: sink, the tail partition and one token per scored partition.
+  EXPECT_EQ(run("lagkv:n_sink=1,lag_size=4", layer, 13, 0.45).kept[0], (std::vector<int>{0, 3, 7, 9, 10, 11, 12}));
+}
+
+// Expected attention without covariance and with one future position: mu' = mean over the
+// queries re-rotated to position n (post-RoPE q_t rotated by n - t), z_j = mu'.k_j / sqrt(d),
+// softmax over non-sink keys, times ||v_j||; computed here from that definition.
+TEST(ExpectedAttention, MatchesTheMeanQueryRotatedToTheNextPosition) {
+  const int n = 30, d = 8, sinks = 4;
+  const RopeConfig rope = RopeConfig::from_theta(100.0, d);
+  const LayerTensors layer = test::random_layer(2, 1, 40, d, 8);
+  std::vector<double> score(n, 0.0);
+  for (int h = 0; h < 2; ++h) {
+    std::vector<double> mu(d, 0.0);
+    for (int t = sinks; t < n; ++t) {
+      float pre[d], moved[d];
+      invert_rope(layer.q.head(h) + t * d, pre, t, rope);
+      apply_rope(pre, moved, n, rope);
+      for (int c = 0; c < d; ++c) mu[c] += moved[c] / (n - sinks);
+    }
+    std::vector<double> z(n);
+    double max_z = -1e300, sum = 0;
+    for (int j = sinks; j < n; ++j) {
+      z[j] = 0;
+      for (int c = 0; c < d; ++c) z[j] += mu[c] * layer.k.at(0, j, c) / std::sqrt(double(d));
+      max_z = std::max(max_z, z[j]);
+    }
+    for (int j = sinks; j < n; ++j) sum += std::exp(z[j] - max_z);
+    for (int j = sinks; j < n; ++j) score[j] += std::exp(z[j] - max_z) / sum / 2;
+  }
+  for (int j = sinks; j < n; ++j) {
+    double vn = 0;
+    for (int c = 0; c < d; ++c) vn += double(layer.v.at(0, j, c)) * layer.v.at(0, j, c);
+    score[j] *= std::sqrt(vn);
+  }
+  std::vector<int> order;
+  for (int j = sinks; j < n; ++j) order.push_back(j);
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return score[a] > score[b]; });
+  const int kept = 12;  // ratio 0.6 -> int(30 * 0.4) = 12: 4 sinks + 8 best
+  std::vector<int> expected = {0, 1, 2, 3};
+  expected.insert(expected.end(), order.begin(), order.begin() + (kept - sinks));
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(run("expected_attention:use_covariance=false,n_future_positions=1", layer, n, 0.6, 1, rope).kept[0], expected);
+}
+
+// With the covariance term, z_j gains mean_t ((q'_t - mu').k_j)^2 / (2d) (biased covariance).
+TEST(ExpectedAttention, CovarianceTermMatchesItsDefinition) {
+  const int n = 20, d = 4, sinks = 2;
+  const RopeConfig rope = RopeConfig::from_theta(50.0, d);
+  const LayerTensors layer = test::random_layer(1, 1, n, d, 9);
+  std::vector<std::vector<double>> moved;
+  std::vector<double> mu(d, 0.0);
+  for (int t = sinks; t < n; ++t) {
+    float pre[d], m[d];
+    invert_rope(layer.q.head(0) + t * d, pre, t, rope);
+    apply_rope(pre, m, n, rope);
+    moved.emplace_back(m, m + d);
+    for (int c = 0; c < d; ++c) mu[c] += m[c] / (n - sinks);
+  }
+  std::vector<double> z(n, 0.0);
+  for (int j = sinks; j < n; ++j) {
+    for (int c = 0; c < d; ++c) z[j] += mu[c] * layer.k.at(0, j, c) / std::sqrt(double(d));
+    double var = 0;
+    for (const auto& q : moved) {
+      double proj = 0;
+      for (int c = 0; c < d; ++c) proj += (q[c] - mu[c]) * layer.k.at(0, j, c);
+      var += proj * proj / moved.size();
+    }
+    z[j] += var / (2.0 * d);
+  }
+  std::vector<int> order;
+  for (int j = sinks; j < n; ++j) order.push_back(j);
+  // use_vnorm=false: softmax is monotone, so the order of z decides.
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return z[a] > z[b]; });
+  std::vector<int> expected = {0, 1, order[0], order[1], order[2]};
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(run("expected_attention:n_future_positions=1,n_sink=2,use_vnorm=false", layer, n, 0.75, 1, rope).kept[0], expected);
+}
+
+// knorm scores: head 0 (-1, -2, -3, -4), head 1 (-1, -1.1, -1.2, -100). The layer keeps
+// 2 x int(4 * 0.5) = 4 entries globally: head 0 keeps 1, head 1 keeps 3.
+TEST(AdaKv, SharesTheLayerBudgetAcrossHeadsWithASafeguard) {
+  const LayerTensors layer = layer_with_keys({norms({1, 2, 3, 4}), norms({1, 1.1f, 1.2f, 100})});
+  EXPECT_EQ(run("adakv(knorm):alpha_safeguard=0", layer, 4, 0.5).kept, (Kept{{0}, {0, 1, 2}}));
+  EXPECT_EQ(run("adakv(knorm):alpha_safeguard=0.5", layer, 4, 0.5).kept, (Kept{{0}, {0, 1, 2}}));
+  // alpha = 1: each head's whole budget (2) is safeguarded.
+  EXPECT_EQ(run("adakv(knorm):alpha_safeguard=1", layer, 4, 0.5).kept, (Kept{{0, 1}, {0, 1}}));
+}
+
+// knorm scores (-1, -3, -2, -4, -5, -6), threshold -2.5, window 2: tokens 0..3 are outside
+// the window; 1 and 3 score below the threshold and go.
+TEST(Dms, EvictsLowScoresOutsideTheSlidingWindow) {
+  const LayerTensors layer = layer_with_keys({norms({1, 3, 2, 4, 5, 6})});
+  EXPECT_EQ(run("dms(knorm):threshold=-2.5,sliding_window_size=2", layer, 6, 0.0).kept, (Kept{{0, 2, 4, 5}}));
+  EXPECT_EQ(run("dms(knorm):threshold=-2.5,sliding_window_size=6", layer, 6, 0.0).kept, (Kept{{0, 1, 2, 3, 4, 5}}));
+}
+
+// ---------------------------------------------------------------------------------------
+// Invariants over the whole registry.
+
+std::vector<std::string> all_press_specs() {
+  std::vector<std::string> specs;
+  for (const PressInfo* info : Registry::instance().presses())
+    specs.push_back(info->example.empty() ? info->name : info->example);
+  return specs;
+}
+
+class EveryPress : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EveryPress, KeepsValidSetsOfTheRightSizeDeterministically) {
+  const std::string spec = GetParam();
+  const PressInfo& info = *Registry::instance().find(parse_press_spec(spec).name);
+  const int n = 300, Hkv = 2;
+  const LayerTensors layer = test::random_layer(8, Hkv, 340, 16, 42, /*layer_index=*/1);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 16);
+  for (double ratio : {0.0, 0.1, 0.5, 0.9}) {
+    SCOPED_TRACE(spec + " at ratio " + std::to_string(ratio));
+    const Compression c = run(spec, layer, n, ratio, 4, rope);
+    ASSERT_EQ(c.kept.size(), static_cast<std::size_t>(Hkv));
+    for (const auto& head : c.kept) {
+      ASSERT_TRUE(std::is_sorted(head.begin(), head.end()));
+      ASSERT_EQ(std::adjacent_find(head.begin(), head.end()), head.end()) << "duplicates";
+      for (int t : head) ASSERT_TRUE(t >= 0 && t < n);
+    }
+    if (ratio == 0.0 && info.uses_ratio) {
+      for (const auto& head : c.kept) EXPECT_EQ(head.size(), static_cast<std::size_t>(n)) << "ratio 0 must keep all";
+    }
+    if (info.uses_ratio && !info.wraps_scorer && info.name != "pyramidkv") {
+      for (const auto& head : c.kept) EXPECT_EQ(head.size(), static_cast<std::size_t>(kvpress_budget(n, ratio)));
+    }
+    if (info.uses_ratio && info.wraps_scorer) {  // head-wise budgets: the layer total is exact
+      EXPECT_EQ(c.total_kept(), static_cast<std::size_t>(Hkv * kvpress_budget(n, ratio)));
+    }
+    EXPECT_EQ(c.kept, run(spec, layer, n, ratio, 4, rope).kept) << "not deterministic";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Registry, EveryPress, ::testing::ValuesIn(all_press_specs()), [](const auto& info) {
+  std::string name = info.param;
+  for (char& ch : name)
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return name;
+});
+
+TEST(Registry, HoldsEveryPressOfTheFoundation) {
+  for (const char* name : {"none", "random", "knorm", "streaming_llm", "snapkv", "tova", "observed_attention", "keydiff", "lagkv",
+                           "expected_attention", "pyramidkv", "adakv", "dms"})
+    EXPECT_TRUE(Registry::instance().implements(name, Backend::reference)) << name;
+}
+
+}  // namespace
+}  // namespace kvsim

@@ -1,0 +1,175 @@
+// The replay engine and its metrics: a 2-token case worked by hand, zero perturbation at
+// ratio 0, a brute-force recomputation of a compressed run, query-aware mode, and
+// argument validation.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "core/registry.h"
+#include "reference/replay.h"
+#include "test_util.h"
+
+namespace kvsim {
+namespace {
+
+// Context = token 0, question = token 1. q1 = (sqrt(2) ln 3, 0), k0 = (1, 0), k1 = 0, so the
+// full softmax of query 1 is (3/4, 1/4); v0 = (1, 0), v1 = (0, 1): O = (0.75, 0.25).
+// knorm at ratio 0.5 keeps int(0.5) = 0 context tokens: O_c = v1 = (0, 1).
+// rel_err = |(-0.75, 0.75)| / |O| = 0.75 sqrt(2) / sqrt(0.625), cosine = 0.25 / sqrt(0.625),
+// recall = 1/4. With o_proj = identity the projected error equals rel_err.
+TEST(Replay, TwoTokenCaseMatchesHandComputation) {
+  test::TempDir dir;
+  TraceInfo info = test::trace_info(1, 1, 2, 1, 1, 0, {0});
+  info.hidden_size = 2;
+  LayerTensors layer;
+  layer.q = HeadTensor(1, 2, 2);
+  layer.k = HeadTensor(1, 2, 2);
+  layer.v = HeadTensor(1, 2, 2);
+  layer.q.at(0, 1, 0) = static_cast<float>(std::sqrt(2.0) * std::log(3.0));
+  layer.k.at(0, 0, 0) = 1.0f;
+  layer.v.at(0, 0, 0) = 1.0f;
+  layer.v.at(0, 1, 1) = 1.0f;
+  layer.o_proj = {1, 0, 0, 1};
+  layer.o_proj_rows = 2;
+  const std::string path = dir.file("two.h5");
+  test::write_trace(path, info, {layer});
+
+  const TraceReader trace(path);
+  const ref::ReplayResult result = ref::replay(trace, {.presses = {"knorm", "none"}, .ratios = {0.5}});
+  ASSERT_EQ(result.runs.size(), 2u);
+  const ref::RunResult& knorm = result.runs[0];
+  EXPECT_EQ(result.n_queries, 1);
+  EXPECT_NEAR(knorm.rel_err.mean, 0.75 * std::sqrt(2.0) / std::sqrt(0.625), 1e-6);
+  EXPECT_NEAR(knorm.cosine.mean, 0.25 / std::sqrt(0.625), 1e-6);
+  EXPECT_NEAR(knorm.recall.mean, 0.25, 1e-6);
+  EXPECT_NEAR(knorm.oproj_rel_err.mean, knorm.rel_err.mean, 1e-6);
+  EXPECT_DOUBLE_EQ(knorm.achieved_ratio, 1.0);
+  const ref::RunResult& none = result.runs[1];
+  EXPECT_TRUE(std::isnan(none.ratio));
+  EXPECT_EQ(none.rel_err.mean, 0.0);
+  EXPECT_EQ(none.recall.mean, 1.0);
+  EXPECT_EQ(none.achieved_ratio, 0.0);
+}
+
+class ReplayOnRandomTrace : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    info_ = test::trace_info(4, 2, 16, 120, 10, 6, {0, 2});
+    for (int l : {0, 2}) layers_.push_back(test::random_layer(4, 2, 136, 16, 50 + l, l));
+    path_ = dir_.file("random.h5");
+    test::write_trace(path_, info_, layers_);
+  }
+  test::TempDir dir_;
+  TraceInfo info_;
+  std::vector<LayerTensors> layers_;
+  std::string path_;
+};
+
+TEST_F(ReplayOnRandomTrace, EveryPressAtRatioZeroLeavesOutputsUnchanged) {
+  std::vector<std::string> presses;
+  for (const PressInfo* p : Registry::instance().presses())
+    if (p->uses_ratio) presses.push_back(p->example.empty() ? p->name : p->example);
+  const TraceReader trace(path_);
+  const ref::ReplayResult result = ref::replay(trace, {.presses = presses, .ratios = {0.0}});
+  for (const auto& run : result.runs) {
+    EXPECT_EQ(run.rel_err.mean, 0.0) << run.press;
+    EXPECT_EQ(run.rel_err.p95, 0.0) << run.press;
+    EXPECT_NEAR(run.cosine.mean, 1.0, 1e-12) << run.press;
+    EXPECT_NEAR(run.recall.mean, 1.0, 1e-12) << run.press;
+    EXPECT_EQ(run.achieved_ratio, 0.0) << run.press;
+  }
+}
+
+// Recompute snapkv's perturbation in double from the definition: each later query t
+// attends to the kept context tokens of its KV head plus tokens [n, t].
+TEST_F(ReplayOnRandomTrace, MatchesABruteForceRecomputation) {
+  const TraceReader trace(path_);
+  const ref::ReplayResult result = ref::replay(trace, {.presses = {"snapkv:window_size=16"}, .ratios = {0.5}});
+  const int n = 120, T = 136, d = 16;
+  std::vector<double> errors;
+  for (const LayerTensors& layer : layers_) {
+    const PressInput input{layer, n, info_.num_hidden_layers, info_.rope};
+    const Compression c = Registry::instance().make("snapkv:window_size=16", Backend::reference)->compress(input, 0.5);
+    for (int h = 0; h < 4; ++h) {
+      const int g = h / 2;
+      for (int t = n; t < T; ++t) {
+        auto output = [&](bool compressed) {
+          std::vector<int> visible;
+          if (compressed) {
+            visible = c.kept[g];
+            for (int j = n; j <= t; ++j) visible.push_back(j);
+          } else {
+            for (int j = 0; j <= t; ++j) visible.push_back(j);
+          }
+          std::vector<double> w;
+          double max_l = -1e300, sum = 0;
+          for (int j : visible) {
+            double dot = 0;
+            for (int x = 0; x < d; ++x) dot += double(layer.q.at(h, t, x)) * layer.k.at(g, j, x);
+            w.push_back(dot / 4.0);
+            max_l = std::max(max_l, w.back());
+          }
+          for (double& x : w) sum += (x = std::exp(x - max_l));
+          std::vector<double> o(d, 0.0);
+          for (std::size_t i = 0; i < visible.size(); ++i)
+            for (int x = 0; x < d; ++x) o[x] += w[i] / sum * layer.v.at(g, visible[i], x);
+          return o;
+        };
+        const auto full = output(false), comp = output(true);
+        double diff = 0, norm = 0;
+        for (int x = 0; x < d; ++x) {
+          diff += (comp[x] - full[x]) * (comp[x] - full[x]);
+          norm += full[x] * full[x];
+        }
+        errors.push_back(std::sqrt(diff / norm));
+      }
+    }
+  }
+  double mean = 0;
+  for (double e : errors) mean += e / errors.size();
+  ASSERT_EQ(result.runs.size(), 1u);
+  EXPECT_NEAR(result.runs[0].rel_err.mean, mean, 1e-5);
+  EXPECT_GT(mean, 0.01);  // the press did perturb
+  EXPECT_EQ(result.runs[0].heads.size(), 8u);   // 2 layers x 4 query heads
+  EXPECT_EQ(result.runs[0].layers.size(), 2u);
+  EXPECT_NEAR(result.runs[0].achieved_ratio, 0.5, 1e-12);
+}
+
+TEST_F(ReplayOnRandomTrace, QueryAwareModeCompressesTheQuestionToo) {
+  const TraceReader trace(path_);
+  const ref::ReplayResult plain = ref::replay(trace, {.presses = {"knorm"}, .ratios = {0.5}});
+  EXPECT_EQ(plain.n_compressed, 120);
+  EXPECT_EQ(plain.n_queries, 16);
+  const ref::ReplayResult aware = ref::replay(trace, {.presses = {"knorm"}, .ratios = {0.5}, .query_aware = true});
+  EXPECT_EQ(aware.n_compressed, 130);
+  EXPECT_EQ(aware.n_queries, 6);
+  EXPECT_EQ(aware.runs[0].rel_err.count, 6u * 4u * 2u);
+}
+
+TEST_F(ReplayOnRandomTrace, RejectsBadArgumentsBeforeAnyWork) {
+  const TraceReader trace(path_);
+  auto error = [&](ref::ReplayOptions options) {
+    try {
+      ref::replay(trace, options);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error({.presses = {"knorm"}, .ratios = {1.0}}).find("outside [0, 1)"), std::string::npos);
+  EXPECT_NE(error({.presses = {"knorm"}, .ratios = {-0.1}}).find("outside [0, 1)"), std::string::npos);
+  EXPECT_NE(error({.presses = {"nope"}, .ratios = {0.5}}).find("unknown press 'nope'"), std::string::npos);
+  EXPECT_NE(error({.presses = {"knorm"}, .ratios = {0.5}, .layers = {1}}).find("layer 1 is not recorded"), std::string::npos);
+}
+
+TEST(Replay, QueryAwareNeedsGeneratedTokens) {
+  test::TempDir dir;
+  const std::string path = dir.file("nogen.h5");
+  test::write_trace(path, test::trace_info(2, 1, 4, 10, 3, 0, {0}), {test::random_layer(2, 1, 13, 4, 1)});
+  const TraceReader trace(path);
+  EXPECT_THROW(ref::replay(trace, {.presses = {"knorm"}, .ratios = {0.5}, .query_aware = true}), Error);
+}
+
+}  // namespace
+}  // namespace kvsim

@@ -1,0 +1,202 @@
+// Trace format v1: round trips in every storage dtype, hyperslab reads, and bad input —
+// each a clear kvsim::Error naming the file and the dataset, never a crash.
+#include <gtest/gtest.h>
+
+#include <H5Cpp.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/half.h"
+#include "test_util.h"
+
+namespace kvsim {
+namespace {
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+::testing::AssertionResult mentions(const std::string& message, std::initializer_list<const char*> parts) {
+  for (const char* part : parts)
+    if (message.find(part) == std::string::npos) return ::testing::AssertionFailure() << "'" << message << "' lacks '" << part << "'";
+  if (message.find('\n') != std::string::npos) return ::testing::AssertionFailure() << "not one line: " << message;
+  return ::testing::AssertionSuccess();
+}
+
+class TraceRoundTrip : public ::testing::TestWithParam<StorageDtype> {};
+
+TEST_P(TraceRoundTrip, ReadsBackWhatWasWrittenRoundedToTheStorageDtype) {
+  const StorageDtype dtype = GetParam();
+  test::TempDir dir;
+  TraceInfo info = test::trace_info(4, 2, 8, 20, 5, 3, {1, 3}, dtype);
+  info.num_hidden_layers = 6;
+  info.rope_scaling = R"({"rope_type": "llama3", "factor": 8.0})";
+  info.rope.attention_scaling = 1.25;
+  info.text = "some context text";
+  info.hidden_size = 32;
+  std::vector<LayerTensors> layers;
+  for (int l : {1, 3}) {
+    LayerTensors layer = test::random_layer(4, 2, 28, 8, 10 + l, l);
+    layer.attn_out = test::random_layer(4, 2, 28, 8, 20 + l).q;
+    layer.o_proj_rows = 32;
+    layer.o_proj.assign(32 * 32, 0.0f);
+    for (std::size_t i = 0; i < layer.o_proj.size(); ++i) layer.o_proj[i] = 0.01f * static_cast<float>(i % 17) - 0.05f;
+    layers.push_back(layer);
+  }
+  const std::string path = dir.file("trace.h5");
+  test::write_trace(path, info, layers);
+  EXPECT_FALSE(std::filesystem::exists(path + ".partial"));
+
+  const TraceReader reader(path);
+  const TraceInfo& got = reader.info();
+  EXPECT_EQ(got.model_name, info.model_name);
+  EXPECT_EQ(got.num_hidden_layers, 6);
+  EXPECT_EQ(got.recorded_layers, (std::vector<int>{1, 3}));
+  EXPECT_EQ(got.num_attention_heads, 4);
+  EXPECT_EQ(got.num_key_value_heads, 2);
+  EXPECT_EQ(got.head_dim, 8);
+  EXPECT_EQ(got.hidden_size, 32);
+  EXPECT_EQ(got.rope_theta, info.rope_theta);
+  EXPECT_EQ(got.rope_scaling, info.rope_scaling);
+  EXPECT_EQ(got.rope.inv_freq, info.rope.inv_freq);
+  EXPECT_EQ(got.rope.attention_scaling, 1.25);
+  EXPECT_EQ(got.dtype, dtype);
+  EXPECT_EQ(got.n_context, 20);
+  EXPECT_EQ(got.n_question, 5);
+  EXPECT_EQ(got.n_generated, 3);
+  EXPECT_EQ(got.tokens, info.tokens);
+  EXPECT_EQ(got.text, info.text);
+
+  auto stored = [dtype](float x) {
+    return dtype == StorageDtype::float16 ? round_to_half(x) : dtype == StorageDtype::bfloat16 ? round_to_bf16(x) : x;
+  };
+  for (const LayerTensors& written : layers) {
+    const LayerTensors read = reader.read_layer(written.layer_index);
+    for (auto [a, b] : {std::pair{&written.q, &read.q}, {&written.k, &read.k}, {&written.v, &read.v}, {&written.attn_out, &read.attn_out}}) {
+      ASSERT_EQ(a->data.size(), b->data.size());
+      for (std::size_t i = 0; i < a->data.size(); ++i) ASSERT_EQ(stored(a->data[i]), b->data[i]) << i;
+    }
+    ASSERT_EQ(read.o_proj_rows, 32);
+    for (std::size_t i = 0; i < written.o_proj.size(); ++i) ASSERT_EQ(stored(written.o_proj[i]), read.o_proj[i]);
+    // One head, a prefix of the tokens: the hyperslab path.
+    const HeadTensor head = reader.read_heads(written.layer_index, "k", 1, 1, 10);
+    for (int t = 0; t < 10; ++t)
+      for (int c = 0; c < 8; ++c) ASSERT_EQ(head.at(0, t, c), read.k.at(1, t, c));
+  }
+  EXPECT_TRUE(mentions(error_of([&] { reader.read_layer(2); }), {"layer 2 is not recorded", "1,3"}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, TraceRoundTrip,
+                         ::testing::Values(StorageDtype::float32, StorageDtype::float16, StorageDtype::bfloat16),
+                         [](const auto& info) { return dtype_name(info.param); });
+
+// A valid small trace, then one change to it made with the HDF5 API.
+class BadTrace : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    H5::Exception::dontPrint();
+    path_ = dir_.file("bad.h5");
+    test::write_trace(path_, test::trace_info(2, 1, 4, 6, 2, 0, {0}), {test::random_layer(2, 1, 8, 4, 3)});
+  }
+  std::string read_error() {
+    return error_of([&] {
+      const TraceReader reader(path_);
+      reader.read_layer(0);
+    });
+  }
+  test::TempDir dir_;
+  std::string path_;
+};
+
+TEST_F(BadTrace, MissingFile) { EXPECT_TRUE(mentions(error_of([&] { TraceReader r(dir_.file("none.h5")); }), {"none.h5", "no such file"})); }
+
+TEST_F(BadTrace, NotHdf5) {
+  std::ofstream(path_) << "this is not an HDF5 file\n";
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "not an HDF5 file"}));
+}
+
+TEST_F(BadTrace, Truncated) {
+  std::filesystem::resize_file(path_, std::filesystem::file_size(path_) / 2);
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5"}));
+}
+
+TEST_F(BadTrace, MissingDataset) {
+  H5::H5File(path_, H5F_ACC_RDWR).unlink("/layers/0/v");
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "missing dataset /layers/0/v"}));
+}
+
+TEST_F(BadTrace, WrongShape) {
+  {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    file.unlink("/layers/0/k");
+    const hsize_t dims[3] = {1, 7, 4};
+    file.createDataSet("/layers/0/k", H5::PredType::IEEE_F32LE, H5::DataSpace(3, dims));
+  }
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "/layers/0/k", "shape [1,7,4], expected [1,8,4]"}));
+}
+
+TEST_F(BadTrace, WrongDtype) {
+  {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    file.unlink("/layers/0/q");
+    const hsize_t dims[3] = {2, 8, 4};
+    file.createDataSet("/layers/0/q", H5::PredType::STD_I32LE, H5::DataSpace(3, dims));
+  }
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "/layers/0/q", "non-float dtype"}));
+}
+
+TEST_F(BadTrace, NaN) {
+  {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    H5::DataSet ds = file.openDataSet("/layers/0/v");
+    std::vector<float> values(1 * 8 * 4, 0.5f);
+    values[13] = std::nanf("");
+    ds.write(values.data(), H5::PredType::NATIVE_FLOAT);
+  }
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "/layers/0/v", "non-finite"}));
+}
+
+TEST_F(BadTrace, MissingAttribute) {
+  H5::H5File(path_, H5F_ACC_RDWR).openGroup("/").removeAttr("head_dim");
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "missing root attribute 'head_dim'"}));
+}
+
+TEST_F(BadTrace, UnsupportedVersion) {
+  {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    const long long version = 99;
+    file.openGroup("/").openAttribute("kvsim_format_version").write(H5::PredType::NATIVE_LLONG, &version);
+  }
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "format version 99 is not supported"}));
+}
+
+TEST_F(BadTrace, InconsistentHeads) {
+  {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    const long long kv_heads = 3;  // 2 query heads cannot share 3 KV heads
+    file.openGroup("/").openAttribute("num_key_value_heads").write(H5::PredType::NATIVE_LLONG, &kv_heads);
+  }
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "not a multiple of num_key_value_heads"}));
+}
+
+TEST(TraceWriter, LeavesNoFileWhenNotFinished) {
+  test::TempDir dir;
+  const std::string path = dir.file("half.h5");
+  {
+    TraceWriter writer(path, test::trace_info(2, 1, 4, 6, 2, 0, {0}));
+    EXPECT_THROW(writer.write_layer(test::random_layer(2, 1, 5, 4, 1)), Error);  // wrong token count
+  }
+  EXPECT_FALSE(std::filesystem::exists(path));
+  EXPECT_FALSE(std::filesystem::exists(path + ".partial"));
+}
+
+}  // namespace
+}  // namespace kvsim

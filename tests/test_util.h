@@ -1,0 +1,75 @@
+#pragma once
+// Shared helpers for kvsim tests: random layers with a printed seed, temporary
+// directories and small traces written through the real writer.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <random>
+#include <string>
+
+#include "core/press.h"
+#include "traces/trace.h"
+
+namespace kvsim::test {
+
+// Fills q [H, T, d], k/v [Hkv, T, d] with N(0, 1) draws from mt19937(seed).
+inline LayerTensors random_layer(int H, int Hkv, int T, int d, unsigned seed, int layer_index = 0) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  LayerTensors layer;
+  layer.layer_index = layer_index;
+  layer.q = HeadTensor(H, T, d);
+  layer.k = HeadTensor(Hkv, T, d);
+  layer.v = HeadTensor(Hkv, T, d);
+  for (HeadTensor* t : {&layer.q, &layer.k, &layer.v})
+    for (float& x : t->data) x = normal(rng);
+  return layer;
+}
+
+// A fresh directory under the system temp dir, removed at destruction.
+class TempDir {
+ public:
+  TempDir() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = std::filesystem::temp_directory_path() /
+            ("kvsim_" + std::string(info ? info->name() : "test") + "_" + std::to_string(std::random_device{}()));
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// TraceInfo for a trace of the given shape (float32 unless dtype says otherwise).
+inline TraceInfo trace_info(int H, int Hkv, int d, int n_context, int n_question, int n_generated, std::vector<int> layers,
+                            StorageDtype dtype = StorageDtype::float32) {
+  TraceInfo info;
+  info.model_name = "test-model";
+  info.num_hidden_layers = 1;
+  for (int l : layers) info.num_hidden_layers = std::max(info.num_hidden_layers, l + 1);
+  info.recorded_layers = layers;
+  info.num_attention_heads = H;
+  info.num_key_value_heads = Hkv;
+  info.head_dim = d;
+  info.rope_theta = 10000.0;
+  info.rope = RopeConfig::from_theta(10000.0, d);
+  info.dtype = dtype;
+  info.n_context = n_context;
+  info.n_question = n_question;
+  info.n_generated = n_generated;
+  for (int t = 0; t < info.total_tokens(); ++t) info.tokens.push_back(t % 97);
+  return info;
+}
+
+inline void write_trace(const std::string& path, const TraceInfo& info, const std::vector<LayerTensors>& layers) {
+  TraceWriter writer(path, info);
+  for (const auto& layer : layers) writer.write_layer(layer);
+  writer.finish();
+}
+
+}  // namespace kvsim::test
