@@ -1,0 +1,138 @@
+// Reference-backend benchmarks (Google Benchmark; run with --benchmark_format=json):
+//  * press/<spec>/T=<n>/...: one press compressing a Llama-3-8B-shaped layer (32 query
+//    heads, 8 KV heads, d=128, float32 in memory) of T tokens: scoring + selection.
+//  * replay_layer/T=<n>: replay of one such layer from a float16 trace file (read,
+//    full attention of the later queries, one press, compressed attention, metrics).
+//  * replay_bundled_trace: the whole bundled trace through every registered press at
+//    four ratios; reports the process's peak resident memory.
+#include <benchmark/benchmark.h>
+#include <sys/resource.h>
+
+#include <filesystem>
+#include <random>
+
+#include "core/registry.h"
+#include "reference/replay.h"
+#include "traces/trace.h"
+
+namespace kvsim {
+namespace {
+
+constexpr int kHeads = 32, kKvHeads = 8, kHeadDim = 128;
+
+LayerTensors llama_layer(int T) {
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  LayerTensors layer;
+  layer.q = HeadTensor(kHeads, T, kHeadDim);
+  layer.k = HeadTensor(kKvHeads, T, kHeadDim);
+  layer.v = HeadTensor(kKvHeads, T, kHeadDim);
+  for (HeadTensor* t : {&layer.q, &layer.k, &layer.v})
+    for (float& x : t->data) x = normal(rng);
+  return layer;
+}
+
+double peak_rss_mib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+void press_benchmark(benchmark::State& state, const std::string& spec, int T, double ratio) {
+  static std::map<int, LayerTensors> layers;  // built once per T, shared by all presses
+  if (!layers.count(T)) layers.emplace(T, llama_layer(T));
+  const LayerTensors& layer = layers.at(T);
+  const RopeConfig rope = RopeConfig::from_theta(500000.0, kHeadDim);
+  const auto press = Registry::instance().make(spec, Backend::reference);
+  const PressInput input{layer, T, 32, rope};
+  std::size_t kept = 0;
+  for (auto _ : state) {
+    const Compression c = press->compress(input, ratio);
+    kept = c.total_kept();
+    benchmark::DoNotOptimize(kept);
+  }
+  // Bytes of the layer's cache the press reads (keys and values, float32) per iteration.
+  const double cache_bytes = 2.0 * kKvHeads * T * kHeadDim * sizeof(float);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * cache_bytes));
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * T);  // tokens
+  state.counters["kept_fraction"] = static_cast<double>(kept) / (static_cast<double>(T) * kKvHeads);
+}
+
+// One layer written to a float16 trace in the temp dir, replayed with knorm at ratio 0.5.
+void replay_layer_benchmark(benchmark::State& state, int T) {
+  const int n_context = T - 128;
+  const std::string path = (std::filesystem::temp_directory_path() / ("kvsim_bench_layer_" + std::to_string(T) + ".h5")).string();
+  TraceInfo info;
+  info.model_name = "bench (Llama-3-8B-shaped)";
+  info.num_hidden_layers = 32;
+  info.recorded_layers = {0};
+  info.num_attention_heads = kHeads;
+  info.num_key_value_heads = kKvHeads;
+  info.head_dim = kHeadDim;
+  info.rope_theta = 500000.0;
+  info.rope = RopeConfig::from_theta(500000.0, kHeadDim);
+  info.dtype = StorageDtype::float16;
+  info.n_context = n_context;
+  info.n_question = 64;
+  info.n_generated = 64;
+  info.tokens.assign(static_cast<std::size_t>(T), 0);
+  {
+    TraceWriter writer(path, info);
+    writer.write_layer(llama_layer(T));
+    writer.finish();
+  }
+  const TraceReader trace(path);
+  for (auto _ : state) {
+    const ref::ReplayResult result = ref::replay(trace, {.presses = {"knorm"}, .ratios = {0.5}});
+    benchmark::DoNotOptimize(result.runs.front().rel_err.mean);
+  }
+  // Bytes read from the trace per iteration (float16 q, k, v).
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * (kHeads + 2.0 * kKvHeads) * T * kHeadDim * 2));
+  state.counters["peak_rss_MiB"] = peak_rss_mib();
+  std::filesystem::remove(path);
+}
+
+void bundled_trace_benchmark(benchmark::State& state) {
+  const TraceReader trace(KVSIM_BUNDLED_TRACE);
+  ref::ReplayOptions options;
+  for (const PressInfo* info : Registry::instance().presses()) options.presses.push_back(info->example.empty() ? info->name : info->example);
+  options.ratios = {0.1, 0.25, 0.5, 0.75};
+  std::size_t runs = 0;
+  for (auto _ : state) {
+    const ref::ReplayResult result = ref::replay(trace, options);
+    runs = result.runs.size();
+  }
+  state.counters["runs"] = static_cast<double>(runs);
+  state.counters["peak_rss_MiB"] = peak_rss_mib();
+}
+
+}  // namespace
+}  // namespace kvsim
+
+int main(int argc, char** argv) {
+  using namespace kvsim;
+  for (const PressInfo* info : Registry::instance().presses()) {
+    const std::string spec = info->example.empty() ? info->name : info->example;
+    for (int T : {4096, 16384}) {
+      // Full causal attention over the segment is O(T^2 d): 4K only.
+      if (info->name == "observed_attention" && T > 4096) continue;
+      const std::string label = "press/" + spec + "/T=" + std::to_string(T) + "/hkv=8/d=128/r=0.5/f32";
+      benchmark::RegisterBenchmark(label.c_str(), [spec, T](benchmark::State& s) { press_benchmark(s, spec, T, 0.5); })
+          ->Unit(benchmark::kMillisecond)
+          ->MinTime(0.2);
+    }
+  }
+  for (int T : {4096, 16384})
+    benchmark::RegisterBenchmark(("replay_layer/T=" + std::to_string(T) + "/h=32/hkv=8/d=128/knorm/f16").c_str(),
+                                 [T](benchmark::State& s) { replay_layer_benchmark(s, T); })
+        ->Unit(benchmark::kMillisecond)
+        ->Iterations(3);
+  benchmark::RegisterBenchmark("replay_bundled_trace/every_press/4_ratios", bundled_trace_benchmark)
+      ->Unit(benchmark::kMillisecond)
+      ->Iterations(2);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
