@@ -2,6 +2,7 @@
 #include <boost/program_options.hpp>
 #include <iostream>
 
+#include "core/text.h"
 #include "tools/commands.h"
 #include "traces/trace.h"
 
@@ -24,8 +25,7 @@ int info_command(const Args& args) {
   const std::string path = vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path();
   const TraceReader trace(path);
   const TraceInfo& info = trace.info();
-  std::string layers;
-  for (int l : info.recorded_layers) layers += (layers.empty() ? "" : ",") + std::to_string(l);
+  const std::string layers = join_ints(info.recorded_layers);
   const int first = info.recorded_layers.front();
   std::cout << "trace:            " << path << "\n"
             << "format version:   " << kTraceFormatVersion << "\n"
