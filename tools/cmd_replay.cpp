@@ -31,7 +31,7 @@ int replay_command(const Args& args) {
   desc.add_options()("help,h", "show this help")
       ("trace", po::value<std::string>(), "trace file (default: the bundled trace)")
       ("press", po::value<std::vector<std::string>>()->multitoken()->composing(),
-       "press specs, e.g. snapkv adakv(snapkv) 'dms(snapkv):threshold=0.001' (default: every registered press)")
+       "press specs, e.g. snapkv adakv(snapkv) 'dms(snapkv):threshold=0.0003' (default: every registered press)")
       ("ratio", po::value<std::vector<double>>()->multitoken()->composing(), "compression ratios in [0, 1) (default: 0.25 0.5 0.75)")
       ("layers", po::value<std::string>(), "recorded layers to replay, e.g. 0,2,5-7 (default: all)")
       ("query-aware", po::bool_switch(), "the press also sees the question (kvpress query_aware); evaluates generated tokens only")

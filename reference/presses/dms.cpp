@@ -38,7 +38,7 @@ const Registrar registered({.name = "dms",
                                        {"sliding_window_size", ParamType::Int, 128.0, 0.0, {}, "most recent tokens never evicted"}},
                             .wraps_scorer = true,
                             .uses_ratio = false,
-                            .example = "dms(snapkv):threshold=0.001"},
+                            .example = "dms(snapkv):threshold=0.0003"},
                            Backend::reference, factory_of<DmsPress>());
 
 }  // namespace

@@ -1,0 +1,346 @@
+#!/usr/bin/env python3
+"""Record a kvsim trace (format v1, traces/FORMAT.md) from a Hugging Face causal LM.
+
+The model runs unchanged: kvsim registers its own attention function through transformers'
+AttentionInterface, which calls the model's own eager attention and keeps, per selected
+layer, the post-RoPE queries, keys and values exactly as that function received them, and
+its per-head output before o_proj. The prompt (context, then question) is prefilled in
+chunks, then the model decodes greedily; the generated tokens' Q/K/V are recorded too.
+
+    python tools/record_trace.py --model HuggingFaceTB/SmolLM2-135M-Instruct \\
+        --context book.txt --question "Who ...?" --chat-template --generate 64 -o trace.h5
+
+--model takes a hub name, a local folder, or a .gguf file (loaded through transformers'
+GGUF support). Errors are one line on stderr and a non-zero exit; the output file is
+written under a temporary name and renamed only when complete.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+SUPPORTED_ARCHITECTURES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"}
+FORMAT_VERSION = 1
+ATTENTION_NAME = "kvsim_record"
+
+
+def fail(message):
+    print(f"record_trace: error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def parse_layers(text, num_layers):
+    if text in (None, "", "all"):
+        return list(range(num_layers))
+    layers = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                first, last = (int(x) for x in part.split("-"))
+                layers.extend(range(first, last + 1))
+            else:
+                layers.append(int(part))
+    except ValueError:
+        fail(f"bad --layers '{text}' (expected e.g. 0,2,5-7 or all)")
+    for layer in layers:
+        if not 0 <= layer < num_layers:
+            fail(f"--layers: layer {layer} is outside [0, {num_layers}) for this model")
+    return sorted(set(layers))
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="hub name, local folder, or .gguf file")
+    p.add_argument("--gguf-file", help="GGUF file name inside --model (a folder or hub repo)")
+    p.add_argument("--context", required=True, help="text file holding the context")
+    p.add_argument("--question", default="", help="question asked after the context")
+    p.add_argument("--question-file", help="read the question from this file instead")
+    p.add_argument("--chat-template", action="store_true", help="wrap context + question in the model's chat template")
+    p.add_argument("--generate", type=int, default=64, help="tokens to generate greedily (recorded as the decode segment)")
+    p.add_argument("--layers", default="all", help="layers to record, e.g. 0,14,29 or 0-3 (default: all)")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"], help="storage dtype")
+    p.add_argument("--model-dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="dtype the model runs in (auto: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--max-context-tokens", type=int, help="truncate the context to this many tokens")
+    p.add_argument("--prefill-chunk", type=int, default=2048, help="prompt tokens per forward pass")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
+    p.add_argument("--with-oproj", action="store_true", help="also store each layer's o_proj weight")
+    p.add_argument("--with-hidden-states", action="store_true", help="also store each layer's attention input")
+    p.add_argument("--compress", action="store_true", help="gzip-compress the datasets (smaller, slower to read)")
+    p.add_argument("--model-name", help="name stored in the trace (default: the model's config name or --model)")
+    p.add_argument("-o", "--output", required=True, help="trace file to write")
+    args = p.parse_args(argv)
+    if args.generate < 0:
+        fail("--generate must be >= 0")
+    if args.prefill_chunk < 1:
+        fail("--prefill-chunk must be >= 1")
+    return args
+
+
+def load_model(args, torch, transformers):
+    path, gguf = args.model, args.gguf_file
+    if path.endswith(".gguf"):
+        if not os.path.isfile(path):
+            fail(f"GGUF file {path} does not exist")
+        path, gguf = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    elif os.path.sep in path and not os.path.exists(path):
+        fail(f"model folder {path} does not exist")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype_name = args.model_dtype
+    if dtype_name == "auto":
+        dtype_name = "float32" if device == "cpu" else "bfloat16"
+    kwargs = {"dtype": getattr(torch, dtype_name)}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        fail(f"cannot load model {args.model}: {str(e).splitlines()[0]}")
+    model.to(device).eval()
+    return model, tokenizer, device
+
+
+def check_architecture(model, n_tokens):
+    config = model.config
+    model_type = getattr(config, "model_type", "?")
+    if model_type not in SUPPORTED_ARCHITECTURES:
+        fail(f"architecture '{model_type}' is not supported (supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))})")
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None or not all(hasattr(layer, "self_attn") and hasattr(layer.self_attn, "q_proj") for layer in layers):
+        fail(f"cannot find the attention modules (model.model.layers[i].self_attn) of this '{model_type}' model")
+    if getattr(config, "attn_logit_softcapping", None):
+        fail("attention logit softcapping is not replayable by kvsim (softmax(q.k/sqrt(d)) is assumed)")
+    window = getattr(config, "max_position_embeddings", None)
+    if window and n_tokens > window:
+        fail(f"the prompt plus generated tokens ({n_tokens}) exceed the model's window ({window} positions)")
+    for layer in layers:
+        attention = layer.self_attn
+        if abs(attention.scaling - attention.head_dim ** -0.5) > 1e-6:
+            fail(f"layer {attention.layer_idx} scales logits by {attention.scaling}, not 1/sqrt(head_dim); kvsim cannot replay it")
+        sliding = getattr(attention, "sliding_window", None)
+        if sliding and n_tokens > sliding:
+            fail(f"layer {attention.layer_idx} uses a sliding window of {sliding} < {n_tokens} tokens; kvsim cannot replay it")
+
+
+def tokenize(args, tokenizer, context, question):
+    """Token ids of the context and of the question segment (kvpress' split)."""
+    if args.chat_template:
+        if not tokenizer.chat_template:
+            fail("--chat-template: this tokenizer has no chat template")
+        separator = "\n\n" if question else ""
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": context + separator + question}],
+                                                 add_generation_prompt=True, tokenize=False)
+        cut = rendered.index(context) + len(context)
+        context_ids = tokenizer(rendered[:cut], add_special_tokens=False)["input_ids"]
+        question_ids = tokenizer(rendered[cut:], add_special_tokens=False)["input_ids"]
+    else:
+        context_ids = tokenizer(context, add_special_tokens=True)["input_ids"]
+        question_ids = tokenizer("\n\n" + question, add_special_tokens=False)["input_ids"] if question else []
+    if args.max_context_tokens and len(context_ids) > args.max_context_tokens:
+        context_ids = context_ids[: args.max_context_tokens]
+    if not context_ids:
+        fail("the context is empty")
+    return context_ids, question_ids
+
+
+class TraceFile:
+    """Trace v1 written slice by slice, under a temporary name until close()."""
+
+    def __init__(self, h5py, np, path, storage_dtype, compress):
+        self.h5py, self.np = h5py, np
+        self.path, self.partial = path, path + ".partial"
+        self.file = h5py.File(self.partial, "w")
+        self.storage_dtype = storage_dtype
+        self.compress = compress
+        if storage_dtype == "bfloat16":  # HDF5 custom float: sign 15, exponent 7..14, mantissa 0..6
+            self.bf16 = h5py.h5t.IEEE_F32LE.copy()
+            self.bf16.set_fields(15, 7, 8, 0, 7)
+            self.bf16.set_size(2)
+            self.bf16.set_ebias(127)
+
+    def create(self, name, shape):
+        chunks = (1, min(shape[1], 1024), shape[2]) if len(shape) == 3 else None
+        options = {"compression": "gzip", "shuffle": True} if self.compress else {}
+        if self.storage_dtype != "bfloat16":
+            return self.file.create_dataset(name, shape=shape, dtype=self.storage_dtype, chunks=chunks, **options)
+        dcpl = self.h5py.h5p.create(self.h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk(chunks or shape)
+        if self.compress:
+            dcpl.set_shuffle()
+            dcpl.set_deflate(4)
+        group, _, leaf = name.rpartition("/")
+        parent = self.file.require_group(group or "/")
+        space = self.h5py.h5s.create_simple(shape)
+        dataset_id = self.h5py.h5d.create(parent.id, leaf.encode(), self.bf16, space, dcpl=dcpl)
+        return self.h5py.Dataset(dataset_id)
+
+    def write(self, dataset, tensor, start):
+        """Writes tensor ([heads, n, d] or [rows, cols]) at token offset `start` (dim 1 for 3-D)."""
+        torch_tensor = tensor.detach().cpu()
+        if self.storage_dtype != "bfloat16":
+            array = torch_tensor.float().numpy().astype(self.storage_dtype)
+            if array.ndim == 3:
+                dataset[:, start:start + array.shape[1], :] = array
+            else:
+                dataset[...] = array
+            return
+        import torch
+        raw = torch_tensor.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(self.np.uint16)
+        file_space = dataset.id.get_space()
+        offset = (0, start, 0) if raw.ndim == 3 else (0, 0)
+        file_space.select_hyperslab(offset, raw.shape)
+        dataset.id.write(self.h5py.h5s.create_simple(raw.shape), file_space, raw, mtype=self.bf16)
+
+    def close(self):
+        self.file.close()
+        os.replace(self.partial, self.path)
+
+    def abandon(self):
+        try:
+            self.file.close()
+        finally:
+            if os.path.exists(self.partial):
+                os.remove(self.partial)
+
+
+class Recorder:
+    """Attention function that runs the model's own eager attention and keeps its inputs and output."""
+
+    def __init__(self, trace, layers, datasets, sys_modules):
+        self.trace, self.layers, self.datasets = trace, set(layers), datasets
+        self.sys_modules = sys_modules
+        self.position = 0  # first token of the current forward pass
+
+    def __call__(self, module, query, key, value, attention_mask, **kwargs):
+        eager = self.sys_modules[type(module).__module__].eager_attention_forward
+        output, weights = eager(module, query, key, value, attention_mask, **kwargs)
+        layer = module.layer_idx
+        if layer in self.layers:
+            n = query.shape[2]
+            sets = self.datasets[layer]
+            self.trace.write(sets["q"], query[0], self.position)
+            self.trace.write(sets["k"], key[0, :, -n:], self.position)  # the cache holds earlier tokens too
+            self.trace.write(sets["v"], value[0, :, -n:], self.position)
+            self.trace.write(sets["attn_out"], output[0].transpose(0, 1), self.position)  # [n, H, d] -> [H, n, d]
+        return output, weights
+
+
+def main(argv):
+    args = parse_args(argv)
+    if not os.path.isfile(args.context):
+        fail(f"context file {args.context} does not exist")
+    question = args.question
+    if args.question_file:
+        if not os.path.isfile(args.question_file):
+            fail(f"question file {args.question_file} does not exist")
+        question = open(args.question_file, encoding="utf-8").read().strip()
+    context = open(args.context, encoding="utf-8").read()
+    try:
+        import h5py
+        import numpy as np
+        import torch
+        import transformers
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    except ImportError as e:
+        fail(f"{e.name} is not installed: run scripts/setup_recorder.sh (pins in tools/requirements.txt)")
+
+    model, tokenizer, device = load_model(args, torch, transformers)
+    context_ids, question_ids = tokenize(args, tokenizer, context, question)
+    n_context, n_question, n_generated = len(context_ids), len(question_ids), args.generate
+    total = n_context + n_question + n_generated
+    check_architecture(model, total)
+    config = model.config
+    num_layers = config.num_hidden_layers
+    layers = parse_layers(args.layers, num_layers)
+    attention0 = model.model.layers[0].self_attn
+    H, Hkv, d = config.num_attention_heads, config.num_key_value_heads, attention0.head_dim
+    rotary = model.model.rotary_emb
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
+    scaled = rope.get("rope_type", "default") != "default"
+
+    trace = TraceFile(h5py, np, args.output, args.dtype, args.compress)
+    try:
+        f = trace.file
+        f.attrs["kvsim_format_version"] = FORMAT_VERSION
+        f.attrs["model_name"] = args.model_name or getattr(config, "_name_or_path", None) or args.model
+        f.attrs["num_hidden_layers"] = num_layers
+        f.attrs["num_attention_heads"] = H
+        f.attrs["num_key_value_heads"] = Hkv
+        f.attrs["head_dim"] = d
+        f.attrs["hidden_size"] = config.hidden_size
+        f.attrs["rope_theta"] = float(rope_theta)
+        f.attrs["rope_scaling"] = json.dumps(rope) if scaled else ""
+        f.attrs["attention_scaling"] = float(getattr(rotary, "attention_scaling", 1.0))
+        f.attrs["dtype"] = args.dtype
+        f.attrs["n_context"] = n_context
+        f.attrs["n_question"] = n_question
+        f.attrs["n_generated"] = n_generated
+        f.create_dataset("recorded_layers", data=np.array(layers, dtype=np.int32))
+        f.create_dataset("rope_inv_freq", data=rotary.inv_freq.detach().double().cpu().numpy())
+        f.create_dataset("text", data=context + ("\n\n" + question if question else ""))
+        datasets = {}
+        for layer in layers:
+            attention = model.model.layers[layer].self_attn
+            datasets[layer] = {name: trace.create(f"layers/{layer}/{name}", (heads, total, d))
+                               for name, heads in (("q", H), ("k", Hkv), ("v", Hkv), ("attn_out", H))}
+            if args.with_oproj:
+                weight = attention.o_proj.weight
+                trace.write(trace.create(f"layers/{layer}/o_proj_weight", tuple(weight.shape)), weight, 0)
+
+        recorder = Recorder(trace, layers, datasets, sys.modules)
+        AttentionInterface.register(ATTENTION_NAME, recorder)
+        AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+        model.set_attn_implementation(ATTENTION_NAME)
+        hidden = {}
+        if args.with_hidden_states:
+            def keep_input(module, args_, kwargs):
+                states = kwargs.get("hidden_states", args_[0] if args_ else None)
+                hidden.setdefault(module.layer_idx, []).append(states[0].detach().float().cpu())
+            for layer in layers:
+                model.model.layers[layer].self_attn.register_forward_pre_hook(keep_input, with_kwargs=True)
+
+        prompt = torch.tensor([context_ids + question_ids], device=device)
+        tokens = context_ids + question_ids
+        started = time.time()
+        with torch.no_grad():
+            past = None
+            for start in range(0, prompt.shape[1], args.prefill_chunk):
+                recorder.position = start
+                chunk = prompt[:, start:start + args.prefill_chunk]
+                out = model(chunk, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                print(f"record_trace: prefill {start + chunk.shape[1]}/{prompt.shape[1]} tokens "
+                      f"({time.time() - started:.1f}s)", file=sys.stderr)
+            next_token = out.logits[0, -1].argmax()
+            for step in range(n_generated):
+                tokens.append(int(next_token))
+                recorder.position = n_context + n_question + step
+                out = model(next_token.view(1, 1), past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                next_token = out.logits[0, -1].argmax()
+                if (step + 1) % 16 == 0 or step + 1 == n_generated:
+                    print(f"record_trace: generated {step + 1}/{n_generated} tokens ({time.time() - started:.1f}s)",
+                          file=sys.stderr)
+        f.create_dataset("tokens", data=np.array(tokens, dtype=np.int32))
+        if args.with_hidden_states:
+            for layer in layers:
+                states = torch.cat(hidden[layer], dim=0)
+                trace.write(trace.create(f"layers/{layer}/hidden_states", tuple(states.shape)), states, 0)
+        generated_text = tokenizer.decode(tokens[n_context + n_question:])
+        f.attrs["generated_text"] = generated_text
+        trace.close()
+    except BaseException:
+        trace.abandon()
+        raise
+    print(f"record_trace: wrote {args.output}: {len(layers)} layers, {n_context} context + {n_question} question + "
+          f"{n_generated} generated tokens; generated: {generated_text!r}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
