@@ -2,6 +2,7 @@
 // The press contract shared by every backend. A press sees the first `n` tokens of one
 // layer (the compressed segment: the context, or context + question in query-aware
 // mode) and decides, per KV head, which of them stay in the cache.
+#include <Eigen/Core>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -42,7 +43,29 @@ class Press {
   virtual Compression compress(const PressInput& input, double ratio) const = 0;
 };
 
+// Per-KV-head token scores [Hkv, n], on the host; higher means "keep".
+using ScoreMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// A press defined by one score per (KV head, token) — kvpress' ScorerPress. Every backend
+// implements the scoring stage behind this interface, so wrappers and the conformance
+// harness can compare backends stage by stage.
+class ScorerPress : public Press {
+ public:
+  // Scores of the first n tokens (a host copy on device backends).
+  virtual ScoreMatrix score(const PressInput& input, double ratio) const = 0;
+  // Tokens kept per head: kvpress' int(n * (1 - ratio)) unless the press allocates otherwise.
+  virtual int budget(const PressInput& input, double ratio) const;
+};
+
 // kvpress' budget: n_kept = int(n * (1 - ratio)), truncating toward zero.
 inline int kvpress_budget(int n, double ratio) { return static_cast<int>(n * (1.0 - ratio)); }
+inline int ScorerPress::budget(const PressInput& input, double ratio) const { return kvpress_budget(input.n, ratio); }
+
+// kvpress PyramidKVPress.get_layer_budget, in floating point with Python's round:
+//   M = w + n(1-r); min = (M-w)/beta; max = 2(M-w) - min;
+//   if max >= n-w: max = n-w, min = 2(M-w) - max;
+//   if not (n >= max >= min >= w): round(n(1-r))   (SnapKV fallback)
+//   else round(max - layer (max-min)/(L-1)).
+int pyramidkv_budget(int n, double ratio, int window, double beta, int layer, int num_layers);
 
 }  // namespace kvsim

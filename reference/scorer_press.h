@@ -1,7 +1,7 @@
 #pragma once
-// ScorerPress (kvpress' ScorerPress): a press defined by one score per (KV head, token);
-// compression keeps each head's `budget` best tokens. Wrappers (AdaKV, DMS) reuse the
-// scores with other selection rules.
+// The reference backend's scorer presses: kvsim::ScorerPress plus the reference selection
+// (each head keeps its `budget` best tokens). Wrappers (AdaKV, DMS) reuse the scores with
+// other selection rules.
 #include <string>
 
 #include "core/press.h"
@@ -10,15 +10,10 @@
 
 namespace kvsim::ref {
 
-class ScorerPress : public Press {
+class ScorerPress : public kvsim::ScorerPress {
  public:
   explicit ScorerPress(std::string name) : name_(std::move(name)) {}
   const std::string& name() const { return name_; }
-
-  // Scores [Hkv, n] of the first n tokens; higher = more important.
-  virtual Scores score(const PressInput& input, double ratio) const = 0;
-  // Tokens kept per head: kvpress' int(n * (1 - ratio)) unless the press allocates otherwise.
-  virtual int budget(const PressInput& input, double ratio) const { return kvpress_budget(input.n, ratio); }
 
   // Checked scores: NaN is an error naming the press.
   Scores checked_score(const PressInput& input, double ratio) const;
