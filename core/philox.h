@@ -5,11 +5,7 @@
 // values in any order. Header-only and usable from device code.
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define KVSIM_HD __host__ __device__
-#else
-#define KVSIM_HD
-#endif
+#include "core/hd.h"
 
 namespace kvsim {
 

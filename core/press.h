@@ -36,6 +36,15 @@ struct Compression {
   }
 };
 
+// Every token of every head kept (ratio 0, or the `none` press).
+inline Compression keep_all(int kv_heads, int n) {
+  Compression all;
+  all.kept.resize(static_cast<std::size_t>(kv_heads));
+  for (auto& head : all.kept)
+    for (int t = 0; t < n; ++t) head.push_back(t);
+  return all;
+}
+
 class Press {
  public:
   virtual ~Press() = default;

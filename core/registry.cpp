@@ -4,12 +4,19 @@
 
 namespace kvsim {
 
-std::string backend_name(Backend backend) { return backend == Backend::reference ? "reference" : "cuda"; }
+std::string backend_name(Backend backend) {
+  switch (backend) {
+    case Backend::reference: return "reference";
+    case Backend::cuda: return "cuda";
+    case Backend::cuda_emulated: return "cuda-emu";
+  }
+  return "?";
+}
 
 Backend parse_backend(const std::string& name) {
-  if (name == "reference" || name == "cpu") return Backend::reference;
-  if (name == "cuda") return Backend::cuda;
-  throw Error("unknown backend '" + name + "' (backends: reference, cuda)");
+  for (Backend b : kAllBackends)
+    if (name == backend_name(b)) return b;
+  throw Error("unknown backend '" + name + "' (backends: reference, cuda, cuda-emu)");
 }
 
 Registry& Registry::instance() {
@@ -19,18 +26,23 @@ Registry& Registry::instance() {
 
 void Registry::add(const PressInfo& info, Backend backend, PressFactory factory) {
   Entry& entry = entries_[info.name];
-  if (entry.factories.empty()) entry.info = info;
+  entry.info = info;
   entry.factories[backend] = std::move(factory);
+}
+
+void Registry::add_implementation(const std::string& name, Backend backend, PressFactory factory) {
+  entries_[name].factories[backend] = std::move(factory);
 }
 
 const PressInfo* Registry::find(const std::string& name) const {
   const auto it = entries_.find(name);
-  return it == entries_.end() ? nullptr : &it->second.info;
+  return it == entries_.end() || it->second.info.name.empty() ? nullptr : &it->second.info;
 }
 
 std::vector<const PressInfo*> Registry::presses() const {
   std::vector<const PressInfo*> out;
-  for (const auto& [name, entry] : entries_) out.push_back(&entry.info);
+  for (const auto& [name, entry] : entries_)
+    if (!entry.info.name.empty()) out.push_back(&entry.info);  // described by its reference
   return out;
 }
 
@@ -41,9 +53,9 @@ bool Registry::implements(const std::string& name, Backend backend) const {
 
 const PressInfo& Registry::check(const PressSpec& spec, Backend backend) const {
   const auto it = entries_.find(spec.name);
-  if (it == entries_.end()) {
+  if (it == entries_.end() || it->second.info.name.empty()) {
     std::string names;
-    for (const auto& [name, entry] : entries_) names += (names.empty() ? "" : ", ") + name;
+    for (const PressInfo* info : presses()) names += (names.empty() ? "" : ", ") + info->name;
     throw Error("unknown press '" + spec.name + "' (known presses: " + names + ")");
   }
   const PressInfo& info = it->second.info;

@@ -14,7 +14,11 @@
 
 namespace kvsim {
 
-enum class Backend { reference, cuda };
+// reference: the Eigen CPU arbiter. cuda: the CUDA kernels on a GPU. cuda_emulated: the
+// same CUDA backend code run serially on the CPU (one loop iteration per GPU thread), which
+// checks the kernels' arithmetic and indexing where no GPU is available.
+enum class Backend { reference, cuda, cuda_emulated };
+inline constexpr Backend kAllBackends[] = {Backend::reference, Backend::cuda, Backend::cuda_emulated};
 std::string backend_name(Backend backend);
 Backend parse_backend(const std::string& name);
 
@@ -46,8 +50,11 @@ class Registry {
  public:
   static Registry& instance();
 
-  // Called once per (press, backend), usually from a static Registrar.
+  // Called once per (press, backend), usually from a static Registrar. The reference
+  // registration carries the press's PressInfo; other backends only add a factory
+  // (add_implementation), in whatever order static initialisation runs them.
   void add(const PressInfo& info, Backend backend, PressFactory factory);
+  void add_implementation(const std::string& name, Backend backend, PressFactory factory);
 
   const PressInfo* find(const std::string& name) const;
   std::vector<const PressInfo*> presses() const;  // sorted by name

@@ -29,6 +29,25 @@ void apply_rope(const float* x, float* out, double position, const RopeConfig& r
   rotate(x, out, position, rope.attention_scaling, rope);
 }
 
+std::vector<double> average_rope_rotation(const RopeConfig& rope, int start, int count) {
+  const int half = static_cast<int>(rope.inv_freq.size()), d = 2 * half;
+  std::vector<double> r(static_cast<std::size_t>(d) * d, 0.0);
+  for (int i = 0; i < half; ++i) {
+    double c = 0, s = 0;
+    for (int p = start; p < start + count; ++p) {
+      c += std::cos(p * rope.inv_freq[i]);
+      s += std::sin(p * rope.inv_freq[i]);
+    }
+    c *= rope.attention_scaling / count;
+    s *= rope.attention_scaling / count;
+    r[i * d + i] = c;
+    r[(i + half) * d + i + half] = c;
+    r[i * d + i + half] = -s;  // out_i = x_i cos - x_{i+d/2} sin
+    r[(i + half) * d + i] = s;  // out_{i+d/2} = x_{i+d/2} cos + x_i sin
+  }
+  return r;
+}
+
 void invert_rope(const float* x, float* out, double position, const RopeConfig& rope) {
   rotate(x, out, -position, 1.0 / rope.attention_scaling, rope);
 }

@@ -19,4 +19,9 @@ void apply_rope(const float* x, float* out, double position, const RopeConfig& r
 // out = RoPE_p^{-1}(x): rotate by -p and divide by attention_scaling^2 (may alias).
 void invert_rope(const float* x, float* out, double position, const RopeConfig& rope);
 
+// Mean over positions [start, start + count) of the RoPE matrices
+// R(p) = diag(cos p) + diag(sin p) P (attention_scaling folded in), row-major d x d in
+// float64 — Expected Attention's average future rotation (shared/PRESSES.md §A.2.5).
+std::vector<double> average_rope_rotation(const RopeConfig& rope, int start, int count);
+
 }  // namespace kvsim

@@ -15,13 +15,7 @@ Scores ScorerPress::checked_score(const PressInput& input, double ratio) const {
 }
 
 Compression ScorerPress::compress(const PressInput& input, double ratio) const {
-  if (ratio == 0.0) {  // kvpress: a zero ratio leaves the cache untouched
-    Compression all;
-    all.kept.assign(static_cast<std::size_t>(input.num_kv_heads()), std::vector<int>(static_cast<std::size_t>(input.n)));
-    for (auto& head : all.kept)
-      for (int t = 0; t < input.n; ++t) head[t] = t;
-    return all;
-  }
+  if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);  // kvpress: a zero ratio changes nothing
   return select_topk_per_head(checked_score(input, ratio), budget(input, ratio));
 }
 

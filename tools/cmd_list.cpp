@@ -33,7 +33,7 @@ int list_command(const Args& args) {
                           {"default", p.default_value ? nlohmann::json(*p.default_value) : nlohmann::json(nullptr)},
                           {"help", p.help}});
       nlohmann::json backends = nlohmann::json::array();
-      for (Backend b : {Backend::reference, Backend::cuda})
+      for (Backend b : kAllBackends)
         if (registry.implements(info->name, b)) backends.push_back(backend_name(b));
       presses.push_back({{"name", info->name}, {"summary", info->summary}, {"wraps_scorer", info->wraps_scorer},
                          {"uses_ratio", info->uses_ratio}, {"params", params}, {"backends", backends}});
@@ -49,7 +49,7 @@ int list_command(const Args& args) {
       params << (params.tellp() ? ", " : "") << p.name << "="
              << (p.default_value ? format_param_value(p.type, *p.default_value) : std::string("<required>"));
     std::string backends;
-    for (Backend b : {Backend::reference, Backend::cuda})
+    for (Backend b : kAllBackends)
       if (registry.implements(info->name, b)) backends += (backends.empty() ? "" : ", ") + backend_name(b);
     const std::string name = info->wraps_scorer ? info->name + "(<scorer>)" : info->name;
     std::cout << "| " << name << " | " << (params.str().empty() ? "-" : params.str()) << " | " << backends << " | "

@@ -8,7 +8,7 @@
 // use_covariance=true, use_vnorm=true, epsilon=0. Computed in float64 (kvpress: bf16).
 #include <cmath>
 
-#include "core/error.h"
+#include "core/press_checks.h"
 #include "reference/scorer_press.h"
 #include "reference/scoring.h"
 
@@ -26,11 +26,9 @@ class ExpectedAttentionPress final : public ScorerPress {
         epsilon_(c.params.get("epsilon")) {}
 
   Scores score(const PressInput& in, double) const override {
-    if (in.n <= n_sink_)
-      throw Error("press 'expected_attention': needs more than n_sink=" + std::to_string(n_sink_) + " tokens, got " +
-                  std::to_string(in.n));
+    require_more_tokens(name(), "n_sink", n_sink_, in.n);
     const int d = in.head_dim(), N = in.n - n_sink_;
-    const RowMatrixD rotation = average_rotation(in.rope, d, in.n);
+    const RowMatrixD rotation = Eigen::Map<const RowMatrixD>(average_rope_rotation(in.rope, in.n, n_future_).data(), d, d);
     RowMatrix probs(in.num_heads(), N);
     for (int h = 0; h < in.num_heads(); ++h) {
       const RowMatrixD queries = pre_rope_rows(in.layer.q, h, n_sink_, N, in.rope).cast<double>();
@@ -56,27 +54,6 @@ class ExpectedAttentionPress final : public ScorerPress {
   }
 
  private:
-  // Mean over positions [start, start + F) of R(p) = diag(cos) + diag(sin) P, with the
-  // trace's attention_scaling folded into cos and sin (shared/PRESSES.md §0.2).
-  RowMatrixD average_rotation(const RopeConfig& rope, int d, int start) const {
-    const int half = d / 2;
-    RowMatrixD r = RowMatrixD::Zero(d, d);
-    for (int i = 0; i < half; ++i) {
-      double c = 0, s = 0;
-      for (int p = start; p < start + n_future_; ++p) {
-        c += std::cos(p * rope.inv_freq[i]);
-        s += std::sin(p * rope.inv_freq[i]);
-      }
-      c *= rope.attention_scaling / n_future_;
-      s *= rope.attention_scaling / n_future_;
-      r(i, i) = c;
-      r(i + half, i + half) = c;
-      r(i, i + half) = -s;  // out_i = x_i cos - x_{i+d/2} sin
-      r(i + half, i) = s;   // out_{i+d/2} = x_{i+d/2} cos + x_i sin
-    }
-    return r;
-  }
-
   int n_future_, n_sink_;
   bool use_covariance_, use_vnorm_;
   double epsilon_;

@@ -9,13 +9,7 @@ namespace {
 class NonePress final : public Press {
  public:
   explicit NonePress(const PressConfig&) {}
-  Compression compress(const PressInput& input, double) const override {
-    Compression all;
-    all.kept.resize(static_cast<std::size_t>(input.num_kv_heads()));
-    for (auto& head : all.kept)
-      for (int t = 0; t < input.n; ++t) head.push_back(t);
-    return all;
-  }
+  Compression compress(const PressInput& input, double) const override { return keep_all(input.num_kv_heads(), input.n); }
 };
 
 const Registrar registered({.name = "none", .summary = "full cache, nothing removed (baseline)", .uses_ratio = false},

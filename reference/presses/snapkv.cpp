@@ -5,7 +5,7 @@
 // global max + 1. Top int(n (1 - ratio)) per KV head. Defaults: window_size=64, kernel_size=5.
 #include "reference/presses/snapkv.h"
 
-#include "core/error.h"
+#include "core/press_checks.h"
 #include "reference/scoring.h"
 
 namespace kvsim::ref {
@@ -16,11 +16,8 @@ std::vector<ParamDef> snapkv_params() {
 }
 
 Scores snapkv_scores(const PressInput& in, int window, int kernel, const std::string& press) {
-  if (kernel % 2 == 0)  // an even kernel changes the pooled length; kvpress fails on it too
-    throw Error("press '" + press + "': kernel_size must be odd, got " + std::to_string(kernel));
-  if (in.n <= window)
-    throw Error("press '" + press + "': needs more than window_size=" + std::to_string(window) + " tokens, got " +
-                std::to_string(in.n));
+  require_odd_kernel(press, kernel);
+  require_more_tokens(press, "window_size", window, in.n);
   const int past = in.n - window;
   RowMatrix per_query_head(in.num_heads(), past);
   for (int h = 0; h < in.num_heads(); ++h) {

@@ -1,7 +1,7 @@
 // streaming_llm — kvpress StreamingLLMPress (arXiv 2309.17453): keep the first n_sink
 // tokens and the most recent ones. Scores are 1 except 0 on [n_sink, n_sink + n_pruned),
 // n_pruned = n - int(n (1 - ratio)). Keys are not re-rotated (as kvpress).
-#include "core/error.h"
+#include "core/press_checks.h"
 #include "reference/scorer_press.h"
 
 namespace kvsim::ref {
@@ -12,8 +12,7 @@ class StreamingLlmPress final : public ScorerPress {
   explicit StreamingLlmPress(const PressConfig& c) : ScorerPress("streaming_llm"), n_sink_(c.params.get_int("n_sink")) {}
 
   Scores score(const PressInput& in, double ratio) const override {
-    if (in.n <= n_sink_)
-      throw Error("press 'streaming_llm': needs more than n_sink=" + std::to_string(n_sink_) + " tokens, got " + std::to_string(in.n));
+    require_more_tokens(name(), "n_sink", n_sink_, in.n);
     const int n_pruned = in.n - kvpress_budget(in.n, ratio);
     Scores s = Scores::Ones(in.num_kv_heads(), in.n);
     const int end = std::min(in.n, n_sink_ + n_pruned);

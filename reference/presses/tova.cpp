@@ -1,7 +1,7 @@
 // tova — kvpress TOVAPress (arXiv 2401.06104): softmax of the last query (position n-1)
 // over all n keys, averaged over all H query heads (not per group), the same row for
 // every KV head (head-uniform selection); the last token is padded with max + 1.
-#include "core/error.h"
+#include "core/press_checks.h"
 #include "reference/scorer_press.h"
 #include "reference/scoring.h"
 
@@ -13,7 +13,7 @@ class TovaPress final : public ScorerPress {
   explicit TovaPress(const PressConfig&) : ScorerPress("tova") {}
 
   Scores score(const PressInput& in, double) const override {
-    if (in.n < 2) throw Error("press 'tova': needs at least 2 tokens, got " + std::to_string(in.n));
+    require_more_tokens(name(), "window", 1, in.n);  // the last query is its window
     Eigen::RowVectorXf mean = Eigen::RowVectorXf::Zero(in.n - 1);
     for (int h = 0; h < in.num_heads(); ++h) mean += window_attention(in, h, 1).row(0);
     mean /= static_cast<float>(in.num_heads());
