@@ -6,9 +6,30 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#if KVSIM_WITH_CUDA
+#include "cuda/device.h"
+#endif
 #include "tools/commands.h"
 
 namespace kvsim::cli {
+
+std::vector<std::string> default_press_specs() {
+  std::vector<std::string> specs;
+  for (const PressInfo* info : Registry::instance().presses()) specs.push_back(info->example.empty() ? info->name : info->example);
+  return specs;
+}
+
+void require_backend_usable(Backend backend) {
+  if (backend != Backend::cuda) return;
+#if KVSIM_WITH_CUDA
+  const cuda::DeviceStatus status = cuda::device_status();
+  if (status.count == 0)
+    throw Error("the cuda backend needs a GPU and none is usable here (" + status.reason +
+                "); use --backend reference, or cuda-emu to run the CUDA code on the CPU");
+#else
+  throw Error("this kvsim was built without CUDA (nvcc was not found when it was configured); use --backend reference or cuda-emu");
+#endif
+}
 
 std::string default_trace_path() {
   if (const char* env = std::getenv("KVSIM_TRACE"); env && *env) return env;

@@ -12,18 +12,6 @@ namespace po = boost::program_options;
 
 namespace kvsim::cli {
 
-namespace {
-
-// Every registered press with its defaults (wrappers with their example inner press).
-std::vector<std::string> default_presses() {
-  std::vector<std::string> specs;
-  for (const PressInfo* info : Registry::instance().presses())
-    specs.push_back(info->example.empty() ? info->name : info->example);
-  return specs;
-}
-
-}  // namespace
-
 int replay_command(const Args& args) {
   po::options_description desc(
       "kvsim replay: compress each recorded layer's context with every press and ratio, and measure how much the\n"
@@ -35,7 +23,8 @@ int replay_command(const Args& args) {
       ("ratio", po::value<std::vector<double>>()->multitoken()->composing(), "compression ratios in [0, 1) (default: 0.25 0.5 0.75)")
       ("layers", po::value<std::string>(), "recorded layers to replay, e.g. 0,2,5-7 (default: all)")
       ("query-aware", po::bool_switch(), "the press also sees the question (kvpress query_aware); evaluates generated tokens only")
-      ("backend", po::value<std::string>()->default_value("reference"), "reference (Eigen CPU)")
+      ("backend", po::value<std::string>()->default_value("reference"),
+       "reference (Eigen CPU), cuda (GPU; metrics still computed by the reference), or cuda-emu (the CUDA code run on the CPU)")
       ("format", po::value<std::string>()->default_value("table"), "table (Markdown), csv or json")
       ("detail", po::value<std::string>()->default_value("summary"), "summary, layer or head")
       ("output,o", po::value<std::string>(), "write the report to this file (written atomically) instead of stdout")
@@ -48,11 +37,12 @@ int replay_command(const Args& args) {
     return 0;
   }
   ref::ReplayOptions options;
-  options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_presses();
+  options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs();
   options.ratios = vm.count("ratio") ? vm["ratio"].as<std::vector<double>>() : std::vector<double>{0.25, 0.5, 0.75};
   if (vm.count("layers")) options.layers = parse_layer_list(vm["layers"].as<std::string>());
   options.query_aware = vm["query-aware"].as<bool>();
   options.backend = parse_backend(vm["backend"].as<std::string>());
+  require_backend_usable(options.backend);
   const ReportFormat format = parse_report_format(vm["format"].as<std::string>());
   const ReportDetail detail = parse_report_detail(vm["detail"].as<std::string>());
   const bool quiet = vm["quiet"].as<bool>();

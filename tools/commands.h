@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "core/registry.h"
+
 namespace kvsim::cli {
 
 using Args = std::vector<std::string>;
@@ -14,6 +16,12 @@ int info_command(const Args& args);
 int replay_command(const Args& args);
 int synth_trace_command(const Args& args);
 int verify_trace_command(const Args& args);
+int verify_command(const Args& args);
+
+// Every registered press with its defaults (wrappers with their example inner press).
+std::vector<std::string> default_press_specs();
+// Throws a one-line kvsim::Error when `backend` cannot run here (no GPU, or built without CUDA).
+void require_backend_usable(Backend backend);
 
 // The bundled trace used when --trace is not given (KVSIM_TRACE overrides it).
 std::string default_trace_path();

@@ -1,0 +1,109 @@
+// The conformance harness: every press of the reference against another backend, on random
+// inputs over a grid of shapes and dtypes and on the bundled real trace (tools/conformance.h).
+// Built twice: KVSIM_CONFORMANCE_BACKEND = cuda_emulated (the CUDA code run serially on the
+// CPU; always) and cuda (a GPU; ctest label "gpu", skipped with a message without one).
+#include <gtest/gtest.h>
+
+#include "core/half.h"
+#include "core/registry.h"
+#include "test_util.h"
+#include "tools/conformance.h"
+#if KVSIM_WITH_CUDA
+#include "cuda/device.h"
+#endif
+
+namespace kvsim {
+namespace {
+
+constexpr Backend kBackend = Backend::KVSIM_CONFORMANCE_BACKEND;
+
+void skip_without_device() {
+  if (kBackend != Backend::cuda) return;
+#if KVSIM_WITH_CUDA
+  const cuda::DeviceStatus status = cuda::device_status();
+  if (status.count == 0) GTEST_SKIP() << "no CUDA device (" << status.reason << "): GPU conformance not run";
+#endif
+}
+
+struct Shape {
+  int n, extra, d, H, Hkv;
+  StorageDtype dtype;
+};
+
+// CPU emulation runs one loop iteration per GPU thread: keep its shapes small. On a GPU the
+// grid reaches 64K tokens (the O(n^2) observed_attention stops at 8K).
+std::vector<Shape> shapes() {
+  std::vector<Shape> grid = {{37, 3, 64, 4, 4, StorageDtype::float32},   {130, 5, 64, 8, 2, StorageDtype::float16},
+                             {301, 0, 128, 8, 1, StorageDtype::bfloat16}, {700, 4, 64, 8, 8, StorageDtype::float32},
+                             {1000, 2, 128, 4, 1, StorageDtype::float16}};
+  if (kBackend == Backend::cuda)
+    for (int n : {4097, 8192, 32768, 65536}) grid.push_back({n, 7, 128, 32, 8, StorageDtype::bfloat16});
+  return grid;
+}
+
+std::vector<std::string> press_specs() {
+  std::vector<std::string> specs;
+  for (const PressInfo* info : Registry::instance().presses()) specs.push_back(info->example.empty() ? info->name : info->example);
+  return specs;
+}
+
+TEST(Conformance, EveryReferencePressExistsOnTheBackend) {
+  for (const PressInfo* info : Registry::instance().presses())
+    EXPECT_TRUE(Registry::instance().implements(info->name, kBackend))
+        << "press '" << info->name << "' has no " << backend_name(kBackend) << " implementation";
+}
+
+class Conformance : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
+  skip_without_device();
+  const std::string spec = GetParam();
+  const bool quadratic = spec.rfind("observed_attention", 0) == 0;
+  std::vector<LayerTensors> layers;
+  std::vector<RopeConfig> ropes;
+  std::vector<std::string> labels;
+  const auto grid = shapes();
+  layers.reserve(grid.size());
+  ropes.reserve(grid.size());
+  for (const Shape& s : grid) {
+    if (quadratic && s.n > 8192) continue;
+    const unsigned seed = 17u * s.n + s.d;
+    LayerTensors layer = test::random_layer(s.H, s.Hkv, s.n + s.extra, s.d, seed, /*layer_index=*/s.n % 3);
+    for (HeadTensor* t : {&layer.q, &layer.k, &layer.v})
+      for (float& x : t->data)
+        x = s.dtype == StorageDtype::float16 ? round_to_half(x) : s.dtype == StorageDtype::bfloat16 ? round_to_bf16(x) : x;
+    layers.push_back(std::move(layer));
+    ropes.push_back(RopeConfig::from_theta(10000.0, s.d));
+    labels.push_back("random n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) + " H=" + std::to_string(s.H) +
+                     " Hkv=" + std::to_string(s.Hkv) + " " + dtype_name(s.dtype) + " seed=" + std::to_string(seed));
+  }
+  std::vector<ConformanceInput> inputs;
+  for (std::size_t i = 0; i < layers.size(); ++i) inputs.push_back({labels[i], &layers[i], grid[i].n, 4, &ropes[i]});
+  const PressConformance c = compare_backends(spec, kBackend, inputs, {0.1, 0.5, 0.9});
+  EXPECT_TRUE(c.ok()) << c.violations << " violations; first: " << c.first_violation;
+  std::cout << "[ conformance ] " << spec << ": " << c.cases << " cases, max score error " << c.max_score_error
+            << " x tol, " << c.near_boundary_diffs << " near-boundary differences\n";
+}
+
+TEST_P(Conformance, BundledRealTrace) {
+  skip_without_device();
+  const TraceReader trace(KVSIM_BUNDLED_TRACE);
+  const TraceInfo& info = trace.info();
+  std::vector<LayerTensors> layers;
+  for (int l : info.recorded_layers) layers.push_back(trace.read_layer(l, {.attn_out = false, .o_proj = false}));
+  std::vector<ConformanceInput> inputs;
+  for (const LayerTensors& t : layers)
+    inputs.push_back({"bundled trace layer " + std::to_string(t.layer_index), &t, info.n_context, info.num_hidden_layers, &info.rope});
+  const PressConformance c = compare_backends(GetParam(), kBackend, inputs, {0.25, 0.5, 0.75});
+  EXPECT_TRUE(c.ok()) << c.violations << " violations; first: " << c.first_violation;
+}
+
+INSTANTIATE_TEST_SUITE_P(Presses, Conformance, ::testing::ValuesIn(press_specs()), [](const auto& info) {
+  std::string name = info.param;
+  for (char& ch : name)
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return name;
+});
+
+}  // namespace
+}  // namespace kvsim

@@ -1,0 +1,43 @@
+#pragma once
+// The conformance harness (kvsim's test-backend-ops): runs a press on the reference and on
+// another backend over the same inputs and compares, stage by stage:
+//  * scores (scorer presses): |s_other - s_ref| <= score_rtol * |s_ref| + 1e-6 * max|s_ref|;
+//  * kept sets, per KV head: equal, except tokens whose reference score lies within
+//    boundary_rtol of the selection boundary of that head (the lowest kept or the highest
+//    dropped reference score; for wrappers, the inner scorer's reference scores) — those
+//    are counted and reported, any other difference is a violation;
+//  * errors: a press that rejects an input must do so on both backends.
+#include <string>
+#include <vector>
+
+#include "core/registry.h"
+
+namespace kvsim {
+
+struct ConformanceInput {
+  std::string label;  // e.g. "random n=300 d=128 H=8 Hkv=1 f16" or "trace layer 14"
+  const LayerTensors* layer;
+  int n;
+  int num_layers;
+  const RopeConfig* rope;
+};
+
+struct ConformanceTolerance {
+  double score_rtol = 1e-4;
+  double boundary_rtol = 1e-4;
+};
+
+struct PressConformance {
+  std::string press;
+  int cases = 0;
+  double max_score_error = 0;     // in units of the score tolerance (<= 1 passes)
+  long near_boundary_diffs = 0;   // tolerated kept-set differences
+  long violations = 0;            // kept-set differences away from the boundary, score or error mismatches
+  std::string first_violation;    // where and what, for the report
+  bool ok() const { return violations == 0; }
+};
+
+PressConformance compare_backends(const std::string& spec, Backend other, const std::vector<ConformanceInput>& inputs,
+                                  const std::vector<double>& ratios, const ConformanceTolerance& tolerance = {});
+
+}  // namespace kvsim
