@@ -17,12 +17,14 @@ namespace {
 
 constexpr Backend kBackend = Backend::KVSIM_CONFORMANCE_BACKEND;
 
-void skip_without_device() {
-  if (kBackend != Backend::cuda) return;
+// Why this backend cannot run here ("" when it can).
+std::string missing_device() {
+  if (kBackend != Backend::cuda) return "";
 #if KVSIM_WITH_CUDA
   const cuda::DeviceStatus status = cuda::device_status();
-  if (status.count == 0) GTEST_SKIP() << "no CUDA device (" << status.reason << "): GPU conformance not run";
+  if (status.count == 0) return "no CUDA device (" + status.reason + "): GPU conformance not run";
 #endif
+  return "";
 }
 
 struct Shape {
@@ -56,7 +58,7 @@ TEST(Conformance, EveryReferencePressExistsOnTheBackend) {
 class Conformance : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
-  skip_without_device();
+  if (const std::string why = missing_device(); !why.empty()) GTEST_SKIP() << why;
   const std::string spec = GetParam();
   const bool quadratic = spec.rfind("observed_attention", 0) == 0;
   std::vector<LayerTensors> layers;
@@ -86,7 +88,7 @@ TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
 }
 
 TEST_P(Conformance, BundledRealTrace) {
-  skip_without_device();
+  if (const std::string why = missing_device(); !why.empty()) GTEST_SKIP() << why;
   const TraceReader trace(KVSIM_BUNDLED_TRACE);
   const TraceInfo& info = trace.info();
   std::vector<LayerTensors> layers;
