@@ -1,0 +1,134 @@
+// CUDA backend benchmarks (Google Benchmark, CUDA-event timing; run on a GPU with
+// --benchmark_format=json). For each device scorer press on a Llama-3-8B-shaped layer
+// (32 query heads, 8 KV heads, d=128, float32 on the device) of T = 4K, 32K and 128K tokens:
+//  * cuda/<press>/score/...: the scoring kernels;
+//  * cuda/<press>/select/...: the per-head top-k (CUB segmented radix sort) of the scores.
+// Bytes counted are the layer's keys and values (float32) for scoring, and the scores plus
+// the sorted pairs for selection; bandwidth is also reported as a share of the device's
+// copy bandwidth, measured at start-up with a 1 GiB device-to-device cudaMemcpy.
+// Without a GPU the binary prints why and exits 0 with no benchmark run.
+#include <benchmark/benchmark.h>
+
+#include <cstdio>
+#include <random>
+
+#include "core/registry.h"
+#include "cuda/device.h"
+#include "cuda/exec_cuda.cuh"
+#include "cuda/press_list.h"
+
+namespace kvsim::cuda {
+namespace {
+
+constexpr int kHeads = 32, kKvHeads = 8, kHeadDim = 128;
+double g_copy_bandwidth = 0;  // bytes per second
+
+double measure_copy_bandwidth() {
+  const std::size_t bytes = std::size_t(1) << 30;
+  CudaExec::Buffer<char> a(bytes), b(bytes);
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  cudaMemcpy(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice);  // warm-up
+  cudaEventRecord(start);
+  for (int i = 0; i < 5; ++i) cudaMemcpy(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice);
+  cudaEventRecord(stop);
+  cudaEventSynchronize(stop);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, start, stop);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return 5.0 * 2.0 * bytes / (ms / 1e3);  // a copy reads and writes every byte
+}
+
+LayerTensors llama_layer(int T) {
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  LayerTensors layer;
+  layer.q = HeadTensor(kHeads, T, kHeadDim);
+  layer.k = HeadTensor(kKvHeads, T, kHeadDim);
+  layer.v = HeadTensor(kKvHeads, T, kHeadDim);
+  for (HeadTensor* t : {&layer.q, &layer.k, &layer.v})
+    for (float& x : t->data) x = normal(rng);
+  return layer;
+}
+
+// Times `body` with CUDA events, flushing L2 (a 256 MiB write) before each iteration.
+template <typename Body>
+void time_on_device(benchmark::State& state, Body body) {
+  static CudaExec::Buffer<char> flush(std::size_t(256) << 20);
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  for (auto _ : state) {
+    cudaMemset(flush.data(), 0, flush.size());
+    cudaEventRecord(start);
+    body();
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    state.SetIterationTime(ms / 1e3);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+}
+
+void press_benchmark(benchmark::State& state, const std::string& spec, int T, bool select) {
+  static std::map<int, LayerTensors> layers;
+  if (!layers.count(T)) layers.emplace(T, llama_layer(T));
+  const RopeConfig rope = RopeConfig::from_theta(500000.0, kHeadDim);
+  const PressInput input{layers.at(T), T, 32, rope};
+  const auto press = Registry::instance().make(spec, Backend::cuda);
+  const auto* scorer = dynamic_cast<const DeviceScorer<CudaExec>*>(press.get());
+  CudaExec exec;
+  const DeviceLayer<CudaExec> layer(input);
+  CudaExec::Buffer<float> scores(static_cast<std::size_t>(kKvHeads) * T);
+  const double ratio = 0.5;
+  if (auto* ea = dynamic_cast<const ExpectedAttentionDevice<CudaExec>*>(scorer)) ea->score(input, ratio);  // sets its rotation
+  scorer->score_on_device(exec, layer, ratio, scores.data());
+  double bytes;
+  if (select) {
+    time_on_device(state, [&] { select_topk_per_head(exec, scores.data(), kKvHeads, T, kvpress_budget(T, ratio)); });
+    bytes = static_cast<double>(kKvHeads) * T * (4.0 + 2 * (4.0 + 4.0));  // scores in, keys + positions sorted out and back
+  } else {
+    time_on_device(state, [&] { scorer->score_on_device(exec, layer, ratio, scores.data()); });
+    bytes = 2.0 * kKvHeads * T * kHeadDim * sizeof(float);  // keys and values once
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
+  state.counters["share_of_copy_bw"] =
+      benchmark::Counter(bytes / g_copy_bandwidth, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+  state.counters["copy_GBps"] = g_copy_bandwidth / 1e9;
+}
+
+}  // namespace
+}  // namespace kvsim::cuda
+
+int main(int argc, char** argv) {
+  namespace kc = kvsim::cuda;
+  const kc::DeviceStatus status = kc::device_status();
+  if (status.count == 0) {
+    std::printf("bench_cuda: no CUDA device (%s); nothing to measure\n", status.reason.c_str());
+    return 0;
+  }
+  kc::g_copy_bandwidth = kc::measure_copy_bandwidth();
+  std::printf("bench_cuda: %s, device-to-device copy %.1f GB/s\n", status.name.c_str(), kc::g_copy_bandwidth / 1e9);
+  for (const kvsim::PressInfo* info : kvsim::Registry::instance().presses()) {
+    if (!info->is_scorer) continue;
+    for (int T : {4096, 32768, 131072}) {
+      if (info->name == "observed_attention" && T > 4096) continue;  // O(T^2 d)
+      for (bool select : {false, true}) {
+        const std::string label = "cuda/" + info->name + (select ? "/select" : "/score") + "/T=" + std::to_string(T) +
+                                  "/hkv=8/d=128/r=0.5/f32";
+        benchmark::RegisterBenchmark(label.c_str(), [name = info->name, T, select](benchmark::State& s) {
+          kc::press_benchmark(s, name, T, select);
+        })->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(0.2);
+      }
+    }
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
