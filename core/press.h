@@ -28,6 +28,9 @@ struct PressInput {
 // [0, n). Heads may keep different counts (head-wise presses such as AdaKV, DMS).
 struct Compression {
   std::vector<std::vector<int>> kept;
+  // Merging presses: the kept tokens' new values per KV head, row-major [kept[g].size(), d];
+  // empty when values are unchanged. Keys never change.
+  std::vector<std::vector<float>> values;
 
   std::size_t total_kept() const {
     std::size_t total = 0;

@@ -7,6 +7,7 @@
 #include "cuda/presses/attention_scorers.h"
 #include "cuda/presses/expected_attention.h"
 #include "cuda/presses/lagkv.h"
+#include "cuda/presses/merging.h"
 #include "cuda/presses/simple.h"
 #include "cuda/presses/wrappers.h"
 
@@ -34,6 +35,7 @@ void register_device_presses(Backend backend) {
   add_device_press<ExpectedAttentionDevice, Exec>("expected_attention", backend);
   add_device_press<AdaKvDevice, Exec>("adakv", backend);
   add_device_press<DmsDevice, Exec>("dms", backend);
+  add_device_press<MergingDevice, Exec>("merging", backend);
 }
 
 }  // namespace kvsim::cuda

@@ -35,7 +35,8 @@ struct Shape {
 // CPU emulation runs one loop iteration per GPU thread: keep its shapes small. On a GPU the
 // grid reaches 64K tokens (the O(n^2) observed_attention stops at 8K).
 std::vector<Shape> shapes() {
-  std::vector<Shape> grid = {{37, 3, 64, 4, 4, StorageDtype::float32},   {130, 5, 64, 8, 2, StorageDtype::float16},
+  std::vector<Shape> grid = {{1, 2, 64, 4, 1, StorageDtype::float32},    {2, 0, 128, 8, 8, StorageDtype::float16},
+                             {37, 3, 64, 4, 4, StorageDtype::float32},   {130, 5, 64, 8, 2, StorageDtype::float16},
                              {301, 0, 128, 8, 1, StorageDtype::bfloat16}, {700, 4, 64, 8, 8, StorageDtype::float32},
                              {1000, 2, 128, 4, 1, StorageDtype::float16}};
   if (kBackend == Backend::cuda)

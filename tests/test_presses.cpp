@@ -278,6 +278,45 @@ TEST(Dms, EvictsLowScoresOutsideTheSlidingWindow) {
   EXPECT_EQ(run("dms(knorm):threshold=-2.5,sliding_window_size=6", layer, 6, 0.0).kept, (Kept{{0, 1, 2, 3, 4, 5}}));
 }
 
+// knorm keeps tokens 0 and 2 (norm 1 each) and evicts token 1, whose key (1, 0.1) is most
+// similar to token 0's: cos = 1/|(1, 0.1)|. Weight = cos |v1| / (|v1| + |v0| + 1e-6) with
+// v0 = (1, 0), v1 = (0, 2); token 0's value becomes (v0 + w v1) / (1 + w). Keys unchanged.
+TEST(Merging, FoldsAnEvictedValueIntoItsMostSimilarSurvivor) {
+  LayerTensors layer = layer_with_keys({{{1, 0}, {1, 0.1f}, {0, 1}}});
+  const float values[3][2] = {{1, 0}, {0, 2}, {5, 5}};
+  for (int t = 0; t < 3; ++t)
+    for (int c = 0; c < 2; ++c) layer.v.at(0, t, c) = values[t][c];
+  const Compression c = run("merging(knorm)", layer, 3, 0.3);
+  EXPECT_EQ(c.kept, (Kept{{0, 2}}));
+  ASSERT_EQ(c.values.size(), 1u);
+  const double cos = 1.0 / std::sqrt(1.01), w = cos * 2.0 / (3.0 + 1e-6);
+  EXPECT_NEAR(c.values[0][0], 1.0 / (1 + w), 1e-6);
+  EXPECT_NEAR(c.values[0][1], 2.0 * w / (1 + w), 1e-6);
+  EXPECT_FLOAT_EQ(c.values[0][2], 5.0f);  // token 2 received nothing
+  EXPECT_FLOAT_EQ(c.values[0][3], 5.0f);
+  // Above the similarity threshold nothing merges: values stay as they were.
+  const Compression gated = run("merging(knorm):similarity_threshold=0.999", layer, 3, 0.3);
+  EXPECT_EQ(gated.values[0], (std::vector<float>{1, 0, 5, 5}));
+}
+
+TEST(Merging, MergeFractionKeepsOnlyTheMostSimilarEvictedTokens) {
+  // Keep token 0 (lowest norm); evicted 1 (cos 0.99) and 2 (cos 0.6): with merge_fraction 0.5
+  // the 0.5-quantile of (0.6, 0.99) is 0.795, so only token 1 merges.
+  LayerTensors layer = layer_with_keys({{{0.1f, 0}, {0.99f, 0.141067f}, {0.6f, 0.8f}}});
+  for (int t = 0; t < 3; ++t) layer.v.at(0, t, 1) = static_cast<float>(t);
+  const Compression all = run("merging(knorm)", layer, 3, 0.6);
+  const Compression half = run("merging(knorm):merge_fraction=0.5", layer, 3, 0.6);
+  ASSERT_EQ(half.kept, (Kept{{0}}));
+  auto weight = [&](int e) {  // cos * |v_e| / (|v_e| + |v_0| + 1e-6), v_0 = (1, 0)
+    const double cos = layer.k.at(0, e, 0) / std::hypot(layer.k.at(0, e, 0), layer.k.at(0, e, 1));
+    const double norm = std::hypot(1.0, double(e));
+    return cos * norm / (norm + 1.0 + 1e-6);
+  };
+  const double w1 = weight(1), w2 = weight(2);
+  EXPECT_NEAR(half.values[0][1], w1 * 1.0 / (1 + w1), 1e-5);
+  EXPECT_NEAR(all.values[0][1], (w1 * 1.0 + w2 * 2.0) / (1 + w1 + w2), 1e-5);
+}
+
 // ---------------------------------------------------------------------------------------
 // Invariants over the whole registry.
 
@@ -327,7 +366,7 @@ INSTANTIATE_TEST_SUITE_P(Registry, EveryPress, ::testing::ValuesIn(all_press_spe
 
 TEST(Registry, HoldsEveryPressOfTheFoundation) {
   for (const char* name : {"none", "random", "knorm", "streaming_llm", "snapkv", "tova", "observed_attention", "keydiff", "lagkv",
-                           "expected_attention", "pyramidkv", "adakv", "dms"})
+                           "expected_attention", "pyramidkv", "adakv", "dms", "merging"})
     EXPECT_TRUE(Registry::instance().implements(name, Backend::reference)) << name;
 }
 

@@ -6,6 +6,8 @@
 //    boundary_rtol of the selection boundary of that head (the lowest kept or the highest
 //    dropped reference score; for wrappers, the inner scorer's reference scores) — those
 //    are counted and reported, any other difference is a violation;
+//  * merged values (merging presses): |v_other - v_ref| <= value_rtol * |v_ref| + 1e-6 * max|v_ref|,
+//    in heads where both kept the same tokens;
 //  * errors: a press that rejects an input must do so on both backends.
 #include <string>
 #include <vector>
@@ -25,6 +27,7 @@ struct ConformanceInput {
 struct ConformanceTolerance {
   double score_rtol = 1e-4;
   double boundary_rtol = 1e-4;
+  double value_rtol = 1e-5;  // merged values (float32)
 };
 
 struct PressConformance {

@@ -1,0 +1,133 @@
+#pragma once
+// Device twin of merging(<scorer>) (reference/presses/merging.cpp, rule in
+// reference/merging.h): similarities and targets, weights and the normalised merge run on
+// the device, one thread per evicted token or per kept value element; the merge_fraction
+// quantile (a few numbers per head) is taken on the host.
+#include <cfloat>
+
+#include "cuda/device_scorer.h"
+#include "reference/merging.h"
+
+namespace kvsim::cuda {
+
+template <typename Exec>
+class MergingDevice final : public Press {
+ public:
+  explicit MergingDevice(const PressConfig& c)
+      : inner_(make_inner_device_scorer<Exec>(c)),
+        threshold_(c.params.get("similarity_threshold")),
+        fraction_(c.params.get("merge_fraction")) {}
+
+  Compression compress(const PressInput& input, double ratio) const override {
+    if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
+    Exec exec;
+    const DeviceLayer<Exec> layer(input);
+    const auto scores = inner_->device_scores(exec, layer, ratio);
+    const int n = layer.n, d = layer.d, Hkv = layer.Hkv, kept_count = std::clamp(kvpress_budget(n, ratio), 0, n);
+    Compression c = select_topk_per_head(exec, scores.data(), Hkv, n, kept_count);
+    const int evicted_count = n - kept_count;
+    if (evicted_count == 0 || kept_count == 0) return c;
+
+    // Kept and evicted positions per head (ascending), on the device.
+    std::vector<int> kept_host, evicted_host;
+    for (int g = 0; g < Hkv; ++g) {
+      std::vector<char> is_kept(static_cast<std::size_t>(n), 0);
+      for (int t : c.kept[g]) is_kept[t] = 1;
+      kept_host.insert(kept_host.end(), c.kept[g].begin(), c.kept[g].end());
+      for (int t = 0; t < n; ++t)
+        if (!is_kept[t]) evicted_host.push_back(t);
+    }
+    typename Exec::template Buffer<int> kept_buffer(kept_host.size()), evicted_buffer(evicted_host.size()), target_buffer(evicted_host.size());
+    kept_buffer.upload(kept_host.data(), kept_host.size());
+    evicted_buffer.upload(evicted_host.data(), evicted_host.size());
+    typename Exec::template Buffer<float> sim_buffer(evicted_host.size()), weight_buffer(evicted_host.size()),
+        merged_buffer(kept_host.size() * static_cast<std::size_t>(d));
+    const int* kept = kept_buffer.data();
+    const int* evicted = evicted_buffer.data();
+    int* target = target_buffer.data();
+    float* sim = sim_buffer.data();
+    float* weight = weight_buffer.data();
+    float* merged = merged_buffer.data();
+    const float* k = layer.k.data();
+    const float* v = layer.v.data();
+    const long evicted_total = static_cast<long>(Hkv) * evicted_count;
+    exec.for_each(evicted_total, [=] KVSIM_HD(long i) {  // most similar survivor
+      const long g = i / evicted_count;
+      const float* ke = k + (g * n + evicted[i]) * d;
+      float ne = 0.0f;
+      for (int c2 = 0; c2 < d; ++c2) ne += ke[c2] * ke[c2];
+      ne = fmaxf(sqrtf(ne), 1e-6f);
+      float best = -INFINITY;
+      int best_index = 0;
+      for (int j = 0; j < kept_count; ++j) {
+        const float* ku = k + (g * n + kept[g * kept_count + j]) * d;
+        float nu = 0.0f;
+        for (int c2 = 0; c2 < d; ++c2) nu += ku[c2] * ku[c2];
+        nu = fmaxf(sqrtf(nu), 1e-6f);
+        float dot = 0.0f;
+        for (int c2 = 0; c2 < d; ++c2) dot += (ke[c2] / ne) * (ku[c2] / nu);
+        if (dot > best) {
+          best = dot;
+          best_index = j;
+        }
+      }
+      sim[i] = best;
+      target[i] = best_index;
+    });
+    // Gates, per head: the threshold, then the merge_fraction quantile (host; NaN blocks all, as torch).
+    std::vector<float> sims(evicted_host.size()), cutoff(static_cast<std::size_t>(Hkv), -INFINITY);
+    sim_buffer.download(sims.data(), sims.size());
+    const float threshold = static_cast<float>(threshold_);
+    for (int g = 0; g < Hkv; ++g) {
+      if (fraction_ >= 1.0) continue;
+      std::vector<float> masked(sims.begin() + static_cast<long>(g) * evicted_count, sims.begin() + static_cast<long>(g + 1) * evicted_count);
+      bool any = false;
+      for (float& s : masked) {
+        any = any || s >= threshold;
+        if (!(s >= threshold)) s = -INFINITY;
+      }
+      if (any) cutoff[g] = ref::linear_quantile(masked, 1.0 - fraction_);
+    }
+    typename Exec::template Buffer<float> cutoff_buffer(cutoff.size());
+    cutoff_buffer.upload(cutoff.data(), cutoff.size());
+    const float* cut = cutoff_buffer.data();
+    exec.for_each(evicted_total, [=] KVSIM_HD(long i) {
+      const long g = i / evicted_count;
+      const bool ok = sim[i] >= threshold && sim[i] >= cut[g];
+      const float* ve = v + (g * n + evicted[i]) * d;
+      const float* vt = v + (g * n + kept[g * kept_count + target[i]]) * d;
+      float ne = 0.0f, nt = 0.0f;
+      for (int c2 = 0; c2 < d; ++c2) {
+        ne += ve[c2] * ve[c2];
+        nt += vt[c2] * vt[c2];
+      }
+      ne = sqrtf(ne);
+      nt = sqrtf(nt);
+      weight[i] = ok ? fmaxf(sim[i], 0.0f) * ne / (ne + nt + 1e-6f) : 0.0f;
+    });
+    exec.for_each(static_cast<long>(Hkv) * kept_count * d, [=] KVSIM_HD(long i) {  // (v_u + sum w v_e) / (1 + sum w)
+      const long g = i / (static_cast<long>(kept_count) * d);
+      const int j = static_cast<int>(i / d % kept_count), c2 = static_cast<int>(i % d);
+      float total = 0.0f, accum = 0.0f;
+      for (int e = 0; e < evicted_count; ++e) {
+        const long slot = g * evicted_count + e;
+        if (target[slot] != j) continue;
+        total += weight[slot];
+        accum += weight[slot] * v[(g * n + evicted[slot]) * d + c2];
+      }
+      const float value = v[(g * n + kept[g * kept_count + j]) * d + c2];
+      merged[i] = total > 0.0f ? (value + accum) / (1.0f + total) : value;
+    });
+    for (int g = 0; g < Hkv; ++g) {
+      c.values.emplace_back(static_cast<std::size_t>(kept_count) * d);
+      merged_buffer.download(c.values.back().data(), c.values.back().size(), static_cast<std::size_t>(g) * kept_count * d);
+    }
+    return c;
+  }
+
+ private:
+  std::unique_ptr<DeviceScorer<Exec>> inner_;
+  double threshold_, fraction_;
+};
+
+}  // namespace kvsim::cuda

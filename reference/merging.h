@@ -1,0 +1,108 @@
+#pragma once
+// kvpress MergingPress.merge (shared/PRESSES.md §A.4.11), for one KV head, templated on the
+// scalar type: float for the press (kvpress accumulates in fp32), double for the bound
+// checks of kvsim check-bounds (shared/MERGE_BOUNDS.md §5).
+//
+// Evicted token e (the complement of the kept set, in position order) goes to the kept
+// token with the highest key cosine similarity (k / max(|k|, 1e-6)); ties go to the first
+// kept token in position order (kvpress: first in top-k order). The merge proceeds when
+// sim >= similarity_threshold and, if merge_fraction < 1, sim >= the (1 - merge_fraction)
+// quantile (linear interpolation) of the evicted tokens' similarities with failed ones at
+// -inf. Weight w_e = max(sim, 0) |v_e| / (|v_e| + |v_target| + 1e-6); each kept u with
+// W_u = sum w_e > 0 becomes (v_u + sum w_e v_e) / (1 + W_u). Keys never change.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace kvsim::ref {
+
+template <typename Scalar>
+struct MergePlan {
+  std::vector<int> evicted;        // positions, ascending
+  std::vector<int> target;         // per evicted token: index into `kept`
+  std::vector<Scalar> similarity;  // per evicted token: max cosine with the kept keys
+  std::vector<Scalar> weight;      // per evicted token: lambda (0 when gated out)
+};
+
+// Linear-interpolation quantile (torch.quantile) of `values`, q in [0, 1].
+template <typename Scalar>
+Scalar linear_quantile(std::vector<Scalar> values, double q) {
+  std::sort(values.begin(), values.end());
+  const double position = q * static_cast<double>(values.size() - 1);
+  const std::size_t lo = static_cast<std::size_t>(std::floor(position));
+  const std::size_t hi = std::min(lo + 1, values.size() - 1);
+  const Scalar frac = static_cast<Scalar>(position - static_cast<double>(lo));
+  return values[lo] + frac * (values[hi] - values[lo]);  // -inf endpoints give NaN, as torch.lerp
+}
+
+// keys, values: row-major [n, d]; kept: ascending positions.
+template <typename Scalar>
+MergePlan<Scalar> plan_merges(const Scalar* keys, const Scalar* values, int n, int d, const std::vector<int>& kept,
+                              double similarity_threshold, double merge_fraction) {
+  constexpr Scalar kEps = static_cast<Scalar>(1e-6);
+  MergePlan<Scalar> plan;
+  std::vector<char> is_kept(static_cast<std::size_t>(n), 0);
+  for (int t : kept) is_kept[t] = 1;
+  for (int t = 0; t < n; ++t)
+    if (!is_kept[t]) plan.evicted.push_back(t);
+  if (plan.evicted.empty() || kept.empty()) return plan;
+  auto norm = [d](const Scalar* x) {
+    Scalar s = 0;
+    for (int c = 0; c < d; ++c) s += x[c] * x[c];
+    return std::sqrt(s);
+  };
+  std::vector<Scalar> kept_norm;
+  for (int u : kept) kept_norm.push_back(std::max(norm(keys + static_cast<long>(u) * d), kEps));
+  std::vector<char> ok;
+  for (int e : plan.evicted) {
+    const Scalar* ke = keys + static_cast<long>(e) * d;
+    const Scalar ne = std::max(norm(ke), kEps);
+    Scalar best = -std::numeric_limits<Scalar>::infinity();
+    int best_index = 0;
+    for (std::size_t j = 0; j < kept.size(); ++j) {
+      const Scalar* ku = keys + static_cast<long>(kept[j]) * d;
+      Scalar dot = 0;
+      for (int c = 0; c < d; ++c) dot += (ke[c] / ne) * (ku[c] / kept_norm[j]);
+      if (dot > best) {
+        best = dot;
+        best_index = static_cast<int>(j);
+      }
+    }
+    plan.target.push_back(best_index);
+    plan.similarity.push_back(best);
+    ok.push_back(best >= static_cast<Scalar>(similarity_threshold));
+  }
+  if (merge_fraction < 1.0 && std::find(ok.begin(), ok.end(), 1) != ok.end()) {
+    std::vector<Scalar> masked;
+    for (std::size_t i = 0; i < ok.size(); ++i) masked.push_back(ok[i] ? plan.similarity[i] : -std::numeric_limits<Scalar>::infinity());
+    const Scalar threshold = linear_quantile(masked, 1.0 - merge_fraction);
+    for (std::size_t i = 0; i < ok.size(); ++i) ok[i] = ok[i] && plan.similarity[i] >= threshold;
+  }
+  for (std::size_t i = 0; i < plan.evicted.size(); ++i) {
+    const Scalar ve = norm(values + static_cast<long>(plan.evicted[i]) * d);
+    const Scalar vt = norm(values + static_cast<long>(kept[plan.target[i]]) * d);
+    plan.weight.push_back(ok[i] ? std::max(plan.similarity[i], Scalar(0)) * ve / (ve + vt + kEps) : Scalar(0));
+  }
+  return plan;
+}
+
+// Merged values of the kept tokens, row-major [kept.size(), d].
+template <typename Scalar>
+std::vector<Scalar> apply_merges(const Scalar* values, int d, const std::vector<int>& kept, const MergePlan<Scalar>& plan) {
+  std::vector<Scalar> out(kept.size() * static_cast<std::size_t>(d));
+  std::vector<Scalar> accum(out.size(), 0), total(kept.size(), 0);
+  for (std::size_t i = 0; i < plan.target.size(); ++i) {  // no targets when nothing was kept
+    const int j = plan.target[i];
+    total[j] += plan.weight[i];
+    for (int c = 0; c < d; ++c) accum[j * d + c] += plan.weight[i] * values[static_cast<long>(plan.evicted[i]) * d + c];
+  }
+  for (std::size_t j = 0; j < kept.size(); ++j)
+    for (int c = 0; c < d; ++c) {
+      const Scalar v = values[static_cast<long>(kept[j]) * d + c];
+      out[j * d + c] = total[j] > 0 ? (v + accum[j * d + c]) / (1 + total[j]) : v;
+    }
+  return out;
+}
+
+}  // namespace kvsim::ref
