@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <sys/wait.h>
 
 #include "reference/attention.h"
@@ -141,6 +142,48 @@ TEST(CliSynth, WritesADeterministicTraceThatVerifies) {
   EXPECT_EQ(ra.read_layer(1).k.data, rb.read_layer(1).k.data);
   EXPECT_EQ(kvsim("verify-trace " + a).status, 0);
   expect_clean_failure(kvsim("synth-trace"), {"output"});
+}
+
+}  // namespace
+}  // namespace kvsim
+
+namespace kvsim {
+namespace {
+
+TEST(CliCheckBounds, RandomExperimentsReproduceTheDocumentedRates) {
+  const Result r = kvsim("check-bounds --random E1 E2 full_knorm --trials 3000 --seed 1 --format csv");
+  ASSERT_EQ(r.status, 0) << r.output;
+  // Every row of a documented experiment lies within reach of MERGE_BOUNDS §4 (CI overlap).
+  std::istringstream lines(r.output);
+  std::string line;
+  std::getline(lines, line);
+  int rows = 0;
+  while (std::getline(lines, line)) {
+    std::vector<std::string> cells;
+    std::stringstream cells_in(line);
+    for (std::string cell; std::getline(cells_in, cell, ',');) cells.push_back(cell);
+    ASSERT_EQ(cells.size(), 11u) << line;
+    const double low = std::stod(cells[5]), high = std::stod(cells[6]), expected = std::stod(cells[7]);
+    EXPECT_TRUE(low - 0.01 <= expected && expected <= high + 0.01) << line;
+    ++rows;
+  }
+  EXPECT_EQ(rows, 3 + 3 + 4);
+}
+
+TEST(CliCheckBounds, BundledTraceReportsPerLayerRatesAndMustHoldProperties) {
+  const Result r = kvsim("check-bounds --queries 2 --tokens-per-head 8");
+  ASSERT_EQ(r.status, 0) << r.output;
+  for (const char* part : {"| layer 0 scoring query | pr_bound_w |", "| layer 29 later queries | merge_no_worse |",
+                           "whole press | pr_bound_lenient", "P10_closed_form_evict", "Worst instance"})
+    EXPECT_NE(r.output.find(part), std::string::npos) << part;
+}
+
+TEST(CliCheckBounds, BadArgumentsFailCleanly) {
+  expect_clean_failure(kvsim("check-bounds --random E9"), {"unknown experiment 'E9'"});
+  expect_clean_failure(kvsim("check-bounds --random E1 --bound tight_bound"), {"unknown --bound 'tight_bound'"});
+  expect_clean_failure(kvsim("check-bounds --press snapkv"), {"must be a merging press"});
+  expect_clean_failure(kvsim("check-bounds --ratio 0"), {"--ratio"});
+  expect_clean_failure(kvsim("check-bounds --random E1 --trials 0"), {"--trials"});
 }
 
 }  // namespace

@@ -17,6 +17,7 @@ int replay_command(const Args& args);
 int synth_trace_command(const Args& args);
 int verify_trace_command(const Args& args);
 int verify_command(const Args& args);
+int check_bounds_command(const Args& args);
 
 // Every registered press with its defaults (wrappers with their example inner press).
 std::vector<std::string> default_press_specs();
