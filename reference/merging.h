@@ -10,6 +10,7 @@
 // quantile (linear interpolation) of the evicted tokens' similarities with failed ones at
 // -inf. Weight w_e = max(sim, 0) |v_e| / (|v_e| + |v_target| + 1e-6); each kept u with
 // W_u = sum w_e > 0 becomes (v_u + sum w_e v_e) / (1 + W_u). Keys never change.
+#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -52,26 +53,37 @@ MergePlan<Scalar> plan_merges(const Scalar* keys, const Scalar* values, int n, i
     for (int c = 0; c < d; ++c) s += x[c] * x[c];
     return std::sqrt(s);
   };
-  std::vector<Scalar> kept_norm;
-  for (int u : kept) kept_norm.push_back(std::max(norm(keys + static_cast<long>(u) * d), kEps));
-  std::vector<char> ok;
-  for (int e : plan.evicted) {
-    const Scalar* ke = keys + static_cast<long>(e) * d;
-    const Scalar ne = std::max(norm(ke), kEps);
-    Scalar best = -std::numeric_limits<Scalar>::infinity();
-    int best_index = 0;
-    for (std::size_t j = 0; j < kept.size(); ++j) {
-      const Scalar* ku = keys + static_cast<long>(kept[j]) * d;
-      Scalar dot = 0;
-      for (int c = 0; c < d; ++c) dot += (ke[c] / ne) * (ku[c] / kept_norm[j]);
-      if (dot > best) {
-        best = dot;
-        best_index = static_cast<int>(j);
-      }
+  // Unit keys (k / max(|k|, eps)), as kvpress normalises before its matmul.
+  auto unit_rows = [&](const std::vector<int>& rows) {
+    std::vector<Scalar> out(rows.size() * static_cast<std::size_t>(d));
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      const Scalar* k = keys + static_cast<long>(rows[r]) * d;
+      const Scalar n = std::max(norm(k), kEps);
+      for (int c = 0; c < d; ++c) out[r * d + c] = k[c] / n;
     }
-    plan.target.push_back(best_index);
-    plan.similarity.push_back(best);
-    ok.push_back(best >= static_cast<Scalar>(similarity_threshold));
+    return out;
+  };
+  const std::vector<Scalar> kept_unit = unit_rows(kept), evicted_unit = unit_rows(plan.evicted);
+  using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const Eigen::Map<const Rows> kept_keys(kept_unit.data(), static_cast<Eigen::Index>(kept.size()), d);
+  std::vector<char> ok;
+  constexpr std::size_t kBlock = 1024;  // evicted rows per similarity block (bounded memory)
+  for (std::size_t first = 0; first < plan.evicted.size(); first += kBlock) {
+    const std::size_t rows = std::min(kBlock, plan.evicted.size() - first);
+    const Eigen::Map<const Rows> evicted_keys(evicted_unit.data() + first * d, static_cast<Eigen::Index>(rows), d);
+    const Rows similarity = evicted_keys * kept_keys.transpose();
+    for (Eigen::Index r = 0; r < similarity.rows(); ++r) {
+      Scalar best = -std::numeric_limits<Scalar>::infinity();
+      int best_index = 0;
+      for (Eigen::Index j = 0; j < similarity.cols(); ++j)
+        if (similarity(r, j) > best) {  // first maximum wins
+          best = similarity(r, j);
+          best_index = static_cast<int>(j);
+        }
+      plan.target.push_back(best_index);
+      plan.similarity.push_back(best);
+      ok.push_back(best >= static_cast<Scalar>(similarity_threshold));
+    }
   }
   if (merge_fraction < 1.0 && std::find(ok.begin(), ok.end(), 1) != ok.end()) {
     std::vector<Scalar> masked;
