@@ -10,8 +10,8 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
-#include <random>
 
+#include "bench/bench_util.h"
 #include "core/registry.h"
 #include "cuda/device.h"
 #include "cuda/exec_cuda.cuh"
@@ -20,7 +20,10 @@
 namespace kvsim::cuda {
 namespace {
 
-constexpr int kHeads = 32, kKvHeads = 8, kHeadDim = 128;
+using bench::kHeadDim;
+using bench::kHeads;
+using bench::kKvHeads;
+using bench::llama_layer;
 double g_copy_bandwidth = 0;  // bytes per second
 
 double measure_copy_bandwidth() {
@@ -39,18 +42,6 @@ double measure_copy_bandwidth() {
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   return 5.0 * 2.0 * bytes / (ms / 1e3);  // a copy reads and writes every byte
-}
-
-LayerTensors llama_layer(int T) {
-  std::mt19937 rng(1234);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  LayerTensors layer;
-  layer.q = HeadTensor(kHeads, T, kHeadDim);
-  layer.k = HeadTensor(kKvHeads, T, kHeadDim);
-  layer.v = HeadTensor(kKvHeads, T, kHeadDim);
-  for (HeadTensor* t : {&layer.q, &layer.k, &layer.v})
-    for (float& x : t->data) x = normal(rng);
-  return layer;
 }
 
 // Times `body` with CUDA events, flushing L2 (a 256 MiB write) before each iteration.

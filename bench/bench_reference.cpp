@@ -9,8 +9,8 @@
 #include <sys/resource.h>
 
 #include <filesystem>
-#include <random>
 
+#include "bench/bench_util.h"
 #include "core/registry.h"
 #include "reference/replay.h"
 #include "traces/trace.h"
@@ -18,19 +18,10 @@
 namespace kvsim {
 namespace {
 
-constexpr int kHeads = 32, kKvHeads = 8, kHeadDim = 128;
-
-LayerTensors llama_layer(int T) {
-  std::mt19937 rng(1234);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  LayerTensors layer;
-  layer.q = HeadTensor(kHeads, T, kHeadDim);
-  layer.k = HeadTensor(kKvHeads, T, kHeadDim);
-  layer.v = HeadTensor(kKvHeads, T, kHeadDim);
-  for (HeadTensor* t : {&layer.q, &layer.k, &layer.v})
-    for (float& x : t->data) x = normal(rng);
-  return layer;
-}
+using bench::kHeadDim;
+using bench::kHeads;
+using bench::kKvHeads;
+using bench::llama_layer;
 
 double peak_rss_mib() {
   rusage usage{};

@@ -13,6 +13,20 @@
 
 namespace kvsim::cli {
 
+bool parse_options(const Args& args, const boost::program_options::options_description& desc,
+                   boost::program_options::variables_map& vm, bool positional_trace, const std::string& help_footer) {
+  namespace po = boost::program_options;
+  po::positional_options_description positional;
+  if (positional_trace) positional.add("trace", 1);
+  po::store(po::command_line_parser(args).options(desc).positional(positional).run(), vm);
+  if (vm.count("help")) {
+    std::cout << desc << help_footer;
+    return false;
+  }
+  po::notify(vm);
+  return true;
+}
+
 std::vector<std::string> default_press_specs() {
   std::vector<std::string> specs;
   for (const PressInfo* info : Registry::instance().presses()) specs.push_back(info->example.empty() ? info->name : info->example);

@@ -30,12 +30,7 @@ int check_bounds_command(const Args& args) {
       ("format", po::value<std::string>()->default_value("table"), "table (Markdown), csv or json")
       ("output,o", po::value<std::string>(), "write the report here (atomically) instead of stdout");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(desc).run(), vm);
-  po::notify(vm);
-  if (vm.count("help")) {
-    std::cout << desc;
-    return 0;
-  }
+  if (!parse_options(args, desc, vm)) return 0;
   const std::vector<std::string> selected = vm.count("bound") ? vm["bound"].as<std::vector<std::string>>() : std::vector<std::string>{};
   const std::string format = vm["format"].as<std::string>();
   if (format != "table" && format != "csv" && format != "json") throw Error("unknown --format '" + format + "' (table, csv or json)");

@@ -13,15 +13,8 @@ namespace kvsim::cli {
 int info_command(const Args& args) {
   po::options_description desc("kvsim info [TRACE]: what a trace holds (default: the bundled trace)");
   desc.add_options()("help,h", "show this help")("trace", po::value<std::string>(), "trace file (HDF5, format v1)");
-  po::positional_options_description positional;
-  positional.add("trace", 1);
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(desc).positional(positional).run(), vm);
-  po::notify(vm);
-  if (vm.count("help")) {
-    std::cout << desc;
-    return 0;
-  }
+  if (!parse_options(args, desc, vm, /*positional_trace=*/true)) return 0;
   const std::string path = vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path();
   const TraceReader trace(path);
   const TraceInfo& info = trace.info();

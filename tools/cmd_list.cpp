@@ -16,12 +16,9 @@ int list_command(const Args& args) {
   po::options_description desc("kvsim list: presses, their parameters and defaults, and which backends implement them");
   desc.add_options()("help,h", "show this help")("format", po::value<std::string>()->default_value("table"), "table or json");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(desc).run(), vm);
-  po::notify(vm);
-  if (vm.count("help")) {
-    std::cout << desc << "\nSpec syntax: name[(inner)][:key=value,...], e.g. adakv(snapkv:window_size=32):alpha_safeguard=0.1\n";
+  if (!parse_options(args, desc, vm, false,
+                     "\nSpec syntax: name[(inner)][:key=value,...], e.g. adakv(snapkv:window_size=32):alpha_safeguard=0.1\n"))
     return 0;
-  }
   const Registry& registry = Registry::instance();
   const std::string format = vm["format"].as<std::string>();
   if (format == "json") {

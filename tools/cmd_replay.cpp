@@ -30,12 +30,7 @@ int replay_command(const Args& args) {
       ("output,o", po::value<std::string>(), "write the report to this file (written atomically) instead of stdout")
       ("quiet,q", po::bool_switch(), "no progress lines on stderr");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(desc).run(), vm);
-  po::notify(vm);
-  if (vm.count("help")) {
-    std::cout << desc;
-    return 0;
-  }
+  if (!parse_options(args, desc, vm)) return 0;
   ref::ReplayOptions options;
   options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs();
   options.ratios = vm.count("ratio") ? vm["ratio"].as<std::vector<double>>() : std::vector<double>{0.25, 0.5, 0.75};

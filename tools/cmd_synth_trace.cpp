@@ -26,12 +26,7 @@ int synth_trace_command(const Args& args) {
       ("head-dim", po::value<int>(&spec.head_dim)->default_value(spec.head_dim), "head dimension")
       ("dtype", po::value<std::string>(&dtype)->default_value(dtype), "float16, bfloat16 or float32");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(desc).run(), vm);
-  if (vm.count("help")) {
-    std::cout << desc;
-    return 0;
-  }
-  po::notify(vm);
+  if (!parse_options(args, desc, vm)) return 0;
   spec.dtype = parse_dtype(dtype);
   if (spec.n_context < 64 || spec.n_question < 0 || spec.n_generated < 0 || spec.num_heads < 1 || spec.num_kv_heads < 1 ||
       spec.head_dim < 2 || spec.recorded_layers < 1 || spec.recorded_layers > spec.num_hidden_layers)

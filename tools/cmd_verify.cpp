@@ -45,12 +45,7 @@ int verify_command(const Args& args) {
       ("ratio", po::value<std::vector<double>>()->multitoken()->composing(), "ratios (default: 0.25 0.5 0.75)")
       ("layers", po::value<std::string>(), "recorded layers to use (default: all)");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(desc).run(), vm);
-  po::notify(vm);
-  if (vm.count("help")) {
-    std::cout << desc;
-    return 0;
-  }
+  if (!parse_options(args, desc, vm)) return 0;
   const Backend backend = parse_backend(vm["backend"].as<std::string>());
   if (backend == Backend::reference) throw Error("--backend must be another backend than the reference (cuda or cuda-emu)");
   require_backend_usable(backend);

@@ -33,15 +33,8 @@ int verify_trace_command(const Args& args) {
   po::options_description desc("kvsim verify-trace [TRACE]: check recorded attention outputs against the trace's Q/K/V. Options");
   desc.add_options()("help,h", "show this help")("trace", po::value<std::string>(), "trace file (default: the bundled trace)")
       ("tolerance", po::value<double>(), "max relative error per token (default by storage dtype: f32 1e-3, f16 2e-2, bf16 8e-2)");
-  po::positional_options_description positional;
-  positional.add("trace", 1);
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(desc).positional(positional).run(), vm);
-  po::notify(vm);
-  if (vm.count("help")) {
-    std::cout << desc;
-    return 0;
-  }
+  if (!parse_options(args, desc, vm, /*positional_trace=*/true)) return 0;
   const TraceReader trace(vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path());
   const TraceInfo& info = trace.info();
   const double tolerance = vm.count("tolerance") ? vm["tolerance"].as<double>() : default_tolerance(info.dtype);

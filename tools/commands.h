@@ -2,6 +2,7 @@
 // The kvsim subcommands. Each takes the arguments after its name and returns the exit
 // status; user errors are thrown as kvsim::Error (or a program_options error) and
 // reported by main as one line.
+#include <boost/program_options.hpp>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,13 @@ int check_bounds_command(const Args& args);
 std::vector<std::string> default_press_specs();
 // Throws a one-line kvsim::Error when `backend` cannot run here (no GPU, or built without CUDA).
 void require_backend_usable(Backend backend);
+
+// Parses a command's arguments into `vm` (a first positional argument is the trace when
+// `positional_trace`). Returns false, after printing the help (and `help_footer`), when
+// --help was given; required options are enforced only otherwise.
+bool parse_options(const Args& args, const boost::program_options::options_description& desc,
+                   boost::program_options::variables_map& vm, bool positional_trace = false,
+                   const std::string& help_footer = "");
 
 // The bundled trace used when --trace is not given (KVSIM_TRACE overrides it).
 std::string default_trace_path();
