@@ -29,8 +29,11 @@ struct PressInput {
 struct Compression {
   std::vector<std::vector<int>> kept;
   // Merging presses: the kept tokens' new values per KV head, row-major [kept[g].size(), d];
-  // empty when values are unchanged. Keys never change.
+  // empty when values are unchanged.
   std::vector<std::vector<float>> values;
+  // Presses that merge keys too (KVCache-Factory's pivot / weighted merges): the kept
+  // tokens' new keys, same layout; empty when keys are unchanged.
+  std::vector<std::vector<float>> keys;
 
   std::size_t total_kept() const {
     std::size_t total = 0;

@@ -36,6 +36,8 @@ void register_device_presses(Backend backend) {
   add_device_press<AdaKvDevice, Exec>("adakv", backend);
   add_device_press<DmsDevice, Exec>("dms", backend);
   add_device_press<MergingDevice, Exec>("merging", backend);
+  add_device_press<KvcfMergeDevice<ref::KvcfMerge::pivot>::template Press, Exec>("pivot_merge", backend);
+  add_device_press<KvcfMergeDevice<ref::KvcfMerge::weighted>::template Press, Exec>("weighted_merge", backend);
 }
 
 }  // namespace kvsim::cuda

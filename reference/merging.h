@@ -37,10 +37,18 @@ Scalar linear_quantile(std::vector<Scalar> values, double q) {
   return values[lo] + frac * (values[hi] - values[lo]);  // -inf endpoints give NaN, as torch.lerp
 }
 
-// keys, values: row-major [n, d]; kept: ascending positions.
 template <typename Scalar>
-MergePlan<Scalar> plan_merges(const Scalar* keys, const Scalar* values, int n, int d, const std::vector<int>& kept,
-                              double similarity_threshold, double merge_fraction) {
+Scalar row_norm(const Scalar* x, int d) {
+  Scalar s = 0;
+  for (int c = 0; c < d; ++c) s += x[c] * x[c];
+  return std::sqrt(s);
+}
+
+// The evicted tokens (complement of `kept` in [0, n)) and, for each, its most similar kept
+// token by key cosine (k / max(|k|, 1e-6); the first maximum wins): plan.evicted,
+// plan.target and plan.similarity; weights are left to the merge rule.
+template <typename Scalar>
+MergePlan<Scalar> nearest_survivors(const Scalar* keys, int n, int d, const std::vector<int>& kept) {
   constexpr Scalar kEps = static_cast<Scalar>(1e-6);
   MergePlan<Scalar> plan;
   std::vector<char> is_kept(static_cast<std::size_t>(n), 0);
@@ -48,11 +56,7 @@ MergePlan<Scalar> plan_merges(const Scalar* keys, const Scalar* values, int n, i
   for (int t = 0; t < n; ++t)
     if (!is_kept[t]) plan.evicted.push_back(t);
   if (plan.evicted.empty() || kept.empty()) return plan;
-  auto norm = [d](const Scalar* x) {
-    Scalar s = 0;
-    for (int c = 0; c < d; ++c) s += x[c] * x[c];
-    return std::sqrt(s);
-  };
+  auto norm = [d](const Scalar* x) { return row_norm(x, d); };
   // Unit keys (k / max(|k|, eps)), as kvpress normalises before its matmul.
   auto unit_rows = [&](const std::vector<int>& rows) {
     std::vector<Scalar> out(rows.size() * static_cast<std::size_t>(d));
@@ -66,7 +70,6 @@ MergePlan<Scalar> plan_merges(const Scalar* keys, const Scalar* values, int n, i
   const std::vector<Scalar> kept_unit = unit_rows(kept), evicted_unit = unit_rows(plan.evicted);
   using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const Eigen::Map<const Rows> kept_keys(kept_unit.data(), static_cast<Eigen::Index>(kept.size()), d);
-  std::vector<char> ok;
   constexpr std::size_t kBlock = 1024;  // evicted rows per similarity block (bounded memory)
   for (std::size_t first = 0; first < plan.evicted.size(); first += kBlock) {
     const std::size_t rows = std::min(kBlock, plan.evicted.size() - first);
@@ -82,9 +85,21 @@ MergePlan<Scalar> plan_merges(const Scalar* keys, const Scalar* values, int n, i
         }
       plan.target.push_back(best_index);
       plan.similarity.push_back(best);
-      ok.push_back(best >= static_cast<Scalar>(similarity_threshold));
     }
   }
+  return plan;
+}
+
+// kvpress MergingPress weights on top of nearest_survivors. keys, values: row-major [n, d];
+// kept: ascending positions.
+template <typename Scalar>
+MergePlan<Scalar> plan_merges(const Scalar* keys, const Scalar* values, int n, int d, const std::vector<int>& kept,
+                              double similarity_threshold, double merge_fraction) {
+  constexpr Scalar kEps = static_cast<Scalar>(1e-6);
+  MergePlan<Scalar> plan = nearest_survivors(keys, n, d, kept);
+  if (plan.target.empty()) return plan;
+  std::vector<char> ok;
+  for (Scalar s : plan.similarity) ok.push_back(s >= static_cast<Scalar>(similarity_threshold));
   if (merge_fraction < 1.0 && std::find(ok.begin(), ok.end(), 1) != ok.end()) {
     std::vector<Scalar> masked;
     for (std::size_t i = 0; i < ok.size(); ++i) masked.push_back(ok[i] ? plan.similarity[i] : -std::numeric_limits<Scalar>::infinity());
@@ -92,8 +107,8 @@ MergePlan<Scalar> plan_merges(const Scalar* keys, const Scalar* values, int n, i
     for (std::size_t i = 0; i < ok.size(); ++i) ok[i] = ok[i] && plan.similarity[i] >= threshold;
   }
   for (std::size_t i = 0; i < plan.evicted.size(); ++i) {
-    const Scalar ve = norm(values + static_cast<long>(plan.evicted[i]) * d);
-    const Scalar vt = norm(values + static_cast<long>(kept[plan.target[i]]) * d);
+    const Scalar ve = row_norm(values + static_cast<long>(plan.evicted[i]) * d, d);
+    const Scalar vt = row_norm(values + static_cast<long>(kept[plan.target[i]]) * d, d);
     plan.weight.push_back(ok[i] ? std::max(plan.similarity[i], Scalar(0)) * ve / (ve + vt + kEps) : Scalar(0));
   }
   return plan;
@@ -114,6 +129,34 @@ std::vector<Scalar> apply_merges(const Scalar* values, int d, const std::vector<
       const Scalar v = values[static_cast<long>(kept[j]) * d + c];
       out[j * d + c] = total[j] > 0 ? (v + accum[j * d + c]) / (1 + total[j]) : v;
     }
+  return out;
+}
+
+}  // namespace kvsim::ref
+
+namespace kvsim::ref {
+
+// KVCache-Factory's merge_kv (shared/PRESSES.md §B.19), applied to keys and values alike, for
+// one KV head, after nearest_survivors:
+//   pivot:    x_u <- (x_u + sum_{tgt[e]=u} (x_e + x_u) / 2) / (1 + n_u)   (scatter mean with self)
+//   weighted: x_u <- (x_u + sum w_e x_e) / (1 + sum w_e), w_e = max((sim_e + 1) / 2, 1e-6)
+enum class KvcfMerge { pivot, weighted };
+
+// Merged rows of the kept tokens, row-major [kept.size(), d], of `x` (keys or values).
+template <typename Scalar>
+std::vector<Scalar> apply_kvcf_merge(const Scalar* x, int d, const std::vector<int>& kept, const MergePlan<Scalar>& plan, KvcfMerge rule) {
+  std::vector<Scalar> accum(kept.size() * static_cast<std::size_t>(d), 0), total(kept.size(), 0), out(accum.size());
+  for (std::size_t i = 0; i < plan.target.size(); ++i) {
+    const int j = plan.target[i];
+    const Scalar w = rule == KvcfMerge::pivot ? Scalar(1) : std::max((plan.similarity[i] + 1) / 2, static_cast<Scalar>(1e-6));
+    total[j] += w;
+    for (int c = 0; c < d; ++c) {
+      const Scalar xe = x[static_cast<long>(plan.evicted[i]) * d + c];
+      accum[j * d + c] += rule == KvcfMerge::pivot ? (xe + x[static_cast<long>(kept[j]) * d + c]) / 2 : w * xe;
+    }
+  }
+  for (std::size_t j = 0; j < kept.size(); ++j)
+    for (int c = 0; c < d; ++c) out[j * d + c] = (x[static_cast<long>(kept[j]) * d + c] + accum[j * d + c]) / (1 + total[j]);
   return out;
 }
 

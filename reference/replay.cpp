@@ -45,20 +45,18 @@ Outputs attend(const HeadTensor& q, int h, const RowMatrix& keys, const RowMatri
   return o;
 }
 
-// Keys/values of KV head g at `positions`; the first merged.size() / d values are replaced
-// by `merged` (the kept tokens' merged values, when the press merges).
-void gather(const HeadTensor& k, const HeadTensor& v, int g, const std::vector<int>& positions, const std::vector<float>& merged,
-            RowMatrix& keys, RowMatrix& values) {
-  keys.resize(static_cast<Eigen::Index>(positions.size()), k.dim);
-  values.resize(static_cast<Eigen::Index>(positions.size()), v.dim);
-  const std::size_t n_merged = merged.size() / static_cast<std::size_t>(v.dim);
+// Rows of head g of `t` at `positions`; the first merged.size() / dim rows come from `merged`
+// instead (the kept tokens' merged keys or values, when the press merges).
+RowMatrix gather(const HeadTensor& t, int g, const std::vector<int>& positions, const std::vector<float>& merged) {
+  RowMatrix rows(static_cast<Eigen::Index>(positions.size()), t.dim);
+  const std::size_t n_merged = merged.size() / static_cast<std::size_t>(t.dim);
   for (std::size_t i = 0; i < positions.size(); ++i) {
-    keys.row(static_cast<Eigen::Index>(i)) = head_rows(k, g, k.tokens).row(positions[i]);
     if (i < n_merged)
-      values.row(static_cast<Eigen::Index>(i)) = Eigen::Map<const Eigen::RowVectorXf>(merged.data() + i * v.dim, v.dim);
+      rows.row(static_cast<Eigen::Index>(i)) = Eigen::Map<const Eigen::RowVectorXf>(merged.data() + i * t.dim, t.dim);
     else
-      values.row(static_cast<Eigen::Index>(i)) = head_rows(v, g, v.tokens).row(positions[i]);
+      rows.row(static_cast<Eigen::Index>(i)) = head_rows(t, g, t.tokens).row(positions[i]);
   }
+  return rows;
 }
 
 struct RunAccumulator {
@@ -68,8 +66,8 @@ struct RunAccumulator {
 
 void check_compression(const Compression& c, const std::string& press, int n, int kv_heads) {
   if (static_cast<int>(c.kept.size()) != kv_heads) throw Error("internal: press '" + press + "' returned the wrong number of heads");
-  if (!c.values.empty() && static_cast<int>(c.values.size()) != kv_heads)
-    throw Error("internal: press '" + press + "' returned merged values for the wrong number of heads");
+  if ((!c.values.empty() && static_cast<int>(c.values.size()) != kv_heads) || (!c.keys.empty() && static_cast<int>(c.keys.size()) != kv_heads))
+    throw Error("internal: press '" + press + "' returned merged keys or values for the wrong number of heads");
   for (const auto& head : c.kept)
     for (std::size_t i = 0; i < head.size(); ++i)
       if (head[i] < 0 || head[i] >= n || (i && head[i] <= head[i - 1]))
@@ -166,8 +164,9 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
       for (int g = 0; g < Hkv; ++g) {
         std::vector<int> positions = c.kept[g];
         positions.insert(positions.end(), suffix_pos.begin(), suffix_pos.end());
-        RowMatrix keys, values;
-        gather(tensors.k, tensors.v, g, positions, c.values.empty() ? std::vector<float>() : c.values[g], keys, values);
+        const std::vector<float> none;
+        const RowMatrix keys = gather(tensors.k, g, positions, c.keys.empty() ? none : c.keys[g]);
+        const RowMatrix values = gather(tensors.v, g, positions, c.values.empty() ? none : c.values[g]);
         a.kept += static_cast<long long>(c.kept[g].size());
         a.possible += n;
         for (int h = g * (H / Hkv); h < (g + 1) * (H / Hkv); ++h) {

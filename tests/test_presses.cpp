@@ -317,6 +317,29 @@ TEST(Merging, MergeFractionKeepsOnlyTheMostSimilarEvictedTokens) {
   EXPECT_NEAR(all.values[0][1], (w1 * 1.0 + w2 * 2.0) / (1 + w1 + w2), 1e-5);
 }
 
+// KVCache-Factory merges on the same case: token 1 (key (1, 0.1)) goes to token 0.
+// pivot:    x_0 <- (x_0 + (x_1 + x_0) / 2) / 2, for keys and values;
+// weighted: x_0 <- (x_0 + w x_1) / (1 + w), w = (cos + 1) / 2.
+TEST(KvcfMerge, PivotAndWeightedMergeKeysAndValues) {
+  LayerTensors layer = layer_with_keys({{{1, 0}, {1, 0.1f}, {0, 1}}});
+  const float values[3][2] = {{1, 0}, {0, 2}, {5, 5}};
+  for (int t = 0; t < 3; ++t)
+    for (int c = 0; c < 2; ++c) layer.v.at(0, t, c) = values[t][c];
+  const Compression pivot = run("pivot_merge(knorm)", layer, 3, 0.3);
+  ASSERT_EQ(pivot.kept, (Kept{{0, 2}}));
+  EXPECT_NEAR(pivot.keys[0][0], 1.0, 1e-6);
+  EXPECT_NEAR(pivot.keys[0][1], 0.025, 1e-6);
+  EXPECT_NEAR(pivot.values[0][0], 0.75, 1e-6);
+  EXPECT_NEAR(pivot.values[0][1], 0.5, 1e-6);
+  EXPECT_EQ(pivot.keys[0][2], 0.0f);  // token 2 untouched
+  EXPECT_EQ(pivot.values[0][3], 5.0f);
+  const Compression weighted = run("weighted_merge(knorm)", layer, 3, 0.3);
+  const double w = (1.0 / std::sqrt(1.01) + 1.0) / 2.0;
+  EXPECT_NEAR(weighted.keys[0][1], 0.1 * w / (1 + w), 1e-6);
+  EXPECT_NEAR(weighted.values[0][0], 1.0 / (1 + w), 1e-6);
+  EXPECT_NEAR(weighted.values[0][1], 2.0 * w / (1 + w), 1e-6);
+}
+
 // ---------------------------------------------------------------------------------------
 // Invariants over the whole registry.
 
@@ -366,7 +389,7 @@ INSTANTIATE_TEST_SUITE_P(Registry, EveryPress, ::testing::ValuesIn(all_press_spe
 
 TEST(Registry, HoldsEveryPressOfTheFoundation) {
   for (const char* name : {"none", "random", "knorm", "streaming_llm", "snapkv", "tova", "observed_attention", "keydiff", "lagkv",
-                           "expected_attention", "pyramidkv", "adakv", "dms", "merging"})
+                           "expected_attention", "pyramidkv", "adakv", "dms", "merging", "pivot_merge", "weighted_merge"})
     EXPECT_TRUE(Registry::instance().implements(name, Backend::reference)) << name;
 }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <optional>
 #include <sstream>
+#include <tuple>
 
 #include "core/error.h"
 
@@ -92,24 +93,28 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
         violation(where, "different number of heads");
         continue;
       }
-      // Merged values, where both backends kept the same tokens of a head.
-      if (ref.compression->values.size() != got.compression->values.size()) {
-        violation(where, "only one backend returned merged values");
-        continue;
-      }
-      for (std::size_t g = 0; g < ref.compression->values.size(); ++g) {
-        if (ref_kept[g] != got_kept[g]) continue;
-        const auto& a = ref.compression->values[g];
-        const auto& b = got.compression->values[g];
-        float scale = 1e-30f;
-        for (float x : a) scale = std::max(scale, std::abs(x));
-        for (std::size_t i = 0; i < a.size() && i < b.size(); ++i)
-          if (!(std::abs(double(a[i]) - b[i]) <= tol.value_rtol * std::abs(double(a[i])) + 1e-6 * scale)) {
-            std::ostringstream what;
-            what << "merged value of head " << g << " element " << i << ": reference " << a[i] << ", " << backend_name(other) << " " << b[i];
-            violation(where, what.str());
-            break;
-          }
+      // Merged keys and values, where both backends kept the same tokens of a head.
+      for (const auto& [name, ref_rows, got_rows] :
+           {std::tuple{"key", &ref.compression->keys, &got.compression->keys}, {"value", &ref.compression->values, &got.compression->values}}) {
+        if (ref_rows->size() != got_rows->size()) {
+          violation(where, std::string("only one backend returned merged ") + name + "s");
+          continue;
+        }
+        for (std::size_t g = 0; g < ref_rows->size(); ++g) {
+          if (ref_kept[g] != got_kept[g]) continue;
+          const auto& a = (*ref_rows)[g];
+          const auto& b = (*got_rows)[g];
+          float scale = 1e-30f;
+          for (float x : a) scale = std::max(scale, std::abs(x));
+          for (std::size_t i = 0; i < a.size() && i < b.size(); ++i)
+            if (!(std::abs(double(a[i]) - b[i]) <= tol.value_rtol * std::abs(double(a[i])) + 1e-6 * scale)) {
+              std::ostringstream what;
+              what << "merged " << name << " of head " << g << " element " << i << ": reference " << a[i] << ", " << backend_name(other)
+                   << " " << b[i];
+              violation(where, what.str());
+              break;
+            }
+        }
       }
       const std::optional<ScoreMatrix> scores = selection_scores(spec, input, ratio);
       for (std::size_t g = 0; g < ref_kept.size(); ++g) {
