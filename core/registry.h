@@ -30,6 +30,7 @@ struct PressInfo {
   bool uses_ratio = true;     // false for threshold presses (dms): ratio is ignored
   bool is_scorer = false;     // usable as the inner press of a wrapper
   bool wrappable = true;      // false: kvpress forbids it inside wrappers (needs eager attentions)
+  bool uses_absolute_positions = false;  // reads token positions (RoPE inversion), not just cache order
   std::string example;        // spec used in default runs, when the bare name is not enough
 };
 

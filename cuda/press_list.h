@@ -3,6 +3,7 @@
 // register_cuda.cu) and HostExec (Backend::cuda_emulated, register_emulated.cpp) share
 // this one list, so both always hold the same presses. A press added to the reference
 // must be added here too: the conformance harness fails otherwise.
+#include "core/decoding.h"
 #include "core/registry.h"
 #include "cuda/presses/attention_scorers.h"
 #include "cuda/presses/expected_attention.h"
@@ -36,6 +37,7 @@ void register_device_presses(Backend backend) {
   add_device_press<AdaKvDevice, Exec>("adakv", backend);
   add_device_press<DmsDevice, Exec>("dms", backend);
   add_device_press<MergingDevice, Exec>("merging", backend);
+  register_decoding_presses(backend);  // schedule on the host, inner press on this backend
   add_device_press<KvcfMergeDevice<ref::KvcfMerge::pivot>::template Press, Exec>("pivot_merge", backend);
   add_device_press<KvcfMergeDevice<ref::KvcfMerge::weighted>::template Press, Exec>("weighted_merge", backend);
 }

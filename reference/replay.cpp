@@ -2,8 +2,10 @@
 
 #include <cmath>
 #include <limits>
+#include <map>
 #include <numeric>
 
+#include "core/decoding.h"
 #include "core/error.h"
 #include "reference/attention.h"
 
@@ -59,11 +61,6 @@ RowMatrix gather(const HeadTensor& t, int g, const std::vector<int>& positions, 
   return rows;
 }
 
-struct RunAccumulator {
-  std::vector<double> rel_err, cosine, recall, oproj;
-  long long kept = 0, possible = 0;
-};
-
 void check_compression(const Compression& c, const std::string& press, int n, int kv_heads) {
   if (static_cast<int>(c.kept.size()) != kv_heads) throw Error("internal: press '" + press + "' returned the wrong number of heads");
   if ((!c.values.empty() && static_cast<int>(c.values.size()) != kv_heads) || (!c.keys.empty() && static_cast<int>(c.keys.size()) != kv_heads))
@@ -72,6 +69,118 @@ void check_compression(const Compression& c, const std::string& press, int n, in
     for (std::size_t i = 0; i < head.size(); ++i)
       if (head[i] < 0 || head[i] >= n || (i && head[i] <= head[i - 1]))
         throw Error("internal: press '" + press + "' returned an invalid kept set");
+}
+
+struct RunAccumulator {
+  std::vector<double> rel_err, cosine, recall, oproj;
+  double kept_fraction_sum = 0, kept_fraction_count = 0;
+  std::vector<StepResult> steps;                // decoding presses
+  std::map<int, std::vector<double>> step_err;  // per step, over layers, heads and queries
+};
+
+// The compressed outputs of the evaluation queries for one press on one layer.
+struct CompressedRun {
+  std::vector<Outputs> outputs;      // per query head, [n_queries, d]
+  std::vector<double> kept_fraction;  // per KV head
+  std::vector<StepResult> steps;      // decoding presses only
+  std::vector<int> step_of_query;     // decoding presses only: the step each evaluation query belongs to
+};
+
+// A one-shot press: compress the segment, then every later query sees the kept tokens plus
+// everything after the segment.
+CompressedRun compress_layer(const Press& press, const PressInput& input, double ratio, const LayerTensors& tensors,
+                             const std::vector<int>& suffix_pos, const std::string& name) {
+  const int n = input.n, H = input.num_heads(), Hkv = input.num_kv_heads();
+  const Compression c = press.compress(input, ratio);
+  check_compression(c, name, n, Hkv);
+  CompressedRun run;
+  run.outputs.resize(static_cast<std::size_t>(H));
+  const std::vector<float> none;
+  for (int g = 0; g < Hkv; ++g) {
+    std::vector<int> positions = c.kept[g];
+    positions.insert(positions.end(), suffix_pos.begin(), suffix_pos.end());
+    const RowMatrix keys = gather(tensors.k, g, positions, c.keys.empty() ? none : c.keys[g]);
+    const RowMatrix values = gather(tensors.v, g, positions, c.values.empty() ? none : c.values[g]);
+    run.kept_fraction.push_back(static_cast<double>(c.kept[g].size()) / n);
+    for (int h = g * (H / Hkv); h < (g + 1) * (H / Hkv); ++h)
+      run.outputs[h] = attend(tensors.q, h, keys, values, positions, n, static_cast<int>(suffix_pos.size()));
+  }
+  return run;
+}
+
+// A decoding press, step by step (kvpress DecodingPress): the question is one step, each
+// generated token another. Each step's queries attend to the current cache plus the step's
+// own tokens; then, every compression_interval steps (or when a step brings at least the
+// target), the whole cache is compressed to the target by the inner press, which sees the
+// cached tokens' keys, values and trace queries as one contiguous sequence.
+CompressedRun decode_layer(const DecodingPress& press, const LayerTensors& tensors, int n, const TraceInfo& info, const std::string& name) {
+  const int T = info.total_tokens(), H = info.num_attention_heads, Hkv = info.num_key_value_heads, d = info.head_dim, G = H / Hkv;
+  CompressedRun run;
+  run.outputs.resize(static_cast<std::size_t>(H));
+  for (auto& o : run.outputs) {
+    o.out.resize(T - n, d);
+    o.lse.resize(T - n);
+  }
+  std::vector<std::vector<int>> cache(static_cast<std::size_t>(Hkv));
+  for (auto& c : cache)
+    for (int t = 0; t < n; ++t) c.push_back(t);
+  std::vector<std::pair<int, int>> steps;  // [first, end) positions
+  if (info.n_question > 0 && n == info.n_context) steps.push_back({n, n + info.n_question});
+  for (int t = std::max(n, info.n_context + info.n_question); t < T; ++t) steps.push_back({t, t + 1});
+  int since_compression = 0;
+  for (std::size_t s = 0; s < steps.size(); ++s) {
+    const auto [first, end] = steps[s];
+    for (auto& c : cache)
+      for (int t = first; t < end; ++t) c.push_back(t);
+    for (int g = 0; g < Hkv; ++g) {
+      const RowMatrix keys = gather(tensors.k, g, cache[g], {}), values = gather(tensors.v, g, cache[g], {});
+      for (int h = g * G; h < (g + 1) * G; ++h) {
+        const Outputs o = attend(tensors.q, h, keys, values, cache[g], first, end - first);
+        run.outputs[h].out.middleRows(first - n, end - first) = o.out;
+        run.outputs[h].lse.segment(first - n, end - first) = o.lse;
+      }
+    }
+    for (int t = first; t < end; ++t) run.step_of_query.push_back(static_cast<int>(s));
+    StepResult step;
+    step.step = static_cast<int>(s);
+    step.first_position = first;
+    step.queries = end - first;
+    step.cache_size = static_cast<int>(cache[0].size());
+    ++since_compression;
+    const int target = press.target(end);
+    if (since_compression >= press.compression_interval() || end - first >= target) {
+      since_compression = 0;
+      const int cache_len = static_cast<int>(cache[0].size());
+      if (cache_len > target) {
+        LayerTensors view;  // the cache as one contiguous sequence, per head
+        view.layer_index = tensors.layer_index;
+        view.q = HeadTensor(H, cache_len, d);
+        view.k = HeadTensor(Hkv, cache_len, d);
+        view.v = HeadTensor(Hkv, cache_len, d);
+        for (int g = 0; g < Hkv; ++g)
+          for (int i = 0; i < cache_len; ++i) {
+            const int t = cache[g][i];
+            std::copy_n(tensors.k.head(g) + static_cast<std::size_t>(t) * d, d, view.k.head(g) + static_cast<std::size_t>(i) * d);
+            std::copy_n(tensors.v.head(g) + static_cast<std::size_t>(t) * d, d, view.v.head(g) + static_cast<std::size_t>(i) * d);
+            for (int h = g * G; h < (g + 1) * G; ++h)
+              std::copy_n(tensors.q.head(h) + static_cast<std::size_t>(t) * d, d, view.q.head(h) + static_cast<std::size_t>(i) * d);
+          }
+        const PressInput input{view, cache_len, info.num_hidden_layers, info.rope};
+        const Compression c = press.inner().compress(input, DecodingPress::ratio_for(cache_len, target));
+        check_compression(c, name, cache_len, Hkv);
+        if (!c.values.empty() || !c.keys.empty()) throw Error("press '" + name + "': the inner press of a decoding press must not merge");
+        for (int g = 0; g < Hkv; ++g) {
+          std::vector<int> kept;
+          for (int i : c.kept[g]) kept.push_back(cache[g][i]);
+          cache[g] = kept;
+        }
+        step.compressed_after = true;
+      }
+    }
+    run.steps.push_back(step);
+  }
+  for (int g = 0; g < Hkv; ++g) run.kept_fraction.push_back(static_cast<double>(cache[g].size()) / T);
+  return run;
 }
 
 }  // namespace
@@ -153,46 +262,52 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     const PressInput input{tensors, n, info.num_hidden_layers, info.rope};
     for (std::size_t s = 0; s < slots.size(); ++s) {
       const double ratio = std::isnan(slots[s].ratio) ? 0.0 : slots[s].ratio;
-      const Compression c = presses[slots[s].press]->compress(input, ratio);
-      check_compression(c, options.presses[slots[s].press], n, Hkv);
+      const Press& press = *presses[slots[s].press];
+      const auto* decoding = dynamic_cast<const DecodingPress*>(&press);
+      const CompressedRun run_outputs = decoding ? decode_layer(*decoding, tensors, n, info, options.presses[slots[s].press])
+                                                 : compress_layer(press, input, ratio, tensors, suffix_pos, options.presses[slots[s].press]);
       RunAccumulator& a = acc[s];
       RunResult& run = result.runs[s];
       LayerResult layer_result;
       layer_result.layer = layer;
       std::vector<double> layer_err, layer_cos, layer_recall;
       RowMatrix comp_concat(has_oproj ? n_queries : 0, H * d);
-      for (int g = 0; g < Hkv; ++g) {
-        std::vector<int> positions = c.kept[g];
-        positions.insert(positions.end(), suffix_pos.begin(), suffix_pos.end());
-        const std::vector<float> none;
-        const RowMatrix keys = gather(tensors.k, g, positions, c.keys.empty() ? none : c.keys[g]);
-        const RowMatrix values = gather(tensors.v, g, positions, c.values.empty() ? none : c.values[g]);
-        a.kept += static_cast<long long>(c.kept[g].size());
-        a.possible += n;
-        for (int h = g * (H / Hkv); h < (g + 1) * (H / Hkv); ++h) {
-          const Outputs comp = attend(tensors.q, h, keys, values, positions, n, n_queries);
-          HeadResult head_result;
-          head_result.layer = layer;
-          head_result.head = h;
-          head_result.kept_fraction = static_cast<double>(c.kept[g].size()) / n;
-          std::vector<double> err, cos, recall;
-          for (int i = 0; i < n_queries; ++i) {
-            const QueryMetrics m = compare_outputs(full[h].out.row(i).data(), comp.out.row(i).data(), d, full[h].lse[i], comp.lse[i]);
-            err.push_back(m.rel_err);
-            cos.push_back(m.cosine);
-            recall.push_back(m.recall);
-          }
-          head_result.rel_err = summarize(err);
-          head_result.cosine = summarize(cos);
-          head_result.recall = summarize(recall);
-          run.heads.push_back(head_result);
-          layer_err.insert(layer_err.end(), err.begin(), err.end());
-          layer_cos.insert(layer_cos.end(), cos.begin(), cos.end());
-          layer_recall.insert(layer_recall.end(), recall.begin(), recall.end());
-          if (has_oproj) comp_concat.middleCols(h * d, d) = comp.out;
+      for (int h = 0; h < H; ++h) {
+        const Outputs& comp = run_outputs.outputs[h];
+        const int g = kv_head_of(h, H, Hkv);
+        HeadResult head_result;
+        head_result.layer = layer;
+        head_result.head = h;
+        head_result.kept_fraction = run_outputs.kept_fraction[g];
+        std::vector<double> err, cos, recall;
+        for (int i = 0; i < n_queries; ++i) {
+          const QueryMetrics m = compare_outputs(full[h].out.row(i).data(), comp.out.row(i).data(), d, full[h].lse[i], comp.lse[i]);
+          err.push_back(m.rel_err);
+          cos.push_back(m.cosine);
+          recall.push_back(m.recall);
+          if (!run_outputs.step_of_query.empty()) a.step_err[run_outputs.step_of_query[i]].push_back(m.rel_err);
         }
+        head_result.rel_err = summarize(err);
+        head_result.cosine = summarize(cos);
+        head_result.recall = summarize(recall);
+        run.heads.push_back(head_result);
+        layer_err.insert(layer_err.end(), err.begin(), err.end());
+        layer_cos.insert(layer_cos.end(), cos.begin(), cos.end());
+        layer_recall.insert(layer_recall.end(), recall.begin(), recall.end());
+        if (has_oproj) comp_concat.middleCols(h * d, d) = comp.out;
       }
-      layer_result.kept_fraction = static_cast<double>(c.total_kept()) / (static_cast<double>(n) * Hkv);
+      for (int g = 0; g < Hkv; ++g) a.kept_fraction_sum += run_outputs.kept_fraction[g];
+      a.kept_fraction_count += Hkv;
+      for (const StepResult& step : run_outputs.steps) {
+        if (a.steps.size() <= static_cast<std::size_t>(step.step)) a.steps.resize(static_cast<std::size_t>(step.step) + 1);
+        a.steps[step.step].step = step.step;
+        a.steps[step.step].first_position = step.first_position;
+        a.steps[step.step].queries = step.queries;
+        a.steps[step.step].cache_size = step.cache_size;
+        a.steps[step.step].compressed_after = step.compressed_after;
+      }
+      layer_result.kept_fraction = 0;
+      for (double f : run_outputs.kept_fraction) layer_result.kept_fraction += f / Hkv;
       layer_result.rel_err = summarize(layer_err);
       layer_result.cosine = summarize(layer_cos);
       layer_result.recall = summarize(layer_recall);
@@ -219,7 +334,9 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     run.cosine = summarize(acc[s].cosine);
     run.recall = summarize(acc[s].recall);
     run.oproj_rel_err = summarize(acc[s].oproj);
-    run.achieved_ratio = 1.0 - static_cast<double>(acc[s].kept) / static_cast<double>(acc[s].possible);
+    run.achieved_ratio = 1.0 - acc[s].kept_fraction_sum / acc[s].kept_fraction_count;
+    run.steps = acc[s].steps;
+    for (std::size_t i = 0; i < run.steps.size(); ++i) run.steps[i].rel_err = summarize(acc[s].step_err[i]);
   }
   return result;
 }

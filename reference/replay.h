@@ -35,13 +35,22 @@ struct LayerResult {
   Summary rel_err, cosine, recall, oproj_rel_err;  // oproj_rel_err.count == 0 without o_proj
 };
 
+// One decoding step of a decoding press (the question is step 0 when present).
+struct StepResult {
+  int step = 0, first_position = 0, queries = 0;
+  int cache_size = 0;             // tokens the step's queries attended to at most
+  bool compressed_after = false;  // the cache was compressed after this step
+  Summary rel_err;                // over layers, heads and the step's queries
+};
+
 struct RunResult {
   std::string press;  // the spec as given
-  double ratio = 0;   // NaN for presses that ignore the ratio (dms, none)
-  double achieved_ratio = 0;  // 1 - kept / (n * Hkv * layers)
+  double ratio = 0;   // NaN for presses that ignore the ratio (dms, none, decoding)
+  double achieved_ratio = 0;  // 1 - mean kept fraction (decoding: final cache / all tokens)
   Summary rel_err, cosine, recall, oproj_rel_err;
   std::vector<LayerResult> layers;
   std::vector<HeadResult> heads;
+  std::vector<StepResult> steps;  // decoding presses: per-step perturbation
 };
 
 struct ReplayResult {

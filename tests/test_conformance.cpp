@@ -6,6 +6,7 @@
 
 #include "core/half.h"
 #include "core/registry.h"
+#include "reference/replay.h"
 #include "test_util.h"
 #include "tools/conformance.h"
 #if KVSIM_WITH_CUDA
@@ -99,6 +100,22 @@ TEST_P(Conformance, BundledRealTrace) {
     inputs.push_back({"bundled trace layer " + std::to_string(t.layer_index), &t, info.n_context, info.num_hidden_layers, &info.rope});
   const PressConformance c = compare_backends(GetParam(), kBackend, inputs, {0.25, 0.5, 0.75});
   EXPECT_TRUE(c.ok()) << c.violations << " violations; first: " << c.first_violation;
+}
+
+// The replay metrics of the bundled trace agree within 1e-4 relative (decoding presses run
+// their whole schedule here: their one-shot compress keeps everything).
+TEST_P(Conformance, BundledTraceReplayMetrics) {
+  if (const std::string why = missing_device(); !why.empty()) GTEST_SKIP() << why;
+  const TraceReader trace(KVSIM_BUNDLED_TRACE);
+  ref::ReplayOptions options{.presses = {GetParam()}, .ratios = {0.5}};
+  const ref::ReplayResult expected = ref::replay(trace, options);
+  options.backend = kBackend;
+  const ref::ReplayResult got = ref::replay(trace, options);
+  ASSERT_EQ(expected.runs.size(), got.runs.size());
+  for (std::size_t r = 0; r < expected.runs.size(); ++r)
+    for (auto [a, b] : {std::pair{expected.runs[r].rel_err, got.runs[r].rel_err}, {expected.runs[r].recall, got.runs[r].recall}})
+      for (auto [u, v] : {std::pair{a.mean, b.mean}, {a.median, b.median}, {a.p95, b.p95}})
+        EXPECT_NEAR(u, v, 1e-4 * std::abs(u) + 1e-6) << expected.runs[r].press;
 }
 
 INSTANTIATE_TEST_SUITE_P(Presses, Conformance, ::testing::ValuesIn(press_specs()), [](const auto& info) {

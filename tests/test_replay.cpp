@@ -173,3 +173,65 @@ TEST(Replay, QueryAwareNeedsGeneratedTokens) {
 
 }  // namespace
 }  // namespace kvsim
+
+namespace kvsim {
+namespace {
+
+// decoding(knorm):target_size=3,compression_interval=2 on 4 context + 1 question + 3
+// generated tokens, key norms (5, 1, 4, 2, 6, 3, 0.5, 7). Stepped by hand:
+//   step 0 (question, position 4): cache 0..4, no trigger (1 step, 1 token < 3);
+//   step 1 (position 5): cache 0..5; 2 steps -> compress to the 3 lowest norms {1, 3, 5};
+//   step 2 (position 6): cache {1, 3, 5, 6};
+//   step 3 (position 7): cache {1, 3, 5, 6, 7}; compress -> {1, 3, 6}.
+// Each step's perturbation is recomputed here from those caches.
+TEST(DecodingReplay, MatchesAHandSteppedSchedule) {
+  test::TempDir dir;
+  const TraceInfo info = test::trace_info(1, 1, 2, 4, 1, 3, {0});
+  LayerTensors layer = test::random_layer(1, 1, 8, 2, 99);
+  const float norms[8] = {5, 1, 4, 2, 6, 3, 0.5f, 7};
+  for (int t = 0; t < 8; ++t) {
+    layer.k.at(0, t, 0) = norms[t] * 0.6f;
+    layer.k.at(0, t, 1) = norms[t] * 0.8f;
+  }
+  const std::string path = dir.file("decode.h5");
+  test::write_trace(path, info, {layer});
+  const TraceReader trace(path);
+  const ref::ReplayResult result = ref::replay(trace, {.presses = {"decoding(knorm):target_size=3,compression_interval=2"}, .ratios = {0.5}});
+  const ref::RunResult& run = result.runs.at(0);
+  ASSERT_EQ(run.steps.size(), 4u);
+  const std::vector<std::vector<int>> caches = {{0, 1, 2, 3, 4}, {0, 1, 2, 3, 4, 5}, {1, 3, 5, 6}, {1, 3, 5, 6, 7}};
+  const bool compressed[4] = {false, true, false, true};
+  auto output = [&](int t, const std::vector<int>& visible) {
+    std::vector<double> w;
+    double max_l = -1e300, sum = 0;
+    for (int j : visible) {
+      w.push_back((double(layer.q.at(0, t, 0)) * layer.k.at(0, j, 0) + double(layer.q.at(0, t, 1)) * layer.k.at(0, j, 1)) / std::sqrt(2.0));
+      max_l = std::max(max_l, w.back());
+    }
+    for (double& x : w) sum += (x = std::exp(x - max_l));
+    std::vector<double> o(2, 0.0);
+    for (std::size_t i = 0; i < visible.size(); ++i)
+      for (int c = 0; c < 2; ++c) o[c] += w[i] / sum * layer.v.at(0, visible[i], c);
+    return o;
+  };
+  for (int s = 0; s < 4; ++s) {
+    const int t = 4 + s;
+    std::vector<int> all(static_cast<std::size_t>(t + 1));
+    std::iota(all.begin(), all.end(), 0);
+    const auto full = output(t, all), comp = output(t, caches[s]);
+    const double err = std::hypot(comp[0] - full[0], comp[1] - full[1]) / std::hypot(full[0], full[1]);
+    EXPECT_EQ(run.steps[s].cache_size, static_cast<int>(caches[s].size())) << "step " << s;
+    EXPECT_EQ(run.steps[s].compressed_after, compressed[s]) << "step " << s;
+    EXPECT_NEAR(run.steps[s].rel_err.mean, err, 1e-6) << "step " << s;
+  }
+  EXPECT_NEAR(run.achieved_ratio, 1.0 - 3.0 / 8.0, 1e-12);  // final cache {1, 3, 6} of 8 tokens
+  EXPECT_GT(run.steps[2].rel_err.mean, 0.0);
+  EXPECT_EQ(run.steps[0].rel_err.mean, 0.0);
+}
+
+TEST(DecodingReplay, RejectsInnerPressesThatNeedAbsolutePositions) {
+  EXPECT_THROW(Registry::instance().make("decoding(expected_attention)", Backend::reference), Error);
+}
+
+}  // namespace
+}  // namespace kvsim

@@ -26,7 +26,7 @@ int replay_command(const Args& args) {
       ("backend", po::value<std::string>()->default_value("reference"),
        "reference (Eigen CPU), cuda (GPU; metrics still computed by the reference), or cuda-emu (the CUDA code run on the CPU)")
       ("format", po::value<std::string>()->default_value("table"), "table (Markdown), csv or json")
-      ("detail", po::value<std::string>()->default_value("summary"), "summary, layer or head")
+      ("detail", po::value<std::string>()->default_value("summary"), "summary, layer, head, or step (per decoding step, decoding presses)")
       ("output,o", po::value<std::string>(), "write the report to this file (written atomically) instead of stdout")
       ("quiet,q", po::bool_switch(), "no progress lines on stderr");
   po::variables_map vm;

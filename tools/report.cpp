@@ -20,7 +20,8 @@ ReportDetail parse_report_detail(const std::string& name) {
   if (name == "summary") return ReportDetail::summary;
   if (name == "layer") return ReportDetail::layer;
   if (name == "head") return ReportDetail::head;
-  throw Error("unknown --detail '" + name + "' (summary, layer or head)");
+  if (name == "step") return ReportDetail::step;
+  throw Error("unknown --detail '" + name + "' (summary, layer, head or step)");
 }
 
 namespace {
@@ -166,9 +167,43 @@ std::string json(const ref::ReplayResult& result, ReportDetail detail) {
   return doc.dump(2) + "\n";
 }
 
+// Per-step rows of the decoding presses (--detail step).
+std::string steps_report(const ref::ReplayResult& result, ReportFormat format) {
+  if (format == ReportFormat::json) {
+    nlohmann::json runs = nlohmann::json::array();
+    for (const auto& run : result.runs) {
+      if (run.steps.empty()) continue;
+      nlohmann::json steps = nlohmann::json::array();
+      for (const auto& s : run.steps)
+        steps.push_back({{"step", s.step}, {"first_position", s.first_position}, {"queries", s.queries}, {"cache_size", s.cache_size},
+                         {"compressed_after", s.compressed_after}, {"rel_err", summary_json(s.rel_err)}});
+      runs.push_back({{"press", run.press}, {"steps", steps}});
+    }
+    return nlohmann::json({{"trace", result.trace}, {"runs", runs}}).dump(2) + "\n";
+  }
+  std::ostringstream out;
+  const bool csv = format == ReportFormat::csv;
+  out << (csv ? "press,step,first_position,queries,cache_size,compressed_after,rel_err_mean,rel_err_median,rel_err_p95\n"
+              : "| press | step | position | queries | cache | compressed after | rel_err mean | rel_err median | rel_err p95 |\n"
+                "|:--|--:|--:|--:|--:|:--|--:|--:|--:|\n");
+  for (const auto& run : result.runs)
+    for (const auto& s : run.steps) {
+      if (csv)
+        out << '"' << run.press << "\"," << s.step << "," << s.first_position << "," << s.queries << "," << s.cache_size << ","
+            << (s.compressed_after ? 1 : 0) << "," << full_precision(s.rel_err.mean) << "," << full_precision(s.rel_err.median) << ","
+            << full_precision(s.rel_err.p95) << "\n";
+      else
+        out << "| " << run.press << " | " << s.step << " | " << s.first_position << " | " << s.queries << " | " << s.cache_size << " | "
+            << (s.compressed_after ? "yes" : "") << " | " << fixed(s.rel_err.mean) << " | " << fixed(s.rel_err.median) << " | "
+            << fixed(s.rel_err.p95) << " |\n";
+    }
+  return out.str();
+}
+
 }  // namespace
 
 std::string format_replay(const ref::ReplayResult& result, ReportFormat format, ReportDetail detail) {
+  if (detail == ReportDetail::step) return steps_report(result, format);
   const std::vector<Row> rows = rows_of(result, detail);
   switch (format) {
     case ReportFormat::table: return markdown(result, rows, detail);

@@ -8,7 +8,7 @@
 namespace kvsim {
 
 enum class ReportFormat { table, csv, json };
-enum class ReportDetail { summary, layer, head };
+enum class ReportDetail { summary, layer, head, step };  // step: per decoding step, decoding presses only
 
 ReportFormat parse_report_format(const std::string& name);
 ReportDetail parse_report_detail(const std::string& name);

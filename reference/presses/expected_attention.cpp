@@ -66,7 +66,8 @@ const Registrar registered({.name = "expected_attention",
                                        {"use_covariance", ParamType::Bool, 1.0, {}, {}, "include the query covariance term"},
                                        {"use_vnorm", ParamType::Bool, 1.0, {}, {}, "rescale by value norms"},
                                        {"epsilon", ParamType::Float, 0.0, 0.0, {}, "added to scores before vnorm rescaling"}},
-                            .is_scorer = true},
+                            .is_scorer = true,
+                            .uses_absolute_positions = true},
                            Backend::reference, factory_of<ExpectedAttentionPress>());
 
 }  // namespace

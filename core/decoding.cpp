@@ -1,0 +1,41 @@
+#include "core/decoding.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace kvsim {
+
+DecodingPress::DecodingPress(const PressConfig& config, bool ratio_target)
+    : inner_(config.registry.make(*config.inner, config.backend)), interval_(config.params.get_int("compression_interval")) {
+  if (ratio_target)
+    target_ratio_ = config.params.get("target_compression_ratio");
+  else
+    target_size_ = config.params.get_int("target_size");
+  const PressInfo* inner = config.registry.find(config.inner->name);
+  if (inner && !inner->uses_absolute_positions) return;
+  throw Error("press '" + config.info.name + "': '" + config.inner->name +
+              "' needs the absolute positions of the cached tokens and cannot run inside a decoding press yet");
+}
+
+int DecodingPress::target(int tokens_seen) const {
+  if (target_ratio_ < 0) return target_size_;
+  return std::max(1, kvpress_budget(tokens_seen, target_ratio_));
+}
+
+double DecodingPress::ratio_for(int cache_len, int target) {
+  if (cache_len <= target) return 0.0;
+  // int(cache_len * (1 - r)) == target exactly, for any target < cache_len.
+  return 1.0 - (target + 0.5) / cache_len;
+}
+
+PressFactory decoding_factory(bool ratio_target) {
+  return [ratio_target](const PressConfig& c) -> std::unique_ptr<Press> { return std::make_unique<DecodingPress>(c, ratio_target); };
+}
+
+void register_decoding_presses(Backend backend) {
+  Registry::instance().add_implementation("decoding", backend, decoding_factory(false));
+  Registry::instance().add_implementation("compression_ratio_decoding", backend, decoding_factory(true));
+}
+
+}  // namespace kvsim

@@ -1,0 +1,28 @@
+// decoding(<scorer>) and compression_ratio_decoding(<scorer>) — kvpress DecodingPress and
+// CompressionRatioDecodingPress (shared/PRESSES.md §A.5.1-2): periodic re-compression of the
+// whole cache during generation, replayed step by step by the replay engine (core/decoding.h).
+// Defaults: compression_interval=512, target_size=2048 / target_compression_ratio=0.5.
+#include "core/decoding.h"
+
+namespace kvsim::ref {
+namespace {
+
+const Registrar decoding({.name = "decoding",
+                          .summary = "re-compress the whole cache to target_size every compression_interval decode steps (kvpress DecodingPress)",
+                          .params = {{"compression_interval", ParamType::Int, 512.0, 1.0, {}, "decode steps between compressions"},
+                                     {"target_size", ParamType::Int, 2048.0, 1.0, {}, "cache size after each compression"}},
+                          .wraps_scorer = true,
+                          .uses_ratio = false,
+                          .example = "decoding(knorm):target_size=1024,compression_interval=16"},
+                         Backend::reference, decoding_factory(false));
+const Registrar ratio({.name = "compression_ratio_decoding",
+                       .summary = "re-compress to a fraction of the tokens seen every compression_interval steps (kvpress CompressionRatioDecodingPress)",
+                       .params = {{"target_compression_ratio", ParamType::Float, 0.5, 0.0, 0.999999, "fraction of the tokens seen removed"},
+                                  {"compression_interval", ParamType::Int, 512.0, 1.0, {}, "decode steps between compressions"}},
+                       .wraps_scorer = true,
+                       .uses_ratio = false,
+                       .example = "compression_ratio_decoding(knorm):compression_interval=16"},
+                      Backend::reference, decoding_factory(true));
+
+}  // namespace
+}  // namespace kvsim::ref
