@@ -18,6 +18,20 @@ DecodingPress::DecodingPress(const PressConfig& config, bool ratio_target)
               "' needs the absolute positions of the cached tokens and cannot run inside a decoding press yet");
 }
 
+bool DecodingPress::triggers(int steps, int step_tokens, int, int target) const {
+  return steps >= interval_ || step_tokens >= target;
+}
+
+CamPress::CamPress(const PressConfig& config)
+    : DecodingPress(config, false), merge_budget_(config.params.get_int("merge_budget")), seed_(static_cast<uint64_t>(config.params.get("seed"))) {
+  scorer_ = dynamic_cast<const ScorerPress*>(&inner());
+  if (!scorer_) throw Error("press 'cam' needs a scorer press inside, and '" + config.inner->name + "' is not one");
+}
+
+bool CamPress::triggers(int steps, int step_tokens, int cache_len, int target) const {
+  return (steps >= compression_interval() && cache_len > target) || step_tokens >= target;
+}
+
 int DecodingPress::target(int tokens_seen) const {
   if (target_ratio_ < 0) return target_size_;
   return std::max(1, kvpress_budget(tokens_seen, target_ratio_));
@@ -33,7 +47,12 @@ PressFactory decoding_factory(bool ratio_target) {
   return [ratio_target](const PressConfig& c) -> std::unique_ptr<Press> { return std::make_unique<DecodingPress>(c, ratio_target); };
 }
 
+PressFactory cam_factory() {
+  return [](const PressConfig& c) -> std::unique_ptr<Press> { return std::make_unique<CamPress>(c); };
+}
+
 void register_decoding_presses(Backend backend) {
+  Registry::instance().add_implementation("cam", backend, cam_factory());
   Registry::instance().add_implementation("decoding", backend, decoding_factory(false));
   Registry::instance().add_implementation("compression_ratio_decoding", backend, decoding_factory(true));
 }

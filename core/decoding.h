@@ -19,11 +19,15 @@ namespace kvsim {
 class DecodingPress : public Press {
  public:
   DecodingPress(const PressConfig& config, bool ratio_target);
+  ~DecodingPress() override = default;
 
   // Prefill: nothing is compressed.
   Compression compress(const PressInput& input, double ratio) const override { (void)ratio; return keep_all(input.num_kv_heads(), input.n); }
 
   int compression_interval() const { return interval_; }
+  // Whether the schedule compresses after a step (kvpress: steps since the last
+  // compression >= interval, or the step brought at least `target` tokens).
+  virtual bool triggers(int steps, int step_tokens, int cache_len, int target) const;
   // Cache size to compress to once `tokens_seen` tokens have been processed.
   int target(int tokens_seen) const;
   // kvpress' r*: a ratio with int(cache_len * (1 - r)) == target.
@@ -37,8 +41,29 @@ class DecodingPress : public Press {
   double target_ratio_ = -1;      // compression_ratio_decoding (>= 0 when used)
 };
 
+// kvpress CAMPress (shared/PRESSES.md §A.5.4) on the DecodingPress schedule: compresses only
+// when the cache exceeds the target; the inner scores are averaged over KV heads, so every
+// head evicts the same tokens; the `steps since the last compression` best-scoring evicted
+// tokens are merged, each into the next `merge_budget` kept tokens, with probability
+// clamp(A_e / mean A_window, 0, 1) of the running decode attention A, by Philox draws keyed
+// (seed, layer, KV head, position): v_u += b v_e / |window|. The replay engine runs it.
+class CamPress final : public DecodingPress {
+ public:
+  explicit CamPress(const PressConfig& config);
+  bool triggers(int steps, int step_tokens, int cache_len, int target) const override;
+  int merge_budget() const { return merge_budget_; }
+  uint64_t seed() const { return seed_; }
+  const ScorerPress& scorer() const { return *scorer_; }
+
+ private:
+  const ScorerPress* scorer_ = nullptr;  // the inner press, as a scorer
+  int merge_budget_ = 32;
+  uint64_t seed_ = 0;
+};
+
 // Factories of decoding (ratio_target = false) and compression_ratio_decoding (true).
 PressFactory decoding_factory(bool ratio_target);
+PressFactory cam_factory();
 // Registers both for a device backend (the inner press is built on the same backend).
 void register_decoding_presses(Backend backend);
 

@@ -7,7 +7,9 @@
 
 #include "core/decoding.h"
 #include "core/error.h"
+#include "core/philox.h"
 #include "reference/attention.h"
+#include "reference/select.h"
 
 namespace kvsim::ref {
 
@@ -108,78 +110,166 @@ CompressedRun compress_layer(const Press& press, const PressInput& input, double
   return run;
 }
 
-// A decoding press, step by step (kvpress DecodingPress): the question is one step, each
-// generated token another. Each step's queries attend to the current cache plus the step's
-// own tokens; then, every compression_interval steps (or when a step brings at least the
-// target), the whole cache is compressed to the target by the inner press, which sees the
-// cached tokens' keys, values and trace queries as one contiguous sequence.
+// The decoding cache of one KV head: positions (ascending), their current values (CaM merges
+// change them) and, for CaM, the running decode attention of each entry.
+struct HeadCache {
+  std::vector<int> positions;
+  std::vector<std::vector<float>> values;
+  std::vector<double> attention;
+
+  void append(const HeadTensor& v, int g, int position) {
+    positions.push_back(position);
+    values.emplace_back(v.head(g) + static_cast<std::size_t>(position) * v.dim, v.head(g) + static_cast<std::size_t>(position + 1) * v.dim);
+    attention.push_back(0.0);
+  }
+  void keep(const std::vector<int>& indices) {  // ascending indices into the cache
+    HeadCache kept;
+    for (int i : indices) {
+      kept.positions.push_back(positions[i]);
+      kept.values.push_back(values[i]);
+      kept.attention.push_back(attention[i]);
+    }
+    *this = std::move(kept);
+  }
+  RowMatrix value_rows() const {
+    RowMatrix rows(static_cast<Eigen::Index>(values.size()), values.empty() ? 0 : static_cast<Eigen::Index>(values[0].size()));
+    for (std::size_t i = 0; i < values.size(); ++i) rows.row(static_cast<Eigen::Index>(i)) = Eigen::Map<const Eigen::RowVectorXf>(values[i].data(), rows.cols());
+    return rows;
+  }
+};
+
+// The cache as one contiguous sequence (keys, values, trace queries), what the inner press sees.
+LayerTensors cache_view(const LayerTensors& tensors, const std::vector<HeadCache>& cache, int H) {
+  const int Hkv = static_cast<int>(cache.size()), d = tensors.k.dim, len = static_cast<int>(cache[0].positions.size()), G = H / Hkv;
+  LayerTensors view;
+  view.layer_index = tensors.layer_index;
+  view.q = HeadTensor(H, len, d);
+  view.k = HeadTensor(Hkv, len, d);
+  view.v = HeadTensor(Hkv, len, d);
+  for (int g = 0; g < Hkv; ++g)
+    for (int i = 0; i < len; ++i) {
+      const std::size_t t = static_cast<std::size_t>(cache[g].positions[i]), at = static_cast<std::size_t>(i) * d;
+      std::copy_n(tensors.k.head(g) + t * d, d, view.k.head(g) + at);
+      std::copy_n(cache[g].values[i].data(), d, view.v.head(g) + at);
+      for (int h = g * G; h < (g + 1) * G; ++h) std::copy_n(tensors.q.head(h) + t * d, d, view.q.head(h) + at);
+    }
+  return view;
+}
+
+// CaM's compression (kvpress CAMPress.compress): one evicted set for every head from the
+// inner scores averaged over heads, then Bernoulli merges of the best `candidates` evicted
+// tokens into the next merge_budget kept tokens; all merges read the pre-merge values.
+void cam_compress(const CamPress& press, const PressInput& input, std::vector<HeadCache>& cache, int target, int candidates) {
+  const int len = input.n, Hkv = static_cast<int>(cache.size());
+  const ScoreMatrix scores = press.scorer().score(input, DecodingPress::ratio_for(len, target));
+  const Eigen::RowVectorXf mean = scores.colwise().mean();
+  const Compression kept_set = select_topk_per_head(Scores(mean), target);  // ties: lower position kept
+  const std::vector<int>& kept = kept_set.kept[0];
+  std::vector<char> is_kept(static_cast<std::size_t>(len), 0);
+  for (int i : kept) is_kept[i] = 1;
+  std::vector<int> evicted;
+  for (int i = 0; i < len; ++i)
+    if (!is_kept[i]) evicted.push_back(i);
+  // Merge candidates: the best-scoring evicted tokens (ties: later position first), by position.
+  std::vector<int> order = evicted;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return mean[a] > mean[b] || (mean[a] == mean[b] && a > b); });
+  order.resize(std::min<std::size_t>(order.size(), static_cast<std::size_t>(std::max(candidates, 0))));
+  std::sort(order.begin(), order.end());
+  for (int g = 0; g < Hkv; ++g) {
+    HeadCache& c = cache[g];
+    std::vector<std::vector<float>> delta(c.values.size(), std::vector<float>(c.values[0].size(), 0.0f));
+    for (int e : order) {
+      const auto first = std::upper_bound(kept.begin(), kept.end(), e);
+      const std::size_t count = std::min<std::size_t>(static_cast<std::size_t>(kept.end() - first), static_cast<std::size_t>(press.merge_budget()));
+      if (count == 0) continue;
+      double window_attention = 0;
+      for (std::size_t w = 0; w < count; ++w) window_attention += c.attention[first[w]];
+      window_attention /= static_cast<double>(count);
+      double p = c.attention[e] / window_attention;
+      if (std::isnan(p)) p = 0;
+      p = std::clamp(p, 0.0, 1.0);  // inf -> 1
+      const float draw = philox_uniform(press.seed(), static_cast<uint32_t>(input.layer_index()), static_cast<uint32_t>(g),
+                                        static_cast<uint32_t>(c.positions[e]));
+      if (!(draw < p)) continue;
+      for (std::size_t w = 0; w < count; ++w)
+        for (std::size_t x = 0; x < delta[first[w]].size(); ++x) delta[first[w]][x] += c.values[e][x] / static_cast<float>(count);
+    }
+    for (std::size_t i = 0; i < c.values.size(); ++i)
+      for (std::size_t x = 0; x < delta[i].size(); ++x) c.values[i][x] += delta[i][x];
+    c.keep(kept);
+  }
+}
+
+// A decoding press, step by step (kvpress DecodingPress / CAMPress): the question is one
+// step, each generated token another. Each step's queries attend to the current cache plus
+// the step's own tokens; then, when the schedule triggers, the whole cache is compressed to
+// the target by the inner press, which sees the cached tokens' keys, values and trace
+// queries as one contiguous sequence.
 CompressedRun decode_layer(const DecodingPress& press, const LayerTensors& tensors, int n, const TraceInfo& info, const std::string& name) {
   const int T = info.total_tokens(), H = info.num_attention_heads, Hkv = info.num_key_value_heads, d = info.head_dim, G = H / Hkv;
+  const auto* cam = dynamic_cast<const CamPress*>(&press);
   CompressedRun run;
   run.outputs.resize(static_cast<std::size_t>(H));
   for (auto& o : run.outputs) {
     o.out.resize(T - n, d);
     o.lse.resize(T - n);
   }
-  std::vector<std::vector<int>> cache(static_cast<std::size_t>(Hkv));
-  for (auto& c : cache)
-    for (int t = 0; t < n; ++t) c.push_back(t);
+  std::vector<HeadCache> cache(static_cast<std::size_t>(Hkv));
+  for (int g = 0; g < Hkv; ++g)
+    for (int t = 0; t < n; ++t) cache[g].append(tensors.v, g, t);
   std::vector<std::pair<int, int>> steps;  // [first, end) positions
   if (info.n_question > 0 && n == info.n_context) steps.push_back({n, n + info.n_question});
   for (int t = std::max(n, info.n_context + info.n_question); t < T; ++t) steps.push_back({t, t + 1});
   int since_compression = 0;
   for (std::size_t s = 0; s < steps.size(); ++s) {
     const auto [first, end] = steps[s];
-    for (auto& c : cache)
-      for (int t = first; t < end; ++t) c.push_back(t);
+    for (int g = 0; g < Hkv; ++g)
+      for (int t = first; t < end; ++t) cache[g].append(tensors.v, g, t);
     for (int g = 0; g < Hkv; ++g) {
-      const RowMatrix keys = gather(tensors.k, g, cache[g], {}), values = gather(tensors.v, g, cache[g], {});
+      const RowMatrix keys = gather(tensors.k, g, cache[g].positions, {}), values = cache[g].value_rows();
+      std::vector<double> last_query_attention(cache[g].positions.size(), 0.0);
       for (int h = g * G; h < (g + 1) * G; ++h) {
-        const Outputs o = attend(tensors.q, h, keys, values, cache[g], first, end - first);
+        const Outputs o = attend(tensors.q, h, keys, values, cache[g].positions, first, end - first);
         run.outputs[h].out.middleRows(first - n, end - first) = o.out;
         run.outputs[h].lse.segment(first - n, end - first) = o.lse;
+        if (cam) {  // CaM's running attention: the step's last query, mean over the group
+          const RowMatrix p = attention_probs(ConstRowMap(tensors.q.head(h) + static_cast<std::size_t>(end - 1) * d, 1, d), keys, {end - 1},
+                                              cache[g].positions);
+          for (Eigen::Index i = 0; i < p.cols(); ++i) last_query_attention[i] += p(0, i) / G;
+        }
       }
+      if (cam)
+        for (std::size_t i = 0; i < last_query_attention.size(); ++i) cache[g].attention[i] += last_query_attention[i];
     }
     for (int t = first; t < end; ++t) run.step_of_query.push_back(static_cast<int>(s));
     StepResult step;
     step.step = static_cast<int>(s);
     step.first_position = first;
     step.queries = end - first;
-    step.cache_size = static_cast<int>(cache[0].size());
+    const int cache_len = static_cast<int>(cache[0].positions.size());
+    step.cache_size = cache_len;
     ++since_compression;
     const int target = press.target(end);
-    if (since_compression >= press.compression_interval() || end - first >= target) {
+    if (press.triggers(since_compression, end - first, cache_len, target)) {
+      const int steps_since = since_compression;
       since_compression = 0;
-      const int cache_len = static_cast<int>(cache[0].size());
       if (cache_len > target) {
-        LayerTensors view;  // the cache as one contiguous sequence, per head
-        view.layer_index = tensors.layer_index;
-        view.q = HeadTensor(H, cache_len, d);
-        view.k = HeadTensor(Hkv, cache_len, d);
-        view.v = HeadTensor(Hkv, cache_len, d);
-        for (int g = 0; g < Hkv; ++g)
-          for (int i = 0; i < cache_len; ++i) {
-            const int t = cache[g][i];
-            std::copy_n(tensors.k.head(g) + static_cast<std::size_t>(t) * d, d, view.k.head(g) + static_cast<std::size_t>(i) * d);
-            std::copy_n(tensors.v.head(g) + static_cast<std::size_t>(t) * d, d, view.v.head(g) + static_cast<std::size_t>(i) * d);
-            for (int h = g * G; h < (g + 1) * G; ++h)
-              std::copy_n(tensors.q.head(h) + static_cast<std::size_t>(t) * d, d, view.q.head(h) + static_cast<std::size_t>(i) * d);
-          }
+        const LayerTensors view = cache_view(tensors, cache, H);
         const PressInput input{view, cache_len, info.num_hidden_layers, info.rope};
-        const Compression c = press.inner().compress(input, DecodingPress::ratio_for(cache_len, target));
-        check_compression(c, name, cache_len, Hkv);
-        if (!c.values.empty() || !c.keys.empty()) throw Error("press '" + name + "': the inner press of a decoding press must not merge");
-        for (int g = 0; g < Hkv; ++g) {
-          std::vector<int> kept;
-          for (int i : c.kept[g]) kept.push_back(cache[g][i]);
-          cache[g] = kept;
+        if (cam) {
+          cam_compress(*cam, input, cache, target, steps_since);
+        } else {
+          const Compression c = press.inner().compress(input, DecodingPress::ratio_for(cache_len, target));
+          check_compression(c, name, cache_len, Hkv);
+          if (!c.values.empty() || !c.keys.empty()) throw Error("press '" + name + "': the inner press of a decoding press must not merge");
+          for (int g = 0; g < Hkv; ++g) cache[g].keep(c.kept[g]);
         }
         step.compressed_after = true;
       }
     }
     run.steps.push_back(step);
   }
-  for (int g = 0; g < Hkv; ++g) run.kept_fraction.push_back(static_cast<double>(cache[g].size()) / T);
+  for (int g = 0; g < Hkv; ++g) run.kept_fraction.push_back(static_cast<double>(cache[g].positions.size()) / T);
   return run;
 }
 

@@ -26,3 +26,22 @@ const Registrar ratio({.name = "compression_ratio_decoding",
 
 }  // namespace
 }  // namespace kvsim::ref
+
+namespace kvsim::ref {
+namespace {
+
+// cam(<scorer>) — kvpress CAMPress (CaM, ICML 2024): see core/decoding.h. Defaults:
+// compression_interval=512, target_size=2048, merge_budget=32; seed=0 keys the Bernoulli draws.
+const Registrar cam({.name = "cam",
+                     .summary = "merge evicted tokens into the next kept ones with CaM's Bernoulli rule during decoding (kvpress CAMPress)",
+                     .params = {{"compression_interval", ParamType::Int, 512.0, 1.0, {}, "decode steps between compressions"},
+                                {"target_size", ParamType::Int, 2048.0, 1.0, {}, "cache size after each compression"},
+                                {"merge_budget", ParamType::Int, 32.0, 1.0, {}, "kept tokens after an evicted one that share its value"},
+                                {"seed", ParamType::Int, 0.0, 0.0, 4294967295.0, "Philox seed of the Bernoulli draws"}},
+                     .wraps_scorer = true,
+                     .uses_ratio = false,
+                     .example = "cam(knorm):target_size=1024,compression_interval=16"},
+                    Backend::reference, cam_factory());
+
+}  // namespace
+}  // namespace kvsim::ref
