@@ -2,7 +2,8 @@
 // --benchmark_format=json). For each device scorer press on a Llama-3-8B-shaped layer
 // (32 query heads, 8 KV heads, d=128, float32 on the device) of T = 4K, 32K and 128K tokens:
 //  * cuda/<press>/score/...: the scoring kernels;
-//  * cuda/<press>/select/...: the per-head top-k (CUB segmented radix sort) of the scores.
+//  * cuda/<press>/select/...: the per-head top-k (CUB segmented radix sort) of the scores;
+//  * cuda/<press>/gather/...: compaction of the kept keys and values.
 // Bytes counted are the layer's keys and values (float32) for scoring, and the scores plus
 // the sorted pairs for selection; bandwidth is also reported as a share of the device's
 // copy bandwidth, measured at start-up with a 1 GiB device-to-device cudaMemcpy.
@@ -65,7 +66,9 @@ void time_on_device(benchmark::State& state, Body body) {
   cudaEventDestroy(stop);
 }
 
-void press_benchmark(benchmark::State& state, const std::string& spec, int T, bool select) {
+enum class Stage { score, select, gather };
+
+void press_benchmark(benchmark::State& state, const std::string& spec, int T, Stage stage) {
   static std::map<int, LayerTensors> layers;
   if (!layers.count(T)) layers.emplace(T, llama_layer(T));
   const RopeConfig rope = RopeConfig::from_theta(500000.0, kHeadDim);
@@ -79,9 +82,19 @@ void press_benchmark(benchmark::State& state, const std::string& spec, int T, bo
   if (auto* ea = dynamic_cast<const ExpectedAttentionDevice<CudaExec>*>(scorer)) ea->score(input, ratio);  // sets its rotation
   scorer->score_on_device(exec, layer, ratio, scores.data());
   double bytes;
-  if (select) {
-    time_on_device(state, [&] { select_topk_per_head(exec, scores.data(), kKvHeads, T, kvpress_budget(T, ratio)); });
+  const int kept_count = kvpress_budget(T, ratio);
+  if (stage == Stage::select) {
+    time_on_device(state, [&] { select_topk_per_head(exec, scores.data(), kKvHeads, T, kept_count); });
     bytes = static_cast<double>(kKvHeads) * T * (4.0 + 2 * (4.0 + 4.0));  // scores in, keys + positions sorted out and back
+  } else if (stage == Stage::gather) {
+    const Compression c = select_topk_per_head(exec, scores.data(), kKvHeads, T, kept_count);
+    std::vector<int> kept;
+    for (const auto& head : c.kept) kept.insert(kept.end(), head.begin(), head.end());
+    CudaExec::Buffer<int> kept_buffer(kept.size());
+    kept_buffer.upload(kept.data(), kept.size());
+    CudaExec::Buffer<float> keys(kept.size() * kHeadDim), values(kept.size() * kHeadDim);
+    time_on_device(state, [&] { gather_kept(exec, layer, kept_buffer.data(), kept_count, keys.data(), values.data()); });
+    bytes = 2.0 * 2.0 * static_cast<double>(kept.size()) * kHeadDim * sizeof(float);  // keys and values, read and written
   } else {
     time_on_device(state, [&] { scorer->score_on_device(exec, layer, ratio, scores.data()); });
     bytes = 2.0 * kKvHeads * T * kHeadDim * sizeof(float);  // keys and values once
@@ -108,11 +121,10 @@ int main(int argc, char** argv) {
     if (!info->is_scorer) continue;
     for (int T : {4096, 32768, 131072}) {
       if (info->name == "observed_attention" && T > 4096) continue;  // O(T^2 d)
-      for (bool select : {false, true}) {
-        const std::string label = "cuda/" + info->name + (select ? "/select" : "/score") + "/T=" + std::to_string(T) +
-                                  "/hkv=8/d=128/r=0.5/f32";
-        benchmark::RegisterBenchmark(label.c_str(), [name = info->name, T, select](benchmark::State& s) {
-          kc::press_benchmark(s, name, T, select);
+      for (auto [stage, stage_name] : {std::pair{kc::Stage::score, "score"}, {kc::Stage::select, "select"}, {kc::Stage::gather, "gather"}}) {
+        const std::string label = "cuda/" + info->name + "/" + stage_name + "/T=" + std::to_string(T) + "/hkv=8/d=128/r=0.5/f32";
+        benchmark::RegisterBenchmark(label.c_str(), [name = info->name, T, stage](benchmark::State& s) {
+          kc::press_benchmark(s, name, T, stage);
         })->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(0.2);
       }
     }

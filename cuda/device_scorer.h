@@ -107,6 +107,21 @@ Compression select_topk_global(Exec& exec, const float* scores, int rows, int n,
   return out;
 }
 
+// Compaction of the kept tokens: keys and values of `kept` [Hkv, k] (positions, per head,
+// on the device) copied into [Hkv, k, d] buffers, one thread per element.
+template <typename Exec>
+void gather_kept(Exec& exec, const DeviceLayer<Exec>& layer, const int* kept, int k, float* keys_out, float* values_out) {
+  const float* keys = layer.k.data();
+  const float* values = layer.v.data();
+  const int n = layer.n, d = layer.d;
+  exec.for_each(static_cast<long>(layer.Hkv) * k * d, [=] KVSIM_HD(long i) {
+    const long row = i / d, g = row / k;
+    const long source = (g * n + kept[row]) * d + i % d;
+    keys_out[i] = keys[source];
+    values_out[i] = values[source];
+  });
+}
+
 // Base of the device scorer presses: subclasses write scores [Hkv, n] on the device;
 // selection and the host-facing interface are shared.
 template <typename Exec>
