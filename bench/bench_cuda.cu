@@ -121,8 +121,9 @@ int main(int argc, char** argv) {
     if (!info->is_scorer) continue;
     for (int T : {4096, 32768, 131072}) {
       if (info->name == "observed_attention" && T > 4096) continue;  // O(T^2 d)
-      for (auto [stage, stage_name] : {std::pair{kc::Stage::score, "score"}, {kc::Stage::select, "select"}, {kc::Stage::gather, "gather"}}) {
-        const std::string label = "cuda/" + info->name + "/" + stage_name + "/T=" + std::to_string(T) + "/hkv=8/d=128/r=0.5/f32";
+      for (const auto& named : {std::pair{kc::Stage::score, "score"}, {kc::Stage::select, "select"}, {kc::Stage::gather, "gather"}}) {
+        const kc::Stage stage = named.first;
+        const std::string label = "cuda/" + info->name + "/" + named.second + "/T=" + std::to_string(T) + "/hkv=8/d=128/r=0.5/f32";
         benchmark::RegisterBenchmark(label.c_str(), [name = info->name, T, stage](benchmark::State& s) {
           kc::press_benchmark(s, name, T, stage);
         })->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(0.2);
