@@ -6,6 +6,7 @@
 #include "core/decoding.h"
 #include "core/registry.h"
 #include "cuda/presses/attention_scorers.h"
+#include "cuda/presses/cam_kvcf.h"
 #include "cuda/presses/expected_attention.h"
 #include "cuda/presses/lagkv.h"
 #include "cuda/presses/merging.h"
@@ -37,6 +38,7 @@ void register_device_presses(Backend backend) {
   add_device_press<AdaKvDevice, Exec>("adakv", backend);
   add_device_press<DmsDevice, Exec>("dms", backend);
   add_device_press<MergingDevice, Exec>("merging", backend);
+  add_device_press<CamKvcfDevice, Exec>("cam_kvcf", backend);
   register_decoding_presses(backend);  // schedule on the host, inner press on this backend
   add_device_press<KvcfMergeDevice<ref::KvcfMerge::pivot>::template Press, Exec>("pivot_merge", backend);
   add_device_press<KvcfMergeDevice<ref::KvcfMerge::weighted>::template Press, Exec>("weighted_merge", backend);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <numeric>
 
@@ -340,6 +341,26 @@ TEST(KvcfMerge, PivotAndWeightedMergeKeysAndValues) {
   EXPECT_NEAR(weighted.values[0][1], 2.0 * w / (1 + w), 1e-6);
 }
 
+// cam_kvcf with window 2 on 6 tokens whose queries are zero: the window queries (positions
+// 4, 5) attend uniformly, abar = 11/60 for j <= 4 and 1/12 for j = 5, so every merge from
+// p = ceil(0.1 * 6) = 1 to n - w - 1 = 3 has probability 1: in order, v[p+1..p+2] += v[p] / 2.
+// int(6 * 0.7) = 4 kept: the window {4, 5} and, among equal past scores, {0, 1}.
+TEST(CamKvcf, MergesEveryTokenIntoTheNextWindowThenSelects) {
+  LayerTensors layer = test::random_layer(2, 1, 6, 2, 21);
+  layer.q.data.assign(layer.q.data.size(), 0.0f);
+  const Compression c = run("cam_kvcf:window_size=2", layer, 6, 0.3);
+  ASSERT_EQ(c.kept, (Kept{{0, 1, 4, 5}}));
+  std::vector<std::array<double, 2>> v(6);
+  for (int t = 0; t < 6; ++t) v[t] = {layer.v.at(0, t, 0), layer.v.at(0, t, 1)};
+  for (int p = 1; p <= 3; ++p)
+    for (int u = p + 1; u <= p + 2; ++u)
+      for (int x = 0; x < 2; ++x) v[u][x] += v[p][x] / 2;
+  ASSERT_EQ(c.values.size(), 1u);
+  const int kept[4] = {0, 1, 4, 5};
+  for (int r = 0; r < 4; ++r)
+    for (int x = 0; x < 2; ++x) EXPECT_NEAR(c.values[0][r * 2 + x], v[kept[r]][x], 1e-5) << "kept " << kept[r];
+}
+
 // ---------------------------------------------------------------------------------------
 // Invariants over the whole registry.
 
@@ -390,7 +411,7 @@ INSTANTIATE_TEST_SUITE_P(Registry, EveryPress, ::testing::ValuesIn(all_press_spe
 TEST(Registry, HoldsEveryPressOfTheFoundation) {
   for (const char* name : {"none", "random", "knorm", "streaming_llm", "snapkv", "tova", "observed_attention", "keydiff", "lagkv",
                            "expected_attention", "pyramidkv", "adakv", "dms", "merging", "pivot_merge", "weighted_merge", "decoding",
-                           "compression_ratio_decoding", "cam"})
+                           "compression_ratio_decoding", "cam", "cam_kvcf"})
     EXPECT_TRUE(Registry::instance().implements(name, Backend::reference)) << name;
 }
 

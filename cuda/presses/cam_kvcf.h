@@ -1,0 +1,95 @@
+#pragma once
+// Device twin of cam_kvcf (reference/presses/cam_kvcf.cpp): window attention per KV head,
+// then the sequential merges, one thread per KV head (each merge reads values the previous
+// ones wrote, so the order is the reference's), then selection.
+#include <cfloat>
+
+#include "core/philox.h"
+#include "core/press_checks.h"
+#include "cuda/stages.h"
+
+namespace kvsim::cuda {
+
+template <typename Exec>
+class CamKvcfDevice final : public Press {
+ public:
+  explicit CamKvcfDevice(const PressConfig& c)
+      : window_(c.params.get_int("window_size")), start_ratio_(c.params.get("start_budget_ratio")), seed_(static_cast<uint64_t>(c.params.get("seed"))) {}
+
+  Compression compress(const PressInput& input, double ratio) const override {
+    if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
+    const int n = input.n, w = window_, d = input.head_dim(), H = input.num_heads(), Hkv = input.num_kv_heads(), G = H / Hkv;
+    require_more_tokens("cam_kvcf", "window_size", w, n);
+    const int budget = kvpress_budget(n, ratio);
+    if (budget < w)
+      throw Error("press 'cam_kvcf': the budget int(n (1 - ratio)) = " + std::to_string(budget) + " is smaller than window_size=" + std::to_string(w));
+    Exec exec;
+    const DeviceLayer<Exec> layer(input);
+    const float* q = layer.q.data();
+    const float* k = layer.k.data();
+    typename Exec::template Buffer<float> lse_buffer(static_cast<std::size_t>(H) * w), abar_buffer(static_cast<std::size_t>(Hkv) * n),
+        score_buffer(abar_buffer.size()), value_buffer(static_cast<std::size_t>(Hkv) * n * d);
+    float* lse = lse_buffer.data();
+    float* abar = abar_buffer.data();
+    float* scores = score_buffer.data();
+    exec.for_each(static_cast<long>(H) * w, [=] KVSIM_HD(long i) {
+      const int h = static_cast<int>(i / w);
+      lse[i] = causal_lse(q, k, h, h / G, n - w + static_cast<int>(i % w), n, d);
+    });
+    exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) {  // mean over the group of the window-mean attention
+      const int g = static_cast<int>(i / n), j = static_cast<int>(i % n);
+      float group_sum = 0.0f;
+      for (int h = g * G; h < (g + 1) * G; ++h) {
+        float sum = 0.0f;
+        for (int r = 0; r < w; ++r) {
+          const int t = n - w + r;
+          if (j <= t) sum += expf(scaled_logit(q, k, h, g, t, j, n, d) - lse[h * w + r]);
+        }
+        group_sum += sum / static_cast<float>(w);
+      }
+      abar[i] = group_sum / static_cast<float>(G);
+      scores[i] = j < n - w ? abar[i] * static_cast<float>(w) : FLT_MAX;  // the window is always kept
+    });
+    Compression c = select_topk_per_head(exec, scores, Hkv, n, budget);
+    // Sequential merges, one thread per KV head, on a copy of the values.
+    const std::size_t head_values = static_cast<std::size_t>(n) * d;
+    for (int g = 0; g < Hkv; ++g) {
+      std::vector<float> host(head_values);
+      layer.v.download(host.data(), head_values, g * head_values);
+      value_buffer.upload(host.data(), head_values, g * head_values);
+    }
+    float* values = value_buffer.data();
+    const int first = static_cast<int>(std::ceil(start_ratio_ * n));
+    const uint64_t seed = seed_;
+    const uint32_t layer_index = static_cast<uint32_t>(layer.layer);
+    exec.for_each(Hkv, [=] KVSIM_HD(long g) {
+      float* v = values + g * static_cast<long>(n) * d;
+      const float* a = abar + g * n;
+      for (int p = first; p <= n - w - 1; ++p) {
+        float den = -INFINITY;
+        for (int j = 0; j < first; ++j) den = fmaxf(den, a[j]);
+        for (int j = p; j < p + w; ++j) den = fmaxf(den, a[j]);
+        float prob = a[p] / den;
+        if (prob != prob) prob = 0.0f;  // NaN
+        prob = fminf(fmaxf(prob, 0.0f), 1.0f);
+        if (!(philox_uniform(seed, layer_index, static_cast<uint32_t>(g), static_cast<uint32_t>(p)) < prob)) continue;
+        for (int u = p + 1; u <= p + w; ++u)
+          for (int x = 0; x < d; ++x) v[static_cast<long>(u) * d + x] += v[static_cast<long>(p) * d + x] / static_cast<float>(w);
+      }
+    });
+    for (int g = 0; g < Hkv; ++g) {
+      std::vector<float> host(head_values), kept_values;
+      value_buffer.download(host.data(), head_values, g * head_values);
+      for (int t : c.kept[g]) kept_values.insert(kept_values.end(), host.begin() + static_cast<long>(t) * d, host.begin() + static_cast<long>(t + 1) * d);
+      c.values.push_back(std::move(kept_values));
+    }
+    return c;
+  }
+
+ private:
+  int window_;
+  double start_ratio_;
+  uint64_t seed_;
+};
+
+}  // namespace kvsim::cuda

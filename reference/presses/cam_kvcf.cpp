@@ -1,0 +1,84 @@
+// cam_kvcf(<ratio>) — KVCache-Factory's prefill CaM (CAMKVCluster, shared/PRESSES.md §B.9), in
+// its kv_head granularity (attention averaged over each GQA group; KVCF's default gives every
+// query head its own cache, which a per-KV-head cache cannot hold). With window w and
+// abar[j] = mean over the last w queries of their causal softmax attention to j:
+//   1. score s[j] = w * abar[j] for past tokens j < n - w (sum over the window, no pooling);
+//   2. for p = ceil(start_budget_ratio * n) ... n - w - 1, in order, with probability
+//      clamp(abar[p] / max(abar[0 : S0] U abar[p : p + w]), 0, 1) (NaN -> 0), drawn from
+//      Philox (seed, layer, KV head, p): v[p+1 : p+1+w] += v[p] / w, in place;
+//   3. keep the top int(n (1 - ratio)) - w past tokens by s, and the window, with the merged values.
+// Keys are unchanged. Defaults: window_size=8, start_budget_ratio=0.1, seed=0 (KVCF's runner).
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "core/philox.h"
+#include "core/press_checks.h"
+#include "reference/attention.h"
+#include "reference/scorer_press.h"
+#include "reference/select.h"
+
+namespace kvsim::ref {
+namespace {
+
+class CamKvcfPress final : public Press {
+ public:
+  explicit CamKvcfPress(const PressConfig& c)
+      : window_(c.params.get_int("window_size")), start_ratio_(c.params.get("start_budget_ratio")), seed_(static_cast<uint64_t>(c.params.get("seed"))) {}
+
+  Compression compress(const PressInput& in, double ratio) const override {
+    if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);
+    const int n = in.n, w = window_, d = in.head_dim(), H = in.num_heads(), Hkv = in.num_kv_heads(), G = H / Hkv;
+    require_more_tokens("cam_kvcf", "window_size", w, n);
+    const int budget = kvpress_budget(n, ratio);
+    if (budget < w)
+      throw Error("press 'cam_kvcf': the budget int(n (1 - ratio)) = " + std::to_string(budget) + " is smaller than window_size=" + std::to_string(w));
+    // abar [Hkv, n]: window attention averaged over the window queries and the group.
+    RowMatrix abar = RowMatrix::Zero(Hkv, n);
+    std::vector<int> qpos(static_cast<std::size_t>(w)), kpos(static_cast<std::size_t>(n));
+    std::iota(qpos.begin(), qpos.end(), n - w);
+    std::iota(kpos.begin(), kpos.end(), 0);
+    for (int h = 0; h < H; ++h) {
+      const ConstRowMap queries(in.layer.q.head(h) + static_cast<std::size_t>(n - w) * d, w, d);
+      abar.row(h / G) += attention_probs(queries, head_rows(in.layer.k, h / G, n), qpos, kpos).colwise().mean() / static_cast<float>(G);
+    }
+    Scores scores(Hkv, n);
+    scores.leftCols(n - w) = abar.leftCols(n - w) * static_cast<float>(w);
+    scores.rightCols(w).setConstant(std::numeric_limits<float>::max());  // the window is always kept
+    Compression c = select_topk_per_head(scores, budget);
+    const int first = static_cast<int>(std::ceil(start_ratio_ * n));
+    for (int g = 0; g < Hkv; ++g) {
+      std::vector<float> values(in.layer.v.head(g), in.layer.v.head(g) + static_cast<std::size_t>(n) * d);
+      for (int p = first; p <= n - w - 1; ++p) {
+        float den = -std::numeric_limits<float>::infinity();
+        for (int j = 0; j < first; ++j) den = std::max(den, abar(g, j));
+        for (int j = p; j < p + w; ++j) den = std::max(den, abar(g, j));
+        float prob = abar(g, p) / den;
+        if (std::isnan(prob)) prob = 0.0f;
+        prob = std::clamp(prob, 0.0f, 1.0f);
+        if (!(philox_uniform(seed_, static_cast<uint32_t>(in.layer_index()), static_cast<uint32_t>(g), static_cast<uint32_t>(p)) < prob)) continue;
+        for (int u = p + 1; u <= p + w; ++u)
+          for (int x = 0; x < d; ++x) values[static_cast<std::size_t>(u) * d + x] += values[static_cast<std::size_t>(p) * d + x] / static_cast<float>(w);
+      }
+      std::vector<float> kept_values;
+      for (int t : c.kept[g]) kept_values.insert(kept_values.end(), values.begin() + static_cast<long>(t) * d, values.begin() + static_cast<long>(t + 1) * d);
+      c.values.push_back(std::move(kept_values));
+    }
+    return c;
+  }
+
+ private:
+  int window_;
+  double start_ratio_;
+  uint64_t seed_;
+};
+
+const Registrar registered({.name = "cam_kvcf",
+                            .summary = "KVCache-Factory's prefill CaM: Bernoulli merges of every token into the next w, then SnapKV-like selection",
+                            .params = {{"window_size", ParamType::Int, 8.0, 1.0, {}, "observation window and merge budget"},
+                                       {"start_budget_ratio", ParamType::Float, 0.1, 0.0, 1.0, "merging starts at ceil(ratio * n)"},
+                                       {"seed", ParamType::Int, 0.0, 0.0, 4294967295.0, "Philox seed of the Bernoulli draws"}}},
+                           Backend::reference, factory_of<CamKvcfPress>());
+
+}  // namespace
+}  // namespace kvsim::ref
