@@ -47,12 +47,25 @@ PressFactory decoding_factory(bool ratio_target) {
   return [ratio_target](const PressConfig& c) -> std::unique_ptr<Press> { return std::make_unique<DecodingPress>(c, ratio_target); };
 }
 
+PrefillDecodingPress::PrefillDecodingPress(const PressConfig& config) : prefill_(config.registry.make(*config.inner, config.backend)) {
+  std::unique_ptr<Press> decoding = config.registry.make(*config.second, config.backend);
+  auto* as_decoding = dynamic_cast<DecodingPress*>(decoding.get());
+  if (!as_decoding) throw Error("press 'prefill_decoding': its second press must be a decoding press");
+  decoding.release();
+  decoding_.reset(as_decoding);
+}
+
+PressFactory prefill_decoding_factory() {
+  return [](const PressConfig& c) -> std::unique_ptr<Press> { return std::make_unique<PrefillDecodingPress>(c); };
+}
+
 PressFactory cam_factory() {
   return [](const PressConfig& c) -> std::unique_ptr<Press> { return std::make_unique<CamPress>(c); };
 }
 
 void register_decoding_presses(Backend backend) {
   Registry::instance().add_implementation("cam", backend, cam_factory());
+  Registry::instance().add_implementation("prefill_decoding", backend, prefill_decoding_factory());
   Registry::instance().add_implementation("decoding", backend, decoding_factory(false));
   Registry::instance().add_implementation("compression_ratio_decoding", backend, decoding_factory(true));
 }

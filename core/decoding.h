@@ -61,9 +61,23 @@ class CamPress final : public DecodingPress {
   uint64_t seed_ = 0;
 };
 
+// kvpress PrefillDecodingPress: a prefill press (any) and a decoding press; the replay engine
+// starts the decoding schedule from the cache the prefill press left.
+class PrefillDecodingPress final : public Press {
+ public:
+  explicit PrefillDecodingPress(const PressConfig& config);
+  Compression compress(const PressInput& input, double ratio) const override { return prefill_->compress(input, ratio); }
+  const DecodingPress& decoding() const { return *decoding_; }
+
+ private:
+  std::unique_ptr<Press> prefill_;
+  std::unique_ptr<DecodingPress> decoding_;
+};
+
 // Factories of decoding (ratio_target = false) and compression_ratio_decoding (true).
 PressFactory decoding_factory(bool ratio_target);
 PressFactory cam_factory();
+PressFactory prefill_decoding_factory();
 // Registers both for a device backend (the inner press is built on the same backend).
 void register_decoding_presses(Backend backend);
 

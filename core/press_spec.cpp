@@ -34,7 +34,7 @@ class SpecParser {
 
   std::string parse_value() {
     const std::size_t start = pos_;
-    while (pos_ < text_.size() && text_[pos_] != ',' && text_[pos_] != ')' && text_[pos_] != '(') ++pos_;
+    while (pos_ < text_.size() && text_[pos_] != ',' && text_[pos_] != ')' && text_[pos_] != '(' && text_[pos_] != ';') ++pos_;
     if (pos_ == start) fail("expected a value");
     return text_.substr(start, pos_ - start);
   }
@@ -45,6 +45,10 @@ class SpecParser {
     if (pos_ < text_.size() && text_[pos_] == '(') {
       ++pos_;
       spec.inner = std::make_shared<PressSpec>(parse_spec());
+      if (pos_ < text_.size() && text_[pos_] == ';') {
+        ++pos_;
+        spec.second = std::make_shared<PressSpec>(parse_spec());
+      }
       if (pos_ >= text_.size() || text_[pos_] != ')') fail("expected ')'");
       ++pos_;
     }
@@ -71,7 +75,15 @@ PressSpec parse_press_spec(const std::string& text) { return SpecParser(text).pa
 
 std::string PressSpec::to_string() const {
   std::string out = name;
-  if (inner) out += "(" + inner->to_string() + ")";
+  if (inner) {
+    out += "(";
+    out += inner->to_string();
+    if (second) {
+      out += ";";
+      out += second->to_string();
+    }
+    out += ")";
+  }
   bool first = true;
   for (const auto& [key, value] : params) {
     out += (first ? ":" : ",") + key + "=" + value;

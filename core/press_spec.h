@@ -1,7 +1,8 @@
 #pragma once
 // A press spec names a press, its parameters and (for wrappers) the press it wraps:
-//   spec   := name [ '(' spec ')' ] [ ':' key '=' value { ',' key '=' value } ]
-// e.g. "snapkv", "snapkv:window_size=32", "adakv(snapkv:window_size=32):alpha_safeguard=0.1".
+//   spec   := name [ '(' spec [ ';' spec ] ')' ] [ ':' key '=' value { ',' key '=' value } ]
+// e.g. "snapkv", "snapkv:window_size=32", "adakv(snapkv:window_size=32):alpha_safeguard=0.1",
+// "prefill_decoding(snapkv;decoding(knorm):target_size=512)".
 #include <map>
 #include <memory>
 #include <string>
@@ -11,7 +12,8 @@ namespace kvsim {
 struct PressSpec {
   std::string name;
   std::map<std::string, std::string> params;
-  std::shared_ptr<PressSpec> inner;  // set for wrappers
+  std::shared_ptr<PressSpec> inner;   // set for wrappers
+  std::shared_ptr<PressSpec> second;  // the second press of a pair (prefill_decoding)
 
   std::string to_string() const;
 };

@@ -61,6 +61,19 @@ const PressInfo& Registry::check(const PressSpec& spec, Backend backend) const {
   const PressInfo& info = it->second.info;
   if (!it->second.factories.count(backend))
     throw Error("press '" + spec.name + "' is not implemented on the " + backend_name(backend) + " backend");
+  if (info.wraps_pair) {
+    if (!spec.inner || !spec.second)
+      throw Error("press '" + spec.name + "' takes two presses: " + spec.name + "(<prefill press>;<decoding press>), e.g. " + spec.name +
+                  "(snapkv;decoding(knorm))");
+    check(*spec.inner, backend);
+    const PressInfo& decoding = check(*spec.second, backend);
+    if (!decoding.decoding)
+      throw Error("press '" + spec.name + "': its second press must be a decoding press (decoding, compression_ratio_decoding, cam), not '" +
+                  decoding.name + "'");
+    ParamValues::resolve(spec.name, info.params, spec.params);
+    return info;
+  }
+  if (spec.second) throw Error("press '" + spec.name + "' takes at most one inner press");
   if (info.wraps_scorer && !spec.inner)
     throw Error("press '" + spec.name + "' wraps a scorer: write it as " + spec.name + "(<scorer>), e.g. " +
                 spec.name + "(snapkv)");
@@ -79,7 +92,7 @@ const PressInfo& Registry::check(const PressSpec& spec, Backend backend) const {
 
 std::unique_ptr<Press> Registry::make(const PressSpec& spec, Backend backend) const {
   const PressInfo& info = check(spec, backend);
-  PressConfig config{info, ParamValues::resolve(spec.name, info.params, spec.params), spec.inner, backend, *this};
+  PressConfig config{info, ParamValues::resolve(spec.name, info.params, spec.params), spec.inner, spec.second, backend, *this};
   return entries_.at(spec.name).factories.at(backend)(config);
 }
 

@@ -27,10 +27,12 @@ struct PressInfo {
   std::string summary;       // one line: what it keeps, and its source
   std::vector<ParamDef> params;
   bool wraps_scorer = false;  // spec takes an inner scorer: name(inner)
+  bool wraps_pair = false;    // spec takes two presses: name(prefill press;decoding press)
   bool uses_ratio = true;     // false for threshold presses (dms): ratio is ignored
   bool is_scorer = false;     // usable as the inner press of a wrapper
   bool wrappable = true;      // false: kvpress forbids it inside wrappers (needs eager attentions)
   bool uses_absolute_positions = false;  // reads token positions (RoPE inversion), not just cache order
+  bool decoding = false;                 // compresses during generation (DecodingPress and kin)
   std::string example;        // spec used in default runs, when the bare name is not enough
 };
 
@@ -41,6 +43,7 @@ struct PressConfig {
   const PressInfo& info;
   ParamValues params;
   std::shared_ptr<PressSpec> inner;
+  std::shared_ptr<PressSpec> second;
   Backend backend;
   const Registry& registry;
 };

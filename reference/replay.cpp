@@ -114,27 +114,33 @@ CompressedRun compress_layer(const Press& press, const PressInput& input, double
 // change them) and, for CaM, the running decode attention of each entry.
 struct HeadCache {
   std::vector<int> positions;
-  std::vector<std::vector<float>> values;
+  std::vector<std::vector<float>> keys, values;  // current rows (a prefill press may have merged them)
   std::vector<double> attention;
 
-  void append(const HeadTensor& v, int g, int position) {
+  static std::vector<float> row(const HeadTensor& t, int g, int position, const float* merged) {
+    const float* source = merged ? merged : t.head(g) + static_cast<std::size_t>(position) * t.dim;
+    return std::vector<float>(source, source + t.dim);
+  }
+  void append(const LayerTensors& x, int g, int position, const float* merged_key = nullptr, const float* merged_value = nullptr) {
     positions.push_back(position);
-    values.emplace_back(v.head(g) + static_cast<std::size_t>(position) * v.dim, v.head(g) + static_cast<std::size_t>(position + 1) * v.dim);
+    keys.push_back(row(x.k, g, position, merged_key));
+    values.push_back(row(x.v, g, position, merged_value));
     attention.push_back(0.0);
   }
   void keep(const std::vector<int>& indices) {  // ascending indices into the cache
     HeadCache kept;
     for (int i : indices) {
       kept.positions.push_back(positions[i]);
+      kept.keys.push_back(keys[i]);
       kept.values.push_back(values[i]);
       kept.attention.push_back(attention[i]);
     }
     *this = std::move(kept);
   }
-  RowMatrix value_rows() const {
-    RowMatrix rows(static_cast<Eigen::Index>(values.size()), values.empty() ? 0 : static_cast<Eigen::Index>(values[0].size()));
-    for (std::size_t i = 0; i < values.size(); ++i) rows.row(static_cast<Eigen::Index>(i)) = Eigen::Map<const Eigen::RowVectorXf>(values[i].data(), rows.cols());
-    return rows;
+  static RowMatrix rows(const std::vector<std::vector<float>>& r) {
+    RowMatrix out(static_cast<Eigen::Index>(r.size()), r.empty() ? 0 : static_cast<Eigen::Index>(r[0].size()));
+    for (std::size_t i = 0; i < r.size(); ++i) out.row(static_cast<Eigen::Index>(i)) = Eigen::Map<const Eigen::RowVectorXf>(r[i].data(), out.cols());
+    return out;
   }
 };
 
@@ -149,7 +155,7 @@ LayerTensors cache_view(const LayerTensors& tensors, const std::vector<HeadCache
   for (int g = 0; g < Hkv; ++g)
     for (int i = 0; i < len; ++i) {
       const std::size_t t = static_cast<std::size_t>(cache[g].positions[i]), at = static_cast<std::size_t>(i) * d;
-      std::copy_n(tensors.k.head(g) + t * d, d, view.k.head(g) + at);
+      std::copy_n(cache[g].keys[i].data(), d, view.k.head(g) + at);
       std::copy_n(cache[g].values[i].data(), d, view.v.head(g) + at);
       for (int h = g * G; h < (g + 1) * G; ++h) std::copy_n(tensors.q.head(h) + t * d, d, view.q.head(h) + at);
     }
@@ -205,7 +211,8 @@ void cam_compress(const CamPress& press, const PressInput& input, std::vector<He
 // the step's own tokens; then, when the schedule triggers, the whole cache is compressed to
 // the target by the inner press, which sees the cached tokens' keys, values and trace
 // queries as one contiguous sequence.
-CompressedRun decode_layer(const DecodingPress& press, const LayerTensors& tensors, int n, const TraceInfo& info, const std::string& name) {
+CompressedRun decode_layer(const DecodingPress& press, const LayerTensors& tensors, int n, const TraceInfo& info, const std::string& name,
+                           const Compression* prefill = nullptr) {
   const int T = info.total_tokens(), H = info.num_attention_heads, Hkv = info.num_key_value_heads, d = info.head_dim, G = H / Hkv;
   const auto* cam = dynamic_cast<const CamPress*>(&press);
   CompressedRun run;
@@ -215,8 +222,16 @@ CompressedRun decode_layer(const DecodingPress& press, const LayerTensors& tenso
     o.lse.resize(T - n);
   }
   std::vector<HeadCache> cache(static_cast<std::size_t>(Hkv));
-  for (int g = 0; g < Hkv; ++g)
-    for (int t = 0; t < n; ++t) cache[g].append(tensors.v, g, t);
+  for (int g = 0; g < Hkv; ++g) {
+    if (!prefill) {
+      for (int t = 0; t < n; ++t) cache[g].append(tensors, g, t);
+      continue;
+    }
+    const auto& kept = prefill->kept[g];  // what the prefill press left, merged rows first
+    for (std::size_t i = 0; i < kept.size(); ++i)
+      cache[g].append(tensors, g, kept[i], prefill->keys.empty() ? nullptr : prefill->keys[g].data() + i * d,
+                      prefill->values.empty() ? nullptr : prefill->values[g].data() + i * d);
+  }
   std::vector<std::pair<int, int>> steps;  // [first, end) positions
   if (info.n_question > 0 && n == info.n_context) steps.push_back({n, n + info.n_question});
   for (int t = std::max(n, info.n_context + info.n_question); t < T; ++t) steps.push_back({t, t + 1});
@@ -224,9 +239,9 @@ CompressedRun decode_layer(const DecodingPress& press, const LayerTensors& tenso
   for (std::size_t s = 0; s < steps.size(); ++s) {
     const auto [first, end] = steps[s];
     for (int g = 0; g < Hkv; ++g)
-      for (int t = first; t < end; ++t) cache[g].append(tensors.v, g, t);
+      for (int t = first; t < end; ++t) cache[g].append(tensors, g, t);
     for (int g = 0; g < Hkv; ++g) {
-      const RowMatrix keys = gather(tensors.k, g, cache[g].positions, {}), values = cache[g].value_rows();
+      const RowMatrix keys = HeadCache::rows(cache[g].keys), values = HeadCache::rows(cache[g].values);
       std::vector<double> last_query_attention(cache[g].positions.size(), 0.0);
       for (int h = g * G; h < (g + 1) * G; ++h) {
         const Outputs o = attend(tensors.q, h, keys, values, cache[g].positions, first, end - first);
@@ -353,9 +368,19 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     for (std::size_t s = 0; s < slots.size(); ++s) {
       const double ratio = std::isnan(slots[s].ratio) ? 0.0 : slots[s].ratio;
       const Press& press = *presses[slots[s].press];
+      const std::string& name = options.presses[slots[s].press];
       const auto* decoding = dynamic_cast<const DecodingPress*>(&press);
-      const CompressedRun run_outputs = decoding ? decode_layer(*decoding, tensors, n, info, options.presses[slots[s].press])
-                                                 : compress_layer(press, input, ratio, tensors, suffix_pos, options.presses[slots[s].press]);
+      const auto* pair = dynamic_cast<const PrefillDecodingPress*>(&press);
+      CompressedRun run_outputs;
+      if (decoding) {
+        run_outputs = decode_layer(*decoding, tensors, n, info, name);
+      } else if (pair) {
+        const Compression prefill = pair->compress(input, ratio);
+        check_compression(prefill, name, n, Hkv);
+        run_outputs = decode_layer(pair->decoding(), tensors, n, info, name, &prefill);
+      } else {
+        run_outputs = compress_layer(press, input, ratio, tensors, suffix_pos, name);
+      }
       RunAccumulator& a = acc[s];
       RunResult& run = result.runs[s];
       LayerResult layer_result;

@@ -108,6 +108,12 @@ TEST(PressSpec, ParsesNamesParametersAndWrappers) {
   EXPECT_EQ(nested.inner->params.at("kernel_size"), "3");
   EXPECT_EQ(parse_press_spec(nested.to_string()).to_string(), nested.to_string());
   EXPECT_EQ(parse_press_spec("dms(knorm):threshold=-4").params.at("threshold"), "-4");
+  const PressSpec pair = parse_press_spec("prefill_decoding(snapkv:window_size=8;decoding(knorm):target_size=64)");
+  ASSERT_TRUE(pair.inner && pair.second);
+  EXPECT_EQ(pair.inner->params.at("window_size"), "8");
+  EXPECT_EQ(pair.second->name, "decoding");
+  EXPECT_EQ(pair.second->params.at("target_size"), "64");
+  EXPECT_EQ(parse_press_spec(pair.to_string()).to_string(), pair.to_string());
 }
 
 TEST(PressSpec, RejectsMalformedSpecsWithTheirText) {
@@ -168,6 +174,10 @@ TEST(Registry, ReportsUnknownPressesAndMisusedWrappers) {
   EXPECT_NE(message("adakv(observed_attention)").find("cannot be wrapped"), std::string::npos);
   EXPECT_NE(message("snapkv:window_size=abc").find("window_size"), std::string::npos);
   EXPECT_EQ(message("adakv(snapkv:window_size=16)"), "no error");
+  EXPECT_NE(message("prefill_decoding(snapkv)").find("takes two presses"), std::string::npos);
+  EXPECT_NE(message("prefill_decoding(snapkv;knorm)").find("must be a decoding press"), std::string::npos);
+  EXPECT_NE(message("adakv(snapkv;knorm)").find("at most one inner press"), std::string::npos);
+  EXPECT_EQ(message("prefill_decoding(snapkv;cam(knorm))"), "no error");
 }
 
 }  // namespace

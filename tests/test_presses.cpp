@@ -411,7 +411,7 @@ INSTANTIATE_TEST_SUITE_P(Registry, EveryPress, ::testing::ValuesIn(all_press_spe
 TEST(Registry, HoldsEveryPressOfTheFoundation) {
   for (const char* name : {"none", "random", "knorm", "streaming_llm", "snapkv", "tova", "observed_attention", "keydiff", "lagkv",
                            "expected_attention", "pyramidkv", "adakv", "dms", "merging", "pivot_merge", "weighted_merge", "decoding",
-                           "compression_ratio_decoding", "cam", "cam_kvcf"})
+                           "compression_ratio_decoding", "cam", "cam_kvcf", "prefill_decoding"})
     EXPECT_TRUE(Registry::instance().implements(name, Backend::reference)) << name;
 }
 

@@ -69,8 +69,8 @@ class ReplayOnRandomTrace : public ::testing::Test {
 
 TEST_F(ReplayOnRandomTrace, EveryPressAtRatioZeroLeavesOutputsUnchanged) {
   std::vector<std::string> presses;
-  for (const PressInfo* p : Registry::instance().presses())
-    if (p->uses_ratio) presses.push_back(p->example.empty() ? p->name : p->example);
+  for (const PressInfo* p : Registry::instance().presses())  // one-shot presses (prefill_decoding also decodes)
+    if (p->uses_ratio && !p->wraps_pair) presses.push_back(p->example.empty() ? p->name : p->example);
   const TraceReader trace(path_);
   const ref::ReplayResult result = ref::replay(trace, {.presses = presses, .ratios = {0.0}});
   for (const auto& run : result.runs) {
@@ -228,6 +228,22 @@ TEST(DecodingReplay, MatchesAHandSteppedSchedule) {
   EXPECT_NEAR(run.achieved_ratio, 1.0 - 3.0 / 8.0, 1e-12);  // final cache {1, 3, 6} of 8 tokens
   EXPECT_GT(run.steps[2].rel_err.mean, 0.0);
   EXPECT_EQ(run.steps[0].rel_err.mean, 0.0);
+
+  // prefill_decoding: knorm at 0.5 first keeps {1, 3} of the context (norms 1 and 2); then
+  // step 0 sees {1, 3, 4}; step 1 {1, 3, 4, 5} -> compressed to {1, 3, 5}; step 2
+  // {1, 3, 5, 6}; step 3 {1, 3, 5, 6, 7} -> {1, 3, 6}.
+  const ref::ReplayResult paired =
+      ref::replay(trace, {.presses = {"prefill_decoding(knorm;decoding(knorm):target_size=3,compression_interval=2)"}, .ratios = {0.5}});
+  const std::vector<std::vector<int>> paired_caches = {{1, 3, 4}, {1, 3, 4, 5}, {1, 3, 5, 6}, {1, 3, 5, 6, 7}};
+  for (int s = 0; s < 4; ++s) {
+    const int t = 4 + s;
+    std::vector<int> all(static_cast<std::size_t>(t + 1));
+    std::iota(all.begin(), all.end(), 0);
+    const auto full = output(t, all), comp = output(t, paired_caches[s]);
+    const double err = std::hypot(comp[0] - full[0], comp[1] - full[1]) / std::hypot(full[0], full[1]);
+    EXPECT_EQ(paired.runs[0].steps[s].cache_size, static_cast<int>(paired_caches[s].size())) << "step " << s;
+    EXPECT_NEAR(paired.runs[0].steps[s].rel_err.mean, err, 1e-6) << "step " << s;
+  }
 }
 
 // cam(knorm):target_size=4,compression_interval=1,merge_budget=2 on 5 context + 1 question

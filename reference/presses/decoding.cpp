@@ -13,6 +13,7 @@ const Registrar decoding({.name = "decoding",
                                      {"target_size", ParamType::Int, 2048.0, 1.0, {}, "cache size after each compression"}},
                           .wraps_scorer = true,
                           .uses_ratio = false,
+                          .decoding = true,
                           .example = "decoding(knorm):target_size=1024,compression_interval=16"},
                          Backend::reference, decoding_factory(false));
 const Registrar ratio({.name = "compression_ratio_decoding",
@@ -21,6 +22,7 @@ const Registrar ratio({.name = "compression_ratio_decoding",
                                   {"compression_interval", ParamType::Int, 512.0, 1.0, {}, "decode steps between compressions"}},
                        .wraps_scorer = true,
                        .uses_ratio = false,
+                       .decoding = true,
                        .example = "compression_ratio_decoding(knorm):compression_interval=16"},
                       Backend::reference, decoding_factory(true));
 
@@ -40,8 +42,24 @@ const Registrar cam({.name = "cam",
                                 {"seed", ParamType::Int, 0.0, 0.0, 4294967295.0, "Philox seed of the Bernoulli draws"}},
                      .wraps_scorer = true,
                      .uses_ratio = false,
+                     .decoding = true,
                      .example = "cam(knorm):target_size=1024,compression_interval=16"},
                     Backend::reference, cam_factory());
+
+}  // namespace
+}  // namespace kvsim::ref
+
+namespace kvsim::ref {
+namespace {
+
+// prefill_decoding(<prefill press>;<decoding press>) — kvpress PrefillDecodingPress: the first
+// press compresses the context at prefill (at --ratio), the second then runs its schedule
+// during generation on what is left.
+const Registrar prefill_decoding({.name = "prefill_decoding",
+                                  .summary = "a prefill press, then a decoding press during generation (kvpress PrefillDecodingPress)",
+                                  .wraps_pair = true,
+                                  .example = "prefill_decoding(snapkv;decoding(knorm):target_size=512,compression_interval=16)"},
+                                 Backend::reference, prefill_decoding_factory());
 
 }  // namespace
 }  // namespace kvsim::ref
