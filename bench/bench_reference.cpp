@@ -11,6 +11,7 @@
 #include <filesystem>
 
 #include "bench/bench_util.h"
+#include "core/press_checks.h"
 #include "core/registry.h"
 #include "reference/replay.h"
 #include "traces/trace.h"
@@ -30,12 +31,12 @@ double peak_rss_mib() {
 }
 
 void press_benchmark(benchmark::State& state, const std::string& spec, int T, double ratio) {
-  static std::map<int, LayerTensors> layers;  // built once per T, shared by all presses
-  if (!layers.count(T)) layers.emplace(T, llama_layer(T));
-  const LayerTensors& layer = layers.at(T);
+  static std::map<int, std::pair<LayerTensors, LayerTensors>> layers;  // (layer, the one before), once per T
+  if (!layers.count(T)) layers.emplace(T, std::pair{llama_layer(T), llama_layer(T, 4321)});
+  const auto& [layer, previous] = layers.at(T);
   const RopeConfig rope = RopeConfig::from_theta(500000.0, kHeadDim);
   const auto press = Registry::instance().make(spec, Backend::reference);
-  const PressInput input{layer, T, 32, rope};
+  const PressInput input{layer, T, 32, rope, &previous};
   std::size_t kept = 0;
   for (auto _ : state) {
     const Compression c = press->compress(input, ratio);
@@ -86,7 +87,9 @@ void replay_layer_benchmark(benchmark::State& state, int T) {
 void bundled_trace_benchmark(benchmark::State& state) {
   const TraceReader trace(KVSIM_BUNDLED_TRACE);
   ref::ReplayOptions options;
-  for (const PressInfo* info : Registry::instance().presses()) options.presses.push_back(info->example.empty() ? info->name : info->example);
+  for (const PressInfo* info : Registry::instance().presses())
+    if (runs_on_layers(*info, trace.info().recorded_layers, trace.info().recorded_layers))
+      options.presses.push_back(info->example.empty() ? info->name : info->example);
   options.ratios = {0.1, 0.25, 0.5, 0.75};
   std::size_t runs = 0;
   for (auto _ : state) {

@@ -9,8 +9,8 @@ namespace kvsim::bench {
 
 constexpr int kHeads = 32, kKvHeads = 8, kHeadDim = 128;
 
-inline LayerTensors llama_layer(int T) {
-  std::mt19937 rng(1234);
+inline LayerTensors llama_layer(int T, unsigned seed = 1234) {
+  std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   LayerTensors layer;
   layer.q = HeadTensor(kHeads, T, kHeadDim);

@@ -17,6 +17,7 @@ struct PressInput {
   int n = 0;                  // length of the compressed segment
   int num_layers = 1;         // layers in the model (budget allocators such as PyramidKV)
   const RopeConfig& rope;     // for presses that need pre-RoPE queries or future rotations
+  const LayerTensors* previous_layer = nullptr;  // layer_index - 1, when recorded (cross-layer presses)
 
   int layer_index() const { return layer.layer_index; }
   int num_heads() const { return layer.q.heads; }

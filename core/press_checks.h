@@ -1,9 +1,13 @@
 #pragma once
 // Preconditions shared by the backends, so every backend rejects the same inputs with the
 // same message (kvpress asserts the same conditions).
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
+#include "core/press.h"
+#include "core/registry.h"
 
 namespace kvsim {
 
@@ -16,6 +20,24 @@ inline void require_more_tokens(const std::string& press, const std::string& wha
 // An even pooling kernel changes the pooled length (kvpress fails on it too).
 inline void require_odd_kernel(const std::string& press, int kernel) {
   if (kernel % 2 == 0) throw Error("press '" + press + "': kernel_size must be odd, got " + std::to_string(kernel));
+}
+
+// Cross-layer presses need layer l - 1 beside layer l.
+inline void require_previous_layer(const std::string& press, const PressInput& input) {
+  if (input.previous_layer) return;
+  const int l = input.layer_index();
+  throw Error("press '" + press + "': " +
+              (l == 0 ? std::string("layer 0 has no layer before it")
+                      : "layer " + std::to_string(l - 1) + " is not recorded in the trace") +
+              " (it merges each layer with the one before; choose layers whose predecessor is recorded with --layers)");
+}
+
+// Whether a press can run on every one of `layers` of a trace recording `recorded`.
+inline bool runs_on_layers(const PressInfo& info, const std::vector<int>& layers, const std::vector<int>& recorded) {
+  if (!info.needs_previous_layer) return true;
+  for (int l : layers)
+    if (std::find(recorded.begin(), recorded.end(), l - 1) == recorded.end()) return false;
+  return true;
 }
 
 }  // namespace kvsim

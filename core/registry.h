@@ -33,6 +33,7 @@ struct PressInfo {
   bool wrappable = true;      // false: kvpress forbids it inside wrappers (needs eager attentions)
   bool uses_absolute_positions = false;  // reads token positions (RoPE inversion), not just cache order
   bool decoding = false;                 // compresses during generation (DecodingPress and kin)
+  bool needs_previous_layer = false;     // reads layer l - 1 too (MiniCache)
   std::string example;        // spec used in default runs, when the bare name is not enough
 };
 

@@ -10,6 +10,7 @@
 #include "cuda/presses/expected_attention.h"
 #include "cuda/presses/lagkv.h"
 #include "cuda/presses/merging.h"
+#include "cuda/presses/minicache.h"
 #include "cuda/presses/simple.h"
 #include "cuda/presses/wrappers.h"
 
@@ -39,6 +40,7 @@ void register_device_presses(Backend backend) {
   add_device_press<DmsDevice, Exec>("dms", backend);
   add_device_press<MergingDevice, Exec>("merging", backend);
   add_device_press<CamKvcfDevice, Exec>("cam_kvcf", backend);
+  add_device_press<MiniCacheDevice, Exec>("minicache", backend);
   register_decoding_presses(backend);  // schedule on the host, inner press on this backend
   add_device_press<KvcfMergeDevice<ref::KvcfMerge::pivot>::template Press, Exec>("pivot_merge", backend);
   add_device_press<KvcfMergeDevice<ref::KvcfMerge::weighted>::template Press, Exec>("weighted_merge", backend);

@@ -342,6 +342,8 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     result.runs[s].ratio = slots[s].ratio;
   }
 
+  bool needs_previous_layer = false;
+  for (const PressInfo* p : press_infos) needs_previous_layer = needs_previous_layer || p->needs_previous_layer;
   const int H = info.num_attention_heads, Hkv = info.num_key_value_heads, d = info.head_dim;
   std::vector<int> suffix_pos(static_cast<std::size_t>(n_queries));
   std::iota(suffix_pos.begin(), suffix_pos.end(), n);
@@ -364,7 +366,12 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
       for (int h = 0; h < H; ++h) full_concat.middleCols(h * d, d) = full[h].out;
     const RowMatrix full_proj = has_oproj ? RowMatrix(full_concat * w_o.transpose()) : RowMatrix();
 
-    const PressInput input{tensors, n, info.num_hidden_layers, info.rope};
+    // Cross-layer presses (MiniCache) also read the layer before, when it was recorded.
+    const bool previous_recorded =
+        std::find(info.recorded_layers.begin(), info.recorded_layers.end(), layer - 1) != info.recorded_layers.end();
+    const LayerTensors previous =
+        needs_previous_layer && previous_recorded ? trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false}) : LayerTensors();
+    const PressInput input{tensors, n, info.num_hidden_layers, info.rope, previous.q.empty() ? nullptr : &previous};
     for (std::size_t s = 0; s < slots.size(); ++s) {
       const double ratio = std::isnan(slots[s].ratio) ? 0.0 : slots[s].ratio;
       const Press& press = *presses[slots[s].press];

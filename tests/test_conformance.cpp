@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "core/half.h"
+#include "core/press_checks.h"
 #include "core/registry.h"
 #include "reference/replay.h"
 #include "test_util.h"
@@ -63,11 +64,12 @@ TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
   if (const std::string why = missing_device(); !why.empty()) GTEST_SKIP() << why;
   const std::string spec = GetParam();
   const bool quadratic = spec.rfind("observed_attention", 0) == 0;
-  std::vector<LayerTensors> layers;
+  std::vector<LayerTensors> layers, previous;  // previous: layer - 1, for cross-layer presses
   std::vector<RopeConfig> ropes;
   std::vector<std::string> labels;
   const auto grid = shapes();
   layers.reserve(grid.size());
+  previous.reserve(grid.size());
   ropes.reserve(grid.size());
   for (const Shape& s : grid) {
     if (quadratic && s.n > 8192) continue;
@@ -76,13 +78,14 @@ TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
     for (HeadTensor* t : {&layer.q, &layer.k, &layer.v})
       for (float& x : t->data)
         x = s.dtype == StorageDtype::float16 ? round_to_half(x) : s.dtype == StorageDtype::bfloat16 ? round_to_bf16(x) : x;
+    previous.push_back(test::random_layer(s.H, s.Hkv, s.n + s.extra, s.d, seed + 1, s.n % 3 - 1));
     layers.push_back(std::move(layer));
     ropes.push_back(RopeConfig::from_theta(10000.0, s.d));
     labels.push_back("random n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) + " H=" + std::to_string(s.H) +
                      " Hkv=" + std::to_string(s.Hkv) + " " + dtype_name(s.dtype) + " seed=" + std::to_string(seed));
   }
   std::vector<ConformanceInput> inputs;
-  for (std::size_t i = 0; i < layers.size(); ++i) inputs.push_back({labels[i], &layers[i], grid[i].n, 4, &ropes[i]});
+  for (std::size_t i = 0; i < layers.size(); ++i) inputs.push_back({labels[i], &layers[i], grid[i].n, 4, &ropes[i], &previous[i]});
   const PressConformance c = compare_backends(spec, kBackend, inputs, {0.1, 0.5, 0.9});
   EXPECT_TRUE(c.ok()) << c.violations << " violations; first: " << c.first_violation;
   std::cout << "[ conformance ] " << spec << ": " << c.cases << " cases, max score error " << c.max_score_error
@@ -107,6 +110,9 @@ TEST_P(Conformance, BundledRealTrace) {
 TEST_P(Conformance, BundledTraceReplayMetrics) {
   if (const std::string why = missing_device(); !why.empty()) GTEST_SKIP() << why;
   const TraceReader trace(KVSIM_BUNDLED_TRACE);
+  const PressInfo& info = *Registry::instance().find(parse_press_spec(GetParam()).name);
+  if (!runs_on_layers(info, trace.info().recorded_layers, trace.info().recorded_layers))
+    GTEST_SKIP() << GetParam() << " needs adjacent layers, which the bundled trace does not record";
   ref::ReplayOptions options{.presses = {GetParam()}, .ratios = {0.5}};
   const ref::ReplayResult expected = ref::replay(trace, options);
   options.backend = kBackend;

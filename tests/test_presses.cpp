@@ -20,8 +20,8 @@ using Kept = std::vector<std::vector<int>>;
 const RopeConfig kRope = RopeConfig::from_theta(10000.0, 2);
 
 Compression run(const std::string& spec, const LayerTensors& layer, int n, double ratio, int num_layers = 1,
-                const RopeConfig& rope = kRope) {
-  const PressInput input{layer, n, num_layers, rope};
+                const RopeConfig& rope = kRope, const LayerTensors* previous = nullptr) {
+  const PressInput input{layer, n, num_layers, rope, previous};
   return Registry::instance().make(spec, Backend::reference)->compress(input, ratio);
 }
 
@@ -361,6 +361,25 @@ TEST(CamKvcf, MergesEveryTokenIntoTheNextWindowThenSelects) {
     for (int x = 0; x < 2; ++x) EXPECT_NEAR(c.values[0][r * 2 + x], v[kept[r]][x], 1e-5) << "kept " << kept[r];
 }
 
+// MiniCache, t = 0.5, one head: token 0 has the same key direction in both layers (SLERP
+// keeps it: restored exactly); token 1 has orthogonal keys (1, 0) and (0, 2): Omega = pi/2, the
+// shared direction is (1, 1)/sqrt2 and layer l's key becomes |x| (1, 1)/sqrt2. With retention
+// 0.5 (one token) the most distant token, 1, stays exact instead.
+TEST(MiniCache, SlerpsAdjacentLayersAndRetainsTheMostDistantTokens) {
+  LayerTensors layer = layer_with_keys({{{3, 4}, {1, 0}}}), previous = layer_with_keys({{{6, 8}, {0, 2}}});
+  layer.layer_index = 1;
+  const Compression merged = run("minicache:interpolation=0.5,retention_ratio=0", layer, 2, 0.0, 2, kRope, &previous);
+  EXPECT_EQ(merged.kept, (Kept{{0, 1}}));
+  EXPECT_NEAR(merged.keys[0][0], 3.0, 1e-5);
+  EXPECT_NEAR(merged.keys[0][1], 4.0, 1e-5);
+  EXPECT_NEAR(merged.keys[0][2], 1.0 / std::sqrt(2.0), 1e-5);
+  EXPECT_NEAR(merged.keys[0][3], 1.0 / std::sqrt(2.0), 1e-5);
+  const Compression retained = run("minicache:interpolation=0.5,retention_ratio=0.5", layer, 2, 0.0, 2, kRope, &previous);
+  EXPECT_EQ(retained.keys[0][2], 1.0f);
+  EXPECT_EQ(retained.keys[0][3], 0.0f);
+  EXPECT_THROW(run("minicache", layer, 2, 0.0), Error);  // no previous layer
+}
+
 // ---------------------------------------------------------------------------------------
 // Invariants over the whole registry.
 
@@ -378,10 +397,11 @@ TEST_P(EveryPress, KeepsValidSetsOfTheRightSizeDeterministically) {
   const PressInfo& info = *Registry::instance().find(parse_press_spec(spec).name);
   const int n = 300, Hkv = 2;
   const LayerTensors layer = test::random_layer(8, Hkv, 340, 16, 42, /*layer_index=*/1);
+  const LayerTensors previous = test::random_layer(8, Hkv, 340, 16, 41, /*layer_index=*/0);  // for cross-layer presses
   const RopeConfig rope = RopeConfig::from_theta(10000.0, 16);
   for (double ratio : {0.0, 0.1, 0.5, 0.9}) {
     SCOPED_TRACE(spec + " at ratio " + std::to_string(ratio));
-    const Compression c = run(spec, layer, n, ratio, 4, rope);
+    const Compression c = run(spec, layer, n, ratio, 4, rope, &previous);
     ASSERT_EQ(c.kept.size(), static_cast<std::size_t>(Hkv));
     for (const auto& head : c.kept) {
       ASSERT_TRUE(std::is_sorted(head.begin(), head.end()));
@@ -397,7 +417,7 @@ TEST_P(EveryPress, KeepsValidSetsOfTheRightSizeDeterministically) {
     if (info.uses_ratio && info.wraps_scorer) {  // head-wise budgets: the layer total is exact
       EXPECT_EQ(c.total_kept(), static_cast<std::size_t>(Hkv * kvpress_budget(n, ratio)));
     }
-    EXPECT_EQ(c.kept, run(spec, layer, n, ratio, 4, rope).kept) << "not deterministic";
+    EXPECT_EQ(c.kept, run(spec, layer, n, ratio, 4, rope, &previous).kept) << "not deterministic";
   }
 }
 
@@ -411,7 +431,7 @@ INSTANTIATE_TEST_SUITE_P(Registry, EveryPress, ::testing::ValuesIn(all_press_spe
 TEST(Registry, HoldsEveryPressOfTheFoundation) {
   for (const char* name : {"none", "random", "knorm", "streaming_llm", "snapkv", "tova", "observed_attention", "keydiff", "lagkv",
                            "expected_attention", "pyramidkv", "adakv", "dms", "merging", "pivot_merge", "weighted_merge", "decoding",
-                           "compression_ratio_decoding", "cam", "cam_kvcf", "prefill_decoding"})
+                           "compression_ratio_decoding", "cam", "cam_kvcf", "prefill_decoding", "minicache"})
     EXPECT_TRUE(Registry::instance().implements(name, Backend::reference)) << name;
 }
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/press_checks.h"
 #if KVSIM_WITH_CUDA
 #include "cuda/device.h"
 #endif
@@ -27,9 +28,15 @@ bool parse_options(const Args& args, const boost::program_options::options_descr
   return true;
 }
 
-std::vector<std::string> default_press_specs() {
+std::vector<std::string> default_press_specs(const TraceInfo& trace, const std::vector<int>& layers) {
   std::vector<std::string> specs;
-  for (const PressInfo* info : Registry::instance().presses()) specs.push_back(info->example.empty() ? info->name : info->example);
+  for (const PressInfo* info : Registry::instance().presses()) {
+    if (!runs_on_layers(*info, layers.empty() ? trace.recorded_layers : layers, trace.recorded_layers)) {
+      std::cerr << "kvsim: note: skipping '" << info->name << "': it needs each replayed layer's predecessor in the trace\n";
+      continue;
+    }
+    specs.push_back(info->example.empty() ? info->name : info->example);
+  }
   return specs;
 }
 

@@ -32,7 +32,6 @@ int replay_command(const Args& args) {
   po::variables_map vm;
   if (!parse_options(args, desc, vm)) return 0;
   ref::ReplayOptions options;
-  options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs();
   options.ratios = vm.count("ratio") ? vm["ratio"].as<std::vector<double>>() : std::vector<double>{0.25, 0.5, 0.75};
   if (vm.count("layers")) options.layers = parse_layer_list(vm["layers"].as<std::string>());
   options.query_aware = vm["query-aware"].as<bool>();
@@ -43,6 +42,7 @@ int replay_command(const Args& args) {
   const bool quiet = vm["quiet"].as<bool>();
 
   const TraceReader trace(vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path());
+  options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs(trace.info(), options.layers);
   const ref::ReplayResult result = ref::replay(trace, options, [&](const std::string& line) {
     if (!quiet) std::cerr << "kvsim replay: " << line << "\n";
   });

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <map>
 
 #include "core/error.h"
 #include "reference/replay.h"
@@ -52,16 +53,20 @@ int verify_command(const Args& args) {
   const TraceReader trace(vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path());
   const TraceInfo& info = trace.info();
   ref::ReplayOptions options;
-  options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs();
   options.ratios = vm.count("ratio") ? vm["ratio"].as<std::vector<double>>() : std::vector<double>{0.25, 0.5, 0.75};
   if (vm.count("layers")) options.layers = parse_layer_list(vm["layers"].as<std::string>());
+  options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs(info, options.layers);
   const std::vector<int> layers = options.layers.empty() ? info.recorded_layers : options.layers;
 
-  std::vector<LayerTensors> tensors;
-  for (int l : layers) tensors.push_back(trace.read_layer(l, {.attn_out = false, .o_proj = false}));
+  std::map<int, LayerTensors> tensors;  // the replayed layers and, for cross-layer presses, their predecessors
+  for (int l : layers)
+    for (int read : {l - 1, l})
+      if (!tensors.count(read) && std::find(info.recorded_layers.begin(), info.recorded_layers.end(), read) != info.recorded_layers.end())
+        tensors.emplace(read, trace.read_layer(read, {.attn_out = false, .o_proj = false}));
   std::vector<ConformanceInput> inputs;
-  for (const LayerTensors& t : tensors)
-    inputs.push_back({"layer " + std::to_string(t.layer_index), &t, info.n_context, info.num_hidden_layers, &info.rope});
+  for (int l : layers)
+    inputs.push_back({"layer " + std::to_string(l), &tensors.at(l), info.n_context, info.num_hidden_layers, &info.rope,
+                      tensors.count(l - 1) ? &tensors.at(l - 1) : nullptr});
 
   const ref::ReplayResult expected = ref::replay(trace, options);
   options.backend = backend;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/registry.h"
+#include "traces/trace.h"
 
 namespace kvsim::cli {
 
@@ -20,8 +21,10 @@ int verify_trace_command(const Args& args);
 int verify_command(const Args& args);
 int check_bounds_command(const Args& args);
 
-// Every registered press with its defaults (wrappers with their example inner press).
-std::vector<std::string> default_press_specs();
+// Every registered press with its defaults (wrappers with their example inner press) that can
+// run on these layers of the trace (cross-layer presses need each layer's predecessor);
+// the ones left out are named on stderr.
+std::vector<std::string> default_press_specs(const TraceInfo& trace, const std::vector<int>& layers);
 // Throws a one-line kvsim::Error when `backend` cannot run here (no GPU, or built without CUDA).
 void require_backend_usable(Backend backend);
 

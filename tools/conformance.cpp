@@ -56,7 +56,7 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
     if (result.violations++ == 0) result.first_violation = where + ": " + what;
   };
   for (const ConformanceInput& in : inputs) {
-    const PressInput input{*in.layer, in.n, in.num_layers, *in.rope};
+    const PressInput input{*in.layer, in.n, in.num_layers, *in.rope, in.previous};
     for (double ratio : (info.uses_ratio ? ratios : std::vector<double>{0.0})) {
       std::ostringstream where_stream;
       where_stream << in.label << " ratio " << ratio;

@@ -22,6 +22,7 @@ struct ConformanceInput {
   int n;
   int num_layers;
   const RopeConfig* rope;
+  const LayerTensors* previous = nullptr;  // layer - 1, for cross-layer presses
 };
 
 struct ConformanceTolerance {

@@ -1,0 +1,55 @@
+#pragma once
+// Device twin of minicache (reference/presses/minicache.cpp): one thread per token merges its
+// key and value rows with layer l - 1's; retention by the device top-k of the key distances.
+#include <cmath>
+
+#include "core/press_checks.h"
+#include "cuda/device_scorer.h"
+#include "reference/minicache.h"
+
+namespace kvsim::cuda {
+
+template <typename Exec>
+class MiniCacheDevice final : public Press {
+ public:
+  explicit MiniCacheDevice(const PressConfig& c)
+      : t_(static_cast<float>(c.params.get("interpolation"))), retention_(c.params.get("retention_ratio")), eps_(static_cast<float>(c.params.get("eps"))) {}
+
+  Compression compress(const PressInput& input, double) const override {
+    require_previous_layer("minicache", input);
+    Exec exec;
+    const DeviceLayer<Exec> layer(input);
+    const PressInput previous_input{*input.previous_layer, input.n, input.num_layers, input.rope};
+    const DeviceLayer<Exec> previous(previous_input);
+    const int n = layer.n, d = layer.d, Hkv = layer.Hkv;
+    const std::size_t rows = static_cast<std::size_t>(Hkv) * n;
+    typename Exec::template Buffer<float> keys(rows * d), values(rows * d), distance(rows);
+    const float *k = layer.k.data(), *v = layer.v.data(), *pk = previous.k.data(), *pv = previous.v.data();
+    float *ko = keys.data(), *vo = values.data(), *dist = distance.data();
+    const float t = t_, eps = eps_;
+    exec.for_each(static_cast<long>(rows), [=] KVSIM_HD(long i) {
+      dist[i] = ref::minicache_merge(k + i * d, pk + i * d, d, t, eps, ko + i * d);
+      ref::minicache_merge(v + i * d, pv + i * d, d, t, eps, vo + i * d);
+    });
+    const Compression retained = select_topk_per_head(exec, distance.data(), Hkv, n, static_cast<int>(std::ceil(retention_ * n)));
+    Compression c = keep_all(Hkv, n);
+    for (int g = 0; g < Hkv; ++g) {
+      c.keys.emplace_back(static_cast<std::size_t>(n) * d);
+      c.values.emplace_back(static_cast<std::size_t>(n) * d);
+      keys.download(c.keys.back().data(), c.keys.back().size(), static_cast<std::size_t>(g) * n * d);
+      values.download(c.values.back().data(), c.values.back().size(), static_cast<std::size_t>(g) * n * d);
+      for (int tok : retained.kept[g]) {  // retained tokens stay exact
+        std::copy_n(input.layer.k.head(g) + static_cast<std::size_t>(tok) * d, d, c.keys.back().data() + static_cast<std::size_t>(tok) * d);
+        std::copy_n(input.layer.v.head(g) + static_cast<std::size_t>(tok) * d, d, c.values.back().data() + static_cast<std::size_t>(tok) * d);
+      }
+    }
+    return c;
+  }
+
+ private:
+  float t_;
+  double retention_;
+  float eps_;
+};
+
+}  // namespace kvsim::cuda
