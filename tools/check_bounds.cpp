@@ -22,10 +22,13 @@ using bounds::Mat;
 using bounds::SingleMerge;
 using bounds::Vec;
 
-std::vector<std::string> all_bound_names() { return {"pr_bound_w", "pr_bound_lambda", "merge_no_worse", "pr_bound_lenient"}; }
+std::vector<std::string> all_bound_names() {
+  return {"pr_bound_w", "pr_bound_lambda", "merge_no_worse", "pr_bound_lenient", "cam_dominance", "cam_dominance_converse"};
+}
 
 std::vector<std::string> all_experiment_names() {
-  return {"E1", "E1a", "E1p", "E1m", "E2", "E2v", "dup", "exact_evict", "tight", "full_random", "full_attention", "full_knorm"};
+  return {"E1", "E1a", "E1p", "E1m", "E2", "E2v", "dup", "exact_evict", "tight", "full_random", "full_attention", "full_knorm",
+          "cam_iid", "cam_offset"};
 }
 
 bool CheckBoundsResult::all_must_hold() const {
@@ -50,9 +53,12 @@ const std::map<std::string, std::map<std::string, double>> kExpected = {
     {"full_attention/q2", {{"pr_bound_lenient", .351}, {"merge_no_worse", .019}}},
     {"full_knorm/q", {{"pr_bound_lenient", .519}, {"merge_no_worse", .011}}},
     {"full_knorm/q2", {{"pr_bound_lenient", .514}, {"merge_no_worse", .011}}},
+    {"cam_iid", {{"cam_dominance", .0187}, {"cam_dominance_converse", .016}}},
+    {"cam_offset", {{"cam_dominance", .431}, {"cam_dominance_converse", 0.0}}},
 };
 
 std::string similarity_bin(double w) {
+  if (std::isnan(w)) return "n/a";
   if (w < 0.5) return "w<0.5";
   if (w < 0.7) return "0.5<=w<0.7";
   if (w < 0.8) return "0.7<=w<0.8";
@@ -67,9 +73,10 @@ class Collector {
     const std::vector<std::string> known = all_bound_names();
     for (const std::string& b : selected_)
       if (std::find(known.begin(), known.end(), b) == known.end())
-        throw Error("unknown --bound '" + b + "' (pr_bound_w, pr_bound_lambda, merge_no_worse, pr_bound_lenient)");
+        throw Error("unknown --bound '" + b + "' (pr_bound_w, pr_bound_lambda, merge_no_worse, pr_bound_lenient, cam_dominance, "
+                    "cam_dominance_converse)");
     for (const char* p : {"P10_closed_form_evict", "P11_affine_in_mu", "P12_exact_criteria", "P13_triangle_bounds", "P14_sin_floor",
-                          "P05_convex_hull"})
+                          "P05_convex_hull", "P21_cam_linear_dominance", "P21c_cam_exact_linear_bridge"})
       must_.push_back({p, 0, 0, ""});
   }
 
@@ -80,18 +87,24 @@ class Collector {
   // |dM| <= factor * |dE| for one instance; eviction-exact cases fail when |dM| > tol.
   void bound(const std::string& group, const std::string& name, double dE, double dM, double factor, double w,
              const std::string& where, const std::map<std::string, double>& diagnostics) {
-    if (!wants(name)) return;
-    BoundTally& t = tally(group, name);
     const double tol = 1e-12;
     const bool exact_evict = dE <= tol;
     const bool violated = exact_evict ? dM > tol : dM > factor * dE * (1 + 1e-12);
+    const double excess = exact_evict ? (dM > tol ? std::numeric_limits<double>::infinity() : 0.0) : dM / (factor * dE);
+    record(group, name, violated, dE, dM, excess, w, where, diagnostics);
+  }
+
+  // One instance of a claim: whether it was violated, and |dM| / |dE| for the distribution.
+  void record(const std::string& group, const std::string& name, bool violated, double dE, double dM, double excess, double w,
+              const std::string& where, const std::map<std::string, double>& diagnostics) {
+    if (!wants(name)) return;
+    BoundTally& t = tally(group, name);
     ++t.instances;
     t.violations += violated;
-    if (!exact_evict) t.ratios.push_back(dM / dE);
+    if (dE > 1e-12) t.ratios.push_back(dM / dE);
     auto& bin = t.by_similarity[similarity_bin(w)];
     bin.first += violated;
     ++bin.second;
-    const double excess = exact_evict ? (dM > tol ? std::numeric_limits<double>::infinity() : 0.0) : dM / (factor * dE);
     if (excess > t.worst.excess) t.worst = {where, excess, diagnostics};
   }
 
@@ -185,22 +198,51 @@ void full_press_instance(Collector& c, const std::string& group, const Instance&
   c.must_hold(5, hull, where);
 }
 
+// CaM with a deterministic merge (c = 1/m) of token i into the next m = 4 tokens (§2.4):
+// the linear model's criterion avg_W < 2 a_i, tested in exact softmax both ways.
+void cam_instance(Collector& c, const std::string& group, const Instance& x, int i, const std::string& where) {
+  constexpr int m = 4;
+  std::vector<int> window;
+  for (int t = i + 1; t <= i + m; ++t) window.push_back(t);
+  const bounds::CamMerge merge = bounds::cam_merge(x, i, window, 1.0 / m);
+  const double avg = merge.S_W / m, dE = merge.dE_exact.norm(), dM = merge.dM_exact.norm();
+  const bool premise = avg < 2 * merge.a_i;
+  const std::map<std::string, double> diag = {{"a_i", merge.a_i}, {"avg_W", avg}, {"|dE|", dE}, {"|dM|", dM}};
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  if (premise)  // claim: merge no worse than eviction
+    c.record(group, "cam_dominance", dM > dE * (1 + 1e-12), dE, dM, dE > 0 ? dM / dE : std::numeric_limits<double>::infinity(), nan, where, diag);
+  else  // converse: merge not better
+    c.record(group, "cam_dominance_converse", dM <= dE, dE, dM, dM > 0 ? dE / dM : std::numeric_limits<double>::infinity(), nan, where, diag);
+  // Must hold: the linear model's exact criterion, and the bridge to exact softmax.
+  const Vec vi = x.V.row(i);
+  if (std::abs(avg - 2 * merge.a_i) > 1e-9 && vi.norm() > 0)
+    c.must_hold(6, (merge.dM_linear.norm() < merge.dE_linear.norm()) == premise, where);
+  const Vec O = bounds::output(bounds::attention(x.q, x.K), x.V);
+  const Vec bridge = (merge.dM_linear + merge.a_i * O) / (1 - merge.a_i);
+  c.must_hold(7, (bridge - merge.dM_exact).norm() <= 1e-9 * std::max(1.0, bridge.norm()), where);
+}
+
 }  // namespace
 
 CheckBoundsResult check_bounds_random(const RandomOptions& options) {
   using bounds::Generator;
   Collector c(options.bounds);
   if (options.trials < 1) throw Error("--trials must be at least 1");
-  const std::vector<std::string> names = options.experiments.empty() ? all_experiment_names() : options.experiments;
+  // Generator names of MERGE_BOUNDS §3 stand for the experiment built on them.
+  const std::map<std::string, std::string> aliases = {{"iid", "E1"}, {"iid_peaked", "E1p"}, {"offset", "E1m"}, {"controlled", "E2"},
+                                                      {"controlled_values", "E2v"}, {"duplicate", "dup"}};
+  std::vector<std::string> names = options.experiments.empty() ? all_experiment_names() : options.experiments;
+  for (std::string& name : names)
+    if (aliases.count(name)) name = aliases.at(name);
   for (const std::string& name : names) {
     const auto known = all_experiment_names();
     const auto index = std::find(known.begin(), known.end(), name);
     if (index == known.end())
       throw Error("unknown experiment '" + name + "' for --random (E1, E1a, E1p, E1m, E2, E2v, dup, exact_evict, tight, full_random, "
-                  "full_attention, full_knorm, or all)");
+                  "full_attention, full_knorm, cam_iid, cam_offset, a generator name, or all)");
     std::mt19937_64 rng(options.seed * 1000003ULL + static_cast<uint64_t>(index - known.begin()));
     const Generator gen = name == "E1p"            ? Generator::iid_peaked
-                          : name == "E1m"          ? Generator::offset
+                          : name == "E1m" || name == "cam_offset" ? Generator::offset
                           : name == "E2"           ? Generator::controlled
                           : name == "E2v"          ? Generator::controlled_values
                           : name == "dup"          ? Generator::duplicate
@@ -210,6 +252,10 @@ CheckBoundsResult check_bounds_random(const RandomOptions& options) {
     for (long trial = 0; trial < options.trials; ++trial) {
       const bounds::Sample s = bounds::generate(gen, rng);
       const std::string where = name + " trial " + std::to_string(trial) + " (seed " + std::to_string(options.seed) + ")";
+      if (name.rfind("cam_", 0) == 0) {
+        cam_instance(c, name, s.x, std::uniform_int_distribution<int>(0, s.x.tokens() - 5)(rng), where);
+        continue;
+      }
       if (name.rfind("full_", 0) != 0) {
         int i = s.i;
         if (name == "E1a") {  // the lowest-attention token

@@ -17,6 +17,8 @@ namespace kvsim {
 //   pr_bound_lambda  |dM| <= |dE| / (1 + lambda)   (P18b)
 //   merge_no_worse   |dM| <= |dE|                  (P19)
 //   pr_bound_lenient |dM| <= |dE| / (1 + min w)    (full press, P18c)
+//   cam_dominance    avg_W < 2 a_i  =>  |dM| <= |dE| in exact softmax (CaM's linear-model claim, P23)
+//   cam_dominance_converse  avg_W >= 2 a_i  =>  |dM| > |dE|
 std::vector<std::string> all_bound_names();
 
 struct WorstInstance {
@@ -50,7 +52,7 @@ struct CheckBoundsResult {
 };
 
 struct RandomOptions {
-  std::vector<std::string> experiments;  // E1, E1a, E1p, E1m, E2, E2v, dup, exact_evict, tight, full_random, full_attention, full_knorm
+  std::vector<std::string> experiments;  // E1 ... full_knorm, cam_iid, cam_offset (all_experiment_names), or generator names
   std::vector<std::string> bounds;
   long trials = 10000;
   uint64_t seed = 0;
