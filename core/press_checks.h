@@ -22,6 +22,16 @@ inline void require_odd_kernel(const std::string& press, int kernel) {
   if (kernel % 2 == 0) throw Error("press '" + press + "': kernel_size must be odd, got " + std::to_string(kernel));
 }
 
+// The budget int(n (1 - ratio)) of a press that always keeps a window must cover it.
+inline int budget_with_window(const std::string& press, int n, double ratio, int window) {
+  require_more_tokens(press, "window_size", window, n);
+  const int budget = kvpress_budget(n, ratio);
+  if (budget < window)
+    throw Error("press '" + press + "': the budget int(n (1 - ratio)) = " + std::to_string(budget) + " is smaller than window_size=" +
+                std::to_string(window));
+  return budget;
+}
+
 // Cross-layer presses need layer l - 1 beside layer l.
 inline void require_previous_layer(const std::string& press, const PressInput& input) {
   if (input.previous_layer) return;

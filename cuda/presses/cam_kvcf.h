@@ -19,10 +19,7 @@ class CamKvcfDevice final : public Press {
   Compression compress(const PressInput& input, double ratio) const override {
     if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
     const int n = input.n, w = window_, d = input.head_dim(), H = input.num_heads(), Hkv = input.num_kv_heads(), G = H / Hkv;
-    require_more_tokens("cam_kvcf", "window_size", w, n);
-    const int budget = kvpress_budget(n, ratio);
-    if (budget < w)
-      throw Error("press 'cam_kvcf': the budget int(n (1 - ratio)) = " + std::to_string(budget) + " is smaller than window_size=" + std::to_string(w));
+    const int budget = budget_with_window("cam_kvcf", n, ratio, w);
     Exec exec;
     const DeviceLayer<Exec> layer(input);
     const float* q = layer.q.data();

@@ -4,6 +4,7 @@
 // the device, one thread per evicted token or per kept value element; the merge_fraction
 // quantile (a few numbers per head) is taken on the host.
 #include <cfloat>
+#include <optional>
 
 #include "cuda/device_scorer.h"
 #include "reference/merging.h"
@@ -71,6 +72,26 @@ MergeSetup<Exec> merge_setup(Exec& exec, const DeviceLayer<Exec>& layer, const C
   return s;
 }
 
+// The inner scorer's top int(n (1 - ratio)) tokens per head and, when some tokens are
+// evicted and some kept, what merging needs (merge_setup).
+template <typename Exec>
+struct MergeSelection {
+  Compression compression;
+  std::optional<MergeSetup<Exec>> setup;  // empty: nothing to merge
+  int kept_count = 0, evicted_count = 0;
+};
+
+template <typename Exec>
+MergeSelection<Exec> select_for_merging(Exec& exec, const DeviceLayer<Exec>& layer, const DeviceScorer<Exec>& inner, double ratio) {
+  const auto scores = inner.device_scores(exec, layer, ratio);
+  MergeSelection<Exec> s;
+  s.kept_count = std::clamp(kvpress_budget(layer.n, ratio), 0, layer.n);
+  s.evicted_count = layer.n - s.kept_count;
+  s.compression = select_topk_per_head(exec, scores.data(), layer.Hkv, layer.n, s.kept_count);
+  if (s.evicted_count > 0 && s.kept_count > 0) s.setup.emplace(merge_setup(exec, layer, s.compression));
+  return s;
+}
+
 template <typename Exec>
 class MergingDevice final : public Press {
  public:
@@ -83,13 +104,11 @@ class MergingDevice final : public Press {
     if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
     Exec exec;
     const DeviceLayer<Exec> layer(input);
-    const auto scores = inner_->device_scores(exec, layer, ratio);
-    const int n = layer.n, d = layer.d, Hkv = layer.Hkv, kept_count = std::clamp(kvpress_budget(n, ratio), 0, n);
-    Compression c = select_topk_per_head(exec, scores.data(), Hkv, n, kept_count);
-    const int evicted_count = n - kept_count;
-    if (evicted_count == 0 || kept_count == 0) return c;
-
-    const MergeSetup<Exec> setup = merge_setup(exec, layer, c);
+    MergeSelection<Exec> selection = select_for_merging(exec, layer, *inner_, ratio);
+    Compression& c = selection.compression;
+    if (!selection.setup) return c;
+    const int n = layer.n, d = layer.d, Hkv = layer.Hkv, kept_count = selection.kept_count, evicted_count = selection.evicted_count;
+    const MergeSetup<Exec>& setup = *selection.setup;
     const int* kept = setup.kept.data();
     const int* evicted = setup.evicted.data();
     const int* target = setup.target.data();
@@ -148,7 +167,7 @@ class MergingDevice final : public Press {
       c.values.emplace_back(static_cast<std::size_t>(kept_count) * d);
       merged_buffer.download(c.values.back().data(), c.values.back().size(), static_cast<std::size_t>(g) * kept_count * d);
     }
-    return c;
+    return std::move(c);
   }
 
  private:
@@ -170,12 +189,11 @@ struct KvcfMergeDevice {
       if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
       Exec exec;
       const DeviceLayer<Exec> layer(input);
-      const auto scores = inner_->device_scores(exec, layer, ratio);
-      const int n = layer.n, d = layer.d, Hkv = layer.Hkv, kept_count = std::clamp(kvpress_budget(n, ratio), 0, n);
-      Compression c = select_topk_per_head(exec, scores.data(), Hkv, n, kept_count);
-      const int evicted_count = n - kept_count;
-      if (evicted_count == 0 || kept_count == 0) return c;
-      const MergeSetup<Exec> setup = merge_setup(exec, layer, c);
+      MergeSelection<Exec> selection = select_for_merging(exec, layer, *inner_, ratio);
+      Compression& c = selection.compression;
+      if (!selection.setup) return c;
+      const int n = layer.n, d = layer.d, Hkv = layer.Hkv, kept_count = selection.kept_count, evicted_count = selection.evicted_count;
+      const MergeSetup<Exec>& setup = *selection.setup;
       const int* kept = setup.kept.data();
       const int* evicted = setup.evicted.data();
       const int* target = setup.target.data();
@@ -205,7 +223,7 @@ struct KvcfMergeDevice {
           merged_buffer.download(out.back().data(), out.back().size(), static_cast<std::size_t>(g) * kept_count * d);
         }
       }
-      return c;
+      return std::move(c);
     }
 
    private:

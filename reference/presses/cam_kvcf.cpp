@@ -29,10 +29,7 @@ class CamKvcfPress final : public Press {
   Compression compress(const PressInput& in, double ratio) const override {
     if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);
     const int n = in.n, w = window_, d = in.head_dim(), H = in.num_heads(), Hkv = in.num_kv_heads(), G = H / Hkv;
-    require_more_tokens("cam_kvcf", "window_size", w, n);
-    const int budget = kvpress_budget(n, ratio);
-    if (budget < w)
-      throw Error("press 'cam_kvcf': the budget int(n (1 - ratio)) = " + std::to_string(budget) + " is smaller than window_size=" + std::to_string(w));
+    const int budget = budget_with_window("cam_kvcf", n, ratio, w);
     // abar [Hkv, n]: window attention averaged over the window queries and the group.
     RowMatrix abar = RowMatrix::Zero(Hkv, n);
     std::vector<int> qpos(static_cast<std::size_t>(w)), kpos(static_cast<std::size_t>(n));
