@@ -4,9 +4,9 @@
 // ones wrote, so the order is the reference's), then selection.
 #include <cfloat>
 
-#include "core/philox.h"
 #include "core/press_checks.h"
 #include "cuda/stages.h"
+#include "reference/cam_kvcf.h"
 
 namespace kvsim::cuda {
 
@@ -60,25 +60,12 @@ class CamKvcfDevice final : public Press {
     const uint64_t seed = seed_;
     const uint32_t layer_index = static_cast<uint32_t>(layer.layer);
     exec.for_each(Hkv, [=] KVSIM_HD(long g) {
-      float* v = values + g * static_cast<long>(n) * d;
-      const float* a = abar + g * n;
-      for (int p = first; p <= n - w - 1; ++p) {
-        float den = -INFINITY;
-        for (int j = 0; j < first; ++j) den = fmaxf(den, a[j]);
-        for (int j = p; j < p + w; ++j) den = fmaxf(den, a[j]);
-        float prob = a[p] / den;
-        if (prob != prob) prob = 0.0f;  // NaN
-        prob = fminf(fmaxf(prob, 0.0f), 1.0f);
-        if (!(philox_uniform(seed, layer_index, static_cast<uint32_t>(g), static_cast<uint32_t>(p)) < prob)) continue;
-        for (int u = p + 1; u <= p + w; ++u)
-          for (int x = 0; x < d; ++x) v[static_cast<long>(u) * d + x] += v[static_cast<long>(p) * d + x] / static_cast<float>(w);
-      }
+      ref::cam_kvcf_merge_head(values + g * static_cast<long>(n) * d, abar + g * n, n, d, w, first, seed, layer_index, static_cast<uint32_t>(g));
     });
     for (int g = 0; g < Hkv; ++g) {
-      std::vector<float> host(head_values), kept_values;
+      std::vector<float> host(head_values);
       value_buffer.download(host.data(), head_values, g * head_values);
-      for (int t : c.kept[g]) kept_values.insert(kept_values.end(), host.begin() + static_cast<long>(t) * d, host.begin() + static_cast<long>(t + 1) * d);
-      c.values.push_back(std::move(kept_values));
+      c.values.push_back(ref::kept_rows(host.data(), d, c.kept[g]));
     }
     return c;
   }

@@ -12,8 +12,8 @@
 #include <limits>
 #include <numeric>
 
-#include "core/philox.h"
 #include "core/press_checks.h"
+#include "reference/cam_kvcf.h"
 #include "reference/attention.h"
 #include "reference/scorer_press.h"
 #include "reference/select.h"
@@ -46,20 +46,9 @@ class CamKvcfPress final : public Press {
     const int first = static_cast<int>(std::ceil(start_ratio_ * n));
     for (int g = 0; g < Hkv; ++g) {
       std::vector<float> values(in.layer.v.head(g), in.layer.v.head(g) + static_cast<std::size_t>(n) * d);
-      for (int p = first; p <= n - w - 1; ++p) {
-        float den = -std::numeric_limits<float>::infinity();
-        for (int j = 0; j < first; ++j) den = std::max(den, abar(g, j));
-        for (int j = p; j < p + w; ++j) den = std::max(den, abar(g, j));
-        float prob = abar(g, p) / den;
-        if (std::isnan(prob)) prob = 0.0f;
-        prob = std::clamp(prob, 0.0f, 1.0f);
-        if (!(philox_uniform(seed_, static_cast<uint32_t>(in.layer_index()), static_cast<uint32_t>(g), static_cast<uint32_t>(p)) < prob)) continue;
-        for (int u = p + 1; u <= p + w; ++u)
-          for (int x = 0; x < d; ++x) values[static_cast<std::size_t>(u) * d + x] += values[static_cast<std::size_t>(p) * d + x] / static_cast<float>(w);
-      }
-      std::vector<float> kept_values;
-      for (int t : c.kept[g]) kept_values.insert(kept_values.end(), values.begin() + static_cast<long>(t) * d, values.begin() + static_cast<long>(t + 1) * d);
-      c.values.push_back(std::move(kept_values));
+      cam_kvcf_merge_head(values.data(), abar.row(g).data(), n, d, w, first, seed_, static_cast<uint32_t>(in.layer_index()),
+                          static_cast<uint32_t>(g));
+      c.values.push_back(kept_rows(values.data(), d, c.kept[g]));
     }
     return c;
   }
