@@ -178,6 +178,32 @@ TEST(Replay, QueryAwareNeedsGeneratedTokens) {
 namespace kvsim {
 namespace {
 
+using Value2 = std::array<double, 2>;
+
+// Attention output of query t of a one-head, d = 2 layer over the `visible` tokens, from the
+// definition; `values` replaces the visible tokens' values when given.
+Value2 output_2d(const LayerTensors& layer, int t, const std::vector<int>& visible, const std::vector<Value2>& values = {}) {
+  std::vector<double> w;
+  double max_l = -1e300, sum = 0;
+  for (int j : visible) {
+    w.push_back((double(layer.q.at(0, t, 0)) * layer.k.at(0, j, 0) + double(layer.q.at(0, t, 1)) * layer.k.at(0, j, 1)) / std::sqrt(2.0));
+    max_l = std::max(max_l, w.back());
+  }
+  for (double& x : w) sum += (x = std::exp(x - max_l));
+  Value2 o = {0, 0};
+  for (std::size_t i = 0; i < visible.size(); ++i)
+    for (int c = 0; c < 2; ++c) o[c] += w[i] / sum * (values.empty() ? layer.v.at(0, visible[i], c) : values[i][c]);
+  return o;
+}
+
+// Relative error of query t over `visible` (with `values`) against the full cache 0..t.
+double step_error(const LayerTensors& layer, int t, const std::vector<int>& visible, const std::vector<Value2>& values = {}) {
+  std::vector<int> all(static_cast<std::size_t>(t + 1));
+  std::iota(all.begin(), all.end(), 0);
+  const Value2 full = output_2d(layer, t, all), comp = output_2d(layer, t, visible, values);
+  return std::hypot(comp[0] - full[0], comp[1] - full[1]) / std::hypot(full[0], full[1]);
+}
+
 // decoding(knorm):target_size=3,compression_interval=2 on 4 context + 1 question + 3
 // generated tokens, key norms (5, 1, 4, 2, 6, 3, 0.5, 7). Stepped by hand:
 //   step 0 (question, position 4): cache 0..4, no trigger (1 step, 1 token < 3);
@@ -202,25 +228,8 @@ TEST(DecodingReplay, MatchesAHandSteppedSchedule) {
   ASSERT_EQ(run.steps.size(), 4u);
   const std::vector<std::vector<int>> caches = {{0, 1, 2, 3, 4}, {0, 1, 2, 3, 4, 5}, {1, 3, 5, 6}, {1, 3, 5, 6, 7}};
   const bool compressed[4] = {false, true, false, true};
-  auto output = [&](int t, const std::vector<int>& visible) {
-    std::vector<double> w;
-    double max_l = -1e300, sum = 0;
-    for (int j : visible) {
-      w.push_back((double(layer.q.at(0, t, 0)) * layer.k.at(0, j, 0) + double(layer.q.at(0, t, 1)) * layer.k.at(0, j, 1)) / std::sqrt(2.0));
-      max_l = std::max(max_l, w.back());
-    }
-    for (double& x : w) sum += (x = std::exp(x - max_l));
-    std::vector<double> o(2, 0.0);
-    for (std::size_t i = 0; i < visible.size(); ++i)
-      for (int c = 0; c < 2; ++c) o[c] += w[i] / sum * layer.v.at(0, visible[i], c);
-    return o;
-  };
   for (int s = 0; s < 4; ++s) {
-    const int t = 4 + s;
-    std::vector<int> all(static_cast<std::size_t>(t + 1));
-    std::iota(all.begin(), all.end(), 0);
-    const auto full = output(t, all), comp = output(t, caches[s]);
-    const double err = std::hypot(comp[0] - full[0], comp[1] - full[1]) / std::hypot(full[0], full[1]);
+    const double err = step_error(layer, 4 + s, caches[s]);
     EXPECT_EQ(run.steps[s].cache_size, static_cast<int>(caches[s].size())) << "step " << s;
     EXPECT_EQ(run.steps[s].compressed_after, compressed[s]) << "step " << s;
     EXPECT_NEAR(run.steps[s].rel_err.mean, err, 1e-6) << "step " << s;
@@ -236,11 +245,7 @@ TEST(DecodingReplay, MatchesAHandSteppedSchedule) {
       ref::replay(trace, {.presses = {"prefill_decoding(knorm;decoding(knorm):target_size=3,compression_interval=2)"}, .ratios = {0.5}});
   const std::vector<std::vector<int>> paired_caches = {{1, 3, 4}, {1, 3, 4, 5}, {1, 3, 5, 6}, {1, 3, 5, 6, 7}};
   for (int s = 0; s < 4; ++s) {
-    const int t = 4 + s;
-    std::vector<int> all(static_cast<std::size_t>(t + 1));
-    std::iota(all.begin(), all.end(), 0);
-    const auto full = output(t, all), comp = output(t, paired_caches[s]);
-    const double err = std::hypot(comp[0] - full[0], comp[1] - full[1]) / std::hypot(full[0], full[1]);
+    const double err = step_error(layer, 4 + s, paired_caches[s]);
     EXPECT_EQ(paired.runs[0].steps[s].cache_size, static_cast<int>(paired_caches[s].size())) << "step " << s;
     EXPECT_NEAR(paired.runs[0].steps[s].rel_err.mean, err, 1e-6) << "step " << s;
   }
@@ -273,35 +278,16 @@ TEST(DecodingReplay, CamMergesEvictedValuesIntoTheNextKeptTokens) {
   EXPECT_EQ(run.steps[0].cache_size, 6);
   EXPECT_TRUE(run.steps[0].compressed_after);
   EXPECT_EQ(run.steps[1].cache_size, 5);
-  // Step 1 recomputed by hand from the merged cache.
-  const int t = 6;
+  // Step 1 (position 6) recomputed by hand from the merged cache.
   const std::vector<int> visible = {0, 1, 3, 5, 6};
-  std::vector<std::array<double, 2>> values;
+  std::vector<Value2> values;
   for (int j : visible) {
-    std::array<double, 2> v = {layer.v.at(0, j, 0), layer.v.at(0, j, 1)};
+    Value2 v = {layer.v.at(0, j, 0), layer.v.at(0, j, 1)};
     if (j == 3 || j == 5)
       for (int c = 0; c < 2; ++c) v[c] += layer.v.at(0, 2, c) / 2.0;
     values.push_back(v);
   }
-  auto attend = [&](const std::vector<int>& positions, const std::vector<std::array<double, 2>>& vals) {
-    std::vector<double> w;
-    double max_l = -1e300, sum = 0;
-    for (int j : positions) {
-      w.push_back((double(layer.q.at(0, t, 0)) * layer.k.at(0, j, 0) + double(layer.q.at(0, t, 1)) * layer.k.at(0, j, 1)) / std::sqrt(2.0));
-      max_l = std::max(max_l, w.back());
-    }
-    for (double& x : w) sum += (x = std::exp(x - max_l));
-    std::array<double, 2> o = {0, 0};
-    for (std::size_t i = 0; i < positions.size(); ++i)
-      for (int c = 0; c < 2; ++c) o[c] += w[i] / sum * vals[i][c];
-    return o;
-  };
-  std::vector<int> all = {0, 1, 2, 3, 4, 5, 6};
-  std::vector<std::array<double, 2>> original;
-  for (int j : all) original.push_back({layer.v.at(0, j, 0), layer.v.at(0, j, 1)});
-  const auto full = attend(all, original), comp = attend(visible, values);
-  const double err = std::hypot(comp[0] - full[0], comp[1] - full[1]) / std::hypot(full[0], full[1]);
-  EXPECT_NEAR(run.steps[1].rel_err.mean, err, 1e-6);
+  EXPECT_NEAR(run.steps[1].rel_err.mean, step_error(layer, 6, visible, values), 1e-6);
 }
 
 TEST(DecodingReplay, RejectsInnerPressesThatNeedAbsolutePositions) {
