@@ -3,12 +3,13 @@
 // HostExec for the cuda-emu backend): the layer on the device, the selection stages, and
 // DeviceScorer, the base of every device scorer press.
 //
-// Selection uses a stable descending sort of (score, position) pairs, so ties keep the
-// lower position — the rule of the reference (reference/select.h). Scores are
-// canonicalised (-0 becomes +0) before sorting so that the radix sort sees equal keys
-// where the reference does.
+// Selection uses a stable descending radix sort of (score, position) pairs, so ties keep
+// the lower position — the rule of the reference (reference/select.h) — and stays on the
+// device: only the kept positions come back to the host.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
@@ -54,56 +55,115 @@ ScoreMatrix download_scores(const typename Exec::template Buffer<float>& scores,
   return out;
 }
 
-inline void check_no_nan(const ScoreMatrix& s, const std::string& press) {
-  for (Eigen::Index i = 0; i < s.size(); ++i)
-    if (std::isnan(s.data()[i]))
-      throw Error("press '" + press + "' produced a NaN score (head " + std::to_string(i / s.cols()) + ", token " +
-                  std::to_string(i % s.cols()) + ")");
+// Throws naming the first NaN score. The check runs on the device; the scores come to the
+// host only when one is found, to say where.
+template <typename Exec>
+void check_no_nan(Exec& exec, const float* scores, int rows, int cols, const std::string& press) {
+  typename Exec::template Buffer<int> flag_buffer(1);
+  int* flag = flag_buffer.data();
+  exec.for_each(1, [=] KVSIM_HD(long) { *flag = 0; });
+  exec.for_each(static_cast<long>(rows) * cols, [=] KVSIM_HD(long i) {
+    if (scores[i] != scores[i]) *flag = 1;  // every writer writes the same value
+  });
+  int found = 0;
+  flag_buffer.download(&found, 1);
+  if (!found) return;
+  std::vector<float> host(static_cast<std::size_t>(rows) * cols);
+  exec.download(scores, host.data(), host.size());
+  for (std::size_t i = 0; i < host.size(); ++i)
+    if (std::isnan(host[i]))
+      throw Error("press '" + press + "' produced a NaN score (head " + std::to_string(i / cols) + ", token " +
+                  std::to_string(i % cols) + ")");
 }
 
-// Sorts each of `segments` rows of `length` scores descending (stable), returning the
-// sorted positions (within the row) on the device.
+// Order-preserving 32-bit image of a score: a larger float gives a larger integer, and -0
+// maps like +0 (the reference compares floats, where they are equal).
+KVSIM_HD inline uint32_t ordered_bits(float score) {
+  score += 0.0f;
+  uint32_t bits;
+  std::memcpy(&bits, &score, sizeof bits);
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+// Sorts each of `segments` rows of `length` scores descending, stably (equal scores keep
+// the lower position first), returning the sorted positions within the row. One radix sort
+// over (row, score) keys: rows stay in order, and every row is sorted by the whole device.
 template <typename Exec>
 typename Exec::template Buffer<int> sorted_positions(Exec& exec, const float* scores, int segments, long length) {
   const long count = segments * length;
-  typename Exec::template Buffer<float> keys(count), sorted_keys(count);
+  typename Exec::template Buffer<uint64_t> keys(count), sorted_keys(count);
   typename Exec::template Buffer<int> positions(count), sorted(count);
-  float* k = keys.data();
-  int* p = positions.data();
+  uint64_t* key = keys.data();
+  int* position = positions.data();
   exec.for_each(count, [=] KVSIM_HD(long i) {
-    k[i] = scores[i] + 0.0f;  // -0 -> +0
-    p[i] = static_cast<int>(i % length);
+    key[i] = (static_cast<uint64_t>(segments - 1 - i / length) << 32) | ordered_bits(scores[i]);
+    position[i] = static_cast<int>(i % length);
   });
-  exec.sort_pairs_descending(keys.data(), positions.data(), sorted_keys.data(), sorted.data(), segments, length);
+  int end_bit = 32;
+  while ((1L << (end_bit - 32)) < segments) ++end_bit;
+  exec.radix_sort_descending(keys.data(), positions.data(), sorted_keys.data(), sorted.data(), count, end_bit);
   return sorted;
+}
+
+// Marks the first `count` entries of each row's sorted order, then compacts the marked
+// positions (ascending, thanks to the scan) into [rows, count] on the device.
+template <typename Exec>
+typename Exec::template Buffer<int> select_topk_on_device(Exec& exec, const float* scores, int rows, int n, int k) {
+  k = std::clamp(k, 0, n);
+  const auto order = sorted_positions(exec, scores, rows, n);
+  const long count = static_cast<long>(rows) * n;
+  typename Exec::template Buffer<int> flag_buffer(count), index_buffer(count), kept_buffer(static_cast<std::size_t>(rows) * k);
+  int* flag = flag_buffer.data();
+  int* index = index_buffer.data();
+  int* kept = kept_buffer.data();
+  const int* sorted = order.data();
+  exec.for_each(count, [=] KVSIM_HD(long i) { flag[i] = 0; });
+  exec.for_each(static_cast<long>(rows) * k, [=] KVSIM_HD(long i) {
+    const long g = i / k;
+    flag[g * n + sorted[g * n + i % k]] = 1;
+  });
+  exec.exclusive_scan(flag, index, count);
+  exec.for_each(count, [=] KVSIM_HD(long i) {
+    if (flag[i]) kept[index[i]] = static_cast<int>(i % n);
+  });
+  return kept_buffer;
 }
 
 // Top `k` per row, ascending positions.
 template <typename Exec>
 Compression select_topk_per_head(Exec& exec, const float* scores, int rows, int n, int k) {
   k = std::clamp(k, 0, n);
-  const auto sorted = sorted_positions(exec, scores, rows, n);
+  const auto kept = select_topk_on_device(exec, scores, rows, n, k);
+  std::vector<int> host(kept.size());
+  if (!host.empty()) kept.download(host.data(), host.size());
   Compression out;
   out.kept.resize(static_cast<std::size_t>(rows));
-  for (int g = 0; g < rows; ++g) {
-    out.kept[g].resize(static_cast<std::size_t>(k));
-    if (k) sorted.download(out.kept[g].data(), static_cast<std::size_t>(k), static_cast<std::size_t>(g) * n);
-    std::sort(out.kept[g].begin(), out.kept[g].end());
-  }
+  for (int g = 0; g < rows; ++g) out.kept[g].assign(host.begin() + static_cast<long>(g) * k, host.begin() + static_cast<long>(g + 1) * k);
   return out;
 }
 
 // Top `total` entries of the flattened [rows, n] scores (ties: lower flat index).
 template <typename Exec>
 Compression select_topk_global(Exec& exec, const float* scores, int rows, int n, long total) {
-  total = std::clamp<long>(total, 0, static_cast<long>(rows) * n);
-  const auto sorted = sorted_positions(exec, scores, 1, static_cast<long>(rows) * n);
+  const long count = static_cast<long>(rows) * n;
+  total = std::clamp<long>(total, 0, count);
+  const auto order = sorted_positions(exec, scores, 1, count);
+  typename Exec::template Buffer<int> flag_buffer(count), index_buffer(count), kept_buffer(static_cast<std::size_t>(total));
+  int* flag = flag_buffer.data();
+  int* index = index_buffer.data();
+  int* kept = kept_buffer.data();
+  const int* sorted = order.data();
+  exec.for_each(count, [=] KVSIM_HD(long i) { flag[i] = 0; });
+  exec.for_each(total, [=] KVSIM_HD(long i) { flag[sorted[i]] = 1; });
+  exec.exclusive_scan(flag, index, count);
+  exec.for_each(count, [=] KVSIM_HD(long i) {
+    if (flag[i]) kept[index[i]] = static_cast<int>(i);
+  });
   std::vector<int> flat(static_cast<std::size_t>(total));
-  if (total) sorted.download(flat.data(), flat.size());
+  if (total) kept_buffer.download(flat.data(), flat.size());
   Compression out;
   out.kept.resize(static_cast<std::size_t>(rows));
-  for (int f : flat) out.kept[static_cast<std::size_t>(f / n)].push_back(f % n);
-  for (auto& head : out.kept) std::sort(head.begin(), head.end());
+  for (int f : flat) out.kept[static_cast<std::size_t>(f / n)].push_back(f % n);  // ascending already
   return out;
 }
 
@@ -137,7 +197,7 @@ class DeviceScorer : public ScorerPress {
   FloatBuffer device_scores(Exec& exec, const DeviceLayer<Exec>& layer, double ratio) const {
     FloatBuffer scores(static_cast<std::size_t>(layer.Hkv) * layer.n);
     score_on_device(exec, layer, ratio, scores.data());
-    check_no_nan(download_scores<Exec>(scores, layer.Hkv, layer.n), name_);
+    check_no_nan(exec, scores.data(), layer.Hkv, layer.n, name_);
     return scores;
   }
 

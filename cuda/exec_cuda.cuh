@@ -1,16 +1,27 @@
 #pragma once
 // CudaExec: the CUDA side of the execution interface shared with HostExec (exec_host.h):
-// device buffers, for_each as a grid of one thread per index, and CUB's stable segmented
-// radix sort. Compiled by nvcc only.
-#include <cub/device/device_segmented_radix_sort.cuh>
+// device buffers, for_each as a grid of one thread per index, and the primitives of
+// primitives.h on cuBLAS (gemm), CUB (reductions, radix sort, scan) and one kernel of our
+// own (softmax_rows: CUB has no masked row softmax). Everything runs on the default stream
+// in order; nothing here copies to the host. Compiled by nvcc only.
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <cub/block/block_reduce.cuh>
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_reduce.cuh>
+#include <cub/device/device_scan.cuh>
+#include <cub/device/device_segmented_reduce.cuh>
+#include <cuda/functional>
+#include <thrust/iterator/counting_iterator.h>
+#include <thrust/iterator/transform_iterator.h>
 #include <cstddef>
+#include <cstdint>
 #include <string>
-#include <vector>
 
 #include "core/error.h"
 #include "core/hd.h"
+#include "cuda/primitives.h"
 
 namespace kvsim::cuda {
 
@@ -18,11 +29,46 @@ inline void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw Error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(err));
 }
 
+inline void check_cublas(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS) throw Error(std::string("cuBLAS error in ") + what + ": status " + std::to_string(status));
+}
+
 template <typename F>
 __global__ void for_each_kernel(long count, F body) {
   const long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < count) body(i);
 }
+
+// One block per row: max, sum of exponentials, then the normalised probabilities. (A
+// template, so that every translation unit including this header may instantiate it.)
+template <int kSoftmaxThreads>
+__global__ void softmax_rows_kernel(float* x, SoftmaxRows s, float* lse) {
+  using BlockReduce = cub::BlockReduce<float, kSoftmaxThreads>;
+  __shared__ typename BlockReduce::TempStorage temp;
+  __shared__ float shared_max, shared_sum;
+  const long r = blockIdx.x;
+  float* row = x + r * s.cols;
+  const long valid_long = s.first_valid + r % s.rows_per_group;
+  const int valid = valid_long < s.cols ? static_cast<int>(valid_long) : s.cols;
+  float local = -INFINITY;
+  for (int j = threadIdx.x; j < valid; j += kSoftmaxThreads) local = fmaxf(local, row[j]);
+  const float best = BlockReduce(temp).Reduce(local, ::cuda::maximum<float>{});
+  if (threadIdx.x == 0) shared_max = best;
+  __syncthreads();
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < valid; j += kSoftmaxThreads) sum += expf(row[j] - shared_max);
+  const float total = BlockReduce(temp).Sum(sum);
+  if (threadIdx.x == 0) shared_sum = total;
+  __syncthreads();
+  for (int j = threadIdx.x; j < s.cols; j += kSoftmaxThreads) row[j] = j < valid ? expf(row[j] - shared_max) / shared_sum : 0.0f;
+  if (lse && threadIdx.x == 0) lse[r] = shared_max + logf(shared_sum);
+}
+
+// Row r of a [rows, cols] matrix starts at r * cols (CUB segment offsets without a table).
+struct RowOffset {
+  long cols;
+  __host__ __device__ long operator()(long r) const { return r * cols; }
+};
 
 struct CudaExec {
   CudaExec() {
@@ -69,6 +115,11 @@ struct CudaExec {
     std::size_t size_ = 0;
   };
 
+  template <typename T>
+  void download(const T* device, T* host, std::size_t n) {
+    check_cuda(cudaMemcpy(host, device, n * sizeof(T), cudaMemcpyDeviceToHost), "download");
+  }
+
   template <typename F>
   void for_each(long count, F body) {
     if (count <= 0) return;
@@ -78,22 +129,75 @@ struct CudaExec {
     check_cuda(cudaGetLastError(), "kernel launch");
   }
 
-  void sort_pairs_descending(const float* keys_in, const int* values_in, float* keys_out, int* values_out, int segments,
-                             long length) {
-    std::vector<long> offsets(static_cast<std::size_t>(segments) + 1);
-    for (int s = 0; s <= segments; ++s) offsets[s] = s * length;
-    Buffer<long> d_offsets(offsets.size());
-    d_offsets.upload(offsets.data(), offsets.size());
-    const long items = segments * length;
-    std::size_t temp_bytes = 0;
-    check_cuda(cub::DeviceSegmentedRadixSort::SortPairsDescending(nullptr, temp_bytes, keys_in, keys_out, values_in, values_out,
-                                                                  items, segments, d_offsets.data(), d_offsets.data() + 1),
-               "segmented sort (sizing)");
-    Buffer<char> temp(temp_bytes);
-    check_cuda(cub::DeviceSegmentedRadixSort::SortPairsDescending(temp.data(), temp_bytes, keys_in, keys_out, values_in, values_out,
-                                                                  items, segments, d_offsets.data(), d_offsets.data() + 1),
-               "segmented sort");
-    check_cuda(cudaDeviceSynchronize(), "segmented sort");
+  template <typename T>
+  void gemm(const StridedGemm<T>& g) {
+    if (g.m == 0 || g.n == 0 || g.batch == 0) return;
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+    const cublasOperation_t tb = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, ta = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasStatus_t status;
+    if constexpr (std::is_same_v<T, float>)
+      status = cublasSgemmStridedBatched(handle(), tb, ta, g.n, g.m, g.k, &g.alpha, g.b, g.ldb, g.stride_b, g.a, g.lda, g.stride_a,
+                                         &g.beta, g.c, g.ldc, g.stride_c, g.batch);
+    else
+      status = cublasDgemmStridedBatched(handle(), tb, ta, g.n, g.m, g.k, &g.alpha, g.b, g.ldb, g.stride_b, g.a, g.lda, g.stride_a,
+                                         &g.beta, g.c, g.ldc, g.stride_c, g.batch);
+    check_cublas(status, "strided batched gemm");
+  }
+
+  void softmax_rows(float* x, const SoftmaxRows& s, float* lse) {
+    if (s.rows <= 0) return;
+    constexpr int kThreads = 256;
+    softmax_rows_kernel<kThreads><<<static_cast<unsigned>(s.rows), kThreads>>>(x, s, lse);
+    check_cuda(cudaGetLastError(), "softmax_rows launch");
+  }
+
+  template <typename T>
+  void row_reduce(const T* x, int rows, long cols, T* out, Reduce op) {
+    if (rows <= 0) return;
+    std::size_t bytes = 0;
+    // One row: the device-wide reduction uses the whole GPU (a segmented one uses a block per row).
+    auto run = [&](void* temp) {
+      if (rows == 1)
+        return op == Reduce::sum ? cub::DeviceReduce::Sum(temp, bytes, x, out, cols)
+                                 : cub::DeviceReduce::Max(temp, bytes, x, out, cols);
+      const auto offsets = thrust::make_transform_iterator(thrust::make_counting_iterator<long>(0), RowOffset{cols});
+      return op == Reduce::sum ? cub::DeviceSegmentedReduce::Sum(temp, bytes, x, out, rows, offsets, offsets + 1)
+                               : cub::DeviceSegmentedReduce::Max(temp, bytes, x, out, rows, offsets, offsets + 1);
+    };
+    check_cuda(run(nullptr), "row_reduce (sizing)");
+    Buffer<char> temp(bytes);
+    check_cuda(run(temp.data()), "row_reduce");
+  }
+
+  // Stable: equal keys keep their input order. end_bit bounds the key bits that vary.
+  void radix_sort_descending(const uint64_t* keys_in, const int* values_in, uint64_t* keys_out, int* values_out, long count,
+                             int end_bit) {
+    std::size_t bytes = 0;
+    check_cuda(cub::DeviceRadixSort::SortPairsDescending(nullptr, bytes, keys_in, keys_out, values_in, values_out, count, 0, end_bit),
+               "radix sort (sizing)");
+    Buffer<char> temp(bytes);
+    check_cuda(cub::DeviceRadixSort::SortPairsDescending(temp.data(), bytes, keys_in, keys_out, values_in, values_out, count, 0, end_bit),
+               "radix sort");
+  }
+
+  void exclusive_scan(const int* in, int* out, long count) {
+    std::size_t bytes = 0;
+    check_cuda(cub::DeviceScan::ExclusiveSum(nullptr, bytes, in, out, count), "scan (sizing)");
+    Buffer<char> temp(bytes);
+    check_cuda(cub::DeviceScan::ExclusiveSum(temp.data(), bytes, in, out, count), "scan");
+  }
+
+  void synchronize() { check_cuda(cudaDeviceSynchronize(), "synchronize"); }
+
+ private:
+  // One cuBLAS handle per thread, made on first use (creating one costs milliseconds).
+  static cublasHandle_t handle() {
+    thread_local struct Handle {
+      cublasHandle_t h = nullptr;
+      Handle() { check_cublas(cublasCreate(&h), "cublasCreate"); }
+      ~Handle() { cublasDestroy(h); }
+    } handle;
+    return handle.h;
   }
 };
 

@@ -1,15 +1,20 @@
 #pragma once
 // HostExec: runs the CUDA backend's device code serially on the CPU — every "thread" of a
-// for_each is one loop iteration, in index order. Used by the cuda-emu backend so that the
-// kernels' arithmetic and indexing are tested against the reference on machines without a
-// GPU. It says nothing about races, memory limits or launch configuration: only a real
-// GPU run (Backend::cuda) verifies those.
+// for_each is one loop iteration, in index order, and every primitive (primitives.h) is a
+// plain Eigen or std loop. Used by the cuda-emu backend so that the presses' device logic
+// is tested against the reference on machines without a GPU. It says nothing about races,
+// memory limits or launch configuration: only a real GPU run (Backend::cuda) verifies those.
+#include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <limits>
 #include <numeric>
 #include <vector>
 
 #include "core/hd.h"
+#include "cuda/primitives.h"
 
 namespace kvsim::cuda {
 
@@ -31,26 +36,80 @@ struct HostExec {
     std::vector<T> data_;
   };
 
+  template <typename T>
+  void download(const T* device, T* host, std::size_t n) {
+    std::copy(device, device + n, host);
+  }
+
   template <typename F>
   void for_each(long count, F body) {
     for (long i = 0; i < count; ++i) body(i);
   }
 
-  // Sorts `segments` consecutive segments of `length` (key, value) pairs by key,
-  // descending and stable (equal keys keep their input order), out of place.
-  void sort_pairs_descending(const float* keys_in, const int* values_in, float* keys_out, int* values_out, int segments,
-                             long length) {
-    std::vector<long> order(static_cast<std::size_t>(length));
-    for (int s = 0; s < segments; ++s) {
-      const float* keys = keys_in + s * length;
-      std::iota(order.begin(), order.end(), 0L);
-      std::stable_sort(order.begin(), order.end(), [keys](long a, long b) { return keys[a] > keys[b]; });
-      for (long i = 0; i < length; ++i) {
-        keys_out[s * length + i] = keys[order[i]];
-        values_out[s * length + i] = values_in[s * length + order[i]];
-      }
+  template <typename T>
+  void gemm(const StridedGemm<T>& g) {
+    using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    using ConstMap = Eigen::Map<const Matrix, 0, Eigen::OuterStride<>>;
+    using Map = Eigen::Map<Matrix, 0, Eigen::OuterStride<>>;
+    for (int b = 0; b < g.batch; ++b) {
+      const ConstMap a(g.a + b * g.stride_a, g.trans_a ? g.k : g.m, g.trans_a ? g.m : g.k, Eigen::OuterStride<>(g.lda));
+      const ConstMap x(g.b + b * g.stride_b, g.trans_b ? g.n : g.k, g.trans_b ? g.k : g.n, Eigen::OuterStride<>(g.ldb));
+      Map c(g.c + b * g.stride_c, g.m, g.n, Eigen::OuterStride<>(g.ldc));
+      Matrix product(g.m, g.n);
+      if (g.trans_a && g.trans_b) product.noalias() = a.transpose() * x.transpose();
+      else if (g.trans_a) product.noalias() = a.transpose() * x;
+      else if (g.trans_b) product.noalias() = a * x.transpose();
+      else product.noalias() = a * x;
+      if (g.beta == T(0)) c = g.alpha * product;
+      else c = g.alpha * product + g.beta * c;
     }
   }
+
+  // Softmax of each row over its valid prefix, in place; masked entries become 0. lse (may
+  // be null) receives each row's log-sum-exp.
+  void softmax_rows(float* x, const SoftmaxRows& s, float* lse) {
+    for (long r = 0; r < s.rows; ++r) {
+      float* row = x + r * s.cols;
+      const int valid = static_cast<int>(std::min<long>(s.cols, s.first_valid + r % s.rows_per_group));
+      float best = -std::numeric_limits<float>::infinity();
+      for (int j = 0; j < valid; ++j) best = std::max(best, row[j]);
+      float sum = 0.0f;
+      for (int j = 0; j < valid; ++j) sum += std::exp(row[j] - best);
+      for (int j = 0; j < s.cols; ++j) row[j] = j < valid ? std::exp(row[j] - best) / sum : 0.0f;
+      if (lse) lse[r] = best + std::log(sum);
+    }
+  }
+
+  template <typename T>
+  void row_reduce(const T* x, int rows, long cols, T* out, Reduce op) {
+    for (int r = 0; r < rows; ++r) {
+      const T* row = x + r * cols;
+      T acc = op == Reduce::sum ? T(0) : -std::numeric_limits<T>::infinity();
+      for (long j = 0; j < cols; ++j) acc = op == Reduce::sum ? acc + row[j] : std::max(acc, row[j]);
+      out[r] = acc;
+    }
+  }
+
+  // Stable descending sort by key (equal keys keep their input order), out of place.
+  void radix_sort_descending(const uint64_t* keys_in, const int* values_in, uint64_t* keys_out, int* values_out, long count, int) {
+    std::vector<long> order(static_cast<std::size_t>(count));
+    std::iota(order.begin(), order.end(), 0L);
+    std::stable_sort(order.begin(), order.end(), [keys_in](long a, long b) { return keys_in[a] > keys_in[b]; });
+    for (long i = 0; i < count; ++i) {
+      keys_out[i] = keys_in[order[i]];
+      values_out[i] = values_in[order[i]];
+    }
+  }
+
+  void exclusive_scan(const int* in, int* out, long count) {
+    int sum = 0;
+    for (long i = 0; i < count; ++i) {
+      out[i] = sum;
+      sum += in[i];
+    }
+  }
+
+  void synchronize() {}
 };
 
 }  // namespace kvsim::cuda

@@ -1,50 +1,86 @@
 #pragma once
 // Scoring stages shared by the device presses (the device twins of reference/scoring.h),
-// written for both executors. One GPU thread per output element; each thread loops over
-// what it reduces, so results do not depend on thread scheduling (no atomics).
+// built on the executor primitives (primitives.h): attention as batched GEMMs plus a row
+// softmax, reductions through row_reduce, and one-thread-per-output loops only where each
+// output reads a handful of inputs.
+#include <algorithm>
 #include <cmath>
 
 #include "cuda/device_scorer.h"
 
 namespace kvsim::cuda {
 
-// q_h[t] . k_g[j] / sqrt(d) with the layouts of DeviceLayer.
-KVSIM_HD inline float scaled_logit(const float* q, const float* k, int h, int g, int t, int j, int n, int d) {
-  const float* qr = q + (static_cast<long>(h) * n + t) * d;
-  const float* kr = k + (static_cast<long>(g) * n + j) * d;
-  float dot = 0.0f;
-  for (int c = 0; c < d; ++c) dot += qr[c] * kr[c];
-  return dot / sqrtf(static_cast<float>(d));
+// A device vector of `count` ones (the left operand of GEMMs that sum rows).
+template <typename Exec, typename T = float>
+typename Exec::template Buffer<T> device_ones(Exec& exec, long count) {
+  typename Exec::template Buffer<T> ones(static_cast<std::size_t>(count));
+  T* p = ones.data();
+  exec.for_each(count, [=] KVSIM_HD(long i) { p[i] = T(1); });
+  return ones;
 }
 
-// Log-sum-exp of the causal logits of query (h, t) over keys [0, t].
-KVSIM_HD inline float causal_lse(const float* q, const float* k, int h, int g, int t, int n, int d) {
-  float row_max = -INFINITY;
-  for (int j = 0; j <= t; ++j) row_max = fmaxf(row_max, scaled_logit(q, k, h, g, t, j, n, d));
-  float sum = 0.0f;
-  for (int j = 0; j <= t; ++j) sum += expf(scaled_logit(q, k, h, g, t, j, n, d) - row_max);
-  return row_max + logf(sum);
-}
-
-// Window attention WA(w) averaged over the window queries: out [H, n - w] =
-// mean_i softmax_j(q_h[n-w+i] . k / sqrt(d)) for columns j < n - w (causal, not renormalised).
+// Scaled logits q_h[first + r] . k_g[j] / sqrt(d) of every query head h (KV head g = h / G)
+// for rows r < rows and keys j < cols: out [H, rows, cols]. One strided batched GEMM per
+// position within the GQA group, batched over the KV heads.
 template <typename Exec>
-void window_attention_mean(Exec& exec, const DeviceLayer<Exec>& L, int w, float* out) {
-  const float* q = L.q.data();
-  const float* k = L.k.data();
-  const int n = L.n, d = L.d, H = L.H, G = L.H / L.Hkv, past = n - w;
-  typename Exec::template Buffer<float> lse_buffer(static_cast<std::size_t>(H) * w);
-  float* lse = lse_buffer.data();
-  exec.for_each(static_cast<long>(H) * w, [=] KVSIM_HD(long i) {
-    const int h = static_cast<int>(i / w), t = n - w + static_cast<int>(i % w);
-    lse[i] = causal_lse(q, k, h, h / G, t, n, d);
-  });
-  exec.for_each(static_cast<long>(H) * past, [=] KVSIM_HD(long i) {
-    const int h = static_cast<int>(i / past), j = static_cast<int>(i % past);
-    float sum = 0.0f;
-    for (int r = 0; r < w; ++r) sum += expf(scaled_logit(q, k, h, h / G, n - w + r, j, n, d) - lse[h * w + r]);
-    out[i] = sum / static_cast<float>(w);
-  });
+void attention_logits(Exec& exec, const DeviceLayer<Exec>& L, int first, int rows, int cols, float* out) {
+  const int G = L.H / L.Hkv;
+  for (int s = 0; s < G; ++s) {
+    StridedGemm<float> g;
+    g.trans_b = true;
+    g.m = rows;
+    g.n = cols;
+    g.k = L.d;
+    g.alpha = 1.0f / std::sqrt(static_cast<float>(L.d));
+    g.a = L.q.data() + (static_cast<long>(s) * L.n + first) * L.d;
+    g.lda = L.d;
+    g.stride_a = static_cast<long>(G) * L.n * L.d;
+    g.b = L.k.data();
+    g.ldb = L.d;
+    g.stride_b = static_cast<long>(L.n) * L.d;
+    g.c = out + static_cast<long>(s) * rows * cols;
+    g.ldc = cols;
+    g.stride_c = static_cast<long>(G) * rows * cols;
+    g.batch = L.Hkv;
+    exec.gemm(g);
+  }
+}
+
+// out [H, cols] (+)= sum over the `rows` rows of each head's probs [H, rows, probs_cols],
+// first `cols` columns: a GEMM of a row of ones with each head's block.
+template <typename Exec>
+void sum_rows_per_head(Exec& exec, const float* probs, int H, int rows, int probs_cols, int cols, const float* ones, float alpha,
+                       float beta, float* out, long out_stride) {
+  StridedGemm<float> g;
+  g.m = 1;
+  g.n = cols;
+  g.k = rows;
+  g.alpha = alpha;
+  g.beta = beta;
+  g.a = ones;
+  g.lda = rows;
+  g.stride_a = 0;
+  g.b = probs;
+  g.ldb = probs_cols;
+  g.stride_b = static_cast<long>(rows) * probs_cols;
+  g.c = out;
+  g.ldc = cols;
+  g.stride_c = out_stride;
+  g.batch = H;
+  exec.gemm(g);
+}
+
+// Window attention WA(w) averaged over the window queries: out [H, columns] =
+// mean_i softmax_j(q_h[n-w+i] . k / sqrt(d)) for columns j < columns (causal, not
+// renormalised; columns = n - w for the keys before the window).
+template <typename Exec>
+void window_attention_mean(Exec& exec, const DeviceLayer<Exec>& L, int w, int columns, float* out) {
+  const int n = L.n;
+  typename Exec::template Buffer<float> probs(static_cast<std::size_t>(L.H) * w * n);
+  attention_logits(exec, L, n - w, w, n, probs.data());
+  exec.softmax_rows(probs.data(), SoftmaxRows{static_cast<long>(L.H) * w, n, w, n - w + 1}, nullptr);
+  const auto ones = device_ones(exec, w);
+  sum_rows_per_head(exec, probs.data(), L.H, w, n, columns, ones.data(), 1.0f / static_cast<float>(w), 0.0f, out, columns);
 }
 
 // avg_pool1d(kernel, stride 1, padding kernel/2, count_include_pad) of each row of x
@@ -78,15 +114,12 @@ void pad_with_max_plus_one(Exec& exec, const float* x, int rows, int m, int befo
   typename Exec::template Buffer<float> max_buffer(1);
   float* max_value = max_buffer.data();
   const long count = static_cast<long>(rows) * m;
-  exec.for_each(1, [=] KVSIM_HD(long) {  // a single thread: simple and deterministic
-    float best = count ? x[0] : 0.0f;
-    for (long i = 1; i < count; ++i) best = fmaxf(best, x[i]);
-    *max_value = best + 1.0f;
-  });
+  if (count) exec.row_reduce(x, 1, count, max_value, Reduce::max);
+  else exec.for_each(1, [=] KVSIM_HD(long) { *max_value = 0.0f; });
   const int width = before + m + after;
   exec.for_each(static_cast<long>(rows) * width, [=] KVSIM_HD(long i) {
     const int r = static_cast<int>(i / width), j = static_cast<int>(i % width) - before;
-    out[i] = (j >= 0 && j < m) ? x[static_cast<long>(r) * m + j] : *max_value;
+    out[i] = (j >= 0 && j < m) ? x[static_cast<long>(r) * m + j] : *max_value + 1.0f;
   });
 }
 

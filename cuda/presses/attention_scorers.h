@@ -13,7 +13,7 @@ void snapkv_scores(Exec& exec, const DeviceLayer<Exec>& L, int window, int kerne
   const int past = L.n - window;
   typename Exec::template Buffer<float> mean(static_cast<std::size_t>(L.H) * past), pooled(mean.size()),
       grouped(static_cast<std::size_t>(L.Hkv) * past);
-  window_attention_mean(exec, L, window, mean.data());
+  window_attention_mean(exec, L, window, past, mean.data());
   avg_pool_rows(exec, mean.data(), L.H, past, kernel, pooled.data());
   group_mean(exec, pooled.data(), L.H, L.Hkv, past, grouped.data());
   pad_with_max_plus_one(exec, grouped.data(), L.Hkv, past, 0, window, out);
@@ -58,45 +58,47 @@ class TovaDevice final : public DeviceScorer<Exec> {
   explicit TovaDevice(const PressConfig&) : DeviceScorer<Exec>("tova") {}
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
     require_more_tokens(this->name(), "window", 1, L.n);
-    const float* q = L.q.data();
-    const float* k = L.k.data();
-    const int n = L.n, d = L.d, H = L.H, G = L.H / L.Hkv, past = n - 1;
-    typename Exec::template Buffer<float> lse_buffer(static_cast<std::size_t>(H)), rows(static_cast<std::size_t>(L.Hkv) * past);
-    float* lse = lse_buffer.data();
+    const int past = L.n - 1, Hkv = L.Hkv;
+    typename Exec::template Buffer<float> per_head(static_cast<std::size_t>(L.H) * past), mean_buffer(static_cast<std::size_t>(past)),
+        rows(static_cast<std::size_t>(Hkv) * past);
+    window_attention_mean(exec, L, 1, past, per_head.data());
+    group_mean(exec, per_head.data(), L.H, 1, past, mean_buffer.data());  // over all heads
+    const float* mean = mean_buffer.data();
     float* row = rows.data();
-    exec.for_each(H, [=] KVSIM_HD(long h) { lse[h] = causal_lse(q, k, static_cast<int>(h), static_cast<int>(h) / G, n - 1, n, d); });
-    exec.for_each(static_cast<long>(L.Hkv) * past, [=] KVSIM_HD(long i) {  // the same mean row for every KV head
-      const int j = static_cast<int>(i % past);
-      float sum = 0.0f;
-      for (int h = 0; h < H; ++h) sum += expf(scaled_logit(q, k, h, h / G, n - 1, j, n, d) - lse[h]);
-      row[i] = sum / static_cast<float>(H);
-    });
-    pad_with_max_plus_one(exec, row, L.Hkv, past, 0, 1, out);
+    exec.for_each(static_cast<long>(Hkv) * past, [=] KVSIM_HD(long i) { row[i] = mean[i % past]; });  // every KV head alike
+    pad_with_max_plus_one(exec, row, Hkv, past, 0, 1, out);
   }
 };
+
+// Column sums of the causal attention, in blocks of query rows so that the probabilities
+// of one block ([H, rows, visible keys]) stay within about 1 GiB.
+template <typename Exec>
+void causal_column_sums(Exec& exec, const DeviceLayer<Exec>& L, float* sums) {
+  const int n = L.n, H = L.H;
+  const long budget = 1L << 28;  // floats
+  const int block = static_cast<int>(std::clamp<long>(budget / (static_cast<long>(H) * n), 1, n));
+  typename Exec::template Buffer<float> probs(static_cast<std::size_t>(H) * block * n);
+  const auto ones = device_ones(exec, block);
+  exec.for_each(static_cast<long>(H) * n, [=] KVSIM_HD(long i) { sums[i] = 0.0f; });
+  for (int start = 0; start < n; start += block) {
+    const int rows = std::min(block, n - start), visible = start + rows;  // keys after the block are masked for all its rows
+    attention_logits(exec, L, start, rows, visible, probs.data());
+    exec.softmax_rows(probs.data(), SoftmaxRows{static_cast<long>(H) * rows, visible, rows, start + 1}, nullptr);
+    sum_rows_per_head(exec, probs.data(), H, rows, visible, visible, ones.data(), 1.0f, 1.0f, sums, n);
+  }
+}
 
 template <typename Exec>
 class ObservedAttentionDevice final : public DeviceScorer<Exec> {
  public:
   explicit ObservedAttentionDevice(const PressConfig&) : DeviceScorer<Exec>("observed_attention") {}
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
-    const float* q = L.q.data();
-    const float* k = L.k.data();
-    const int n = L.n, d = L.d, H = L.H, G = L.H / L.Hkv;
-    typename Exec::template Buffer<float> lse_buffer(static_cast<std::size_t>(H) * n), column_buffer(lse_buffer.size());
-    float* lse = lse_buffer.data();
+    const int n = L.n;
+    typename Exec::template Buffer<float> column_buffer(static_cast<std::size_t>(L.H) * n);
     float* column = column_buffer.data();
-    exec.for_each(static_cast<long>(H) * n, [=] KVSIM_HD(long i) {
-      const int h = static_cast<int>(i / n);
-      lse[i] = causal_lse(q, k, h, h / G, static_cast<int>(i % n), n, d);
-    });
-    exec.for_each(static_cast<long>(H) * n, [=] KVSIM_HD(long i) {  // column j: queries i >= j, over n - j
-      const int h = static_cast<int>(i / n), j = static_cast<int>(i % n);
-      float sum = 0.0f;
-      for (int t = j; t < n; ++t) sum += expf(scaled_logit(q, k, h, h / G, t, j, n, d) - lse[static_cast<long>(h) * n + t]);
-      column[i] = sum / static_cast<float>(n - j);
-    });
-    group_mean(exec, column, H, L.Hkv, n, out);
+    causal_column_sums(exec, L, column);
+    exec.for_each(static_cast<long>(L.H) * n, [=] KVSIM_HD(long i) { column[i] /= static_cast<float>(n - i % n); });  // queries i >= j
+    group_mean(exec, column, L.H, L.Hkv, n, out);
   }
 };
 

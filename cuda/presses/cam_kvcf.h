@@ -18,44 +18,25 @@ class CamKvcfDevice final : public Press {
 
   Compression compress(const PressInput& input, double ratio) const override {
     if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
-    const int n = input.n, w = window_, d = input.head_dim(), H = input.num_heads(), Hkv = input.num_kv_heads(), G = H / Hkv;
+    const int n = input.n, w = window_, d = input.head_dim(), H = input.num_heads(), Hkv = input.num_kv_heads();
     const int budget = budget_with_window("cam_kvcf", n, ratio, w);
     Exec exec;
     const DeviceLayer<Exec> layer(input);
-    const float* q = layer.q.data();
-    const float* k = layer.k.data();
-    typename Exec::template Buffer<float> lse_buffer(static_cast<std::size_t>(H) * w), abar_buffer(static_cast<std::size_t>(Hkv) * n),
+    typename Exec::template Buffer<float> per_head(static_cast<std::size_t>(H) * n), abar_buffer(static_cast<std::size_t>(Hkv) * n),
         score_buffer(abar_buffer.size()), value_buffer(static_cast<std::size_t>(Hkv) * n * d);
-    float* lse = lse_buffer.data();
     float* abar = abar_buffer.data();
     float* scores = score_buffer.data();
-    exec.for_each(static_cast<long>(H) * w, [=] KVSIM_HD(long i) {
-      const int h = static_cast<int>(i / w);
-      lse[i] = causal_lse(q, k, h, h / G, n - w + static_cast<int>(i % w), n, d);
-    });
-    exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) {  // mean over the group of the window-mean attention
-      const int g = static_cast<int>(i / n), j = static_cast<int>(i % n);
-      float group_sum = 0.0f;
-      for (int h = g * G; h < (g + 1) * G; ++h) {
-        float sum = 0.0f;
-        for (int r = 0; r < w; ++r) {
-          const int t = n - w + r;
-          if (j <= t) sum += expf(scaled_logit(q, k, h, g, t, j, n, d) - lse[h * w + r]);
-        }
-        group_sum += sum / static_cast<float>(w);
-      }
-      abar[i] = group_sum / static_cast<float>(G);
-      scores[i] = j < n - w ? abar[i] * static_cast<float>(w) : FLT_MAX;  // the window is always kept
+    window_attention_mean(exec, layer, w, n, per_head.data());  // every column, the window's own too
+    group_mean(exec, per_head.data(), H, Hkv, n, abar);
+    exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) {
+      scores[i] = i % n < n - w ? abar[i] * static_cast<float>(w) : FLT_MAX;  // the window is always kept
     });
     Compression c = select_topk_per_head(exec, scores, Hkv, n, budget);
     // Sequential merges, one thread per KV head, on a copy of the values.
     const std::size_t head_values = static_cast<std::size_t>(n) * d;
-    for (int g = 0; g < Hkv; ++g) {
-      std::vector<float> host(head_values);
-      layer.v.download(host.data(), head_values, g * head_values);
-      value_buffer.upload(host.data(), head_values, g * head_values);
-    }
     float* values = value_buffer.data();
+    const float* original = layer.v.data();
+    exec.for_each(static_cast<long>(value_buffer.size()), [=] KVSIM_HD(long i) { values[i] = original[i]; });
     const int first = static_cast<int>(std::ceil(start_ratio_ * n));
     const uint64_t seed = seed_;
     const uint32_t layer_index = static_cast<uint32_t>(layer.layer);

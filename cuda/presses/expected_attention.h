@@ -6,6 +6,73 @@
 
 namespace kvsim::cuda {
 
+// Pre-RoPE queries after the sinks, rounded to float as the reference does, stored as
+// float64 for the statistics: out [H, n - sinks, d].
+template <typename Exec>
+void pre_rope_queries(Exec& exec, const DeviceLayer<Exec>& L, int sinks, double* out) {
+  const int n = L.n, d = L.d, N = n - sinks, half = d / 2;
+  const double a = L.attention_scaling;
+  const double* inv_freq = L.inv_freq.data();
+  const float* q = L.q.data();
+  exec.for_each(static_cast<long>(L.H) * N * half, [=] KVSIM_HD(long i) {
+    const long row = i / half, h = row / N;
+    const int c = static_cast<int>(i % half), p = sinks + static_cast<int>(row % N);
+    const float* x = q + (h * n + p) * d;
+    const double angle = -p * inv_freq[c];
+    const double cs = cos(angle) / a, sn = sin(angle) / a;
+    const double lo = x[c], hi = x[c + half];
+    out[row * d + c] = static_cast<float>(lo * cs - hi * sn);
+    out[row * d + c + half] = static_cast<float>(hi * cs + lo * sn);
+  });
+}
+
+// Sigma' = R Sigma R^T per head, Sigma the biased covariance of pre [H, N, d] (centred in
+// place): three strided batched float64 GEMMs.
+template <typename Exec>
+void rotated_covariance(Exec& exec, double* pre, const double* mean, const double* R, int H, int N, int d, double* rotated) {
+  const long dd = static_cast<long>(d) * d, Nd = static_cast<long>(N) * d;
+  exec.for_each(H * Nd, [=] KVSIM_HD(long i) { pre[i] -= mean[i / Nd * d + i % d]; });
+  typename Exec::template Buffer<double> cov(static_cast<std::size_t>(H) * dd), tmp(cov.size());
+  exec.gemm(StridedGemm<double>{.trans_a = true, .m = d, .n = d, .k = N, .alpha = 1.0 / N, .a = pre, .lda = d, .stride_a = Nd, .b = pre,
+                                .ldb = d, .stride_b = Nd, .c = cov.data(), .ldc = d, .stride_c = dd, .batch = H});
+  exec.gemm(StridedGemm<double>{.trans_b = true, .m = d, .n = d, .k = d, .a = cov.data(), .lda = d, .stride_a = dd, .b = R, .ldb = d,
+                                .c = tmp.data(), .ldc = d, .stride_c = dd, .batch = H});
+  exec.gemm(StridedGemm<double>{.m = d, .n = d, .k = d, .a = R, .lda = d, .b = tmp.data(), .ldb = d, .stride_b = dd, .c = rotated, .ldc = d,
+                                .stride_c = dd, .batch = H});
+}
+
+// z[h, j] += k_j' Sigma'_h k_j / (2d): K Sigma' as one GEMM per position in the GQA group
+// (batched over KV heads), then a row-wise dot with K.
+template <typename Exec>
+void add_quadratic_term(Exec& exec, const double* keys, const double* rotated, int H, int Hkv, int N, int d, double* z) {
+  const int G = H / Hkv;
+  const long dd = static_cast<long>(d) * d, Nd = static_cast<long>(N) * d;
+  typename Exec::template Buffer<double> product_buffer(static_cast<std::size_t>(Hkv) * Nd);
+  double* product = product_buffer.data();
+  for (int s = 0; s < G; ++s) {
+    exec.gemm(StridedGemm<double>{.m = N, .n = d, .k = d, .a = keys, .lda = d, .stride_a = Nd, .b = rotated + s * dd, .ldb = d,
+                                  .stride_b = G * dd, .c = product, .ldc = d, .stride_c = Nd, .batch = Hkv});
+    exec.for_each(static_cast<long>(Hkv) * N, [=] KVSIM_HD(long i) {
+      const long g = i / N;
+      double quad = 0.0;
+      for (int c = 0; c < d; ++c) quad += product[i * d + c] * keys[i * d + c];
+      z[(g * G + s) * N + i % N] += quad / (2.0 * d);
+    });
+  }
+}
+
+// probs [rows, cols] = softmax of each row of z, computed in float64, stored as float.
+template <typename Exec>
+void softmax_double_rows(Exec& exec, double* z, int rows, int cols, float* probs) {
+  typename Exec::template Buffer<double> best_buffer(static_cast<std::size_t>(rows)), sum_buffer(best_buffer.size());
+  double* best = best_buffer.data();
+  double* sum = sum_buffer.data();
+  exec.row_reduce(z, rows, cols, best, Reduce::max);
+  exec.for_each(static_cast<long>(rows) * cols, [=] KVSIM_HD(long i) { z[i] = exp(z[i] - best[i / cols]); });
+  exec.row_reduce(z, rows, cols, sum, Reduce::sum);
+  exec.for_each(static_cast<long>(rows) * cols, [=] KVSIM_HD(long i) { probs[i] = static_cast<float>(z[i] / sum[i / cols]); });
+}
+
 template <typename Exec>
 class ExpectedAttentionDevice final : public DeviceScorer<Exec> {
  public:
@@ -29,114 +96,50 @@ class ExpectedAttentionDevice final : public DeviceScorer<Exec> {
 
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
     require_more_tokens(this->name(), "n_sink", n_sink_, L.n);
-    const int n = L.n, d = L.d, H = L.H, Hkv = L.Hkv, G = H / Hkv, sinks = n_sink_, N = n - sinks, half = d / 2;
-    const bool use_cov = use_covariance_;
-    const double a = L.attention_scaling;
+    const int n = L.n, d = L.d, H = L.H, Hkv = L.Hkv, G = H / Hkv, sinks = n_sink_, N = n - sinks;
     using DoubleBuffer = typename Exec::template Buffer<double>;
-    using FloatBuffer = typename Exec::template Buffer<float>;
     DoubleBuffer rotation_buffer(rotation_.size());
     rotation_buffer.upload(rotation_.data(), rotation_.size());
     const double* R = rotation_buffer.data();
-    const double* inv_freq = L.inv_freq.data();
-    const float* q = L.q.data();
-    const float* k = L.k.data();
-    const float* v = L.v.data();
+    const long dd = static_cast<long>(d) * d;
+    using FloatBuffer = typename Exec::template Buffer<float>;
 
-    // Pre-RoPE queries after the sinks, rounded to float as the reference does.
-    FloatBuffer pre_buffer(static_cast<std::size_t>(H) * N * d);
-    float* pre = pre_buffer.data();
-    exec.for_each(static_cast<long>(H) * N, [=] KVSIM_HD(long i) {
-      const long h = i / N;
-      const int p = sinks + static_cast<int>(i % N);
-      const float* x = q + (h * n + p) * d;
-      for (int c = 0; c < half; ++c) {
-        const double angle = -p * inv_freq[c];
-        const double cs = cos(angle) / a, sn = sin(angle) / a;
-        const double lo = x[c], hi = x[c + half];
-        pre[i * d + c] = static_cast<float>(lo * cs - hi * sn);
-        pre[i * d + c + half] = static_cast<float>(hi * cs + lo * sn);
-      }
-    });
-    DoubleBuffer mean_buffer(static_cast<std::size_t>(H) * d), mu_buffer(mean_buffer.size());
-    double* mean = mean_buffer.data();
-    double* mu = mu_buffer.data();
-    exec.for_each(static_cast<long>(H) * d, [=] KVSIM_HD(long i) {
-      const long h = i / d, c = i % d;
-      double sum = 0.0;
-      for (int t = 0; t < N; ++t) sum += pre[(h * N + t) * d + c];
-      mean[i] = sum / N;
-    });
-    exec.for_each(static_cast<long>(H) * d, [=] KVSIM_HD(long i) {  // mu' = R mu
-      const long h = i / d, r = i % d;
-      double sum = 0.0;
-      for (int c = 0; c < d; ++c) sum += R[r * d + c] * mean[h * d + c];
-      mu[i] = sum;
-    });
-    DoubleBuffer cov_buffer(use_cov ? static_cast<std::size_t>(H) * d * d : 0), tmp_buffer(cov_buffer.size()), rotated_buffer(cov_buffer.size());
-    double* cov = cov_buffer.data();
-    double* tmp = tmp_buffer.data();
-    double* rotated = rotated_buffer.data();
-    if (use_cov) {
-      const long dd = static_cast<long>(d) * d;
-      exec.for_each(H * dd, [=] KVSIM_HD(long i) {  // biased covariance
-        const long h = i / dd, r = i % dd / d, c = i % d;
-        double sum = 0.0;
-        for (int t = 0; t < N; ++t)
-          sum += (pre[(h * N + t) * d + r] - mean[h * d + r]) * (pre[(h * N + t) * d + c] - mean[h * d + c]);
-        cov[i] = sum / N;
-      });
-      exec.for_each(H * dd, [=] KVSIM_HD(long i) {  // tmp = Sigma R^T
-        const long h = i / dd, r = i % dd / d, c = i % d;
-        double sum = 0.0;
-        for (int x = 0; x < d; ++x) sum += cov[h * dd + r * d + x] * R[c * d + x];
-        tmp[i] = sum;
-      });
-      exec.for_each(H * dd, [=] KVSIM_HD(long i) {  // Sigma' = R tmp
-        const long h = i / dd, r = i % dd / d, c = i % d;
-        double sum = 0.0;
-        for (int x = 0; x < d; ++x) sum += R[r * d + x] * tmp[h * dd + x * d + c];
-        rotated[i] = sum;
-      });
-    }
-    // Logits of the non-sink keys, then a softmax per query head.
-    DoubleBuffer z_buffer(static_cast<std::size_t>(H) * N), stats_buffer(2 * static_cast<std::size_t>(H));
+    // Statistics of the pre-RoPE queries: mean, then mu' = R mu and Sigma' = R Sigma R^T.
+    DoubleBuffer pre_buffer(static_cast<std::size_t>(H) * N * d), mean_buffer(static_cast<std::size_t>(H) * d),
+        mu_buffer(mean_buffer.size()), rotated_buffer(use_covariance_ ? static_cast<std::size_t>(H) * dd : 0);
+    pre_rope_queries(exec, L, sinks, pre_buffer.data());
+    const auto ones = device_ones<Exec, double>(exec, N);
+    exec.gemm(StridedGemm<double>{.m = 1, .n = d, .k = N, .alpha = 1.0 / N, .a = ones.data(), .lda = N, .b = pre_buffer.data(), .ldb = d,
+                                  .stride_b = static_cast<long>(N) * d, .c = mean_buffer.data(), .ldc = d, .stride_c = d, .batch = H});
+    exec.gemm(StridedGemm<double>{.trans_b = true, .m = 1, .n = d, .k = d, .a = mean_buffer.data(), .lda = d, .stride_a = d, .b = R, .ldb = d,
+                                  .c = mu_buffer.data(), .ldc = d, .stride_c = d, .batch = H});
+    if (use_covariance_) rotated_covariance(exec, pre_buffer.data(), mean_buffer.data(), R, H, N, d, rotated_buffer.data());
+
+    // Logits of the non-sink keys (float64 copies of them), then a softmax per query head.
+    DoubleBuffer keys_buffer(static_cast<std::size_t>(Hkv) * N * d), z_buffer(static_cast<std::size_t>(H) * N);
+    double* keys = keys_buffer.data();
     double* z = z_buffer.data();
-    double* stats = stats_buffer.data();
+    const float* k = L.k.data();
+    exec.for_each(static_cast<long>(Hkv) * N * d, [=] KVSIM_HD(long i) {
+      const long g = i / (static_cast<long>(N) * d), rest = i % (static_cast<long>(N) * d);
+      keys[i] = k[(g * n + sinks) * d + rest];
+    });
+    const double* mu = mu_buffer.data();
     exec.for_each(static_cast<long>(H) * N, [=] KVSIM_HD(long i) {
       const long h = i / N, g = h / G;
-      const float* key = k + (g * n + sinks + i % N) * d;
+      const double* key = keys + (g * N + i % N) * d;
       double logit = 0.0;
-      for (int c = 0; c < d; ++c) logit += mu[h * d + c] * key[c];
-      logit /= sqrt(static_cast<double>(d));
-      if (use_cov) {
-        double quad = 0.0;
-        for (int r = 0; r < d; ++r) {
-          double row = 0.0;
-          for (int c = 0; c < d; ++c) row += rotated[(h * d + r) * d + c] * key[c];
-          quad += key[r] * row;
-        }
-        logit += quad / (2.0 * d);
-      }
-      z[i] = logit;
+      for (int c = 0; c < d; ++c) logit += key[c] * mu[h * d + c];
+      z[i] = logit / sqrt(static_cast<double>(d));
     });
-    exec.for_each(H, [=] KVSIM_HD(long h) {
-      double best = z[h * N];
-      for (int j = 1; j < N; ++j) best = fmax(best, z[h * N + j]);
-      double sum = 0.0;
-      for (int j = 0; j < N; ++j) sum += exp(z[h * N + j] - best);
-      stats[2 * h] = best;
-      stats[2 * h + 1] = sum;
-    });
+    if (use_covariance_) add_quadratic_term(exec, keys, rotated_buffer.data(), H, Hkv, N, d, z);
     FloatBuffer probs_buffer(static_cast<std::size_t>(H) * N), grouped_buffer(static_cast<std::size_t>(Hkv) * N);
-    float* probs = probs_buffer.data();
+    softmax_double_rows(exec, z, H, N, probs_buffer.data());
     float* grouped = grouped_buffer.data();
-    exec.for_each(static_cast<long>(H) * N, [=] KVSIM_HD(long i) {
-      const long h = i / N;
-      probs[i] = static_cast<float>(exp(z[i] - stats[2 * h]) / stats[2 * h + 1]);
-    });
-    group_mean(exec, probs, H, Hkv, N, grouped);
+    group_mean(exec, probs_buffer.data(), H, Hkv, N, grouped);
     if (use_vnorm_) {
       const float eps = static_cast<float>(epsilon_);
+      const float* v = L.v.data();
       exec.for_each(static_cast<long>(Hkv) * N, [=] KVSIM_HD(long i) {
         const long g = i / N;
         const float* value = v + (g * n + sinks + i % N) * d;

@@ -1,7 +1,8 @@
 #pragma once
-// Device twin of lagkv (reference/presses/lagkv.cpp), same constant-channel guard and
-// stable rank rule.
+// Device twin of lagkv (reference/presses/lagkv.cpp): the per-token arithmetic is the
+// reference's own (reference/lagkv.h), so both backends rank the same bits.
 #include "cuda/device_scorer.h"
+#include "reference/lagkv.h"
 
 namespace kvsim::cuda {
 
@@ -25,14 +26,12 @@ class LagKvDevice final : public DeviceScorer<Exec> {
     }
     const int scored = (n - sinks) / lag - 1;  // partitions with a following reference partition
     const long tokens = static_cast<long>(Hkv) * scored * lag;
-    typename Exec::template Buffer<float> sigma_k(tokens), sigma_v(tokens), raw_buffer(tokens), final_buffer(tokens);
+    typename Exec::template Buffer<double> spread_buffer(2 * tokens), raw_buffer(tokens);
+    double* key_spread = spread_buffer.data();
+    double* value_spread = key_spread + tokens;
+    double* raw = raw_buffer.data();
     const float* k = L.k.data();
     const float* v = L.v.data();
-    float* sk = sigma_k.data();
-    float* sv = sigma_v.data();
-    float* raw = raw_buffer.data();
-    float* result = final_buffer.data();
-    const bool cross = cross_scoring_;
     // Per channel, the range of the partition after each scored one (its reference).
     const long ranges = static_cast<long>(Hkv) * scored * d;
     typename Exec::template Buffer<float> range_buffer(4 * ranges);
@@ -58,58 +57,29 @@ class LagKvDevice final : public DeviceScorer<Exec> {
       lo_v[i] = lv;
       hi_v[i] = hv;
     });
-    // Per token, the unbiased std over channels of its values min-max normalised by that range.
     exec.for_each(tokens, [=] KVSIM_HD(long i) {
       const long g = i / (static_cast<long>(scored) * lag);
       const int within = static_cast<int>(i % (static_cast<long>(scored) * lag)), t = sinks + within;
       const long range = (g * scored + within / lag) * d;
-      for (int which = 0; which < 2; ++which) {
-        const float* x = (which == 0 ? k : v) + (g * n + t) * d;
-        const float* lo = (which == 0 ? lo_k : lo_v) + range;
-        const float* hi = (which == 0 ? hi_k : hi_v) + range;
-        float sum = 0.0f;
-        for (int c = 0; c < d; ++c) sum += hi[c] > lo[c] ? (x[c] - lo[c]) / (hi[c] - lo[c]) : 0.0f;
-        const float mean = sum / static_cast<float>(d);
-        float var = 0.0f;
-        for (int c = 0; c < d; ++c) {
-          const float z = hi[c] > lo[c] ? (x[c] - lo[c]) / (hi[c] - lo[c]) : 0.0f;
-          var += (z - mean) * (z - mean);
-        }
-        (which == 0 ? sk : sv)[i] = sqrtf(var / static_cast<float>(d - 1));
-      }
+      key_spread[i] = ref::lagkv_spread(k + (g * n + t) * d, lo_k + range, hi_k + range, d);
+      value_spread[i] = ref::lagkv_spread(v + (g * n + t) * d, lo_v + range, hi_v + range, d);
     });
-    // Softmax of sigma within each partition, keys and values averaged.
-    exec.for_each(tokens, [=] KVSIM_HD(long i) {
+    exec.for_each(tokens, [=] KVSIM_HD(long i) {  // each token recomputes its partition's softmax, in the reference's order
       const long first = i - i % lag;
-      float max_k = sk[first], max_v = sv[first];
-      for (long u = first + 1; u < first + lag; ++u) {
-        max_k = fmaxf(max_k, sk[u]);
-        max_v = fmaxf(max_v, sv[u]);
-      }
-      float sum_k = 0.0f, sum_v = 0.0f;
-      for (long u = first; u < first + lag; ++u) {
-        sum_k += expf(sk[u] - max_k);
-        sum_v += expf(sv[u] - max_v);
-      }
-      raw[i] = (expf(sk[i] - max_k) / sum_k + expf(sv[i] - max_v) / sum_v) / 2.0f;
-    });
-    // Within-partition rank / lag (stable: equal scores rank by position).
-    exec.for_each(tokens, [=] KVSIM_HD(long i) {
-      if (cross) {
-        result[i] = raw[i];
-        return;
-      }
-      const long first = i - i % lag;
-      int rank = 0;
-      for (long u = first; u < first + lag; ++u) rank += (raw[u] < raw[i] || (raw[u] == raw[i] && u < i)) ? 1 : 0;
-      result[i] = static_cast<float>(rank) / static_cast<float>(lag);
+      const ref::LagKvSoftmax keys = ref::lagkv_softmax(key_spread + first, lag), values = ref::lagkv_softmax(value_spread + first, lag);
+      raw[i] = ref::lagkv_raw_score(key_spread[i], keys, value_spread[i], values);
     });
     // Sinks, the last full partition and the remainder score 1.
+    const bool cross = cross_scoring_;
     exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) {
       const long g = i / n;
       const int t = static_cast<int>(i % n);
-      const bool scored_token = t >= sinks && t < sinks + scored * lag;
-      out[i] = scored_token ? result[g * scored * lag + (t - sinks)] : 1.0f;
+      if (t < sinks || t >= sinks + scored * lag) {
+        out[i] = 1.0f;
+        return;
+      }
+      const long index = g * scored * lag + (t - sinks), first = index - index % lag;
+      out[i] = cross ? static_cast<float>(raw[index]) : ref::lagkv_rank_score(raw + first, lag, static_cast<int>(index - first));
     });
   }
 

@@ -7,10 +7,10 @@
 // get monotone scores (sinks + most recent kept).
 // Deviation: a channel constant over the reference partition (max == min) gives NaN in
 // kvpress; here it contributes z = 0. Rank ties are broken by position (stable argsort).
-#include <algorithm>
-#include <cmath>
-#include <numeric>
+// Computed in float64 with the arithmetic of reference/lagkv.h, shared with the device.
+#include <vector>
 
+#include "reference/lagkv.h"
 #include "reference/scorer_press.h"
 
 namespace kvsim::ref {
@@ -34,44 +34,28 @@ class LagKvPress final : public ScorerPress {
     }
     const int partitions = (n - n_sink_) / lag_;
     s.setOnes();  // sinks, the last full partition (no reference) and the remainder
+    std::vector<double> key_spread(lag_), value_spread(lag_), raw(lag_);
     for (int g = 0; g < in.num_kv_heads(); ++g) {
+      const ConstRowMap keys = head_rows(in.layer.k, g, n), values = head_rows(in.layer.v, g, n);
       for (int p = 0; p + 1 < partitions; ++p) {
         const int begin = n_sink_ + p * lag_;
-        const Eigen::VectorXf pk = partition_softmax(head_rows(in.layer.k, g, n), begin);
-        const Eigen::VectorXf pv = partition_softmax(head_rows(in.layer.v, g, n), begin);
-        Eigen::VectorXf score = (pk + pv) / 2.0f;
-        if (!cross_scoring_) score = ranks(score) / static_cast<float>(lag_);
-        s.row(g).segment(begin, lag_) = score.transpose();
+        spreads(keys, begin, key_spread.data());
+        spreads(values, begin, value_spread.data());
+        const LagKvSoftmax ks = lagkv_softmax(key_spread.data(), lag_), vs = lagkv_softmax(value_spread.data(), lag_);
+        for (int i = 0; i < lag_; ++i) raw[i] = lagkv_raw_score(key_spread[i], ks, value_spread[i], vs);
+        for (int i = 0; i < lag_; ++i)
+          s(g, begin + i) = cross_scoring_ ? static_cast<float>(raw[i]) : lagkv_rank_score(raw.data(), lag_, i);
       }
     }
     return s;
   }
 
  private:
-  // softmax over the partition [begin, begin + lag) of the per-token std of the
-  // min-max normalised channels, normalised with the partition that follows.
-  Eigen::VectorXf partition_softmax(const ConstRowMap& x, int begin) const {
+  // Spreads of the partition [begin, begin + lag), normalised with the partition that follows.
+  void spreads(const ConstRowMap& x, int begin, double* out) const {
     const auto reference = x.middleRows(begin + lag_, lag_);
     const Eigen::RowVectorXf lo = reference.colwise().minCoeff(), hi = reference.colwise().maxCoeff();
-    const int d = static_cast<int>(x.cols());
-    Eigen::VectorXf sigma(lag_);
-    for (int i = 0; i < lag_; ++i) {
-      Eigen::RowVectorXf z(d);
-      for (int c = 0; c < d; ++c) z[c] = hi[c] > lo[c] ? (x(begin + i, c) - lo[c]) / (hi[c] - lo[c]) : 0.0f;
-      const float mean = z.mean();
-      sigma[i] = std::sqrt((z.array() - mean).square().sum() / static_cast<float>(d - 1));
-    }
-    const Eigen::VectorXf e = (sigma.array() - sigma.maxCoeff()).exp();
-    return e / e.sum();
-  }
-
-  static Eigen::VectorXf ranks(const Eigen::VectorXf& score) {
-    std::vector<int> order(static_cast<std::size_t>(score.size()));
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return score[a] < score[b]; });
-    Eigen::VectorXf rank(score.size());
-    for (int r = 0; r < static_cast<int>(order.size()); ++r) rank[order[r]] = static_cast<float>(r);
-    return rank;
+    for (int i = 0; i < lag_; ++i) out[i] = lagkv_spread(x.row(begin + i).data(), lo.data(), hi.data(), static_cast<int>(x.cols()));
   }
 
   int n_sink_, lag_;

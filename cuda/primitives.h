@@ -1,0 +1,45 @@
+#pragma once
+// The few primitives every device press is written against, implemented by both executors
+// (CudaExec: cuBLAS, CUB and a handful of kernels; HostExec: Eigen and std, serially):
+//   for_each             one "thread" per index (the executors' own member)
+//   gemm                 strided batched matrix product (row-major)
+//   softmax_rows         row softmax with a per-row valid prefix (causal masks), optional LSE
+//   row_reduce           sum or max of each row
+//   radix_sort_descending stable sort of 64-bit keys with int payloads
+//   exclusive_scan       prefix sums of ints
+// Selection, gathers and every press's own arithmetic are built on these (device_scorer.h).
+namespace kvsim::cuda {
+
+// C_b = alpha * op(A_b) * op(B_b) + beta * C_b for b in [0, batch), all row-major:
+// op(A) is m x k (A stored [m, k], or [k, m] when trans_a), op(B) is k x n (B stored
+// [k, n], or [n, k] when trans_b). Strides are in elements between consecutive batches
+// (0 shares one matrix across the batch). beta == 0 never reads C.
+template <typename T>
+struct StridedGemm {
+  bool trans_a = false, trans_b = false;
+  int m = 0, n = 0, k = 0;
+  T alpha = 1, beta = 0;
+  const T* a = nullptr;
+  long lda = 0, stride_a = 0;
+  const T* b = nullptr;
+  long ldb = 0, stride_b = 0;
+  T* c = nullptr;
+  long ldc = 0, stride_c = 0;
+  int batch = 1;
+};
+
+enum class Reduce { sum, max };
+
+// Rows of a softmax: row r (of `rows`, each `cols` wide) keeps its first
+// min(cols, first_valid + r % rows_per_group) entries and the rest are masked (probability
+// 0). With rows_per_group = rows and first_valid = cols nothing is masked; a causal block of
+// queries at positions p0 .. p0 + B - 1 over keys 0 .. cols - 1 is rows_per_group = B,
+// first_valid = p0 + 1.
+struct SoftmaxRows {
+  long rows = 0;
+  int cols = 0;
+  long rows_per_group = 1;
+  int first_valid = 0;
+};
+
+}  // namespace kvsim::cuda
