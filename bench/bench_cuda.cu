@@ -1,12 +1,17 @@
 // CUDA backend benchmarks (Google Benchmark, CUDA-event timing; run on a GPU with
 // --benchmark_format=json). For each device scorer press on a Llama-3-8B-shaped layer
 // (32 query heads, 8 KV heads, d=128, float32 on the device) of T = 4K, 32K and 128K tokens:
-//  * cuda/<press>/score/...: the scoring kernels;
-//  * cuda/<press>/select/...: the per-head top-k (CUB segmented radix sort) of the scores;
+//  * cuda/<press>/compress/...: the whole compression step, as kvpress's ScorerPress.compress
+//    does it (score, NaN check, per-head top-k, gather of the kept keys and values), all on
+//    the device — compare with bench/torch_compression.py;
+//  * cuda/<press>/score/...: the scoring alone;
+//  * cuda/<press>/select/...: the per-head top-k of the scores (a radix sort over (head,
+//    score) keys, then mark-and-scan compaction), positions left on the device;
 //  * cuda/<press>/gather/...: compaction of the kept keys and values.
-// Bytes counted are the layer's keys and values (float32) for scoring, and the scores plus
-// the sorted pairs for selection; bandwidth is also reported as a share of the device's
-// copy bandwidth, measured at start-up with a 1 GiB device-to-device cudaMemcpy.
+// Bytes counted are the layer's keys and values (float32) for scoring and compression, the
+// scores plus the sorted pairs for selection, the kept rows read and written for the gather;
+// share_of_copy_bw is that traffic per second over the device's copy bandwidth, measured at
+// start-up with a 1 GiB device-to-device cudaMemcpy.
 // Without a GPU the binary prints why and exits 0 with no benchmark run.
 #include <benchmark/benchmark.h>
 
@@ -66,7 +71,7 @@ void time_on_device(benchmark::State& state, Body body) {
   cudaEventDestroy(stop);
 }
 
-enum class Stage { score, select, gather };
+enum class Stage { compress, score, select, gather };
 
 void press_benchmark(benchmark::State& state, const std::string& spec, int T, Stage stage) {
   static std::map<int, LayerTensors> layers;
@@ -83,25 +88,30 @@ void press_benchmark(benchmark::State& state, const std::string& spec, int T, St
   scorer->score_on_device(exec, layer, ratio, scores.data());
   double bytes;
   const int kept_count = kvpress_budget(T, ratio);
-  if (stage == Stage::select) {
-    time_on_device(state, [&] { select_topk_per_head(exec, scores.data(), kKvHeads, T, kept_count); });
-    bytes = static_cast<double>(kKvHeads) * T * (4.0 + 2 * (4.0 + 4.0));  // scores in, keys + positions sorted out and back
+  const long kept_rows = static_cast<long>(kKvHeads) * kept_count;
+  CudaExec::Buffer<float> keys(static_cast<std::size_t>(kept_rows) * kHeadDim), values(keys.size());
+  if (stage == Stage::compress) {
+    time_on_device(state, [&] {
+      scorer->score_on_device(exec, layer, ratio, scores.data());
+      check_no_nan(exec, scores.data(), kKvHeads, T, spec);
+      const auto kept = select_topk_on_device(exec, scores.data(), kKvHeads, T, kept_count);
+      gather_kept(exec, layer, kept.data(), kept_count, keys.data(), values.data());
+    });
+    bytes = 2.0 * kKvHeads * T * kHeadDim * sizeof(float);
+  } else if (stage == Stage::select) {
+    time_on_device(state, [&] { select_topk_on_device(exec, scores.data(), kKvHeads, T, kept_count); });
+    bytes = static_cast<double>(kKvHeads) * T * (4.0 + 2 * (8.0 + 4.0));  // scores in, (key, position) pairs sorted out and back
   } else if (stage == Stage::gather) {
-    const Compression c = select_topk_per_head(exec, scores.data(), kKvHeads, T, kept_count);
-    std::vector<int> kept;
-    for (const auto& head : c.kept) kept.insert(kept.end(), head.begin(), head.end());
-    CudaExec::Buffer<int> kept_buffer(kept.size());
-    kept_buffer.upload(kept.data(), kept.size());
-    CudaExec::Buffer<float> keys(kept.size() * kHeadDim), values(kept.size() * kHeadDim);
-    time_on_device(state, [&] { gather_kept(exec, layer, kept_buffer.data(), kept_count, keys.data(), values.data()); });
-    bytes = 2.0 * 2.0 * static_cast<double>(kept.size()) * kHeadDim * sizeof(float);  // keys and values, read and written
+    const auto kept = select_topk_on_device(exec, scores.data(), kKvHeads, T, kept_count);
+    time_on_device(state, [&] { gather_kept(exec, layer, kept.data(), kept_count, keys.data(), values.data()); });
+    bytes = 2.0 * 2.0 * static_cast<double>(kept_rows) * kHeadDim * sizeof(float);  // keys and values, read and written
   } else {
     time_on_device(state, [&] { scorer->score_on_device(exec, layer, ratio, scores.data()); });
     bytes = 2.0 * kKvHeads * T * kHeadDim * sizeof(float);  // keys and values once
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
-  state.counters["share_of_copy_bw"] =
-      benchmark::Counter(bytes / g_copy_bandwidth, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+  // (bytes / copy bandwidth) seconds of copying per iteration, over the measured time: a share.
+  state.counters["share_of_copy_bw"] = benchmark::Counter(bytes / g_copy_bandwidth, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["copy_GBps"] = g_copy_bandwidth / 1e9;
 }
 
@@ -120,8 +130,9 @@ int main(int argc, char** argv) {
   for (const kvsim::PressInfo* info : kvsim::Registry::instance().presses()) {
     if (!info->is_scorer) continue;
     for (int T : {4096, 32768, 131072}) {
-      if (info->name == "observed_attention" && T > 4096) continue;  // O(T^2 d)
-      for (const auto& named : {std::pair{kc::Stage::score, "score"}, {kc::Stage::select, "select"}, {kc::Stage::gather, "gather"}}) {
+      if (info->name == "observed_attention" && T > 32768) continue;  // O(T^2 d)
+      for (const auto& named : {std::pair{kc::Stage::compress, "compress"}, {kc::Stage::score, "score"}, {kc::Stage::select, "select"},
+                                {kc::Stage::gather, "gather"}}) {
         const kc::Stage stage = named.first;
         const std::string label = "cuda/" + info->name + "/" + named.second + "/T=" + std::to_string(T) + "/hkv=8/d=128/r=0.5/f32";
         benchmark::RegisterBenchmark(label.c_str(), [name = info->name, T, stage](benchmark::State& s) {

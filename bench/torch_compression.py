@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""The compression step of one layer the way kvpress does it in PyTorch — scoring,
-torch.topk, gather of the kept keys and values — timed on a Llama-3-8B-shaped layer
-(32 query heads, 8 KV heads, d=128), for comparison with bench_cuda's score + select.
+"""The compression step of one layer the way kvpress 0.5.5 does it in PyTorch — the press's
+score, torch.topk, gather of the kept keys and values — timed on a Llama-3-8B-shaped layer
+(32 query heads, 8 KV heads, d=128) in the model dtype (bf16 by default), for comparison
+with bench_cuda's cuda/<press>/compress benchmarks. Every kvpress scorer press kvsim has is
+here except observed_attention, whose kvpress score reads the attention weights the model
+already computed (nothing to time on its own).
 
-    .venv-recorder/bin/python bench/torch_compression.py --tokens 4096 32768 --out bench/results/torch.json
+    python3 bench/torch_compression.py --tokens 32768 131072 --out bench/results/torch.json
 
 Timing: CUDA events on a GPU (L2 flushed before each iteration), perf_counter on the CPU.
 """
@@ -34,11 +37,89 @@ def snapkv_scores(q, k, window, kernel):
     return F.pad(scores, (0, window), value=scores.max().item() + 1)
 
 
-PRESSES = {"knorm": knorm_scores, "snapkv": snapkv_scores}
+def tova_scores(q, k, window, kernel):
+    # kvpress TOVAPress: the last query's attention, averaged over all heads, the last token padded.
+    b, h, t, d = q.shape
+    keys = k.repeat_interleave(h // k.shape[1], dim=1)
+    attn = (q[:, :, -1:] @ keys.transpose(-1, -2) / math.sqrt(d)).softmax(dim=-1, dtype=torch.float32)[..., :-1]
+    scores = attn.mean(dim=1).repeat(1, k.shape[1], 1)
+    return F.pad(scores, (0, 1), value=scores.max().item() + 1)
+
+
+def keydiff_scores(q, k, window, kernel):
+    anchor = F.normalize(k, p=2, dim=-1).mean(dim=2, keepdim=True)
+    return -F.cosine_similarity(k, anchor, dim=-1)
+
+
+def streaming_llm_scores(q, k, window, kernel, n_sink=4, ratio=0.5):
+    t = k.shape[2]
+    n_pruned = t - int(t * (1 - ratio))
+    scores = torch.ones(k.shape[:-1], device=k.device, dtype=k.dtype)
+    scores[:, :, n_sink:n_sink + n_pruned] = 0
+    return scores
+
+
+def random_scores(q, k, window, kernel):
+    return torch.rand(k.shape[:-1], device=k.device, dtype=k.dtype)
+
+
+def lagkv_scores(q, k, window, kernel, v=None, n_sink=4, lag=128):
+    # kvpress LagKVPress (rank scores): partitions normalised by the next one's channel range.
+    b, hkv, t, d = k.shape
+    end = n_sink + ((t - n_sink) // lag) * lag
+
+    def spread(x):
+        parts = x[:, :, n_sink:end].reshape(b, hkv, -1, lag, d)
+        ref, cur = parts[:, :, 1:], parts[:, :, :-1]
+        lo, hi = ref.amin(dim=-2, keepdim=True), ref.amax(dim=-2, keepdim=True)
+        return ((cur - lo) / (hi - lo)).std(dim=-1).softmax(dim=-1)
+
+    raw = (spread(k) + spread(v)) / 2
+    ranks = raw.argsort(dim=-1).argsort(dim=-1).to(k.dtype) / lag
+    scores = torch.ones(b, hkv, t, device=k.device, dtype=k.dtype)
+    scores[:, :, n_sink:end - lag] = ranks.reshape(b, hkv, -1)
+    return scores
+
+
+def expected_attention_scores(q, k, window, kernel, v=None, n_sink=4, n_future=512, theta=500000.0):
+    # kvpress ExpectedAttentionPress: Gaussian statistics of the (pre-RoPE) queries, rotated
+    # by the mean RoPE matrix of the next n_future positions; z = mu.k/sqrt(d) + k'Sigma k/(2d).
+    b, h, t, d = q.shape
+    hkv, half, dev = k.shape[1], d // 2, q.device
+    inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, device=dev, dtype=torch.float32) / d)
+    angle = torch.arange(n_sink, t, device=dev, dtype=torch.float32)[:, None] * inv_freq
+    cos, sin = angle.cos(), angle.sin()
+    x = q[:, :, n_sink:].float()
+    lo, hi = x[..., :half], x[..., half:]
+    pre = torch.cat([lo * cos + hi * sin, hi * cos - lo * sin], dim=-1)
+    mean = pre.mean(dim=2)
+    centred = pre - mean[:, :, None]
+    cov = centred.transpose(-1, -2) @ centred / pre.shape[2]
+    future = torch.arange(t, t + n_future, device=dev, dtype=torch.float32)[:, None] * inv_freq
+    c, s = future.cos().mean(0), future.sin().mean(0)
+    rot = torch.zeros(d, d, device=dev)
+    idx = torch.arange(half, device=dev)
+    rot[idx, idx], rot[idx + half, idx + half], rot[idx, idx + half], rot[idx + half, idx] = c, c, -s, s
+    mu, cov = mean @ rot.T, rot @ cov @ rot.T
+    keys = k[:, :, n_sink:].float().repeat_interleave(h // hkv, dim=1)
+    z = (keys @ mu[..., None]).squeeze(-1) / math.sqrt(d) + ((keys @ cov) * keys).sum(-1) / (2 * d)
+    p = z.softmax(dim=-1).view(b, hkv, h // hkv, -1).mean(dim=2) * v[:, :, n_sink:].float().norm(dim=-1)
+    return F.pad(p, (n_sink, 0), value=p.max().item() + 1)
+
+
+PRESSES = {"knorm": knorm_scores, "snapkv": snapkv_scores, "pyramidkv": snapkv_scores, "tova": tova_scores,
+           "keydiff": keydiff_scores, "streaming_llm": streaming_llm_scores, "random": random_scores,
+           "lagkv": lagkv_scores, "expected_attention": expected_attention_scores}
+NEEDS_VALUES = {"lagkv", "expected_attention"}
 
 
 def compress(press, q, k, v, ratio, window=64, kernel=5):
-    scores = PRESSES[press](q, k, window, kernel)
+    if press in NEEDS_VALUES:
+        scores = PRESSES[press](q, k, window, kernel, v=v)
+    elif press == "streaming_llm":
+        scores = streaming_llm_scores(q, k, window, kernel, ratio=ratio)
+    else:
+        scores = PRESSES[press](q, k, window, kernel)
     n_kept = int(k.shape[2] * (1 - ratio))
     index = scores.topk(n_kept, dim=-1).indices.unsqueeze(-1).expand(-1, -1, -1, k.shape[-1])
     return k.gather(2, index), v.gather(2, index)
@@ -69,7 +150,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, nargs="+", default=[4096, 32768])
     p.add_argument("--presses", nargs="+", default=list(PRESSES), choices=list(PRESSES))
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

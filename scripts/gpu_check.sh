@@ -1,34 +1,60 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go (for a session that is lent one): builds with CUDA,
-# runs the `gpu` test label, the conformance CLI on the bundled trace, compute-sanitizer on a
-# short conformance run, the CUDA benchmarks and, where torch is installed, the PyTorch
-# comparison. Outputs go to ${1:-bench/results} with the device name in the file names.
-# Needs the Debian packages of scripts/setup.sh (run `scripts/setup.sh build` first on a bare machine).
+# Every check that needs a GPU, in one short run (about 6 minutes on an H100/H200), from the
+# stage that scripts/stage_gpu_check.sh builds (this script is copied into it):
+#   bash gpu-stage/gpu_check.sh OUT_DIR
+# Writes at most 8 files into OUT_DIR (what a lent GPU machine sends back):
+#   info.txt            device, driver, commit, date, and the exit status of every step
+#   conformance.txt     the GPU conformance suite (random shape grid to 64K, bundled trace)
+#   verify.txt          kvsim verify --backend cuda on the bundled trace
+#   sanitizer.txt       compute-sanitizer: memcheck over every press, racecheck and synccheck
+#                       on the presses that use the shared-memory softmax kernel
+#   bench_cuda.json     Google Benchmark JSON: compress / select / gather per press
+#   torch.json          kvpress-style PyTorch compression step, same layer, same run
+#   log.txt             everything printed
+# Each step has its own time limit so that one slow step cannot eat the others' time.
 set -uo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-out=${1:-$root/bench/results}
-build=${BUILD_DIR:-$root/build-gpu}
+stage=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+out=${1:?usage: gpu_check.sh OUT_DIR}
 mkdir -p "$out"
+exec > >(tee "$out/log.txt") 2>&1
+export LD_LIBRARY_PATH="$stage/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export KVSIM_TRACE="$stage/trace.h5"
 export PATH=/usr/local/cuda/bin:$PATH
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '-' | tr -cd 'A-Za-z0-9_.-')
-[ -n "$gpu" ] || { echo "gpu_check: no GPU visible (nvidia-smi)" >&2; exit 1; }
+bin=$stage/bin
+info=$out/info.txt
 {
-  echo "device: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1)"
-  echo "commit: $(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)"
+  echo "device: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)"
+  echo "commit: $(cat "$stage/commit.txt")"
   echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-} | tee "$out/gpu-$gpu-info.txt"
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVSIM_CUDA=ON && cmake --build "$build" -j "$(nproc)" || exit 1
+  echo "cpus:   $(nproc)"
+} > "$info"
 status=0
-ctest --test-dir "$build" -L gpu --output-on-failure 2>&1 | tee "$out/gpu-$gpu-ctest.txt" || status=1
-"$build/tools/kvsim" verify --backend cuda 2>&1 | tee "$out/gpu-$gpu-verify.txt" || status=1
-if command -v compute-sanitizer >/dev/null; then
-  for tool in memcheck racecheck; do
-    compute-sanitizer --tool "$tool" --error-exitcode 3 "$build/tools/kvsim" verify --backend cuda --press knorm snapkv "merging(knorm)" \
-      --ratio 0.5 --layers 0 > "$out/gpu-$gpu-$tool.txt" 2>&1 || status=1
+step() {  # step NAME SECONDS COMMAND...: runs it with a time limit, records its exit status
+  local name=$1 seconds=$2
+  shift 2
+  local start=$SECONDS
+  timeout "$seconds" "$@"
+  local rc=$?
+  echo "$name: exit $rc in $((SECONDS - start)) s" | tee -a "$info"
+  ((rc == 0)) || status=1
+}
+
+step conformance 180 "$bin/test_conformance_gpu" --gtest_brief=1 > "$out/conformance.txt" 2>&1
+step verify 60 "$bin/kvsim" verify --backend cuda > "$out/verify.txt" 2>&1
+{
+  echo "== memcheck, every press, layer 0, ratio 0.5"
+  step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0
+  for tool in racecheck synccheck; do
+    echo "== $tool: presses on the softmax kernel"
+    step "$tool" 60 compute-sanitizer --tool "$tool" --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0 \
+      --press snapkv tova observed_attention cam_kvcf
   done
-fi
-"$build/bench/bench_cuda" --benchmark_out="$out/cuda-$gpu.json" --benchmark_out_format=json 2>&1 | tail -n 40
+} > "$out/sanitizer.txt" 2>&1
+step bench_cuda 150 "$bin/bench_cuda" --benchmark_filter='compress|select' --benchmark_min_time=0.05 \
+  --benchmark_out="$out/bench_cuda.json" --benchmark_out_format=json
 if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-  python3 "$root/bench/torch_compression.py" --tokens 4096 32768 131072 --out "$out/torch-$gpu.json"
+  step torch 90 python3 "$stage/torch_compression.py" --tokens 32768 131072 --out "$out/torch.json"
+else
+  echo "torch: not available with CUDA here; no PyTorch comparison" | tee -a "$info"
 fi
 exit $status

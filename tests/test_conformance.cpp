@@ -4,6 +4,8 @@
 // CPU; always) and cuda (a GPU; ctest label "gpu", skipped with a message without one).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include "core/half.h"
 #include "core/press_checks.h"
 #include "core/registry.h"
@@ -27,6 +29,12 @@ std::string missing_device() {
   if (status.count == 0) return "no CUDA device (" + status.reason + "): GPU conformance not run";
 #endif
   return "";
+}
+
+// The bundled trace, or KVSIM_TRACE where set (a staged GPU check has no source tree).
+std::string trace_path() {
+  const char* env = std::getenv("KVSIM_TRACE");
+  return env && *env ? env : KVSIM_BUNDLED_TRACE;
 }
 
 struct Shape {
@@ -94,7 +102,7 @@ TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
 
 TEST_P(Conformance, BundledRealTrace) {
   if (const std::string why = missing_device(); !why.empty()) GTEST_SKIP() << why;
-  const TraceReader trace(KVSIM_BUNDLED_TRACE);
+  const TraceReader trace(trace_path());
   const TraceInfo& info = trace.info();
   std::vector<LayerTensors> layers;
   for (int l : info.recorded_layers) layers.push_back(trace.read_layer(l, {.attn_out = false, .o_proj = false}));
@@ -109,7 +117,7 @@ TEST_P(Conformance, BundledRealTrace) {
 // their whole schedule here: their one-shot compress keeps everything).
 TEST_P(Conformance, BundledTraceReplayMetrics) {
   if (const std::string why = missing_device(); !why.empty()) GTEST_SKIP() << why;
-  const TraceReader trace(KVSIM_BUNDLED_TRACE);
+  const TraceReader trace(trace_path());
   const PressInfo& info = *Registry::instance().find(parse_press_spec(GetParam()).name);
   if (!runs_on_layers(info, trace.info().recorded_layers, trace.info().recorded_layers))
     GTEST_SKIP() << GetParam() << " needs adjacent layers, which the bundled trace does not record";
