@@ -64,11 +64,54 @@ __global__ void softmax_rows_kernel(float* x, SoftmaxRows s, float* lse) {
   if (lse && threadIdx.x == 0) lse[r] = shared_max + logf(shared_sum);
 }
 
+// A candidate maximum: on equal values the lower index wins, so a row's first maximum does.
+struct ArgMaxCandidate {
+  float value;
+  int index;
+};
+struct FirstMaximum {
+  __device__ ArgMaxCandidate operator()(const ArgMaxCandidate& a, const ArgMaxCandidate& b) const {
+    if (a.index < 0) return b;
+    if (b.index < 0) return a;
+    return (a.value > b.value || (a.value == b.value && a.index < b.index)) ? a : b;
+  }
+};
+
+// One block per row; each thread scans its stride keeping its own first maximum.
+template <int kThreads>
+__global__ void row_argmax_kernel(const float* x, long cols, int* index, float* value) {
+  using BlockReduce = cub::BlockReduce<ArgMaxCandidate, kThreads>;
+  __shared__ typename BlockReduce::TempStorage temp;
+  const float* row = x + blockIdx.x * cols;
+  ArgMaxCandidate mine{-INFINITY, -1};
+  for (long j = threadIdx.x; j < cols; j += kThreads)
+    if (row[j] > mine.value) mine = {row[j], static_cast<int>(j)};
+  const ArgMaxCandidate best = BlockReduce(temp).Reduce(mine, FirstMaximum{});
+  if (threadIdx.x == 0) {
+    index[blockIdx.x] = best.index < 0 ? 0 : best.index;
+    value[blockIdx.x] = best.value;
+  }
+}
+
 // Row r of a [rows, cols] matrix starts at r * cols (CUB segment offsets without a table).
 struct RowOffset {
   long cols;
   __host__ __device__ long operator()(long r) const { return r * cols; }
 };
+
+// The default memory pool keeps freed memory for reuse instead of returning it at every
+// synchronisation.
+inline bool pool_keeps_memory() {
+  int device = 0;
+  cudaMemPool_t pool;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  uint64_t threshold = UINT64_MAX;
+  cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
+  return true;
+}
 
 struct CudaExec {
   CudaExec() {
@@ -86,8 +129,13 @@ struct CudaExec {
   class Buffer {
    public:
     Buffer() = default;
+    // Stream-ordered allocation from the device's pool (kept, see pool_keeps_memory):
+    // compress steps allocate many short-lived buffers, and cudaMalloc/cudaFree would cost
+    // more than the kernels (cudaFree also synchronises the device).
     explicit Buffer(std::size_t n) : size_(n) {
-      if (n) check_cuda(cudaMalloc(&data_, n * sizeof(T)), "cudaMalloc");
+      static const bool pool_ready = pool_keeps_memory();
+      (void)pool_ready;
+      if (n) check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&data_), n * sizeof(T), 0), "cudaMallocAsync");
     }
     Buffer(Buffer&& other) noexcept : data_(other.data_), size_(other.size_) { other.data_ = nullptr; other.size_ = 0; }
     Buffer& operator=(Buffer&& other) noexcept {
@@ -98,7 +146,7 @@ struct CudaExec {
     Buffer(const Buffer&) = delete;
     Buffer& operator=(const Buffer&) = delete;
     ~Buffer() {
-      if (data_) cudaFree(data_);
+      if (data_) cudaFreeAsync(data_, 0);
     }
     T* data() { return data_; }
     const T* data() const { return data_; }
@@ -167,6 +215,13 @@ struct CudaExec {
     check_cuda(run(nullptr), "row_reduce (sizing)");
     Buffer<char> temp(bytes);
     check_cuda(run(temp.data()), "row_reduce");
+  }
+
+  void row_argmax(const float* x, int rows, long cols, int* index, float* value) {
+    if (rows <= 0) return;
+    constexpr int kThreads = 256;
+    row_argmax_kernel<kThreads><<<static_cast<unsigned>(rows), kThreads>>>(x, cols, index, value);
+    check_cuda(cudaGetLastError(), "row_argmax launch");
   }
 
   // Stable: equal keys keep their input order. end_bit bounds the key bits that vary.

@@ -90,6 +90,21 @@ struct HostExec {
     }
   }
 
+  // The first maximum of each row (index 0 and -inf for a row with nothing above -inf).
+  void row_argmax(const float* x, int rows, long cols, int* index, float* value) {
+    for (int r = 0; r < rows; ++r) {
+      float best = -std::numeric_limits<float>::infinity();
+      int best_index = 0;
+      for (long j = 0; j < cols; ++j)
+        if (x[r * cols + j] > best) {
+          best = x[r * cols + j];
+          best_index = static_cast<int>(j);
+        }
+      index[r] = best_index;
+      value[r] = best;
+    }
+  }
+
   // Stable descending sort by key (equal keys keep their input order), out of place.
   void radix_sort_descending(const uint64_t* keys_in, const int* values_in, uint64_t* keys_out, int* values_out, long count, int) {
     std::vector<long> order(static_cast<std::size_t>(count));

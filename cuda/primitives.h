@@ -5,6 +5,7 @@
 //   gemm                 strided batched matrix product (row-major)
 //   softmax_rows         row softmax with a per-row valid prefix (causal masks), optional LSE
 //   row_reduce           sum or max of each row
+//   row_argmax           first maximum of each row, and where it is
 //   radix_sort_descending stable sort of 64-bit keys with int payloads
 //   exclusive_scan       prefix sums of ints
 // Selection, gathers and every press's own arithmetic are built on these (device_scorer.h).

@@ -40,5 +40,40 @@ TEST(CudaStages, SelectionFollowsTheReferenceTieRule) {
   EXPECT_EQ(select_topk_global(exec, device.data(), 2, 6, 5).kept, (std::vector<std::vector<int>>{{1, 2, 5}, {0, 4}}));
 }
 
+TEST(CudaStages, RowArgmaxTakesTheFirstMaximum) {
+  HostExec exec;
+  const std::vector<float> x = {1, 3, 3, 2, -INFINITY, -INFINITY, -INFINITY, -INFINITY, 0, -1, 5, 5};
+  std::vector<int> index(3);
+  std::vector<float> value(3);
+  exec.row_argmax(x.data(), 3, 4, index.data(), value.data());
+  EXPECT_EQ(index, (std::vector<int>{1, 0, 2}));
+  EXPECT_EQ(value[0], 3.0f);
+  EXPECT_EQ(value[1], -INFINITY);
+  EXPECT_EQ(value[2], 5.0f);
+}
+
+TEST(CudaStages, SoftmaxRowsMasksEachRowBeyondItsValidPrefix) {
+  HostExec exec;
+  // Two groups of two rows over 3 columns; row r sees first_valid + r % 2 = 1 or 2 columns.
+  std::vector<float> x = {0, 5, 7, 0, std::log(3.0f), 9, 2, 8, 8, 1, 1, 1};
+  std::vector<float> lse(4);
+  exec.softmax_rows(x.data(), SoftmaxRows{4, 3, 2, 1}, lse.data());
+  const std::vector<float> expected = {1, 0, 0, 0.25f, 0.75f, 0, 1, 0, 0, 0.5f, 0.5f, 0};
+  for (std::size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(x[i], expected[i], 1e-6) << i;
+  EXPECT_NEAR(lse[1], std::log(4.0f), 1e-6);
+  EXPECT_NEAR(lse[3], 1.0f + std::log(2.0f), 1e-6);
+}
+
+TEST(CudaStages, GemmFollowsTheRowMajorConvention) {
+  HostExec exec;
+  // Two batches; A [2, 3] shared (stride 0), B stored transposed [2, 3] per batch.
+  const std::vector<float> a = {1, 2, 3, 4, 5, 6};
+  const std::vector<float> b = {1, 0, 0, 0, 1, 0, 1, 1, 1, 2, 0, 0};
+  std::vector<float> c(8, 100.0f);
+  exec.gemm(StridedGemm<float>{.trans_b = true, .m = 2, .n = 2, .k = 3, .alpha = 2.0f, .a = a.data(), .lda = 3, .stride_a = 0,
+                               .b = b.data(), .ldb = 3, .stride_b = 6, .c = c.data(), .ldc = 2, .stride_c = 4, .batch = 2});
+  EXPECT_EQ(c, (std::vector<float>{2, 4, 8, 10, 12, 4, 30, 16}));
+}
+
 }  // namespace
 }  // namespace kvsim::cuda

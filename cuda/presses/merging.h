@@ -1,8 +1,9 @@
 #pragma once
 // Device twin of merging(<scorer>) (reference/presses/merging.cpp, rule in
-// reference/merging.h): similarities and targets, weights and the normalised merge run on
-// the device, one thread per evicted token or per kept value element; the merge_fraction
-// quantile (a few numbers per head) is taken on the host.
+// reference/merging.h): similarities as batched GEMMs of unit keys with a first-maximum
+// per row, weights per evicted token, and the normalised merge per kept value element over
+// the tokens that chose it, all on the device; the merge_fraction quantile (a few numbers
+// per head) is taken on the host.
 #include <cfloat>
 #include <optional>
 
@@ -11,64 +12,117 @@
 
 namespace kvsim::cuda {
 
-// Kept and evicted positions per head (ascending) on the device, and each evicted token's
-// most key-similar kept token (first maximum wins), one thread per evicted token.
+// Kept and evicted positions per head (ascending) on the device; each evicted token's most
+// key-similar kept token (cosine of k / max(|k|, 1e-6), first maximum wins) and that
+// similarity; and the evicted tokens grouped by target: order holds evicted slots sorted by
+// (head, target), stably (so in evicted order within a group), and kept token u's group is
+// order[group_begin[u] .. group_end[u]).
 template <typename Exec>
 struct MergeSetup {
-  typename Exec::template Buffer<int> kept, evicted, target;
+  typename Exec::template Buffer<int> kept, evicted, target, order, group_begin, group_end;
   typename Exec::template Buffer<float> similarity;
 };
 
-// (A free function: nvcc accepts extended lambdas in functions whose address can be taken,
-// not in constructors.)
+// rows [count, d] of x at `positions` (per head: [Hkv, per_head] positions into [Hkv, n, d]).
 template <typename Exec>
-MergeSetup<Exec> merge_setup(Exec& exec, const DeviceLayer<Exec>& layer, const Compression& c) {
-  MergeSetup<Exec> s;
-  {
-    const int n = layer.n, d = layer.d, Hkv = layer.Hkv, kept_count = static_cast<int>(c.kept.front().size()),
-              evicted_count = n - kept_count;
-    std::vector<int> kept_host, evicted_host;
-    for (int g = 0; g < Hkv; ++g) {
-      std::vector<char> is_kept(static_cast<std::size_t>(n), 0);
-      for (int t : c.kept[g]) is_kept[t] = 1;
-      kept_host.insert(kept_host.end(), c.kept[g].begin(), c.kept[g].end());
-      for (int t = 0; t < n; ++t)
-        if (!is_kept[t]) evicted_host.push_back(t);
-    }
-    s.kept = typename Exec::template Buffer<int>(kept_host.size());
-    s.evicted = typename Exec::template Buffer<int>(evicted_host.size());
-    s.target = typename Exec::template Buffer<int>(evicted_host.size());
-    s.similarity = typename Exec::template Buffer<float>(evicted_host.size());
-    s.kept.upload(kept_host.data(), kept_host.size());
-    s.evicted.upload(evicted_host.data(), evicted_host.size());
-    const int* kp = s.kept.data();
-    const int* ev = s.evicted.data();
-    int* tg = s.target.data();
-    float* sim = s.similarity.data();
-    const float* k = layer.k.data();
-    exec.for_each(static_cast<long>(Hkv) * evicted_count, [=] KVSIM_HD(long i) {
-      const long g = i / evicted_count;
-      const float* ke = k + (g * n + ev[i]) * d;
-      float ne = 0.0f;
-      for (int c2 = 0; c2 < d; ++c2) ne += ke[c2] * ke[c2];
-      ne = fmaxf(sqrtf(ne), 1e-6f);
-      float best = -INFINITY;
-      int best_index = 0;
-      for (int j = 0; j < kept_count; ++j) {
-        const float* ku = k + (g * n + kp[g * kept_count + j]) * d;
-        float nu = 0.0f, dot = 0.0f;
-        for (int c2 = 0; c2 < d; ++c2) nu += ku[c2] * ku[c2];
-        nu = fmaxf(sqrtf(nu), 1e-6f);
-        for (int c2 = 0; c2 < d; ++c2) dot += (ke[c2] / ne) * (ku[c2] / nu);
-        if (dot > best) {
-          best = dot;
-          best_index = j;
-        }
-      }
-      sim[i] = best;
-      tg[i] = best_index;
+void gather_rows(Exec& exec, const float* x, const int* positions, int Hkv, int per_head, int n, int d, float* out) {
+  exec.for_each(static_cast<long>(Hkv) * per_head * d, [=] KVSIM_HD(long i) {
+    const long row = i / d, g = row / per_head;
+    out[i] = x[(g * n + positions[row]) * d + i % d];
+  });
+}
+
+// Nearest kept token of every evicted one: similarities of unit keys as batched GEMMs over
+// blocks of evicted rows (bounded memory), then each row's first maximum.
+template <typename Exec>
+void nearest_kept(Exec& exec, const DeviceLayer<Exec>& layer, MergeSetup<Exec>& s, int kept_count, int evicted_count) {
+  const int n = layer.n, d = layer.d, Hkv = layer.Hkv;
+  typename Exec::template Buffer<float> unit_buffer(static_cast<std::size_t>(Hkv) * n * d),
+      kept_unit(static_cast<std::size_t>(Hkv) * kept_count * d), evicted_unit(static_cast<std::size_t>(Hkv) * evicted_count * d);
+  float* unit = unit_buffer.data();
+  const float* k = layer.k.data();
+  exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long row) {
+    float norm = 0.0f;
+    for (int c = 0; c < d; ++c) norm += k[row * d + c] * k[row * d + c];
+    norm = fmaxf(sqrtf(norm), 1e-6f);
+    for (int c = 0; c < d; ++c) unit[row * d + c] = k[row * d + c] / norm;
+  });
+  gather_rows(exec, unit, s.kept.data(), Hkv, kept_count, n, d, kept_unit.data());
+  gather_rows(exec, unit, s.evicted.data(), Hkv, evicted_count, n, d, evicted_unit.data());
+  const int block = static_cast<int>(std::clamp<long>((1L << 28) / (static_cast<long>(Hkv) * kept_count), 1, evicted_count));
+  typename Exec::template Buffer<float> sims(static_cast<std::size_t>(Hkv) * block * kept_count);
+  typename Exec::template Buffer<int> block_target(static_cast<std::size_t>(Hkv) * block);
+  typename Exec::template Buffer<float> block_similarity(block_target.size());
+  int* target = s.target.data();
+  float* similarity = s.similarity.data();
+  for (int first = 0; first < evicted_count; first += block) {
+    const int rows = std::min(block, evicted_count - first);
+    exec.gemm(StridedGemm<float>{.trans_b = true, .m = rows, .n = kept_count, .k = d, .a = evicted_unit.data() + static_cast<long>(first) * d,
+                                 .lda = d, .stride_a = static_cast<long>(evicted_count) * d, .b = kept_unit.data(), .ldb = d,
+                                 .stride_b = static_cast<long>(kept_count) * d, .c = sims.data(), .ldc = kept_count,
+                                 .stride_c = static_cast<long>(rows) * kept_count, .batch = Hkv});
+    exec.row_argmax(sims.data(), Hkv * rows, kept_count, block_target.data(), block_similarity.data());
+    const int* bt = block_target.data();
+    const float* bs = block_similarity.data();
+    exec.for_each(static_cast<long>(Hkv) * rows, [=] KVSIM_HD(long i) {
+      const long slot = i / rows * evicted_count + first + i % rows;
+      target[slot] = bt[i];
+      similarity[slot] = bs[i];
     });
   }
+}
+
+// Groups the evicted slots by (head, target): one stable radix sort, then group bounds.
+template <typename Exec>
+void group_by_target(Exec& exec, MergeSetup<Exec>& s, int Hkv, int kept_count, int evicted_count) {
+  const long count = static_cast<long>(Hkv) * evicted_count, groups = static_cast<long>(Hkv) * kept_count;
+  typename Exec::template Buffer<uint64_t> keys(count), sorted_keys(count);
+  typename Exec::template Buffer<int> slots(count);
+  s.order = typename Exec::template Buffer<int>(count);
+  s.group_begin = typename Exec::template Buffer<int>(groups);
+  s.group_end = typename Exec::template Buffer<int>(groups);
+  uint64_t* key = keys.data();
+  int* slot = slots.data();
+  const int* target = s.target.data();
+  exec.for_each(count, [=] KVSIM_HD(long i) {  // descending order of this key is ascending (head, target)
+    key[i] = (static_cast<uint64_t>(Hkv - 1 - i / evicted_count) << 32) | (0xffffffffu - static_cast<uint32_t>(target[i]));
+    slot[i] = static_cast<int>(i);
+  });
+  int end_bit = 32;
+  while ((1L << (end_bit - 32)) < Hkv) ++end_bit;
+  exec.radix_sort_descending(keys.data(), slots.data(), sorted_keys.data(), s.order.data(), count, end_bit);
+  int* begin = s.group_begin.data();
+  int* end = s.group_end.data();
+  exec.for_each(groups, [=] KVSIM_HD(long u) { begin[u] = end[u] = 0; });
+  const uint64_t* sorted = sorted_keys.data();
+  const int* order = s.order.data();
+  exec.for_each(count, [=] KVSIM_HD(long i) {
+    const long g = order[i] / evicted_count, u = g * kept_count + target[order[i]];
+    if (i == 0 || sorted[i - 1] != sorted[i]) begin[u] = static_cast<int>(i);
+    if (i == count - 1 || sorted[i + 1] != sorted[i]) end[u] = static_cast<int>(i + 1);
+  });
+}
+
+template <typename Exec>
+MergeSetup<Exec> merge_setup(Exec& exec, const DeviceLayer<Exec>& layer, const Compression& c) {
+  const int n = layer.n, Hkv = layer.Hkv, kept_count = static_cast<int>(c.kept.front().size()), evicted_count = n - kept_count;
+  std::vector<int> kept_host, evicted_host;
+  for (int g = 0; g < Hkv; ++g) {
+    std::vector<char> is_kept(static_cast<std::size_t>(n), 0);
+    for (int t : c.kept[g]) is_kept[t] = 1;
+    kept_host.insert(kept_host.end(), c.kept[g].begin(), c.kept[g].end());
+    for (int t = 0; t < n; ++t)
+      if (!is_kept[t]) evicted_host.push_back(t);
+  }
+  MergeSetup<Exec> s;
+  s.kept = typename Exec::template Buffer<int>(kept_host.size());
+  s.evicted = typename Exec::template Buffer<int>(evicted_host.size());
+  s.target = typename Exec::template Buffer<int>(evicted_host.size());
+  s.similarity = typename Exec::template Buffer<float>(evicted_host.size());
+  s.kept.upload(kept_host.data(), kept_host.size());
+  s.evicted.upload(evicted_host.data(), evicted_host.size());
+  nearest_kept(exec, layer, s, kept_count, evicted_count);
+  group_by_target(exec, s, Hkv, kept_count, evicted_count);
   return s;
 }
 
@@ -150,13 +204,15 @@ class MergingDevice final : public Press {
       nt = sqrtf(nt);
       weight[i] = ok ? fmaxf(sim[i], 0.0f) * ne / (ne + nt + 1e-6f) : 0.0f;
     });
+    const int* order = setup.order.data();
+    const int* group_begin = setup.group_begin.data();
+    const int* group_end = setup.group_end.data();
     exec.for_each(static_cast<long>(Hkv) * kept_count * d, [=] KVSIM_HD(long i) {  // (v_u + sum w v_e) / (1 + sum w)
-      const long g = i / (static_cast<long>(kept_count) * d);
-      const int j = static_cast<int>(i / d % kept_count), c2 = static_cast<int>(i % d);
+      const long g = i / (static_cast<long>(kept_count) * d), u = i / d;
+      const int j = static_cast<int>(u % kept_count), c2 = static_cast<int>(i % d);
       float total = 0.0f, accum = 0.0f;
-      for (int e = 0; e < evicted_count; ++e) {
-        const long slot = g * evicted_count + e;
-        if (target[slot] != j) continue;
+      for (int member = group_begin[u]; member < group_end[u]; ++member) {  // the evicted tokens that chose u, in order
+        const long slot = order[member];
         total += weight[slot];
         accum += weight[slot] * v[(g * n + evicted[slot]) * d + c2];
       }
@@ -192,24 +248,25 @@ struct KvcfMergeDevice {
       MergeSelection<Exec> selection = select_for_merging(exec, layer, *inner_, ratio);
       Compression& c = selection.compression;
       if (!selection.setup) return c;
-      const int n = layer.n, d = layer.d, Hkv = layer.Hkv, kept_count = selection.kept_count, evicted_count = selection.evicted_count;
+      const int n = layer.n, d = layer.d, Hkv = layer.Hkv, kept_count = selection.kept_count;
       const MergeSetup<Exec>& setup = *selection.setup;
       const int* kept = setup.kept.data();
       const int* evicted = setup.evicted.data();
-      const int* target = setup.target.data();
       const float* sim = setup.similarity.data();
       const bool pivot = Rule == ref::KvcfMerge::pivot;
       for (const float* x : {layer.k.data(), layer.v.data()}) {
         typename Exec::template Buffer<float> merged_buffer(static_cast<std::size_t>(Hkv) * kept_count * d);
         float* merged = merged_buffer.data();
+        const int* order = setup.order.data();
+        const int* group_begin = setup.group_begin.data();
+        const int* group_end = setup.group_end.data();
         exec.for_each(static_cast<long>(Hkv) * kept_count * d, [=] KVSIM_HD(long i) {
-          const long g = i / (static_cast<long>(kept_count) * d);
-          const int j = static_cast<int>(i / d % kept_count), c2 = static_cast<int>(i % d);
+          const long g = i / (static_cast<long>(kept_count) * d), u = i / d;
+          const int j = static_cast<int>(u % kept_count), c2 = static_cast<int>(i % d);
           const float self = x[(g * n + kept[g * kept_count + j]) * d + c2];
           float total = 0.0f, accum = 0.0f;
-          for (int e = 0; e < evicted_count; ++e) {
-            const long slot = g * evicted_count + e;
-            if (target[slot] != j) continue;
+          for (int member = group_begin[u]; member < group_end[u]; ++member) {  // the evicted tokens that chose u, in order
+            const long slot = order[member];
             const float xe = x[(g * n + evicted[slot]) * d + c2];
             const float w = pivot ? 1.0f : fmaxf((sim[slot] + 1.0f) / 2.0f, 1e-6f);
             total += w;
