@@ -3,7 +3,7 @@
 // (formulas in reference/presses/<name>.cpp).
 #include "core/philox.h"
 #include "core/press_checks.h"
-#include "cuda/device_scorer.h"
+#include "cuda/stages.h"
 
 namespace kvsim::cuda {
 
@@ -70,22 +70,22 @@ class KeyDiffDevice final : public DeviceScorer<Exec> {
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
     const float* k = L.k.data();
     const int n = L.n, d = L.d, Hkv = L.Hkv;
-    typename Exec::template Buffer<float> norm_buffer(static_cast<std::size_t>(Hkv) * n), anchor_buffer(static_cast<std::size_t>(Hkv) * d),
-        anchor_norm_buffer(static_cast<std::size_t>(Hkv));
+    typename Exec::template Buffer<float> norm_buffer(static_cast<std::size_t>(Hkv) * n), unit_buffer(static_cast<std::size_t>(Hkv) * n * d),
+        anchor_buffer(static_cast<std::size_t>(Hkv) * d), anchor_norm_buffer(static_cast<std::size_t>(Hkv));
     float* norms = norm_buffer.data();
+    float* unit = unit_buffer.data();
     float* anchor = anchor_buffer.data();
     float* anchor_norm = anchor_norm_buffer.data();
     exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) {
       float sum = 0.0f;
       for (int c = 0; c < d; ++c) sum += k[i * d + c] * k[i * d + c];
       norms[i] = sqrtf(sum);
+      for (int c = 0; c < d; ++c) unit[i * d + c] = k[i * d + c] / fmaxf(norms[i], 1e-12f);
     });
-    exec.for_each(static_cast<long>(Hkv) * d, [=] KVSIM_HD(long i) {  // mean of unit keys
-      const long g = i / d, c = i % d;
-      float sum = 0.0f;
-      for (int t = 0; t < n; ++t) sum += k[(g * n + t) * d + c] / fmaxf(norms[g * n + t], 1e-12f);
-      anchor[i] = sum / static_cast<float>(n);
-    });
+    // Mean of unit keys: a row of ones times each head's [n, d] block.
+    const auto ones = device_ones(exec, n);
+    exec.gemm(StridedGemm<float>{.m = 1, .n = d, .k = n, .alpha = 1.0f / static_cast<float>(n), .a = ones.data(), .lda = n, .b = unit,
+                                 .ldb = d, .stride_b = static_cast<long>(n) * d, .c = anchor, .ldc = d, .stride_c = d, .batch = Hkv});
     exec.for_each(Hkv, [=] KVSIM_HD(long g) {
       float sum = 0.0f;
       for (int c = 0; c < d; ++c) sum += anchor[g * d + c] * anchor[g * d + c];
