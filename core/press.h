@@ -12,12 +12,19 @@
 
 namespace kvsim {
 
+// A backend's own copy of the layer, already where its presses compute: the device replay
+// uploads each layer once for every press. Presses of other backends ignore it.
+struct ResidentLayer {
+  virtual ~ResidentLayer() = default;
+};
+
 struct PressInput {
   const LayerTensors& layer;  // the whole recorded layer; the press reads tokens [0, n)
   int n = 0;                  // length of the compressed segment
   int num_layers = 1;         // layers in the model (budget allocators such as PyramidKV)
   const RopeConfig& rope;     // for presses that need pre-RoPE queries or future rotations
   const LayerTensors* previous_layer = nullptr;  // layer_index - 1, when recorded (cross-layer presses)
+  const ResidentLayer* resident = nullptr;       // `layer` on a device, when the caller has it there
 
   int layer_index() const { return layer.layer_index; }
   int num_heads() const { return layer.q.heads; }

@@ -12,31 +12,35 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "core/error.h"
 #include "core/hd.h"
 #include "core/registry.h"
+#include "cuda/primitives.h"
 
 namespace kvsim::cuda {
 
 // The first n tokens of a layer on the device, float32, [heads, n, d] each.
 template <typename Exec>
-struct DeviceLayer {
+struct DeviceLayer : ResidentLayer {
   using FloatBuffer = typename Exec::template Buffer<float>;
   FloatBuffer q, k, v;
   typename Exec::template Buffer<double> inv_freq;
   int H = 0, Hkv = 0, n = 0, d = 0, layer = 0, num_layers = 1;
   double attention_scaling = 1.0;
+  const LayerTensors* source = nullptr;  // the host tensors this copies
 
-  DeviceLayer(const PressInput& in)
+  explicit DeviceLayer(const PressInput& in)
       : q(static_cast<std::size_t>(in.num_heads()) * in.n * in.head_dim()),
         k(static_cast<std::size_t>(in.num_kv_heads()) * in.n * in.head_dim()),
         v(static_cast<std::size_t>(in.num_kv_heads()) * in.n * in.head_dim()),
         inv_freq(in.rope.inv_freq.size()),
         H(in.num_heads()), Hkv(in.num_kv_heads()), n(in.n), d(in.head_dim()),
-        layer(in.layer_index()), num_layers(in.num_layers), attention_scaling(in.rope.attention_scaling) {
+        layer(in.layer_index()), num_layers(in.num_layers), attention_scaling(in.rope.attention_scaling),
+        source(&in.layer) {
     const std::size_t rows = static_cast<std::size_t>(n) * d;
     for (int h = 0; h < H; ++h) q.upload(in.layer.q.head(h), rows, h * rows);
     for (int g = 0; g < Hkv; ++g) {
@@ -45,6 +49,22 @@ struct DeviceLayer {
     }
     if (!in.rope.inv_freq.empty()) inv_freq.upload(in.rope.inv_freq.data(), in.rope.inv_freq.size());
   }
+};
+
+// The layer on the device: the resident copy the input carries when it is this executor's
+// copy of the same tensors and length, else a fresh upload.
+template <typename Exec>
+class LayerOnDevice {
+ public:
+  explicit LayerOnDevice(const PressInput& in) {
+    const auto* resident = dynamic_cast<const DeviceLayer<Exec>*>(in.resident);
+    layer_ = resident && resident->source == &in.layer && resident->n == in.n ? resident : &owned_.emplace(in);
+  }
+  const DeviceLayer<Exec>& operator*() const { return *layer_; }
+
+ private:
+  std::optional<DeviceLayer<Exec>> owned_;
+  const DeviceLayer<Exec>* layer_ = nullptr;
 };
 
 // Copies device scores [rows, cols] to a host ScoreMatrix.
@@ -203,7 +223,8 @@ class DeviceScorer : public ScorerPress {
 
   ScoreMatrix score(const PressInput& input, double ratio) const override {
     Exec exec;
-    const DeviceLayer<Exec> layer(input);
+    const LayerOnDevice<Exec> on_device(input);
+    const DeviceLayer<Exec>& layer = *on_device;
     FloatBuffer scores(static_cast<std::size_t>(layer.Hkv) * layer.n);
     score_on_device(exec, layer, ratio, scores.data());
     return download_scores<Exec>(scores, layer.Hkv, layer.n);
@@ -212,7 +233,8 @@ class DeviceScorer : public ScorerPress {
   Compression compress(const PressInput& input, double ratio) const override {
     if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
     Exec exec;
-    const DeviceLayer<Exec> layer(input);
+    const LayerOnDevice<Exec> on_device(input);
+    const DeviceLayer<Exec>& layer = *on_device;
     const FloatBuffer scores = device_scores(exec, layer, ratio);
     return select_topk_per_head(exec, scores.data(), layer.Hkv, layer.n, budget(input, ratio));
   }

@@ -48,8 +48,7 @@ __global__ void softmax_rows_kernel(float* x, SoftmaxRows s, float* lse) {
   __shared__ float shared_max, shared_sum;
   const long r = blockIdx.x;
   float* row = x + r * s.cols;
-  const long valid_long = s.first_valid + r % s.rows_per_group;
-  const int valid = valid_long < s.cols ? static_cast<int>(valid_long) : s.cols;
+  const int valid = s.valid(r);
   float local = -INFINITY;
   for (int j = threadIdx.x; j < valid; j += kSoftmaxThreads) local = fmaxf(local, row[j]);
   const float best = BlockReduce(temp).Reduce(local, ::cuda::maximum<float>{});

@@ -70,7 +70,7 @@ struct HostExec {
   void softmax_rows(float* x, const SoftmaxRows& s, float* lse) {
     for (long r = 0; r < s.rows; ++r) {
       float* row = x + r * s.cols;
-      const int valid = static_cast<int>(std::min<long>(s.cols, s.first_valid + r % s.rows_per_group));
+      const int valid = s.valid(r);
       float best = -std::numeric_limits<float>::infinity();
       for (int j = 0; j < valid; ++j) best = std::max(best, row[j]);
       float sum = 0.0f;

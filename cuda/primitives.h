@@ -9,6 +9,8 @@
 //   radix_sort_descending stable sort of 64-bit keys with int payloads
 //   exclusive_scan       prefix sums of ints
 // Selection, gathers and every press's own arithmetic are built on these (device_scorer.h).
+#include "core/hd.h"
+
 namespace kvsim::cuda {
 
 // C_b = alpha * op(A_b) * op(B_b) + beta * C_b for b in [0, batch), all row-major:
@@ -35,12 +37,19 @@ enum class Reduce { sum, max };
 // min(cols, first_valid + r % rows_per_group) entries and the rest are masked (probability
 // 0). With rows_per_group = rows and first_valid = cols nothing is masked; a causal block of
 // queries at positions p0 .. p0 + B - 1 over keys 0 .. cols - 1 is rows_per_group = B,
-// first_valid = p0 + 1.
+// first_valid = p0 + 1. group_first_valid (device memory, one per group of rows), when set,
+// replaces first_valid: caches of different lengths per head.
 struct SoftmaxRows {
   long rows = 0;
   int cols = 0;
   long rows_per_group = 1;
   int first_valid = 0;
+  const int* group_first_valid = nullptr;
+
+  KVSIM_HD int valid(long r) const {
+    const long v = (group_first_valid ? group_first_valid[r / rows_per_group] : first_valid) + r % rows_per_group;
+    return v < cols ? static_cast<int>(v) : cols;
+  }
 };
 
 }  // namespace kvsim::cuda

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "cuda/device_scorer.h"
+#include "cuda/evaluate.h"
 #include "cuda/exec_host.h"
 #include "test_util.h"
 
@@ -73,6 +74,75 @@ TEST(CudaStages, GemmFollowsTheRowMajorConvention) {
   exec.gemm(StridedGemm<float>{.trans_b = true, .m = 2, .n = 2, .k = 3, .alpha = 2.0f, .a = a.data(), .lda = 3, .stride_a = 0,
                                .b = b.data(), .ldb = 3, .stride_b = 6, .c = c.data(), .ldc = 2, .stride_c = 4, .batch = 2});
   EXPECT_EQ(c, (std::vector<float>{2, 4, 8, 10, 12, 4, 30, 16}));
+}
+
+// Brute force: query t of head h over the given key/value rows (all visible), in double.
+std::pair<std::vector<double>, double> attend_one(const LayerTensors& x, int h, int t, const std::vector<const float*>& keys,
+                                                  const std::vector<const float*>& values) {
+  const int d = x.q.dim;
+  std::vector<double> logits;
+  for (const float* k : keys) {
+    double dot = 0;
+    for (int c = 0; c < d; ++c) dot += static_cast<double>(x.q.at(h, t, c)) * k[c];
+    logits.push_back(dot / std::sqrt(static_cast<double>(d)));
+  }
+  const double best = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (double& l : logits) sum += (l = std::exp(l - best));
+  std::vector<double> out(static_cast<std::size_t>(d), 0.0);
+  for (std::size_t j = 0; j < values.size(); ++j)
+    for (int c = 0; c < d; ++c) out[c] += logits[j] / sum * values[j][c];
+  return {out, best + std::log(sum)};
+}
+
+TEST(CudaStages, DeviceEvaluatorMatchesBruteForceAttentionAndMetrics) {
+  const int H = 4, Hkv = 2, T = 30, n = 24, d = 8, G = H / Hkv;
+  LayerTensors layer = test::random_layer(H, Hkv, T, d, 11);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, d);
+  const PressInput input{layer, n, 1, rope};
+  // Head 0 keeps 5 tokens, head 1 keeps 9 with its first two values merged (replaced).
+  Compression c;
+  c.kept = {{0, 3, 7, 12, 20}, {1, 2, 4, 5, 8, 9, 15, 22, 23}};
+  std::vector<float> merged(2 * d);
+  for (int i = 0; i < 2 * d; ++i) merged[i] = 0.1f * static_cast<float>(i) - 0.5f;
+  c.values = {{}, merged};
+  const cuda::DeviceEvaluator<cuda::HostExec> evaluator(input);
+  const LayerComparison got = evaluator.compare(c);
+  ASSERT_EQ(got.heads, H);
+  ASSERT_EQ(got.queries, T - n);
+  EXPECT_TRUE(got.oproj_rel_err.empty());
+  for (int h = 0; h < H; ++h) {
+    const int g = h / G;
+    for (int i = 0; i < T - n; ++i) {
+      const int t = n + i;
+      std::vector<const float*> fk, fv, ck, cv;
+      for (int j = 0; j <= t; ++j) {
+        fk.push_back(&layer.k.at(g, j, 0));
+        fv.push_back(&layer.v.at(g, j, 0));
+      }
+      for (std::size_t r = 0; r < c.kept[g].size(); ++r) {
+        ck.push_back(&layer.k.at(g, c.kept[g][r], 0));
+        cv.push_back(g == 1 && r < 2 ? merged.data() + r * d : &layer.v.at(g, c.kept[g][r], 0));
+      }
+      for (int j = n; j <= t; ++j) {
+        ck.push_back(&layer.k.at(g, j, 0));
+        cv.push_back(&layer.v.at(g, j, 0));
+      }
+      const auto [full, lse_full] = attend_one(layer, h, t, fk, fv);
+      const auto [comp, lse_comp] = attend_one(layer, h, t, ck, cv);
+      double diff = 0, norm_full = 0, norm_comp = 0, dot = 0;
+      for (int x = 0; x < d; ++x) {
+        diff += (comp[x] - full[x]) * (comp[x] - full[x]);
+        norm_full += full[x] * full[x];
+        norm_comp += comp[x] * comp[x];
+        dot += full[x] * comp[x];
+      }
+      const std::size_t at = static_cast<std::size_t>(h) * (T - n) + i;
+      EXPECT_NEAR(got.rel_err[at], std::sqrt(diff / norm_full), 1e-5) << "head " << h << " query " << i;
+      EXPECT_NEAR(got.cosine[at], dot / std::sqrt(norm_full * norm_comp), 1e-5) << "head " << h << " query " << i;
+      EXPECT_NEAR(got.recall[at], std::min(1.0, std::exp(lse_comp - lse_full)), 1e-5) << "head " << h << " query " << i;
+    }
+  }
 }
 
 }  // namespace

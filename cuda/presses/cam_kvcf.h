@@ -21,7 +21,8 @@ class CamKvcfDevice final : public Press {
     const int n = input.n, w = window_, d = input.head_dim(), H = input.num_heads(), Hkv = input.num_kv_heads();
     const int budget = budget_with_window("cam_kvcf", n, ratio, w);
     Exec exec;
-    const DeviceLayer<Exec> layer(input);
+    const LayerOnDevice<Exec> on_device(input);
+    const DeviceLayer<Exec>& layer = *on_device;
     typename Exec::template Buffer<float> per_head(static_cast<std::size_t>(H) * n), abar_buffer(static_cast<std::size_t>(Hkv) * n),
         score_buffer(abar_buffer.size()), value_buffer(static_cast<std::size_t>(Hkv) * n * d);
     float* abar = abar_buffer.data();

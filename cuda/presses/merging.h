@@ -157,7 +157,8 @@ class MergingDevice final : public Press {
   Compression compress(const PressInput& input, double ratio) const override {
     if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
     Exec exec;
-    const DeviceLayer<Exec> layer(input);
+    const LayerOnDevice<Exec> on_device(input);
+    const DeviceLayer<Exec>& layer = *on_device;
     MergeSelection<Exec> selection = select_for_merging(exec, layer, *inner_, ratio);
     Compression& c = selection.compression;
     if (!selection.setup) return c;
@@ -244,7 +245,8 @@ struct KvcfMergeDevice {
     Compression compress(const PressInput& input, double ratio) const override {
       if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
       Exec exec;
-      const DeviceLayer<Exec> layer(input);
+      const LayerOnDevice<Exec> on_device(input);
+      const DeviceLayer<Exec>& layer = *on_device;
       MergeSelection<Exec> selection = select_for_merging(exec, layer, *inner_, ratio);
       Compression& c = selection.compression;
       if (!selection.setup) return c;

@@ -18,7 +18,8 @@ class MiniCacheDevice final : public Press {
   Compression compress(const PressInput& input, double) const override {
     require_previous_layer("minicache", input);
     Exec exec;
-    const DeviceLayer<Exec> layer(input);
+    const LayerOnDevice<Exec> on_device(input);
+    const DeviceLayer<Exec>& layer = *on_device;
     const PressInput previous_input{*input.previous_layer, input.n, input.num_layers, input.rope};
     const DeviceLayer<Exec> previous(previous_input);
     const int n = layer.n, d = layer.d, Hkv = layer.Hkv;

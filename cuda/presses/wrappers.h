@@ -15,7 +15,8 @@ class AdaKvDevice final : public Press {
   Compression compress(const PressInput& input, double ratio) const override {
     if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
     Exec exec;
-    const DeviceLayer<Exec> layer(input);
+    const LayerOnDevice<Exec> on_device(input);
+    const DeviceLayer<Exec>& layer = *on_device;
     auto scores = inner_->device_scores(exec, layer, ratio);
     const int n = layer.n, n_kept = kvpress_budget(n, ratio), n_safe = static_cast<int>(n_kept * alpha_);
     if (n_safe > 0) {  // each head's top n_safe become FLT_MAX
@@ -45,7 +46,8 @@ class DmsDevice final : public Press {
 
   Compression compress(const PressInput& input, double) const override {
     Exec exec;
-    const DeviceLayer<Exec> layer(input);
+    const LayerOnDevice<Exec> on_device(input);
+    const DeviceLayer<Exec>& layer = *on_device;
     const auto scores = inner_->device_scores(exec, layer, 0.0);
     const int n = layer.n, window = window_;
     const float threshold = threshold_;
