@@ -4,7 +4,6 @@
 // and each dropped token is merged, keys and values alike, into its most key-similar
 // survivor (rules in reference/merging.h, apply_kvcf_merge). No parameters.
 #include "reference/merging.h"
-#include "reference/parallel.h"
 #include "reference/scorer_press.h"
 #include "reference/select.h"
 
@@ -21,13 +20,11 @@ class KvcfMergePress final : public Press {
     Compression c = select_topk_per_head(inner_->checked_score(in, ratio), kvpress_budget(in.n, ratio));
     const int d = in.head_dim(), kept = static_cast<int>(c.kept.front().size());
     if (kept == 0 || kept == in.n) return c;
-    c.keys.resize(static_cast<std::size_t>(in.num_kv_heads()));
-    c.values.resize(c.keys.size());
-    parallel_for(in.num_kv_heads(), [&](int g) {
+    for (int g = 0; g < in.num_kv_heads(); ++g) {  // serial: nearest_survivors' blocks use the threads
       const MergePlan<float> plan = nearest_survivors(in.layer.k.head(g), in.n, d, c.kept[g]);
-      c.keys[g] = apply_kvcf_merge(in.layer.k.head(g), d, c.kept[g], plan, Rule);
-      c.values[g] = apply_kvcf_merge(in.layer.v.head(g), d, c.kept[g], plan, Rule);
-    });
+      c.keys.push_back(apply_kvcf_merge(in.layer.k.head(g), d, c.kept[g], plan, Rule));
+      c.values.push_back(apply_kvcf_merge(in.layer.v.head(g), d, c.kept[g], plan, Rule));
+    }
     return c;
   }
 
