@@ -6,14 +6,19 @@
 //    full attention of the later queries, one press, compressed attention, metrics).
 //  * replay_bundled_trace: the whole bundled trace through every registered press at
 //    four ratios; reports the process's peak resident memory.
+// Every label ends in threads=<n>: the reference's threads (default: every core, or
+// OMP_NUM_THREADS). The main presses at 4K (and expected_attention at 32K) and the 4K layer
+// replay also run on one thread, for the speed-up; times are wall-clock.
 #include <benchmark/benchmark.h>
 #include <sys/resource.h>
 
 #include <filesystem>
+#include <set>
 
 #include "bench/bench_util.h"
 #include "core/press_checks.h"
 #include "core/registry.h"
+#include "reference/parallel.h"
 #include "reference/replay.h"
 #include "traces/trace.h"
 
@@ -31,7 +36,17 @@ double peak_rss_mib() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
-void press_benchmark(benchmark::State& state, const std::string& spec, int T, double ratio) {
+// Runs the reference on `threads` threads for one benchmark; records the count.
+struct BenchThreads {
+  BenchThreads(benchmark::State& state, int threads) {
+    ref::set_threads(threads);
+    state.counters["threads"] = ref::threads();
+  }
+  ~BenchThreads() { ref::set_threads(0); }
+};
+
+void press_benchmark(benchmark::State& state, const std::string& spec, int T, double ratio, int threads) {
+  const BenchThreads use(state, threads);
   // (layer, the one before) for the current T only: benchmarks run T by T, and a 128K layer
   // pair takes about 6 GB.
   static std::map<int, std::pair<LayerTensors, LayerTensors>> layers;
@@ -57,7 +72,8 @@ void press_benchmark(benchmark::State& state, const std::string& spec, int T, do
 }
 
 // One layer written to a float16 trace in the temp dir, replayed with knorm at ratio 0.5.
-void replay_layer_benchmark(benchmark::State& state, int T) {
+void replay_layer_benchmark(benchmark::State& state, int T, int threads) {
+  const BenchThreads use(state, threads);
   const int n_context = T - 128;
   const std::string path = (std::filesystem::temp_directory_path() / ("kvsim_bench_layer_" + std::to_string(T) + ".h5")).string();
   TraceInfo info;
@@ -91,6 +107,7 @@ void replay_layer_benchmark(benchmark::State& state, int T) {
 }
 
 void bundled_trace_benchmark(benchmark::State& state) {
+  const BenchThreads use(state, 0);
   const TraceReader trace(KVSIM_BUNDLED_TRACE);
   ref::ReplayOptions options;
   for (const PressInfo* info : Registry::instance().presses())
@@ -119,23 +136,36 @@ int main(int argc, char** argv) {
     if (info.name == "expected_attention") return 32768;
     return 131072;
   };
+  // Presses also timed on one thread (at 4K; expected_attention at 32K too), for the speed-up.
+  auto single_threaded_too = [](const std::string& name, int T) {
+    static const std::set<std::string> at_4k = {"knorm", "snapkv", "pyramidkv", "tova", "keydiff", "lagkv", "expected_attention", "observed_attention"};
+    return (T == 4096 && at_4k.count(name)) || (T == 32768 && name == "expected_attention");
+  };
+  const int all = ref::threads();
+  auto thread_counts = [all](bool one_too) { return one_too && all > 1 ? std::vector<int>{1, all} : std::vector<int>{all}; };
   for (int T : {4096, 16384, 32768, 131072})
     for (const PressInfo* info : Registry::instance().presses()) {
       if (info->decoding || info->wraps_pair || T > max_tokens(*info)) continue;  // decoding presses do nothing at prefill
       const std::string spec = info->example.empty() ? info->name : info->example;
-      const std::string label = "press/" + spec + "/T=" + std::to_string(T) + "/hkv=8/d=128/r=0.5/f32";
-      benchmark::RegisterBenchmark(label.c_str(), [spec, T](benchmark::State& s) { press_benchmark(s, spec, T, 0.5); })
-          ->Unit(benchmark::kMillisecond)
-          ->MinTime(0.2);
+      for (int threads : thread_counts(single_threaded_too(info->name, T))) {
+        const std::string label = "press/" + spec + "/T=" + std::to_string(T) + "/hkv=8/d=128/r=0.5/f32/threads=" + std::to_string(threads);
+        benchmark::RegisterBenchmark(label.c_str(), [spec, T, threads](benchmark::State& s) { press_benchmark(s, spec, T, 0.5, threads); })
+            ->Unit(benchmark::kMillisecond)
+            ->MinTime(0.2)
+            ->UseRealTime();
+      }
     }
   for (int T : {4096, 16384})
-    benchmark::RegisterBenchmark(("replay_layer/T=" + std::to_string(T) + "/h=32/hkv=8/d=128/knorm/f16").c_str(),
-                                 [T](benchmark::State& s) { replay_layer_benchmark(s, T); })
-        ->Unit(benchmark::kMillisecond)
-        ->Iterations(3);
-  benchmark::RegisterBenchmark("replay_bundled_trace/every_press/4_ratios", bundled_trace_benchmark)
+    for (int threads : thread_counts(T == 4096))
+      benchmark::RegisterBenchmark(("replay_layer/T=" + std::to_string(T) + "/h=32/hkv=8/d=128/knorm/f16/threads=" + std::to_string(threads)).c_str(),
+                                   [T, threads](benchmark::State& s) { replay_layer_benchmark(s, T, threads); })
+          ->Unit(benchmark::kMillisecond)
+          ->Iterations(3)
+          ->UseRealTime();
+  benchmark::RegisterBenchmark(("replay_bundled_trace/every_press/4_ratios/threads=" + std::to_string(all)).c_str(), bundled_trace_benchmark)
       ->Unit(benchmark::kMillisecond)
-      ->Iterations(2);
+      ->Iterations(2)
+      ->UseRealTime();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

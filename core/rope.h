@@ -19,6 +19,21 @@ void apply_rope(const float* x, float* out, double position, const RopeConfig& r
 // out = RoPE_p^{-1}(x): rotate by -p and divide by attention_scaling^2 (may alias).
 void invert_rope(const float* x, float* out, double position, const RopeConfig& rope);
 
+// The rotations of invert_rope for positions [first, first + count), computed once: many
+// rows at the same positions (every query head of a layer) then share the cos/sin work.
+class InverseRopeTable {
+ public:
+  InverseRopeTable(const RopeConfig& rope, int first, int count);
+  // out = RoPE_p^{-1}(x), bit-identical to invert_rope(x, out, p, rope); p in [first, first + count).
+  void apply(const float* x, float* out, int position) const;
+  int first() const { return first_; }
+  int count() const { return count_; }
+
+ private:
+  int first_, count_, half_;
+  std::vector<double> cos_, sin_;  // [count, half], attention-scaling gain folded in
+};
+
 // Mean over positions [start, start + count) of the RoPE matrices
 // R(p) = diag(cos p) + diag(sin p) P (attention_scaling folded in), row-major d x d in
 // float64 — Expected Attention's average future rotation (shared/PRESSES.md §A.2.5).

@@ -4,6 +4,8 @@
 #include <limits>
 #include <numeric>
 
+#include "reference/parallel.h"
+
 namespace kvsim::ref {
 
 RowMatrix attention_probs(const Eigen::Ref<const RowMatrix>& queries, const Eigen::Ref<const RowMatrix>& keys,
@@ -30,24 +32,58 @@ RowMatrix attention_probs(const Eigen::Ref<const RowMatrix>& queries, const Eige
   return logits;
 }
 
+namespace {
+
+constexpr int kCausalBlock = 256;  // query rows per block
+
+// Causal softmax of query head h's rows [start, start + rows) (positions = row index) over
+// keys [0, start + rows) into probs' top-left block: the product stops at the block's last
+// position, so the keys after it (fully masked) cost nothing; entries above the diagonal
+// are 0. Same float32 arithmetic as attention_probs except exp, which is Eigen's
+// vectorised one (within a few ulp of std::exp; most of the cost of a long context).
+void causal_block_probs(const LayerTensors& layer, int h, int start, int rows, RowMatrix& probs) {
+  const int d = layer.q.dim, visible = start + rows;
+  const int g = kv_head_of(h, layer.q.heads, layer.k.heads);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  auto block = probs.topLeftCorner(rows, visible);
+  block.noalias() = ConstRowMap(layer.q.head(h) + static_cast<std::size_t>(start) * d, rows, d) * head_rows(layer.k, g, visible).transpose();
+  for (int i = 0; i < rows; ++i) {
+    const int seen = start + i + 1;  // keys [0, seen) are visible to position start + i
+    auto row = block.row(i).head(seen).array();
+    row *= scale;
+    row = (row - row.maxCoeff()).exp();
+    row /= row.sum();
+    block.row(i).tail(visible - seen).setZero();
+  }
+}
+
+}  // namespace
+
 HeadTensor causal_attention(const LayerTensors& layer, int tokens) {
   const int H = layer.q.heads, Hkv = layer.k.heads, d = layer.q.dim;
-  constexpr int kBlock = 256;
   HeadTensor out(H, tokens, d);
-  for (int h = 0; h < H; ++h) {
+  parallel_for(H, [&](int h) {
     const int g = kv_head_of(h, H, Hkv);
-    for (int start = 0; start < tokens; start += kBlock) {
-      const int rows = std::min(kBlock, tokens - start);
-      const int visible = start + rows;  // keys [0, visible) can be seen by this block
-      std::vector<int> qpos(rows), kpos(visible);
-      std::iota(qpos.begin(), qpos.end(), start);
-      std::iota(kpos.begin(), kpos.end(), 0);
-      const RowMatrix probs = attention_probs(ConstRowMap(layer.q.head(h) + static_cast<std::size_t>(start) * d, rows, d),
-                                              head_rows(layer.k, g, visible), qpos, kpos);
-      Eigen::Map<RowMatrix>(out.head(h) + static_cast<std::size_t>(start) * d, rows, d) = probs * head_rows(layer.v, g, visible);
+    RowMatrix probs(std::min(kCausalBlock, tokens), tokens);
+    for (int start = 0; start < tokens; start += kCausalBlock) {
+      const int rows = std::min(kCausalBlock, tokens - start), visible = start + rows;
+      causal_block_probs(layer, h, start, rows, probs);
+      Eigen::Map<RowMatrix>(out.head(h) + static_cast<std::size_t>(start) * d, rows, d).noalias() =
+          probs.topLeftCorner(rows, visible) * head_rows(layer.v, g, visible);
     }
-  }
+  });
   return out;
+}
+
+Eigen::RowVectorXf causal_attention_column_sums(const LayerTensors& layer, int h, int tokens) {
+  Eigen::RowVectorXf sums = Eigen::RowVectorXf::Zero(tokens);
+  RowMatrix probs(std::min(kCausalBlock, tokens), tokens);
+  for (int start = 0; start < tokens; start += kCausalBlock) {
+    const int rows = std::min(kCausalBlock, tokens - start);
+    causal_block_probs(layer, h, start, rows, probs);
+    for (int i = 0; i < rows; ++i) sums.head(start + i + 1) += probs.row(i).head(start + i + 1);
+  }
+  return sums;
 }
 
 }  // namespace kvsim::ref

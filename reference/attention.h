@@ -18,8 +18,12 @@ RowMatrix attention_probs(const Eigen::Ref<const RowMatrix>& queries, const Eige
                           Eigen::VectorXd* lse = nullptr);
 
 // Causal attention outputs of every query head at positions [0, tokens): [H, tokens, d].
-// Computed in blocks of query rows so memory stays O(block * tokens).
+// Computed in blocks of query rows so memory stays O(block * tokens); heads in parallel.
 HeadTensor causal_attention(const LayerTensors& layer, int tokens);
+
+// Column sums of query head h's causal softmax over positions [0, tokens):
+// out[j] = sum over queries i >= j of A[i, j] (observed attention's numerator).
+Eigen::RowVectorXf causal_attention_column_sums(const LayerTensors& layer, int h, int tokens);
 
 inline int kv_head_of(int query_head, int num_heads, int num_kv_heads) {
   return query_head / (num_heads / num_kv_heads);

@@ -16,6 +16,8 @@
 #include <limits>
 #include <vector>
 
+#include "reference/parallel.h"
+
 namespace kvsim::ref {
 
 template <typename Scalar>
@@ -70,11 +72,15 @@ MergePlan<Scalar> nearest_survivors(const Scalar* keys, int n, int d, const std:
   const std::vector<Scalar> kept_unit = unit_rows(kept), evicted_unit = unit_rows(plan.evicted);
   using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const Eigen::Map<const Rows> kept_keys(kept_unit.data(), static_cast<Eigen::Index>(kept.size()), d);
-  constexpr std::size_t kBlock = 1024;  // evicted rows per similarity block (bounded memory)
-  for (std::size_t first = 0; first < plan.evicted.size(); first += kBlock) {
-    const std::size_t rows = std::min(kBlock, plan.evicted.size() - first);
+  // Blocks of evicted rows (bounded memory), in parallel: each writes only its own rows.
+  constexpr std::size_t kBlock = 256;
+  plan.target.resize(plan.evicted.size());
+  plan.similarity.resize(plan.evicted.size());
+  parallel_for(static_cast<int>((plan.evicted.size() + kBlock - 1) / kBlock), [&](int block) {
+    const std::size_t first = static_cast<std::size_t>(block) * kBlock, rows = std::min(kBlock, plan.evicted.size() - first);
     const Eigen::Map<const Rows> evicted_keys(evicted_unit.data() + first * d, static_cast<Eigen::Index>(rows), d);
-    const Rows similarity = evicted_keys * kept_keys.transpose();
+    Rows similarity(static_cast<Eigen::Index>(rows), kept_keys.rows());
+    similarity.noalias() = evicted_keys * kept_keys.transpose();
     for (Eigen::Index r = 0; r < similarity.rows(); ++r) {
       Scalar best = -std::numeric_limits<Scalar>::infinity();
       int best_index = 0;
@@ -83,10 +89,10 @@ MergePlan<Scalar> nearest_survivors(const Scalar* keys, int n, int d, const std:
           best = similarity(r, j);
           best_index = static_cast<int>(j);
         }
-      plan.target.push_back(best_index);
-      plan.similarity.push_back(best);
+      plan.target[first + r] = best_index;
+      plan.similarity[first + r] = best;
     }
-  }
+  });
   return plan;
 }
 

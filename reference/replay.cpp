@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/philox.h"
 #include "reference/attention.h"
+#include "reference/parallel.h"
 #include "reference/select.h"
 
 namespace kvsim::ref {
@@ -98,15 +99,19 @@ CompressedRun compress_layer(const Press& press, const PressInput& input, double
   CompressedRun run;
   run.outputs.resize(static_cast<std::size_t>(H));
   const std::vector<float> none;
-  for (int g = 0; g < Hkv; ++g) {
-    std::vector<int> positions = c.kept[g];
-    positions.insert(positions.end(), suffix_pos.begin(), suffix_pos.end());
-    const RowMatrix keys = gather(tensors.k, g, positions, c.keys.empty() ? none : c.keys[g]);
-    const RowMatrix values = gather(tensors.v, g, positions, c.values.empty() ? none : c.values[g]);
-    run.kept_fraction.push_back(static_cast<double>(c.kept[g].size()) / n);
-    for (int h = g * (H / Hkv); h < (g + 1) * (H / Hkv); ++h)
-      run.outputs[h] = attend(tensors.q, h, keys, values, positions, n, static_cast<int>(suffix_pos.size()));
-  }
+  std::vector<std::vector<int>> positions(static_cast<std::size_t>(Hkv));
+  std::vector<RowMatrix> keys(positions.size()), values(positions.size());
+  parallel_for(Hkv, [&](int g) {
+    positions[g] = c.kept[g];
+    positions[g].insert(positions[g].end(), suffix_pos.begin(), suffix_pos.end());
+    keys[g] = gather(tensors.k, g, positions[g], c.keys.empty() ? none : c.keys[g]);
+    values[g] = gather(tensors.v, g, positions[g], c.values.empty() ? none : c.values[g]);
+  });
+  for (int g = 0; g < Hkv; ++g) run.kept_fraction.push_back(static_cast<double>(c.kept[g].size()) / n);
+  parallel_for(H, [&](int h) {
+    const int g = kv_head_of(h, H, Hkv);
+    run.outputs[h] = attend(tensors.q, h, keys[g], values[g], positions[g], n, static_cast<int>(suffix_pos.size()));
+  });
   return run;
 }
 
@@ -240,7 +245,7 @@ CompressedRun decode_layer(const DecodingPress& press, const LayerTensors& tenso
     const auto [first, end] = steps[s];
     for (int g = 0; g < Hkv; ++g)
       for (int t = first; t < end; ++t) cache[g].append(tensors, g, t);
-    for (int g = 0; g < Hkv; ++g) {
+    parallel_for(Hkv, [&](int g) {  // each KV head writes only its own group's outputs and cache
       const RowMatrix keys = HeadCache::rows(cache[g].keys), values = HeadCache::rows(cache[g].values);
       std::vector<double> last_query_attention(cache[g].positions.size(), 0.0);
       for (int h = g * G; h < (g + 1) * G; ++h) {
@@ -255,7 +260,7 @@ CompressedRun decode_layer(const DecodingPress& press, const LayerTensors& tenso
       }
       if (cam)
         for (std::size_t i = 0; i < last_query_attention.size(); ++i) cache[g].attention[i] += last_query_attention[i];
-    }
+    });
     for (int t = first; t < end; ++t) run.step_of_query.push_back(static_cast<int>(s));
     StepResult step;
     step.step = static_cast<int>(s);
@@ -357,10 +362,10 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     std::vector<Outputs> full(static_cast<std::size_t>(H));
     std::vector<int> all_pos(static_cast<std::size_t>(T));
     std::iota(all_pos.begin(), all_pos.end(), 0);
-    for (int h = 0; h < H; ++h) {
+    parallel_for(H, [&](int h) {
       const int g = kv_head_of(h, H, Hkv);
       full[h] = attend(tensors.q, h, head_rows(tensors.k, g, T), head_rows(tensors.v, g, T), all_pos, n, n_queries);
-    }
+    });
     RowMatrix full_concat(has_oproj ? n_queries : 0, H * d);
     if (has_oproj)
       for (int h = 0; h < H; ++h) full_concat.middleCols(h * d, d) = full[h].out;
@@ -394,25 +399,32 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
       layer_result.layer = layer;
       std::vector<double> layer_err, layer_cos, layer_recall;
       RowMatrix comp_concat(has_oproj ? n_queries : 0, H * d);
-      for (int h = 0; h < H; ++h) {
+      // Per-query metrics of every head in parallel, then gathered in head order.
+      std::vector<std::vector<double>> head_err(static_cast<std::size_t>(H)), head_cos(head_err.size()), head_recall(head_err.size());
+      std::vector<HeadResult> head_results(head_err.size());
+      parallel_for(H, [&](int h) {
         const Outputs& comp = run_outputs.outputs[h];
-        const int g = kv_head_of(h, H, Hkv);
-        HeadResult head_result;
-        head_result.layer = layer;
-        head_result.head = h;
-        head_result.kept_fraction = run_outputs.kept_fraction[g];
-        std::vector<double> err, cos, recall;
+        std::vector<double>&err = head_err[h], &cos = head_cos[h], &recall = head_recall[h];
         for (int i = 0; i < n_queries; ++i) {
           const QueryMetrics m = compare_outputs(full[h].out.row(i).data(), comp.out.row(i).data(), d, full[h].lse[i], comp.lse[i]);
           err.push_back(m.rel_err);
           cos.push_back(m.cosine);
           recall.push_back(m.recall);
-          if (!run_outputs.step_of_query.empty()) a.step_err[run_outputs.step_of_query[i]].push_back(m.rel_err);
         }
+        HeadResult& head_result = head_results[h];
+        head_result.layer = layer;
+        head_result.head = h;
+        head_result.kept_fraction = run_outputs.kept_fraction[kv_head_of(h, H, Hkv)];
         head_result.rel_err = summarize(err);
         head_result.cosine = summarize(cos);
         head_result.recall = summarize(recall);
-        run.heads.push_back(head_result);
+      });
+      for (int h = 0; h < H; ++h) {
+        const Outputs& comp = run_outputs.outputs[h];
+        const std::vector<double>&err = head_err[h], &cos = head_cos[h], &recall = head_recall[h];
+        if (!run_outputs.step_of_query.empty())
+          for (int i = 0; i < n_queries; ++i) a.step_err[run_outputs.step_of_query[i]].push_back(err[i]);
+        run.heads.push_back(head_results[h]);
         layer_err.insert(layer_err.end(), err.begin(), err.end());
         layer_cos.insert(layer_cos.end(), cos.begin(), cos.end());
         layer_recall.insert(layer_recall.end(), recall.begin(), recall.end());

@@ -44,10 +44,14 @@ Scores pad_with_max_plus_one(const Scores& s, int before, int after) {
   return out;
 }
 
-RowMatrix pre_rope_rows(const HeadTensor& t, int head, int first, int count, const RopeConfig& rope) {
-  RowMatrix out(count, t.dim);
-  for (int i = 0; i < count; ++i)
-    invert_rope(t.head(head) + static_cast<std::size_t>(first + i) * t.dim, out.row(i).data(), first + i, rope);
+RowMatrixD pre_rope_rows(const HeadTensor& t, int head, const InverseRopeTable& table) {
+  RowMatrixD out(table.count(), t.dim);
+  Eigen::RowVectorXf row(t.dim);
+  for (int i = 0; i < table.count(); ++i) {
+    const int p = table.first() + i;
+    table.apply(t.head(head) + static_cast<std::size_t>(p) * t.dim, row.data(), p);
+    out.row(i) = row.cast<double>();
+  }
   return out;
 }
 

@@ -21,7 +21,8 @@ Scores group_mean(const RowMatrix& per_query_head, int num_kv_heads);
 // max of `s` plus one (kvpress' protection of sinks and windows).
 Scores pad_with_max_plus_one(const Scores& s, int before, int after);
 
-// Pre-RoPE copy of rows [first, first + count) of head h of `t` (positions = row index).
-RowMatrix pre_rope_rows(const HeadTensor& t, int head, int first, int count, const RopeConfig& rope);
+// Pre-RoPE rows [table.first(), table.first() + table.count()) of head h of `t` (positions =
+// row index), rounded to float as the device twin does, widened to float64.
+RowMatrixD pre_rope_rows(const HeadTensor& t, int head, const InverseRopeTable& table);
 
 }  // namespace kvsim::ref

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "reference/parallel.h"
 
 namespace kvsim::ref {
 
@@ -34,10 +35,10 @@ std::vector<long long> top_indices(const float* s, long long n, long long k) {
 Compression select_topk_per_head(const Scores& scores, int k) {
   Compression out;
   out.kept.resize(static_cast<std::size_t>(scores.rows()));
-  for (Eigen::Index g = 0; g < scores.rows(); ++g) {
+  parallel_for(static_cast<int>(scores.rows()), [&](int g) {
     const auto idx = top_indices(scores.row(g).data(), scores.cols(), k);
     out.kept[g].assign(idx.begin(), idx.end());
-  }
+  });
   return out;
 }
 

@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/registry.h"
+#include "reference/parallel.h"
 #include "reference/replay.h"
 #include "tools/commands.h"
 #include "tools/report.h"
@@ -28,6 +29,7 @@ int replay_command(const Args& args) {
       ("format", po::value<std::string>()->default_value("table"), "table (Markdown), csv or json")
       ("detail", po::value<std::string>()->default_value("summary"), "summary, layer, head, or step (per decoding step, decoding presses)")
       ("output,o", po::value<std::string>(), "write the report to this file (written atomically) instead of stdout")
+      ("threads", po::value<int>(), "CPU threads of the reference backend (default: OMP_NUM_THREADS, else every core)")
       ("quiet,q", po::bool_switch(), "no progress lines on stderr");
   po::variables_map vm;
   if (!parse_options(args, desc, vm)) return 0;
@@ -40,6 +42,11 @@ int replay_command(const Args& args) {
   const ReportFormat format = parse_report_format(vm["format"].as<std::string>());
   const ReportDetail detail = parse_report_detail(vm["detail"].as<std::string>());
   const bool quiet = vm["quiet"].as<bool>();
+  if (vm.count("threads")) {
+    const int threads = vm["threads"].as<int>();
+    if (threads < 1) throw Error("--threads must be at least 1 (got " + std::to_string(threads) + ")");
+    ref::set_threads(threads);
+  }
 
   const TraceReader trace(vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path());
   options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs(trace.info(), options.layers);

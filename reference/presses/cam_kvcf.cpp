@@ -15,6 +15,7 @@
 #include "core/press_checks.h"
 #include "reference/cam_kvcf.h"
 #include "reference/attention.h"
+#include "reference/parallel.h"
 #include "reference/scorer_press.h"
 #include "reference/select.h"
 
@@ -31,25 +32,28 @@ class CamKvcfPress final : public Press {
     const int n = in.n, w = window_, d = in.head_dim(), H = in.num_heads(), Hkv = in.num_kv_heads(), G = H / Hkv;
     const int budget = budget_with_window("cam_kvcf", n, ratio, w);
     // abar [Hkv, n]: window attention averaged over the window queries and the group.
-    RowMatrix abar = RowMatrix::Zero(Hkv, n);
     std::vector<int> qpos(static_cast<std::size_t>(w)), kpos(static_cast<std::size_t>(n));
     std::iota(qpos.begin(), qpos.end(), n - w);
     std::iota(kpos.begin(), kpos.end(), 0);
-    for (int h = 0; h < H; ++h) {
+    RowMatrix per_head(H, n);
+    parallel_for(H, [&](int h) {
       const ConstRowMap queries(in.layer.q.head(h) + static_cast<std::size_t>(n - w) * d, w, d);
-      abar.row(h / G) += attention_probs(queries, head_rows(in.layer.k, h / G, n), qpos, kpos).colwise().mean() / static_cast<float>(G);
-    }
+      per_head.row(h) = attention_probs(queries, head_rows(in.layer.k, h / G, n), qpos, kpos).colwise().mean() / static_cast<float>(G);
+    });
+    RowMatrix abar = RowMatrix::Zero(Hkv, n);
+    for (int h = 0; h < H; ++h) abar.row(h / G) += per_head.row(h);  // in head order, as one thread would
     Scores scores(Hkv, n);
     scores.leftCols(n - w) = abar.leftCols(n - w) * static_cast<float>(w);
     scores.rightCols(w).setConstant(std::numeric_limits<float>::max());  // the window is always kept
     Compression c = select_topk_per_head(scores, budget);
     const int first = static_cast<int>(std::ceil(start_ratio_ * n));
-    for (int g = 0; g < Hkv; ++g) {
+    c.values.resize(static_cast<std::size_t>(Hkv));
+    parallel_for(Hkv, [&](int g) {
       std::vector<float> values(in.layer.v.head(g), in.layer.v.head(g) + static_cast<std::size_t>(n) * d);
       cam_kvcf_merge_head(values.data(), abar.row(g).data(), n, d, w, first, seed_, static_cast<uint32_t>(in.layer_index()),
                           static_cast<uint32_t>(g));
-      c.values.push_back(kept_rows(values.data(), d, c.kept[g]));
-    }
+      c.values[g] = kept_rows(values.data(), d, c.kept[g]);
+    });
     return c;
   }
 

@@ -9,6 +9,8 @@
 #include <cmath>
 
 #include "core/press_checks.h"
+#include "reference/attention.h"
+#include "reference/parallel.h"
 #include "reference/scorer_press.h"
 #include "reference/scoring.h"
 
@@ -29,31 +31,41 @@ class ExpectedAttentionPress final : public ScorerPress {
     require_more_tokens(name(), "n_sink", n_sink_, in.n);
     const int d = in.head_dim(), N = in.n - n_sink_;
     const RowMatrixD rotation = Eigen::Map<const RowMatrixD>(average_rope_rotation(in.rope, in.n, n_future_).data(), d, d);
+    const InverseRopeTable table(in.rope, n_sink_, N);  // shared by every query head
     RowMatrix probs(in.num_heads(), N);
-    for (int h = 0; h < in.num_heads(); ++h) {
-      const RowMatrixD queries = pre_rope_rows(in.layer.q, h, n_sink_, N, in.rope).cast<double>();
-      const Eigen::RowVectorXd mean = queries.colwise().mean();
-      const Eigen::VectorXd mu = rotation * mean.transpose();
-      const int g = h / (in.num_heads() / in.num_kv_heads());
-      const RowMatrixD keys = head_rows(in.layer.k, g, in.n).bottomRows(N).cast<double>();
-      Eigen::VectorXd z = keys * mu / std::sqrt(static_cast<double>(d));
-      if (use_covariance_) {
-        const RowMatrixD centred = queries.rowwise() - mean;
-        const RowMatrixD cov = rotation * (centred.transpose() * centred / static_cast<double>(N)) * rotation.transpose();
-        z += ((keys * cov).cwiseProduct(keys)).rowwise().sum() / (2.0 * d);
-      }
-      const Eigen::ArrayXd e = (z.array() - z.maxCoeff()).exp();
-      probs.row(h) = (e / e.sum()).cast<float>().matrix().transpose();
-    }
+    parallel_for(in.num_heads(), [&](int h) { probs.row(h) = head_probabilities(in, h, rotation, table).cast<float>(); });
     Scores s = group_mean(probs, in.num_kv_heads());
     if (use_vnorm_)
-      for (int g = 0; g < in.num_kv_heads(); ++g)
+      parallel_for(in.num_kv_heads(), [&](int g) {
         s.row(g) = (s.row(g).array() + static_cast<float>(epsilon_)) *
                    head_rows(in.layer.v, g, in.n).bottomRows(N).rowwise().norm().transpose().array();
+      });
     return pad_with_max_plus_one(s, n_sink_, 0);
   }
 
  private:
+  // Softmax over the non-sink keys of query head h's expected logits, as a row.
+  Eigen::RowVectorXd head_probabilities(const PressInput& in, int h, const RowMatrixD& rotation, const InverseRopeTable& table) const {
+    const int d = in.head_dim(), N = table.count();
+    RowMatrixD queries = pre_rope_rows(in.layer.q, h, table);
+    const Eigen::RowVectorXd mean = queries.colwise().mean();
+    const int g = kv_head_of(h, in.num_heads(), in.num_kv_heads());
+    const RowMatrixD keys = head_rows(in.layer.k, g, in.n).bottomRows(N).cast<double>();
+    Eigen::VectorXd z = keys * (rotation * mean.transpose()) / std::sqrt(static_cast<double>(d));
+    if (use_covariance_) {
+      queries.rowwise() -= mean;  // centred, in place
+      // Gram matrix of the centred queries: one symmetric rank-N update (half a GEMM).
+      RowMatrixD gram = RowMatrixD::Zero(d, d);
+      gram.selfadjointView<Eigen::Lower>().rankUpdate(queries.transpose());
+      const RowMatrixD cov = rotation * (RowMatrixD(gram.selfadjointView<Eigen::Lower>()) / static_cast<double>(N)) * rotation.transpose();
+      RowMatrixD keys_cov(N, d);
+      keys_cov.noalias() = keys * cov;  // a GEMM into its own buffer: nested in cwiseProduct, Eigen is 3x slower
+      z += keys_cov.cwiseProduct(keys).rowwise().sum() / (2.0 * d);
+    }
+    const Eigen::ArrayXd e = (z.array() - z.maxCoeff()).exp();
+    return (e / e.sum()).matrix().transpose();
+  }
+
   int n_future_, n_sink_;
   bool use_covariance_, use_vnorm_;
   double epsilon_;

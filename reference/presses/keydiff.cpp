@@ -3,6 +3,7 @@
 // least similar to the anchor are kept. No protected tokens.
 #include <algorithm>
 
+#include "reference/parallel.h"
 #include "reference/scorer_press.h"
 
 namespace kvsim::ref {
@@ -14,7 +15,7 @@ class KeyDiffPress final : public ScorerPress {
 
   Scores score(const PressInput& in, double) const override {
     Scores s(in.num_kv_heads(), in.n);
-    for (int g = 0; g < in.num_kv_heads(); ++g) {
+    parallel_for(in.num_kv_heads(), [&](int g) {
       const auto keys = head_rows(in.layer.k, g, in.n);
       const Eigen::VectorXf norms = keys.rowwise().norm();
       Eigen::RowVectorXf anchor = Eigen::RowVectorXf::Zero(keys.cols());
@@ -23,7 +24,7 @@ class KeyDiffPress final : public ScorerPress {
       const float anchor_norm = anchor.norm();
       for (int t = 0; t < in.n; ++t)
         s(g, t) = -keys.row(t).dot(anchor) / std::max(norms[t] * anchor_norm, 1e-8f);
-    }
+    });
     return s;
   }
 };

@@ -1,5 +1,6 @@
 // knorm — kvpress KnormPress (arXiv 2406.11430): score = -||k||_2, so the keys with the
 // lowest L2 norm are kept. No sink or window protection.
+#include "reference/parallel.h"
 #include "reference/scorer_press.h"
 
 namespace kvsim::ref {
@@ -11,7 +12,7 @@ class KnormPress final : public ScorerPress {
 
   Scores score(const PressInput& in, double) const override {
     Scores s(in.num_kv_heads(), in.n);
-    for (int g = 0; g < in.num_kv_heads(); ++g) s.row(g) = -head_rows(in.layer.k, g, in.n).rowwise().norm().transpose();
+    parallel_for(in.num_kv_heads(), [&](int g) { s.row(g) = -head_rows(in.layer.k, g, in.n).rowwise().norm().transpose(); });
     return s;
   }
 };

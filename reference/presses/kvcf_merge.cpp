@@ -20,7 +20,7 @@ class KvcfMergePress final : public Press {
     Compression c = select_topk_per_head(inner_->checked_score(in, ratio), kvpress_budget(in.n, ratio));
     const int d = in.head_dim(), kept = static_cast<int>(c.kept.front().size());
     if (kept == 0 || kept == in.n) return c;
-    for (int g = 0; g < in.num_kv_heads(); ++g) {
+    for (int g = 0; g < in.num_kv_heads(); ++g) {  // serial: nearest_survivors' blocks use the threads
       const MergePlan<float> plan = nearest_survivors(in.layer.k.head(g), in.n, d, c.kept[g]);
       c.keys.push_back(apply_kvcf_merge(in.layer.k.head(g), d, c.kept[g], plan, Rule));
       c.values.push_back(apply_kvcf_merge(in.layer.v.head(g), d, c.kept[g], plan, Rule));

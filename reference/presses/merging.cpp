@@ -22,7 +22,7 @@ class MergingPress final : public Press {
     Compression c = select_topk_per_head(inner_->checked_score(in, ratio), kvpress_budget(in.n, ratio));
     const int d = in.head_dim(), kept = static_cast<int>(c.kept.front().size());
     if (kept == 0 || kept == in.n) return c;  // nothing to merge, or nowhere to merge to (kvpress returns early too)
-    for (int g = 0; g < in.num_kv_heads(); ++g) {
+    for (int g = 0; g < in.num_kv_heads(); ++g) {  // serial: nearest_survivors' blocks use the threads
       const MergePlan<float> plan = plan_merges(in.layer.k.head(g), in.layer.v.head(g), in.n, d, c.kept[g], threshold_, fraction_);
       c.values.push_back(apply_merges(in.layer.v.head(g), d, c.kept[g], plan));
     }

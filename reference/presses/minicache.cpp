@@ -8,6 +8,7 @@
 
 #include "core/press_checks.h"
 #include "reference/minicache.h"
+#include "reference/parallel.h"
 #include "reference/scorer_press.h"
 #include "reference/select.h"
 
@@ -25,16 +26,18 @@ class MiniCachePress final : public Press {
     const LayerTensors& prev = *in.previous_layer;
     Compression c = keep_all(Hkv, n);
     Scores distance(Hkv, n);
-    for (int g = 0; g < Hkv; ++g) {
+    c.keys.resize(static_cast<std::size_t>(Hkv));
+    c.values.resize(c.keys.size());
+    parallel_for(Hkv, [&](int g) {
       std::vector<float> keys(static_cast<std::size_t>(n) * d), values(keys.size());
       for (int t = 0; t < n; ++t) {
         const std::size_t at = static_cast<std::size_t>(t) * d;
         distance(g, t) = minicache_merge(in.layer.k.head(g) + at, prev.k.head(g) + at, d, t_, eps_, keys.data() + at);
         minicache_merge(in.layer.v.head(g) + at, prev.v.head(g) + at, d, t_, eps_, values.data() + at);
       }
-      c.keys.push_back(std::move(keys));
-      c.values.push_back(std::move(values));
-    }
+      c.keys[g] = std::move(keys);
+      c.values[g] = std::move(values);
+    });
     // Retained tokens (largest key distance per head) keep their exact rows.
     const Compression retained = select_topk_per_head(distance, static_cast<int>(std::ceil(retention_ * n)));
     for (int g = 0; g < Hkv; ++g)

@@ -2,6 +2,7 @@
 // Draws come from Philox keyed by (seed, layer, kv head, position), so every backend
 // keeps the same random set. kvpress' default seed=None (global RNG) becomes seed=0.
 #include "core/philox.h"
+#include "reference/parallel.h"
 #include "reference/scorer_press.h"
 
 namespace kvsim::ref {
@@ -13,10 +14,11 @@ class RandomPress final : public ScorerPress {
 
   Scores score(const PressInput& in, double) const override {
     Scores s(in.num_kv_heads(), in.n);
-    for (int g = 0; g < in.num_kv_heads(); ++g)
+    parallel_for(in.num_kv_heads(), [&](int g) {
       for (int t = 0; t < in.n; ++t)
         s(g, t) = philox_uniform(seed_, static_cast<uint32_t>(in.layer_index()), static_cast<uint32_t>(g),
                                  static_cast<uint32_t>(t));
+    });
     return s;
   }
 

@@ -6,6 +6,7 @@
 #include "reference/presses/snapkv.h"
 
 #include "core/press_checks.h"
+#include "reference/parallel.h"
 #include "reference/scoring.h"
 
 namespace kvsim::ref {
@@ -20,11 +21,11 @@ Scores snapkv_scores(const PressInput& in, int window, int kernel, const std::st
   require_more_tokens(press, "window_size", window, in.n);
   const int past = in.n - window;
   RowMatrix per_query_head(in.num_heads(), past);
-  for (int h = 0; h < in.num_heads(); ++h) {
+  parallel_for(in.num_heads(), [&](int h) {
     const RowMatrix attn = window_attention(in, h, window);
     const Eigen::RowVectorXf mean = attn.colwise().mean();
     per_query_head.row(h) = avg_pool1d(mean, kernel).head(past);
-  }
+  });
   return pad_with_max_plus_one(group_mean(per_query_head, in.num_kv_heads()), 0, window);
 }
 
