@@ -1,14 +1,19 @@
 #include "reference/replay.h"
 
+#include <chrono>
 #include <cmath>
+#include <future>
 #include <limits>
 #include <map>
 #include <numeric>
+#include <optional>
 
 #include "core/decoding.h"
 #include "core/error.h"
+#include "core/evaluation.h"
 #include "core/philox.h"
 #include "reference/attention.h"
+#include "reference/host_evaluator.h"
 #include "reference/parallel.h"
 #include "reference/select.h"
 
@@ -33,37 +38,6 @@ QueryMetrics compare_outputs(const float* full, const float* compressed, int dim
 
 namespace {
 
-// Attention outputs and log-sum-exps of the evaluation queries over a set of keys.
-struct Outputs {
-  RowMatrix out;       // [queries, d] for one query head
-  Eigen::VectorXd lse;  // [queries]
-};
-
-Outputs attend(const HeadTensor& q, int h, const RowMatrix& keys, const RowMatrix& values,
-               const std::vector<int>& key_pos, int first_query, int n_queries) {
-  std::vector<int> qpos(n_queries);
-  std::iota(qpos.begin(), qpos.end(), first_query);
-  Outputs o;
-  const RowMatrix probs = attention_probs(ConstRowMap(q.head(h) + static_cast<std::size_t>(first_query) * q.dim, n_queries, q.dim),
-                                          keys, qpos, key_pos, &o.lse);
-  o.out = probs * values;
-  return o;
-}
-
-// Rows of head g of `t` at `positions`; the first merged.size() / dim rows come from `merged`
-// instead (the kept tokens' merged keys or values, when the press merges).
-RowMatrix gather(const HeadTensor& t, int g, const std::vector<int>& positions, const std::vector<float>& merged) {
-  RowMatrix rows(static_cast<Eigen::Index>(positions.size()), t.dim);
-  const std::size_t n_merged = merged.size() / static_cast<std::size_t>(t.dim);
-  for (std::size_t i = 0; i < positions.size(); ++i) {
-    if (i < n_merged)
-      rows.row(static_cast<Eigen::Index>(i)) = Eigen::Map<const Eigen::RowVectorXf>(merged.data() + i * t.dim, t.dim);
-    else
-      rows.row(static_cast<Eigen::Index>(i)) = head_rows(t, g, t.tokens).row(positions[i]);
-  }
-  return rows;
-}
-
 void check_compression(const Compression& c, const std::string& press, int n, int kv_heads) {
   if (static_cast<int>(c.kept.size()) != kv_heads) throw Error("internal: press '" + press + "' returned the wrong number of heads");
   if ((!c.values.empty() && static_cast<int>(c.values.size()) != kv_heads) || (!c.keys.empty() && static_cast<int>(c.keys.size()) != kv_heads))
@@ -81,7 +55,7 @@ struct RunAccumulator {
   std::map<int, std::vector<double>> step_err;  // per step, over layers, heads and queries
 };
 
-// The compressed outputs of the evaluation queries for one press on one layer.
+// The compressed outputs of the evaluation queries of a decoding press on one layer.
 struct CompressedRun {
   std::vector<Outputs> outputs;      // per query head, [n_queries, d]
   std::vector<double> kept_fraction;  // per KV head
@@ -89,31 +63,58 @@ struct CompressedRun {
   std::vector<int> step_of_query;     // decoding presses only: the step each evaluation query belongs to
 };
 
-// A one-shot press: compress the segment, then every later query sees the kept tokens plus
-// everything after the segment.
-CompressedRun compress_layer(const Press& press, const PressInput& input, double ratio, const LayerTensors& tensors,
-                             const std::vector<int>& suffix_pos, const std::string& name) {
-  const int n = input.n, H = input.num_heads(), Hkv = input.num_kv_heads();
-  const Compression c = press.compress(input, ratio);
-  check_compression(c, name, n, Hkv);
-  CompressedRun run;
-  run.outputs.resize(static_cast<std::size_t>(H));
-  const std::vector<float> none;
-  std::vector<std::vector<int>> positions(static_cast<std::size_t>(Hkv));
-  std::vector<RowMatrix> keys(positions.size()), values(positions.size());
-  parallel_for(Hkv, [&](int g) {
-    positions[g] = c.kept[g];
-    positions[g].insert(positions[g].end(), suffix_pos.begin(), suffix_pos.end());
-    keys[g] = gather(tensors.k, g, positions[g], c.keys.empty() ? none : c.keys[g]);
-    values[g] = gather(tensors.v, g, positions[g], c.values.empty() ? none : c.values[g]);
-  });
-  for (int g = 0; g < Hkv; ++g) run.kept_fraction.push_back(static_cast<double>(c.kept[g].size()) / n);
-  parallel_for(H, [&](int h) {
-    const int g = kv_head_of(h, H, Hkv);
-    run.outputs[h] = attend(tensors.q, h, keys[g], values[g], positions[g], n, static_cast<int>(suffix_pos.size()));
-  });
-  return run;
+// Adds one layer of one run: per-head and per-layer summaries, and the values the run's
+// summaries pool over layers (and over decoding steps).
+void accumulate(const LayerComparison& m, const CompressedRun& run_outputs, int layer, RunAccumulator& a, RunResult& run) {
+  const int H = m.heads, Q = m.queries, Hkv = static_cast<int>(run_outputs.kept_fraction.size());
+  LayerResult layer_result;
+  layer_result.layer = layer;
+  std::vector<double> layer_err, layer_cos, layer_recall;
+  for (int h = 0; h < H; ++h) {
+    const long first = static_cast<long>(h) * Q;
+    const std::vector<double> err(m.rel_err.begin() + first, m.rel_err.begin() + first + Q),
+        cos(m.cosine.begin() + first, m.cosine.begin() + first + Q), recall(m.recall.begin() + first, m.recall.begin() + first + Q);
+    HeadResult head;
+    head.layer = layer;
+    head.head = h;
+    head.kept_fraction = run_outputs.kept_fraction[kv_head_of(h, H, Hkv)];
+    head.rel_err = summarize(err);
+    head.cosine = summarize(cos);
+    head.recall = summarize(recall);
+    run.heads.push_back(head);
+    if (!run_outputs.step_of_query.empty())
+      for (int i = 0; i < Q; ++i) a.step_err[run_outputs.step_of_query[i]].push_back(err[i]);
+    layer_err.insert(layer_err.end(), err.begin(), err.end());
+    layer_cos.insert(layer_cos.end(), cos.begin(), cos.end());
+    layer_recall.insert(layer_recall.end(), recall.begin(), recall.end());
+  }
+  for (double f : run_outputs.kept_fraction) {
+    a.kept_fraction_sum += f;
+    layer_result.kept_fraction += f / Hkv;
+  }
+  a.kept_fraction_count += Hkv;
+  for (const StepResult& step : run_outputs.steps) {
+    if (a.steps.size() <= static_cast<std::size_t>(step.step)) a.steps.resize(static_cast<std::size_t>(step.step) + 1);
+    a.steps[step.step] = step;
+  }
+  layer_result.rel_err = summarize(layer_err);
+  layer_result.cosine = summarize(layer_cos);
+  layer_result.recall = summarize(layer_recall);
+  if (!m.oproj_rel_err.empty()) {
+    layer_result.oproj_rel_err = summarize(m.oproj_rel_err);
+    a.oproj.insert(a.oproj.end(), m.oproj_rel_err.begin(), m.oproj_rel_err.end());
+  }
+  a.rel_err.insert(a.rel_err.end(), layer_err.begin(), layer_err.end());
+  a.cosine.insert(a.cosine.end(), layer_cos.begin(), layer_cos.end());
+  a.recall.insert(a.recall.end(), layer_recall.begin(), layer_recall.end());
+  run.layers.push_back(layer_result);
 }
+
+// A recorded layer read from the trace (and the one before, for cross-layer presses).
+struct LoadedLayer {
+  LayerTensors tensors, previous;
+  double seconds = 0;  // spent reading
+};
 
 // The decoding cache of one KV head: positions (ascending), their current values (CaM merges
 // change them) and, for CaM, the running decode attention of each entry.
@@ -349,34 +350,39 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
 
   bool needs_previous_layer = false;
   for (const PressInfo* p : press_infos) needs_previous_layer = needs_previous_layer || p->needs_previous_layer;
-  const int H = info.num_attention_heads, Hkv = info.num_key_value_heads, d = info.head_dim;
-  std::vector<int> suffix_pos(static_cast<std::size_t>(n_queries));
-  std::iota(suffix_pos.begin(), suffix_pos.end(), n);
-  for (int layer : layers) {
-    if (progress) progress("layer " + std::to_string(layer));
-    const LayerTensors tensors = trace.read_layer(layer, {.attn_out = false, .o_proj = true});
-    const bool has_oproj = !tensors.o_proj.empty();
-    const Eigen::Map<const RowMatrix> w_o(tensors.o_proj.data(), tensors.o_proj_rows, has_oproj ? H * d : 0);
+  const int Hkv = info.num_key_value_heads;
+  const EvaluatorFactory* device_evaluator = find_evaluator(options.backend);
 
-    // Full-cache outputs of the evaluation queries, per query head.
-    std::vector<Outputs> full(static_cast<std::size_t>(H));
-    std::vector<int> all_pos(static_cast<std::size_t>(T));
-    std::iota(all_pos.begin(), all_pos.end(), 0);
-    parallel_for(H, [&](int h) {
-      const int g = kv_head_of(h, H, Hkv);
-      full[h] = attend(tensors.q, h, head_rows(tensors.k, g, T), head_rows(tensors.v, g, T), all_pos, n, n_queries);
-    });
-    RowMatrix full_concat(has_oproj ? n_queries : 0, H * d);
-    if (has_oproj)
-      for (int h = 0; h < H; ++h) full_concat.middleCols(h * d, d) = full[h].out;
-    const RowMatrix full_proj = has_oproj ? RowMatrix(full_concat * w_o.transpose()) : RowMatrix();
-
-    // Cross-layer presses (MiniCache) also read the layer before, when it was recorded.
+  // Layers are read one ahead, on another thread, while the current one is replayed: only
+  // that thread calls into HDF5. Cross-layer presses (MiniCache) also get the layer before.
+  auto read = [&](int layer) {
+    const auto start = std::chrono::steady_clock::now();
+    LoadedLayer loaded;
+    loaded.tensors = trace.read_layer(layer, {.attn_out = false, .o_proj = true});
     const bool previous_recorded =
         std::find(info.recorded_layers.begin(), info.recorded_layers.end(), layer - 1) != info.recorded_layers.end();
-    const LayerTensors previous =
-        needs_previous_layer && previous_recorded ? trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false}) : LayerTensors();
-    const PressInput input{tensors, n, info.num_hidden_layers, info.rope, previous.q.empty() ? nullptr : &previous};
+    if (needs_previous_layer && previous_recorded) loaded.previous = trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false});
+    loaded.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return loaded;
+  };
+  const auto replay_start = std::chrono::steady_clock::now();
+  std::future<LoadedLayer> next = std::async(std::launch::async, read, layers.front());
+  for (std::size_t li = 0; li < layers.size(); ++li) {
+    const int layer = layers[li];
+    const auto wait_start = std::chrono::steady_clock::now();
+    const LoadedLayer loaded = next.get();
+    result.read_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
+    result.read_seconds += loaded.seconds;
+    if (li + 1 < layers.size()) next = std::async(std::launch::async, read, layers[li + 1]);
+    if (progress) progress("layer " + std::to_string(layer) + " (" + std::to_string(li + 1) + "/" + std::to_string(layers.size()) + ")");
+    const LayerTensors& tensors = loaded.tensors;
+    PressInput input{tensors, n, info.num_hidden_layers, info.rope, loaded.previous.q.empty() ? nullptr : &loaded.previous};
+    // One-shot presses are evaluated by the backend's own evaluator where it has one (on its
+    // device, sharing the presses' copy of the layer); the rest on the host, built on demand.
+    const std::unique_ptr<LayerEvaluator> on_device = device_evaluator ? (*device_evaluator)(input) : nullptr;
+    if (on_device) input.resident = on_device->resident();
+    std::optional<HostEvaluator> on_host;
+    auto host = [&]() -> const HostEvaluator& { return on_host ? *on_host : on_host.emplace(tensors, n); };
     for (std::size_t s = 0; s < slots.size(); ++s) {
       const double ratio = std::isnan(slots[s].ratio) ? 0.0 : slots[s].ratio;
       const Press& press = *presses[slots[s].press];
@@ -384,84 +390,26 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
       const auto* decoding = dynamic_cast<const DecodingPress*>(&press);
       const auto* pair = dynamic_cast<const PrefillDecodingPress*>(&press);
       CompressedRun run_outputs;
-      if (decoding) {
-        run_outputs = decode_layer(*decoding, tensors, n, info, name);
-      } else if (pair) {
-        const Compression prefill = pair->compress(input, ratio);
-        check_compression(prefill, name, n, Hkv);
-        run_outputs = decode_layer(pair->decoding(), tensors, n, info, name, &prefill);
+      LayerComparison comparison;
+      if (decoding || pair) {
+        if (decoding) {
+          run_outputs = decode_layer(*decoding, tensors, n, info, name);
+        } else {
+          const Compression prefill = pair->compress(input, ratio);
+          check_compression(prefill, name, n, Hkv);
+          run_outputs = decode_layer(pair->decoding(), tensors, n, info, name, &prefill);
+        }
+        comparison = host().compare_outputs(run_outputs.outputs);
       } else {
-        run_outputs = compress_layer(press, input, ratio, tensors, suffix_pos, name);
+        const Compression c = press.compress(input, ratio);
+        check_compression(c, name, n, Hkv);
+        for (int g = 0; g < Hkv; ++g) run_outputs.kept_fraction.push_back(static_cast<double>(c.kept[g].size()) / n);
+        comparison = on_device ? on_device->compare(c) : host().compare(c);
       }
-      RunAccumulator& a = acc[s];
-      RunResult& run = result.runs[s];
-      LayerResult layer_result;
-      layer_result.layer = layer;
-      std::vector<double> layer_err, layer_cos, layer_recall;
-      RowMatrix comp_concat(has_oproj ? n_queries : 0, H * d);
-      // Per-query metrics of every head in parallel, then gathered in head order.
-      std::vector<std::vector<double>> head_err(static_cast<std::size_t>(H)), head_cos(head_err.size()), head_recall(head_err.size());
-      std::vector<HeadResult> head_results(head_err.size());
-      parallel_for(H, [&](int h) {
-        const Outputs& comp = run_outputs.outputs[h];
-        std::vector<double>&err = head_err[h], &cos = head_cos[h], &recall = head_recall[h];
-        for (int i = 0; i < n_queries; ++i) {
-          const QueryMetrics m = compare_outputs(full[h].out.row(i).data(), comp.out.row(i).data(), d, full[h].lse[i], comp.lse[i]);
-          err.push_back(m.rel_err);
-          cos.push_back(m.cosine);
-          recall.push_back(m.recall);
-        }
-        HeadResult& head_result = head_results[h];
-        head_result.layer = layer;
-        head_result.head = h;
-        head_result.kept_fraction = run_outputs.kept_fraction[kv_head_of(h, H, Hkv)];
-        head_result.rel_err = summarize(err);
-        head_result.cosine = summarize(cos);
-        head_result.recall = summarize(recall);
-      });
-      for (int h = 0; h < H; ++h) {
-        const Outputs& comp = run_outputs.outputs[h];
-        const std::vector<double>&err = head_err[h], &cos = head_cos[h], &recall = head_recall[h];
-        if (!run_outputs.step_of_query.empty())
-          for (int i = 0; i < n_queries; ++i) a.step_err[run_outputs.step_of_query[i]].push_back(err[i]);
-        run.heads.push_back(head_results[h]);
-        layer_err.insert(layer_err.end(), err.begin(), err.end());
-        layer_cos.insert(layer_cos.end(), cos.begin(), cos.end());
-        layer_recall.insert(layer_recall.end(), recall.begin(), recall.end());
-        if (has_oproj) comp_concat.middleCols(h * d, d) = comp.out;
-      }
-      for (int g = 0; g < Hkv; ++g) a.kept_fraction_sum += run_outputs.kept_fraction[g];
-      a.kept_fraction_count += Hkv;
-      for (const StepResult& step : run_outputs.steps) {
-        if (a.steps.size() <= static_cast<std::size_t>(step.step)) a.steps.resize(static_cast<std::size_t>(step.step) + 1);
-        a.steps[step.step].step = step.step;
-        a.steps[step.step].first_position = step.first_position;
-        a.steps[step.step].queries = step.queries;
-        a.steps[step.step].cache_size = step.cache_size;
-        a.steps[step.step].compressed_after = step.compressed_after;
-      }
-      layer_result.kept_fraction = 0;
-      for (double f : run_outputs.kept_fraction) layer_result.kept_fraction += f / Hkv;
-      layer_result.rel_err = summarize(layer_err);
-      layer_result.cosine = summarize(layer_cos);
-      layer_result.recall = summarize(layer_recall);
-      if (has_oproj) {
-        const RowMatrix comp_proj = comp_concat * w_o.transpose();
-        std::vector<double> oproj;
-        for (int i = 0; i < n_queries; ++i) {
-          const double full_norm = full_proj.row(i).cast<double>().norm();
-          const double diff = (comp_proj.row(i) - full_proj.row(i)).cast<double>().norm();
-          oproj.push_back(full_norm > 0 ? diff / full_norm : diff);
-        }
-        layer_result.oproj_rel_err = summarize(oproj);
-        a.oproj.insert(a.oproj.end(), oproj.begin(), oproj.end());
-      }
-      a.rel_err.insert(a.rel_err.end(), layer_err.begin(), layer_err.end());
-      a.cosine.insert(a.cosine.end(), layer_cos.begin(), layer_cos.end());
-      a.recall.insert(a.recall.end(), layer_recall.begin(), layer_recall.end());
-      run.layers.push_back(layer_result);
+      accumulate(comparison, run_outputs, layer, acc[s], result.runs[s]);
     }
   }
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - replay_start).count();
   for (std::size_t s = 0; s < slots.size(); ++s) {
     RunResult& run = result.runs[s];
     run.rel_err = summarize(acc[s].rel_err);

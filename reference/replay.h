@@ -57,6 +57,9 @@ struct ReplayResult {
   std::string trace;
   int n_compressed = 0;  // tokens each press sees
   int n_queries = 0;     // evaluation queries per layer and head
+  double seconds = 0;            // wall time of the replay
+  double read_seconds = 0;       // spent reading layers (on the reading thread, overlapped with work)
+  double read_wait_seconds = 0;  // of which the replay waited for (not overlapped)
   std::vector<RunResult> runs;
 };
 

@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, in one short run (about 6 minutes on an H100/H200), from the
-# stage that scripts/stage_gpu_check.sh builds (this script is copied into it):
-#   bash gpu-stage/gpu_check.sh OUT_DIR
+# Every check that needs a GPU, in one short run, from the stage that
+# scripts/stage_gpu_check.sh builds (this script is copied into it):
+#   bash gpu-stage/gpu_check.sh OUT_DIR [BUDGET_SECONDS, default 540]
+# Each step has its own time limit, capped by what is left of the budget, so one slow step
+# cannot eat the others' time and the whole run ends inside one device call; a step with no
+# time left is recorded as skipped.
 # Writes at most 8 files into OUT_DIR (what a lent GPU machine sends back):
 #   info.txt            device, driver, commit, date, and the exit status of every step
 #   conformance.txt     the GPU conformance suite (random shape grid to 64K, bundled trace)
 #   verify.txt          kvsim verify --backend cuda on the bundled trace
 #   sanitizer.txt       compute-sanitizer: memcheck over every press, racecheck and synccheck
-#                       on the presses that use the shared-memory softmax kernel
+#                       on presses that use the shared-memory kernels
 #   bench_cuda.json     Google Benchmark JSON: compress / select / gather per press
 #   torch.json          kvpress-style PyTorch compression step, same layer, same run
-#   log.txt             everything printed
-# Each step has its own time limit so that one slow step cannot eat the others' time.
+#   log.txt             everything printed, including the timed replays of a synthetic
+#                       Llama-3-8B-shaped trace (4 layers, 32K context, bf16) through snapkv at
+#                       4 ratios on the cuda and reference backends
 set -uo pipefail
 stage=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-out=${1:?usage: gpu_check.sh OUT_DIR}
+out=${1:?usage: gpu_check.sh OUT_DIR [BUDGET_SECONDS]}
+budget=${2:-540}
 mkdir -p "$out"
 exec > >(tee "$out/log.txt") 2>&1
 export LD_LIBRARY_PATH="$stage/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
@@ -32,6 +37,13 @@ status=0
 step() {  # step NAME SECONDS COMMAND...: runs it with a time limit, records its exit status
   local name=$1 seconds=$2
   shift 2
+  local left=$((budget - SECONDS))
+  if ((left < 10)); then
+    echo "$name: skipped, out of time" | tee -a "$info"
+    status=1
+    return
+  fi
+  ((seconds > left)) && seconds=$left
   local start=$SECONDS
   timeout "$seconds" "$@"
   local rc=$?
@@ -39,22 +51,28 @@ step() {  # step NAME SECONDS COMMAND...: runs it with a time limit, records its
   ((rc == 0)) || status=1
 }
 
-step conformance 180 "$bin/test_conformance_gpu" --gtest_brief=1 > "$out/conformance.txt" 2>&1
-step verify 60 "$bin/kvsim" verify --backend cuda > "$out/verify.txt" 2>&1
+step conformance 150 "$bin/test_conformance_gpu" --gtest_brief=1 > "$out/conformance.txt" 2>&1
+step verify 45 "$bin/kvsim" verify --backend cuda > "$out/verify.txt" 2>&1
 {
   echo "== memcheck, every press, layer 0, ratio 0.5"
-  step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0
+  step memcheck 75 compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0
   for tool in racecheck synccheck; do
-    echo "== $tool: presses on the softmax kernel"
-    step "$tool" 60 compute-sanitizer --tool "$tool" --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0 \
-      --press snapkv tova observed_attention cam_kvcf
+    echo "== $tool: presses on the shared-memory kernels (softmax, first maximum)"
+    step "$tool" 30 compute-sanitizer --tool "$tool" --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0 \
+      --press snapkv observed_attention "merging(knorm)"
   done
 } > "$out/sanitizer.txt" 2>&1
-step bench_cuda 150 "$bin/bench_cuda" --benchmark_filter='compress|select' --benchmark_min_time=0.05 \
+step bench_cuda 120 "$bin/bench_cuda" --benchmark_filter='(compress|select)/T=(32768|131072)' --benchmark_min_time=0.05 \
   --benchmark_out="$out/bench_cuda.json" --benchmark_out_format=json
 if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-  step torch 90 python3 "$stage/torch_compression.py" --tokens 32768 131072 --out "$out/torch.json"
+  step torch 60 python3 "$stage/torch_compression.py" --tokens 32768 131072 --out "$out/torch.json"
 else
   echo "torch: not available with CUDA here; no PyTorch comparison" | tee -a "$info"
 fi
+synthetic=$(mktemp -d)/llama8b-4layers-32k.h5
+step synth_trace 60 "$bin/kvsim" synth-trace -o "$synthetic" --layers 4 --context 32768 --question 64 --generated 64 --heads 32 \
+  --kv-heads 8 --head-dim 128 --dtype bfloat16
+for backend in cuda reference; do
+  step "replay_$backend" 60 "$bin/kvsim" replay --trace "$synthetic" --backend "$backend" --press snapkv --ratio 0.25 0.5 0.75 0.9
+done
 exit $status

@@ -1,5 +1,6 @@
 // kvsim replay: every press x ratio on a trace, perturbation metrics per press and ratio.
 #include <boost/program_options.hpp>
+#include <cstdio>
 #include <iostream>
 
 #include "core/error.h"
@@ -25,7 +26,8 @@ int replay_command(const Args& args) {
       ("layers", po::value<std::string>(), "recorded layers to replay, e.g. 0,2,5-7 (default: all)")
       ("query-aware", po::bool_switch(), "the press also sees the question (kvpress query_aware); evaluates generated tokens only")
       ("backend", po::value<std::string>()->default_value("reference"),
-       "reference (Eigen CPU), cuda (GPU; metrics still computed by the reference), or cuda-emu (the CUDA code run on the CPU)")
+       "reference (Eigen CPU), cuda (GPU: presses, evaluation attention and metrics on the device; decoding presses'\n"
+       "schedules on the host), or cuda-emu (the CUDA code run on the CPU)")
       ("format", po::value<std::string>()->default_value("table"), "table (Markdown), csv or json")
       ("detail", po::value<std::string>()->default_value("summary"), "summary, layer, head, or step (per decoding step, decoding presses)")
       ("output,o", po::value<std::string>(), "write the report to this file (written atomically) instead of stdout")
@@ -53,6 +55,13 @@ int replay_command(const Args& args) {
   const ref::ReplayResult result = ref::replay(trace, options, [&](const std::string& line) {
     if (!quiet) std::cerr << "kvsim replay: " << line << "\n";
   });
+  if (!quiet) {
+    char line[200];
+    std::snprintf(line, sizeof line, "%.2f s; reading the trace %.2f s (on its own thread), of which %.2f s not overlapped with work (%.0f%%)",
+                  result.seconds, result.read_seconds, result.read_wait_seconds,
+                  result.seconds > 0 ? 100.0 * result.read_wait_seconds / result.seconds : 0.0);
+    std::cerr << "kvsim replay: " << line << "\n";
+  }
   write_output(vm.count("output") ? vm["output"].as<std::string>() : "", format_replay(result, format, detail));
   return 0;
 }

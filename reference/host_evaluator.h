@@ -1,0 +1,44 @@
+#pragma once
+// The replay's evaluation on the host (core/evaluation.h): the reference's own, and the one
+// every backend's decoding presses use. Full-cache outputs of the evaluation queries are
+// computed once per layer; each compression's outputs are then compared query by query.
+#include <vector>
+
+#include "core/evaluation.h"
+#include "reference/eigen.h"
+#include "traces/trace.h"
+
+namespace kvsim::ref {
+
+// Attention outputs and log-sum-exps of the evaluation queries over a set of keys.
+struct Outputs {
+  RowMatrix out;        // [queries, d] for one query head
+  Eigen::VectorXd lse;  // [queries]
+};
+
+// Queries [first_query, first_query + n_queries) of head h over keys at key_pos, causally.
+Outputs attend(const HeadTensor& q, int h, const RowMatrix& keys, const RowMatrix& values, const std::vector<int>& key_pos,
+               int first_query, int n_queries);
+
+// Rows of head g of `t` at `positions`; the first merged.size() / dim rows come from `merged`
+// instead (the kept tokens' merged keys or values, when the press merges).
+RowMatrix gather(const HeadTensor& t, int g, const std::vector<int>& positions, const std::vector<float>& merged);
+
+class HostEvaluator final : public LayerEvaluator {
+ public:
+  // layer: every recorded position (and o_proj when recorded); n: the compressed segment.
+  HostEvaluator(const LayerTensors& layer, int n);
+  const ResidentLayer* resident() const override { return nullptr; }
+  // A one-shot compression: kept tokens (merged rows first) plus every token after the segment.
+  LayerComparison compare(const Compression& compression) const override;
+  // Outputs computed elsewhere (the decoding replay), per query head.
+  LayerComparison compare_outputs(const std::vector<Outputs>& compressed) const;
+
+ private:
+  const LayerTensors& layer_;
+  int n_, queries_;
+  std::vector<Outputs> full_;
+  RowMatrix full_proj_;  // [queries, D], empty without o_proj
+};
+
+}  // namespace kvsim::ref
