@@ -21,7 +21,7 @@
 #include "core/registry.h"
 #include "cuda/device.h"
 #include "cuda/exec_cuda.cuh"
-#include "cuda/press_list.h"
+#include "cuda/presses/expected_attention.h"
 
 namespace kvsim::cuda {
 namespace {

@@ -1,6 +1,7 @@
 #pragma once
 // Device twins of the attention-based scorers: snapkv, pyramidkv, tova, observed_attention
 // (formulas in reference/presses/<name>.cpp).
+#include "cuda/device_registry.h"
 #include "core/press_checks.h"
 #include "cuda/stages.h"
 
@@ -103,3 +104,8 @@ class ObservedAttentionDevice final : public DeviceScorer<Exec> {
 };
 
 }  // namespace kvsim::cuda
+
+KVSIM_DEVICE_PRESS("snapkv", SnapKvDevice)
+KVSIM_DEVICE_PRESS("pyramidkv", PyramidKvDevice)
+KVSIM_DEVICE_PRESS("tova", TovaDevice)
+KVSIM_DEVICE_PRESS("observed_attention", ObservedAttentionDevice)

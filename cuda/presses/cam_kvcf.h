@@ -4,6 +4,7 @@
 // ones wrote, so the order is the reference's), then selection.
 #include <cfloat>
 
+#include "cuda/device_registry.h"
 #include "core/press_checks.h"
 #include "cuda/stages.h"
 #include "reference/cam_kvcf.h"
@@ -59,3 +60,5 @@ class CamKvcfDevice final : public Press {
 };
 
 }  // namespace kvsim::cuda
+
+KVSIM_DEVICE_PRESS("cam_kvcf", CamKvcfDevice)

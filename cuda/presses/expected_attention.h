@@ -1,6 +1,7 @@
 #pragma once
 // Device twin of expected_attention (reference/presses/expected_attention.cpp): float64
 // statistics of the pre-RoPE queries, rotated by the average future RoPE matrix.
+#include "cuda/device_registry.h"
 #include "core/press_checks.h"
 #include "cuda/stages.h"
 
@@ -159,3 +160,5 @@ class ExpectedAttentionDevice final : public DeviceScorer<Exec> {
 };
 
 }  // namespace kvsim::cuda
+
+KVSIM_DEVICE_PRESS("expected_attention", ExpectedAttentionDevice)

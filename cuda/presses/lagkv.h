@@ -1,6 +1,7 @@
 #pragma once
 // Device twin of lagkv (reference/presses/lagkv.cpp): the per-token arithmetic is the
 // reference's own (reference/lagkv.h), so both backends rank the same bits.
+#include "cuda/device_registry.h"
 #include "cuda/device_scorer.h"
 #include "reference/lagkv.h"
 
@@ -89,3 +90,5 @@ class LagKvDevice final : public DeviceScorer<Exec> {
 };
 
 }  // namespace kvsim::cuda
+
+KVSIM_DEVICE_PRESS("lagkv", LagKvDevice)

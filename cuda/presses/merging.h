@@ -7,6 +7,7 @@
 #include <cfloat>
 #include <optional>
 
+#include "cuda/device_registry.h"
 #include "cuda/device_scorer.h"
 #include "reference/merging.h"
 
@@ -291,3 +292,7 @@ struct KvcfMergeDevice {
 };
 
 }  // namespace kvsim::cuda
+
+KVSIM_DEVICE_PRESS("merging", MergingDevice)
+KVSIM_DEVICE_PRESS("pivot_merge", KvcfMergeDevice<ref::KvcfMerge::pivot>::template Press)
+KVSIM_DEVICE_PRESS("weighted_merge", KvcfMergeDevice<ref::KvcfMerge::weighted>::template Press)

@@ -3,6 +3,7 @@
 // key and value rows with layer l - 1's; retention by the device top-k of the key distances.
 #include <cmath>
 
+#include "cuda/device_registry.h"
 #include "core/press_checks.h"
 #include "cuda/device_scorer.h"
 #include "reference/minicache.h"
@@ -54,3 +55,5 @@ class MiniCacheDevice final : public Press {
 };
 
 }  // namespace kvsim::cuda
+
+KVSIM_DEVICE_PRESS("minicache", MiniCacheDevice)

@@ -1,6 +1,7 @@
 #pragma once
 // Device twins of the query-free presses: none, random, knorm, streaming_llm, keydiff
 // (formulas in reference/presses/<name>.cpp).
+#include "cuda/device_registry.h"
 #include "core/philox.h"
 #include "core/press_checks.h"
 #include "cuda/stages.h"
@@ -101,3 +102,9 @@ class KeyDiffDevice final : public DeviceScorer<Exec> {
 };
 
 }  // namespace kvsim::cuda
+
+KVSIM_DEVICE_PRESS("none", NoneDevice)
+KVSIM_DEVICE_PRESS("random", RandomDevice)
+KVSIM_DEVICE_PRESS("knorm", KnormDevice)
+KVSIM_DEVICE_PRESS("streaming_llm", StreamingLlmDevice)
+KVSIM_DEVICE_PRESS("keydiff", KeyDiffDevice)

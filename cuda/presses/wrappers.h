@@ -3,6 +3,7 @@
 // (reference/presses/adakv.cpp, dms.cpp).
 #include <cfloat>
 
+#include "cuda/device_registry.h"
 #include "cuda/device_scorer.h"
 
 namespace kvsim::cuda {
@@ -74,3 +75,6 @@ class DmsDevice final : public Press {
 };
 
 }  // namespace kvsim::cuda
+
+KVSIM_DEVICE_PRESS("adakv", AdaKvDevice)
+KVSIM_DEVICE_PRESS("dms", DmsDevice)
