@@ -3,6 +3,7 @@
 // layer (the compressed segment: the context, or context + question in query-aware
 // mode) and decides, per KV head, which of them stay in the cache.
 #include <Eigen/Core>
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -80,14 +81,25 @@ class ScorerPress : public Press {
   virtual int budget(const PressInput& input, double ratio) const;
 };
 
-// kvpress' budget: n_kept = int(n * (1 - ratio)), truncating toward zero.
-inline int kvpress_budget(int n, double ratio) { return static_cast<int>(n * (1.0 - ratio)); }
+// kvpress' budget (kvpress.utils.compute_n_kept): n_kept = int(n * (1 - ratio)), truncating
+// toward zero, but at least one token, so a short context is never emptied by rounding.
+inline int kvpress_budget(int n, double ratio) {
+  if (n <= 0 || ratio >= 1.0) return 0;
+  return std::max(1, static_cast<int>(n * (1.0 - ratio)));
+}
+
+// AdaKV's safeguard (kvpress AdaKVPress): int(n_kept * alpha) of each head's best tokens
+// always kept, at least one when alpha > 0 and anything is kept.
+inline int adakv_safeguard(int n_kept, double alpha) {
+  const int n_safe = static_cast<int>(n_kept * alpha);
+  return alpha > 0 && n_kept > 0 ? std::max(1, n_safe) : n_safe;
+}
 inline int ScorerPress::budget(const PressInput& input, double ratio) const { return kvpress_budget(input.n, ratio); }
 
 // kvpress PyramidKVPress.get_layer_budget, in floating point with Python's round:
 //   M = w + n(1-r); min = (M-w)/beta; max = 2(M-w) - min;
 //   if max >= n-w: max = n-w, min = 2(M-w) - max;
-//   if not (n >= max >= min >= w): round(n(1-r))   (SnapKV fallback)
+//   if not (n >= max >= min >= w): max(1, round(n(1-r)))   (SnapKV fallback)
 //   else round(max - layer (max-min)/(L-1)).
 int pyramidkv_budget(int n, double ratio, int window, double beta, int layer, int num_layers);
 

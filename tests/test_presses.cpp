@@ -54,6 +54,24 @@ TEST(Knorm, KeepsTheLowestNormKeys) {
   EXPECT_EQ(run("knorm", layer, 4, 0.75).kept, (Kept{{1}, {3}}));
 }
 
+// kvpress keeps at least one token per head (kvpress.utils.compute_n_kept), also through
+// AdaKV's safeguard and PyramidKV's SnapKV fallback; these short contexts once emptied heads.
+TEST(Budget, ShortContextsKeepAtLeastOneTokenPerHead) {
+  EXPECT_EQ(kvpress_budget(3, 0.75), 1);  // int(0.75) = 0
+  EXPECT_EQ(kvpress_budget(3, 0.5), 1);
+  EXPECT_EQ(kvpress_budget(0, 0.5), 0);
+  const LayerTensors layer = layer_with_keys({norms({3, 1, 2}), norms({2, 5, 4})});
+  EXPECT_EQ(run("knorm", layer, 3, 0.75).kept, (Kept{{1}, {0}}));
+  // n_kept = 1, n_safe = max(1, int(0.2)) = 1: each head keeps its best token (without the
+  // floor, the two best scores of the layer, both in head 0, would be kept).
+  EXPECT_EQ(run("adakv(knorm)", layer, 3, 0.5).kept, (Kept{{1}, {0}}));
+  EXPECT_EQ(adakv_safeguard(1, 0.2), 1);
+  EXPECT_EQ(adakv_safeguard(1, 0.0), 0);
+  EXPECT_EQ(adakv_safeguard(10, 0.25), 2);
+  // window 1, ratio 0.9: the schedule is invalid, and the fallback round(0.3) = 0 becomes 1.
+  EXPECT_EQ(pyramidkv_budget(3, 0.9, 1, 20.0, 0, 2), 1);
+}
+
 TEST(Knorm, TiesKeepTheLowerPosition) {
   const LayerTensors layer = layer_with_keys({norms({1, 1, 1, 1})});
   EXPECT_EQ(run("knorm", layer, 4, 0.5).kept, (Kept{{0, 1}}));

@@ -14,21 +14,23 @@
 namespace kvsim {
 namespace {
 
-// Context = token 0, question = token 1. q1 = (sqrt(2) ln 3, 0), k0 = (1, 0), k1 = 0, so the
-// full softmax of query 1 is (3/4, 1/4); v0 = (1, 0), v1 = (0, 1): O = (0.75, 0.25).
-// knorm at ratio 0.5 keeps int(0.5) = 0 context tokens: O_c = v1 = (0, 1).
-// rel_err = |(-0.75, 0.75)| / |O| = 0.75 sqrt(2) / sqrt(0.625), cosine = 0.25 / sqrt(0.625),
-// recall = 1/4. With o_proj = identity the projected error equals rel_err.
+// Context = tokens 0 and 1, question = token 2. q2 = (sqrt(2) ln 3, 0), k0 = (1, 0),
+// k1 = (0, 2), k2 = 0, so the full softmax of query 2 is (3/5, 1/5, 1/5); v0 = (1, 0),
+// v1 = (0, 1), v2 = 0: O = (0.6, 0.2). knorm at ratio 0.5 keeps int(1) = 1 context token, the
+// lower-norm k0: softmax (3/4, 1/4) over (k0, k2), O_c = (0.75, 0).
+// rel_err = |(0.15, -0.2)| / |O| = 0.25 / sqrt(0.4), cosine = 0.45 / (0.75 sqrt(0.4)),
+// recall = 4/5. With o_proj = identity the projected error equals rel_err.
 TEST(Replay, TwoTokenCaseMatchesHandComputation) {
   test::TempDir dir;
-  TraceInfo info = test::trace_info(1, 1, 2, 1, 1, 0, {0});
+  TraceInfo info = test::trace_info(1, 1, 2, 2, 1, 0, {0});
   info.hidden_size = 2;
   LayerTensors layer;
-  layer.q = HeadTensor(1, 2, 2);
-  layer.k = HeadTensor(1, 2, 2);
-  layer.v = HeadTensor(1, 2, 2);
-  layer.q.at(0, 1, 0) = static_cast<float>(std::sqrt(2.0) * std::log(3.0));
+  layer.q = HeadTensor(1, 3, 2);
+  layer.k = HeadTensor(1, 3, 2);
+  layer.v = HeadTensor(1, 3, 2);
+  layer.q.at(0, 2, 0) = static_cast<float>(std::sqrt(2.0) * std::log(3.0));
   layer.k.at(0, 0, 0) = 1.0f;
+  layer.k.at(0, 1, 1) = 2.0f;
   layer.v.at(0, 0, 0) = 1.0f;
   layer.v.at(0, 1, 1) = 1.0f;
   layer.o_proj = {1, 0, 0, 1};
@@ -41,11 +43,11 @@ TEST(Replay, TwoTokenCaseMatchesHandComputation) {
   ASSERT_EQ(result.runs.size(), 2u);
   const ref::RunResult& knorm = result.runs[0];
   EXPECT_EQ(result.n_queries, 1);
-  EXPECT_NEAR(knorm.rel_err.mean, 0.75 * std::sqrt(2.0) / std::sqrt(0.625), 1e-6);
-  EXPECT_NEAR(knorm.cosine.mean, 0.25 / std::sqrt(0.625), 1e-6);
-  EXPECT_NEAR(knorm.recall.mean, 0.25, 1e-6);
+  EXPECT_NEAR(knorm.rel_err.mean, 0.25 / std::sqrt(0.4), 1e-6);
+  EXPECT_NEAR(knorm.cosine.mean, 0.45 / (0.75 * std::sqrt(0.4)), 1e-6);
+  EXPECT_NEAR(knorm.recall.mean, 0.8, 1e-6);
   EXPECT_NEAR(knorm.oproj_rel_err.mean, knorm.rel_err.mean, 1e-6);
-  EXPECT_DOUBLE_EQ(knorm.achieved_ratio, 1.0);
+  EXPECT_DOUBLE_EQ(knorm.achieved_ratio, 0.5);
   const ref::RunResult& none = result.runs[1];
   EXPECT_TRUE(std::isnan(none.ratio));
   EXPECT_EQ(none.rel_err.mean, 0.0);

@@ -19,7 +19,7 @@ class AdaKvDevice final : public Press {
     const LayerOnDevice<Exec> on_device(input);
     const DeviceLayer<Exec>& layer = *on_device;
     auto scores = inner_->device_scores(exec, layer, ratio);
-    const int n = layer.n, n_kept = kvpress_budget(n, ratio), n_safe = static_cast<int>(n_kept * alpha_);
+    const int n = layer.n, n_kept = kvpress_budget(n, ratio), n_safe = adakv_safeguard(n_kept, alpha_);
     if (n_safe > 0) {  // each head's top n_safe become FLT_MAX
       const auto order = sorted_positions(exec, scores.data(), layer.Hkv, n);
       const int* sorted = order.data();

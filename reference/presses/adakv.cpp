@@ -1,6 +1,7 @@
 // adakv(<scorer>) — kvpress AdaKVPress (arXiv 2407.11550): head-wise budgets. With
-// n_kept = int(n (1-ratio)) and n_safe = int(n_kept * alpha_safeguard), each head's top
-// n_safe scores are raised to FLT_MAX (safeguard), then the Hkv * n_kept best entries of
+// n_kept = max(1, int(n (1-ratio))) and n_safe = int(n_kept * alpha_safeguard) (at least 1
+// when alpha > 0), each head's top n_safe scores are raised to FLT_MAX (safeguard), then
+// the Hkv * n_kept best entries of
 // the whole layer are kept (selection across heads; ties by head, then position). Heads
 // keep different counts; replay drops each head's pruned tokens (kvpress masks them).
 #include <limits>
@@ -19,7 +20,7 @@ class AdaKvPress final : public Press {
     if (ratio == 0.0) return inner_->compress(in, 0.0);
     Scores s = inner_->checked_score(in, ratio);
     const int n_kept = kvpress_budget(in.n, ratio);
-    const int n_safe = static_cast<int>(n_kept * alpha_);
+    const int n_safe = adakv_safeguard(n_kept, alpha_);
     const Compression safe = select_topk_per_head(s, n_safe);
     for (int g = 0; g < in.num_kv_heads(); ++g)
       for (int t : safe.kept[g]) s(g, t) = std::numeric_limits<float>::max();
