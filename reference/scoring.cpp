@@ -44,15 +44,12 @@ Scores pad_with_max_plus_one(const Scores& s, int before, int after) {
   return out;
 }
 
-RowMatrixD pre_rope_rows(const HeadTensor& t, int head, const InverseRopeTable& table) {
-  RowMatrixD out(table.count(), t.dim);
+void pre_rope_rows(const HeadTensor& t, int head, const InverseRopeTable& table, int first, int count, RowMatrixD& out) {
   Eigen::RowVectorXf row(t.dim);
-  for (int i = 0; i < table.count(); ++i) {
-    const int p = table.first() + i;
-    table.apply(t.head(head) + static_cast<std::size_t>(p) * t.dim, row.data(), p);
+  for (int i = 0; i < count; ++i) {
+    table.apply(t.head(head) + static_cast<std::size_t>(first + i) * t.dim, row.data(), first + i);
     out.row(i) = row.cast<double>();
   }
-  return out;
 }
 
 }  // namespace kvsim::ref

@@ -21,8 +21,9 @@ Scores group_mean(const RowMatrix& per_query_head, int num_kv_heads);
 // max of `s` plus one (kvpress' protection of sinks and windows).
 Scores pad_with_max_plus_one(const Scores& s, int before, int after);
 
-// Pre-RoPE rows [table.first(), table.first() + table.count()) of head h of `t` (positions =
-// row index), rounded to float as the device twin does, widened to float64.
-RowMatrixD pre_rope_rows(const HeadTensor& t, int head, const InverseRopeTable& table);
+// Pre-RoPE rows [first, first + count) of head h of `t` (positions = row index; inside the
+// table's range), rounded to float as the device twin does, widened to float64 into the top
+// `count` rows of `out`.
+void pre_rope_rows(const HeadTensor& t, int head, const InverseRopeTable& table, int first, int count, RowMatrixD& out);
 
 }  // namespace kvsim::ref

@@ -44,23 +44,47 @@ class ExpectedAttentionPress final : public ScorerPress {
   }
 
  private:
-  // Softmax over the non-sink keys of query head h's expected logits, as a row.
+  // Softmax over the non-sink keys of query head h's expected logits, as a row. Queries and
+  // keys are streamed in chunks of rows: small buffers stay in cache, and nothing of size N x d
+  // is allocated (page faults of fresh 4 MB buffers per head cost as much as the products).
   Eigen::RowVectorXd head_probabilities(const PressInput& in, int h, const RowMatrixD& rotation, const InverseRopeTable& table) const {
-    const int d = in.head_dim(), N = table.count();
-    RowMatrixD queries = pre_rope_rows(in.layer.q, h, table);
-    const Eigen::RowVectorXd mean = queries.colwise().mean();
-    const int g = kv_head_of(h, in.num_heads(), in.num_kv_heads());
-    const RowMatrixD keys = head_rows(in.layer.k, g, in.n).bottomRows(N).cast<double>();
-    Eigen::VectorXd z = keys * (rotation * mean.transpose()) / std::sqrt(static_cast<double>(d));
+    constexpr int kChunk = 512;
+    const int d = in.head_dim(), first = table.first(), N = table.count();
+    RowMatrixD rows(std::min(kChunk, N), d), products(rows.rows(), d);
+    // Mean of the pre-RoPE queries, then the Gram matrix of the centred ones (two passes).
+    Eigen::RowVectorXd mean = Eigen::RowVectorXd::Zero(d);
+    for (int c = 0; c < N; c += kChunk) {
+      const int count = std::min(kChunk, N - c);
+      pre_rope_rows(in.layer.q, h, table, first + c, count, rows);
+      for (int i = 0; i < count; ++i) mean += rows.row(i);
+    }
+    mean /= static_cast<double>(N);
+    RowMatrixD cov;
     if (use_covariance_) {
-      queries.rowwise() -= mean;  // centred, in place
-      // Gram matrix of the centred queries: one symmetric rank-N update (half a GEMM).
       RowMatrixD gram = RowMatrixD::Zero(d, d);
-      gram.selfadjointView<Eigen::Lower>().rankUpdate(queries.transpose());
-      const RowMatrixD cov = rotation * (RowMatrixD(gram.selfadjointView<Eigen::Lower>()) / static_cast<double>(N)) * rotation.transpose();
-      RowMatrixD keys_cov(N, d);
-      keys_cov.noalias() = keys * cov;  // a GEMM into its own buffer: nested in cwiseProduct, Eigen is 3x slower
-      z += keys_cov.cwiseProduct(keys).rowwise().sum() / (2.0 * d);
+      for (int c = 0; c < N; c += kChunk) {
+        const int count = std::min(kChunk, N - c);
+        pre_rope_rows(in.layer.q, h, table, first + c, count, rows);
+        rows.topRows(count).rowwise() -= mean;
+        gram.selfadjointView<Eigen::Lower>().rankUpdate(rows.topRows(count).transpose());  // symmetric: half a GEMM
+      }
+      cov = rotation * (RowMatrixD(gram.selfadjointView<Eigen::Lower>()) / static_cast<double>(N)) * rotation.transpose();
+    }
+    const Eigen::VectorXd mu = rotation * mean.transpose();
+    // Logits of the non-sink keys: mu'.k / sqrt(d) + k' Sigma' k / (2d).
+    const int g = kv_head_of(h, in.num_heads(), in.num_kv_heads());
+    const ConstRowMap keys(in.layer.k.head(g) + static_cast<std::size_t>(first) * d, N, d);
+    Eigen::VectorXd z(N);
+    for (int c = 0; c < N; c += kChunk) {
+      const int count = std::min(kChunk, N - c);
+      auto k = rows.topRows(count);
+      k = keys.middleRows(c, count).cast<double>();
+      z.segment(c, count) = k * mu / std::sqrt(static_cast<double>(d));
+      if (use_covariance_) {
+        auto kc = products.topRows(count);
+        kc.noalias() = k * cov;
+        z.segment(c, count) += kc.cwiseProduct(k).rowwise().sum() / (2.0 * d);
+      }
     }
     const Eigen::ArrayXd e = (z.array() - z.maxCoeff()).exp();
     return (e / e.sum()).matrix().transpose();
