@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "reference/lagkv.h"
+#include "reference/parallel.h"
 #include "reference/scorer_press.h"
 
 namespace kvsim::ref {
@@ -34,8 +35,8 @@ class LagKvPress final : public ScorerPress {
     }
     const int partitions = (n - n_sink_) / lag_;
     s.setOnes();  // sinks, the last full partition (no reference) and the remainder
-    std::vector<double> key_spread(lag_), value_spread(lag_), raw(lag_);
-    for (int g = 0; g < in.num_kv_heads(); ++g) {
+    parallel_for(in.num_kv_heads(), [&](int g) {
+      std::vector<double> key_spread(lag_), value_spread(lag_), raw(lag_);
       const ConstRowMap keys = head_rows(in.layer.k, g, n), values = head_rows(in.layer.v, g, n);
       for (int p = 0; p + 1 < partitions; ++p) {
         const int begin = n_sink_ + p * lag_;
@@ -46,7 +47,7 @@ class LagKvPress final : public ScorerPress {
         for (int i = 0; i < lag_; ++i)
           s(g, begin + i) = cross_scoring_ ? static_cast<float>(raw[i]) : lagkv_rank_score(raw.data(), lag_, i);
       }
-    }
+    });
     return s;
   }
 
