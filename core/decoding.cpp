@@ -1,6 +1,7 @@
 #include "core/decoding.h"
 
 #include <algorithm>
+#include <numeric>
 
 #include "core/error.h"
 
@@ -47,12 +48,36 @@ PressFactory decoding_factory(bool ratio_target) {
   return [ratio_target](const PressConfig& c) -> std::unique_ptr<Press> { return std::make_unique<DecodingPress>(c, ratio_target); };
 }
 
-PrefillDecodingPress::PrefillDecodingPress(const PressConfig& config) : prefill_(config.registry.make(*config.inner, config.backend)) {
+PrefillDecodingPress::PrefillDecodingPress(const PressConfig& config)
+    : prefill_(config.registry.make(*config.inner, config.backend)), score_ordered_(config.params.get_bool("score_ordered_cache")) {
   std::unique_ptr<Press> decoding = config.registry.make(*config.second, config.backend);
   auto* as_decoding = dynamic_cast<DecodingPress*>(decoding.get());
   if (!as_decoding) throw Error("press 'prefill_decoding': its second press must be a decoding press");
   decoding.release();
   decoding_.reset(as_decoding);
+  if (score_ordered_ && !dynamic_cast<const ScorerPress*>(prefill_.get()))
+    throw Error("press 'prefill_decoding': score_ordered_cache needs a scorer as the prefill press (got '" + config.inner->name + "')");
+}
+
+std::vector<int> score_order(const float* scores, const std::vector<int>& kept) {
+  std::vector<int> order(kept.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return scores[kept[a]] > scores[kept[b]]; });  // kept is ascending
+  return order;
+}
+
+std::vector<std::vector<int>> PrefillDecodingPress::cache_order(const PressInput& input, double ratio, const Compression& kept) const {
+  std::vector<std::vector<int>> order(kept.kept.size());
+  if (!score_ordered_) {
+    for (std::size_t g = 0; g < order.size(); ++g) {
+      order[g].resize(kept.kept[g].size());
+      std::iota(order[g].begin(), order[g].end(), 0);
+    }
+    return order;
+  }
+  const ScoreMatrix scores = dynamic_cast<const ScorerPress&>(*prefill_).score(input, ratio);
+  for (std::size_t g = 0; g < order.size(); ++g) order[g] = score_order(scores.row(static_cast<Eigen::Index>(g)).data(), kept.kept[g]);
+  return order;
 }
 
 PressFactory prefill_decoding_factory() {

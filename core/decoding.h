@@ -68,11 +68,20 @@ class PrefillDecodingPress final : public Press {
   explicit PrefillDecodingPress(const PressConfig& config);
   Compression compress(const PressInput& input, double ratio) const override { return prefill_->compress(input, ratio); }
   const DecodingPress& decoding() const { return *decoding_; }
+  // The order of each head's survivors in the decoding cache, as indices into kept[g]:
+  // position order (identity) by default; with score_ordered_cache, the prefill scorer's
+  // order (higher score first, ties: lower position), as kvpress's ScorerPress leaves it.
+  std::vector<std::vector<int>> cache_order(const PressInput& input, double ratio, const Compression& kept) const;
 
  private:
   std::unique_ptr<Press> prefill_;
   std::unique_ptr<DecodingPress> decoding_;
+  bool score_ordered_ = false;
 };
+
+// Indices into `kept` sorted by `scores` (one row of a ScoreMatrix) descending; equal scores
+// keep the lower position first.
+std::vector<int> score_order(const float* scores, const std::vector<int>& kept);
 
 // Factories of decoding (ratio_target = false) and compression_ratio_decoding (true).
 PressFactory decoding_factory(bool ratio_target);

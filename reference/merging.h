@@ -28,15 +28,22 @@ struct MergePlan {
   std::vector<Scalar> weight;      // per evicted token: lambda (0 when gated out)
 };
 
-// Linear-interpolation quantile (torch.quantile) of `values`, q in [0, 1].
+// ATen's lerp, whose two branches differ where an endpoint is infinite: between -inf and a
+// finite b, a weight >= 0.5 gives -inf (b - inf * (1 - w)) and a smaller one NaN.
+template <typename Scalar>
+Scalar aten_lerp(Scalar a, Scalar b, Scalar weight) {
+  return std::abs(weight) < Scalar(0.5) ? a + weight * (b - a) : b - (b - a) * (Scalar(1) - weight);
+}
+
+// Linear-interpolation quantile of `values` as torch.quantile computes it (sort, then
+// ATen's lerp between the two order statistics around q (n - 1)), q in [0, 1].
 template <typename Scalar>
 Scalar linear_quantile(std::vector<Scalar> values, double q) {
   std::sort(values.begin(), values.end());
   const double position = q * static_cast<double>(values.size() - 1);
   const std::size_t lo = static_cast<std::size_t>(std::floor(position));
   const std::size_t hi = std::min(lo + 1, values.size() - 1);
-  const Scalar frac = static_cast<Scalar>(position - static_cast<double>(lo));
-  return values[lo] + frac * (values[hi] - values[lo]);  // -inf endpoints give NaN, as torch.lerp
+  return aten_lerp(values[lo], values[hi], static_cast<Scalar>(position - static_cast<double>(lo)));
 }
 
 template <typename Scalar>

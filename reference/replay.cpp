@@ -217,8 +217,10 @@ void cam_compress(const CamPress& press, const PressInput& input, std::vector<He
 // the step's own tokens; then, when the schedule triggers, the whole cache is compressed to
 // the target by the inner press, which sees the cached tokens' keys, values and trace
 // queries as one contiguous sequence.
+// `prefill`: what a prefill press left, entered into each head's cache in `prefill_order`
+// (indices into prefill->kept[g]).
 CompressedRun decode_layer(const DecodingPress& press, const LayerTensors& tensors, int n, const TraceInfo& info, const std::string& name,
-                           const Compression* prefill = nullptr) {
+                           const Compression* prefill = nullptr, const std::vector<std::vector<int>>* prefill_order = nullptr) {
   const int T = info.total_tokens(), H = info.num_attention_heads, Hkv = info.num_key_value_heads, d = info.head_dim, G = H / Hkv;
   const auto* cam = dynamic_cast<const CamPress*>(&press);
   CompressedRun run;
@@ -234,9 +236,11 @@ CompressedRun decode_layer(const DecodingPress& press, const LayerTensors& tenso
       continue;
     }
     const auto& kept = prefill->kept[g];  // what the prefill press left, merged rows first
-    for (std::size_t i = 0; i < kept.size(); ++i)
+    for (std::size_t j = 0; j < kept.size(); ++j) {
+      const std::size_t i = prefill_order ? static_cast<std::size_t>((*prefill_order)[g][j]) : j;
       cache[g].append(tensors, g, kept[i], prefill->keys.empty() ? nullptr : prefill->keys[g].data() + i * d,
                       prefill->values.empty() ? nullptr : prefill->values[g].data() + i * d);
+    }
   }
   std::vector<std::pair<int, int>> steps;  // [first, end) positions
   if (info.n_question > 0 && n == info.n_context) steps.push_back({n, n + info.n_question});
@@ -397,7 +401,8 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
         } else {
           const Compression prefill = pair->compress(input, ratio);
           check_compression(prefill, name, n, Hkv);
-          run_outputs = decode_layer(pair->decoding(), tensors, n, info, name, &prefill);
+          const auto order = pair->cache_order(input, ratio, prefill);
+          run_outputs = decode_layer(pair->decoding(), tensors, n, info, name, &prefill, &order);
         }
         comparison = host().compare_outputs(run_outputs.outputs);
       } else {

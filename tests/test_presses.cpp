@@ -5,11 +5,13 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "core/error.h"
 #include "core/philox.h"
 #include "core/registry.h"
+#include "reference/merging.h"
 #include "reference/scoring.h"
 #include "test_util.h"
 
@@ -316,6 +318,18 @@ TEST(Merging, FoldsAnEvictedValueIntoItsMostSimilarSurvivor) {
   // Above the similarity threshold nothing merges: values stay as they were.
   const Compression gated = run("merging(knorm):similarity_threshold=0.999", layer, 3, 0.3);
   EXPECT_EQ(gated.values[0], (std::vector<float>{1, 0, 5, 5}));
+}
+
+// torch.quantile interpolates with ATen's lerp: between -inf (a token that failed the
+// similarity threshold) and a finite similarity, weights >= 0.5 give -inf (every passing
+// token merges), smaller ones NaN (none does), exact positions the order statistic.
+TEST(Merging, QuantileInterpolatesAsATen) {
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(ref::linear_quantile<float>({0.9f, -inf, 0.8f}, 0.25), -inf);
+  EXPECT_TRUE(std::isnan(ref::linear_quantile<float>({0.9f, -inf, 0.8f}, 0.1)));
+  EXPECT_EQ(ref::linear_quantile<float>({0.9f, -inf, 0.8f}, 1.0), 0.9f);
+  EXPECT_FLOAT_EQ(ref::linear_quantile<float>({0.0f, 1.0f, 2.0f, 3.0f}, 0.5), 1.5f);
+  EXPECT_FLOAT_EQ(ref::linear_quantile<float>({0.0f, 1.0f, 2.0f, 4.0f}, 0.9), 2.0f + 0.7f * 2.0f);
 }
 
 TEST(Merging, MergeFractionKeepsOnlyTheMostSimilarEvictedTokens) {

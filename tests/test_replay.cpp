@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 
+#include "core/decoding.h"
 #include "core/error.h"
 #include "core/registry.h"
 #include "reference/replay.h"
@@ -290,6 +291,35 @@ TEST(DecodingReplay, CamMergesEvictedValuesIntoTheNextKeptTokens) {
     values.push_back(v);
   }
   EXPECT_NEAR(run.steps[1].rel_err.mean, step_error(layer, 6, visible, values), 1e-6);
+}
+
+TEST(PrefillDecoding, ScoreOrderPutsHigherScoresFirstAndTiesByPosition) {
+  const std::vector<float> scores = {0.5f, 3.0f, 1.0f, 3.0f, 2.0f};
+  EXPECT_EQ(score_order(scores.data(), {0, 1, 3, 4}), (std::vector<int>{1, 2, 3, 0}));
+}
+
+// score_ordered_cache enters the prefill survivors in knorm's order. Where that order is the
+// position order (norms growing with position) CaM sees the same cache as by default; where
+// it is reversed, CaM's merge windows and head means change, and so does the result.
+TEST(PrefillDecoding, ScoreOrderedCacheChangesCamOnlyWhereTheOrdersDiffer) {
+  test::TempDir dir;
+  const TraceInfo info = test::trace_info(2, 1, 4, 40, 4, 12, {0});
+  const std::string spec = "prefill_decoding(knorm;cam(knorm):target_size=12,compression_interval=2,merge_budget=4)";
+  for (const bool growing : {true, false}) {
+    LayerTensors layer = test::random_layer(2, 1, 56, 4, 5);
+    for (int t = 0; t < 40; ++t) {  // context keys along one axis, norms strictly monotone in t
+      const float norm = 0.1f * static_cast<float>(growing ? 1 + t : 40 - t);
+      for (int c = 0; c < 4; ++c) layer.k.at(0, t, c) = c == t % 4 ? norm : 0.0f;
+    }
+    const std::string path = dir.file(growing ? "growing.h5" : "shrinking.h5");
+    test::write_trace(path, info, {layer});
+    const TraceReader trace(path);
+    const ref::ReplayResult result = ref::replay(trace, {.presses = {spec, spec + ":score_ordered_cache=1"}, .ratios = {0.5}});
+    const double by_position = result.runs.at(0).rel_err.mean, by_score = result.runs.at(1).rel_err.mean;
+    if (growing) EXPECT_EQ(by_position, by_score);
+    else EXPECT_NE(by_position, by_score);
+  }
+  EXPECT_THROW(Registry::instance().make("prefill_decoding(adakv(knorm);decoding(knorm)):score_ordered_cache=1", Backend::reference), Error);
 }
 
 TEST(DecodingReplay, RejectsInnerPressesThatNeedAbsolutePositions) {

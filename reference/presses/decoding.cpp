@@ -54,9 +54,14 @@ namespace {
 
 // prefill_decoding(<prefill press>;<decoding press>) — kvpress PrefillDecodingPress: the first
 // press compresses the context at prefill (at --ratio), the second then runs its schedule
-// during generation on what is left.
+// during generation on what is left. kvsim keeps the prefill survivors in position order
+// (what the algorithms intend); score_ordered_cache=1 keeps them in the prefill scorer's
+// order, as kvpress's ScorerPress leaves its cache (torch.topk order), where CAMPress then
+// reads cache index as sequence order — to reproduce published kvpress runs.
 const Registrar prefill_decoding({.name = "prefill_decoding",
                                   .summary = "a prefill press, then a decoding press during generation (kvpress PrefillDecodingPress)",
+                                  .params = {{"score_ordered_cache", ParamType::Bool, 0.0, {}, {},
+                                              "keep the prefill survivors in score order, as kvpress does (needs a scorer prefill press)"}},
                                   .wraps_pair = true,
                                   .example = "prefill_decoding(snapkv;decoding(knorm):target_size=512,compression_interval=16)"},
                                  Backend::reference, prefill_decoding_factory());
