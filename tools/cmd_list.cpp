@@ -12,6 +12,17 @@ namespace po = boost::program_options;
 
 namespace kvsim::cli {
 
+namespace {
+
+// What a trace must hold beyond Q/K/V and RoPE (PressInfo::needs, plus the previous layer).
+std::vector<std::string> needs_of(const PressInfo& info) {
+  std::vector<std::string> needs = info.needs;
+  if (info.needs_previous_layer) needs.push_back("previous layer");
+  return needs;
+}
+
+}  // namespace
+
 int list_command(const Args& args) {
   po::options_description desc("kvsim list: presses, their parameters and defaults, and which backends implement them");
   desc.add_options()("help,h", "show this help")("format", po::value<std::string>()->default_value("table"), "table or json");
@@ -33,13 +44,13 @@ int list_command(const Args& args) {
       for (Backend b : kAllBackends)
         if (registry.implements(info->name, b)) backends.push_back(backend_name(b));
       presses.push_back({{"name", info->name}, {"summary", info->summary}, {"wraps_scorer", info->wraps_scorer},
-                         {"uses_ratio", info->uses_ratio}, {"params", params}, {"backends", backends}});
+                         {"uses_ratio", info->uses_ratio}, {"params", params}, {"backends", backends}, {"needs", needs_of(*info)}});
     }
     std::cout << presses.dump(2) << "\n";
     return 0;
   }
   if (format != "table") throw Error("unknown --format '" + format + "' (table or json)");
-  std::cout << "| press | parameters (defaults) | backends | description |\n|:--|:--|:--|:--|\n";
+  std::cout << "| press | parameters (defaults) | backends | needs | description |\n|:--|:--|:--|:--|:--|\n";
   for (const PressInfo* info : registry.presses()) {
     std::ostringstream params;
     for (const ParamDef& p : info->params)
@@ -48,9 +59,13 @@ int list_command(const Args& args) {
     std::string backends;
     for (Backend b : kAllBackends)
       if (registry.implements(info->name, b)) backends += (backends.empty() ? "" : ", ") + backend_name(b);
-    const std::string name = info->wraps_scorer ? info->name + "(<scorer>)" : info->name;
+    const std::string name = info->wraps_scorer ? info->name + "(<scorer>)"
+                             : info->wraps_pair ? info->name + "(<press>;<decoding press>)"
+                                                : info->name;
+    std::string needs;
+    for (const std::string& need : needs_of(*info)) needs += (needs.empty() ? "" : ", ") + need;
     std::cout << "| " << name << " | " << (params.str().empty() ? "-" : params.str()) << " | " << backends << " | "
-              << info->summary << (info->uses_ratio ? "" : " (ignores --ratio)") << " |\n";
+              << (needs.empty() ? "-" : needs) << " | " << info->summary << (info->uses_ratio ? "" : " (ignores --ratio)") << " |\n";
   }
   return 0;
 }
