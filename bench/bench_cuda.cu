@@ -21,7 +21,7 @@
 #include "core/registry.h"
 #include "cuda/device.h"
 #include "cuda/exec_cuda.cuh"
-#include "cuda/presses/expected_attention.h"
+#include "cuda/stages.h"
 
 namespace kvsim::cuda {
 namespace {
@@ -84,7 +84,6 @@ void press_benchmark(benchmark::State& state, const std::string& spec, int T, St
   const DeviceLayer<CudaExec> layer(input);
   CudaExec::Buffer<float> scores(static_cast<std::size_t>(kKvHeads) * T);
   const double ratio = 0.5;
-  if (auto* ea = dynamic_cast<const ExpectedAttentionDevice<CudaExec>*>(scorer)) ea->score(input, ratio);  // sets its rotation
   scorer->score_on_device(exec, layer, ratio, scores.data());
   double bytes;
   const int kept_count = kvpress_budget(T, ratio);

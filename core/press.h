@@ -26,6 +26,7 @@ struct PressInput {
   const RopeConfig& rope;     // for presses that need pre-RoPE queries or future rotations
   const LayerTensors* previous_layer = nullptr;  // layer_index - 1, when recorded (cross-layer presses)
   const ResidentLayer* resident = nullptr;       // `layer` on a device, when the caller has it there
+  int question_tokens = 0;  // the segment's last tokens that are the question (query-aware replay), else 0
 
   int layer_index() const { return layer.layer_index; }
   int num_heads() const { return layer.q.heads; }
@@ -43,6 +44,9 @@ struct Compression {
   // Presses that merge keys too (KVCache-Factory's pivot / weighted merges): the kept
   // tokens' new keys, same layout; empty when keys are unchanged.
   std::vector<std::vector<float>> keys;
+  // Key-channel pruning (ThinK): the share of each kept key's channels zeroed in `keys`; the
+  // achieved compression counts it as half a cache entry (keys are half the cache).
+  double key_channels_removed = 0;
 
   std::size_t total_kept() const {
     std::size_t total = 0;

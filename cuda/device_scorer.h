@@ -32,6 +32,8 @@ struct DeviceLayer : ResidentLayer {
   int H = 0, Hkv = 0, n = 0, d = 0, layer = 0, num_layers = 1;
   double attention_scaling = 1.0;
   const LayerTensors* source = nullptr;  // the host tensors this copies
+  const RopeConfig* rope = nullptr;       // the input's, for presses that compute rotations on the host
+  int question_tokens = 0;                // PressInput::question_tokens
 
   explicit DeviceLayer(const PressInput& in)
       : q(static_cast<std::size_t>(in.num_heads()) * in.n * in.head_dim()),
@@ -40,7 +42,7 @@ struct DeviceLayer : ResidentLayer {
         inv_freq(in.rope.inv_freq.size()),
         H(in.num_heads()), Hkv(in.num_kv_heads()), n(in.n), d(in.head_dim()),
         layer(in.layer_index()), num_layers(in.num_layers), attention_scaling(in.rope.attention_scaling),
-        source(&in.layer) {
+        source(&in.layer), rope(&in.rope), question_tokens(in.question_tokens) {
     const std::size_t rows = static_cast<std::size_t>(n) * d;
     for (int h = 0; h < H; ++h) q.upload(in.layer.q.head(h), rows, h * rows);
     for (int g = 0; g < Hkv; ++g) {

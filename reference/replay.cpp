@@ -381,6 +381,7 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     if (progress) progress("layer " + std::to_string(layer) + " (" + std::to_string(li + 1) + "/" + std::to_string(layers.size()) + ")");
     const LayerTensors& tensors = loaded.tensors;
     PressInput input{tensors, n, info.num_hidden_layers, info.rope, loaded.previous.q.empty() ? nullptr : &loaded.previous};
+    input.question_tokens = options.query_aware ? info.n_question : 0;
     // One-shot presses are evaluated by the backend's own evaluator where it has one (on its
     // device, sharing the presses' copy of the layer); the rest on the host, built on demand.
     const std::unique_ptr<LayerEvaluator> on_device = device_evaluator ? (*device_evaluator)(input) : nullptr;
@@ -408,7 +409,8 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
       } else {
         const Compression c = press.compress(input, ratio);
         check_compression(c, name, n, Hkv);
-        for (int g = 0; g < Hkv; ++g) run_outputs.kept_fraction.push_back(static_cast<double>(c.kept[g].size()) / n);
+        for (int g = 0; g < Hkv; ++g)  // pruned key channels count as that share of half an entry
+          run_outputs.kept_fraction.push_back(static_cast<double>(c.kept[g].size()) / n * (1.0 - c.key_channels_removed / 2.0));
         comparison = on_device ? on_device->compare(c) : host().compare(c);
       }
       accumulate(comparison, run_outputs, layer, acc[s], result.runs[s]);

@@ -85,22 +85,13 @@ class ExpectedAttentionDevice final : public DeviceScorer<Exec> {
         use_vnorm_(c.params.get_bool("use_vnorm")),
         epsilon_(c.params.get("epsilon")) {}
 
-  // The average rotation needs the RoPE frequencies on the host: compute it there.
-  ScoreMatrix score(const PressInput& input, double ratio) const override {
-    rotation_ = average_rope_rotation(input.rope, input.n, n_future_);
-    return DeviceScorer<Exec>::score(input, ratio);
-  }
-  Compression compress(const PressInput& input, double ratio) const override {
-    rotation_ = average_rope_rotation(input.rope, input.n, n_future_);
-    return DeviceScorer<Exec>::compress(input, ratio);
-  }
-
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
     require_more_tokens(this->name(), "n_sink", n_sink_, L.n);
     const int n = L.n, d = L.d, H = L.H, Hkv = L.Hkv, G = H / Hkv, sinks = n_sink_, N = n - sinks;
     using DoubleBuffer = typename Exec::template Buffer<double>;
-    DoubleBuffer rotation_buffer(rotation_.size());
-    rotation_buffer.upload(rotation_.data(), rotation_.size());
+    const std::vector<double> rotation = average_rope_rotation(*L.rope, n, n_future_);  // host: small, d x d
+    DoubleBuffer rotation_buffer(rotation.size());
+    rotation_buffer.upload(rotation.data(), rotation.size());
     const double* R = rotation_buffer.data();
     const long dd = static_cast<long>(d) * d;
     using FloatBuffer = typename Exec::template Buffer<float>;
@@ -156,7 +147,6 @@ class ExpectedAttentionDevice final : public DeviceScorer<Exec> {
   int n_future_, n_sink_;
   bool use_covariance_, use_vnorm_;
   double epsilon_;
-  mutable std::vector<double> rotation_;  // set per call, before the device work
 };
 
 }  // namespace kvsim::cuda
