@@ -13,6 +13,7 @@ std::string param_type_name(ParamType type) {
     case ParamType::Int: return "int";
     case ParamType::Float: return "float";
     case ParamType::Bool: return "bool";
+    case ParamType::Path: return "path";
   }
   return "?";
 }
@@ -61,6 +62,12 @@ ParamValues ParamValues::resolve(const std::string& press_name, const std::vecto
   ParamValues out;
   for (const ParamDef& def : schema) {
     const auto it = given.find(def.name);
+    if (def.type == ParamType::Path) {
+      if (it == given.end())
+        throw Error("press '" + press_name + "': parameter '" + def.name + "' is required (e.g. " + press_name + ":" + def.name + "=FILE)");
+      out.paths_[def.name] = it->second;
+      continue;
+    }
     double value;
     if (it != given.end()) {
       value = parse_value(press_name, def, it->second);
@@ -79,6 +86,12 @@ ParamValues ParamValues::resolve(const std::string& press_name, const std::vecto
     out.values_[def.name] = value;
   }
   return out;
+}
+
+const std::string& ParamValues::get_path(const std::string& name) const {
+  const auto it = paths_.find(name);
+  if (it == paths_.end()) throw Error("internal: path parameter '" + name + "' was not declared");
+  return it->second;
 }
 
 double ParamValues::get(const std::string& name) const {

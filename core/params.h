@@ -8,7 +8,8 @@
 
 namespace kvsim {
 
-enum class ParamType { Int, Float, Bool };
+// Path: a file name (an artefact a press reads), kept as text; always required.
+enum class ParamType { Int, Float, Bool, Path };
 
 struct ParamDef {
   std::string name;
@@ -32,10 +33,12 @@ class ParamValues {
   double get(const std::string& name) const;
   int get_int(const std::string& name) const { return static_cast<int>(get(name)); }
   bool get_bool(const std::string& name) const { return get(name) != 0.0; }
+  const std::string& get_path(const std::string& name) const;
   const std::map<std::string, double>& values() const { return values_; }
 
  private:
   std::map<std::string, double> values_;
+  std::map<std::string, std::string> paths_;
 };
 
 }  // namespace kvsim

@@ -38,6 +38,10 @@ struct PressInfo {
   // "o_proj", "hidden_states", "previous layer", "artefact", "extra pass".
   std::vector<std::string> needs;
   std::string example;        // spec used in default runs, when the bare name is not enough
+  // Artefact presses: writes a small valid artefact for a model of num_layers layers, kv_heads
+  // KV heads and head_dim to `path`, and returns the spec parameters that name it (e.g.
+  // "artefact=PATH"); tests and the conformance harness use it.
+  std::function<std::string(const std::string& path, int num_layers, int kv_heads, int head_dim, unsigned seed)> test_artefact;
 };
 
 class Registry;

@@ -28,6 +28,16 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The artefact converter's Python packages (numpy, h5py, safetensors: small), in a venv of
+# their own, so its test runs; without network the test reports itself skipped.
+if [ "$mode" = test ] && [ ! -x "$root/.venv-artefacts/bin/python" ]; then
+  echo "setup: installing tools/requirements-artefacts.txt into .venv-artefacts"
+  if ! { python3 -m venv "$root/.venv-artefacts" && "$root/.venv-artefacts/bin/pip" install -q -r "$root/tools/requirements-artefacts.txt"; }; then
+    echo "setup: could not install them; the converter's test will be skipped" >&2
+    rm -rf "$root/.venv-artefacts"
+  fi
+fi
+
 # nvcc is often installed outside PATH.
 if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi
 

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/press.h"
+#include "core/registry.h"
 #include "traces/trace.h"
 
 namespace kvsim::test {
@@ -64,6 +65,18 @@ inline TraceInfo trace_info(int H, int Hkv, int d, int n_context, int n_question
   info.n_generated = n_generated;
   for (int t = 0; t < info.total_tokens(); ++t) info.tokens.push_back(t % 97);
   return info;
+}
+
+// Artefact presses get a small artefact of the given model shape (PressInfo::test_artefact),
+// named by the spec's parameters; other specs are returned as they are.
+inline std::string with_test_artefact(const std::string& spec, int num_layers, int kv_heads, int head_dim, unsigned seed) {
+  const PressInfo& info = *Registry::instance().find(parse_press_spec(spec).name);
+  if (!info.test_artefact) return spec;
+  static TempDir dir;  // lives for the whole test program
+  const std::string path = dir.file(info.name + "-" + std::to_string(num_layers) + "x" + std::to_string(kv_heads) + "x" +
+                                    std::to_string(head_dim) + "-" + std::to_string(seed) + ".h5");
+  const std::string params = info.test_artefact(path, num_layers, kv_heads, head_dim, seed);
+  return spec + (spec.find(':') == std::string::npos ? ":" : ",") + params;
 }
 
 inline void write_trace(const std::string& path, const TraceInfo& info, const std::vector<LayerTensors>& layers) {

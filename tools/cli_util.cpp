@@ -35,6 +35,11 @@ std::vector<std::string> default_press_specs(const TraceInfo& trace, const std::
       std::cerr << "kvsim: note: skipping '" << info->name << "': it needs each replayed layer's predecessor in the trace\n";
       continue;
     }
+    if (info->test_artefact) {
+      std::cerr << "kvsim: note: skipping '" << info->name << "': it needs an artefact file (" << info->name
+                << ":artefact=FILE; traces/ARTEFACTS.md)\n";
+      continue;
+    }
     specs.push_back(info->example.empty() ? info->name : info->example);
   }
   return specs;
