@@ -13,6 +13,7 @@ std::string param_type_name(ParamType type) {
     case ParamType::Int: return "int";
     case ParamType::Float: return "float";
     case ParamType::Bool: return "bool";
+    case ParamType::Choice: return "choice";
     case ParamType::Path: return "path";
   }
   return "?";
@@ -26,10 +27,33 @@ std::string format_param_value(ParamType type, double value) {
   return out.str();
 }
 
+std::string format_param_value(const ParamDef& def, double value) {
+  if (value != value) return "None";
+  if (def.type == ParamType::Choice) {
+    const auto index = static_cast<std::size_t>(value);
+    return index < def.choices.size() ? def.choices[index] : "?";
+  }
+  return format_param_value(def.type, value);
+}
+
+std::string format_param_default(const ParamDef& def) {
+  if (def.default_value) return format_param_value(def, *def.default_value);
+  return def.nullable ? "None" : "<required>";
+}
+
 namespace {
 
 double parse_value(const std::string& press, const ParamDef& def, const std::string& text) {
   const std::string where = "press '" + press + "': parameter '" + def.name + "'";
+  if (def.nullable && text == "None") return std::nan("");
+  if (def.type == ParamType::Choice) {
+    std::string words;
+    for (std::size_t i = 0; i < def.choices.size(); ++i) {
+      if (text == def.choices[i]) return static_cast<double>(i);
+      words += (i ? ", " : "") + def.choices[i];
+    }
+    throw Error(where + " expects one of " + words + ", got '" + text + "'");
+  }
   if (def.type == ParamType::Bool) {
     if (text == "true" || text == "1") return 1.0;
     if (text == "false" || text == "0") return 0.0;
@@ -73,12 +97,14 @@ ParamValues ParamValues::resolve(const std::string& press_name, const std::vecto
       value = parse_value(press_name, def, it->second);
     } else if (def.default_value) {
       value = *def.default_value;
+    } else if (def.nullable) {
+      value = std::nan("");
     } else {
       throw Error("press '" + press_name + "': parameter '" + def.name + "' is required (e.g. " +
                   press_name + ":" + def.name + "=...)");
     }
     const std::string where = "press '" + press_name + "': parameter '" + def.name + "' = " +
-                              format_param_value(def.type, value);
+                              format_param_value(def, value);
     if (def.min && value < *def.min)
       throw Error(where + " is below its minimum " + format_param_value(def.type, *def.min));
     if (def.max && value > *def.max)

@@ -1,6 +1,8 @@
 #pragma once
 // Typed press parameters: each press declares a schema (name, type, default, range) and
-// receives validated values. Values are held as double; ints and bools are exact.
+// receives validated values. Values are held as double; ints and bools are exact. A choice
+// (kvpress' Literal["a", "b", ...]) is held as the index of its word; a nullable parameter
+// (kvpress' Optional[...] = None) left unset, or set to None, is held as NaN (is_none).
 #include <map>
 #include <optional>
 #include <string>
@@ -8,8 +10,9 @@
 
 namespace kvsim {
 
-// Path: a file name (an artefact a press reads), kept as text; always required.
-enum class ParamType { Int, Float, Bool, Path };
+// Choice: one word of ParamDef::choices, held as its index. Path: a file name (an artefact a
+// press reads), kept as text; always required.
+enum class ParamType { Int, Float, Bool, Choice, Path };
 
 struct ParamDef {
   std::string name;
@@ -17,10 +20,16 @@ struct ParamDef {
   std::optional<double> default_value;  // nullopt: the user must set it
   std::optional<double> min, max;       // inclusive bounds, when any
   std::string help;
+  std::vector<std::string> choices;  // ParamType::Choice: the allowed words (default_value is an index)
+  bool nullable = false;             // no default_value means None (not "required"); "None" is accepted
 };
 
 std::string param_type_name(ParamType type);
 std::string format_param_value(ParamType type, double value);
+// As above, with a choice's word and None for an unset nullable parameter.
+std::string format_param_value(const ParamDef& def, double value);
+// The default as `kvsim list` shows it: the value, None, or <required>.
+std::string format_param_default(const ParamDef& def);
 
 class ParamValues {
  public:
@@ -33,6 +42,7 @@ class ParamValues {
   double get(const std::string& name) const;
   int get_int(const std::string& name) const { return static_cast<int>(get(name)); }
   bool get_bool(const std::string& name) const { return get(name) != 0.0; }
+  bool is_none(const std::string& name) const { return get(name) != get(name); }
   const std::string& get_path(const std::string& name) const;
   const std::map<std::string, double>& values() const { return values_; }
 

@@ -3,6 +3,7 @@
 // A counter-based generator: the draw for (seed, layer, head, position) is a pure
 // function of those four numbers, so the reference and CUDA backends draw identical
 // values in any order. Header-only and usable from device code.
+#include <cmath>
 #include <cstdint>
 
 #include "core/hd.h"
@@ -37,6 +38,17 @@ KVSIM_HD inline float philox_uniform(uint64_t seed, uint32_t layer, uint32_t hea
   const Philox4x32 r = philox4x32_10(position, head, layer, stream, static_cast<uint32_t>(seed),
                                      static_cast<uint32_t>(seed >> 32));
   return static_cast<float>(r.v[0] >> 8) * (1.0f / 16777216.0f);
+}
+
+// Standard normal float keyed like philox_uniform (Box-Muller on the first two words of the
+// block, in float64, rounded once): u1 = (w0 + 1) / 2^32 in (0, 1], u2 = w1 / 2^32 in [0, 1),
+// z = sqrt(-2 ln u1) cos(2 pi u2). The presses' Gaussian sketches (torch.randn in kvpress).
+KVSIM_HD inline float philox_normal(uint64_t seed, uint32_t layer, uint32_t head, uint32_t position, uint32_t stream = 0) {
+  const Philox4x32 r = philox4x32_10(position, head, layer, stream, static_cast<uint32_t>(seed),
+                                     static_cast<uint32_t>(seed >> 32));
+  const double u1 = (static_cast<double>(r.v[0]) + 1.0) * (1.0 / 4294967296.0);
+  const double u2 = static_cast<double>(r.v[1]) * (1.0 / 4294967296.0);
+  return static_cast<float>(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
 }  // namespace kvsim

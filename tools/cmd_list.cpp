@@ -36,10 +36,13 @@ int list_command(const Args& args) {
     nlohmann::json presses = nlohmann::json::array();
     for (const PressInfo* info : registry.presses()) {
       nlohmann::json params = nlohmann::json::array();
-      for (const ParamDef& p : info->params)
-        params.push_back({{"name", p.name}, {"type", param_type_name(p.type)},
-                          {"default", p.default_value ? nlohmann::json(*p.default_value) : nlohmann::json(nullptr)},
-                          {"help", p.help}});
+      for (const ParamDef& p : info->params) {
+        nlohmann::json default_value = nullptr;
+        if (p.default_value)
+          default_value = p.type == ParamType::Choice ? nlohmann::json(format_param_value(p, *p.default_value)) : nlohmann::json(*p.default_value);
+        params.push_back({{"name", p.name}, {"type", param_type_name(p.type)}, {"default", default_value}, {"help", p.help}});
+        if (!p.choices.empty()) params.back()["choices"] = p.choices;
+      }
       nlohmann::json backends = nlohmann::json::array();
       for (Backend b : kAllBackends)
         if (registry.implements(info->name, b)) backends.push_back(backend_name(b));
@@ -54,8 +57,7 @@ int list_command(const Args& args) {
   for (const PressInfo* info : registry.presses()) {
     std::ostringstream params;
     for (const ParamDef& p : info->params)
-      params << (params.tellp() ? ", " : "") << p.name << "="
-             << (p.default_value ? format_param_value(p.type, *p.default_value) : std::string("<required>"));
+      params << (params.tellp() ? ", " : "") << p.name << "=" << format_param_default(p);
     std::string backends;
     for (Backend b : kAllBackends)
       if (registry.implements(info->name, b)) backends += (backends.empty() ? "" : ", ") + backend_name(b);

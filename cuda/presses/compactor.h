@@ -1,0 +1,257 @@
+#pragma once
+// Device twins of leverage_score, non_causal_attention and compactor
+// (reference/presses/leverage_score.cpp, non_causal_attention.cpp, compactor.cpp), in
+// float64. The Philox sketch, the Cholesky factor (with kvpress' jitter schedule) and the
+// leverage of each row are the reference's own functions (reference/leverage.h), run one
+// head or one token per thread.
+#include <string>
+
+#include "core/press_checks.h"
+#include "cuda/device_registry.h"
+#include "cuda/stages.h"
+#include "reference/leverage.h"
+
+namespace kvsim::cuda {
+
+// Pre-RoPE rows [first, first + count) of x [heads, n, d] (inverse RoPE at position = row),
+// rounded to float as the reference's InverseRopeTable does, into out [heads, count, d].
+template <typename Exec>
+void pre_rope_rows(Exec& exec, const DeviceLayer<Exec>& L, const float* x, int heads, int first, int count, double* out) {
+  const int n = L.n, d = L.d, half = d / 2;
+  const double gain = 1.0 / L.attention_scaling;
+  const double* inv_freq = L.inv_freq.data();
+  exec.for_each(static_cast<long>(heads) * count * half, [=] KVSIM_HD(long i) {
+    const long row = i / half, h = row / count;
+    const int c = static_cast<int>(i % half), p = first + static_cast<int>(row % count);
+    const float* src = x + (h * n + p) * d;
+    const double angle = -static_cast<double>(p) * inv_freq[c];
+    const double cs = gain * cos(angle), sn = gain * sin(angle);
+    const double lo = src[c], hi = src[c + half];
+    out[row * d + c] = static_cast<float>(lo * cs - hi * sn);
+    out[row * d + c + half] = static_cast<float>(hi * cs + lo * sn);
+  });
+}
+
+// kvpress LeverageScorePress.compute_leverage_scores on the tokens [first, first + count):
+// raw [Hkv, count].
+template <typename Exec>
+void leverage_raw_scores(Exec& exec, const DeviceLayer<Exec>& L, int first, int count, int k, uint64_t seed, const std::string& press,
+                         double* raw) {
+  const int d = L.d, Hkv = L.Hkv;
+  const long rows = static_cast<long>(Hkv) * count, cd = static_cast<long>(count) * d, ck = static_cast<long>(count) * k,
+             dk = static_cast<long>(d) * k, kk = static_cast<long>(k) * k;
+  using DoubleBuffer = typename Exec::template Buffer<double>;
+  DoubleBuffer keys_buffer(static_cast<std::size_t>(rows) * d), mean_buffer(static_cast<std::size_t>(Hkv) * d),
+      phi_buffer(static_cast<std::size_t>(Hkv) * dk), x_buffer(static_cast<std::size_t>(rows) * k), gram_buffer(static_cast<std::size_t>(Hkv) * kk),
+      l_buffer(gram_buffer.size());
+  double* keys = keys_buffer.data();
+  double* mean = mean_buffer.data();
+  double* phi = phi_buffer.data();
+  double* x = x_buffer.data();
+  double* gram = gram_buffer.data();
+  double* l = l_buffer.data();
+  pre_rope_rows(exec, L, L.k.data(), Hkv, first, count, keys);
+  const auto ones = device_ones<Exec, double>(exec, count);
+  exec.gemm(StridedGemm<double>{.m = 1, .n = d, .k = count, .alpha = 1.0 / count, .a = ones.data(), .lda = count, .b = keys, .ldb = d,
+                                .stride_b = cd, .c = mean, .ldc = d, .stride_c = d, .batch = Hkv});
+  exec.for_each(rows * d, [=] KVSIM_HD(long i) { keys[i] -= mean[i / cd * d + i % d]; });
+  const uint32_t layer = static_cast<uint32_t>(L.layer), stream = ref::kLeverageSketchStream;
+  const double scale = 1.0 / sqrt(static_cast<double>(k));
+  exec.for_each(Hkv * dk, [=] KVSIM_HD(long i) {
+    const long within = i % dk;
+    phi[i] = ref::sketch_entry(seed, layer, static_cast<uint32_t>(i / dk), static_cast<int>(within / k), static_cast<int>(within % k), k,
+                               stream, scale);
+  });
+  exec.gemm(StridedGemm<double>{.m = count, .n = k, .k = d, .a = keys, .lda = d, .stride_a = cd, .b = phi, .ldb = k, .stride_b = dk, .c = x,
+                                .ldc = k, .stride_c = ck, .batch = Hkv});
+  exec.gemm(StridedGemm<double>{.trans_a = true, .m = k, .n = k, .k = count, .a = x, .lda = k, .stride_a = ck, .b = x, .ldb = k, .stride_b = ck,
+                                .c = gram, .ldc = k, .stride_c = kk, .batch = Hkv});
+  typename Exec::template Buffer<int> ok_buffer(static_cast<std::size_t>(Hkv));
+  int* ok = ok_buffer.data();
+  exec.for_each(Hkv, [=] KVSIM_HD(long g) { ok[g] = ref::cholesky_with_jitter(gram + g * kk, k, 1e-2, 5, l + g * kk) ? 1 : 0; });
+  std::vector<int> host_ok(static_cast<std::size_t>(Hkv));
+  ok_buffer.download(host_ok.data(), host_ok.size());
+  for (int g = 0; g < Hkv; ++g)
+    if (!host_ok[static_cast<std::size_t>(g)])
+      throw Error("press '" + press + "': Cholesky of the sketched keys' Gram matrix failed after 5 tries (KV head " + std::to_string(g) + ")");
+  exec.for_each(rows, [=] KVSIM_HD(long i) { raw[i] = fmax(0.0, ref::inverse_quadratic_form(l + i / count * kk, k, x + i * k)); });
+}
+
+// z[i] = (raw[i] - mean) / max(std, 1e-6) over all `count` entries (std unbiased).
+template <typename Exec>
+void z_normalise(Exec& exec, const double* raw, long count, double* z) {
+  typename Exec::template Buffer<double> stats_buffer(2);
+  double* stats = stats_buffer.data();
+  exec.row_reduce(raw, 1, count, stats, Reduce::sum);
+  exec.for_each(1, [=] KVSIM_HD(long) { stats[0] /= static_cast<double>(count); });
+  exec.for_each(count, [=] KVSIM_HD(long i) { z[i] = (raw[i] - stats[0]) * (raw[i] - stats[0]); });
+  exec.row_reduce(z, 1, count, stats + 1, Reduce::sum);
+  exec.for_each(1, [=] KVSIM_HD(long) { stats[1] = sqrt(stats[1] / static_cast<double>(count - 1)); });
+  exec.for_each(count, [=] KVSIM_HD(long i) { z[i] = ref::z_score(raw[i], stats[0], stats[1]); });
+}
+
+// kvpress NonCausalAttnPress before its z-score, on the tokens [first, first + count): raw
+// [Hkv, count]. Per query head, one GEMM batched over the chunks gives every chunk's logits;
+// the padding of the last chunk (logit -1e-9 for padded keys, padded queries spreading
+// 1 / (real + padded e^{-1e-9}) over the real keys) is added analytically, as in the reference.
+template <typename Exec>
+void non_causal_raw_scores(Exec& exec, const DeviceLayer<Exec>& L, int first, int count, int chunk, double* raw) {
+  const int n = L.n, d = L.d, H = L.H, Hkv = L.Hkv, G = H / Hkv;
+  const int chunks = (count + chunk - 1) / chunk, width = chunk < count ? chunk : count;  // width: rows of a stored chunk
+  const int last_real = count - (chunks - 1) * chunk, last_padded = chunk - last_real;
+  const long rows = static_cast<long>(chunks) * width, block = static_cast<long>(width) * width;
+  using DoubleBuffer = typename Exec::template Buffer<double>;
+  DoubleBuffer q_buffer(static_cast<std::size_t>(H) * rows * d), k_buffer(static_cast<std::size_t>(Hkv) * rows * d),
+      logits_buffer(static_cast<std::size_t>(chunks) * block), per_head_buffer(static_cast<std::size_t>(H) * count),
+      x_buffer(static_cast<std::size_t>(Hkv) * count);
+  double* qd = q_buffer.data();
+  double* kd = k_buffer.data();
+  double* logits = logits_buffer.data();
+  double* per_head = per_head_buffer.data();
+  double* x = x_buffer.data();
+  const float* q = L.q.data();
+  const float* k = L.k.data();
+  const float* v = L.v.data();
+  // Queries and keys of the tokens, float64, zero rows past `count` (the last chunk's tail).
+  exec.for_each(static_cast<long>(H) * rows * d, [=] KVSIM_HD(long i) {
+    const long h = i / (rows * d), t = i / d % rows;
+    qd[i] = t < count ? static_cast<double>(q[(h * n + first + t) * d + i % d]) : 0.0;
+  });
+  exec.for_each(static_cast<long>(Hkv) * rows * d, [=] KVSIM_HD(long i) {
+    const long g = i / (rows * d), t = i / d % rows;
+    kd[i] = t < count ? static_cast<double>(k[(g * n + first + t) * d + i % d]) : 0.0;
+  });
+  for (int h = 0; h < H; ++h) {
+    exec.gemm(StridedGemm<double>{.trans_b = true, .m = width, .n = width, .k = d, .a = qd + static_cast<long>(h) * rows * d, .lda = d,
+                                  .stride_a = static_cast<long>(width) * d, .b = kd + static_cast<long>(h / G) * rows * d, .ldb = d,
+                                  .stride_b = static_cast<long>(width) * d, .c = logits, .ldc = width, .stride_c = block, .batch = chunks});
+    // Softmax of each real query's row over the chunk's real keys and its padded ones.
+    exec.for_each(rows, [=] KVSIM_HD(long r) {
+      const int c = static_cast<int>(r / width), i = static_cast<int>(r % width);
+      const int real = c + 1 == chunks ? last_real : width, padded = c + 1 == chunks ? last_padded : 0;
+      if (i >= real) return;
+      double* row = logits + r * width;
+      double best = padded ? -1e-9 : row[0];
+      for (int j = 0; j < real; ++j) best = fmax(best, row[j]);
+      double total = 0.0;
+      for (int j = 0; j < real; ++j) total += exp(row[j] - best);
+      total += padded * exp(-1e-9 - best);
+      for (int j = 0; j < real; ++j) row[j] = exp(row[j] - best) / total;
+    });
+    double* out = per_head + static_cast<long>(h) * count;
+    exec.for_each(count, [=] KVSIM_HD(long t) {
+      const int c = static_cast<int>(t / chunk), j = static_cast<int>(t % chunk);
+      const int real = c + 1 == chunks ? last_real : width, padded = c + 1 == chunks ? last_padded : 0;
+      const double* column = logits + c * block + j;
+      double sum = 0.0;
+      for (int i = 0; i < real; ++i) sum += column[static_cast<long>(i) * width];
+      if (padded) sum += padded / (real + padded * exp(-1e-9));
+      out[t] = sum;
+    });
+  }
+  // Group mean, times |v|, then avg_pool1d(3) with the zero padding counted.
+  exec.for_each(static_cast<long>(Hkv) * count, [=] KVSIM_HD(long i) {
+    const long g = i / count, t = i % count;
+    double mean = 0.0;
+    for (long h = g * G; h < (g + 1) * G; ++h) mean += per_head[h * count + t];
+    const float* value = v + (g * n + first + t) * d;
+    double norm = 0.0;
+    for (int c = 0; c < d; ++c) norm += static_cast<double>(value[c]) * value[c];
+    x[i] = mean / G * sqrt(norm);
+  });
+  exec.for_each(static_cast<long>(Hkv) * count, [=] KVSIM_HD(long i) {
+    const long t = i % count;
+    raw[i] = ((t > 0 ? x[i - 1] : 0.0) + x[i] + (t + 1 < count ? x[i + 1] : 0.0)) / 3.0;
+  });
+}
+
+template <typename Exec>
+class LeverageScoreDevice final : public DeviceScorer<Exec> {
+ public:
+  explicit LeverageScoreDevice(const PressConfig& c)
+      : DeviceScorer<Exec>("leverage_score"), k_(c.params.get_int("sketch_dimension")), seed_(static_cast<uint64_t>(c.params.get("seed"))) {}
+
+  void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
+    const long count = static_cast<long>(L.Hkv) * L.n;
+    ref::require_z_normalisable(this->name(), count);
+    typename Exec::template Buffer<double> raw_buffer(static_cast<std::size_t>(count)), z_buffer(raw_buffer.size());
+    leverage_raw_scores(exec, L, 0, L.n, k_, seed_, this->name(), raw_buffer.data());
+    double* z = z_buffer.data();
+    z_normalise(exec, raw_buffer.data(), count, z);
+    exec.for_each(count, [=] KVSIM_HD(long i) { out[i] = static_cast<float>(z[i]); });
+  }
+
+ private:
+  int k_;
+  uint64_t seed_;
+};
+
+template <typename Exec>
+class NonCausalAttentionDevice final : public DeviceScorer<Exec> {
+ public:
+  explicit NonCausalAttentionDevice(const PressConfig& c) : DeviceScorer<Exec>("non_causal_attention"), chunk_(c.params.get_int("chunk_size")) {}
+
+  void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
+    const long count = static_cast<long>(L.Hkv) * L.n;
+    ref::require_z_normalisable(this->name(), count);
+    typename Exec::template Buffer<double> raw_buffer(static_cast<std::size_t>(count)), z_buffer(raw_buffer.size());
+    non_causal_raw_scores(exec, L, 0, L.n, chunk_, raw_buffer.data());
+    double* z = z_buffer.data();
+    z_normalise(exec, raw_buffer.data(), count, z);
+    exec.for_each(count, [=] KVSIM_HD(long i) { out[i] = static_cast<float>(z[i]); });
+  }
+
+ private:
+  int chunk_;
+};
+
+template <typename Exec>
+class CompactorDevice final : public DeviceScorer<Exec> {
+ public:
+  explicit CompactorDevice(const PressConfig& c)
+      : DeviceScorer<Exec>("compactor"),
+        sink_start_(c.params.get_int("sink_size_start")),
+        sink_end_(c.params.get_int("sink_size_end")),
+        chunk_(c.params.get_int("chunk_size")),
+        k_(c.params.get_int("sketch_dimension")),
+        blending_(c.params.get("blending")),
+        seed_(static_cast<uint64_t>(c.params.get("seed"))) {}
+
+  void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double ratio, float* out) const override {
+    const int n = L.n, Hkv = L.Hkv;
+    require_more_tokens(this->name(), "sink_size_start + sink_size_end", sink_start_ + sink_end_, n);
+    const int left = sink_start_ < n ? sink_start_ : n, right = sink_end_ < n - left ? sink_end_ : n - left, M = n - left - right;
+    const long count = static_cast<long>(Hkv) * M;
+    ref::require_z_normalisable(this->name(), count);
+    using DoubleBuffer = typename Exec::template Buffer<double>;
+    DoubleBuffer raw_buffer(static_cast<std::size_t>(count)), leverage_buffer(raw_buffer.size()), attention_buffer(raw_buffer.size());
+    leverage_raw_scores(exec, L, left, M, k_, seed_, this->name(), raw_buffer.data());
+    z_normalise(exec, raw_buffer.data(), count, leverage_buffer.data());
+    non_causal_raw_scores(exec, L, left, M, chunk_, raw_buffer.data());
+    z_normalise(exec, raw_buffer.data(), count, attention_buffer.data());
+    const double blending = blending_ != blending_ ? ratio : blending_;
+    typename Exec::template Buffer<float> middle_buffer(static_cast<std::size_t>(count)), max_buffer(1);
+    float* middle = middle_buffer.data();
+    const double* leverage = leverage_buffer.data();
+    const double* attention = attention_buffer.data();
+    exec.for_each(count, [=] KVSIM_HD(long i) { middle[i] = static_cast<float>(blending * leverage[i] + attention[i]); });
+    float* best = max_buffer.data();
+    exec.row_reduce(middle, 1, count, best, Reduce::max);
+    exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) {
+      const long g = i / n;
+      const int t = static_cast<int>(i % n);
+      out[i] = t >= left && t < left + M ? middle[g * M + t - left] : *best;
+    });
+  }
+
+ private:
+  int sink_start_, sink_end_, chunk_, k_;
+  double blending_;
+  uint64_t seed_;
+};
+
+}  // namespace kvsim::cuda
+
+KVSIM_DEVICE_PRESS("leverage_score", LeverageScoreDevice)
+KVSIM_DEVICE_PRESS("non_causal_attention", NonCausalAttentionDevice)
+KVSIM_DEVICE_PRESS("compactor", CompactorDevice)

@@ -1,0 +1,81 @@
+// leverage_score — kvpress LeverageScorePress (Compactor, arXiv 2507.08143): approximate
+// statistical leverage of the pre-RoPE keys. Per KV head: X = (K - mean_t K) Phi with a
+// Gaussian sketch Phi [d, k] / sqrt(k); G = X'X; L = chol(G + jitter I) (jitter 1e-2, then
+// 0.1, 1, 10, 100: kvpress' chol_with_jitter, 5 tries); leverage_t = x_t' (LL')^{-1} x_t,
+// clamped at 0; then z-scored over every score of the layer (unbiased std, clamped at 1e-6).
+// Defaults: sketch_dimension=48.
+// Replay: the pre-RoPE keys are the inverse RoPE of the trace's keys (positions = token
+// index), exact up to rounding. kvpress draws Phi from torch's global generator; here entry
+// (c, j) of head g's Phi is philox_normal(seed, layer, g, c * k + j, stream 1)
+// (reference/leverage.h), so backends and runs agree; `seed` (default 0) is kvsim's
+// addition. Computed in float64 (kvpress: float32 after a model-dtype sketch product).
+// One score in all (one KV head, one token) is an error: kvpress' std gives NaN there.
+#include "reference/presses/leverage_score.h"
+
+#include <cmath>
+#include <vector>
+
+#include "reference/leverage.h"
+#include "reference/parallel.h"
+#include "reference/scoring.h"
+
+namespace kvsim::ref {
+
+RowMatrixD leverage_raw_scores(const PressInput& in, int first, int count, int k, uint64_t seed, const std::string& press) {
+  const int d = in.head_dim();
+  RowMatrixD raw(in.num_kv_heads(), count);
+  const InverseRopeTable table(in.rope, first, count);
+  parallel_for(in.num_kv_heads(), [&](int g) {
+    RowMatrixD keys(count, d);
+    pre_rope_rows(in.layer.k, g, table, first, count, keys);
+    keys.rowwise() -= keys.colwise().mean();
+    RowMatrixD phi(d, k);
+    for (int c = 0; c < d; ++c)
+      for (int j = 0; j < k; ++j)
+        phi(c, j) = sketch_entry(seed, static_cast<uint32_t>(in.layer_index()), static_cast<uint32_t>(g), c, j, k, kLeverageSketchStream,
+                                 1.0 / std::sqrt(static_cast<double>(k)));
+    RowMatrixD x = keys * phi;
+    const RowMatrixD gram = x.transpose() * x;
+    RowMatrixD l(k, k);
+    if (!cholesky_with_jitter(gram.data(), k, 1e-2, 5, l.data()))
+      throw Error("press '" + press + "': Cholesky of the sketched keys' Gram matrix failed after 5 tries (KV head " + std::to_string(g) + ")");
+    for (int t = 0; t < count; ++t) raw(g, t) = std::max(0.0, inverse_quadratic_form(l.data(), k, x.row(t).data()));
+  });
+  return raw;
+}
+
+RowMatrixD z_normalised(const RowMatrixD& raw, const std::string& press) {
+  require_z_normalisable(press, static_cast<long>(raw.size()));
+  const double mean = raw.mean();
+  const double std_dev = std::sqrt((raw.array() - mean).square().sum() / static_cast<double>(raw.size() - 1));
+  return raw.unaryExpr([&](double s) { return z_score(s, mean, std_dev); });
+}
+
+namespace {
+
+class LeverageScorePress final : public ScorerPress {
+ public:
+  explicit LeverageScorePress(const PressConfig& c)
+      : ScorerPress("leverage_score"), k_(c.params.get_int("sketch_dimension")), seed_(static_cast<uint64_t>(c.params.get("seed"))) {}
+
+  Scores score(const PressInput& in, double) const override {
+    require_z_normalisable(name(), static_cast<long>(in.num_kv_heads()) * in.n);
+    return z_normalised(leverage_raw_scores(in, 0, in.n, k_, seed_, name()), name()).cast<float>();
+  }
+
+ private:
+  int k_;
+  uint64_t seed_;
+};
+
+const Registrar registered({.name = "leverage_score",
+                            .summary = "approximate leverage of the sketched pre-RoPE keys, z-scored (Compactor, arXiv 2507.08143)",
+                            .params = {{"sketch_dimension", ParamType::Int, 48.0, 1.0, {}, "columns of the Gaussian sketch"},
+                                       {"seed", ParamType::Int, 0.0, 0.0, 4294967295.0,
+                                        "Philox seed of the sketch (kvsim; kvpress uses torch's generator)"}},
+                            .is_scorer = true,
+                            .uses_absolute_positions = true},
+                           Backend::reference, factory_of<LeverageScorePress>());
+
+}  // namespace
+}  // namespace kvsim::ref
