@@ -8,18 +8,23 @@
 
 namespace kvsim {
 
-enum class ParamType { Int, Float, Bool };
+// FloatList: floats separated by '/', e.g. "0.25/0.5/0.75" (a spec value cannot hold ',').
+enum class ParamType { Int, Float, Bool, FloatList };
 
 struct ParamDef {
   std::string name;
   ParamType type = ParamType::Float;
-  std::optional<double> default_value;  // nullopt: the user must set it
-  std::optional<double> min, max;       // inclusive bounds, when any
+  std::optional<double> default_value;  // nullopt: the user must set it (unused by FloatList)
+  std::optional<double> min, max;       // inclusive bounds, when any (FloatList: of every entry)
   std::string help;
+  std::optional<std::vector<double>> default_list;  // FloatList's default; nullopt: the user must set it
 };
 
 std::string param_type_name(ParamType type);
 std::string format_param_value(ParamType type, double value);
+std::string format_param_list(const std::vector<double>& values);  // "a/b/c"
+// The default as `kvsim list` shows it, or "<required>".
+std::string format_param_default(const ParamDef& def);
 
 class ParamValues {
  public:
@@ -32,10 +37,12 @@ class ParamValues {
   double get(const std::string& name) const;
   int get_int(const std::string& name) const { return static_cast<int>(get(name)); }
   bool get_bool(const std::string& name) const { return get(name) != 0.0; }
+  const std::vector<double>& get_list(const std::string& name) const;  // FloatList parameters
   const std::map<std::string, double>& values() const { return values_; }
 
  private:
   std::map<std::string, double> values_;
+  std::map<std::string, std::vector<double>> lists_;
 };
 
 }  // namespace kvsim

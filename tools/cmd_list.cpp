@@ -38,7 +38,8 @@ int list_command(const Args& args) {
       nlohmann::json params = nlohmann::json::array();
       for (const ParamDef& p : info->params)
         params.push_back({{"name", p.name}, {"type", param_type_name(p.type)},
-                          {"default", p.default_value ? nlohmann::json(*p.default_value) : nlohmann::json(nullptr)},
+                          {"default", p.type == ParamType::FloatList ? (p.default_list ? nlohmann::json(*p.default_list) : nlohmann::json(nullptr))
+                                      : p.default_value ? nlohmann::json(*p.default_value) : nlohmann::json(nullptr)},
                           {"help", p.help}});
       nlohmann::json backends = nlohmann::json::array();
       for (Backend b : kAllBackends)
@@ -54,13 +55,13 @@ int list_command(const Args& args) {
   for (const PressInfo* info : registry.presses()) {
     std::ostringstream params;
     for (const ParamDef& p : info->params)
-      params << (params.tellp() ? ", " : "") << p.name << "="
-             << (p.default_value ? format_param_value(p.type, *p.default_value) : std::string("<required>"));
+      params << (params.tellp() ? ", " : "") << p.name << "=" << format_param_default(p);
     std::string backends;
     for (Backend b : kAllBackends)
       if (registry.implements(info->name, b)) backends += (backends.empty() ? "" : ", ") + backend_name(b);
     const std::string name = info->wraps_scorer ? info->name + "(<scorer>)"
                              : info->wraps_pair ? info->name + "(<press>;<decoding press>)"
+                             : info->wraps_list ? info->name + "(<press>;<press>;...)"
                                                 : info->name;
     std::string needs;
     for (const std::string& need : needs_of(*info)) needs += (needs.empty() ? "" : ", ") + need;
