@@ -28,7 +28,10 @@ std::string format_param_value(ParamType type, double value) {
 
 std::string format_param_list(const std::vector<double>& values) {
   std::string out;
-  for (double v : values) out += (out.empty() ? "" : "/") + format_param_value(ParamType::Float, v);
+  for (double v : values) {
+    if (!out.empty()) out += '/';
+    out += format_param_value(ParamType::Float, v);
+  }
   return out;
 }
 

@@ -88,8 +88,11 @@ std::string PressSpec::to_string() const {
   if (inner) {
     out += "(";
     out += inner->to_string();
-    if (second) out += ";" + second->to_string();
-    for (const auto& next : more) out += ";" + next->to_string();
+    for (const auto& next : presses()) {
+      if (next == inner) continue;
+      out += ';';
+      out += next->to_string();
+    }
     out += ")";
   }
   bool first = true;
