@@ -66,7 +66,10 @@ std::vector<double> parse_list(const std::string& press, const ParamDef& def, co
     if (item.empty() || stop != begin + item.size() || !std::isfinite(value))
       throw Error(where + " expects floats separated by '/' (e.g. 0.25/0.5/0.75), got '" + text + "' (entry " +
                   std::to_string(out.size() + 1) + " is '" + item + "')");
-    check_range(press, def, value, "[" + std::to_string(out.size()) + "]");
+    std::string index = "[";
+    index += std::to_string(out.size());
+    index += ']';
+    check_range(press, def, value, index);
     out.push_back(value);
     if (end == std::string::npos) break;
     start = end + 1;

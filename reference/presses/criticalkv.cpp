@@ -123,7 +123,7 @@ std::vector<ParamDef> critical_params() {
 }
 
 const Registrar critical({.name = "critical",
-                          .summary = "inner scores rescaled by |W_o v|_1, half the budget kept by the inner scores (kvpress CriticalKVPress)",
+                          .summary = "inner scores rescaled by the L1 norm of W_o v, half the budget kept by the inner scores (kvpress CriticalKVPress)",
                           .params = critical_params(),
                           .wraps_scorer = true,
                           .is_scorer = true,
