@@ -14,6 +14,7 @@ std::string param_type_name(ParamType type) {
     case ParamType::Float: return "float";
     case ParamType::Bool: return "bool";
     case ParamType::Choice: return "choice";
+    case ParamType::FloatList: return "float list";
     case ParamType::Path: return "path";
   }
   return "?";
@@ -36,12 +37,57 @@ std::string format_param_value(const ParamDef& def, double value) {
   return format_param_value(def.type, value);
 }
 
+std::string format_param_list(const std::vector<double>& values) {
+  std::string out;
+  for (double v : values) {
+    if (!out.empty()) out += '/';
+    out += format_param_value(ParamType::Float, v);
+  }
+  return out;
+}
+
 std::string format_param_default(const ParamDef& def) {
+  if (def.type == ParamType::FloatList)
+    return def.default_list ? (def.default_list->empty() ? std::string("<none>") : format_param_list(*def.default_list)) : "<required>";
   if (def.default_value) return format_param_value(def, *def.default_value);
   return def.nullable ? "None" : "<required>";
 }
 
 namespace {
+
+void check_range(const std::string& press, const ParamDef& def, double value, const std::string& what) {
+  const std::string where = "press '" + press + "': parameter '" + def.name + "'" + what + " = " +
+                            format_param_value(def.type == ParamType::FloatList ? ParamType::Float : def.type, value);
+  if (def.min && value < *def.min)
+    throw Error(where + " is below its minimum " + format_param_value(def.type == ParamType::FloatList ? ParamType::Float : def.type, *def.min));
+  if (def.max && value > *def.max)
+    throw Error(where + " is above its maximum " + format_param_value(def.type == ParamType::FloatList ? ParamType::Float : def.type, *def.max));
+}
+
+// A '/'-separated list of finite floats, each in range.
+std::vector<double> parse_list(const std::string& press, const ParamDef& def, const std::string& text) {
+  const std::string where = "press '" + press + "': parameter '" + def.name + "'";
+  std::vector<double> out;
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t end = text.find('/', start);
+    const std::string item = text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    const char* begin = item.c_str();
+    char* stop = nullptr;
+    const double value = std::strtod(begin, &stop);
+    if (item.empty() || stop != begin + item.size() || !std::isfinite(value))
+      throw Error(where + " expects floats separated by '/' (e.g. 0.25/0.5/0.75), got '" + text + "' (entry " +
+                  std::to_string(out.size() + 1) + " is '" + item + "')");
+    std::string index = "[";
+    index += std::to_string(out.size());
+    index += ']';
+    check_range(press, def, value, index);
+    out.push_back(value);
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return out;
+}
 
 double parse_value(const std::string& press, const ParamDef& def, const std::string& text) {
   const std::string where = "press '" + press + "': parameter '" + def.name + "'";
@@ -92,6 +138,14 @@ ParamValues ParamValues::resolve(const std::string& press_name, const std::vecto
       out.paths_[def.name] = it->second;
       continue;
     }
+    if (def.type == ParamType::FloatList) {
+      if (it != given.end()) out.lists_[def.name] = parse_list(press_name, def, it->second);
+      else if (def.default_list) out.lists_[def.name] = *def.default_list;
+      else
+        throw Error("press '" + press_name + "': parameter '" + def.name + "' is required (e.g. " + press_name + ":" + def.name +
+                    "=0.25/0.5/...)");
+      continue;
+    }
     double value;
     if (it != given.end()) {
       value = parse_value(press_name, def, it->second);
@@ -103,12 +157,7 @@ ParamValues ParamValues::resolve(const std::string& press_name, const std::vecto
       throw Error("press '" + press_name + "': parameter '" + def.name + "' is required (e.g. " +
                   press_name + ":" + def.name + "=...)");
     }
-    const std::string where = "press '" + press_name + "': parameter '" + def.name + "' = " +
-                              format_param_value(def, value);
-    if (def.min && value < *def.min)
-      throw Error(where + " is below its minimum " + format_param_value(def.type, *def.min));
-    if (def.max && value > *def.max)
-      throw Error(where + " is above its maximum " + format_param_value(def.type, *def.max));
+    check_range(press_name, def, value, "");
     out.values_[def.name] = value;
   }
   return out;
@@ -123,6 +172,12 @@ const std::string& ParamValues::get_path(const std::string& name) const {
 double ParamValues::get(const std::string& name) const {
   const auto it = values_.find(name);
   if (it == values_.end()) throw Error("internal: parameter '" + name + "' was not declared");
+  return it->second;
+}
+
+const std::vector<double>& ParamValues::get_list(const std::string& name) const {
+  const auto it = lists_.find(name);
+  if (it == lists_.end()) throw Error("internal: list parameter '" + name + "' was not declared");
   return it->second;
 }
 

@@ -45,9 +45,11 @@ class SpecParser {
     if (pos_ < text_.size() && text_[pos_] == '(') {
       ++pos_;
       spec.inner = std::make_shared<PressSpec>(parse_spec());
-      if (pos_ < text_.size() && text_[pos_] == ';') {
+      while (pos_ < text_.size() && text_[pos_] == ';') {
         ++pos_;
-        spec.second = std::make_shared<PressSpec>(parse_spec());
+        auto next = std::make_shared<PressSpec>(parse_spec());
+        if (!spec.second) spec.second = std::move(next);
+        else spec.more.push_back(std::move(next));
       }
       if (pos_ >= text_.size() || text_[pos_] != ')') fail("expected ')'");
       ++pos_;
@@ -73,14 +75,23 @@ class SpecParser {
 
 PressSpec parse_press_spec(const std::string& text) { return SpecParser(text).parse(); }
 
+std::vector<std::shared_ptr<PressSpec>> PressSpec::presses() const {
+  std::vector<std::shared_ptr<PressSpec>> out;
+  if (inner) out.push_back(inner);
+  if (second) out.push_back(second);
+  out.insert(out.end(), more.begin(), more.end());
+  return out;
+}
+
 std::string PressSpec::to_string() const {
   std::string out = name;
   if (inner) {
     out += "(";
     out += inner->to_string();
-    if (second) {
-      out += ";";
-      out += second->to_string();
+    for (const auto& next : presses()) {
+      if (next == inner) continue;
+      out += ';';
+      out += next->to_string();
     }
     out += ")";
   }

@@ -62,6 +62,8 @@ const PressInfo& Registry::check(const PressSpec& spec, Backend backend) const {
   if (!it->second.factories.count(backend))
     throw Error("press '" + spec.name + "' is not implemented on the " + backend_name(backend) + " backend");
   if (info.wraps_pair) {
+    if (!spec.more.empty())
+      throw Error("press '" + spec.name + "' takes two presses, but got " + std::to_string(spec.presses().size()));
     if (!spec.inner || !spec.second)
       throw Error("press '" + spec.name + "' takes two presses: " + spec.name + "(<prefill press>;<decoding press>), e.g. " + spec.name +
                   "(snapkv;decoding(knorm))");
@@ -73,7 +75,23 @@ const PressInfo& Registry::check(const PressSpec& spec, Backend backend) const {
     ParamValues::resolve(spec.name, info.params, spec.params);
     return info;
   }
-  if (spec.second) throw Error("press '" + spec.name + "' takes at most one inner press");
+  if (info.wraps_list) {
+    if (!spec.inner)
+      throw Error("press '" + spec.name + "' takes a list of presses: " + spec.name + "(<press>;<press>;...), e.g. " + spec.name +
+                  "(knorm;snapkv)");
+    const auto presses = spec.presses();
+    for (std::size_t i = 0; i < presses.size(); ++i) {
+      const PressInfo& element = check(*presses[i], backend);
+      if (!element.wrappable && i > 0)
+        throw Error("press '" + element.name + "' can only be the first press of '" + spec.name +
+                    "' (kvpress gives every press the attentions of the full cache)");
+    }
+    ParamValues::resolve(spec.name, info.params, spec.params);
+    return info;
+  }
+  if (spec.second)
+    throw Error("press '" + spec.name + "' takes at most one inner press, but got " + std::to_string(spec.presses().size()) + ": '" +
+                spec.to_string() + "'");
   if (info.wraps_scorer && !spec.inner)
     throw Error("press '" + spec.name + "' wraps a scorer: write it as " + spec.name + "(<scorer>), e.g. " +
                 spec.name + "(snapkv)");
@@ -92,7 +110,7 @@ const PressInfo& Registry::check(const PressSpec& spec, Backend backend) const {
 
 std::unique_ptr<Press> Registry::make(const PressSpec& spec, Backend backend) const {
   const PressInfo& info = check(spec, backend);
-  PressConfig config{info, ParamValues::resolve(spec.name, info.params, spec.params), spec.inner, spec.second, backend, *this};
+  PressConfig config{info, ParamValues::resolve(spec.name, info.params, spec.params), spec.inner, spec.second, backend, *this, spec.more};
   return entries_.at(spec.name).factories.at(backend)(config);
 }
 

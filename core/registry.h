@@ -28,6 +28,7 @@ struct PressInfo {
   std::vector<ParamDef> params;
   bool wraps_scorer = false;  // spec takes an inner scorer: name(inner)
   bool wraps_pair = false;    // spec takes two presses: name(prefill press;decoding press)
+  bool wraps_list = false;    // spec takes one or more presses: name(a;b;c;...) (composed)
   bool uses_ratio = true;     // false for threshold presses (dms): ratio is ignored
   bool is_scorer = false;     // usable as the inner press of a wrapper
   bool wrappable = true;      // false: kvpress forbids it inside wrappers (needs eager attentions)
@@ -54,6 +55,16 @@ struct PressConfig {
   std::shared_ptr<PressSpec> second;
   Backend backend;
   const Registry& registry;
+  std::vector<std::shared_ptr<PressSpec>> more = {};  // list wrappers: the presses after `second`
+
+  // Every press between the parentheses, in order (inner, second, more).
+  std::vector<std::shared_ptr<PressSpec>> presses() const {
+    std::vector<std::shared_ptr<PressSpec>> out;
+    if (inner) out.push_back(inner);
+    if (second) out.push_back(second);
+    out.insert(out.end(), more.begin(), more.end());
+    return out;
+  }
 };
 
 using PressFactory = std::function<std::unique_ptr<Press>(const PressConfig&)>;
@@ -73,7 +84,8 @@ class Registry {
   bool implements(const std::string& name, Backend backend) const;
 
   // Parses, validates and builds a press; kvsim::Error on unknown names, bad parameters,
-  // a wrapper without an inner scorer, or a press the backend does not implement.
+  // a wrapper without an inner scorer, a list given to a press that takes one press, or a
+  // press the backend does not implement.
   std::unique_ptr<Press> make(const std::string& spec, Backend backend) const;
   std::unique_ptr<Press> make(const PressSpec& spec, Backend backend) const;
   // Validates without building (for `kvsim replay` argument checking and metadata).

@@ -42,6 +42,15 @@ Compression select_topk_per_head(const Scores& scores, int k) {
   return out;
 }
 
+std::vector<int> ranked_positions(const float* s, int n, int k) {
+  k = std::clamp(k, 0, n);
+  std::vector<int> order(static_cast<std::size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [s](int a, int b) { return s[a] > s[b] || (s[a] == s[b] && a < b); });
+  order.resize(static_cast<std::size_t>(k));
+  return order;
+}
+
 Compression select_topk_global(const Scores& scores, long long total) {
   Compression out;
   out.kept.resize(static_cast<std::size_t>(scores.rows()));

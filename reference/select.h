@@ -16,6 +16,9 @@ namespace kvsim::ref {
 Compression select_topk_per_head(const Scores& scores, int k);
 // Keeps the top `total` entries of the flattened [Hkv, n] scores (head-wise budgets).
 Compression select_topk_global(const Scores& scores, long long total);
+// The top `k` positions of one row of n scores in score order (higher first, ties: lower
+// position first), as torch.topk(sorted=True) orders them; k clamped to [0, n].
+std::vector<int> ranked_positions(const float* scores, int n, int k);
 // Throws kvsim::Error naming `press` when scores hold NaN.
 void check_scores(const Scores& scores, const std::string& press);
 

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <random>
 
 #include "core/half.h"
 #include "core/press_checks.h"
@@ -86,6 +87,12 @@ TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
     for (HeadTensor* t : {&layer.q, &layer.k, &layer.v})
       for (float& x : t->data)
         x = s.dtype == StorageDtype::float16 ? round_to_half(x) : s.dtype == StorageDtype::bfloat16 ? round_to_bf16(x) : x;
+    // o_proj [D, H*d] (CriticalKV), D = 64: N(0, 1/64) draws.
+    layer.o_proj_rows = 64;
+    layer.o_proj.resize(static_cast<std::size_t>(64) * s.H * s.d);
+    std::mt19937 rng(seed + 2);
+    std::normal_distribution<float> normal(0.0f, 0.125f);
+    for (float& w : layer.o_proj) w = normal(rng);
     previous.push_back(test::random_layer(s.H, s.Hkv, s.n + s.extra, s.d, seed + 1, s.n % 3 - 1));
     layers.push_back(std::move(layer));
     ropes.push_back(RopeConfig::from_theta(10000.0, s.d));
@@ -113,7 +120,7 @@ TEST_P(Conformance, BundledRealTrace) {
   const TraceReader trace(trace_path());
   const TraceInfo& info = trace.info();
   std::vector<LayerTensors> layers;
-  for (int l : info.recorded_layers) layers.push_back(trace.read_layer(l, {.attn_out = false, .o_proj = false}));
+  for (int l : info.recorded_layers) layers.push_back(trace.read_layer(l, {.attn_out = false, .o_proj = true}));
   std::vector<ConformanceInput> inputs;
   for (const LayerTensors& t : layers)
     inputs.push_back({"bundled trace layer " + std::to_string(t.layer_index), &t, info.n_context, info.num_hidden_layers, &info.rope});

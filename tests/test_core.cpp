@@ -116,6 +116,41 @@ TEST(PressSpec, ParsesNamesParametersAndWrappers) {
   EXPECT_EQ(parse_press_spec(pair.to_string()).to_string(), pair.to_string());
 }
 
+TEST(PressSpec, ParsesListsOfPresses) {
+  const PressSpec list = parse_press_spec("composed(knorm;snapkv:window_size=8,kernel_size=3;chunk(tova):chunk_length=4;none):compression_ratios=0.1/0.2/0.3/0.4");
+  EXPECT_EQ(list.name, "composed");
+  EXPECT_EQ(list.params.at("compression_ratios"), "0.1/0.2/0.3/0.4");
+  ASSERT_TRUE(list.inner && list.second);
+  EXPECT_EQ(list.inner->name, "knorm");
+  EXPECT_EQ(list.second->name, "snapkv");
+  EXPECT_EQ(list.second->params.at("kernel_size"), "3");
+  ASSERT_EQ(list.more.size(), 2u);
+  EXPECT_EQ(list.more[0]->name, "chunk");
+  EXPECT_EQ(list.more[0]->inner->name, "tova");
+  EXPECT_EQ(list.more[0]->params.at("chunk_length"), "4");
+  EXPECT_EQ(list.more[1]->name, "none");
+  const auto presses = list.presses();
+  ASSERT_EQ(presses.size(), 4u);
+  EXPECT_EQ(presses[0]->name, "knorm");
+  EXPECT_EQ(presses[3]->name, "none");
+  EXPECT_EQ(list.to_string(), "composed(knorm;snapkv:kernel_size=3,window_size=8;chunk(tova):chunk_length=4;none):compression_ratios=0.1/0.2/0.3/0.4");
+  EXPECT_EQ(parse_press_spec(list.to_string()).to_string(), list.to_string());
+  // Lists nest.
+  const PressSpec nested = parse_press_spec("composed(composed(knorm;tova;random);snapkv)");
+  ASSERT_EQ(nested.inner->presses().size(), 3u);
+  EXPECT_EQ(nested.inner->more[0]->name, "random");
+  EXPECT_TRUE(nested.more.empty());
+  EXPECT_EQ(nested.to_string(), "composed(composed(knorm;tova;random);snapkv)");
+  for (const char* bad : {"composed(knorm;)", "composed(;knorm)", "composed(knorm;;tova)", "composed(knorm;tova"}) {
+    try {
+      parse_press_spec(bad);
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("bad press spec"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(PressSpec, RejectsMalformedSpecsWithTheirText) {
   for (const char* bad : {"", "snapkv:", "snapkv:window_size", "snapkv:=3", "adakv(snapkv", "snapkv)", "snap kv",
                           "snapkv:a=1,a=2", "adakv()"}) {
@@ -153,6 +188,53 @@ TEST(Params, ValidatesTypesRangesAndRequiredValues) {
   EXPECT_NE(message({{"threshold", "nan"}}).find("expects a finite"), std::string::npos);
   EXPECT_NE(message({{"threshold", "1"}, {"flag", "yes"}}).find("expects true or false"), std::string::npos);
   EXPECT_NE(message({{"threshold", "1"}, {"windw", "3"}}).find("has no parameter 'windw'"), std::string::npos);
+}
+
+TEST(Params, ParsesFloatListsSeparatedBySlashes) {
+  const std::vector<ParamDef> schema = {{"ratios", ParamType::FloatList, {}, 0.0, 0.9, "", {}, false, std::nullopt},
+                                        {"optional", ParamType::FloatList, {}, {}, {}, "", {}, false, std::vector<double>{}}};
+  const ParamValues v = ParamValues::resolve("p", schema, {{"ratios", "0.25/0.5/0"}});
+  EXPECT_EQ(v.get_list("ratios"), (std::vector<double>{0.25, 0.5, 0.0}));
+  EXPECT_TRUE(v.get_list("optional").empty());
+  EXPECT_EQ(ParamValues::resolve("p", schema, {{"ratios", "0.5"}, {"optional", "-1/2"}}).get_list("optional"), (std::vector<double>{-1, 2}));
+  EXPECT_EQ(format_param_list({0.25, 0.5}), "0.25/0.5");
+  EXPECT_EQ(format_param_default(schema[0]), "<required>");
+  auto message = [&](std::map<std::string, std::string> given) {
+    try {
+      ParamValues::resolve("p", schema, given);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message({}).find("parameter 'ratios' is required"), std::string::npos);
+  EXPECT_NE(message({{"ratios", "0.1/x"}}).find("entry 2 is 'x'"), std::string::npos);
+  EXPECT_NE(message({{"ratios", "0.1//0.2"}}).find("separated by '/'"), std::string::npos);
+  EXPECT_NE(message({{"ratios", "0.1/"}}).find("separated by '/'"), std::string::npos);
+  EXPECT_NE(message({{"ratios", "0.1/0.95"}}).find("parameter 'ratios'[1] = 0.95 is above its maximum 0.9"), std::string::npos);
+  EXPECT_NE(message({{"ratios", "-0.1"}}).find("below its minimum"), std::string::npos);
+}
+
+TEST(Registry, ValidatesListsOfPresses) {
+  const Registry& registry = Registry::instance();
+  auto message = [&](const std::string& spec) {
+    try {
+      registry.make(spec, Backend::reference);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(message("composed(knorm;snapkv;tova)"), "no error");
+  EXPECT_EQ(registry.check(parse_press_spec("composed(knorm;tova;random)"), Backend::reference).name, "composed");
+  EXPECT_NE(message("composed").find("takes a list of presses"), std::string::npos);
+  EXPECT_NE(message("composed(knorm;nosuch)").find("unknown press 'nosuch'"), std::string::npos);
+  EXPECT_NE(message("composed(knorm;observed_attention)").find("can only be the first press of 'composed'"), std::string::npos);
+  EXPECT_EQ(message("composed(observed_attention;knorm)"), "no error");
+  EXPECT_NE(message("adakv(snapkv;knorm)").find("takes at most one inner press, but got 2"), std::string::npos);
+  EXPECT_NE(message("chunk(snapkv;knorm;tova)").find("takes at most one inner press, but got 3"), std::string::npos);
+  EXPECT_NE(message("prefill_decoding(snapkv;decoding(knorm);knorm)").find("takes two presses, but got 3"), std::string::npos);
+  EXPECT_NE(message("composed(knorm;snapkv):compression_ratios=0.5").find("1 entries for 2 presses"), std::string::npos);
 }
 
 TEST(Registry, ReportsUnknownPressesAndMisusedWrappers) {

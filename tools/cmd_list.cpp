@@ -38,7 +38,8 @@ int list_command(const Args& args) {
       nlohmann::json params = nlohmann::json::array();
       for (const ParamDef& p : info->params) {
         nlohmann::json default_value = nullptr;
-        if (p.default_value)
+        if (p.type == ParamType::FloatList && p.default_list) default_value = *p.default_list;
+        else if (p.default_value)
           default_value = p.type == ParamType::Choice ? nlohmann::json(format_param_value(p, *p.default_value)) : nlohmann::json(*p.default_value);
         params.push_back({{"name", p.name}, {"type", param_type_name(p.type)}, {"default", default_value}, {"help", p.help}});
         if (!p.choices.empty()) params.back()["choices"] = p.choices;
@@ -63,6 +64,7 @@ int list_command(const Args& args) {
       if (registry.implements(info->name, b)) backends += (backends.empty() ? "" : ", ") + backend_name(b);
     const std::string name = info->wraps_scorer ? info->name + "(<scorer>)"
                              : info->wraps_pair ? info->name + "(<press>;<decoding press>)"
+                             : info->wraps_list ? info->name + "(<press>;<press>;...)"
                                                 : info->name;
     std::string needs;
     for (const std::string& need : needs_of(*info)) needs += (needs.empty() ? "" : ", ") + need;

@@ -36,7 +36,11 @@ std::optional<ScoreMatrix> selection_scores(const PressSpec& spec, const PressIn
   const auto press = registry.make(*scorer_spec, Backend::reference);
   const auto* scorer = dynamic_cast<const ScorerPress*>(press.get());
   if (!scorer) return std::nullopt;
-  return scorer->score(input, info.uses_ratio ? ratio : 0.0);
+  try {
+    return scorer->score(input, info.uses_ratio ? ratio : 0.0);
+  } catch (const Error&) {
+    return std::nullopt;  // a wrapper may run where its scorer cannot score the whole segment (block with n_kept = n)
+  }
 }
 
 }  // namespace

@@ -1,0 +1,226 @@
+#include "core/wrapping.h"
+
+#include <algorithm>
+#include <numeric>
+#include <tuple>
+
+#include "core/error.h"
+
+namespace kvsim {
+
+LayerTensors gather_layer(const LayerTensors& layer, const std::vector<std::vector<int>>& tokens, bool with_o_proj) {
+  const int Hkv = layer.k.heads, H = layer.q.heads, d = layer.k.dim;
+  if (static_cast<int>(tokens.size()) != Hkv) throw Error("internal: gather_layer needs one token list per KV head");
+  const int m = tokens.empty() ? 0 : static_cast<int>(tokens[0].size());
+  for (const auto& head : tokens)
+    if (static_cast<int>(head.size()) != m) throw Error("internal: gather_layer needs the same number of tokens in every head");
+  LayerTensors out;
+  out.layer_index = layer.layer_index;
+  out.q = HeadTensor(H, m, layer.q.dim);
+  out.k = HeadTensor(Hkv, m, d);
+  out.v = HeadTensor(Hkv, m, layer.v.dim);
+  const int group = Hkv > 0 ? H / Hkv : 1;
+  auto copy_rows = [](const HeadTensor& from, int head, const std::vector<int>& rows, HeadTensor& to, int to_head) {
+    for (std::size_t j = 0; j < rows.size(); ++j)
+      std::copy_n(from.head(head) + static_cast<std::size_t>(rows[j]) * from.dim, from.dim,
+                  to.head(to_head) + j * static_cast<std::size_t>(to.dim));
+  };
+  for (int g = 0; g < Hkv; ++g) {
+    copy_rows(layer.k, g, tokens[g], out.k, g);
+    copy_rows(layer.v, g, tokens[g], out.v, g);
+  }
+  for (int h = 0; h < H; ++h) copy_rows(layer.q, h, tokens[h / group], out.q, h);
+  if (with_o_proj) {
+    out.o_proj = layer.o_proj;
+    out.o_proj_rows = layer.o_proj_rows;
+  }
+  return out;
+}
+
+LayerTensors slice_layer(const LayerTensors& layer, int start, int count, bool with_o_proj) {
+  std::vector<int> rows(static_cast<std::size_t>(count));
+  std::iota(rows.begin(), rows.end(), start);
+  return gather_layer(layer, std::vector<std::vector<int>>(static_cast<std::size_t>(layer.k.heads), rows), with_o_proj);
+}
+
+bool spec_needs(const Registry& registry, const PressSpec& spec, const std::string& need) {
+  if (const PressInfo* info = registry.find(spec.name))
+    if (std::find(info->needs.begin(), info->needs.end(), need) != info->needs.end()) return true;
+  for (const auto& inner : spec.presses())
+    if (spec_needs(registry, *inner, need)) return true;
+  return false;
+}
+
+namespace {
+
+const PressSpec* absolute_position_press(const Registry& registry, const PressSpec& spec) {
+  if (const PressInfo* info = registry.find(spec.name); info && info->uses_absolute_positions) return &spec;
+  for (const auto& inner : spec.presses())
+    if (const PressSpec* found = absolute_position_press(registry, *inner)) return found;
+  return nullptr;
+}
+
+}  // namespace
+
+void refuse_absolute_positions(const PressConfig& config, const PressSpec& inner, const std::string& why) {
+  if (const PressSpec* found = absolute_position_press(config.registry, inner))
+    throw Error("press '" + config.info.name + "': '" + found->name + "' needs the absolute positions of the tokens it scores, and " + why);
+}
+
+void require_o_proj(const std::string& press, const LayerTensors& layer) {
+  if (layer.o_proj.empty())
+    throw Error("press '" + press + "' needs the o_proj weights of layer " + std::to_string(layer.layer_index) +
+                ", which the trace does not hold (record it with o_proj)");
+  const std::size_t cols = static_cast<std::size_t>(layer.q.heads) * layer.q.dim;
+  if (layer.o_proj_rows <= 0 || layer.o_proj.size() != static_cast<std::size_t>(layer.o_proj_rows) * cols)
+    throw Error("press '" + press + "': the o_proj weights of layer " + std::to_string(layer.layer_index) + " are not [D, H*d] = [" +
+                std::to_string(layer.o_proj_rows) + ", " + std::to_string(cols) + "]");
+}
+
+Compression chunk_compress(const PressInput& input, double ratio, int chunk_length, bool with_o_proj, const ChunkSelect& select) {
+  const int Hkv = input.num_kv_heads();
+  if (ratio == 0.0) return keep_all(Hkv, input.n);  // kvpress: a zero ratio changes nothing
+  Compression out;
+  out.kept.resize(static_cast<std::size_t>(Hkv));
+  for (int start = 0; start < input.n; start += chunk_length) {
+    const int length = std::min(chunk_length, input.n - start);
+    const LayerTensors chunk = slice_layer(input.layer, start, length, with_o_proj);
+    std::vector<std::vector<int>> kept = select(sub_input(input, chunk), kvpress_budget(length, ratio));
+    for (int g = 0; g < Hkv; ++g) {
+      std::sort(kept[g].begin(), kept[g].end());
+      for (int t : kept[g]) out.kept[g].push_back(start + t);
+    }
+  }
+  return out;
+}
+
+Compression block_compress(const PressInput& input, double ratio, int block_size, bool with_o_proj, const BlockRank& rank) {
+  const int Hkv = input.num_kv_heads(), n = input.n;
+  if (ratio == 0.0) return keep_all(Hkv, n);
+  const int block = std::min(block_size, n), n_kept = kvpress_budget(n, ratio);
+  std::vector<int> first(static_cast<std::size_t>(n_kept));
+  std::iota(first.begin(), first.end(), 0);
+  std::vector<std::vector<int>> kept(static_cast<std::size_t>(Hkv), first);
+  for (int start = n_kept; start < n; start += block) {
+    const int end = std::min(start + block, n);
+    std::vector<std::vector<int>> sequence = kept;  // kept tokens (in score order), then the block
+    for (auto& head : sequence)
+      for (int t = start; t < end; ++t) head.push_back(t);
+    const LayerTensors gathered = gather_layer(input.layer, sequence, with_o_proj);
+    const std::vector<std::vector<int>> best = rank(sub_input(input, gathered), n_kept);
+    for (int g = 0; g < Hkv; ++g)
+      for (int j = 0; j < n_kept; ++j) kept[g][j] = sequence[g][best[g][j]];
+  }
+  Compression out;
+  out.kept = std::move(kept);
+  for (auto& head : out.kept) std::sort(head.begin(), head.end());
+  return out;
+}
+
+Compression composed_compress(const PressInput& input, const std::vector<const Press*>& presses, const std::vector<double>& ratios,
+                              const std::vector<std::string>& names, bool with_o_proj) {
+  const int Hkv = input.num_kv_heads();
+  std::vector<std::vector<int>> positions(static_cast<std::size_t>(Hkv), std::vector<int>(static_cast<std::size_t>(input.n)));
+  for (auto& head : positions) std::iota(head.begin(), head.end(), 0);
+  LayerTensors current;      // the survivors so far, once a press has run
+  bool merged_keys = false, merged_values = false;
+  Compression stage;
+  for (std::size_t i = 0; i < presses.size(); ++i) {
+    const PressInput stage_input = i == 0 ? input : sub_input(input, current);
+    stage = presses[i]->compress(stage_input, ratios[i]);
+    for (int g = 0; g < Hkv; ++g) {
+      std::vector<int> mapped;
+      mapped.reserve(stage.kept[g].size());
+      for (int t : stage.kept[g]) mapped.push_back(positions[g][t]);
+      positions[g] = std::move(mapped);
+    }
+    if (i + 1 == presses.size()) break;
+    for (int g = 1; g < Hkv; ++g)
+      if (stage.kept[g].size() != stage.kept[0].size())
+        throw Error("press 'composed': '" + names[i] + "' keeps a different number of tokens in each KV head, which only the last press of " +
+                    "a composition may do (the next press needs one sequence length)");
+    LayerTensors next = gather_layer(i == 0 ? input.layer : current, stage.kept, with_o_proj);
+    for (const auto& [rows, tensor, merged] : {std::tuple{&stage.keys, &next.k, &merged_keys}, {&stage.values, &next.v, &merged_values}}) {
+      if (rows->empty()) continue;
+      for (int g = 0; g < Hkv; ++g) std::copy((*rows)[g].begin(), (*rows)[g].end(), tensor->head(g));
+      *merged = true;
+    }
+    current = std::move(next);
+  }
+  Compression out;
+  out.kept = std::move(positions);
+  // Rows changed by a merging press reach the output: the last press's own, else the survivors' rows.
+  for (const auto& [rows, tensor, merged, target] :
+       {std::tuple{&stage.keys, &current.k, merged_keys, &out.keys}, {&stage.values, &current.v, merged_values, &out.values}}) {
+    if (!rows->empty()) {
+      *target = std::move(*rows);
+    } else if (merged) {
+      target->resize(static_cast<std::size_t>(Hkv));
+      for (int g = 0; g < Hkv; ++g)
+        for (int t : stage.kept[g])
+          (*target)[g].insert((*target)[g].end(), tensor->head(g) + static_cast<std::size_t>(t) * tensor->dim,
+                              tensor->head(g) + static_cast<std::size_t>(t + 1) * tensor->dim);
+    }
+  }
+  return out;
+}
+
+std::vector<ParamDef> per_layer_params() {
+  return {{"compression_ratios", ParamType::FloatList, {}, 0.0, 0.999999,
+           "one ratio per model layer, from layer 0, separated by '/' (required)", {}, false, std::nullopt}};
+}
+
+std::vector<ParamDef> composed_params() {
+  return {{"compression_ratios", ParamType::FloatList, {}, 0.0, 0.999999,
+           "one ratio per press, separated by '/'; by default every press runs at --ratio", {}, false, std::vector<double>{}}};
+}
+
+PerLayerPress::PerLayerPress(const PressConfig& config) : ratios_(config.params.get_list("compression_ratios")) {
+  // kvpress asserts that the inner press takes a compression_ratio; CriticalKVPress does not.
+  if (config.inner->name == "critical")
+    throw Error("press '" + config.info.name + "': 'critical' has no compression_ratio of its own to set (kvpress refuses it here)");
+  inner_ = config.registry.make(*config.inner, config.backend);
+}
+
+Compression PerLayerPress::compress(const PressInput& input, double) const {
+  const int layer = input.layer_index();
+  if (layer < 0 || layer >= static_cast<int>(ratios_.size()))
+    throw Error("press 'per_layer': compression_ratios has " + std::to_string(ratios_.size()) + " entries, but layer " +
+                std::to_string(layer) + " needs entry " + std::to_string(layer) + " (give one ratio per model layer, " +
+                std::to_string(input.num_layers) + " here)");
+  return inner_->compress(input, ratios_[layer]);
+}
+
+ComposedPress::ComposedPress(const PressConfig& config) : ratios_(config.params.get_list("compression_ratios")) {
+  const auto specs = config.presses();
+  if (!ratios_.empty() && ratios_.size() != specs.size())
+    throw Error("press 'composed': compression_ratios has " + std::to_string(ratios_.size()) + " entries for " +
+                std::to_string(specs.size()) + " presses (give one per press, or none to run every press at --ratio)");
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    const PressSpec& spec = *specs[i];
+    const PressInfo& info = config.registry.check(spec, config.backend);
+    if (info.name == "adakv")
+      throw Error("press 'composed' cannot contain 'adakv' (kvpress's ComposedPress refuses AdaKVPress)");
+    if (info.decoding || info.wraps_pair)
+      throw Error("press 'composed' cannot contain '" + info.name + "': decoding presses run only at the top level of a spec");
+    if (i + 1 < specs.size() && (info.name == "critical_adakv" || info.name == "dms"))
+      throw Error("press 'composed': '" + info.name + "' keeps a different number of tokens in each KV head, so it can only be the last press");
+    if (i > 0) {
+      refuse_absolute_positions(config, spec, "composed hands every press after the first the survivors of the one before");
+      if (info.needs_previous_layer)
+        throw Error("press 'composed': '" + info.name + "' reads the layer before, which only the first press of a composition sees");
+    }
+    o_proj_ = o_proj_ || (i > 0 && spec_needs(config.registry, spec, "o_proj"));
+    presses_.push_back(config.registry.make(spec, config.backend));
+    names_.push_back(info.name);
+  }
+}
+
+Compression ComposedPress::compress(const PressInput& input, double ratio) const {
+  std::vector<const Press*> presses;
+  for (const auto& press : presses_) presses.push_back(press.get());
+  const std::vector<double> ratios = ratios_.empty() ? std::vector<double>(presses.size(), ratio) : ratios_;
+  return composed_compress(input, presses, ratios, names_, o_proj_);
+}
+
+}  // namespace kvsim

@@ -1,0 +1,87 @@
+#pragma once
+// What the wrapper presses (chunk, block, composed, per_layer, critical, critical_adakv;
+// reference/presses/*.cpp and cuda/presses/*.h) share across backends: handing an inner press
+// a sub-segment of the layer, the drivers of the chunk and block loops, and the checks whose
+// messages must read the same on every backend.
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/press.h"
+#include "core/registry.h"
+
+namespace kvsim {
+
+// The tokens tokens[g] of KV head g of `layer`, in the given order (every head the same
+// count), as a layer of their own; the query heads of head g's group take the same tokens.
+// attn_out stays empty; o_proj is copied when with_o_proj.
+LayerTensors gather_layer(const LayerTensors& layer, const std::vector<std::vector<int>>& tokens, bool with_o_proj);
+// Tokens [start, start + count) of every head.
+LayerTensors slice_layer(const LayerTensors& layer, int start, int count, bool with_o_proj);
+// The input of an inner press run on `sub` (all of its tokens): the outer input's RoPE and
+// layer count, no previous layer, nothing resident.
+inline PressInput sub_input(const PressInput& outer, const LayerTensors& sub) {
+  return PressInput{sub, sub.k.tokens, outer.num_layers, outer.rope, nullptr, nullptr};
+}
+
+// Whether `spec`, or a press inside it, lists `need` in PressInfo::needs.
+bool spec_needs(const Registry& registry, const PressSpec& spec, const std::string& need);
+// Wrappers that hand an inner press sub-segments (token j of the segment is not at position j)
+// refuse presses that read absolute positions (RoPE inversion), anywhere inside `inner`.
+void refuse_absolute_positions(const PressConfig& config, const PressSpec& inner, const std::string& why);
+
+// kvsim::Error naming `press` unless the layer carries its o_proj weights [D, H*d].
+void require_o_proj(const std::string& press, const LayerTensors& layer);
+
+// ChunkPress's loop: the segment cut into chunks of `chunk_length` (the last may be shorter),
+// each chunk handed alone to `select(chunk input, n_kept)`, which returns per KV head the
+// n_kept = max(1, int(len (1 - ratio))) chunk positions to keep; the union, ascending.
+using ChunkSelect = std::function<std::vector<std::vector<int>>(const PressInput& chunk, int n_kept)>;
+Compression chunk_compress(const PressInput& input, double ratio, int chunk_length, bool with_o_proj, const ChunkSelect& select);
+
+// BlockPress's loop: start from tokens [0, n_kept) (n_kept = max(1, int(n (1 - ratio)))), then
+// for each block of `block_size` tokens (block_size capped at n) hand the kept tokens followed
+// by the block to `rank(input, n_kept)`, which returns per KV head the positions (into the
+// handed sequence) of its n_kept best scores in score order (higher first, ties: lower
+// position). The kept tokens stay in that order for the next block, as kvpress keeps them.
+using BlockRank = std::function<std::vector<std::vector<int>>(const PressInput& sequence, int n_kept)>;
+Compression block_compress(const PressInput& input, double ratio, int block_size, bool with_o_proj, const BlockRank& rank);
+
+// ComposedPress: runs `presses` in order, each on the previous one's survivors (their queries,
+// keys and values, merged rows included, in position order) at ratios[i].
+Compression composed_compress(const PressInput& input, const std::vector<const Press*>& presses, const std::vector<double>& ratios,
+                              const std::vector<std::string>& names, bool with_o_proj);
+
+// kvpress PerLayerCompressionPress: the inner scorer compresses layer l at
+// compression_ratios[l] (the run's ratio is ignored). Backend independent: the inner press is
+// built, and runs, on the backend of the config.
+class PerLayerPress : public Press {
+ public:
+  explicit PerLayerPress(const PressConfig& config);
+  Compression compress(const PressInput& input, double ratio) const override;
+
+ private:
+  std::unique_ptr<Press> inner_;
+  std::vector<double> ratios_;
+};
+
+// kvpress ComposedPress: its presses one after another (composed_compress), press i at
+// compression_ratios[i], or every press at the run's ratio when none are given. Backend
+// independent like PerLayerPress.
+class ComposedPress : public Press {
+ public:
+  explicit ComposedPress(const PressConfig& config);
+  Compression compress(const PressInput& input, double ratio) const override;
+
+ private:
+  std::vector<std::unique_ptr<Press>> presses_;
+  std::vector<std::string> names_;
+  std::vector<double> ratios_;
+  bool o_proj_ = false;
+};
+
+// Parameter schemas of per_layer and composed (the same on every backend).
+std::vector<ParamDef> per_layer_params();
+std::vector<ParamDef> composed_params();
+
+}  // namespace kvsim

@@ -1,0 +1,227 @@
+#pragma once
+// Device twins of the chunk and block wrappers: chunk(<scorer>), chunkkv(<scorer>),
+// entropy_gated_chunkkv(<scorer>) and block(<scorer>) (formulas and deviations in
+// reference/presses/chunk.cpp, chunkkv.cpp, block.cpp). The inner scorer scores on the device
+// and the selections run there; chunk and block hand their sub-segments to the inner scorer
+// through the host loops of core/wrapping.h (the same loops as the reference), which upload
+// each sub-segment.
+#include <algorithm>
+
+#include "core/error.h"
+#include "core/wrapping.h"
+#include "cuda/device_registry.h"
+#include "cuda/device_scorer.h"
+#include "reference/chunkkv.h"
+
+namespace kvsim::cuda {
+
+// Each row's top k positions in score order (higher first, ties: lower position), on the
+// host: the ranking of block's kept tokens.
+template <typename Exec>
+std::vector<std::vector<int>> ranked_top_on_device(Exec& exec, const float* scores, int rows, int n, int k) {
+  k = std::clamp(k, 0, n);
+  const auto order = sorted_positions(exec, scores, rows, n);
+  typename Exec::template Buffer<int> top_buffer(static_cast<std::size_t>(rows) * k);
+  int* top = top_buffer.data();
+  const int* sorted = order.data();
+  exec.for_each(static_cast<long>(rows) * k, [=] KVSIM_HD(long i) { top[i] = sorted[(i / k) * n + i % k]; });
+  std::vector<int> host(top_buffer.size());
+  if (!host.empty()) top_buffer.download(host.data(), host.size());
+  std::vector<std::vector<int>> out(static_cast<std::size_t>(rows));
+  for (int g = 0; g < rows; ++g) out[g].assign(host.begin() + static_cast<long>(g) * k, host.begin() + static_cast<long>(g + 1) * k);
+  return out;
+}
+
+// The scores [rows, n] summed over rows, per token, into token [n].
+template <typename Exec>
+void head_sum_on_device(Exec& exec, const float* scores, int rows, int n, float* token) {
+  exec.for_each(n, [=] KVSIM_HD(long t) { token[t] = ref::chunkkv_head_sum(scores, rows, n, t); });
+}
+
+// Mean (and, when entropy is set, normalised entropy) of each chunk of `length` tokens.
+template <typename Exec>
+void chunk_stats_on_device(Exec& exec, const float* token, int n, int length, float* mean, float* entropy) {
+  const int chunks = (n + length - 1) / length;
+  exec.for_each(chunks, [=] KVSIM_HD(long c) {
+    const long start = c * length;
+    const int size = n - start < length ? static_cast<int>(n - start) : length;
+    mean[c] = ref::chunkkv_chunk_mean(token, start, size);
+    if (entropy) entropy[c] = ref::egc_chunk_entropy(token, start, size);
+  });
+}
+
+// Every chunk's positions sorted by score descending (ties: lower position), each chunk at its
+// own offset: one stable radix sort of (chunk, score) keys.
+template <typename Exec>
+typename Exec::template Buffer<int> chunk_sorted_tokens(Exec& exec, const float* token, int n, int length) {
+  const int chunks = (n + length - 1) / length;
+  typename Exec::template Buffer<uint64_t> keys(n), sorted_keys(n);
+  typename Exec::template Buffer<int> positions(n), sorted(n);
+  uint64_t* key = keys.data();
+  int* position = positions.data();
+  exec.for_each(n, [=] KVSIM_HD(long i) {
+    key[i] = (static_cast<uint64_t>(chunks - 1 - i / length) << 32) | ordered_bits(token[i]);
+    position[i] = static_cast<int>(i);
+  });
+  int end_bit = 32;
+  while ((1L << (end_bit - 32)) < chunks) ++end_bit;
+  exec.radix_sort_descending(keys.data(), positions.data(), sorted_keys.data(), sorted.data(), n, end_bit);
+  return sorted;
+}
+
+// entropy_gated_chunkkv's selection on the device (one thread runs the greedy pass); flags of
+// the kept tokens, on the host.
+template <typename Exec>
+std::vector<int> egc_select_on_device(Exec& exec, const float* scores, int rows, int n, int length, int low_length, int budget) {
+  using FloatBuffer = typename Exec::template Buffer<float>;
+  const int chunks = (n + length - 1) / length;
+  FloatBuffer token_buffer(n), mean_buffer(chunks), entropy_buffer(chunks);
+  float* token = token_buffer.data();
+  float* mean = mean_buffer.data();
+  float* entropy = entropy_buffer.data();
+  head_sum_on_device(exec, scores, rows, n, token);
+  chunk_stats_on_device(exec, token, n, length, mean, entropy);
+  const auto chunk_order = sorted_positions(exec, mean, 1, chunks);
+  const auto entropy_order = sorted_positions(exec, entropy, 1, chunks);
+  const auto token_order = sorted_positions(exec, token, 1, n);
+  const auto chunk_tokens = chunk_sorted_tokens(exec, token, n, length);
+  typename Exec::template Buffer<int> keep_buffer(n);
+  int* keep = keep_buffer.data();
+  const int* by_chunk = chunk_order.data();
+  const int* by_entropy = entropy_order.data();
+  const int* by_token = token_order.data();
+  const int* within = chunk_tokens.data();
+  exec.for_each(1, [=] KVSIM_HD(long) {
+    ref::egc_select(mean, entropy, by_chunk, by_entropy, within, by_token, n, length, low_length, budget, keep);
+  });
+  std::vector<int> flags(static_cast<std::size_t>(n));
+  keep_buffer.download(flags.data(), flags.size());
+  return flags;
+}
+
+// chunkkv's kept chunks (ascending), on the host.
+template <typename Exec>
+std::vector<int> chunkkv_select_on_device(Exec& exec, const float* scores, int rows, int n, int length, int n_chunks_kept) {
+  const int chunks = (n + length - 1) / length;
+  typename Exec::template Buffer<float> token_buffer(n), mean_buffer(chunks);
+  head_sum_on_device(exec, scores, rows, n, token_buffer.data());
+  chunk_stats_on_device(exec, token_buffer.data(), n, length, mean_buffer.data(), static_cast<float*>(nullptr));
+  return select_topk_per_head(exec, mean_buffer.data(), 1, chunks, n_chunks_kept).kept[0];
+}
+
+template <typename Exec>
+class ChunkDevice final : public Press {
+ public:
+  explicit ChunkDevice(const PressConfig& c)
+      : inner_(make_inner_device_scorer<Exec>(c)),
+        chunk_length_(c.params.get_int("chunk_length")),
+        o_proj_(spec_needs(c.registry, *c.inner, "o_proj")) {
+    refuse_absolute_positions(c, *c.inner, "chunk hands it each chunk as a segment of its own");
+  }
+
+  Compression compress(const PressInput& input, double ratio) const override {
+    return chunk_compress(input, ratio, chunk_length_, o_proj_, [&](const PressInput& chunk, int n_kept) {
+      Exec exec;
+      const LayerOnDevice<Exec> on_device(chunk);
+      const DeviceLayer<Exec>& layer = *on_device;
+      const auto scores = inner_->device_scores(exec, layer, ratio);
+      return select_topk_per_head(exec, scores.data(), layer.Hkv, layer.n, n_kept).kept;
+    });
+  }
+
+ private:
+  std::unique_ptr<DeviceScorer<Exec>> inner_;
+  int chunk_length_;
+  bool o_proj_;
+};
+
+template <typename Exec>
+class BlockDevice final : public Press {
+ public:
+  explicit BlockDevice(const PressConfig& c)
+      : inner_(make_inner_device_scorer<Exec>(c)), block_size_(c.params.get_int("block_size")), o_proj_(spec_needs(c.registry, *c.inner, "o_proj")) {
+    refuse_absolute_positions(c, *c.inner, "block hands it the kept tokens followed by each block");
+  }
+
+  Compression compress(const PressInput& input, double ratio) const override {
+    return block_compress(input, ratio, block_size_, o_proj_, [&](const PressInput& sequence, int n_kept) {
+      Exec exec;
+      const LayerOnDevice<Exec> on_device(sequence);
+      const DeviceLayer<Exec>& layer = *on_device;
+      const auto scores = inner_->device_scores(exec, layer, ratio);
+      return ranked_top_on_device(exec, scores.data(), layer.Hkv, layer.n, n_kept);
+    });
+  }
+
+ private:
+  std::unique_ptr<DeviceScorer<Exec>> inner_;
+  int block_size_;
+  bool o_proj_;
+};
+
+template <typename Exec>
+class ChunkKvDevice final : public Press {
+ public:
+  explicit ChunkKvDevice(const PressConfig& c) : inner_(make_inner_device_scorer<Exec>(c)), chunk_length_(c.params.get_int("chunk_length")) {}
+
+  Compression compress(const PressInput& input, double ratio) const override {
+    if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
+    Exec exec;
+    const LayerOnDevice<Exec> on_device(input);
+    const DeviceLayer<Exec>& layer = *on_device;
+    const auto scores = inner_->device_scores(exec, layer, ratio);
+    const int n = layer.n, length = chunk_length_;
+    if (n / length == 0) return inner_->compress(input, ratio);
+    const int chunks = (n + length - 1) / length;
+    std::vector<int> keep;
+    for (int c : chunkkv_select_on_device(exec, scores.data(), layer.Hkv, n, length, kvpress_budget(chunks, ratio)))
+      for (int t = c * length; t < std::min(n, (c + 1) * length); ++t) keep.push_back(t);
+    Compression out;
+    out.kept.assign(static_cast<std::size_t>(layer.Hkv), keep);
+    return out;
+  }
+
+ private:
+  std::unique_ptr<DeviceScorer<Exec>> inner_;
+  int chunk_length_;
+};
+
+template <typename Exec>
+class EntropyGatedChunkKvDevice final : public Press {
+ public:
+  explicit EntropyGatedChunkKvDevice(const PressConfig& c)
+      : inner_(make_inner_device_scorer<Exec>(c)),
+        chunk_length_(c.params.get_int("chunk_length")),
+        low_length_(c.params.get_int("low_entropy_chunk_length")) {
+    if (!(chunk_length_ > low_length_ && low_length_ >= 1))
+      throw Error("press 'entropy_gated_chunkkv' needs chunk_length > low_entropy_chunk_length >= 1, got chunk_length=" +
+                  std::to_string(chunk_length_) + ", low_entropy_chunk_length=" + std::to_string(low_length_));
+  }
+
+  Compression compress(const PressInput& input, double ratio) const override {
+    if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
+    Exec exec;
+    const LayerOnDevice<Exec> on_device(input);
+    const DeviceLayer<Exec>& layer = *on_device;
+    const auto scores = inner_->device_scores(exec, layer, ratio);
+    const std::vector<int> flags =
+        egc_select_on_device(exec, scores.data(), layer.Hkv, layer.n, chunk_length_, low_length_, kvpress_budget(layer.n, ratio));
+    std::vector<int> keep;
+    for (int t = 0; t < layer.n; ++t)
+      if (flags[t]) keep.push_back(t);
+    Compression out;
+    out.kept.assign(static_cast<std::size_t>(layer.Hkv), keep);
+    return out;
+  }
+
+ private:
+  std::unique_ptr<DeviceScorer<Exec>> inner_;
+  int chunk_length_, low_length_;
+};
+
+}  // namespace kvsim::cuda
+
+KVSIM_DEVICE_PRESS("chunk", ChunkDevice)
+KVSIM_DEVICE_PRESS("block", BlockDevice)
+KVSIM_DEVICE_PRESS("chunkkv", ChunkKvDevice)
+KVSIM_DEVICE_PRESS("entropy_gated_chunkkv", EntropyGatedChunkKvDevice)
