@@ -112,6 +112,8 @@ double parse_value(const std::string& press, const ParamDef& def, const std::str
     throw Error(where + " expects a finite " + param_type_name(def.type) + ", got '" + text + "'");
   if (def.type == ParamType::Int && value != std::floor(value))
     throw Error(where + " expects an integer, got '" + text + "'");
+  if (def.type == ParamType::Int && std::abs(value) > 1e9)  // presses hold them as int: no silent wrap
+    throw Error(where + " = " + text + " is outside [-1e9, 1e9]");
   return value;
 }
 

@@ -264,3 +264,17 @@ TEST(Registry, ReportsUnknownPressesAndMisusedWrappers) {
 
 }  // namespace
 }  // namespace kvsim
+
+namespace kvsim {
+namespace {
+
+// Integer parameters are held as int by the presses: values beyond 1e9 are refused, not wrapped.
+TEST(Params, RefusesIntegersThatWouldOverflow) {
+  EXPECT_THROW(Registry::instance().make("streaming_llm:n_sink=1e10", Backend::reference), Error);
+  EXPECT_THROW(Registry::instance().make("snapkv:window_size=1e10", Backend::reference), Error);
+  EXPECT_THROW(Registry::instance().make("lagkv:lag_size=1e10", Backend::reference), Error);
+  EXPECT_NO_THROW(Registry::instance().make("streaming_llm:n_sink=1000", Backend::reference));
+}
+
+}  // namespace
+}  // namespace kvsim

@@ -2,6 +2,8 @@
 // each a clear kvsim::Error naming the file and the dataset, never a crash.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <H5Cpp.h>
 
 #include <cmath>
@@ -185,6 +187,79 @@ TEST_F(BadTrace, InconsistentHeads) {
     file.openGroup("/").openAttribute("num_key_value_heads").write(H5::PredType::NATIVE_LLONG, &kv_heads);
   }
   EXPECT_TRUE(mentions(read_error(), {"bad.h5", "not a multiple of num_key_value_heads"}));
+}
+
+// Inputs that once crashed the reader (issue #10's fuzzing): strings that are arrays or NULL,
+// a text array, duplicated layers, non-finite RoPE attributes, huge declared lengths.
+TEST_F(BadTrace, ModelNameAsAnArrayOfStrings) {
+  {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    H5::Group root = file.openGroup("/");
+    root.removeAttr("model_name");
+    const hsize_t dims[1] = {2000};
+    std::vector<const char*> names(2000, "x");
+    root.createAttribute("model_name", H5::StrType(H5::PredType::C_S1, H5T_VARIABLE), H5::DataSpace(1, dims))
+        .write(H5::StrType(H5::PredType::C_S1, H5T_VARIABLE), names.data());
+  }
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "'model_name' is not a single (scalar) string"}));
+}
+
+TEST_F(BadTrace, NullVariableLengthString) {
+  {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    H5::Group root = file.openGroup("/");
+    root.removeAttr("model_name");
+    const char* null_string = nullptr;
+    root.createAttribute("model_name", H5::StrType(H5::PredType::C_S1, H5T_VARIABLE), H5::DataSpace(H5S_SCALAR))
+        .write(H5::StrType(H5::PredType::C_S1, H5T_VARIABLE), &null_string);
+  }
+  EXPECT_EQ(TraceReader(path_).info().model_name, "");  // read as empty, no crash
+}
+
+TEST_F(BadTrace, TextAsAnArray) {
+  {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    if (file.nameExists("/text")) file.unlink("/text");
+    const hsize_t dims[1] = {4096};
+    std::vector<const char*> lines(4096, "line");
+    file.createDataSet("/text", H5::StrType(H5::PredType::C_S1, H5T_VARIABLE), H5::DataSpace(1, dims))
+        .write(lines.data(), H5::StrType(H5::PredType::C_S1, H5T_VARIABLE));
+  }
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "/text is not a single (scalar) string"}));
+}
+
+TEST_F(BadTrace, LayerListedTwice) {
+  {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    file.unlink("/recorded_layers");
+    const hsize_t dims[1] = {2};
+    const int layers[2] = {0, 0};
+    file.createDataSet("/recorded_layers", H5::PredType::STD_I32LE, H5::DataSpace(1, dims)).write(layers, H5::PredType::NATIVE_INT);
+  }
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "recorded layer 0 is listed twice"}));
+}
+
+TEST_F(BadTrace, NonFiniteRopeAttributes) {
+  for (const char* name : {"attention_scaling", "rope_theta"}) {
+    SCOPED_TRACE(name);
+    SetUp();
+    {
+      H5::H5File file(path_, H5F_ACC_RDWR);
+      const double inf = std::numeric_limits<double>::infinity();
+      file.openGroup("/").openAttribute(name).write(H5::PredType::NATIVE_DOUBLE, &inf);
+    }
+    const std::string expected = std::string(name) + " must be positive and finite";
+    EXPECT_TRUE(mentions(read_error(), {"bad.h5", expected.c_str()}));
+  }
+}
+
+TEST_F(BadTrace, ImplausibleSegmentLength) {
+  {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    const long long huge = 2147483647;
+    file.openGroup("/").openAttribute("n_generated").write(H5::PredType::NATIVE_LLONG, &huge);
+  }
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "n_generated = 2147483647 is outside"}));
 }
 
 TEST(TraceWriter, LeavesNoFileWhenNotFinished) {

@@ -81,8 +81,9 @@ void write_output(const std::string& path, const std::string& content) {
   std::error_code ec;
   std::filesystem::rename(temporary, path, ec);
   if (ec) {
+    const std::string why = ec.message();  // before remove() reuses ec
     std::filesystem::remove(temporary, ec);
-    throw Error("cannot write output file " + path + ": " + ec.message());
+    throw Error("cannot write output file " + path + ": " + why);
   }
 }
 

@@ -2,6 +2,8 @@
 
 #include <H5Cpp.h>
 
+#include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -100,15 +102,34 @@ struct TraceReader::Impl {
     }
     H5::Attribute attr = object.openAttribute(name);
     if (attr.getTypeClass() != H5T_STRING) fail(path, "root attribute '" + name + "' is not a string");
-    std::string value;
-    attr.read(attr.getStrType(), value);
-    return value;
+    if (attr.getSpace().getSimpleExtentType() != H5S_SCALAR) fail(path, "root attribute '" + name + "' is not a single (scalar) string");
+    const H5::StrType type = attr.getStrType();
+    if (type.isVariableStr()) {  // read the pointer ourselves: HDF5's std::string overload crashes on a NULL string
+      char* raw = nullptr;
+      attr.read(type, &raw);
+      const std::string value = raw ? raw : "";
+      if (raw) H5free_memory(raw);
+      return value;
+    }
+    return read_fixed_string(path, type, "root attribute '" + name + "'", [&](void* buffer) { attr.read(type, buffer); });
+  }
+
+  // A fixed-length string of at most 1 MiB, read by `read` into a buffer of its size.
+  template <typename Read>
+  static std::string read_fixed_string(const std::string& path, const H5::StrType& type, const std::string& what, Read read) {
+    const std::size_t size = type.getSize();
+    if (size > (std::size_t(1) << 20)) fail(path, what + " is an implausibly long string (" + std::to_string(size) + " bytes)");
+    std::vector<char> buffer(size + 1, '\0');
+    read(buffer.data());
+    return std::string(buffer.data(), strnlen(buffer.data(), size));
   }
 
   static std::vector<long long> read_int_array(const std::string& path, const H5::DataSet& ds, const std::string& name) {
     if (ds.getTypeClass() != H5T_INTEGER) fail(path, "dataset '" + name + "' has a non-integer type");
     H5::DataSpace space = ds.getSpace();
     if (space.getSimpleExtentNdims() != 1) fail(path, "dataset '" + name + "' is not one-dimensional");
+    // Checked before allocating: a damaged header may declare any size.
+    if (space.getSimpleExtentNpoints() > (hssize_t(1) << 28)) fail(path, "dataset '" + name + "' declares an implausible length");
     std::vector<long long> values(static_cast<std::size_t>(space.getSimpleExtentNpoints()));
     if (!values.empty()) ds.read(values.data(), H5::PredType::NATIVE_LLONG);
     return values;
@@ -218,7 +239,12 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
                            ") is not a multiple of num_key_value_heads (" + std::to_string(info.num_key_value_heads) + ")");
     if (info.head_dim < 2 || info.head_dim % 2 != 0) Impl::fail(path, "head_dim must be a positive even number");
     if (info.n_context < 1) Impl::fail(path, "n_context must be at least 1");
-    if (!(info.rope.attention_scaling > 0)) Impl::fail(path, "attention_scaling must be positive");
+    constexpr int kMaxSegment = 1 << 28;  // keeps n_context + n_question + n_generated inside int
+    for (const auto& [name, value] : {std::pair{"n_context", info.n_context}, {"n_question", info.n_question}, {"n_generated", info.n_generated}})
+      if (value < 0 || value > kMaxSegment) Impl::fail(path, std::string(name) + " = " + std::to_string(value) + " is outside [0, 2^28]");
+    if (!(info.rope.attention_scaling > 0) || !std::isfinite(info.rope.attention_scaling))
+      Impl::fail(path, "attention_scaling must be positive and finite");
+    if (!(info.rope_theta > 0) || !std::isfinite(info.rope_theta)) Impl::fail(path, "rope_theta must be positive and finite");
 
     const auto layers = Impl::read_int_array(path, impl_->open_dataset(path, "/recorded_layers"), "/recorded_layers");
     if (layers.empty()) Impl::fail(path, "recorded_layers is empty");
@@ -226,6 +252,8 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
       if (l < 0 || l >= info.num_hidden_layers)
         Impl::fail(path, "recorded layer " + std::to_string(l) + " is outside [0, num_hidden_layers=" +
                              std::to_string(info.num_hidden_layers) + ")");
+      if (std::find(info.recorded_layers.begin(), info.recorded_layers.end(), static_cast<int>(l)) != info.recorded_layers.end())
+        Impl::fail(path, "recorded layer " + std::to_string(l) + " is listed twice in /recorded_layers");
       info.recorded_layers.push_back(static_cast<int>(l));
     }
 
@@ -245,7 +273,16 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
     if (impl_->file.nameExists("/text")) {
       const H5::DataSet text = impl_->file.openDataSet("/text");
       if (text.getTypeClass() != H5T_STRING) Impl::fail(path, "dataset /text is not a string");
-      text.read(info.text, text.getStrType());
+      if (text.getSpace().getSimpleExtentType() != H5S_SCALAR) Impl::fail(path, "dataset /text is not a single (scalar) string");
+      const H5::StrType type = text.getStrType();
+      if (type.isVariableStr()) {
+        char* raw = nullptr;
+        text.read(&raw, type);
+        info.text = raw ? raw : "";
+        if (raw) H5free_memory(raw);
+      } else {
+        info.text = Impl::read_fixed_string(path, type, "dataset /text", [&](void* buffer) { text.read(buffer, type); });
+      }
     }
     return 0;
   });
