@@ -72,10 +72,11 @@ void press_benchmark(benchmark::State& state, const std::string& spec, int T, do
 }
 
 // One layer written to a float16 trace in the temp dir, replayed with knorm at ratio 0.5.
-void replay_layer_benchmark(benchmark::State& state, int T, int threads) {
-  const BenchThreads use(state, threads);
+// A one-layer float16 trace of a Llama-3-8B-shaped layer of T tokens in the temp dir.
+std::string write_bench_trace(int T, bool checksums) {
   const int n_context = T - 128;
-  const std::string path = (std::filesystem::temp_directory_path() / ("kvsim_bench_layer_" + std::to_string(T) + ".h5")).string();
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("kvsim_bench_layer_" + std::to_string(T) + (checksums ? "" : "_plain") + ".h5")).string();
   TraceInfo info;
   info.model_name = "bench (Llama-3-8B-shaped)";
   info.num_hidden_layers = 32;
@@ -90,11 +91,29 @@ void replay_layer_benchmark(benchmark::State& state, int T, int threads) {
   info.n_question = 64;
   info.n_generated = 64;
   info.tokens.assign(static_cast<std::size_t>(T), 0);
+  TraceWriter writer(path, info, checksums);
+  writer.write_layer(llama_layer(T));
+  writer.finish();
+  return path;
+}
+
+// Reading one layer (q, k, v) with and without the Fletcher32 checksums: their cost.
+void trace_read_benchmark(benchmark::State& state, int T, bool checksums) {
+  const std::string path = write_bench_trace(T, checksums);
   {
-    TraceWriter writer(path, info);
-    writer.write_layer(llama_layer(T));
-    writer.finish();
+    const TraceReader trace(path);
+    for (auto _ : state) {
+      const LayerTensors layer = trace.read_layer(0, {.attn_out = false, .o_proj = false});
+      benchmark::DoNotOptimize(layer.k.data.data());
+    }
   }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * (kHeads + 2.0 * kKvHeads) * T * kHeadDim * 2));
+  std::filesystem::remove(path);
+}
+
+void replay_layer_benchmark(benchmark::State& state, int T, int threads) {
+  const BenchThreads use(state, threads);
+  const std::string path = write_bench_trace(T, true);
   const TraceReader trace(path);
   for (auto _ : state) {
     const ref::ReplayResult result = ref::replay(trace, {.presses = {"knorm"}, .ratios = {0.5}});
@@ -162,6 +181,12 @@ int main(int argc, char** argv) {
           ->Unit(benchmark::kMillisecond)
           ->Iterations(3)
           ->UseRealTime();
+  for (const bool checksums : {false, true})
+    benchmark::RegisterBenchmark(("trace_read/T=16384/h=32/hkv=8/d=128/f16/checksums=" + std::to_string(checksums)).c_str(),
+                                 [checksums](benchmark::State& s) { trace_read_benchmark(s, 16384, checksums); })
+        ->Unit(benchmark::kMillisecond)
+        ->Iterations(5)
+        ->UseRealTime();
   benchmark::RegisterBenchmark(("replay_bundled_trace/every_press/4_ratios/threads=" + std::to_string(all)).c_str(), bundled_trace_benchmark)
       ->Unit(benchmark::kMillisecond)
       ->Iterations(2)

@@ -57,6 +57,12 @@ void require_backend_usable(Backend backend) {
 #endif
 }
 
+void note_unchecksummed(const TraceReader& trace) {
+  if (!trace.info().checksummed)
+    std::cerr << "kvsim: note: trace " << trace.path()
+              << " has no checksums (written before kvsim added them): damage to its data cannot be detected\n";
+}
+
 std::string default_trace_path() {
   if (const char* env = std::getenv("KVSIM_TRACE"); env && *env) return env;
   return KVSIM_BUNDLED_TRACE;

@@ -51,6 +51,7 @@ int replay_command(const Args& args) {
   }
 
   const TraceReader trace(vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path());
+  if (!quiet) note_unchecksummed(trace);
   options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs(trace.info(), options.layers);
   const ref::ReplayResult result = ref::replay(trace, options, [&](const std::string& line) {
     if (!quiet) std::cerr << "kvsim replay: " << line << "\n";

@@ -37,6 +37,8 @@ bool parse_options(const Args& args, const boost::program_options::options_descr
 
 // The bundled trace used when --trace is not given (KVSIM_TRACE overrides it).
 std::string default_trace_path();
+// A note on stderr when the trace carries no checksums (traces/FORMAT.md).
+void note_unchecksummed(const TraceReader& trace);
 // Writes `content` to `path` atomically (temporary file + rename), or to stdout for "" / "-".
 void write_output(const std::string& path, const std::string& content);
 // "0,2,5-7" -> {0, 2, 5, 6, 7}

@@ -153,7 +153,8 @@ class TraceFile:
     def __init__(self, h5py, np, path, storage_dtype, compress):
         self.h5py, self.np = h5py, np
         self.path, self.partial = path, path + ".partial"
-        self.file = h5py.File(self.partial, "w")
+        # HDF5 1.10 formats checksum the metadata; Fletcher32 below checksums every chunk.
+        self.file = h5py.File(self.partial, "w", libver=("v110", "v110"))
         self.storage_dtype = storage_dtype
         self.compress = compress
         if storage_dtype == "bfloat16":  # HDF5 custom float: sign 15, exponent 7..14, mantissa 0..6
@@ -163,15 +164,16 @@ class TraceFile:
             self.bf16.set_ebias(127)
 
     def create(self, name, shape):
-        chunks = (1, min(shape[1], 1024), shape[2]) if len(shape) == 3 else None
+        chunks = (1, min(shape[1], 1024), shape[2]) if len(shape) == 3 else tuple(shape)
         options = {"compression": "gzip", "shuffle": True} if self.compress else {}
         if self.storage_dtype != "bfloat16":
-            return self.file.create_dataset(name, shape=shape, dtype=self.storage_dtype, chunks=chunks, **options)
+            return self.file.create_dataset(name, shape=shape, dtype=self.storage_dtype, chunks=chunks, fletcher32=True, **options)
         dcpl = self.h5py.h5p.create(self.h5py.h5p.DATASET_CREATE)
-        dcpl.set_chunk(chunks or shape)
+        dcpl.set_chunk(chunks)
         if self.compress:
             dcpl.set_shuffle()
             dcpl.set_deflate(4)
+        dcpl.set_fletcher32()
         group, _, leaf = name.rpartition("/")
         parent = self.file.require_group(group or "/")
         space = self.h5py.h5s.create_simple(shape)

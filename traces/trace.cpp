@@ -169,12 +169,16 @@ struct TraceReader::Impl {
     // it map every element to its chunk (measured: half of a replay's time).
     H5::DataSpace mem_space(static_cast<int>(count.size()), count.data());
     const FileFloat kind = classify(ds);
-    if (kind == FileFloat::other) {
-      ds.read(out, H5::PredType::NATIVE_FLOAT, mem_space, file_space);
-    } else {  // read the raw 16-bit words and widen them here (faster than HDF5's soft conversion)
-      std::vector<uint16_t> raw(total);
-      ds.read(raw.data(), ds.getDataType(), mem_space, file_space);
-      for (hsize_t i = 0; i < total; ++i) out[i] = kind == FileFloat::f16 ? half_to_float(raw[i]) : bf16_to_float(raw[i]);
+    try {
+      if (kind == FileFloat::other) {
+        ds.read(out, H5::PredType::NATIVE_FLOAT, mem_space, file_space);
+      } else {  // read the raw 16-bit words and widen them here (faster than HDF5's soft conversion)
+        std::vector<uint16_t> raw(total);
+        ds.read(raw.data(), ds.getDataType(), mem_space, file_space);
+        for (hsize_t i = 0; i < total; ++i) out[i] = kind == FileFloat::f16 ? half_to_float(raw[i]) : bf16_to_float(raw[i]);
+      }
+    } catch (const H5::Exception&) {  // a failed Fletcher32 checksum lands here too
+      fail(path, "dataset " + name + " cannot be read: its data is damaged (checksum or decompression failed)");
     }
     for (hsize_t i = 0; i < total; ++i) {
       if (!std::isfinite(out[i])) {
@@ -262,6 +266,19 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
       Impl::fail(path, "dataset /tokens has " + std::to_string(tokens.size()) + " entries, expected n_context + n_question + n_generated = " +
                            std::to_string(info.total_tokens()));
     info.tokens.assign(tokens.begin(), tokens.end());
+
+    // Checksummed traces carry Fletcher32 on their tensors; older ones read, unverified.
+    const std::string first_keys = layer_group(info.recorded_layers.front()) + "/k";
+    if (impl_->file.nameExists("/layers") && impl_->file.nameExists(layer_group(info.recorded_layers.front())) &&
+        impl_->file.nameExists(first_keys)) {
+      const H5::DSetCreatPropList props = impl_->file.openDataSet(first_keys).getCreatePlist();
+      for (int i = 0; i < props.getNfilters(); ++i) {
+        unsigned flags = 0, config = 0;
+        size_t values = 0;
+        char filter_name[32];
+        info.checksummed = info.checksummed || props.getFilter(i, flags, values, nullptr, sizeof filter_name, filter_name, config) == H5Z_FILTER_FLETCHER32;
+      }
+    }
 
     const H5::DataSet inv_freq = impl_->open_dataset(path, "/rope_inv_freq");
     Impl::check_float_shape(path, inv_freq, "/rope_inv_freq", {static_cast<hsize_t>(info.head_dim / 2)});
@@ -360,6 +377,7 @@ LayerTensors TraceReader::read_layer(int layer, LayerParts parts) const {
 struct TraceWriter::Impl {
   std::unique_ptr<H5::H5File> file;
   bool finished = false;
+  bool checksums = true;
   std::string partial;
 
   H5::DataType storage_type(StorageDtype dtype) const {
@@ -374,6 +392,7 @@ struct TraceWriter::Impl {
     bool chunkable = true;
     for (std::size_t i = 0; i < dims.size(); ++i) chunkable = chunkable && dims[i] > 0 && chunk[i] > 0;
     if (chunkable) props.setChunk(static_cast<int>(chunk.size()), chunk.data());
+    if (chunkable && checksums) props.setFletcher32();
     const H5::DataType type = storage_type(dtype);
     H5::DataSet ds = file->createDataSet(name, type, space, props);
     hsize_t total = 1;
@@ -409,8 +428,9 @@ void write_string_attr(H5::H5Object& object, const std::string& name, const std:
 
 }  // namespace
 
-TraceWriter::TraceWriter(const std::string& path, const TraceInfo& info)
+TraceWriter::TraceWriter(const std::string& path, const TraceInfo& info, bool checksums)
     : path_(path), info_(info), impl_(std::make_unique<Impl>()) {
+  impl_->checksums = checksums;
   H5::Exception::dontPrint();
   if (info.num_key_value_heads < 1 || info.num_attention_heads % info.num_key_value_heads != 0)
     throw Error("trace " + path + ": num_attention_heads must be a positive multiple of num_key_value_heads");
@@ -421,7 +441,9 @@ TraceWriter::TraceWriter(const std::string& path, const TraceInfo& info)
     throw Error("trace " + path + ": rope inv_freq must have head_dim / 2 entries");
   impl_->partial = path + ".partial";
   with_hdf5_errors(path, "create the file", [&] {
-    impl_->file = std::make_unique<H5::H5File>(impl_->partial, H5F_ACC_TRUNC);
+    H5::FileAccPropList access;
+    if (checksums) access.setLibverBounds(H5F_LIBVER_V110, H5F_LIBVER_V110);  // object headers v2, superblock v3: checksummed
+    impl_->file = std::make_unique<H5::H5File>(impl_->partial, H5F_ACC_TRUNC, H5::FileCreatPropList::DEFAULT, access);
     H5::Group root = impl_->file->openGroup("/");
     write_int_attr(root, "kvsim_format_version", kTraceFormatVersion);
     write_string_attr(root, "model_name", info.model_name);

@@ -35,6 +35,7 @@ struct TraceInfo {
   int n_context = 0, n_question = 0, n_generated = 0;
   std::vector<int32_t> tokens;
   std::string text;  // optional
+  bool checksummed = false;  // read: the tensors carry Fletcher32 checksums (traces written since they do)
 
   int total_tokens() const { return n_context + n_question + n_generated; }
   int group_size() const { return num_attention_heads / num_key_value_heads; }
@@ -75,7 +76,10 @@ class TraceReader {
 // before finish() removes the partial file, so no half-written trace is ever left.
 class TraceWriter {
  public:
-  TraceWriter(const std::string& path, const TraceInfo& info);
+  // Metadata in HDF5 1.10's checksummed formats and a Fletcher32 checksum on every data
+  // chunk, so that a damaged file is refused rather than read; `checksums` = false writes
+  // plain chunks (the benchmark's baseline for their cost).
+  TraceWriter(const std::string& path, const TraceInfo& info, bool checksums = true);
   ~TraceWriter();
   TraceWriter(const TraceWriter&) = delete;
   TraceWriter& operator=(const TraceWriter&) = delete;
