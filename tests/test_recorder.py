@@ -81,7 +81,7 @@ def main():
                 T = int(f.attrs["n_context"] + f.attrs["n_question"] + f.attrs["n_generated"])
                 check(f.attrs["n_context"] == 96 and f.attrs["n_question"] == 5 and f.attrs["n_generated"] == 5,
                       f"segments ({dtype}): {f.attrs['n_context']}+{f.attrs['n_question']}+{f.attrs['n_generated']}")
-                check(int(f.attrs["kvsim_format_version"]) == 1 and f.attrs["dtype"] == dtype, f"version and dtype attrs ({dtype})")
+                check(int(f.attrs["kvsim_format_version"]) == 1 and f.attrs["dtype"] == dtype.encode(), f"version and dtype attrs ({dtype})")
                 check(list(f["recorded_layers"][:]) == [0, 1], "all layers recorded by default")
                 check(f["layers/1/q"].shape == (4, T, 16) and f["layers/1/k"].shape == (2, T, 16), f"q/k shapes ({dtype})")
                 check(f["layers/0/attn_out"].shape == (4, T, 16), "attn_out shape")

@@ -147,6 +147,15 @@ def tokenize(args, tokenizer, context, question):
     return context_ids, question_ids
 
 
+def fixed_string(h5py, np):
+    """Strings as fixed-length UTF-8: variable-length ones live in HDF5's global heap, which has
+    no checksum and crashes libhdf5 1.10.8 when damaged (tests/fuzz/README.md)."""
+    def fixed(value):
+        data = str(value).encode("utf-8")
+        return np.array(data, dtype=h5py.string_dtype("utf-8", max(1, len(data))))
+    return fixed
+
+
 class TraceFile:
     """Trace v1 written slice by slice, under a temporary name until close()."""
 
@@ -270,22 +279,23 @@ def main(argv):
     try:
         f = trace.file
         f.attrs["kvsim_format_version"] = FORMAT_VERSION
-        f.attrs["model_name"] = args.model_name or getattr(config, "_name_or_path", None) or args.model
+        fixed = fixed_string(h5py, np)
+        f.attrs["model_name"] = fixed(args.model_name or getattr(config, "_name_or_path", None) or args.model)
         f.attrs["num_hidden_layers"] = num_layers
         f.attrs["num_attention_heads"] = H
         f.attrs["num_key_value_heads"] = Hkv
         f.attrs["head_dim"] = d
         f.attrs["hidden_size"] = config.hidden_size
         f.attrs["rope_theta"] = float(rope_theta)
-        f.attrs["rope_scaling"] = json.dumps(rope) if scaled else ""
+        f.attrs["rope_scaling"] = fixed(json.dumps(rope) if scaled else "")
         f.attrs["attention_scaling"] = float(getattr(rotary, "attention_scaling", 1.0))
-        f.attrs["dtype"] = args.dtype
+        f.attrs["dtype"] = fixed(args.dtype)
         f.attrs["n_context"] = n_context
         f.attrs["n_question"] = n_question
         f.attrs["n_generated"] = n_generated
         f.create_dataset("recorded_layers", data=np.array(layers, dtype=np.int32))
         f.create_dataset("rope_inv_freq", data=rotary.inv_freq.detach().double().cpu().numpy())
-        f.create_dataset("text", data=context + ("\n\n" + question if question else ""))
+        f.create_dataset("text", data=fixed(context + ("\n\n" + question if question else "")))
         datasets = {}
         for layer in layers:
             attention = model.model.layers[layer].self_attn
@@ -335,7 +345,7 @@ def main(argv):
                 states = torch.cat(hidden[layer], dim=0)
                 trace.write(trace.create(f"layers/{layer}/hidden_states", tuple(states.shape)), states, 0)
         generated_text = tokenizer.decode(tokens[n_context + n_question:])
-        f.attrs["generated_text"] = generated_text
+        f.attrs["generated_text"] = fixed_string(h5py, np)(generated_text)
         trace.close()
     except BaseException:
         trace.abandon()

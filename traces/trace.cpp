@@ -419,11 +419,18 @@ void write_double_attr(H5::H5Object& object, const std::string& name, double val
   H5::Attribute attr = object.createAttribute(name, H5::PredType::IEEE_F64LE, H5::DataSpace(H5S_SCALAR));
   attr.write(H5::PredType::NATIVE_DOUBLE, &value);
 }
-void write_string_attr(H5::H5Object& object, const std::string& name, const std::string& value) {
-  H5::StrType type(H5::PredType::C_S1, H5T_VARIABLE);
+// Fixed-length strings: variable-length ones live in HDF5's global heap, which carries no
+// checksum, and libhdf5 1.10.8 crashes on a damaged one (tests/fuzz/README.md).
+H5::StrType fixed_string_type(const std::string& value) {
+  H5::StrType type(H5::PredType::C_S1, std::max<std::size_t>(1, value.size()));
   type.setCset(H5T_CSET_UTF8);
-  H5::Attribute attr = object.createAttribute(name, type, H5::DataSpace(H5S_SCALAR));
-  attr.write(type, value);
+  type.setStrpad(H5T_STR_NULLPAD);
+  return type;
+}
+
+void write_string_attr(H5::H5Object& object, const std::string& name, const std::string& value) {
+  const H5::StrType type = fixed_string_type(value);
+  object.createAttribute(name, type, H5::DataSpace(H5S_SCALAR)).write(type, value.empty() ? std::string(1, '\0') : value);
 }
 
 }  // namespace
@@ -471,8 +478,7 @@ TraceWriter::TraceWriter(const std::string& path, const TraceInfo& info, bool ch
     impl_->file->createDataSet("/rope_inv_freq", H5::PredType::IEEE_F64LE, H5::DataSpace(1, &half))
         .write(info.rope.inv_freq.data(), H5::PredType::NATIVE_DOUBLE);
     if (!info.text.empty()) {
-      H5::StrType type(H5::PredType::C_S1, H5T_VARIABLE);
-      type.setCset(H5T_CSET_UTF8);
+      const H5::StrType type = fixed_string_type(info.text);
       impl_->file->createDataSet("/text", type, H5::DataSpace(H5S_SCALAR)).write(info.text, type);
     }
     impl_->file->createGroup("/layers");

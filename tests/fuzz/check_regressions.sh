@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Every input under tests/fuzz/regressions/ once crashed kvsim or made it read nonsense; each
+# must now give a clean refusal: exit status 1 and a one-line error on stderr, from both
+# `kvsim info` and `kvsim replay`, never a signal or a success.
+set -uo pipefail
+kvsim=$1 dir=$2
+failures=0 count=0
+for input in "$dir"/*; do
+  for command in "info --trace $input" "replay -q --press knorm --ratio 0.5 --trace $input"; do
+    count=$((count + 1))
+    # shellcheck disable=SC2086
+    "$kvsim" $command > /dev/null 2> /tmp/kvsim_regression.err
+    status=$?
+    lines=$(wc -l < /tmp/kvsim_regression.err)
+    if [ "$status" -ne 1 ] || [ "$lines" -ne 1 ]; then
+      echo "FAIL: kvsim $command: exit $status, $lines stderr lines: $(head -c 300 /tmp/kvsim_regression.err)"
+      failures=$((failures + 1))
+    fi
+  done
+done
+echo "$((count - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]
