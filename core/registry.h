@@ -22,6 +22,12 @@ inline constexpr Backend kAllBackends[] = {Backend::reference, Backend::cuda, Ba
 std::string backend_name(Backend backend);
 Backend parse_backend(const std::string& name);
 
+// The model shape a test artefact is written for (PressInfo::test_artefact).
+struct ArtefactShape {
+  int num_layers = 0, num_heads = 0, kv_heads = 0, head_dim = 0;
+  int hidden_size = 0;  // model hidden size D (the attention input's width)
+};
+
 struct PressInfo {
   std::string name;          // kvpress-style snake_case, e.g. "snapkv"
   std::string summary;       // one line: what it keeps, and its source
@@ -39,10 +45,10 @@ struct PressInfo {
   // "o_proj", "hidden_states", "previous layer", "artefact", "extra pass".
   std::vector<std::string> needs;
   std::string example;        // spec used in default runs, when the bare name is not enough
-  // Artefact presses: writes a small valid artefact for a model of num_layers layers, kv_heads
-  // KV heads and head_dim to `path`, and returns the spec parameters that name it (e.g.
-  // "artefact=PATH"); tests and the conformance harness use it.
-  std::function<std::string(const std::string& path, int num_layers, int kv_heads, int head_dim, unsigned seed)> test_artefact;
+  // Artefact presses: writes a small valid artefact for a model of the given shape to `path`,
+  // and returns the spec parameters that name it (e.g. "artefact=PATH"); tests and the
+  // conformance harness use it.
+  std::function<std::string(const std::string& path, const ArtefactShape& shape, unsigned seed)> test_artefact;
 };
 
 class Registry;

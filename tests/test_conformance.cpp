@@ -103,10 +103,11 @@ TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
   for (std::size_t i = 0; i < layers.size(); ++i) inputs.push_back({labels[i], &layers[i], grid[i].n, 4, &ropes[i], &previous[i]});
   // One comparison over the whole grid, or one per shape where the press reads an artefact of that shape.
   std::vector<std::pair<std::string, std::vector<ConformanceInput>>> runs;
-  if (test::with_test_artefact(spec, 4, 1, 64, 0) == spec) runs.push_back({spec, inputs});
+  if (test::with_test_artefact(spec, {4, 1, 1, 64, test::kTestHiddenSize}, 0) == spec) runs.push_back({spec, inputs});
   else
     for (const ConformanceInput& in : inputs)
-      runs.push_back({test::with_test_artefact(spec, 4, in.layer->k.heads, in.layer->k.dim, in.layer->k.heads * 1000u + in.layer->k.dim), {in}});
+      runs.push_back({test::with_test_artefact(spec, {4, in.layer->q.heads, in.layer->k.heads, in.layer->k.dim, test::kTestHiddenSize},
+                                                          in.layer->q.heads * 100000u + in.layer->k.heads * 1000u + in.layer->k.dim), {in}});
   for (const auto& [run_spec, run_inputs] : runs) {
     const PressConformance c = compare_backends(run_spec, kBackend, run_inputs, {0.1, 0.5, 0.9});
     EXPECT_TRUE(c.ok()) << c.violations << " violations; first: " << c.first_violation;
@@ -124,7 +125,7 @@ TEST_P(Conformance, BundledRealTrace) {
   std::vector<ConformanceInput> inputs;
   for (const LayerTensors& t : layers)
     inputs.push_back({"bundled trace layer " + std::to_string(t.layer_index), &t, info.n_context, info.num_hidden_layers, &info.rope});
-  const std::string spec = test::with_test_artefact(GetParam(), info.num_hidden_layers, info.num_key_value_heads, info.head_dim, 1);
+  const std::string spec = test::with_test_artefact(GetParam(), test::artefact_shape(info), 1);
   const PressConformance c = compare_backends(spec, kBackend, inputs, {0.25, 0.5, 0.75});
   EXPECT_TRUE(c.ok()) << c.violations << " violations; first: " << c.first_violation;
 }
@@ -138,7 +139,7 @@ TEST_P(Conformance, BundledTraceReplayMetrics) {
   if (!runs_on_layers(info, trace.info().recorded_layers, trace.info().recorded_layers))
     GTEST_SKIP() << GetParam() << " needs adjacent layers, which the bundled trace does not record";
   const TraceInfo& shape = trace.info();
-  ref::ReplayOptions options{.presses = {test::with_test_artefact(GetParam(), shape.num_hidden_layers, shape.num_key_value_heads, shape.head_dim, 1)},
+  ref::ReplayOptions options{.presses = {test::with_test_artefact(GetParam(), test::artefact_shape(shape), 1)},
                              .ratios = {0.5}};
   const ref::ReplayResult expected = ref::replay(trace, options);
   options.backend = kBackend;

@@ -20,7 +20,7 @@ except ImportError as e:
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONVERT = os.path.join(ROOT, "tools", "convert_artefact.py")
-LAYERS, KV_HEADS, HEAD_DIM = 30, 3, 64  # the bundled SmolLM2-135M trace
+LAYERS, HEADS, KV_HEADS, HEAD_DIM = 30, 9, 3, 64  # the bundled SmolLM2-135M trace
 
 
 def convert(*args):
@@ -67,6 +67,23 @@ def main():
         assert result.returncode != 0 and "sink_size" in result.stderr and not os.path.exists(bad), result.stderr
         print("duo_attention: converted and replayed")
 
+        # lukv: a budget curve .npy [99, layers, kv_heads]; row 49 (ratio 0.5) prunes a quarter
+        # of every head but the context's sink and window.
+        curves = np.full((99, LAYERS, KV_HEADS), 0.9, np.float32)
+        curves[49] = 0.25
+        npy, out = os.path.join(tmp, "curve.npy"), os.path.join(tmp, "lukv.h5")
+        np.save(npy, curves)
+        result = convert("lukv", "--npy", npy, "--out", out)
+        assert result.returncode == 0, result.stderr
+        with h5py.File(out) as f:
+            assert np.array_equal(f["budget_curves"][...], curves)
+        run = replay(kvsim, f"lukv(knorm):artefact={out}")
+        assert abs(run["achieved_ratio"] - 0.25) < 1e-3, run
+        np.save(npy, curves[:98])
+        result = convert("lukv", "--npy", npy, "--out", out + "2")
+        assert result.returncode != 0 and "[99, layers, kv_heads]" in result.stderr and not os.path.exists(out + "2"), result.stderr
+        print("lukv: converted and replayed")
+
         try:
             from safetensors.numpy import save_file
         except ImportError:
@@ -85,6 +102,22 @@ def main():
         result = convert("qfilter", "--safetensors", st, "--out", out + "2")
         assert result.returncode != 0 and "q_filters" in result.stderr, result.stderr
         print("qfilter: converted and replayed")
+
+        # expected_attention_stats: query_mean [L, H, d] and query_cov [L, H, d, d] (identity).
+        mean = rng.standard_normal((LAYERS, HEADS, HEAD_DIM)).astype(np.float32)
+        cov = np.broadcast_to(np.eye(HEAD_DIM, dtype=np.float32), (LAYERS, HEADS, HEAD_DIM, HEAD_DIM)).copy()
+        st, out = os.path.join(tmp, "stats.safetensors"), os.path.join(tmp, "stats.h5")
+        save_file({"query_mean": mean, "query_cov": cov}, st)
+        result = convert("expected_attention_stats", "--safetensors", st, "--out", out)
+        assert result.returncode == 0, result.stderr
+        with h5py.File(out) as f:
+            assert np.array_equal(f["query_mean"][...], mean) and np.array_equal(f["query_cov"][...], cov)
+        run = replay(kvsim, f"expected_attention_stats:artefact={out}")
+        assert abs(run["achieved_ratio"] - 0.5) < 1e-3 and run["rel_err"]["mean"] > 0, run
+        save_file({"query_mean": mean, "query_cov": cov[..., :-1]}, st)
+        result = convert("expected_attention_stats", "--safetensors", st, "--out", out + "2")
+        assert result.returncode != 0 and "query_cov" in result.stderr, result.stderr
+        print("expected_attention_stats: converted and replayed")
     return failures
 
 

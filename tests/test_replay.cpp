@@ -74,7 +74,7 @@ TEST_F(ReplayOnRandomTrace, EveryPressAtRatioZeroLeavesOutputsUnchanged) {
   std::vector<std::string> presses;
   for (const PressInfo* p : Registry::instance().presses())  // one-shot presses (prefill_decoding also decodes)
     if (p->uses_ratio && !p->wraps_pair)
-      presses.push_back(test::with_test_artefact(p->example.empty() ? p->name : p->example, info_.num_hidden_layers, 2, 16, 1));
+      presses.push_back(test::with_test_artefact(p->example.empty() ? p->name : p->example, {info_.num_hidden_layers, 4, 2, 16, test::kTestHiddenSize}, 1));
   const TraceReader trace(path_);
   const ref::ReplayResult result = ref::replay(trace, {.presses = presses, .ratios = {0.0}});
   for (const auto& run : result.runs) {

@@ -67,16 +67,25 @@ inline TraceInfo trace_info(int H, int Hkv, int d, int n_context, int n_question
   return info;
 }
 
+// Hidden size of the random layers' hidden_states and of the test artefacts that need one.
+inline constexpr int kTestHiddenSize = 16;
+
+// The artefact shape of a trace's model.
+inline ArtefactShape artefact_shape(const TraceInfo& info) {
+  return {info.num_hidden_layers, info.num_attention_heads, info.num_key_value_heads, info.head_dim, info.hidden_size};
+}
+
 // Artefact presses get a small artefact of the given model shape (PressInfo::test_artefact),
 // named by the spec's parameters; other specs are returned as they are.
-inline std::string with_test_artefact(const std::string& spec, int num_layers, int kv_heads, int head_dim, unsigned seed) {
+inline std::string with_test_artefact(const std::string& spec, const ArtefactShape& shape, unsigned seed) {
   const PressInfo& info = *Registry::instance().find(parse_press_spec(spec).name);
   if (!info.test_artefact) return spec;
   static TempDir dir;  // lives for the whole test program
-  const std::string path = dir.file(info.name + "-" + std::to_string(num_layers) + "x" + std::to_string(kv_heads) + "x" +
-                                    std::to_string(head_dim) + "-" + std::to_string(seed) + ".h5");
-  const std::string params = info.test_artefact(path, num_layers, kv_heads, head_dim, seed);
-  return spec + (spec.find(':') == std::string::npos ? ":" : ",") + params;
+  const std::string path = dir.file(info.name + "-" + std::to_string(shape.num_layers) + "x" + std::to_string(shape.num_heads) + "x" +
+                                    std::to_string(shape.kv_heads) + "x" + std::to_string(shape.head_dim) + "x" +
+                                    std::to_string(shape.hidden_size) + "-" + std::to_string(seed) + ".h5");
+  const std::string params = info.test_artefact(path, shape, seed);
+  return spec + (parse_press_spec(spec).params.empty() ? ":" : ",") + params;  // outer parameters follow any ")"
 }
 
 inline void write_trace(const std::string& path, const TraceInfo& info, const std::vector<LayerTensors>& layers) {
