@@ -2,7 +2,8 @@
 # kvsim set-up on a fresh Debian machine: installs the missing Debian packages, configures
 # and builds (CUDA code too when nvcc is found), then runs one job:
 #   scripts/setup.sh demo   replay the bundled trace through every press (the README's first command)
-#   scripts/setup.sh test   run the whole test suite with ctest (the README's second command; .ci/run)
+#   scripts/setup.sh test   run the whole test suite with ctest, again under ASan + UBSan, and fuzz
+#                           the trace reader for 2 minutes (the README's second command; .ci/run)
 #   scripts/setup.sh build  build only
 # Environment: BUILD_DIR (default build), JOBS (default 2), KVSIM_CUDA (AUTO|ON|OFF).
 set -euo pipefail
@@ -16,6 +17,8 @@ jobs=${JOBS:-2}
 
 packages=(cmake ninja-build g++ pkg-config libeigen3-dev libhdf5-dev libboost-program-options-dev
           libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev librapidcheck-dev)
+# The test run also fuzzes the trace reader (libFuzzer: clang and its runtimes).
+[ "$mode" = test ] && packages+=(clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -46,6 +49,12 @@ cmake --build "$build_dir" -j "$jobs"
 
 case "$mode" in
   demo) "$build_dir/tools/kvsim" replay --ratio 0.25 0.5 0.75 ;;
-  test) ctest --test-dir "$build_dir" -j "$jobs" --output-on-failure ;;
+  test)
+    ctest --test-dir "$build_dir" -j "$jobs" --output-on-failure
+    # The suite again under AddressSanitizer + UndefinedBehaviorSanitizer, then the trace
+    # reader's fuzz target for a bounded time (its findings are listed, tests/fuzz/README.md).
+    JOBS=$jobs bash "$root/scripts/sanitize.sh"
+    JOBS=$jobs bash "$root/tests/fuzz/run.sh" "${KVSIM_FUZZ_SECONDS:-120}"
+    ;;
   build) ;;
 esac
