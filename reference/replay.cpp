@@ -16,6 +16,7 @@
 #include "reference/host_evaluator.h"
 #include "reference/parallel.h"
 #include "reference/select.h"
+#include "reference/trace_check.h"
 
 namespace kvsim::ref {
 
@@ -363,6 +364,7 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     const auto start = std::chrono::steady_clock::now();
     LoadedLayer loaded;
     loaded.tensors = trace.read_layer(layer, {.attn_out = false, .o_proj = true});
+    if (options.check_trace) check_recorded_outputs(trace, loaded.tensors);
     const bool previous_recorded =
         std::find(info.recorded_layers.begin(), info.recorded_layers.end(), layer - 1) != info.recorded_layers.end();
     if (needs_previous_layer && previous_recorded) loaded.previous = trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false});

@@ -20,6 +20,7 @@ struct ReplayOptions {
   std::vector<int> layers;           // recorded layers to replay; empty = all
   bool query_aware = false;          // the press also sees the question
   Backend backend = Backend::reference;
+  bool check_trace = true;           // recompute a sample of recorded outputs first (reference/trace_check.h)
 };
 
 // Per-query metrics of one (layer, query head), and their summaries.

@@ -9,6 +9,7 @@
 #include "core/decoding.h"
 #include "core/error.h"
 #include "core/registry.h"
+#include "reference/attention.h"
 #include "reference/replay.h"
 #include "test_util.h"
 
@@ -166,6 +167,27 @@ TEST_F(ReplayOnRandomTrace, RejectsBadArgumentsBeforeAnyWork) {
   EXPECT_NE(error({.presses = {"knorm"}, .ratios = {-0.1}}).find("outside [0, 1)"), std::string::npos);
   EXPECT_NE(error({.presses = {"nope"}, .ratios = {0.5}}).find("unknown press 'nope'"), std::string::npos);
   EXPECT_NE(error({.presses = {"knorm"}, .ratios = {0.5}, .layers = {1}}).find("layer 1 is not recorded"), std::string::npos);
+}
+
+// Replay recomputes a sample of each layer's recorded outputs first: a trace whose attn_out
+// disagrees with its Q/K/V (damaged or mis-recorded) is refused, naming where.
+TEST(Replay, RefusesATraceWhoseRecordedOutputsDisagreeWithItsTensors) {
+  test::TempDir dir;
+  const TraceInfo info = test::trace_info(2, 1, 8, 20, 4, 4, {0}, StorageDtype::float32);
+  LayerTensors layer = test::random_layer(2, 1, 28, 8, 5);
+  layer.attn_out = ref::causal_attention(layer, 28);
+  const std::string good = dir.file("good.h5"), bad = dir.file("bad.h5");
+  test::write_trace(good, info, {layer});
+  EXPECT_NO_THROW(ref::replay(TraceReader(good), {.presses = {"knorm"}, .ratios = {0.5}}));
+  layer.attn_out.at(1, 27, 3) += 1.0f;  // head 1 is sampled (H - 1), token 27 too (T - 1)
+  test::write_trace(bad, info, {layer});
+  try {
+    ref::replay(TraceReader(bad), {.presses = {"knorm"}, .ratios = {0.5}});
+    ADD_FAILURE() << "a trace with a wrong recorded output replayed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("layer 0 head 1 token 27"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(ref::replay(TraceReader(bad), {.presses = {"knorm"}, .ratios = {0.5}, .check_trace = false}));
 }
 
 TEST(Replay, QueryAwareNeedsGeneratedTokens) {

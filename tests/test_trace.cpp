@@ -1,6 +1,9 @@
 // Trace format v1: round trips in every storage dtype, hyperslab reads, and bad input —
 // each a clear kvsim::Error naming the file and the dataset, never a crash.
 #include <gtest/gtest.h>
+#include <csignal>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <limits>
 
@@ -316,6 +319,45 @@ TEST(TraceChecksums, OldTracesWithoutChecksumsStillRead) {
   const TraceReader reader(path);
   EXPECT_FALSE(reader.info().checksummed);
   EXPECT_EQ(reader.read_layer(0).k.data.size(), 8u * 4);
+}
+
+// A 16-bit float that is neither binary16 nor bfloat16 (here 6 exponent and 9 mantissa bits,
+// with binary16's bias 15, which once sufficed to be taken for binary16) is converted by
+// HDF5, which knows its fields, not widened as if it were binary16.
+TEST_F(BadTrace, OtherSixteenBitFloatsAreConvertedByHdf5) {
+  const std::vector<float> values = {0.5f, -1.25f, 2.0f, 3.0f};
+  {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    file.unlink("/layers/0/v");
+    H5::FloatType type(H5::PredType::IEEE_F32LE);
+    type.setFields(15, 9, 6, 0, 9);
+    type.setSize(2);
+    type.setEbias(15);
+    const hsize_t dims[3] = {1, 8, 4};
+    std::vector<float> data(32);
+    for (std::size_t i = 0; i < data.size(); ++i) data[i] = values[i % values.size()];
+    file.createDataSet("/layers/0/v", type, H5::DataSpace(3, dims)).write(data.data(), H5::PredType::NATIVE_FLOAT);
+  }
+  const LayerTensors layer = TraceReader(path_).read_layer(0);
+  for (std::size_t i = 0; i < layer.v.data.size(); ++i) EXPECT_EQ(layer.v.data[i], values[i % values.size()]) << i;
+}
+
+// A writer killed by SIGTERM leaves no partial file (a 4 GB synth-trace once did).
+TEST(TraceWriter, RemovesItsPartialFileOnSigterm) {
+  test::TempDir dir;
+  const std::string path = dir.file("killed.h5");
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    TraceWriter writer(path, test::trace_info(2, 1, 4, 6, 2, 0, {0}));
+    std::raise(SIGTERM);
+    std::_Exit(0);  // not reached
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM);
+  EXPECT_FALSE(std::filesystem::exists(path + ".partial"));
+  EXPECT_FALSE(std::filesystem::exists(path));
 }
 
 TEST(TraceWriter, LeavesNoFileWhenNotFinished) {

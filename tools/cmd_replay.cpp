@@ -32,6 +32,7 @@ int replay_command(const Args& args) {
       ("detail", po::value<std::string>()->default_value("summary"), "summary, layer, head, or step (per decoding step, decoding presses)")
       ("output,o", po::value<std::string>(), "write the report to this file (written atomically) instead of stdout")
       ("threads", po::value<int>(), "CPU threads of the reference backend (default: OMP_NUM_THREADS, else every core)")
+      ("no-check-trace", po::bool_switch(), "skip recomputing a sample of the recorded attention outputs of each layer before replaying it")
       ("quiet,q", po::bool_switch(), "no progress lines on stderr");
   po::variables_map vm;
   if (!parse_options(args, desc, vm)) return 0;
@@ -39,6 +40,7 @@ int replay_command(const Args& args) {
   options.ratios = vm.count("ratio") ? vm["ratio"].as<std::vector<double>>() : std::vector<double>{0.25, 0.5, 0.75};
   if (vm.count("layers")) options.layers = parse_layer_list(vm["layers"].as<std::string>());
   options.query_aware = vm["query-aware"].as<bool>();
+  options.check_trace = !vm["no-check-trace"].as<bool>();
   options.backend = parse_backend(vm["backend"].as<std::string>());
   require_backend_usable(options.backend);
   const ReportFormat format = parse_report_format(vm["format"].as<std::string>());

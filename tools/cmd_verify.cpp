@@ -44,7 +44,8 @@ int verify_command(const Args& args) {
       ("trace", po::value<std::string>(), "trace file (default: the bundled trace)")
       ("press", po::value<std::vector<std::string>>()->multitoken()->composing(), "press specs (default: every press)")
       ("ratio", po::value<std::vector<double>>()->multitoken()->composing(), "ratios (default: 0.25 0.5 0.75)")
-      ("layers", po::value<std::string>(), "recorded layers to use (default: all)");
+      ("layers", po::value<std::string>(), "recorded layers to use (default: all)")
+      ("no-check-trace", po::bool_switch(), "skip recomputing a sample of the recorded attention outputs of each layer first");
   po::variables_map vm;
   if (!parse_options(args, desc, vm)) return 0;
   const Backend backend = parse_backend(vm["backend"].as<std::string>());
@@ -55,6 +56,7 @@ int verify_command(const Args& args) {
   ref::ReplayOptions options;
   options.ratios = vm.count("ratio") ? vm["ratio"].as<std::vector<double>>() : std::vector<double>{0.25, 0.5, 0.75};
   if (vm.count("layers")) options.layers = parse_layer_list(vm["layers"].as<std::string>());
+  options.check_trace = !vm["no-check-trace"].as<bool>();
   options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs(info, options.layers);
   const std::vector<int> layers = options.layers.empty() ? info.recorded_layers : options.layers;
 

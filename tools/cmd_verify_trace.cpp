@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "reference/attention.h"
+#include "reference/trace_check.h"
 #include "tools/commands.h"
 #include "traces/trace.h"
 
@@ -14,20 +15,6 @@ namespace po = boost::program_options;
 
 namespace kvsim::cli {
 
-namespace {
-
-// Largest per-token relative error the storage dtype can explain (rounding of Q/K/V
-// and of the output, plus the model's own low-precision attention kernel).
-double default_tolerance(StorageDtype dtype) {
-  switch (dtype) {
-    case StorageDtype::float32: return 1e-3;
-    case StorageDtype::float16: return 2e-2;
-    case StorageDtype::bfloat16: return 8e-2;
-  }
-  return 0;
-}
-
-}  // namespace
 
 int verify_trace_command(const Args& args) {
   po::options_description desc("kvsim verify-trace [TRACE]: check recorded attention outputs against the trace's Q/K/V. Options");
@@ -37,7 +24,7 @@ int verify_trace_command(const Args& args) {
   if (!parse_options(args, desc, vm, /*positional_trace=*/true)) return 0;
   const TraceReader trace(vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path());
   const TraceInfo& info = trace.info();
-  const double tolerance = vm.count("tolerance") ? vm["tolerance"].as<double>() : default_tolerance(info.dtype);
+  const double tolerance = vm.count("tolerance") ? vm["tolerance"].as<double>() : ref::attn_out_tolerance(info.dtype);
   if (!(tolerance > 0)) throw Error("--tolerance must be positive");
   const int T = info.total_tokens(), d = info.head_dim;
   std::cout << "| layer | max rel_err | mean rel_err | worst head | worst token | verdict |\n|--:|--:|--:|--:|--:|:--|\n";

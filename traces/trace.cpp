@@ -1,10 +1,12 @@
 #include "traces/trace.h"
 
 #include <H5Cpp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -152,10 +154,18 @@ struct TraceReader::Impl {
       fail(path, "dataset " + name + " has shape " + shape_string(dims) + ", expected " + shape_string(expected));
   }
 
+  // Raw 16-bit words are widened here only for the two exact layouts; any other float type
+  // (another 16-bit layout included) is converted by HDF5, which knows its fields.
   static FileFloat classify(const H5::DataSet& ds) {
     H5::FloatType type = ds.getFloatType();
     if (type.getSize() != 2 || type.getOrder() != H5T_ORDER_LE) return FileFloat::other;
-    return type.getEbias() == 15 ? FileFloat::f16 : type.getEbias() == 127 ? FileFloat::bf16 : FileFloat::other;
+    size_t sign = 0, exp_pos = 0, exp_size = 0, mant_pos = 0, mant_size = 0;
+    type.getFields(sign, exp_pos, exp_size, mant_pos, mant_size);
+    std::string norm_name;
+    const bool ieee = type.getNorm(norm_name) == H5T_NORM_IMPLIED && sign == 15 && mant_pos == 0;
+    if (ieee && exp_pos == 10 && exp_size == 5 && mant_size == 10 && type.getEbias() == 15) return FileFloat::f16;
+    if (ieee && exp_pos == 7 && exp_size == 8 && mant_size == 7 && type.getEbias() == 127) return FileFloat::bf16;
+    return FileFloat::other;
   }
 
   // Reads a hyperslab (offset/count per dimension) of a float dataset into float32.
@@ -374,7 +384,44 @@ LayerTensors TraceReader::read_layer(int layer, LayerParts parts) const {
 // ---------------------------------------------------------------------------------------
 // Writer
 
+// Partial files of the writers alive in this process, removed if SIGTERM or SIGINT ends it
+// (a killed synth-trace or recorder must not leave gigabytes behind). The handler only calls
+// unlink, which is async-signal-safe, on names copied into fixed buffers beforehand.
+namespace {
+constexpr int kMaxPartials = 16;
+char g_partials[kMaxPartials][4096];
+volatile std::sig_atomic_t g_partial_used[kMaxPartials];
+
+void remove_partials_and_exit(int signal) {
+  for (int i = 0; i < kMaxPartials; ++i)
+    if (g_partial_used[i]) ::unlink(g_partials[i]);
+  std::signal(signal, SIG_DFL);
+  std::raise(signal);
+}
+
+int register_partial(const std::string& path) {
+  static const bool installed = [] {
+    for (int signal : {SIGTERM, SIGINT}) std::signal(signal, remove_partials_and_exit);
+    return true;
+  }();
+  (void)installed;
+  if (path.size() >= sizeof g_partials[0]) return -1;
+  for (int i = 0; i < kMaxPartials; ++i)
+    if (!g_partial_used[i]) {
+      std::memcpy(g_partials[i], path.c_str(), path.size() + 1);
+      g_partial_used[i] = 1;
+      return i;
+    }
+  return -1;
+}
+
+void unregister_partial(int slot) {
+  if (slot >= 0) g_partial_used[slot] = 0;
+}
+}  // namespace
+
 struct TraceWriter::Impl {
+  int partial_slot = -1;  // in the signal handler's list
   std::unique_ptr<H5::H5File> file;
   bool finished = false;
   bool checksums = true;
@@ -447,6 +494,7 @@ TraceWriter::TraceWriter(const std::string& path, const TraceInfo& info, bool ch
   if (static_cast<int>(info.rope.inv_freq.size()) * 2 != info.head_dim)
     throw Error("trace " + path + ": rope inv_freq must have head_dim / 2 entries");
   impl_->partial = path + ".partial";
+  impl_->partial_slot = register_partial(impl_->partial);
   with_hdf5_errors(path, "create the file", [&] {
     H5::FileAccPropList access;
     if (checksums) access.setLibverBounds(H5F_LIBVER_V110, H5F_LIBVER_V110);  // object headers v2, superblock v3: checksummed
@@ -487,6 +535,7 @@ TraceWriter::TraceWriter(const std::string& path, const TraceInfo& info, bool ch
 }
 
 TraceWriter::~TraceWriter() {
+  unregister_partial(impl_->partial_slot);
   if (!impl_->finished) {
     try {
       if (impl_->file) impl_->file->close();
