@@ -23,10 +23,9 @@ class ExpectedAttentionStatsDevice final : public DeviceScorer<Exec> {
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
     require_more_tokens(this->name(), "n_sink", n_sink_, L.n);
     stats_.check(L.layer, L.H, L.d);
-    const int n = L.n, d = L.d, H = L.H, Hkv = L.Hkv, G = H / Hkv, sinks = n_sink_, N = n - sinks;
+    const int n = L.n, d = L.d, H = L.H, sinks = n_sink_;
     const long dd = static_cast<long>(d) * d;
     using DoubleBuffer = typename Exec::template Buffer<double>;
-    using FloatBuffer = typename Exec::template Buffer<float>;
     const std::vector<double> rotation = average_rope_rotation(*L.rope, n, n_future_);  // host: small, d x d
     DoubleBuffer rotation_buffer(rotation.size());
     rotation_buffer.upload(rotation.data(), rotation.size());
@@ -52,40 +51,7 @@ class ExpectedAttentionStatsDevice final : public DeviceScorer<Exec> {
                                     .c = rotated_buffer.data(), .ldc = d, .stride_c = dd, .batch = H});
     }
 
-    // Logits of the non-sink keys (float64 copies of them), then a softmax per query head.
-    DoubleBuffer keys_buffer(static_cast<std::size_t>(Hkv) * N * d), z_buffer(static_cast<std::size_t>(H) * N);
-    double* keys = keys_buffer.data();
-    double* z = z_buffer.data();
-    const float* k = L.k.data();
-    exec.for_each(static_cast<long>(Hkv) * N * d, [=] KVSIM_HD(long i) {
-      const long g = i / (static_cast<long>(N) * d), rest = i % (static_cast<long>(N) * d);
-      keys[i] = k[(g * n + sinks) * d + rest];
-    });
-    const double* mu = mu_buffer.data();
-    exec.for_each(static_cast<long>(H) * N, [=] KVSIM_HD(long i) {
-      const long h = i / N, g = h / G;
-      const double* key = keys + (g * N + i % N) * d;
-      double logit = 0.0;
-      for (int c = 0; c < d; ++c) logit += key[c] * mu[h * d + c];
-      z[i] = logit / sqrt(static_cast<double>(d));
-    });
-    if (use_covariance_) add_quadratic_term(exec, keys, rotated_buffer.data(), H, Hkv, N, d, z);
-    FloatBuffer probs_buffer(static_cast<std::size_t>(H) * N), grouped_buffer(static_cast<std::size_t>(Hkv) * N);
-    softmax_double_rows(exec, z, H, N, probs_buffer.data());
-    float* grouped = grouped_buffer.data();
-    group_mean(exec, probs_buffer.data(), H, Hkv, N, grouped);
-    if (use_vnorm_) {
-      const float eps = static_cast<float>(epsilon_);
-      const float* v = L.v.data();
-      exec.for_each(static_cast<long>(Hkv) * N, [=] KVSIM_HD(long i) {
-        const long g = i / N;
-        const float* value = v + (g * n + sinks + i % N) * d;
-        float sum = 0.0f;
-        for (int c = 0; c < d; ++c) sum += value[c] * value[c];
-        grouped[i] = (grouped[i] + eps) * sqrtf(sum);
-      });
-    }
-    pad_with_max_plus_one(exec, grouped, Hkv, N, sinks, 0, out);
+    expected_attention_scores(exec, L, sinks, mu_buffer.data(), use_covariance_ ? rotated_buffer.data() : nullptr, use_vnorm_, epsilon_, out);
   }
 
  private:
