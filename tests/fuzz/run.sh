@@ -10,7 +10,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 seconds=${1:-120}
 build=${FUZZ_BUILD_DIR:-$root/build-fuzz}
-CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVSIM_FUZZ=ON -DKVSIM_CUDA=OFF > "$build.configure.log"
+mkdir -p "$build"
+CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVSIM_FUZZ=ON -DKVSIM_CUDA=OFF > "$build/configure.log"
 cmake --build "$build" -j "${JOBS:-2}" --target fuzz_trace_reader
 findings=$build/findings corpus=$build/corpus
 mkdir -p "$findings" "$corpus"
