@@ -26,7 +26,7 @@ int check_bounds_command(const Args& args) {
       ("bound", po::value<std::vector<std::string>>()->multitoken()->composing(),
        "bounds: pr_bound_w pr_bound_lambda merge_no_worse pr_bound_lenient (default: all)")
       ("trials", po::value<long>()->default_value(10000), "random mode: instances per experiment")
-      ("seed", po::value<uint64_t>()->default_value(0), "random mode: seed")
+      ("seed", po::value<long long>()->default_value(0), "random mode: seed, >= 0")
       ("format", po::value<std::string>()->default_value("table"), "table (Markdown), csv or json")
       ("output,o", po::value<std::string>(), "write the report here (atomically) instead of stdout");
   po::variables_map vm;
@@ -42,7 +42,9 @@ int check_bounds_command(const Args& args) {
       if (e != "all") options.experiments.push_back(e);
     options.bounds = selected;
     options.trials = vm["trials"].as<long>();
-    options.seed = vm["seed"].as<uint64_t>();
+    const long long seed = vm["seed"].as<long long>();
+    if (seed < 0) throw Error("--seed must be >= 0 (got " + std::to_string(seed) + ")");
+    options.seed = static_cast<uint64_t>(seed);
     result = check_bounds_random(options);
   } else {
     const TraceReader trace(vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path());

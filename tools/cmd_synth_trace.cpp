@@ -13,10 +13,11 @@ namespace kvsim::cli {
 int synth_trace_command(const Args& args) {
   SyntheticTraceSpec spec;
   std::string dtype = "float16", output;
+  long long seed = 0;
   po::options_description desc("kvsim synth-trace: write a synthetic trace with sinks, locality and a needle. Options");
   desc.add_options()("help,h", "show this help")
       ("output,o", po::value<std::string>(&output)->required(), "trace file to write")
-      ("seed", po::value<uint64_t>(&spec.seed)->default_value(spec.seed), "Philox seed")
+      ("seed", po::value<long long>(&seed)->default_value(0), "Philox seed, >= 0")
       ("layers", po::value<int>(&spec.recorded_layers)->default_value(spec.recorded_layers), "recorded layers (0..N-1)")
       ("context", po::value<int>(&spec.n_context)->default_value(spec.n_context), "context tokens")
       ("question", po::value<int>(&spec.n_question)->default_value(spec.n_question), "question tokens")
@@ -31,6 +32,13 @@ int synth_trace_command(const Args& args) {
   if (spec.n_context < 64 || spec.n_question < 0 || spec.n_generated < 0 || spec.num_heads < 1 || spec.num_kv_heads < 1 ||
       spec.head_dim < 2 || spec.recorded_layers < 1 || spec.recorded_layers > spec.num_hidden_layers)
     throw Error("synth-trace: --context must be >= 64, --layers in [1, 30], counts positive");
+  // Bounds the reader accepts too (segments up to 2^28 tokens), and sizes that fit in memory maths.
+  constexpr long long kMaxSegment = 1LL << 28;
+  if (spec.n_context > kMaxSegment || spec.n_question > kMaxSegment || spec.n_generated > kMaxSegment || spec.num_heads > 4096 ||
+      spec.head_dim > 4096)
+    throw Error("synth-trace: --context, --question and --generated must be at most 2^28, --heads and --head-dim at most 4096");
+  if (seed < 0) throw Error("synth-trace: --seed must be >= 0 (got " + std::to_string(seed) + ")");
+  spec.seed = static_cast<uint64_t>(seed);
   spec.needle_start = spec.n_context * 2 / 5;
   write_synthetic_trace(output, spec);
   return 0;

@@ -353,6 +353,15 @@ HeadTensor TraceReader::read_heads(int layer, const std::string& name, int head_
 LayerTensors TraceReader::read_layer(int layer, LayerParts parts) const {
   const TraceInfo& info = info_;
   const int T = info.total_tokens();
+  // Refuse before allocating what the machine has not got (a damaged header, or a sparse
+  // dataset, can declare hundreds of gigabytes).
+  const double heads = info.num_attention_heads * (parts.attn_out ? 2.0 : 1.0) + 2.0 * info.num_key_value_heads;  // q (attn_out), k, v
+  const double needed = heads * T * info.head_dim * sizeof(float);
+  const double available = static_cast<double>(::sysconf(_SC_AVPHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  if (available > 0 && needed > available)
+    Impl::fail(path_, "layer " + std::to_string(layer) + " needs " + std::to_string(static_cast<long long>(needed / (1 << 20))) +
+                    " MiB as float32, more than the " + std::to_string(static_cast<long long>(available / (1 << 20))) +
+                    " MiB of memory available");
   LayerTensors out;
   out.layer_index = layer;
   out.q = read_heads(layer, "q", 0, info.num_attention_heads, T);
