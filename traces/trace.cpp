@@ -9,6 +9,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include "core/error.h"
@@ -350,6 +351,23 @@ HeadTensor TraceReader::read_heads(int layer, const std::string& name, int head_
   });
 }
 
+namespace {
+
+// Memory the kernel could give this process now (MemAvailable: free plus reclaimable cache),
+// or the machine's physical memory where /proc/meminfo is not readable.
+double available_memory_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  double kib = 0;
+  while (meminfo >> key >> kib) {
+    if (key == "MemAvailable:") return kib * 1024.0;
+    meminfo.ignore(256, '\n');
+  }
+  return static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+}
+
+}  // namespace
+
 LayerTensors TraceReader::read_layer(int layer, LayerParts parts) const {
   const TraceInfo& info = info_;
   const int T = info.total_tokens();
@@ -357,7 +375,7 @@ LayerTensors TraceReader::read_layer(int layer, LayerParts parts) const {
   // dataset, can declare hundreds of gigabytes).
   const double heads = info.num_attention_heads * (parts.attn_out ? 2.0 : 1.0) + 2.0 * info.num_key_value_heads;  // q (attn_out), k, v
   const double needed = heads * T * info.head_dim * sizeof(float);
-  const double available = static_cast<double>(::sysconf(_SC_AVPHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  const double available = available_memory_bytes();
   if (available > 0 && needed > available)
     Impl::fail(path_, "layer " + std::to_string(layer) + " needs " + std::to_string(static_cast<long long>(needed / (1 << 20))) +
                     " MiB as float32, more than the " + std::to_string(static_cast<long long>(available / (1 << 20))) +
