@@ -178,6 +178,7 @@ struct CudaExec {
 
   template <typename T>
   void gemm(const StridedGemm<T>& g) {
+    check_gemm_shape(g);
     if (g.m == 0 || g.n == 0 || g.batch == 0) return;
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
     const cublasOperation_t tb = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, ta = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -188,7 +189,7 @@ struct CudaExec {
     else
       status = cublasDgemmStridedBatched(handle(), tb, ta, g.n, g.m, g.k, &g.alpha, g.b, g.ldb, g.stride_b, g.a, g.lda, g.stride_a,
                                          &g.beta, g.c, g.ldc, g.stride_c, g.batch);
-    check_cublas(status, "strided batched gemm");
+    if (status != CUBLAS_STATUS_SUCCESS) check_cublas(status, ("strided batched gemm (" + describe(g) + ")").c_str());
   }
 
   void softmax_rows(float* x, const SoftmaxRows& s, float* lse) {

@@ -48,6 +48,7 @@ struct HostExec {
 
   template <typename T>
   void gemm(const StridedGemm<T>& g) {
+    check_gemm_shape(g);
     using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     using ConstMap = Eigen::Map<const Matrix, 0, Eigen::OuterStride<>>;
     using Map = Eigen::Map<Matrix, 0, Eigen::OuterStride<>>;

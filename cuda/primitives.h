@@ -9,6 +9,10 @@
 //   radix_sort_descending stable sort of 64-bit keys with int payloads
 //   exclusive_scan       prefix sums of ints
 // Selection, gathers and every press's own arithmetic are built on these (device_scorer.h).
+#include <climits>
+#include <string>
+
+#include "core/error.h"
 #include "core/hd.h"
 
 namespace kvsim::cuda {
@@ -30,6 +34,30 @@ struct StridedGemm {
   long ldc = 0, stride_c = 0;
   int batch = 1;
 };
+
+// What cuBLAS refuses with CUBLAS_STATUS_INVALID_VALUE, in row-major terms: negative sizes,
+// a leading dimension shorter than a stored row, a value beyond its int parameters, or a null
+// matrix in a product that reads it (as cap's RoPE rotation once was, on the GPU only). Both
+// executors check it, so the emulation catches on the CPU what only a GPU would report. The
+// message names every parameter: a refused product is found from it alone.
+template <typename T>
+std::string describe(const StridedGemm<T>& g) {
+  return std::string(!g.a ? "A null, " : "") + (!g.b ? "B null, " : "") + (!g.c ? "C null, " : "") + "m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) + " trans_a=" +
+         std::to_string(g.trans_a) + " trans_b=" + std::to_string(g.trans_b) + " lda=" + std::to_string(g.lda) +
+         " ldb=" + std::to_string(g.ldb) + " ldc=" + std::to_string(g.ldc) + " strides=" + std::to_string(g.stride_a) + "/" +
+         std::to_string(g.stride_b) + "/" + std::to_string(g.stride_c) + " batch=" + std::to_string(g.batch);
+}
+
+template <typename T>
+void check_gemm_shape(const StridedGemm<T>& g) {
+  auto at_least = [](long ld, long row) { return ld >= (row > 1 ? row : 1); };
+  const bool ok = g.m >= 0 && g.n >= 0 && g.k >= 0 && g.batch >= 0 && at_least(g.lda, g.trans_a ? g.m : g.k) &&
+                  at_least(g.ldb, g.trans_b ? g.k : g.n) && at_least(g.ldc, g.n) && g.lda <= INT_MAX && g.ldb <= INT_MAX &&
+                  g.ldc <= INT_MAX;
+  const bool empty = g.m == 0 || g.n == 0 || g.batch == 0;
+  const bool null = !empty && (!g.c || (g.k > 0 && (!g.a || !g.b)));
+  if (!ok || null) throw Error("invalid strided batched gemm: " + describe(g));
+}
 
 enum class Reduce { sum, max };
 

@@ -7,12 +7,16 @@
 # that runs it all there (scripts/gpu_check.sh). The stage is one git-ignored folder of at
 # most 64 MiB, so it can travel to the GPU machine as a carried path:
 #   scripts/stage_gpu_check.sh            # -> gpu-stage/
+#   scripts/stage_gpu_check.sh --no-trace # the same without the trace, for a stage that travels
+#                                         # inside the source tree (which holds the trace already)
 #   (on the GPU machine) bash gpu-stage/gpu_check.sh "$OUT"
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 stage=${STAGE_DIR:-$root/gpu-stage}
 build=${BUILD_DIR:-$root/build}
 limit_mib=64
+with_trace=1
+[[ ${1:-} == --no-trace ]] && with_trace=0
 
 KVSIM_CUDA=ON BUILD_DIR="$build" bash "$root/scripts/setup.sh" build
 rm -rf "$stage"
@@ -28,7 +32,7 @@ for binary in "${binaries[@]}"; do
     if [[ ! "$name" =~ $skip ]]; then cp -L "$path" "$stage/lib/$name"; fi
   done
 done
-cp "$root/traces/bundled/smollm2-135m-lighthouse.h5" "$stage/trace.h5"
+((with_trace)) && cp "$root/traces/bundled/smollm2-135m-lighthouse.h5" "$stage/trace.h5"
 cp "$root/bench/torch_compression.py" "$root/scripts/gpu_check.sh" "$stage/"
 git -C "$root" rev-parse HEAD > "$stage/commit.txt" 2>/dev/null || echo unknown > "$stage/commit.txt"
 

@@ -142,6 +142,14 @@ TEST(CliSynth, WritesADeterministicTraceThatVerifies) {
   EXPECT_EQ(ra.read_layer(1).k.data, rb.read_layer(1).k.data);
   EXPECT_EQ(kvsim("verify-trace " + a).status, 0);
   expect_clean_failure(kvsim("synth-trace"), {"output"});
+  // Without attention outputs: the same q, k, v, no attn_out dataset, and it still replays.
+  const std::string c = dir.file("c.h5");
+  ASSERT_EQ(kvsim("synth-trace --no-attn-out -o " + c + args).status, 0);
+  const TraceReader rc(c);
+  EXPECT_EQ(rc.read_layer(1).k.data, ra.read_layer(1).k.data);
+  EXPECT_TRUE(ra.has_dataset(1, "attn_out"));
+  EXPECT_FALSE(rc.has_dataset(1, "attn_out"));
+  EXPECT_EQ(kvsim("replay -q --press knorm --trace " + c).status, 0);
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // emulation executor and checked against plain host loops.
 #include <gtest/gtest.h>
 
+#include "core/registry.h"
 #include "cuda/device_scorer.h"
 #include "cuda/evaluate.h"
 #include "cuda/exec_host.h"
@@ -74,6 +75,65 @@ TEST(CudaStages, GemmFollowsTheRowMajorConvention) {
   exec.gemm(StridedGemm<float>{.trans_b = true, .m = 2, .n = 2, .k = 3, .alpha = 2.0f, .a = a.data(), .lda = 3, .stride_a = 0,
                                .b = b.data(), .ldb = 3, .stride_b = 6, .c = c.data(), .ldc = 2, .stride_c = 4, .batch = 2});
   EXPECT_EQ(c, (std::vector<float>{2, 4, 8, 10, 12, 4, 30, 16}));
+}
+
+// cuBLAS answers these with CUBLAS_STATUS_INVALID_VALUE; the emulation refuses them too, so
+// CI finds them without a GPU, with every parameter in the message.
+TEST(CudaStages, GemmRefusesWhatCublasRefuses) {
+  HostExec exec;
+  std::vector<float> a(12), b(12), c(12);
+  const StridedGemm<float> ok{.m = 2, .n = 3, .k = 4, .a = a.data(), .lda = 4, .b = b.data(), .ldb = 3, .c = c.data(), .ldc = 3};
+  EXPECT_NO_THROW(exec.gemm(ok));
+  StridedGemm<float> short_a = ok, short_b = ok, short_c = ok, transposed_a = ok, negative = ok, null_b = ok;
+  short_a.lda = 3;
+  short_b.ldb = 2;
+  short_c.ldc = 2;
+  transposed_a.trans_a = true;  // A stored [k, m] = [4, 2]: lda 4 is fine, and 1 is not
+  transposed_a.lda = 1;
+  negative.k = -1;
+  null_b.b = nullptr;
+  for (const auto* g : {&short_a, &short_b, &short_c, &transposed_a, &negative, &null_b}) {
+    try {
+      exec.gemm(*g);
+      ADD_FAILURE() << "accepted " << describe(*g);
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("lda=" + std::to_string(g->lda)), std::string::npos) << e.what();
+    }
+  }
+}
+
+// Benchmarks and wrappers call a scorer's score_on_device directly, without the host-side
+// steps of its score(): both ways must give the same scores (cap once set its RoPE rotation
+// in score() only, and failed on the GPU when called directly).
+TEST(CudaStages, EveryDeviceScorerScoresWhenCalledDirectly) {
+  constexpr int kTokens = 160;  // more than any default window (SnapKV: 64)
+  LayerTensors layer = test::random_layer(8, 2, kTokens + 8, 16, 5, 1);
+  layer.o_proj_rows = test::kTestHiddenSize;  // for CriticalKV: W_o [D, H * d]
+  layer.o_proj.assign(static_cast<std::size_t>(test::kTestHiddenSize) * 8 * 16, 0.0f);
+  for (std::size_t i = 0; i < layer.o_proj.size(); ++i) layer.o_proj[i] = static_cast<float>((i * 37 % 19) - 9) / 16.0f;
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 16);
+  const PressInput input{layer, kTokens, 4, rope};
+  int checked = 0;
+  for (const PressInfo* info : Registry::instance().presses()) {
+    if (!info->is_scorer) continue;
+    const std::string spec = test::with_test_artefact(info->example.empty() ? info->name : info->example, {4, 8, 2, 16, test::kTestHiddenSize}, 0);
+    // The direct call first, on a press that has scored nothing yet (no state left behind).
+    HostExec::Buffer<float> direct(static_cast<std::size_t>(2) * kTokens);
+    {
+      const auto fresh = Registry::instance().make(spec, Backend::cuda_emulated);
+      const auto* scorer = dynamic_cast<const DeviceScorer<HostExec>*>(fresh.get());
+      ASSERT_NE(scorer, nullptr) << spec << " is a scorer without a device scorer";
+      HostExec exec;
+      const DeviceLayer<HostExec> device(input);
+      scorer->score_on_device(exec, device, 0.5, direct.data());
+    }
+    const auto press = Registry::instance().make(spec, Backend::cuda_emulated);
+    const ScoreMatrix expected = dynamic_cast<const DeviceScorer<HostExec>&>(*press).score(input, 0.5);
+    for (int g = 0; g < 2; ++g)
+      for (int t = 0; t < kTokens; ++t) ASSERT_EQ(direct.data()[g * kTokens + t], expected(g, t)) << spec << " head " << g << " token " << t;
+    ++checked;
+  }
+  EXPECT_GE(checked, 15);
 }
 
 // Brute force: query t of head h over the given key/value rows (all visible), in double.

@@ -112,7 +112,7 @@ void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& s)
     // Store what the file will hold, then compute the attention output from it.
     for (HeadTensor* t : {&tensors.q, &tensors.k, &tensors.v})
       for (float& x : t->data) x = round_to(s.dtype, x);
-    tensors.attn_out = ref::causal_attention(tensors, T);
+    if (s.with_attn_out) tensors.attn_out = ref::causal_attention(tensors, T);
     if (s.with_o_proj) {
       const int in = s.num_heads * d;
       tensors.o_proj_rows = info.hidden_size;

@@ -19,6 +19,7 @@ struct SyntheticTraceSpec {
   double rope_theta = 100000.0;
   StorageDtype dtype = StorageDtype::float16;
   bool with_o_proj = true;
+  bool with_attn_out = true;  // O(T^2) to compute; optional in the format (replay does not read it)
   uint64_t seed = 0;
 };
 

@@ -23,23 +23,16 @@ class CapDevice final : public DeviceScorer<Exec> {
         n_sink_(c.params.get_int("n_sink")),
         epsilon_(c.params.get("epsilon")) {}
 
-  // The average rotation needs the RoPE frequencies on the host: compute it there.
-  ScoreMatrix score(const PressInput& input, double ratio) const override {
-    rotation_ = average_rope_rotation(input.rope, input.n, n_future_);
-    return DeviceScorer<Exec>::score(input, ratio);
-  }
-  Compression compress(const PressInput& input, double ratio) const override {
-    rotation_ = average_rope_rotation(input.rope, input.n, n_future_);
-    return DeviceScorer<Exec>::compress(input, ratio);
-  }
-
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
     require_more_tokens(this->name(), "n_sink", n_sink_, L.n);
     const int n = L.n, d = L.d, H = L.H, Hkv = L.Hkv, G = H / Hkv, sinks = n_sink_, N = n - sinks;
     const long dd = static_cast<long>(d) * d, Nd = static_cast<long>(N) * d, rows = static_cast<long>(H) * N;
     using DoubleBuffer = typename Exec::template Buffer<double>;
-    DoubleBuffer rotation_buffer(rotation_.size());
-    rotation_buffer.upload(rotation_.data(), rotation_.size());
+    // The average rotation needs the RoPE frequencies, on the host: computed here from the
+    // layer itself, so wrappers and benchmarks that call score_on_device directly get it too.
+    const std::vector<double> rotation = average_rope_rotation(*L.rope, n, n_future_);
+    DoubleBuffer rotation_buffer(rotation.size());
+    rotation_buffer.upload(rotation.data(), rotation.size());
 
     // The anchor: R times the mean pre-RoPE query after the sinks, normalised.
     DoubleBuffer vectors_buffer(static_cast<std::size_t>(rows) * d), mean_buffer(static_cast<std::size_t>(H) * d), anchor_buffer(mean_buffer.size());
@@ -119,7 +112,6 @@ class CapDevice final : public DeviceScorer<Exec> {
   double tau_;
   int n_future_, n_sink_;
   double epsilon_;
-  mutable std::vector<double> rotation_;  // set per call, before the device work
 };
 
 }  // namespace kvsim::cuda

@@ -68,35 +68,47 @@ template <typename Exec>
 class KeyDiffDevice final : public DeviceScorer<Exec> {
  public:
   explicit KeyDiffDevice(const PressConfig&) : DeviceScorer<Exec>("keydiff") {}
+  // Float64 like the reference: norms and dots per token, and the anchor (the mean unit key)
+  // summed in kBlocks partial sums per head and channel, then over the blocks.
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
+    constexpr int kBlocks = 256;
     const float* k = L.k.data();
     const int n = L.n, d = L.d, Hkv = L.Hkv;
-    typename Exec::template Buffer<float> norm_buffer(static_cast<std::size_t>(Hkv) * n), unit_buffer(static_cast<std::size_t>(Hkv) * n * d),
+    using DoubleBuffer = typename Exec::template Buffer<double>;
+    DoubleBuffer norm_buffer(static_cast<std::size_t>(Hkv) * n), partial_buffer(static_cast<std::size_t>(Hkv) * kBlocks * d),
         anchor_buffer(static_cast<std::size_t>(Hkv) * d), anchor_norm_buffer(static_cast<std::size_t>(Hkv));
-    float* norms = norm_buffer.data();
-    float* unit = unit_buffer.data();
-    float* anchor = anchor_buffer.data();
-    float* anchor_norm = anchor_norm_buffer.data();
+    double* norms = norm_buffer.data();
+    double* partial = partial_buffer.data();
+    double* anchor = anchor_buffer.data();
+    double* anchor_norm = anchor_norm_buffer.data();
     exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) {
-      float sum = 0.0f;
-      for (int c = 0; c < d; ++c) sum += k[i * d + c] * k[i * d + c];
-      norms[i] = sqrtf(sum);
-      for (int c = 0; c < d; ++c) unit[i * d + c] = k[i * d + c] / fmaxf(norms[i], 1e-12f);
+      double sum = 0.0;
+      for (int c = 0; c < d; ++c) sum += static_cast<double>(k[i * d + c]) * k[i * d + c];
+      norms[i] = sqrt(sum);
     });
-    // Mean of unit keys: a row of ones times each head's [n, d] block.
-    const auto ones = device_ones(exec, n);
-    exec.gemm(StridedGemm<float>{.m = 1, .n = d, .k = n, .alpha = 1.0f / static_cast<float>(n), .a = ones.data(), .lda = n, .b = unit,
-                                 .ldb = d, .stride_b = static_cast<long>(n) * d, .c = anchor, .ldc = d, .stride_c = d, .batch = Hkv});
+    const int per_block = (n + kBlocks - 1) / kBlocks;
+    exec.for_each(static_cast<long>(Hkv) * kBlocks * d, [=] KVSIM_HD(long i) {
+      const long g = i / (static_cast<long>(kBlocks) * d), block = i / d % kBlocks, c = i % d;
+      const long first = block * per_block, last = first + per_block < n ? first + per_block : n;
+      double sum = 0.0;
+      for (long t = first; t < last; ++t) sum += static_cast<double>(k[(g * n + t) * d + c]) / fmax(norms[g * n + t], 1e-12);
+      partial[i] = sum;
+    });
     exec.for_each(Hkv, [=] KVSIM_HD(long g) {
-      float sum = 0.0f;
-      for (int c = 0; c < d; ++c) sum += anchor[g * d + c] * anchor[g * d + c];
-      anchor_norm[g] = sqrtf(sum);
+      double squares = 0.0;
+      for (int c = 0; c < d; ++c) {
+        double sum = 0.0;
+        for (int block = 0; block < kBlocks; ++block) sum += partial[(g * kBlocks + block) * d + c];
+        anchor[g * d + c] = sum / n;
+        squares += anchor[g * d + c] * anchor[g * d + c];
+      }
+      anchor_norm[g] = sqrt(squares);
     });
     exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) {
       const long g = i / n;
-      float dot = 0.0f;
-      for (int c = 0; c < d; ++c) dot += k[i * d + c] * anchor[g * d + c];
-      out[i] = -dot / fmaxf(norms[i] * anchor_norm[g], 1e-8f);
+      double dot = 0.0;
+      for (int c = 0; c < d; ++c) dot += static_cast<double>(k[i * d + c]) * anchor[g * d + c];
+      out[i] = static_cast<float>(-dot / fmax(norms[i] * anchor_norm[g], 1e-8));
     });
   }
 };

@@ -1,6 +1,6 @@
 // keydiff — kvpress KeyDiffPress (arXiv 2504.15364): anchor = mean of the L2-normalised
 // keys of the head (normalize eps 1e-12); score = -cos(k, anchor) (eps 1e-8), so the keys
-// least similar to the anchor are kept. No protected tokens.
+// least similar to the anchor are kept. No protected tokens. Computed in float64.
 #include <algorithm>
 
 #include "reference/parallel.h"
@@ -13,17 +13,19 @@ class KeyDiffPress final : public ScorerPress {
  public:
   explicit KeyDiffPress(const PressConfig&) : ScorerPress("keydiff") {}
 
+  // Float64 throughout: the anchor is a mean of n unit vectors whose float32 running sum
+  // loses ~1e-6 of a cosine by n = 8K, more than the backends may differ by.
   Scores score(const PressInput& in, double) const override {
     Scores s(in.num_kv_heads(), in.n);
     parallel_for(in.num_kv_heads(), [&](int g) {
-      const auto keys = head_rows(in.layer.k, g, in.n);
-      const Eigen::VectorXf norms = keys.rowwise().norm();
-      Eigen::RowVectorXf anchor = Eigen::RowVectorXf::Zero(keys.cols());
-      for (int t = 0; t < in.n; ++t) anchor += keys.row(t) / std::max(norms[t], 1e-12f);
-      anchor /= static_cast<float>(in.n);
-      const float anchor_norm = anchor.norm();
+      const Eigen::MatrixXd keys = head_rows(in.layer.k, g, in.n).cast<double>();
+      const Eigen::VectorXd norms = keys.rowwise().norm();
+      Eigen::RowVectorXd anchor = Eigen::RowVectorXd::Zero(keys.cols());
+      for (int t = 0; t < in.n; ++t) anchor += keys.row(t) / std::max(norms[t], 1e-12);
+      anchor /= static_cast<double>(in.n);
+      const double anchor_norm = anchor.norm();
       for (int t = 0; t < in.n; ++t)
-        s(g, t) = -keys.row(t).dot(anchor) / std::max(norms[t] * anchor_norm, 1e-8f);
+        s(g, t) = static_cast<float>(-keys.row(t).dot(anchor) / std::max(norms[t] * anchor_norm, 1e-8));
     });
     return s;
   }
