@@ -42,12 +42,13 @@ inline void require_previous_layer(const std::string& press, const PressInput& i
               " (it merges each layer with the one before; choose layers whose predecessor is recorded with --layers)");
 }
 
-// Whether a press can run on every one of `layers` of a trace recording `recorded`.
+// Whether a press can run on `layers` of a trace recording `recorded`: a cross-layer press
+// on those whose predecessor is recorded, so on at least one of them.
 inline bool runs_on_layers(const PressInfo& info, const std::vector<int>& layers, const std::vector<int>& recorded) {
   if (!info.needs_previous_layer) return true;
   for (int l : layers)
-    if (std::find(recorded.begin(), recorded.end(), l - 1) == recorded.end()) return false;
-  return true;
+    if (std::find(recorded.begin(), recorded.end(), l - 1) != recorded.end()) return true;
+  return false;
 }
 
 }  // namespace kvsim

@@ -322,6 +322,16 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     if (std::find(info.recorded_layers.begin(), info.recorded_layers.end(), l) == info.recorded_layers.end())
       throw Error("layer " + std::to_string(l) + " is not recorded in trace " + trace.path());
 
+  // Cross-layer presses run on the replayed layers whose predecessor is recorded (all but
+  // layer 0 of a fully recorded trace); one with no such layer is refused here.
+  auto has_predecessor = [&](int l) {
+    return std::find(info.recorded_layers.begin(), info.recorded_layers.end(), l - 1) != info.recorded_layers.end();
+  };
+  for (std::size_t p = 0; p < presses.size(); ++p)
+    if (press_infos[p]->needs_previous_layer && std::none_of(layers.begin(), layers.end(), has_predecessor))
+      throw Error("press '" + options.presses[p] + "' merges each layer with the one before, and no replayed layer of " + trace.path() +
+                  " has its predecessor recorded (choose layers with --layers)");
+
   const int T = info.total_tokens();
   const int n = info.n_context + (options.query_aware ? info.n_question : 0);
   const int n_queries = T - n;
@@ -365,9 +375,7 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     LoadedLayer loaded;
     loaded.tensors = trace.read_layer(layer, {.attn_out = false, .o_proj = true});
     if (options.check_trace) check_recorded_outputs(trace, loaded.tensors);
-    const bool previous_recorded =
-        std::find(info.recorded_layers.begin(), info.recorded_layers.end(), layer - 1) != info.recorded_layers.end();
-    if (needs_previous_layer && previous_recorded) loaded.previous = trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false});
+    if (needs_previous_layer && has_predecessor(layer)) loaded.previous = trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false});
     loaded.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return loaded;
   };
@@ -391,6 +399,10 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     std::optional<HostEvaluator> on_host;
     auto host = [&]() -> const HostEvaluator& { return on_host ? *on_host : on_host.emplace(tensors, n); };
     for (std::size_t s = 0; s < slots.size(); ++s) {
+      if (press_infos[slots[s].press]->needs_previous_layer && !input.previous_layer) {
+        result.runs[s].skipped_layers.push_back(layer);
+        continue;
+      }
       const double ratio = std::isnan(slots[s].ratio) ? 0.0 : slots[s].ratio;
       const Press& press = *presses[slots[s].press];
       const std::string& name = options.presses[slots[s].press];

@@ -52,6 +52,7 @@ struct RunResult {
   std::vector<LayerResult> layers;
   std::vector<HeadResult> heads;
   std::vector<StepResult> steps;  // decoding presses: per-step perturbation
+  std::vector<int> skipped_layers;  // cross-layer presses: replayed layers whose predecessor is not recorded
 };
 
 struct ReplayResult {

@@ -49,7 +49,15 @@ def tiny_model(folder, model_type="llama"):
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>")
     fast.save_pretrained(folder)
     torch.manual_seed(0)
-    if model_type == "llama":
+    if model_type == "gemma3":  # Gemma 3's layout: sliding layers (window 16, theta 1e4), one full layer (theta 1e6)
+        config = transformers.Gemma3TextConfig(
+            vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, max_position_embeddings=256, sliding_window=16,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                             "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}})
+        model = transformers.Gemma3ForCausalLM(config)
+    elif model_type == "llama":
         config = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                                           rope_theta=10000.0)
@@ -60,6 +68,58 @@ def tiny_model(folder, model_type="llama"):
     model.save_pretrained(folder)
 
 
+def check_stop_at_end_of_turn(tmp, model_dir, base):
+    """Generation stops before the first end-of-turn token: make the k-th greedy token (k >= 1,
+    its first occurrence) the model's eos and expect exactly k generated tokens recorded."""
+    trace = os.path.join(tmp, "trace_float32.h5")
+    with h5py.File(trace, "r") as f:
+        start = int(f.attrs["n_context"] + f.attrs["n_question"])
+        generated = [int(t) for t in f["tokens"][start:]]
+    k = next((i for i in range(1, len(generated)) if generated[i] not in generated[:i]), None)
+    if k is None:
+        check(False, f"the tiny model's greedy tokens {generated} offer no new token to stop at")
+        return
+    eos_model = os.path.join(tmp, "tiny_eos")
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+    model.generation_config.eos_token_id = [2, generated[k]]
+    model.save_pretrained(eos_model)
+    transformers.AutoTokenizer.from_pretrained(model_dir).save_pretrained(eos_model)
+    out = os.path.join(tmp, "trace_eos.h5")
+    args = [a for a in base if a != "--no-stop-at-eos"]
+    args[args.index("--model") + 1] = eos_model
+    r = run(args + ["--dtype", "float32", "-o", out])
+    check(r.returncode == 0 and "end of turn" in r.stderr, f"recording stops at the end of turn ({r.stderr.strip()[-200:]})")
+    if r.returncode:
+        return
+    with h5py.File(out, "r") as f:
+        T = int(f.attrs["n_context"] + f.attrs["n_question"] + f.attrs["n_generated"])
+        check(int(f.attrs["n_generated"]) == k, f"{k} tokens generated before the end of turn (got {f.attrs['n_generated']})")
+        check(f["layers/1/q"].shape[1] == T and f["layers/0/attn_out"].shape[1] == T and f["tokens"].shape == (T,),
+              "the per-token datasets end with the last generated token")
+    r = run([KVSIM, "verify-trace", out, "--tolerance", "1e-4"])
+    check(r.returncode == 0, f"kvsim verify-trace passes on the shortened trace: {r.stderr.strip()}")
+
+
+def check_gemma3_full_layers(tmp, context):
+    """A Gemma-3-style model: its full-attention layer records with that layer type's RoPE and
+    verifies; a sliding layer shorter than the prompt, or layers of both types, are refused."""
+    gemma = os.path.join(tmp, "gemma3")
+    tiny_model(gemma, "gemma3")
+    base = [sys.executable, RECORDER, "--model", gemma, "--context", context, "--question", "what is the cat named",
+            "--generate", "5", "--no-stop-at-eos", "--device", "cpu", "--dtype", "float32"]
+    out = os.path.join(tmp, "gemma3_full.h5")
+    r = run(base + ["--layers", "2", "-o", out])
+    check(r.returncode == 0, f"Gemma 3: the full-attention layer records ({r.stderr.strip()[-300:]})")
+    if r.returncode == 0:
+        with h5py.File(out, "r") as f:
+            check(float(f.attrs["rope_theta"]) == 1e6 and abs(f["rope_inv_freq"][1] / 1e6 ** (-2 / 16) - 1) < 1e-6,
+                  "Gemma 3: the full layers' RoPE (theta 1e6) is recorded")
+        r = run([KVSIM, "verify-trace", out, "--tolerance", "1e-4"])
+        check(r.returncode == 0, f"Gemma 3: verify-trace passes on the full-attention layer: {r.stderr.strip()}")
+    r = run(base + ["--layers", "0", "-o", os.path.join(tmp, "x.h5")])
+    check(r.returncode == 1 and "layer 0 uses a sliding window of 16" in r.stderr, "Gemma 3: a sliding layer is refused, by name")
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "tiny")
@@ -68,7 +128,7 @@ def main():
         with open(context, "w") as f:
             f.write(" ".join(["the lighthouse keeper lit the lamp on a storm night and the ship was to sea"] * 6))
         base = [sys.executable, RECORDER, "--model", model_dir, "--context", context, "--question", "what is the cat named",
-                "--generate", "5", "--prefill-chunk", "32", "--with-oproj", "--device", "cpu"]
+                "--generate", "5", "--prefill-chunk", "32", "--with-oproj", "--device", "cpu", "--no-stop-at-eos"]
 
         for dtype in ("float32", "float16", "bfloat16"):
             trace = os.path.join(tmp, f"trace_{dtype}.h5")
@@ -101,6 +161,9 @@ def main():
         r = run([KVSIM, "verify-trace", trace])
         check(r.returncode == 1 and "layer 1" in r.stderr, "verify-trace names the layer with swapped KV heads")
 
+        check_stop_at_end_of_turn(tmp, model_dir, base)
+        check_gemma3_full_layers(tmp, context)
+
         r = run(base + ["--layers", "0", "--chat-template", "-o", os.path.join(tmp, "x.h5")])
         check(r.returncode == 1 and "no chat template" in r.stderr, f"no chat template: one-line error ({r.stderr.strip()[-200:]})")
         r = run(base[:5] + [os.path.join(tmp, "missing.txt"), "-o", os.path.join(tmp, "x.h5")])
@@ -116,6 +179,14 @@ def main():
         tiny_model(gpt2, "gpt2")
         r = run([sys.executable, RECORDER, "--model", gpt2, "--context", context, "-o", os.path.join(tmp, "x.h5")])
         check(r.returncode == 1 and "architecture 'gpt2' is not supported" in r.stderr, "unsupported architecture: one-line error")
+        missing = os.path.join(tmp, "no", "such", "model")
+        r = run([sys.executable, RECORDER, "--model", missing, "--context", context, "-o", os.path.join(tmp, "x.h5")])
+        check(r.returncode == 1 and "model folder" in r.stderr, "a missing local folder: one-line error")
+        offline = dict(os.environ, HF_HUB_OFFLINE="1")
+        r = subprocess.run([sys.executable, RECORDER, "--model", "kvsim-test-org/no-such-model", "--context", context, "-o",
+                            os.path.join(tmp, "x.h5")], capture_output=True, text=True, env=offline)
+        check(r.returncode == 1 and "cannot load the tokenizer of kvsim-test-org/no-such-model" in r.stderr,
+              f"a hub name reaches transformers ({r.stderr.strip()[-200:]})")
         check(not os.path.exists(os.path.join(tmp, "x.h5")), "no output file after errors")
 
     print(f"{sum(1 for _ in failures)} failed")

@@ -351,3 +351,35 @@ TEST(DecodingReplay, RejectsInnerPressesThatNeedAbsolutePositions) {
 
 }  // namespace
 }  // namespace kvsim
+
+namespace kvsim {
+namespace {
+
+// A cross-layer press on a trace recording layers 0..2 runs on layers 1 and 2 (layer 0 has
+// no predecessor), with the same figures as a replay of layers 1 and 2 alone; on layer 0
+// alone it is refused before any work.
+TEST(Replay, CrossLayerPressesRunOnTheLayersThatHaveAPredecessor) {
+  test::TempDir dir;
+  const std::string path = dir.file("three.h5");
+  test::write_trace(path, test::trace_info(4, 2, 8, 40, 4, 4, {0, 1, 2}),
+                    {test::random_layer(4, 2, 48, 8, 1, 0), test::random_layer(4, 2, 48, 8, 2, 1), test::random_layer(4, 2, 48, 8, 3, 2)});
+  const TraceReader trace(path);
+  const ref::ReplayResult all = ref::replay(trace, {.presses = {"minicache", "knorm"}, .ratios = {0.5}});
+  const ref::ReplayResult later = ref::replay(trace, {.presses = {"minicache"}, .ratios = {0.5}, .layers = {1, 2}});
+  ASSERT_EQ(all.runs.size(), 2u);
+  EXPECT_EQ(all.runs[0].skipped_layers, std::vector<int>{0});
+  EXPECT_TRUE(all.runs[1].skipped_layers.empty());  // knorm ran on every layer
+  EXPECT_TRUE(later.runs[0].skipped_layers.empty());
+  EXPECT_EQ(all.runs[0].rel_err.mean, later.runs[0].rel_err.mean);
+  EXPECT_EQ(all.runs[0].rel_err.count, later.runs[0].rel_err.count);
+  EXPECT_EQ(all.runs[0].achieved_ratio, later.runs[0].achieved_ratio);
+  try {
+    ref::replay(trace, {.presses = {"minicache"}, .ratios = {0.5}, .layers = {0}});
+    ADD_FAILURE() << "minicache on layer 0 alone was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no replayed layer"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace kvsim

@@ -32,7 +32,7 @@ std::vector<std::string> default_press_specs(const TraceInfo& trace, const std::
   std::vector<std::string> specs;
   for (const PressInfo* info : Registry::instance().presses()) {
     if (!runs_on_layers(*info, layers.empty() ? trace.recorded_layers : layers, trace.recorded_layers)) {
-      std::cerr << "kvsim: note: skipping '" << info->name << "': it needs each replayed layer's predecessor in the trace\n";
+      std::cerr << "kvsim: note: skipping '" << info->name << "': it merges each layer with the one before, and no replayed layer has its predecessor in the trace\n";
       continue;
     }
     if (info->test_artefact) {

@@ -2,6 +2,7 @@
 #include <boost/program_options.hpp>
 #include <cstdio>
 #include <iostream>
+#include <set>
 
 #include "core/error.h"
 #include "core/registry.h"
@@ -64,6 +65,14 @@ int replay_command(const Args& args) {
                   result.seconds, result.read_seconds, result.read_wait_seconds,
                   result.seconds > 0 ? 100.0 * result.read_wait_seconds / result.seconds : 0.0);
     std::cerr << "kvsim replay: " << line << "\n";
+    std::set<std::string> noted;  // one note per press, not per ratio
+    for (const auto& run : result.runs)
+      if (!run.skipped_layers.empty() && noted.insert(run.press).second) {
+        std::string skipped;
+        for (int l : run.skipped_layers) skipped += (skipped.empty() ? "" : ",") + std::to_string(l);
+        std::cerr << "kvsim replay: note: '" << run.press << "' skipped layer(s) " << skipped
+                  << " (their predecessor is not in the trace); its figures cover the other layers\n";
+      }
   }
   write_output(vm.count("output") ? vm["output"].as<std::string>() : "", format_replay(result, format, detail));
   return 0;

@@ -57,7 +57,9 @@ def parse_args(argv):
     p.add_argument("--question", default="", help="question asked after the context")
     p.add_argument("--question-file", help="read the question from this file instead")
     p.add_argument("--chat-template", action="store_true", help="wrap context + question in the model's chat template")
-    p.add_argument("--generate", type=int, default=64, help="tokens to generate greedily (recorded as the decode segment)")
+    p.add_argument("--generate", type=int, default=64, help="at most this many tokens generated greedily (the decode segment)")
+    p.add_argument("--no-stop-at-eos", dest="stop_at_eos", action="store_false",
+                   help="generate all --generate tokens even past the end-of-turn token (default: stop there)")
     p.add_argument("--layers", default="all", help="layers to record, e.g. 0,14,29 or 0-3 (default: all)")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"], help="storage dtype")
     p.add_argument("--model-dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
@@ -78,14 +80,20 @@ def parse_args(argv):
     return args
 
 
+def is_hub_name(name):
+    """'org/model' or 'model': what transformers looks up on the Hugging Face hub."""
+    parts = name.split("/")
+    return len(parts) <= 2 and all(part and not part.startswith((".", "~")) for part in parts) and not name.startswith("/")
+
+
 def load_model(args, torch, transformers):
     path, gguf = args.model, args.gguf_file
     if path.endswith(".gguf"):
         if not os.path.isfile(path):
             fail(f"GGUF file {path} does not exist")
         path, gguf = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
-    elif os.path.sep in path and not os.path.exists(path):
-        fail(f"model folder {path} does not exist")
+    elif not os.path.exists(path) and not is_hub_name(path):
+        fail(f"model folder {path} does not exist (and it is not a hub name such as HuggingFaceTB/SmolLM2-135M-Instruct)")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -95,22 +103,31 @@ def load_model(args, torch, transformers):
     kwargs = {"dtype": getattr(torch, dtype_name)}
     if gguf:
         kwargs["gguf_file"] = gguf
+    started = time.time()
+    print(f"record_trace: loading the tokenizer of {args.model}", file=sys.stderr)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
+    except (OSError, ValueError) as e:
+        fail(f"cannot load the tokenizer of {args.model}: {str(e).splitlines()[0]}")
+    if args.chat_template and not tokenizer.chat_template:  # before the (long) model load
+        fail(f"--chat-template: the tokenizer of {args.model} has no chat template")
+    print(f"record_trace: loading the model ({time.time() - started:.1f}s)", file=sys.stderr)
+    try:
         model = transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         fail(f"cannot load model {args.model}: {str(e).splitlines()[0]}")
+    print(f"record_trace: model loaded ({time.time() - started:.1f}s)", file=sys.stderr)
     model.to(device).eval()
     return model, tokenizer, device
 
 
-def check_architecture(model, n_tokens):
+def check_architecture(model, n_tokens, layers):
     config = model.config
     model_type = getattr(config, "model_type", "?")
     if model_type not in SUPPORTED_ARCHITECTURES:
         fail(f"architecture '{model_type}' is not supported (supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))})")
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if layers is None or not all(hasattr(layer, "self_attn") and hasattr(layer.self_attn, "q_proj") for layer in layers):
+    modules = getattr(getattr(model, "model", None), "layers", None)
+    if modules is None or not all(hasattr(layer, "self_attn") and hasattr(layer.self_attn, "q_proj") for layer in modules):
         fail(f"cannot find the attention modules (model.model.layers[i].self_attn) of this '{model_type}' model")
     if getattr(config, "attn_logit_softcapping", None):
         fail("attention logit softcapping is not replayable by kvsim (softmax(q.k/sqrt(d)) is assumed)")
@@ -118,12 +135,38 @@ def check_architecture(model, n_tokens):
     if window and n_tokens > window:
         fail(f"the prompt plus generated tokens ({n_tokens}) exceed the model's window ({window} positions)")
     for layer in layers:
-        attention = layer.self_attn
+        attention = model.model.layers[layer].self_attn
         if abs(attention.scaling - attention.head_dim ** -0.5) > 1e-6:
             fail(f"layer {attention.layer_idx} scales logits by {attention.scaling}, not 1/sqrt(head_dim); kvsim cannot replay it")
         sliding = getattr(attention, "sliding_window", None)
         if sliding and n_tokens > sliding:
-            fail(f"layer {attention.layer_idx} uses a sliding window of {sliding} < {n_tokens} tokens; kvsim cannot replay it")
+            fail(f"layer {attention.layer_idx} uses a sliding window of {sliding} < {n_tokens} tokens; kvsim cannot replay "
+                 "sliding-window layers yet (record the full-attention layers with --layers)")
+
+
+def rope_of_layers(model, layers):
+    """(rope parameters, inv_freq, attention_scaling) shared by the recorded layers. Models with a
+    RoPE per layer type (Gemma 3: sliding and full attention) keep it per type; a trace holds one."""
+    config, rotary = model.config, model.model.rotary_emb
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types and all(isinstance(rope.get(t), dict) for t in set(layer_types)):
+        kinds = sorted({layer_types[layer] for layer in layers})
+        if len({json.dumps(rope[k], sort_keys=True, default=str) for k in kinds}) > 1:
+            fail(f"the recorded layers mix layer types with different RoPE ({', '.join(kinds)}); a trace holds one RoPE: "
+                 "record each type's layers into its own trace with --layers")
+        kind = kinds[0]
+        return rope[kind], getattr(rotary, f"{kind}_inv_freq"), float(getattr(rotary, f"{kind}_attention_scaling", 1.0))
+    return rope, rotary.inv_freq, float(getattr(rotary, "attention_scaling", 1.0))
+
+
+def end_of_turn_ids(model, tokenizer):
+    """The token ids that end a turn: the generation config's eos ids and the tokenizer's."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(ids if isinstance(ids, (list, tuple)) else [] if ids is None else [ids])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
 
 
 def tokenize(args, tokenizer, context, question):
@@ -175,8 +218,11 @@ class TraceFile:
     def create(self, name, shape):
         chunks = (1, min(shape[1], 1024), shape[2]) if len(shape) == 3 else tuple(shape)
         options = {"compression": "gzip", "shuffle": True} if self.compress else {}
+        # Per-token datasets can shrink to the tokens actually generated (stop at end of turn).
+        maxshape = (shape[0], None, shape[2]) if len(shape) == 3 else tuple(shape)
         if self.storage_dtype != "bfloat16":
-            return self.file.create_dataset(name, shape=shape, dtype=self.storage_dtype, chunks=chunks, fletcher32=True, **options)
+            return self.file.create_dataset(name, shape=shape, maxshape=maxshape, dtype=self.storage_dtype, chunks=chunks,
+                                            fletcher32=True, **options)
         dcpl = self.h5py.h5p.create(self.h5py.h5p.DATASET_CREATE)
         dcpl.set_chunk(chunks)
         if self.compress:
@@ -185,7 +231,7 @@ class TraceFile:
         dcpl.set_fletcher32()
         group, _, leaf = name.rpartition("/")
         parent = self.file.require_group(group or "/")
-        space = self.h5py.h5s.create_simple(shape)
+        space = self.h5py.h5s.create_simple(shape, tuple(self.h5py.h5s.UNLIMITED if m is None else m for m in maxshape))
         dataset_id = self.h5py.h5d.create(parent.id, leaf.encode(), self.bf16, space, dcpl=dcpl)
         return self.h5py.Dataset(dataset_id)
 
@@ -264,15 +310,16 @@ def main(argv):
     context_ids, question_ids = tokenize(args, tokenizer, context, question)
     n_context, n_question, n_generated = len(context_ids), len(question_ids), args.generate
     total = n_context + n_question + n_generated
-    check_architecture(model, total)
     config = model.config
     num_layers = config.num_hidden_layers
     layers = parse_layers(args.layers, num_layers)
+    check_architecture(model, total, layers)
     attention0 = model.model.layers[0].self_attn
     H, Hkv, d = config.num_attention_heads, config.num_key_value_heads, attention0.head_dim
-    rotary = model.model.rotary_emb
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope, inv_freq, attention_scaling = rope_of_layers(model, layers)
     rope_theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
+    if rope_theta is None:
+        fail("cannot find the model's RoPE theta (config.rope_parameters / rope_theta)")
     scaled = rope.get("rope_type", "default") != "default"
 
     trace = TraceFile(h5py, np, args.output, args.dtype, args.compress)
@@ -288,13 +335,13 @@ def main(argv):
         f.attrs["hidden_size"] = config.hidden_size
         f.attrs["rope_theta"] = float(rope_theta)
         f.attrs["rope_scaling"] = fixed(json.dumps(rope) if scaled else "")
-        f.attrs["attention_scaling"] = float(getattr(rotary, "attention_scaling", 1.0))
+        f.attrs["attention_scaling"] = attention_scaling
         f.attrs["dtype"] = fixed(args.dtype)
         f.attrs["n_context"] = n_context
         f.attrs["n_question"] = n_question
         f.attrs["n_generated"] = n_generated
         f.create_dataset("recorded_layers", data=np.array(layers, dtype=np.int32))
-        f.create_dataset("rope_inv_freq", data=rotary.inv_freq.detach().double().cpu().numpy())
+        f.create_dataset("rope_inv_freq", data=inv_freq.detach().double().cpu().numpy())
         f.create_dataset("text", data=fixed(context + ("\n\n" + question if question else "")))
         datasets = {}
         for layer in layers:
@@ -330,7 +377,12 @@ def main(argv):
                 print(f"record_trace: prefill {start + chunk.shape[1]}/{prompt.shape[1]} tokens "
                       f"({time.time() - started:.1f}s)", file=sys.stderr)
             next_token = out.logits[0, -1].argmax()
+            stop_ids = end_of_turn_ids(model, tokenizer) if args.stop_at_eos else set()
             for step in range(n_generated):
+                if int(next_token) in stop_ids:  # the end-of-turn token is not fed back: nothing to record
+                    print(f"record_trace: end of turn after {step} generated tokens (--no-stop-at-eos generates on)",
+                          file=sys.stderr)
+                    break
                 tokens.append(int(next_token))
                 recorder.position = n_context + n_question + step
                 out = model(next_token.view(1, 1), past_key_values=past, use_cache=True)
@@ -339,6 +391,12 @@ def main(argv):
                 if (step + 1) % 16 == 0 or step + 1 == n_generated:
                     print(f"record_trace: generated {step + 1}/{n_generated} tokens ({time.time() - started:.1f}s)",
                           file=sys.stderr)
+        if len(tokens) < total:  # stopped at the end of turn: the per-token datasets end there too
+            n_generated = len(tokens) - n_context - n_question
+            f.attrs["n_generated"] = n_generated
+            for sets in datasets.values():
+                for dataset in sets.values():
+                    dataset.resize(len(tokens), axis=1)
         f.create_dataset("tokens", data=np.array(tokens, dtype=np.int32))
         if args.with_hidden_states:
             for layer in layers:

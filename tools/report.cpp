@@ -146,6 +146,7 @@ std::string json(const ref::ReplayResult& result, ReportDetail detail) {
                         {"cosine", summary_json(run.cosine)},
                         {"recall", summary_json(run.recall)},
                         {"oproj_rel_err", summary_json(run.oproj_rel_err)}};
+    if (!run.skipped_layers.empty()) j["skipped_layers"] = run.skipped_layers;
     if (detail != ReportDetail::summary) {
       nlohmann::json layers = nlohmann::json::array();
       for (const auto& l : run.layers)
