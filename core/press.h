@@ -47,6 +47,9 @@ struct Compression {
   // Key-channel pruning (ThinK): the share of each kept key's channels zeroed in `keys`; the
   // achieved compression counts it as half a cache entry (keys are half the cache).
   double key_channels_removed = 0;
+  // Quantisers (KIVI): the kept entries' storage over float16's, metadata included; the
+  // achieved compression counts the kept tokens at this fraction.
+  double storage_fraction = 1.0;
 
   std::size_t total_kept() const {
     std::size_t total = 0;

@@ -149,6 +149,8 @@ Compression composed_compress(const PressInput& input, const std::vector<const P
   }
   Compression out;
   out.kept = std::move(positions);
+  out.key_channels_removed = stage.key_channels_removed;  // how the last press stores what it keeps
+  out.storage_fraction = stage.storage_fraction;
   // Rows changed by a merging press reach the output: the last press's own, else the survivors' rows.
   for (const auto& [rows, tensor, merged, target] :
        {std::tuple{&stage.keys, &current.k, merged_keys, &out.keys}, {&stage.values, &current.v, merged_values, &out.values}}) {

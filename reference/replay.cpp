@@ -423,8 +423,9 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
       } else {
         const Compression c = press.compress(input, ratio);
         check_compression(c, name, n, Hkv);
-        for (int g = 0; g < Hkv; ++g)  // pruned key channels count as that share of half an entry
-          run_outputs.kept_fraction.push_back(static_cast<double>(c.kept[g].size()) / n * (1.0 - c.key_channels_removed / 2.0));
+        for (int g = 0; g < Hkv; ++g)  // pruned key channels count as that share of half an entry, quantised entries as their storage
+          run_outputs.kept_fraction.push_back(static_cast<double>(c.kept[g].size()) / n * (1.0 - c.key_channels_removed / 2.0) *
+                                              c.storage_fraction);
         comparison = on_device ? on_device->compare(c) : host().compare(c);
       }
       accumulate(comparison, run_outputs, layer, acc[s], result.runs[s]);
