@@ -262,6 +262,10 @@ TEST_F(Sweep, DecodingPressesHaveStepRows) {
 }
 
 TEST_F(Sweep, BadInputIsRefusedAndTheOutputLeftAlone) {
+  const Outcome help = run("sweep --help");
+  EXPECT_EQ(help.status, 0);
+  EXPECT_NE(help.out.find("trace, trace_crc32, backend, query_aware, press, ratio, achieved_ratio, layer, step, metric, value"),
+            std::string::npos) << help.out;
   const std::string out = dir_.file("never.csv");
   const std::string base = "sweep -q " + trace_ + " ";
   expect_refusal(run(base + "--press nosuch -o " + out), {"unknown press 'nosuch'"});

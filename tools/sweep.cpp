@@ -105,14 +105,13 @@ bool uses_ratio(const std::string& spec, Backend backend) {
 
 std::vector<PlannedTrace> plan_traces(const SweepOptions& options, const std::vector<std::string>& presses) {
   std::vector<PlannedTrace> planned;
-  const Progress notes("kvsim sweep", "", 0, options.quiet);
   for (const std::string& path : list_traces(options.inputs)) {
     const TraceReader trace(path);  // refuses a damaged or foreign file now, not mid-sweep
     if (!options.quiet) note_unchecksummed(trace);
     PlannedTrace t{path, "", trace.info().recorded_layers.size(), presses};
     if (t.presses.empty()) t.presses = checked_presses(default_press_specs(trace.info(), {}), options.backend);
     std::error_code ec;
-    if (fs::file_size(path, ec) > (1ull << 30)) notes.note("checksumming " + path);
+    if (!options.quiet && fs::file_size(path, ec) > (1ull << 30)) std::cerr << "kvsim sweep: checksumming " << path << "\n";
     t.crc32 = file_crc32(path);
     planned.push_back(std::move(t));
   }
