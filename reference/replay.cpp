@@ -301,7 +301,7 @@ CompressedRun decode_layer(const DecodingPress& press, const LayerTensors& tenso
 
 }  // namespace
 
-ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, const std::function<void(const std::string&)>& progress) {
+ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, const std::function<void(const ReplayProgress&)>& progress) {
   const TraceInfo& info = trace.info();
   const Registry& registry = Registry::instance();
 
@@ -388,7 +388,6 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     result.read_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
     result.read_seconds += loaded.seconds;
     if (li + 1 < layers.size()) next = std::async(std::launch::async, read, layers[li + 1]);
-    if (progress) progress("layer " + std::to_string(layer) + " (" + std::to_string(li + 1) + "/" + std::to_string(layers.size()) + ")");
     const LayerTensors& tensors = loaded.tensors;
     PressInput input{tensors, n, info.num_hidden_layers, info.rope, loaded.previous.q.empty() ? nullptr : &loaded.previous};
     input.question_tokens = options.query_aware ? info.n_question : 0;
@@ -430,6 +429,7 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
       }
       accumulate(comparison, run_outputs, layer, acc[s], result.runs[s]);
     }
+    if (progress) progress({layer, static_cast<int>(li + 1), static_cast<int>(layers.size())});
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - replay_start).count();
   for (std::size_t s = 0; s < slots.size(); ++s) {

@@ -71,9 +71,14 @@ struct QueryMetrics {
 };
 QueryMetrics compare_outputs(const float* full, const float* compressed, int dim, double lse_full, double lse_compressed);
 
+// Reported after each replayed layer: which one, and how many of the replay's layers are done.
+struct ReplayProgress {
+  int layer = 0, done = 0, total = 0;
+};
+
 // Validates options (press specs, ratios in [0, 1), layers recorded) before any work;
-// kvsim::Error names the bad value. `progress` (optional) gets a line per layer.
+// kvsim::Error names the bad value. `progress` (optional) is called after every layer.
 ReplayResult replay(const TraceReader& trace, const ReplayOptions& options,
-                    const std::function<void(const std::string&)>& progress = {});
+                    const std::function<void(const ReplayProgress&)>& progress = {});
 
 }  // namespace kvsim::ref

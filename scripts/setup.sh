@@ -41,6 +41,15 @@ if [ "$mode" = test ] && [ ! -x "$root/.venv-artefacts/bin/python" ]; then
   fi
 fi
 
+# The plotting script's matplotlib (tools/plot_results.py), likewise in a venv of its own.
+if [ "$mode" = test ] && [ ! -x "$root/.venv-plots/bin/python" ]; then
+  echo "setup: installing tools/requirements-plots.txt into .venv-plots"
+  if ! { python3 -m venv "$root/.venv-plots" && "$root/.venv-plots/bin/pip" install -q -r "$root/tools/requirements-plots.txt"; }; then
+    echo "setup: could not install it; the plotting test will be skipped" >&2
+    rm -rf "$root/.venv-plots"
+  fi
+fi
+
 # nvcc is often installed outside PATH.
 if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi
 

@@ -234,6 +234,8 @@ CheckBoundsResult check_bounds_random(const RandomOptions& options) {
   std::vector<std::string> names = options.experiments.empty() ? all_experiment_names() : options.experiments;
   for (std::string& name : names)
     if (aliases.count(name)) name = aliases.at(name);
+  const double total_trials = static_cast<double>(names.size()) * static_cast<double>(options.trials);
+  double trials_done = 0;
   for (const std::string& name : names) {
     const auto known = all_experiment_names();
     const auto index = std::find(known.begin(), known.end(), name);
@@ -249,7 +251,8 @@ CheckBoundsResult check_bounds_random(const RandomOptions& options) {
                           : name == "exact_evict"  ? Generator::exact_evict
                           : name == "tight"        ? Generator::tight
                                                    : Generator::iid;
-    for (long trial = 0; trial < options.trials; ++trial) {
+    for (long trial = 0; trial < options.trials; ++trial, ++trials_done) {
+      if (options.progress && trial % 1000 == 0 && trial > 0) options.progress(trials_done, total_trials, name);
       const bounds::Sample s = bounds::generate(gen, rng);
       const std::string where = name + " trial " + std::to_string(trial) + " (seed " + std::to_string(options.seed) + ")";
       if (name.rfind("cam_", 0) == 0) {
@@ -285,6 +288,7 @@ CheckBoundsResult check_bounds_random(const RandomOptions& options) {
       later.q = s.q2;
       full_press_instance(c, name + "/q2", later, kept, f.merged_values, f.min_w, where + " query q2");
     }
+    if (options.progress) options.progress(trials_done, total_trials, name);
   }
   return c.result("random generators, " + std::to_string(options.trials) + " trials each, seed " + std::to_string(options.seed));
 }
@@ -305,9 +309,11 @@ CheckBoundsResult check_bounds_trace(const TraceReader& trace, const TraceOption
   std::vector<int> query_positions = {n - 1};  // the last context query ("the scoring query" of window scorers)
   for (int k = 0; k < options.queries && n + k < T; ++k)
     query_positions.push_back(n + static_cast<int>(static_cast<long>(k) * (T - n) / std::max(1, options.queries)));
-  for (int layer : layers) {
+  for (int layer : layers)
     if (std::find(info.recorded_layers.begin(), info.recorded_layers.end(), layer) == info.recorded_layers.end())
       throw Error("layer " + std::to_string(layer) + " is not recorded in trace " + trace.path());
+  double heads_done = 0;
+  for (int layer : layers) {
     const LayerTensors tensors = trace.read_layer(layer, {.attn_out = false, .o_proj = false});
     const PressInput input{tensors, n, info.num_hidden_layers, info.rope};
     const Compression compression = press->compress(input, options.ratio);
@@ -359,6 +365,8 @@ CheckBoundsResult check_bounds_trace(const TraceReader& trace, const TraceOption
                               "layer " + std::to_string(layer) + " head " + std::to_string(h) + " query " + std::to_string(t));
         }
       }
+      if (options.progress)
+        options.progress(++heads_done, static_cast<double>(layers.size()) * Hkv, "layer " + std::to_string(layer) + ", KV head " + std::to_string(g));
     }
   }
   return c.result("trace " + trace.path() + ", press " + options.press + " at ratio " + std::to_string(options.ratio));

@@ -3,6 +3,7 @@
 // §3 generators (the §4 experiments) or from a real trace, and checks the must-hold
 // properties of §3A on every instance it builds.
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -51,11 +52,15 @@ struct CheckBoundsResult {
   bool all_must_hold() const;
 };
 
+// Called as the work advances: units done of total, and where (an experiment, a layer).
+using BoundsProgress = std::function<void(double done, double total, const std::string& where)>;
+
 struct RandomOptions {
   std::vector<std::string> experiments;  // E1 ... full_knorm, cam_iid, cam_offset (all_experiment_names), or generator names
   std::vector<std::string> bounds;
   long trials = 10000;
   uint64_t seed = 0;
+  BoundsProgress progress;  // optional; in trials
 };
 std::vector<std::string> all_experiment_names();
 CheckBoundsResult check_bounds_random(const RandomOptions& options);
@@ -67,6 +72,7 @@ struct TraceOptions {
   std::vector<std::string> bounds;
   int queries = 8;            // later queries per head (evenly spaced), besides the scoring query
   int tokens_per_head = 32;   // evicted tokens per (head, query) for the per-token bounds
+  BoundsProgress progress;    // optional; in (layer, KV head) pairs
 };
 CheckBoundsResult check_bounds_trace(const TraceReader& trace, const TraceOptions& options);
 

@@ -15,10 +15,10 @@
 namespace kvsim::cli {
 
 bool parse_options(const Args& args, const boost::program_options::options_description& desc,
-                   boost::program_options::variables_map& vm, bool positional_trace, const std::string& help_footer) {
+                   boost::program_options::variables_map& vm, int positional_traces, const std::string& help_footer) {
   namespace po = boost::program_options;
   po::positional_options_description positional;
-  if (positional_trace) positional.add("trace", 1);
+  if (positional_traces != 0) positional.add("trace", positional_traces);
   po::store(po::command_line_parser(args).options(desc).positional(positional).run(), vm);
   if (vm.count("help")) {
     std::cout << desc << help_footer;

@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "tools/check_bounds.h"
 #include "tools/commands.h"
+#include "tools/progress.h"
 
 namespace po = boost::program_options;
 
@@ -28,13 +29,20 @@ int check_bounds_command(const Args& args) {
       ("trials", po::value<long>()->default_value(10000), "random mode: instances per experiment")
       ("seed", po::value<long long>()->default_value(0), "random mode: seed, >= 0")
       ("format", po::value<std::string>()->default_value("table"), "table (Markdown), csv or json")
-      ("output,o", po::value<std::string>(), "write the report here (atomically) instead of stdout");
+      ("output,o", po::value<std::string>(), "write the report here (atomically) instead of stdout")
+      ("quiet,q", po::bool_switch(), "no progress lines on stderr");
   po::variables_map vm;
   if (!parse_options(args, desc, vm)) return 0;
   const std::vector<std::string> selected = vm.count("bound") ? vm["bound"].as<std::vector<std::string>>() : std::vector<std::string>{};
   const std::string format = vm["format"].as<std::string>();
   if (format != "table" && format != "csv" && format != "json") throw Error("unknown --format '" + format + "' (table, csv or json)");
   CheckBoundsResult result;
+  // The checks report their total as they go; at most a line a second.
+  Progress progress("kvsim check-bounds", vm.count("random") ? "trials" : "KV heads", 0, vm["quiet"].as<bool>(), 1.0);
+  auto report = [&](double done, double total, const std::string& where) {
+    progress.set_total(total);
+    progress.update(done, where);
+  };
   if (vm.count("random")) {
     if (vm.count("trace")) throw Error("give either --random or --trace, not both");
     RandomOptions options;
@@ -45,6 +53,7 @@ int check_bounds_command(const Args& args) {
     const long long seed = vm["seed"].as<long long>();
     if (seed < 0) throw Error("--seed must be >= 0 (got " + std::to_string(seed) + ")");
     options.seed = static_cast<uint64_t>(seed);
+    options.progress = report;
     result = check_bounds_random(options);
   } else {
     const TraceReader trace(vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path());
@@ -55,6 +64,7 @@ int check_bounds_command(const Args& args) {
     options.queries = vm["queries"].as<int>();
     options.tokens_per_head = vm["tokens-per-head"].as<int>();
     options.bounds = selected;
+    options.progress = report;
     result = check_bounds_trace(trace, options);
   }
   write_output(vm.count("output") ? vm["output"].as<std::string>() : "", format_check_bounds(result, format));

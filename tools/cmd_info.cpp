@@ -14,7 +14,7 @@ int info_command(const Args& args) {
   po::options_description desc("kvsim info [TRACE]: what a trace holds (default: the bundled trace)");
   desc.add_options()("help,h", "show this help")("trace", po::value<std::string>(), "trace file (HDF5, format v1)");
   po::variables_map vm;
-  if (!parse_options(args, desc, vm, /*positional_trace=*/true)) return 0;
+  if (!parse_options(args, desc, vm, /*positional_traces=*/1)) return 0;
   const std::string path = vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path();
   const TraceReader trace(path);
   const TraceInfo& info = trace.info();

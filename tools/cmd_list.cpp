@@ -27,7 +27,7 @@ int list_command(const Args& args) {
   po::options_description desc("kvsim list: presses, their parameters and defaults, and which backends implement them");
   desc.add_options()("help,h", "show this help")("format", po::value<std::string>()->default_value("table"), "table or json");
   po::variables_map vm;
-  if (!parse_options(args, desc, vm, false,
+  if (!parse_options(args, desc, vm, 0,
                      "\nSpec syntax: name[(inner)][:key=value,...], e.g. adakv(snapkv:window_size=32):alpha_safeguard=0.1\n"))
     return 0;
   const Registry& registry = Registry::instance();

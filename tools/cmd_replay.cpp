@@ -9,6 +9,7 @@
 #include "reference/parallel.h"
 #include "reference/replay.h"
 #include "tools/commands.h"
+#include "tools/progress.h"
 #include "tools/report.h"
 
 namespace po = boost::program_options;
@@ -56,8 +57,10 @@ int replay_command(const Args& args) {
   const TraceReader trace(vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path());
   if (!quiet) note_unchecksummed(trace);
   options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs(trace.info(), options.layers);
-  const ref::ReplayResult result = ref::replay(trace, options, [&](const std::string& line) {
-    if (!quiet) std::cerr << "kvsim replay: " << line << "\n";
+  const std::size_t layer_count = options.layers.empty() ? trace.info().recorded_layers.size() : options.layers.size();
+  Progress progress("kvsim replay", "layers", static_cast<double>(layer_count), quiet);
+  const ref::ReplayResult result = ref::replay(trace, options, [&](const ref::ReplayProgress& p) {
+    progress.update(p.done, "layer " + std::to_string(p.layer));
   });
   if (!quiet) {
     char line[200];

@@ -11,6 +11,7 @@
 #include "reference/replay.h"
 #include "tools/commands.h"
 #include "tools/conformance.h"
+#include "tools/progress.h"
 
 namespace po = boost::program_options;
 
@@ -45,7 +46,8 @@ int verify_command(const Args& args) {
       ("press", po::value<std::vector<std::string>>()->multitoken()->composing(), "press specs (default: every press)")
       ("ratio", po::value<std::vector<double>>()->multitoken()->composing(), "ratios (default: 0.25 0.5 0.75)")
       ("layers", po::value<std::string>(), "recorded layers to use (default: all)")
-      ("no-check-trace", po::bool_switch(), "skip recomputing a sample of the recorded attention outputs of each layer first");
+      ("no-check-trace", po::bool_switch(), "skip recomputing a sample of the recorded attention outputs of each layer first")
+      ("quiet,q", po::bool_switch(), "no progress lines on stderr");
   po::variables_map vm;
   if (!parse_options(args, desc, vm)) return 0;
   const Backend backend = parse_backend(vm["backend"].as<std::string>());
@@ -70,15 +72,24 @@ int verify_command(const Args& args) {
     inputs.push_back({"layer " + std::to_string(l), &tensors.at(l), info.n_context, info.num_hidden_layers, &info.rope,
                       tensors.count(l - 1) ? &tensors.at(l - 1) : nullptr});
 
-  const ref::ReplayResult expected = ref::replay(trace, options);
+  // Progress in steps: each layer of the two replays, then each press's conformance check.
+  const double replay_steps = static_cast<double>(layers.size());
+  Progress progress("kvsim verify", "steps", 2 * replay_steps + static_cast<double>(options.presses.size()), vm["quiet"].as<bool>());
+  const ref::ReplayResult expected = ref::replay(trace, options, [&](const ref::ReplayProgress& p) {
+    progress.update(p.done, "reference replay, layer " + std::to_string(p.layer));
+  });
   options.backend = backend;
-  const ref::ReplayResult got = ref::replay(trace, options);
+  const ref::ReplayResult got = ref::replay(trace, options, [&](const ref::ReplayProgress& p) {
+    progress.update(replay_steps + p.done, backend_name(backend) + " replay, layer " + std::to_string(p.layer));
+  });
 
   std::cout << "| press | cases | max score err (x tol) | near-boundary diffs | violations | max metric diff (x 1e-4 rel) | verdict |\n"
                "|:--|--:|--:|--:|--:|--:|:--|\n";
   std::vector<std::string> problems;
-  for (const std::string& spec : options.presses) {
+  for (std::size_t p = 0; p < options.presses.size(); ++p) {
+    const std::string& spec = options.presses[p];
     const PressConformance c = compare_backends(spec, backend, inputs, options.ratios);
+    progress.update(2 * replay_steps + static_cast<double>(p + 1), "conformance of " + spec);
     double metric = 0;
     for (std::size_t r = 0; r < expected.runs.size(); ++r)
       if (expected.runs[r].press == spec) metric = std::max(metric, metric_difference(expected.runs[r], got.runs[r]));
@@ -86,7 +97,7 @@ int verify_command(const Args& args) {
     char line[512];
     std::snprintf(line, sizeof line, "| %s | %d | %.3g | %ld | %ld | %.3g | %s |\n", spec.c_str(), c.cases, c.max_score_error,
                   c.near_boundary_diffs, c.violations, metric, ok ? "ok" : "FAIL");
-    std::cout << line;
+    std::cout << line << std::flush;
     if (!c.ok()) problems.push_back(spec + ": " + c.first_violation);
     else if (!ok) problems.push_back(spec + ": replay metrics differ by " + std::to_string(metric) + " x 1e-4 relative");
   }

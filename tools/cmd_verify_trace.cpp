@@ -9,19 +9,20 @@
 #include "reference/attention.h"
 #include "reference/trace_check.h"
 #include "tools/commands.h"
+#include "tools/progress.h"
 #include "traces/trace.h"
 
 namespace po = boost::program_options;
 
 namespace kvsim::cli {
 
-
 int verify_trace_command(const Args& args) {
   po::options_description desc("kvsim verify-trace [TRACE]: check recorded attention outputs against the trace's Q/K/V. Options");
   desc.add_options()("help,h", "show this help")("trace", po::value<std::string>(), "trace file (default: the bundled trace)")
-      ("tolerance", po::value<double>(), "max relative error per token (default by storage dtype: f32 1e-3, f16 2e-2, bf16 8e-2)");
+      ("tolerance", po::value<double>(), "max relative error per token (default by storage dtype: f32 1e-3, f16 2e-2, bf16 8e-2)")
+      ("quiet,q", po::bool_switch(), "no progress lines on stderr");
   po::variables_map vm;
-  if (!parse_options(args, desc, vm, /*positional_trace=*/true)) return 0;
+  if (!parse_options(args, desc, vm, /*positional_traces=*/1)) return 0;
   const TraceReader trace(vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path());
   const TraceInfo& info = trace.info();
   const double tolerance = vm.count("tolerance") ? vm["tolerance"].as<double>() : ref::attn_out_tolerance(info.dtype);
@@ -30,9 +31,12 @@ int verify_trace_command(const Args& args) {
   std::cout << "| layer | max rel_err | mean rel_err | worst head | worst token | verdict |\n|--:|--:|--:|--:|--:|:--|\n";
   std::vector<std::string> failures;
   int checked = 0;
-  for (int layer : info.recorded_layers) {
+  Progress progress("kvsim verify-trace", "layers", static_cast<double>(info.recorded_layers.size()), vm["quiet"].as<bool>());
+  for (std::size_t li = 0; li < info.recorded_layers.size(); ++li) {
+    const int layer = info.recorded_layers[li];
     if (!trace.has_dataset(layer, "attn_out")) {
       std::cout << "| " << layer << " | - | - | - | - | no attn_out |\n";
+      progress.update(static_cast<double>(li + 1), "layer " + std::to_string(layer) + " (no attn_out)");
       continue;
     }
     const LayerTensors tensors = trace.read_layer(layer, {.attn_out = true, .o_proj = false});
@@ -59,7 +63,8 @@ int verify_trace_command(const Args& args) {
     char line[256];
     std::snprintf(line, sizeof line, "| %d | %.3e | %.3e | %d | %d | %s |\n", layer, max_err,
                   sum_err / (static_cast<double>(info.num_attention_heads) * T), worst_head, worst_token, ok ? "ok" : "FAIL");
-    std::cout << line;
+    std::cout << line << std::flush;
+    progress.update(static_cast<double>(li + 1), "layer " + std::to_string(layer));
     ++checked;
     if (!ok) {
       char why[256];

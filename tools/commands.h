@@ -20,6 +20,7 @@ int synth_trace_command(const Args& args);
 int verify_trace_command(const Args& args);
 int verify_command(const Args& args);
 int check_bounds_command(const Args& args);
+int sweep_command(const Args& args);
 
 // Every registered press with its defaults (wrappers with their example inner press) that can
 // run on these layers of the trace (cross-layer presses need each layer's predecessor);
@@ -28,11 +29,11 @@ std::vector<std::string> default_press_specs(const TraceInfo& trace, const std::
 // Throws a one-line kvsim::Error when `backend` cannot run here (no GPU, or built without CUDA).
 void require_backend_usable(Backend backend);
 
-// Parses a command's arguments into `vm` (a first positional argument is the trace when
-// `positional_trace`). Returns false, after printing the help (and `help_footer`), when
+// Parses a command's arguments into `vm` (the first `positional_traces` positional arguments,
+// -1 for all, are --trace). Returns false, after printing the help (and `help_footer`), when
 // --help was given; required options are enforced only otherwise.
 bool parse_options(const Args& args, const boost::program_options::options_description& desc,
-                   boost::program_options::variables_map& vm, bool positional_trace = false,
+                   boost::program_options::variables_map& vm, int positional_traces = 0,
                    const std::string& help_footer = "");
 
 // The bundled trace used when --trace is not given (KVSIM_TRACE overrides it).

@@ -18,6 +18,7 @@ const char* kUsage =
     "  replay        replay a trace through presses and ratios; print perturbation metrics\n"
     "  verify-trace  recompute a trace's attention outputs from its Q/K/V and compare\n"
     "  verify        compare a backend (cuda, cuda-emu) with the reference, press by press\n"
+    "  sweep         presses x ratios x traces into one tidy, resumable table (csv or JSON Lines)\n"
     "  check-bounds  how often the bounds claimed for merging presses hold (random instances or a trace)\n"
     "  synth-trace   write a synthetic trace (sinks, locality, a needle)\n";
 
@@ -30,6 +31,7 @@ int main(int argc, char** argv) {
                                                                 {"replay", replay_command},
                                                                 {"verify-trace", verify_trace_command},
                                                                 {"verify", verify_command},
+                                                                {"sweep", sweep_command},
                                                                 {"check-bounds", check_bounds_command},
                                                                 {"synth-trace", synth_trace_command}};
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
@@ -38,7 +40,7 @@ int main(int argc, char** argv) {
   }
   const auto it = commands.find(argv[1]);
   if (it == commands.end()) {
-    std::cerr << "kvsim: error: unknown command '" << argv[1] << "' (commands: list, info, replay, verify-trace, verify, check-bounds, synth-trace)\n";
+    std::cerr << "kvsim: error: unknown command '" << argv[1] << "' (commands: list, info, replay, sweep, verify-trace, verify, check-bounds, synth-trace)\n";
     return 2;
   }
   try {

@@ -24,19 +24,19 @@ ReportDetail parse_report_detail(const std::string& name) {
   throw Error("unknown --detail '" + name + "' (summary, layer, head or step)");
 }
 
+std::string full_precision(double value) {
+  if (std::isnan(value)) return "";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.9g", value);
+  return buf;
+}
+
 namespace {
 
 std::string fixed(double value, int decimals = 4) {
   if (std::isnan(value)) return "-";
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*f", decimals, value);
-  return buf;
-}
-
-std::string full_precision(double value) {
-  if (std::isnan(value)) return "";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.9g", value);
   return buf;
 }
 

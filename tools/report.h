@@ -13,6 +13,9 @@ enum class ReportDetail { summary, layer, head, step };  // step: per decoding s
 ReportFormat parse_report_format(const std::string& name);
 ReportDetail parse_report_detail(const std::string& name);
 
+// A metric as the csv and json outputs write it: 9 significant digits, "" for NaN.
+std::string full_precision(double value);
+
 std::string format_replay(const ref::ReplayResult& result, ReportFormat format, ReportDetail detail);
 
 }  // namespace kvsim
