@@ -10,6 +10,7 @@
 
 #include "core/press_checks.h"
 #include "reference/attention.h"
+#include "reference/expected_attention.h"
 #include "reference/parallel.h"
 #include "reference/scorer_press.h"
 #include "reference/scoring.h"
@@ -34,13 +35,7 @@ class ExpectedAttentionPress final : public ScorerPress {
     const InverseRopeTable table(in.rope, n_sink_, N);  // shared by every query head
     RowMatrix probs(in.num_heads(), N);
     parallel_for(in.num_heads(), [&](int h) { probs.row(h) = head_probabilities(in, h, rotation, table).cast<float>(); });
-    Scores s = group_mean(probs, in.num_kv_heads());
-    if (use_vnorm_)
-      parallel_for(in.num_kv_heads(), [&](int g) {
-        s.row(g) = (s.row(g).array() + static_cast<float>(epsilon_)) *
-                   head_rows(in.layer.v, g, in.n).bottomRows(N).rowwise().norm().transpose().array();
-      });
-    return pad_with_max_plus_one(s, n_sink_, 0);
+    return expected_attention_scores(in, probs, n_sink_, use_vnorm_, epsilon_);
   }
 
  private:
@@ -50,7 +45,7 @@ class ExpectedAttentionPress final : public ScorerPress {
   Eigen::RowVectorXd head_probabilities(const PressInput& in, int h, const RowMatrixD& rotation, const InverseRopeTable& table) const {
     constexpr int kChunk = 512;
     const int d = in.head_dim(), first = table.first(), N = table.count();
-    RowMatrixD rows(std::min(kChunk, N), d), products(rows.rows(), d);
+    RowMatrixD rows(std::min(kChunk, N), d);
     // Mean of the pre-RoPE queries, then the Gram matrix of the centred ones (two passes).
     Eigen::RowVectorXd mean = Eigen::RowVectorXd::Zero(d);
     for (int c = 0; c < N; c += kChunk) {
@@ -71,23 +66,8 @@ class ExpectedAttentionPress final : public ScorerPress {
       cov = rotation * (RowMatrixD(gram.selfadjointView<Eigen::Lower>()) / static_cast<double>(N)) * rotation.transpose();
     }
     const Eigen::VectorXd mu = rotation * mean.transpose();
-    // Logits of the non-sink keys: mu'.k / sqrt(d) + k' Sigma' k / (2d).
-    const int g = kv_head_of(h, in.num_heads(), in.num_kv_heads());
-    const ConstRowMap keys(in.layer.k.head(g) + static_cast<std::size_t>(first) * d, N, d);
-    Eigen::VectorXd z(N);
-    for (int c = 0; c < N; c += kChunk) {
-      const int count = std::min(kChunk, N - c);
-      auto k = rows.topRows(count);
-      k = keys.middleRows(c, count).cast<double>();
-      z.segment(c, count) = k * mu / std::sqrt(static_cast<double>(d));
-      if (use_covariance_) {
-        auto kc = products.topRows(count);
-        kc.noalias() = k * cov;
-        z.segment(c, count) += kc.cwiseProduct(k).rowwise().sum() / (2.0 * d);
-      }
-    }
-    const Eigen::ArrayXd e = (z.array() - z.maxCoeff()).exp();
-    return (e / e.sum()).matrix().transpose();
+    return expected_attention_softmax(in.layer.k, kv_head_of(h, in.num_heads(), in.num_kv_heads()), first, N, mu,
+                                      use_covariance_ ? &cov : nullptr);
   }
 
   int n_future_, n_sink_;

@@ -17,6 +17,7 @@
 #include "core/press_checks.h"
 #include "reference/artefacts.h"
 #include "reference/attention.h"
+#include "reference/expected_attention.h"
 #include "reference/parallel.h"
 #include "reference/scorer_press.h"
 #include "reference/scoring.h"
@@ -44,25 +45,16 @@ class ExpectedAttentionStatsPress final : public ScorerPress {
     parallel_for(in.num_heads(), [&](int h) {
       const Eigen::VectorXd mean = Eigen::Map<const Eigen::VectorXf>(stats_.mean_of(layer) + static_cast<std::size_t>(h) * d, d).cast<double>();
       const Eigen::VectorXd mu = rotation * mean;
-      const int g = kv_head_of(h, in.num_heads(), in.num_kv_heads());
-      const RowMatrixD keys = head_rows(in.layer.k, g, in.n).bottomRows(N).cast<double>();
-      Eigen::VectorXd z = keys * mu / std::sqrt(static_cast<double>(d));
-      if (use_covariance_) {
-        const RowMatrixD sigma =
-            Eigen::Map<const RowMatrix>(stats_.cov_of(layer) + static_cast<std::size_t>(h) * d * d, d, d).cast<double>();
-        const RowMatrixD rotated = rotation * sigma * rotation.transpose();
-        z += (keys * rotated).cwiseProduct(keys).rowwise().sum() / (2.0 * d);
-      }
-      const Eigen::ArrayXd e = (z.array() - z.maxCoeff()).exp();
-      probs.row(h) = (e / e.sum()).matrix().transpose().cast<float>();
+      RowMatrixD rotated;
+      if (use_covariance_)
+        rotated = rotation *
+                  Eigen::Map<const RowMatrix>(stats_.cov_of(layer) + static_cast<std::size_t>(h) * d * d, d, d).cast<double>() *
+                  rotation.transpose();
+      probs.row(h) = expected_attention_softmax(in.layer.k, kv_head_of(h, in.num_heads(), in.num_kv_heads()), n_sink_, N, mu,
+                                                use_covariance_ ? &rotated : nullptr)
+                         .cast<float>();
     });
-    Scores s = group_mean(probs, in.num_kv_heads());
-    if (use_vnorm_)
-      parallel_for(in.num_kv_heads(), [&](int g) {
-        s.row(g) = (s.row(g).array() + static_cast<float>(epsilon_)) *
-                   head_rows(in.layer.v, g, in.n).bottomRows(N).rowwise().norm().transpose().array();
-      });
-    return pad_with_max_plus_one(s, n_sink_, 0);
+    return expected_attention_scores(in, probs, n_sink_, use_vnorm_, epsilon_);
   }
 
  private:
