@@ -62,6 +62,8 @@ const PressSpec* absolute_position_press(const Registry& registry, const PressSp
 
 }  // namespace
 
+bool uses_absolute_positions(const Registry& registry, const PressSpec& spec) { return absolute_position_press(registry, spec) != nullptr; }
+
 void refuse_absolute_positions(const PressConfig& config, const PressSpec& inner, const std::string& why) {
   if (const PressSpec* found = absolute_position_press(config.registry, inner))
     throw Error("press '" + config.info.name + "': '" + found->name + "' needs the absolute positions of the tokens it scores, and " + why);

@@ -29,6 +29,8 @@ bool spec_needs(const Registry& registry, const PressSpec& spec, const std::stri
 // Wrappers that hand an inner press sub-segments (token j of the segment is not at position j)
 // refuse presses that read absolute positions (RoPE inversion), anywhere inside `inner`.
 void refuse_absolute_positions(const PressConfig& config, const PressSpec& inner, const std::string& why);
+// Whether `spec` or any press inside it reads absolute positions.
+bool uses_absolute_positions(const Registry& registry, const PressSpec& spec);
 
 // kvsim::Error naming `press` unless the layer carries its o_proj weights [D, H*d].
 void require_o_proj(const std::string& press, const LayerTensors& layer);

@@ -10,16 +10,16 @@
 namespace kvsim::ref {
 
 // Rows of `queries` attend over rows of `keys`. Query row i may see key column j iff
-// key_pos[j] <= query_pos[i] (pass empty position lists for no mask). Returns the
-// softmax probabilities (rows x keys); `lse` (optional) receives each row's log-sum-exp
-// of the scaled logits.
+// key_pos[j] <= query_pos[i], and with a sliding window W > 0 also query_pos[i] - key_pos[j] < W
+// (pass empty position lists for no mask). Returns the softmax probabilities (rows x keys);
+// `lse` (optional) receives each row's log-sum-exp of the scaled logits.
 RowMatrix attention_probs(const Eigen::Ref<const RowMatrix>& queries, const Eigen::Ref<const RowMatrix>& keys,
                           const std::vector<int>& query_pos, const std::vector<int>& key_pos,
-                          Eigen::VectorXd* lse = nullptr);
+                          Eigen::VectorXd* lse = nullptr, int sliding_window = 0);
 
 // Causal attention outputs of every query head at positions [0, tokens): [H, tokens, d].
 // Computed in blocks of query rows so memory stays O(block * tokens); heads in parallel.
-HeadTensor causal_attention(const LayerTensors& layer, int tokens);
+HeadTensor causal_attention(const LayerTensors& layer, int tokens, int sliding_window = 0);
 
 // Column sums of query head h's causal softmax over positions [0, tokens):
 // out[j] = sum over queries i >= j of A[i, j] (observed attention's numerator).

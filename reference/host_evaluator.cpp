@@ -9,12 +9,12 @@
 namespace kvsim::ref {
 
 Outputs attend(const HeadTensor& q, int h, const RowMatrix& keys, const RowMatrix& values, const std::vector<int>& key_pos,
-               int first_query, int n_queries) {
+               int first_query, int n_queries, int sliding_window) {
   std::vector<int> qpos(n_queries);
   std::iota(qpos.begin(), qpos.end(), first_query);
   Outputs o;
   const RowMatrix probs = attention_probs(ConstRowMap(q.head(h) + static_cast<std::size_t>(first_query) * q.dim, n_queries, q.dim),
-                                          keys, qpos, key_pos, &o.lse);
+                                          keys, qpos, key_pos, &o.lse, sliding_window);
   o.out = probs * values;
   return o;
 }
@@ -44,14 +44,15 @@ RowMatrix project(const LayerTensors& layer, const std::vector<Outputs>& outputs
 
 }  // namespace
 
-HostEvaluator::HostEvaluator(const LayerTensors& layer, int n) : layer_(layer), n_(n), queries_(layer.q.tokens - n) {
+HostEvaluator::HostEvaluator(const LayerTensors& layer, int n, int sliding_window)
+    : layer_(layer), n_(n), queries_(layer.q.tokens - n), window_(sliding_window) {
   const int H = layer.q.heads, Hkv = layer.k.heads, T = layer.q.tokens;
   full_.resize(static_cast<std::size_t>(H));
   std::vector<int> all_pos(static_cast<std::size_t>(T));
   std::iota(all_pos.begin(), all_pos.end(), 0);
   parallel_for(H, [&](int h) {
     const int g = kv_head_of(h, H, Hkv);
-    full_[h] = attend(layer.q, h, head_rows(layer.k, g, T), head_rows(layer.v, g, T), all_pos, n, queries_);
+    full_[h] = attend(layer.q, h, head_rows(layer.k, g, T), head_rows(layer.v, g, T), all_pos, n, queries_, window_);
   });
   if (!layer.o_proj.empty()) full_proj_ = project(layer, full_, queries_);
 }
@@ -70,7 +71,7 @@ LayerComparison HostEvaluator::compare(const Compression& c) const {
   std::vector<Outputs> outputs(static_cast<std::size_t>(H));
   parallel_for(H, [&](int h) {
     const int g = kv_head_of(h, H, Hkv);
-    outputs[h] = attend(layer_.q, h, keys[g], values[g], positions[g], n_, queries_);
+    outputs[h] = attend(layer_.q, h, keys[g], values[g], positions[g], n_, queries_, window_);
   });
   return compare_outputs(outputs);
 }

@@ -16,9 +16,10 @@ struct Outputs {
   Eigen::VectorXd lse;  // [queries]
 };
 
-// Queries [first_query, first_query + n_queries) of head h over keys at key_pos, causally.
+// Queries [first_query, first_query + n_queries) of head h over keys at key_pos, causally
+// (and within a sliding window W > 0: query p sees keys j with p - j < W).
 Outputs attend(const HeadTensor& q, int h, const RowMatrix& keys, const RowMatrix& values, const std::vector<int>& key_pos,
-               int first_query, int n_queries);
+               int first_query, int n_queries, int sliding_window = 0);
 
 // Rows of head g of `t` at `positions`; the first merged.size() / dim rows come from `merged`
 // instead (the kept tokens' merged keys or values, when the press merges).
@@ -26,8 +27,9 @@ RowMatrix gather(const HeadTensor& t, int g, const std::vector<int>& positions, 
 
 class HostEvaluator final : public LayerEvaluator {
  public:
-  // layer: every recorded position (and o_proj when recorded); n: the compressed segment.
-  HostEvaluator(const LayerTensors& layer, int n);
+  // layer: every recorded position (and o_proj when recorded); n: the compressed segment;
+  // sliding_window: the layer's window (0: full causal attention).
+  HostEvaluator(const LayerTensors& layer, int n, int sliding_window = 0);
   const ResidentLayer* resident() const override { return nullptr; }
   // A one-shot compression: kept tokens (merged rows first) plus every token after the segment.
   LayerComparison compare(const Compression& compression) const override;
@@ -36,7 +38,7 @@ class HostEvaluator final : public LayerEvaluator {
 
  private:
   const LayerTensors& layer_;
-  int n_, queries_;
+  int n_, queries_, window_;
   std::vector<Outputs> full_;
   RowMatrix full_proj_;  // [queries, D], empty without o_proj
 };

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/evaluation.h"
 #include "core/philox.h"
+#include "core/wrapping.h"
 #include "reference/attention.h"
 #include "reference/host_evaluator.h"
 #include "reference/parallel.h"
@@ -220,6 +221,23 @@ void cam_compress(const CamPress& press, const PressInput& input, std::vector<He
 // queries as one contiguous sequence.
 // `prefill`: what a prefill press left, entered into each head's cache in `prefill_order`
 // (indices into prefill->kept[g]).
+// The layer without its first `count` tokens (q, k, v; o_proj as it is): a sliding-window
+// layer's cache, whose positions then count from its first kept token.
+LayerTensors drop_leading_tokens(const LayerTensors& layer, int count) {
+  LayerTensors out;
+  out.layer_index = layer.layer_index;
+  out.o_proj = layer.o_proj;
+  out.o_proj_rows = layer.o_proj_rows;
+  for (const auto& [from, to] : {std::pair{&layer.q, &out.q}, {&layer.k, &out.k}, {&layer.v, &out.v}}) {
+    *to = HeadTensor(from->heads, from->tokens - count, from->dim);
+    const std::size_t rows = static_cast<std::size_t>(to->tokens) * to->dim;
+    for (int h = 0; h < from->heads; ++h)
+      std::copy(from->head(h) + static_cast<std::size_t>(count) * from->dim, from->head(h) + static_cast<std::size_t>(count) * from->dim + rows,
+                to->head(h));
+  }
+  return out;
+}
+
 CompressedRun decode_layer(const DecodingPress& press, const LayerTensors& tensors, int n, const TraceInfo& info, const std::string& name,
                            const Compression* prefill = nullptr, const std::vector<std::vector<int>>* prefill_order = nullptr) {
   const int T = info.total_tokens(), H = info.num_attention_heads, Hkv = info.num_key_value_heads, d = info.head_dim, G = H / Hkv;
@@ -317,6 +335,8 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     press_infos.push_back(&registry.check(parsed, options.backend));
     presses.push_back(registry.make(parsed, options.backend));
   }
+  std::vector<bool> positional;  // reads absolute positions somewhere in its spec
+  for (const std::string& spec : options.presses) positional.push_back(uses_absolute_positions(registry, parse_press_spec(spec)));
   std::vector<int> layers = options.layers.empty() ? info.recorded_layers : options.layers;
   for (int l : layers)
     if (std::find(info.recorded_layers.begin(), info.recorded_layers.end(), l) == info.recorded_layers.end())
@@ -388,17 +408,32 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     result.read_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
     result.read_seconds += loaded.seconds;
     if (li + 1 < layers.size()) next = std::async(std::launch::async, read, layers[li + 1]);
-    const LayerTensors& tensors = loaded.tensors;
-    PressInput input{tensors, n, info.num_hidden_layers, info.rope, loaded.previous.q.empty() ? nullptr : &loaded.previous};
+    // A sliding-window layer's cache after prefill holds its last W - 1 context tokens, what
+    // the model keeps (Hugging Face's sliding-window cache): the presses see those, and the
+    // evaluation masks keys W or more positions back.
+    const int window = info.sliding_window(layer);
+    const int offset = window > 0 && window - 1 < n ? n - (window - 1) : 0, n_layer = n - offset;
+    const bool window_matters = window > 0 && window < T;  // some query loses keys to the window
+    const std::optional<LayerTensors> sliced = offset ? std::optional(drop_leading_tokens(loaded.tensors, offset)) : std::nullopt;
+    const LayerTensors& tensors = sliced ? *sliced : loaded.tensors;
+    PressInput input{tensors, n_layer, info.num_hidden_layers, info.rope_of(layer),
+                     loaded.previous.q.empty() || offset ? nullptr : &loaded.previous};
     input.question_tokens = options.query_aware ? info.n_question : 0;
     // One-shot presses are evaluated by the backend's own evaluator where it has one (on its
     // device, sharing the presses' copy of the layer); the rest on the host, built on demand.
-    const std::unique_ptr<LayerEvaluator> on_device = device_evaluator ? (*device_evaluator)(input) : nullptr;
+    // (The device evaluators mask by a valid prefix per row, not a window: windowed layers are evaluated on the host.)
+    const std::unique_ptr<LayerEvaluator> on_device = device_evaluator && !window_matters ? (*device_evaluator)(input) : nullptr;
     if (on_device) input.resident = on_device->resident();
     std::optional<HostEvaluator> on_host;
-    auto host = [&]() -> const HostEvaluator& { return on_host ? *on_host : on_host.emplace(tensors, n); };
+    auto host = [&]() -> const HostEvaluator& { return on_host ? *on_host : on_host.emplace(tensors, n_layer, window); };
     for (std::size_t s = 0; s < slots.size(); ++s) {
-      if (press_infos[slots[s].press]->needs_previous_layer && !input.previous_layer) {
+      const PressInfo& info_s = *press_infos[slots[s].press];
+      const bool decodes = dynamic_cast<const DecodingPress*>(presses[slots[s].press].get()) ||
+                           dynamic_cast<const PrefillDecodingPress*>(presses[slots[s].press].get());
+      // Skipped: cross-layer presses without their predecessor; on a window shorter than the
+      // context, presses that read absolute positions (the kept window does not start at 0);
+      // decoding presses wherever the window hides keys (their schedules attend without it).
+      if ((info_s.needs_previous_layer && !input.previous_layer) || (offset && positional[slots[s].press]) || (window_matters && decodes)) {
         result.runs[s].skipped_layers.push_back(layer);
         continue;
       }
@@ -411,19 +446,19 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
       LayerComparison comparison;
       if (decoding || pair) {
         if (decoding) {
-          run_outputs = decode_layer(*decoding, tensors, n, info, name);
+          run_outputs = decode_layer(*decoding, tensors, n_layer, info, name);
         } else {
           const Compression prefill = pair->compress(input, ratio);
-          check_compression(prefill, name, n, Hkv);
+          check_compression(prefill, name, n_layer, Hkv);
           const auto order = pair->cache_order(input, ratio, prefill);
-          run_outputs = decode_layer(pair->decoding(), tensors, n, info, name, &prefill, &order);
+          run_outputs = decode_layer(pair->decoding(), tensors, n_layer, info, name, &prefill, &order);
         }
         comparison = host().compare_outputs(run_outputs.outputs);
       } else {
         const Compression c = press.compress(input, ratio);
-        check_compression(c, name, n, Hkv);
+        check_compression(c, name, n_layer, Hkv);
         for (int g = 0; g < Hkv; ++g)  // pruned key channels count as that share of half an entry, quantised entries as their storage
-          run_outputs.kept_fraction.push_back(static_cast<double>(c.kept[g].size()) / n * (1.0 - c.key_channels_removed / 2.0) *
+          run_outputs.kept_fraction.push_back(static_cast<double>(c.kept[g].size()) / n_layer * (1.0 - c.key_channels_removed / 2.0) *
                                               c.storage_fraction);
         comparison = on_device ? on_device->compare(c) : host().compare(c);
       }

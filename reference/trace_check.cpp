@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <set>
 
 #include "core/error.h"
@@ -28,9 +29,11 @@ void check_recorded_outputs(const TraceReader& trace, const LayerTensors& layer)
   for (int h : heads) {
     const HeadTensor recorded = trace.read_heads(l, "attn_out", h, 1, T);
     const int g = h / G;
-    for (int t : tokens) {  // softmax(q_t . k_j / sqrt d) over j <= t, in double
-      std::vector<double> logits(static_cast<std::size_t>(t) + 1);
-      for (int j = 0; j <= t; ++j) {
+    const int window = info.sliding_window(l);
+    for (int t : tokens) {  // softmax(q_t . k_j / sqrt d) over first <= j <= t (a sliding window: t - j < W), in double
+      const int first = window > 0 ? std::max(0, t - window + 1) : 0;
+      std::vector<double> logits(static_cast<std::size_t>(t) + 1, -std::numeric_limits<double>::infinity());
+      for (int j = first; j <= t; ++j) {
         double dot = 0;
         for (int c = 0; c < d; ++c) dot += static_cast<double>(layer.q.at(h, t, c)) * layer.k.at(g, j, c);
         logits[j] = dot / std::sqrt(static_cast<double>(d));
@@ -41,7 +44,7 @@ void check_recorded_outputs(const TraceReader& trace, const LayerTensors& layer)
       double diff = 0, norm = 0;
       for (int c = 0; c < d; ++c) {
         double mine = 0;
-        for (int j = 0; j <= t; ++j) mine += logits[j] / sum * layer.v.at(g, j, c);
+        for (int j = first; j <= t; ++j) mine += logits[j] / sum * layer.v.at(g, j, c);
         const double theirs = recorded.at(0, t, c);
         diff += (mine - theirs) * (mine - theirs);
         norm += theirs * theirs;

@@ -12,14 +12,14 @@ namespace kvsim {
 namespace {
 
 // o[h][t] = sum_{j<=t} softmax_j(q[h][t].k[g][j] / sqrt(d)) v[g][j], straight from the definition.
-HeadTensor naive_attention(const LayerTensors& x, int T) {
+HeadTensor naive_attention(const LayerTensors& x, int T, int window = 0) {
   const int H = x.q.heads, Hkv = x.k.heads, d = x.q.dim, G = H / Hkv;
   HeadTensor out(H, T, d);
   for (int h = 0; h < H; ++h)
     for (int t = 0; t < T; ++t) {
-      std::vector<double> logits(t + 1);
+      std::vector<double> logits(t + 1, -1e300);  // exp(-1e300 - max) = 0: keys outside the window
       double max_logit = -1e300;
-      for (int j = 0; j <= t; ++j) {
+      for (int j = window > 0 ? std::max(0, t - window + 1) : 0; j <= t; ++j) {
         double dot = 0;
         for (int c = 0; c < d; ++c) dot += static_cast<double>(x.q.at(h, t, c)) * x.k.at(h / G, j, c);
         logits[j] = dot / std::sqrt(static_cast<double>(d));
@@ -56,6 +56,19 @@ TEST_P(AttentionVsNaive, MatchesWithinFloat32Accumulation) {
   double worst = 0;
   for (std::size_t i = 0; i < expected.data.size(); ++i) worst = std::max(worst, std::abs(double(expected.data[i]) - actual.data[i]));
   EXPECT_LT(worst, 2e-5) << "T=" << s.T << " d=" << s.d << " H=" << s.H << " Hkv=" << s.Hkv;
+}
+
+// A sliding window W: position t attends to keys (t - W, t] only.
+TEST(Attention, SlidingWindowMatchesNaive) {
+  const LayerTensors x = test::random_layer(4, 2, 300, 32, 12);
+  for (int window : {1, 5, 256, 299, 300, 1000}) {
+    const HeadTensor expected = naive_attention(x, 300, window), actual = ref::causal_attention(x, 300, window);
+    double worst = 0;
+    for (std::size_t i = 0; i < expected.data.size(); ++i) worst = std::max(worst, std::abs(double(expected.data[i]) - actual.data[i]));
+    EXPECT_LT(worst, 2e-5) << "window " << window;
+  }
+  const HeadTensor full = ref::causal_attention(x, 300), narrow = ref::causal_attention(x, 300, 5);
+  EXPECT_NE(full.data, narrow.data);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionVsNaive,

@@ -100,9 +100,10 @@ def check_stop_at_end_of_turn(tmp, model_dir, base):
     check(r.returncode == 0, f"kvsim verify-trace passes on the shortened trace: {r.stderr.strip()}")
 
 
-def check_gemma3_full_layers(tmp, context):
-    """A Gemma-3-style model: its full-attention layer records with that layer type's RoPE and
-    verifies; a sliding layer shorter than the prompt, or layers of both types, are refused."""
+def check_gemma3_layers(tmp, context):
+    """A Gemma-3-style model (sliding layers 0, 1 with window 16 and RoPE theta 1e4; full layer 2
+    with theta 1e6) on a prompt longer than the window: every layer records with its window and
+    its RoPE, and verify-trace's windowed recomputation matches the model's outputs."""
     gemma = os.path.join(tmp, "gemma3")
     tiny_model(gemma, "gemma3")
     base = [sys.executable, RECORDER, "--model", gemma, "--context", context, "--question", "what is the cat named",
@@ -113,11 +114,22 @@ def check_gemma3_full_layers(tmp, context):
     if r.returncode == 0:
         with h5py.File(out, "r") as f:
             check(float(f.attrs["rope_theta"]) == 1e6 and abs(f["rope_inv_freq"][1] / 1e6 ** (-2 / 16) - 1) < 1e-6,
-                  "Gemma 3: the full layers' RoPE (theta 1e6) is recorded")
-        r = run([KVSIM, "verify-trace", out, "--tolerance", "1e-4"])
-        check(r.returncode == 0, f"Gemma 3: verify-trace passes on the full-attention layer: {r.stderr.strip()}")
-    r = run(base + ["--layers", "0", "-o", os.path.join(tmp, "x.h5")])
-    check(r.returncode == 1 and "layer 0 uses a sliding window of 16" in r.stderr, "Gemma 3: a sliding layer is refused, by name")
+                  "Gemma 3: the full layers' RoPE (theta 1e6) is the file's when only they are recorded")
+    out = os.path.join(tmp, "gemma3_all.h5")
+    r = run(base + ["-o", out])
+    check(r.returncode == 0, f"Gemma 3: sliding and full layers record together ({r.stderr.strip()[-300:]})")
+    if r.returncode:
+        return
+    with h5py.File(out, "r") as f:
+        check([f["layers/0"].attrs.get("sliding_window"), f["layers/1"].attrs.get("sliding_window")] == [16, 16] and
+              "sliding_window" not in f["layers/2"].attrs, "Gemma 3: the sliding layers carry their window, the full one none")
+        check(abs(f["rope_inv_freq"][1] / 1e4 ** (-2 / 16) - 1) < 1e-6 and "rope_inv_freq" not in f["layers/0"] and
+              abs(f["layers/2/rope_inv_freq"][1] / 1e6 ** (-2 / 16) - 1) < 1e-6,
+              "Gemma 3: layer 2 carries its own RoPE (theta 1e6), the others the file's (1e4)")
+    r = run([KVSIM, "verify-trace", out, "--tolerance", "1e-4"])
+    check(r.returncode == 0, f"Gemma 3: verify-trace's windowed attention matches every layer: {r.stdout.strip()[-400:]} {r.stderr.strip()[-200:]}")
+    r = run([KVSIM, "replay", "-q", "--trace", out, "--press", "knorm", "snapkv:window_size=8", "--ratio", "0.5"])
+    check(r.returncode == 0 and "snapkv" in r.stdout, f"Gemma 3: the trace replays ({r.stderr.strip()[-300:]})")
 
 
 def main():
@@ -162,7 +174,7 @@ def main():
         check(r.returncode == 1 and "layer 1" in r.stderr, "verify-trace names the layer with swapped KV heads")
 
         check_stop_at_end_of_turn(tmp, model_dir, base)
-        check_gemma3_full_layers(tmp, context)
+        check_gemma3_layers(tmp, context)
 
         r = run(base + ["--layers", "0", "--chat-template", "-o", os.path.join(tmp, "x.h5")])
         check(r.returncode == 1 and "no chat template" in r.stderr, f"no chat template: one-line error ({r.stderr.strip()[-200:]})")

@@ -3,7 +3,9 @@
 // argument validation.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
+#include <numeric>
 #include <cmath>
 
 #include "core/decoding.h"
@@ -379,6 +381,94 @@ TEST(Replay, CrossLayerPressesRunOnTheLayersThatHaveAPredecessor) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("no replayed layer"), std::string::npos) << e.what();
   }
+}
+
+}  // namespace
+}  // namespace kvsim
+
+namespace kvsim {
+namespace {
+
+// A sliding-window layer (W = 41 < n = 120): the press sees the last W - 1 = 40 context
+// tokens, knorm keeps the 20 of lowest key norm among them per KV head, and each later query
+// t attends to the kept tokens and tokens [n, t] that are fewer than W positions back — all
+// recomputed here in double from that definition. Presses reading absolute positions and
+// decoding presses skip the layer; the full layer beside it runs as before.
+TEST(SlidingWindowReplay, MatchesABruteForceRecomputation) {
+  test::TempDir dir;
+  const std::string path = dir.file("sliding.h5");
+  const int n = 120, T = 136, d = 16, W = 41;
+  TraceInfo info = test::trace_info(4, 2, d, n, 10, 6, {0, 1});
+  info.sliding_windows[0] = W;
+  info.layer_ropes[0] = RopeConfig::from_theta(500.0, d);
+  const std::vector<LayerTensors> layers = {test::random_layer(4, 2, T, d, 70, 0), test::random_layer(4, 2, T, d, 71, 1)};
+  test::write_trace(path, info, layers);
+  const TraceReader trace(path);
+  EXPECT_EQ(trace.info().sliding_window(0), W);
+  EXPECT_EQ(trace.info().sliding_window(1), 0);
+  EXPECT_EQ(trace.info().rope_of(0).inv_freq, info.layer_ropes[0].inv_freq);
+  EXPECT_EQ(trace.info().rope_of(1).inv_freq, info.rope.inv_freq);
+
+  const ref::ReplayResult result =
+      ref::replay(trace, {.presses = {"knorm", "expected_attention", "decoding(knorm):target_size=64,compression_interval=4"},
+                          .ratios = {0.5}, .layers = {0}});
+  ASSERT_EQ(result.runs.size(), 3u);
+  EXPECT_TRUE(result.runs[0].skipped_layers.empty());
+  EXPECT_EQ(result.runs[1].skipped_layers, std::vector<int>{0});
+  EXPECT_EQ(result.runs[2].skipped_layers, std::vector<int>{0});
+
+  const LayerTensors& layer = layers[0];
+  std::vector<double> errors;
+  for (int h = 0; h < 4; ++h) {
+    const int g = h / 2;
+    std::vector<int> window_tokens(W - 1);
+    std::iota(window_tokens.begin(), window_tokens.end(), n - (W - 1));
+    auto norm = [&](int j) {
+      double s = 0;
+      for (int x = 0; x < d; ++x) s += double(layer.k.at(g, j, x)) * layer.k.at(g, j, x);
+      return s;
+    };
+    std::stable_sort(window_tokens.begin(), window_tokens.end(), [&](int a, int b) { return norm(a) < norm(b); });
+    const std::vector<int> kept(window_tokens.begin(), window_tokens.begin() + (W - 1) / 2);
+    for (int t = n; t < T; ++t) {
+      auto output = [&](bool compressed) {
+        std::vector<int> visible;
+        for (int j = 0; j <= t; ++j)
+          if (t - j < W && (j >= n || !compressed || std::find(kept.begin(), kept.end(), j) != kept.end())) visible.push_back(j);
+        std::vector<double> w;
+        double max_l = -1e300, sum = 0;
+        for (int j : visible) {
+          double dot = 0;
+          for (int x = 0; x < d; ++x) dot += double(layer.q.at(h, t, x)) * layer.k.at(g, j, x);
+          w.push_back(dot / 4.0);
+          max_l = std::max(max_l, w.back());
+        }
+        for (double& x : w) sum += (x = std::exp(x - max_l));
+        std::vector<double> o(d, 0.0);
+        for (std::size_t i = 0; i < visible.size(); ++i)
+          for (int x = 0; x < d; ++x) o[x] += w[i] / sum * layer.v.at(g, visible[i], x);
+        return o;
+      };
+      const auto full = output(false), comp = output(true);
+      double diff = 0, norm2 = 0;
+      for (int x = 0; x < d; ++x) {
+        diff += (comp[x] - full[x]) * (comp[x] - full[x]);
+        norm2 += full[x] * full[x];
+      }
+      errors.push_back(std::sqrt(diff / norm2));
+    }
+  }
+  double mean = 0;
+  for (double e : errors) mean += e / errors.size();
+  EXPECT_NEAR(result.runs[0].rel_err.mean, mean, 1e-5);
+  EXPECT_GT(mean, 0.01);
+  EXPECT_NEAR(result.runs[0].achieved_ratio, 0.5, 1e-12);  // of the 40 tokens the layer's cache holds
+
+  // The full-attention layer is replayed as any other: the sliding one beside it changes nothing there.
+  const ref::ReplayResult full_layer = ref::replay(trace, {.presses = {"knorm"}, .ratios = {0.5}, .layers = {1}});
+  const ref::ReplayResult both = ref::replay(trace, {.presses = {"knorm"}, .ratios = {0.5}});
+  ASSERT_EQ(both.runs[0].layers.size(), 2u);
+  EXPECT_EQ(both.runs[0].layers[1].rel_err.mean, full_layer.runs[0].rel_err.mean);
 }
 
 }  // namespace

@@ -256,6 +256,26 @@ TEST_F(BadTrace, NonFiniteRopeAttributes) {
   }
 }
 
+TEST_F(BadTrace, SlidingWindowOutOfRange) {
+  {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    H5::Group layer = file.openGroup("/layers/0");
+    const int zero = 0;
+    layer.createAttribute("sliding_window", H5::PredType::NATIVE_INT, H5::DataSpace(H5S_SCALAR)).write(H5::PredType::NATIVE_INT, &zero);
+  }
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "/layers/0 attribute sliding_window = 0"}));
+}
+
+TEST_F(BadTrace, LayerRopeOfTheWrongLength) {
+  {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    const hsize_t three = 3;
+    const double freq[3] = {1, 0.5, 0.25};
+    file.createDataSet("/layers/0/rope_inv_freq", H5::PredType::IEEE_F64LE, H5::DataSpace(1, &three)).write(freq, H5::PredType::NATIVE_DOUBLE);
+  }
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "/layers/0/rope_inv_freq"}));
+}
+
 TEST_F(BadTrace, ImplausibleSegmentLength) {
   {
     H5::H5File file(path_, H5F_ACC_RDWR);

@@ -35,6 +35,11 @@ int info_command(const Args& args) {
             << "attn_out:         " << (trace.has_dataset(first, "attn_out") ? "yes" : "no") << "\n"
             << "o_proj weight:    " << (trace.has_dataset(first, "o_proj_weight") ? "yes" : "no") << "\n"
             << "hidden states:    " << (trace.has_dataset(first, "hidden_states") ? "yes" : "no") << "\n";
+  std::string windows, ropes;
+  for (const auto& [layer, window] : info.sliding_windows) windows += (windows.empty() ? "" : ", ") + std::to_string(layer) + ": " + std::to_string(window);
+  for (const auto& [layer, rope] : info.layer_ropes) ropes += (ropes.empty() ? "" : ",") + std::to_string(layer);
+  std::cout << "sliding windows:  " << (windows.empty() ? "none (full attention)" : windows) << "\n";
+  if (!ropes.empty()) std::cout << "own RoPE:         layers " << ropes << "\n";
   if (!info.text.empty()) std::cout << "text:             " << info.text.substr(0, 200) << (info.text.size() > 200 ? "..." : "") << "\n";
   return 0;
 }

@@ -74,7 +74,8 @@ int replay_command(const Args& args) {
         std::string skipped;
         for (int l : run.skipped_layers) skipped += (skipped.empty() ? "" : ",") + std::to_string(l);
         std::cerr << "kvsim replay: note: '" << run.press << "' skipped layer(s) " << skipped
-                  << " (their predecessor is not in the trace); its figures cover the other layers\n";
+                  << " (a cross-layer press without the layer before; on a sliding-window layer, a press reading absolute "
+                     "positions or a decoding schedule); its figures cover the other layers\n";
       }
   }
   write_output(vm.count("output") ? vm["output"].as<std::string>() : "", format_replay(result, format, detail));

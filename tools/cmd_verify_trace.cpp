@@ -40,7 +40,7 @@ int verify_trace_command(const Args& args) {
       continue;
     }
     const LayerTensors tensors = trace.read_layer(layer, {.attn_out = true, .o_proj = false});
-    const HeadTensor computed = ref::causal_attention(tensors, T);
+    const HeadTensor computed = ref::causal_attention(tensors, T, info.sliding_window(layer));
     double max_err = 0, sum_err = 0;
     int worst_head = 0, worst_token = 0;
     for (int h = 0; h < info.num_attention_heads; ++h)

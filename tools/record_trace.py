@@ -138,24 +138,16 @@ def check_architecture(model, n_tokens, layers):
         attention = model.model.layers[layer].self_attn
         if abs(attention.scaling - attention.head_dim ** -0.5) > 1e-6:
             fail(f"layer {attention.layer_idx} scales logits by {attention.scaling}, not 1/sqrt(head_dim); kvsim cannot replay it")
-        sliding = getattr(attention, "sliding_window", None)
-        if sliding and n_tokens > sliding:
-            fail(f"layer {attention.layer_idx} uses a sliding window of {sliding} < {n_tokens} tokens; kvsim cannot replay "
-                 "sliding-window layers yet (record the full-attention layers with --layers)")
 
 
-def rope_of_layers(model, layers):
-    """(rope parameters, inv_freq, attention_scaling) shared by the recorded layers. Models with a
-    RoPE per layer type (Gemma 3: sliding and full attention) keep it per type; a trace holds one."""
+def rope_of_layer(model, layer):
+    """(rope parameters, inv_freq, attention_scaling) of one layer. Models with a RoPE per layer
+    type (Gemma 3: sliding layers theta 1e4, full ones 1e6) keep one per type."""
     config, rotary = model.config, model.model.rotary_emb
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     layer_types = getattr(config, "layer_types", None)
     if layer_types and all(isinstance(rope.get(t), dict) for t in set(layer_types)):
-        kinds = sorted({layer_types[layer] for layer in layers})
-        if len({json.dumps(rope[k], sort_keys=True, default=str) for k in kinds}) > 1:
-            fail(f"the recorded layers mix layer types with different RoPE ({', '.join(kinds)}); a trace holds one RoPE: "
-                 "record each type's layers into its own trace with --layers")
-        kind = kinds[0]
+        kind = layer_types[layer]
         return rope[kind], getattr(rotary, f"{kind}_inv_freq"), float(getattr(rotary, f"{kind}_attention_scaling", 1.0))
     return rope, rotary.inv_freq, float(getattr(rotary, "attention_scaling", 1.0))
 
@@ -316,7 +308,7 @@ def main(argv):
     check_architecture(model, total, layers)
     attention0 = model.model.layers[0].self_attn
     H, Hkv, d = config.num_attention_heads, config.num_key_value_heads, attention0.head_dim
-    rope, inv_freq, attention_scaling = rope_of_layers(model, layers)
+    rope, inv_freq, attention_scaling = rope_of_layer(model, layers[0])  # the file's; layers that differ carry their own
     rope_theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
     if rope_theta is None:
         fail("cannot find the model's RoPE theta (config.rope_parameters / rope_theta)")
@@ -348,6 +340,14 @@ def main(argv):
             attention = model.model.layers[layer].self_attn
             datasets[layer] = {name: trace.create(f"layers/{layer}/{name}", (heads, total, d))
                                for name, heads in (("q", H), ("k", Hkv), ("v", Hkv), ("attn_out", H))}
+            window = getattr(attention, "sliding_window", None)
+            if window:  # the model's mask: query p sees keys j with p - j < window
+                trace.file.require_group(f"layers/{layer}").attrs["sliding_window"] = int(window)
+            _, layer_inv_freq, layer_scaling = rope_of_layer(model, layer)
+            if not torch.equal(layer_inv_freq, inv_freq) or layer_scaling != attention_scaling:
+                group = trace.file.require_group(f"layers/{layer}")
+                group.create_dataset("rope_inv_freq", data=layer_inv_freq.detach().double().cpu().numpy())
+                group.attrs["attention_scaling"] = layer_scaling
             if args.with_oproj:
                 weight = attention.o_proj.weight
                 trace.write(trace.create(f"layers/{layer}/o_proj_weight", tuple(weight.shape)), weight, 0)

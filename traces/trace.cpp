@@ -298,6 +298,8 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
     for (double f : info.rope.inv_freq)
       if (!std::isfinite(f)) Impl::fail(path, "dataset /rope_inv_freq holds a non-finite value");
 
+    for (int l : info.recorded_layers) read_layer_attention(l);
+
     if (impl_->file.nameExists("/text")) {
       const H5::DataSet text = impl_->file.openDataSet("/text");
       if (text.getTypeClass() != H5T_STRING) Impl::fail(path, "dataset /text is not a string");
@@ -314,6 +316,35 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
     }
     return 0;
   });
+}
+
+// A recorded layer's own attention pattern: its sliding window and RoPE where they differ
+// from the model's (layers/<l> attribute sliding_window, dataset rope_inv_freq).
+void TraceReader::read_layer_attention(int layer) {
+  const std::string group_name = layer_group(layer);
+  if (!impl_->file.nameExists("/layers") || !impl_->file.nameExists(group_name)) return;  // missing layers fail when read
+  const H5::Group group = impl_->file.openGroup(group_name);
+  if (group.attrExists("sliding_window")) {
+    const int window = Impl::read_int_attr(path_, group, "sliding_window");
+    if (window < 1 || window > (1 << 28))
+      Impl::fail(path_, group_name + " attribute sliding_window = " + std::to_string(window) + " is outside [1, 2^28]");
+    info_.sliding_windows[layer] = window;
+  }
+  if (impl_->file.nameExists(group_name + "/rope_inv_freq")) {
+    const std::string name = group_name + "/rope_inv_freq";
+    const H5::DataSet inv_freq = impl_->open_dataset(path_, name);
+    Impl::check_float_shape(path_, inv_freq, name, {static_cast<hsize_t>(info_.head_dim / 2)});
+    RopeConfig rope;
+    rope.inv_freq.resize(static_cast<std::size_t>(info_.head_dim / 2));
+    inv_freq.read(rope.inv_freq.data(), H5::PredType::NATIVE_DOUBLE);
+    for (double f : rope.inv_freq)
+      if (!std::isfinite(f)) Impl::fail(path_, "dataset " + name + " holds a non-finite value");
+    rope.attention_scaling = group.attrExists("attention_scaling") ? Impl::read_scalar_attr<double>(path_, group, "attention_scaling", true)
+                                                                    : info_.rope.attention_scaling;
+    if (!(rope.attention_scaling > 0) || !std::isfinite(rope.attention_scaling))
+      Impl::fail(path_, group_name + " attribute attention_scaling must be positive and finite");
+    info_.layer_ropes[layer] = std::move(rope);
+  }
 }
 
 TraceReader::~TraceReader() = default;
@@ -601,6 +632,14 @@ void TraceWriter::write_layer(const LayerTensors& layer) {
     write3(layer.k, "k");
     write3(layer.v, "v");
     if (!layer.attn_out.empty()) write3(layer.attn_out, "attn_out");
+    H5::Group written = impl_->file->openGroup(group);
+    if (const int window = info.sliding_window(layer.layer_index)) write_int_attr(written, "sliding_window", window);
+    if (const auto rope = info.layer_ropes.find(layer.layer_index); rope != info.layer_ropes.end()) {
+      const hsize_t half = rope->second.inv_freq.size();
+      impl_->file->createDataSet(group + "/rope_inv_freq", H5::PredType::IEEE_F64LE, H5::DataSpace(1, &half))
+          .write(rope->second.inv_freq.data(), H5::PredType::NATIVE_DOUBLE);
+      write_double_attr(written, "attention_scaling", rope->second.attention_scaling);
+    }
     if (!layer.o_proj.empty()) {
       const hsize_t rows = static_cast<hsize_t>(layer.o_proj_rows);
       const hsize_t cols = static_cast<hsize_t>(info.num_attention_heads) * d;

@@ -5,6 +5,7 @@
 // the storage dtype to float32, and validates shapes, dtypes and finiteness; every
 // problem is a kvsim::Error naming the file and the dataset.
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,8 +37,21 @@ struct TraceInfo {
   std::vector<int32_t> tokens;
   std::string text;  // optional
   bool checksummed = false;  // read: the tensors carry Fletcher32 checksums (traces written since they do)
+  // Sliding-window layers (Gemma 2/3, Mistral): query p attends to keys j with p - j < W.
+  // Layers absent from the map use full causal attention.
+  std::map<int, int> sliding_windows;
+  // Layers whose RoPE differs from `rope` (Gemma 3: sliding layers theta 1e4, full 1e6).
+  std::map<int, RopeConfig> layer_ropes;
 
   int total_tokens() const { return n_context + n_question + n_generated; }
+  int sliding_window(int layer) const {
+    const auto it = sliding_windows.find(layer);
+    return it == sliding_windows.end() ? 0 : it->second;
+  }
+  const RopeConfig& rope_of(int layer) const {
+    const auto it = layer_ropes.find(layer);
+    return it == layer_ropes.end() ? rope : it->second;
+  }
   int group_size() const { return num_attention_heads / num_key_value_heads; }
 };
 
@@ -66,6 +80,8 @@ class TraceReader {
   HeadTensor read_heads(int layer, const std::string& name, int head_begin, int head_count, int tokens) const;
 
  private:
+  void read_layer_attention(int layer);  // sliding window and RoPE of one recorded layer
+
   struct Impl;
   std::string path_;
   TraceInfo info_;
