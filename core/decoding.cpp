@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "core/wrapping.h"
 
 namespace kvsim {
 
@@ -13,6 +14,9 @@ DecodingPress::DecodingPress(const PressConfig& config, bool ratio_target)
     target_ratio_ = config.params.get("target_compression_ratio");
   else
     target_size_ = config.params.get_int("target_size");
+  refuse_hidden_states(config, *config.inner,
+                       "a decoding press hands it the cache, whose tokens differ per KV head once compressed (kvpress hands it the "
+                       "hidden states of the last decode steps, not of the cached tokens)");
   const PressInfo* inner = config.registry.find(config.inner->name);
   if (inner && !inner->uses_absolute_positions) return;
   throw Error("press '" + config.info.name + "': '" + config.inner->name +

@@ -8,7 +8,8 @@
 //
 // Deviation, documented: kvpress hands the inner press the hidden states of the last
 // <= 256 decode steps (window queries rotated at the current position); kvsim hands it the
-// trace's own queries of every cached token, at their true positions.
+// trace's own queries of every cached token, at their true positions. Presses that read
+// hidden states (kvzap) are refused inside a decoding press.
 #include <memory>
 
 #include "core/press.h"

@@ -27,12 +27,18 @@ struct HeadTensor {
 };
 
 // The tensors of one recorded layer. q: [H, T, d]; k, v: [Hkv, T, d]; attn_out: [H, T, d]
-// (optional); o_proj: [D, H*d] row-major (optional, empty when the trace has none).
+// (optional); o_proj: [D, H*d] row-major (optional, empty when the trace has none);
+// hidden_states: [T, D] row-major, the attention layer's input after input_layernorm
+// (optional, loaded only for the presses that read it: kvzap, fastkvzip).
 struct LayerTensors {
   int layer_index = 0;
   HeadTensor q, k, v, attn_out;
   std::vector<float> o_proj;
   int o_proj_rows = 0;  // D
+  std::vector<float> hidden_states;
+  int hidden_size = 0;  // D of hidden_states (0 when there are none)
+
+  const float* hidden_row(int t) const { return hidden_states.data() + static_cast<std::size_t>(t) * hidden_size; }
 };
 
 }  // namespace kvsim

@@ -8,7 +8,11 @@
 
 namespace kvsim {
 
-LayerTensors gather_layer(const LayerTensors& layer, const std::vector<std::vector<int>>& tokens, bool with_o_proj) {
+CarriedParts carried_parts(const Registry& registry, const PressSpec& spec) {
+  return {.o_proj = spec_needs(registry, spec, "o_proj"), .hidden_states = spec_needs(registry, spec, "hidden_states")};
+}
+
+LayerTensors gather_layer(const LayerTensors& layer, const std::vector<std::vector<int>>& tokens, CarriedParts parts) {
   const int Hkv = layer.k.heads, H = layer.q.heads, d = layer.k.dim;
   if (static_cast<int>(tokens.size()) != Hkv) throw Error("internal: gather_layer needs one token list per KV head");
   const int m = tokens.empty() ? 0 : static_cast<int>(tokens[0].size());
@@ -30,17 +34,25 @@ LayerTensors gather_layer(const LayerTensors& layer, const std::vector<std::vect
     copy_rows(layer.v, g, tokens[g], out.v, g);
   }
   for (int h = 0; h < H; ++h) copy_rows(layer.q, h, tokens[h / group], out.q, h);
-  if (with_o_proj) {
+  if (parts.o_proj) {
     out.o_proj = layer.o_proj;
     out.o_proj_rows = layer.o_proj_rows;
+  }
+  if (parts.hidden_states && !layer.hidden_states.empty() && !tokens.empty()) {
+    for (const auto& head : tokens)
+      if (head != tokens[0]) throw Error("internal: gather_layer can carry hidden states only when every head takes the same tokens");
+    const std::size_t D = static_cast<std::size_t>(layer.hidden_size);
+    out.hidden_size = layer.hidden_size;
+    out.hidden_states.resize(static_cast<std::size_t>(m) * D);
+    for (int j = 0; j < m; ++j) std::copy_n(layer.hidden_row(tokens[0][j]), D, out.hidden_states.data() + j * D);
   }
   return out;
 }
 
-LayerTensors slice_layer(const LayerTensors& layer, int start, int count, bool with_o_proj) {
+LayerTensors slice_layer(const LayerTensors& layer, int start, int count, CarriedParts parts) {
   std::vector<int> rows(static_cast<std::size_t>(count));
   std::iota(rows.begin(), rows.end(), start);
-  return gather_layer(layer, std::vector<std::vector<int>>(static_cast<std::size_t>(layer.k.heads), rows), with_o_proj);
+  return gather_layer(layer, std::vector<std::vector<int>>(static_cast<std::size_t>(layer.k.heads), rows), parts);
 }
 
 bool spec_needs(const Registry& registry, const PressSpec& spec, const std::string& need) {
@@ -60,6 +72,14 @@ const PressSpec* absolute_position_press(const Registry& registry, const PressSp
   return nullptr;
 }
 
+const PressSpec* hidden_state_press(const Registry& registry, const PressSpec& spec) {
+  if (const PressInfo* info = registry.find(spec.name))
+    if (std::find(info->needs.begin(), info->needs.end(), "hidden_states") != info->needs.end()) return &spec;
+  for (const auto& inner : spec.presses())
+    if (const PressSpec* found = hidden_state_press(registry, *inner)) return found;
+  return nullptr;
+}
+
 }  // namespace
 
 bool uses_absolute_positions(const Registry& registry, const PressSpec& spec) { return absolute_position_press(registry, spec) != nullptr; }
@@ -67,6 +87,11 @@ bool uses_absolute_positions(const Registry& registry, const PressSpec& spec) { 
 void refuse_absolute_positions(const PressConfig& config, const PressSpec& inner, const std::string& why) {
   if (const PressSpec* found = absolute_position_press(config.registry, inner))
     throw Error("press '" + config.info.name + "': '" + found->name + "' needs the absolute positions of the tokens it scores, and " + why);
+}
+
+void refuse_hidden_states(const PressConfig& config, const PressSpec& inner, const std::string& why) {
+  if (const PressSpec* found = hidden_state_press(config.registry, inner))
+    throw Error("press '" + config.info.name + "': '" + found->name + "' reads the hidden states of the tokens it scores, and " + why);
 }
 
 void require_o_proj(const std::string& press, const LayerTensors& layer) {
@@ -79,14 +104,25 @@ void require_o_proj(const std::string& press, const LayerTensors& layer) {
                 std::to_string(layer.o_proj_rows) + ", " + std::to_string(cols) + "]");
 }
 
-Compression chunk_compress(const PressInput& input, double ratio, int chunk_length, bool with_o_proj, const ChunkSelect& select) {
+void require_hidden_states(const std::string& press, const LayerTensors& layer, int n) {
+  if (layer.hidden_states.empty())
+    throw Error("press '" + press + "' needs the hidden states of layer " + std::to_string(layer.layer_index) +
+                ", which the trace does not hold (record them with tools/record_trace.py --with-hidden-states)");
+  if (layer.hidden_size <= 0 || layer.hidden_states.size() % static_cast<std::size_t>(layer.hidden_size) != 0 ||
+      layer.hidden_states.size() / static_cast<std::size_t>(layer.hidden_size) < static_cast<std::size_t>(n))
+    throw Error("press '" + press + "': the hidden states of layer " + std::to_string(layer.layer_index) + " (" +
+                std::to_string(layer.hidden_states.size()) + " values of width " + std::to_string(layer.hidden_size) +
+                ") do not cover its " + std::to_string(n) + " tokens");
+}
+
+Compression chunk_compress(const PressInput& input, double ratio, int chunk_length, CarriedParts parts, const ChunkSelect& select) {
   const int Hkv = input.num_kv_heads();
   if (ratio == 0.0) return keep_all(Hkv, input.n);  // kvpress: a zero ratio changes nothing
   Compression out;
   out.kept.resize(static_cast<std::size_t>(Hkv));
   for (int start = 0; start < input.n; start += chunk_length) {
     const int length = std::min(chunk_length, input.n - start);
-    const LayerTensors chunk = slice_layer(input.layer, start, length, with_o_proj);
+    const LayerTensors chunk = slice_layer(input.layer, start, length, parts);
     std::vector<std::vector<int>> kept = select(sub_input(input, chunk), kvpress_budget(length, ratio));
     for (int g = 0; g < Hkv; ++g) {
       std::sort(kept[g].begin(), kept[g].end());
@@ -96,7 +132,7 @@ Compression chunk_compress(const PressInput& input, double ratio, int chunk_leng
   return out;
 }
 
-Compression block_compress(const PressInput& input, double ratio, int block_size, bool with_o_proj, const BlockRank& rank) {
+Compression block_compress(const PressInput& input, double ratio, int block_size, CarriedParts parts, const BlockRank& rank) {
   const int Hkv = input.num_kv_heads(), n = input.n;
   if (ratio == 0.0) return keep_all(Hkv, n);
   const int block = std::min(block_size, n), n_kept = kvpress_budget(n, ratio);
@@ -108,7 +144,7 @@ Compression block_compress(const PressInput& input, double ratio, int block_size
     std::vector<std::vector<int>> sequence = kept;  // kept tokens (in score order), then the block
     for (auto& head : sequence)
       for (int t = start; t < end; ++t) head.push_back(t);
-    const LayerTensors gathered = gather_layer(input.layer, sequence, with_o_proj);
+    const LayerTensors gathered = gather_layer(input.layer, sequence, parts);
     const std::vector<std::vector<int>> best = rank(sub_input(input, gathered), n_kept);
     for (int g = 0; g < Hkv; ++g)
       for (int j = 0; j < n_kept; ++j) kept[g][j] = sequence[g][best[g][j]];
@@ -120,7 +156,7 @@ Compression block_compress(const PressInput& input, double ratio, int block_size
 }
 
 Compression composed_compress(const PressInput& input, const std::vector<const Press*>& presses, const std::vector<double>& ratios,
-                              const std::vector<std::string>& names, bool with_o_proj) {
+                              const std::vector<std::string>& names, CarriedParts parts) {
   const int Hkv = input.num_kv_heads();
   std::vector<std::vector<int>> positions(static_cast<std::size_t>(Hkv), std::vector<int>(static_cast<std::size_t>(input.n)));
   for (auto& head : positions) std::iota(head.begin(), head.end(), 0);
@@ -141,7 +177,7 @@ Compression composed_compress(const PressInput& input, const std::vector<const P
       if (stage.kept[g].size() != stage.kept[0].size())
         throw Error("press 'composed': '" + names[i] + "' keeps a different number of tokens in each KV head, which only the last press of " +
                     "a composition may do (the next press needs one sequence length)");
-    LayerTensors next = gather_layer(i == 0 ? input.layer : current, stage.kept, with_o_proj);
+    LayerTensors next = gather_layer(i == 0 ? input.layer : current, stage.kept, parts);
     for (const auto& [rows, tensor, merged] : {std::tuple{&stage.keys, &next.k, &merged_keys}, {&stage.values, &next.v, &merged_values}}) {
       if (rows->empty()) continue;
       for (int g = 0; g < Hkv; ++g) std::copy((*rows)[g].begin(), (*rows)[g].end(), tensor->head(g));
@@ -211,10 +247,12 @@ ComposedPress::ComposedPress(const PressConfig& config) : ratios_(config.params.
       throw Error("press 'composed': '" + info.name + "' keeps a different number of tokens in each KV head, so it can only be the last press");
     if (i > 0) {
       refuse_absolute_positions(config, spec, "composed hands every press after the first the survivors of the one before");
+      refuse_hidden_states(config, spec, "composed hands every press after the first the survivors of the one before, which differ "
+                                         "per KV head (kvpress hands them all tokens' hidden states with fewer keys)");
       if (info.needs_previous_layer)
         throw Error("press 'composed': '" + info.name + "' reads the layer before, which only the first press of a composition sees");
     }
-    o_proj_ = o_proj_ || (i > 0 && spec_needs(config.registry, spec, "o_proj"));
+    parts_.o_proj = parts_.o_proj || (i > 0 && spec_needs(config.registry, spec, "o_proj"));
     presses_.push_back(config.registry.make(spec, config.backend));
     names_.push_back(info.name);
   }
@@ -224,7 +262,7 @@ Compression ComposedPress::compress(const PressInput& input, double ratio) const
   std::vector<const Press*> presses;
   for (const auto& press : presses_) presses.push_back(press.get());
   const std::vector<double> ratios = ratios_.empty() ? std::vector<double>(presses.size(), ratio) : ratios_;
-  return composed_compress(input, presses, ratios, names_, o_proj_);
+  return composed_compress(input, presses, ratios, names_, parts_);
 }
 
 }  // namespace kvsim

@@ -12,12 +12,21 @@
 
 namespace kvsim {
 
+// What a sub-segment layer carries besides q, k and v: what the inner presses read.
+struct CarriedParts {
+  bool o_proj = false;         // the layer's o_proj weights (critical, critical_adakv)
+  bool hidden_states = false;  // the tokens' hidden states (kvzap, fastkvzip)
+};
+// The parts `spec`, or a press inside it, needs (PressInfo::needs "o_proj", "hidden_states").
+CarriedParts carried_parts(const Registry& registry, const PressSpec& spec);
+
 // The tokens tokens[g] of KV head g of `layer`, in the given order (every head the same
 // count), as a layer of their own; the query heads of head g's group take the same tokens.
-// attn_out stays empty; o_proj is copied when with_o_proj.
-LayerTensors gather_layer(const LayerTensors& layer, const std::vector<std::vector<int>>& tokens, bool with_o_proj);
+// attn_out stays empty; o_proj and hidden_states are copied as `parts` asks (hidden states
+// are one row per token, so only when every head takes the same tokens).
+LayerTensors gather_layer(const LayerTensors& layer, const std::vector<std::vector<int>>& tokens, CarriedParts parts);
 // Tokens [start, start + count) of every head.
-LayerTensors slice_layer(const LayerTensors& layer, int start, int count, bool with_o_proj);
+LayerTensors slice_layer(const LayerTensors& layer, int start, int count, CarriedParts parts);
 // The input of an inner press run on `sub` (all of its tokens): the outer input's RoPE and
 // layer count, no previous layer, nothing resident.
 inline PressInput sub_input(const PressInput& outer, const LayerTensors& sub) {
@@ -32,14 +41,21 @@ void refuse_absolute_positions(const PressConfig& config, const PressSpec& inner
 // Whether `spec` or any press inside it reads absolute positions.
 bool uses_absolute_positions(const Registry& registry, const PressSpec& spec);
 
+// Wrappers that hand an inner press tokens whose hidden states they cannot hand with them
+// (each KV head its own tokens, or a cache assembled step by step) refuse presses that read
+// hidden states, anywhere inside `inner`.
+void refuse_hidden_states(const PressConfig& config, const PressSpec& inner, const std::string& why);
+
 // kvsim::Error naming `press` unless the layer carries its o_proj weights [D, H*d].
 void require_o_proj(const std::string& press, const LayerTensors& layer);
+// kvsim::Error naming `press` unless the layer carries the hidden states [T >= n, D] of its tokens.
+void require_hidden_states(const std::string& press, const LayerTensors& layer, int n);
 
 // ChunkPress's loop: the segment cut into chunks of `chunk_length` (the last may be shorter),
 // each chunk handed alone to `select(chunk input, n_kept)`, which returns per KV head the
 // n_kept = max(1, int(len (1 - ratio))) chunk positions to keep; the union, ascending.
 using ChunkSelect = std::function<std::vector<std::vector<int>>(const PressInput& chunk, int n_kept)>;
-Compression chunk_compress(const PressInput& input, double ratio, int chunk_length, bool with_o_proj, const ChunkSelect& select);
+Compression chunk_compress(const PressInput& input, double ratio, int chunk_length, CarriedParts parts, const ChunkSelect& select);
 
 // BlockPress's loop: start from tokens [0, n_kept) (n_kept = max(1, int(n (1 - ratio)))), then
 // for each block of `block_size` tokens (block_size capped at n) hand the kept tokens followed
@@ -47,12 +63,12 @@ Compression chunk_compress(const PressInput& input, double ratio, int chunk_leng
 // handed sequence) of its n_kept best scores in score order (higher first, ties: lower
 // position). The kept tokens stay in that order for the next block, as kvpress keeps them.
 using BlockRank = std::function<std::vector<std::vector<int>>(const PressInput& sequence, int n_kept)>;
-Compression block_compress(const PressInput& input, double ratio, int block_size, bool with_o_proj, const BlockRank& rank);
+Compression block_compress(const PressInput& input, double ratio, int block_size, CarriedParts parts, const BlockRank& rank);
 
 // ComposedPress: runs `presses` in order, each on the previous one's survivors (their queries,
 // keys and values, merged rows included, in position order) at ratios[i].
 Compression composed_compress(const PressInput& input, const std::vector<const Press*>& presses, const std::vector<double>& ratios,
-                              const std::vector<std::string>& names, bool with_o_proj);
+                              const std::vector<std::string>& names, CarriedParts parts);
 
 // kvpress PerLayerCompressionPress: the inner scorer compresses layer l at
 // compression_ratios[l] (the run's ratio is ignored). Backend independent: the inner press is
@@ -79,7 +95,7 @@ class ComposedPress : public Press {
   std::vector<std::unique_ptr<Press>> presses_;
   std::vector<std::string> names_;
   std::vector<double> ratios_;
-  bool o_proj_ = false;
+  CarriedParts parts_;
 };
 
 // Parameter schemas of per_layer and composed (the same on every backend).

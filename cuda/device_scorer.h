@@ -23,13 +23,14 @@
 
 namespace kvsim::cuda {
 
-// The first n tokens of a layer on the device, float32, [heads, n, d] each.
+// The first n tokens of a layer on the device, float32, [heads, n, d] each; their hidden
+// states [n, D] when the host layer carries them (D = 0 and no buffer otherwise).
 template <typename Exec>
 struct DeviceLayer : ResidentLayer {
   using FloatBuffer = typename Exec::template Buffer<float>;
-  FloatBuffer q, k, v;
+  FloatBuffer q, k, v, hidden;
   typename Exec::template Buffer<double> inv_freq;
-  int H = 0, Hkv = 0, n = 0, d = 0, layer = 0, num_layers = 1;
+  int H = 0, Hkv = 0, n = 0, d = 0, D = 0, layer = 0, num_layers = 1;
   double attention_scaling = 1.0;
   const LayerTensors* source = nullptr;  // the host tensors this copies
   const RopeConfig* rope = nullptr;       // the input's, for presses that compute rotations on the host
@@ -39,8 +40,9 @@ struct DeviceLayer : ResidentLayer {
       : q(static_cast<std::size_t>(in.num_heads()) * in.n * in.head_dim()),
         k(static_cast<std::size_t>(in.num_kv_heads()) * in.n * in.head_dim()),
         v(static_cast<std::size_t>(in.num_kv_heads()) * in.n * in.head_dim()),
+        hidden(hidden_values(in)),
         inv_freq(in.rope.inv_freq.size()),
-        H(in.num_heads()), Hkv(in.num_kv_heads()), n(in.n), d(in.head_dim()),
+        H(in.num_heads()), Hkv(in.num_kv_heads()), n(in.n), d(in.head_dim()), D(hidden_values(in) ? in.layer.hidden_size : 0),
         layer(in.layer_index()), num_layers(in.num_layers), attention_scaling(in.rope.attention_scaling),
         source(&in.layer), rope(&in.rope), question_tokens(in.question_tokens) {
     const std::size_t rows = static_cast<std::size_t>(n) * d;
@@ -50,6 +52,16 @@ struct DeviceLayer : ResidentLayer {
       v.upload(in.layer.v.head(g), rows, g * rows);
     }
     if (!in.rope.inv_freq.empty()) inv_freq.upload(in.rope.inv_freq.data(), in.rope.inv_freq.size());
+    if (D) hidden.upload(in.layer.hidden_states.data(), hidden.size());
+  }
+
+ private:
+  // n * D when the layer carries hidden states of at least n tokens, else 0 (nothing uploaded;
+  // the presses that need them say so: require_hidden_states).
+  static std::size_t hidden_values(const PressInput& in) {
+    const std::size_t width = static_cast<std::size_t>(std::max(in.layer.hidden_size, 0));
+    const std::size_t values = width * static_cast<std::size_t>(in.n);
+    return width && in.layer.hidden_states.size() >= values ? values : 0;
   }
 };
 
@@ -68,6 +80,24 @@ class LayerOnDevice {
   std::optional<DeviceLayer<Exec>> owned_;
   const DeviceLayer<Exec>* layer_ = nullptr;
 };
+
+// A host float array (artefact weights) on the device as float64, for float64 products.
+template <typename Exec>
+typename Exec::template Buffer<double> upload_widened(const float* host, std::size_t count) {
+  const std::vector<double> wide(host, host + count);
+  typename Exec::template Buffer<double> out(count);
+  if (count) out.upload(wide.data(), count);
+  return out;
+}
+
+// A device float array widened to float64 on the device.
+template <typename Exec>
+typename Exec::template Buffer<double> widened_on_device(Exec& exec, const float* values, std::size_t count) {
+  typename Exec::template Buffer<double> out(count);
+  double* wide = out.data();
+  exec.for_each(static_cast<long>(count), [=] KVSIM_HD(long i) { wide[i] = values[i]; });
+  return out;
+}
 
 // Copies device scores [rows, cols] to a host ScoreMatrix.
 template <typename Exec>

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 
 #include "reference/attention.h"
+#include "reference/kvzap.h"
 #include "test_util.h"
 
 namespace kvsim {
@@ -150,6 +151,33 @@ TEST(CliSynth, WritesADeterministicTraceThatVerifies) {
   EXPECT_TRUE(ra.has_dataset(1, "attn_out"));
   EXPECT_FALSE(rc.has_dataset(1, "attn_out"));
   EXPECT_EQ(kvsim("replay -q --press knorm --trace " + c).status, 0);
+}
+
+// --with-hidden-states adds hidden_states [T, heads x head_dim] and changes nothing else; kvzap
+// replays and verifies on such a trace, and on one without is refused naming the flag.
+TEST(CliSynth, HiddenStatesForThePressesThatReadThem) {
+  test::TempDir dir;
+  const std::string plain = dir.file("plain.h5"), hidden = dir.file("hidden.h5");
+  const std::string args = " --layers 2 --context 100 --question 4 --generated 4 --heads 4 --kv-heads 2 --head-dim 8 --seed 5";
+  ASSERT_EQ(kvsim("synth-trace -o " + plain + args).status, 0);
+  ASSERT_EQ(kvsim("synth-trace --with-hidden-states -o " + hidden + args).status, 0);
+  const TraceReader a(plain), b(hidden);
+  EXPECT_EQ(a.read_layer(1).k.data, b.read_layer(1).k.data);
+  EXPECT_EQ(b.read_layer(1, {.hidden_states = true}).hidden_states.size(), 108u * 32u);
+  EXPECT_NE(kvsim("info " + hidden).output.find("hidden states:    yes"), std::string::npos);
+  EXPECT_NE(kvsim("info " + plain).output.find("hidden states:    no"), std::string::npos);
+  const std::string artefact = dir.file("kvzap.h5");
+  ref::write_test_kvzap(artefact, {30, 4, 2, 8, 32}, 2);
+  const std::string press = " --press 'kvzap:artefact=" + artefact + "'";
+  const Result replay = kvsim("replay -q --ratio 0.5 --trace " + hidden + press);
+  EXPECT_EQ(replay.status, 0) << replay.output;
+  EXPECT_NE(replay.output.find("| kvzap:artefact="), std::string::npos) << replay.output;
+  const Result verify = kvsim("verify --backend cuda-emu --trace " + hidden + press);
+  EXPECT_EQ(verify.status, 0) << verify.output;
+  EXPECT_NE(verify.output.find("| ok |"), std::string::npos) << verify.output;
+  expect_clean_failure(kvsim("replay -q --trace " + plain + press + " -o " + dir.file("never.csv")),
+                       {"press 'kvzap' needs the hidden states of layer 0", "--with-hidden-states"});
+  EXPECT_FALSE(std::filesystem::exists(dir.file("never.csv")));
 }
 
 }  // namespace

@@ -1,18 +1,22 @@
 // The conformance harness: every press of the reference against another backend, on random
-// inputs over a grid of shapes and dtypes and on the bundled real trace (tools/conformance.h).
+// inputs over a grid of shapes and dtypes and on the bundled real trace (tools/conformance.h;
+// presses that read hidden states, which it lacks, on a synthetic trace that has them).
 // Built twice: KVSIM_CONFORMANCE_BACKEND = cuda_emulated (the CUDA code run serially on the
 // CPU; always) and cuda (a GPU; ctest label "gpu", skipped with a message without one).
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <random>
 
 #include "core/half.h"
 #include "core/press_checks.h"
 #include "core/registry.h"
+#include "core/wrapping.h"
 #include "reference/replay.h"
 #include "test_util.h"
 #include "tools/conformance.h"
+#include "tools/synthetic_trace.h"
 #if KVSIM_WITH_CUDA
 #include "cuda/device.h"
 #endif
@@ -36,6 +40,22 @@ std::string missing_device() {
 std::string trace_path() {
   const char* env = std::getenv("KVSIM_TRACE");
   return env && *env ? env : KVSIM_BUNDLED_TRACE;
+}
+
+bool needs_hidden_states(const std::string& spec) { return spec_needs(Registry::instance(), parse_press_spec(spec), "hidden_states"); }
+
+// The trace the trace tests run `spec` on: trace_path(), unless the press reads hidden states and
+// that trace has none (the bundled one has none) — then a synthetic trace of SmolLM2-135M's
+// shape (hidden size 576) that has them, written once.
+std::string trace_for(const std::string& spec) {
+  const TraceReader trace(trace_path());
+  if (!needs_hidden_states(spec) || trace.has_dataset(trace.info().recorded_layers.front(), "hidden_states")) return trace_path();
+  static test::TempDir dir;  // lives for the whole test program
+  const std::string path = dir.file("synthetic-with-hidden-states.h5");
+  if (!std::filesystem::exists(path))
+    write_synthetic_trace(path, {.recorded_layers = 3, .n_context = 300, .n_question = 12, .n_generated = 8, .needle_start = 120,
+                                 .with_hidden_states = true});
+  return path;
 }
 
 struct Shape {
@@ -93,6 +113,11 @@ TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
     std::mt19937 rng(seed + 2);
     std::normal_distribution<float> normal(0.0f, 0.125f);
     for (float& w : layer.o_proj) w = normal(rng);
+    if (needs_hidden_states(spec)) {  // [T, kTestHiddenSize], stored in the shape's dtype like q, k, v
+      test::add_hidden_states(layer, seed + 3);
+      for (float& x : layer.hidden_states)
+        x = s.dtype == StorageDtype::float16 ? round_to_half(x) : s.dtype == StorageDtype::bfloat16 ? round_to_bf16(x) : x;
+    }
     previous.push_back(test::random_layer(s.H, s.Hkv, s.n + s.extra, s.d, seed + 1, s.n % 3 - 1));
     layers.push_back(std::move(layer));
     ropes.push_back(RopeConfig::from_theta(10000.0, s.d));
@@ -111,20 +136,21 @@ TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
   for (const auto& [run_spec, run_inputs] : runs) {
     const PressConformance c = compare_backends(run_spec, kBackend, run_inputs, {0.1, 0.5, 0.9});
     EXPECT_TRUE(c.ok()) << c.violations << " violations; first: " << c.first_violation;
-    std::cout << "[ conformance ] " << run_spec << ": " << c.cases << " cases, max score error " << c.max_score_error
-              << " x tol, " << c.near_boundary_diffs << " near-boundary differences\n";
+    std::cout << "[ conformance ] " << run_spec << ": " << c.cases << " cases (" << c.refused << " refused by both), max score error "
+              << c.max_score_error << " x tol, " << c.near_boundary_diffs << " near-boundary differences\n";
   }
 }
 
 TEST_P(Conformance, BundledRealTrace) {
   if (const std::string why = missing_device(); !why.empty()) GTEST_SKIP() << why;
-  const TraceReader trace(trace_path());
+  const TraceReader trace(trace_for(GetParam()));
   const TraceInfo& info = trace.info();
   std::vector<LayerTensors> layers;
-  for (int l : info.recorded_layers) layers.push_back(trace.read_layer(l, {.attn_out = false, .o_proj = true}));
+  for (int l : info.recorded_layers)
+    layers.push_back(trace.read_layer(l, {.attn_out = false, .o_proj = true, .hidden_states = needs_hidden_states(GetParam())}));
   std::vector<ConformanceInput> inputs;
   for (const LayerTensors& t : layers)
-    inputs.push_back({"bundled trace layer " + std::to_string(t.layer_index), &t, info.n_context, info.num_hidden_layers, &info.rope});
+    inputs.push_back({trace.path() + " layer " + std::to_string(t.layer_index), &t, info.n_context, info.num_hidden_layers, &info.rope});
   const std::string spec = test::with_test_artefact(GetParam(), test::artefact_shape(info), 1);
   const PressConformance c = compare_backends(spec, kBackend, inputs, {0.25, 0.5, 0.75});
   EXPECT_TRUE(c.ok()) << c.violations << " violations; first: " << c.first_violation;
@@ -134,7 +160,7 @@ TEST_P(Conformance, BundledRealTrace) {
 // their whole schedule here: their one-shot compress keeps everything).
 TEST_P(Conformance, BundledTraceReplayMetrics) {
   if (const std::string why = missing_device(); !why.empty()) GTEST_SKIP() << why;
-  const TraceReader trace(trace_path());
+  const TraceReader trace(trace_for(GetParam()));
   const PressInfo& info = *Registry::instance().find(parse_press_spec(GetParam()).name);
   if (!runs_on_layers(info, trace.info().recorded_layers, trace.info().recorded_layers))
     GTEST_SKIP() << GetParam() << " needs adjacent layers, which the bundled trace does not record";

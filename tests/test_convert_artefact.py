@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """tools/convert_artefact.py on files made here in the published layouts, then kvsim itself
-replaying the bundled trace with the converted artefacts. Exit 77 (skipped) without numpy/h5py;
-the qfilter part also needs safetensors and says so when it is missing.
+replaying the bundled trace with the converted artefacts (kvzap: a synthetic trace with hidden
+states). Exit 77 (skipped) without numpy/h5py; the qfilter part also needs safetensors and the
+fastkvzip part torch, and each says so when its package is missing.
 
     python3 tests/test_convert_artefact.py path/to/kvsim
 """
@@ -27,16 +28,130 @@ def convert(*args):
     return subprocess.run([sys.executable, CONVERT, *args], capture_output=True, text=True)
 
 
-def replay(kvsim, spec):
-    out = subprocess.run([kvsim, "replay", "-q", "--press", spec, "--ratio", "0.5", "--format", "json"], capture_output=True, text=True)
+def replay(kvsim, spec, trace=None):
+    out = subprocess.run([kvsim, "replay", "-q", "--press", spec, "--ratio", "0.5", "--format", "json"] + (["--trace", trace] if trace else []),
+                         capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)["runs"][0]
+
+
+def save_safetensors(path, tensors, bf16=()):
+    """The safetensors layout written by hand (8-byte header length, JSON header, data), so the
+    test needs no safetensors package and can store bfloat16 (the names in `bf16`)."""
+    header, blobs, offset = {}, [], 0
+    for name, array in tensors.items():
+        if name in bf16:  # round to nearest even, keep the upper 16 bits
+            bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32).astype(np.uint64)
+            blob = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")).tobytes()
+            dtype = "BF16"
+        else:
+            blob, dtype = np.ascontiguousarray(array, dtype="<f4").tobytes(), "F32"
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + b"".join(blobs))
+
+
+def bf16(array):
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).astype(np.uint32)).view(np.float32)
+
+
+def check_kvzap(kvsim, tmp, rng):
+    """KVzapModel's state dict (kvpress kvzap_press.py: a ModuleList of nn.Linear, or of
+    nn.Sequential(Linear, GELU, Linear)) for a synthetic SmolLM2-shaped model with hidden states."""
+    trace = os.path.join(tmp, "hidden.h5")  # 30 layers, 3 KV heads, hidden size 9 x 64 = 576; layers 0 and 1 recorded
+    out = subprocess.run([kvsim, "synth-trace", "--with-hidden-states", "-o", trace, "--layers", "2", "--context", "128",
+                          "--question", "8", "--generated", "8"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    D, H, L, hidden = 576, KV_HEADS, LAYERS, 16
+    config, st, out = (os.path.join(tmp, name) for name in ("config.json", "model.safetensors", "kvzap.h5"))
+    # mlp, weights in bfloat16 (the first layer's) and float32.
+    mlp = {}
+    for i in range(L):
+        mlp[f"layers.{i}.0.weight"] = rng.standard_normal((hidden, D)).astype(np.float32) / 24
+        mlp[f"layers.{i}.0.bias"] = rng.standard_normal(hidden).astype(np.float32)
+        mlp[f"layers.{i}.2.weight"] = rng.standard_normal((H, hidden)).astype(np.float32) / 4
+        mlp[f"layers.{i}.2.bias"] = rng.standard_normal(H).astype(np.float32)
+    save_safetensors(st, mlp, bf16=[f"layers.{i}.0.weight" for i in range(L)])
+    with open(config, "w") as f:
+        json.dump({"model_type": "kvzap", "input_dim": D, "output_dim": H, "hidden_dim": hidden, "n_modules": L}, f)
+    result = convert("kvzap", "--config", config, "--safetensors", st, "--out", out)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out) as f:
+        assert sorted(f) == ["bias1", "bias2", "weight1", "weight2"], list(f)
+        assert np.array_equal(f["weight1"][7], bf16(mlp["layers.7.0.weight"]))
+        assert np.array_equal(f["bias1"][7], mlp["layers.7.0.bias"]) and np.array_equal(f["weight2"][29], mlp["layers.29.2.weight"])
+        assert np.array_equal(f["bias2"][0], mlp["layers.0.2.bias"]) and f["weight1"].shape == (L, hidden, D)
+    run = replay(kvsim, f"kvzap:artefact={out}", trace)
+    assert abs(run["achieved_ratio"] - 0.5) < 1e-9 and run["rel_err"]["mean"] > 0, run
+    # A key missing from a module, and a module of the wrong shape: refused, no output.
+    del mlp["layers.3.2.bias"]
+    save_safetensors(st, mlp)
+    result = convert("kvzap", "--config", config, "--safetensors", st, "--out", out + "2")
+    assert result.returncode != 0 and "no tensor 'layers.3.2.bias'" in result.stderr and not os.path.exists(out + "2"), result.stderr
+
+    # linear (hidden_dim null): zero weights and biases -1, 1, -1 in layer 0, +1 in layer 1, so
+    # dms(kvzap):threshold=0 drops, in layer 0 only, the 128 - 32 tokens of KV heads 0 and 2
+    # that leave the 32-token window: kept fractions 1/4, 1, 1/4 and 1, 1, 1 -> achieved 1/4.
+    linear = {}
+    for i in range(L):
+        linear[f"layers.{i}.weight"] = np.zeros((H, D), np.float32)
+        linear[f"layers.{i}.bias"] = np.array([-1, 1, -1] if i == 0 else [1, 1, 1], np.float32)
+    save_safetensors(st, linear)
+    with open(config, "w") as f:
+        json.dump({"input_dim": D, "output_dim": H, "hidden_dim": None, "n_modules": L}, f)
+    result = convert("kvzap", "--config", config, "--safetensors", st, "--out", out)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out) as f:
+        assert sorted(f) == ["bias", "weight"] and f["weight"].shape == (L, H, D) and list(f["bias"][0]) == [-1, 1, -1]
+    run = replay(kvsim, f"dms(kvzap:artefact={out}):threshold=0,sliding_window_size=32", trace)
+    assert abs(run["achieved_ratio"] - 0.25) < 1e-9, run
+    with open(config, "w") as f:
+        json.dump({"input_dim": D, "output_dim": H + 1, "hidden_dim": None, "n_modules": L}, f)
+    result = convert("kvzap", "--config", config, "--safetensors", st, "--out", out + "3")
+    assert result.returncode != 0 and "'layers.0.weight' has shape [3, 576], expected [4, 576]" in result.stderr, result.stderr
+    print("kvzap: mlp (bfloat16 and float32) and linear converted and replayed")
+
+
+def check_fastkvzip(kvsim, tmp, rng):
+    """Fast KVzip's .pt (kvpress fastkvzip_press.py: torch.load(...)["module"], one FastKVzipGate
+    state dict per layer), for the bundled SmolLM2 shape: 3 KV heads, 3 groups, o = 16, 16 base keys."""
+    try:
+        import torch
+    except ImportError:
+        print("fastkvzip part not run: torch is not installed (the converter imports it only for .pt gates)")
+        return
+    trace = os.path.join(tmp, "hidden.h5")  # written by check_kvzap
+    D, H, G, o, sink = 576, KV_HEADS, HEADS // KV_HEADS, 16, 16
+    module = [{"q_proj.weight": torch.randn(H * G * o, D) / 24, "q_proj.bias": torch.randn(H * G * o), "k_proj.weight": torch.randn(H * o, D) / 24,
+               "q_norm.weight": 1 + 0.1 * torch.randn(o), "k_norm.weight": 1 + 0.1 * torch.randn(o),
+               "k_base": torch.randn(H, 1, sink, o), "b": torch.randn(H, 1, G)} for _ in range(LAYERS)]
+    pt, out = os.path.join(tmp, "q3_dim16_sink16.pt"), os.path.join(tmp, "fastkvzip.h5")
+    torch.save({"module": module}, pt)
+    result = convert("fastkvzip", "--pt", pt, "--out", out)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out) as f:
+        assert f["k_base"].shape == (LAYERS, H, sink, o) and f["b"].shape == (LAYERS, H, G)
+        assert np.array_equal(f["q_proj_weight"][5], module[5]["q_proj.weight"].numpy())
+        assert np.array_equal(f["k_base"][2], module[2]["k_base"][:, 0].numpy())
+    run = replay(kvsim, f"fastkvzip:layerwise=true,artefact={out}", trace)
+    assert abs(run["achieved_ratio"] - 0.5) < 1e-9 and run["rel_err"]["mean"] > 0, run
+    del module[4]["k_base"]
+    torch.save({"module": module}, pt)
+    result = convert("fastkvzip", "--pt", pt, "--out", out + "2")
+    assert result.returncode != 0 and "layer 4 has no 'k_base'" in result.stderr and not os.path.exists(out + "2"), result.stderr
+    print("fastkvzip: converted and replayed")
 
 
 def main():
     kvsim = sys.argv[1]
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
+        check_kvzap(kvsim, tmp, np.random.default_rng(1))
+        check_fastkvzip(kvsim, tmp, np.random.default_rng(2))
         # duo_attention: a tab-separated [layers, kv_heads] table and config.json.
         rng = np.random.default_rng(0)
         scores = rng.uniform(-0.1, 1.1, size=(LAYERS, KV_HEADS))

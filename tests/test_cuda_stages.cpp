@@ -111,6 +111,7 @@ TEST(CudaStages, EveryDeviceScorerScoresWhenCalledDirectly) {
   layer.o_proj_rows = test::kTestHiddenSize;  // for CriticalKV: W_o [D, H * d]
   layer.o_proj.assign(static_cast<std::size_t>(test::kTestHiddenSize) * 8 * 16, 0.0f);
   for (std::size_t i = 0; i < layer.o_proj.size(); ++i) layer.o_proj[i] = static_cast<float>((i * 37 % 19) - 9) / 16.0f;
+  test::add_hidden_states(layer, 6);  // kvzap
   const RopeConfig rope = RopeConfig::from_theta(10000.0, 16);
   const PressInput input{layer, kTokens, 4, rope};
   int checked = 0;

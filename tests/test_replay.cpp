@@ -63,7 +63,11 @@ class ReplayOnRandomTrace : public ::testing::Test {
  protected:
   void SetUp() override {
     info_ = test::trace_info(4, 2, 16, 120, 10, 6, {0, 2});
-    for (int l : {0, 2}) layers_.push_back(test::random_layer(4, 2, 136, 16, 50 + l, l));
+    info_.hidden_size = test::kTestHiddenSize;
+    for (int l : {0, 2}) {
+      layers_.push_back(test::random_layer(4, 2, 136, 16, 50 + l, l));
+      test::add_hidden_states(layers_.back(), 60 + l);  // kvzap, fastkvzip
+    }
     path_ = dir_.file("random.h5");
     test::write_trace(path_, info_, layers_);
   }

@@ -44,11 +44,12 @@ class ThreadedPress : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ThreadedPress, ScoresAndCompressionEqualOneThread) {
   if (!threads_available()) GTEST_SKIP() << "built without OpenMP: the reference runs on one thread";
-  const LayerTensors layer = test::random_layer(8, 2, 710, 64, 4242, 3);
+  LayerTensors layer = test::random_layer(8, 2, 710, 64, 4242, 3);
+  test::add_hidden_states(layer, 4244);  // kvzap, fastkvzip (blocks of 256 tokens in parallel)
   const LayerTensors previous = test::random_layer(8, 2, 710, 64, 4243, 2);
   const RopeConfig rope = RopeConfig::from_theta(10000.0, 64);
   const PressInput input{layer, 700, 8, rope, &previous};
-  const auto press = Registry::instance().make(GetParam(), Backend::reference);
+  const auto press = Registry::instance().make(test::with_test_artefact(GetParam(), {8, 8, 2, 64, test::kTestHiddenSize}, 2), Backend::reference);
   const auto* scorer = dynamic_cast<const ScorerPress*>(press.get());
   const Compression one = with_threads(1, [&] { return press->compress(input, 0.5); });
   for (int count : {2, 3}) {
@@ -67,7 +68,8 @@ TEST_P(ThreadedPress, ScoresAndCompressionEqualOneThread) {
 
 INSTANTIATE_TEST_SUITE_P(Presses, ThreadedPress,
                          ::testing::Values("expected_attention", "observed_attention", "snapkv", "tova", "knorm", "keydiff",
-                                           "cam_kvcf", "merging(knorm)", "pivot_merge(snapkv)", "minicache"),
+                                           "cam_kvcf", "merging(knorm)", "pivot_merge(snapkv)", "minicache", "kvzap",
+                                           "fastkvzip:layerwise=true"),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& ch : name)

@@ -54,6 +54,7 @@ TEST_P(TraceRoundTrip, ReadsBackWhatWasWrittenRoundedToTheStorageDtype) {
     layer.o_proj_rows = 32;
     layer.o_proj.assign(32 * 32, 0.0f);
     for (std::size_t i = 0; i < layer.o_proj.size(); ++i) layer.o_proj[i] = 0.01f * static_cast<float>(i % 17) - 0.05f;
+    test::add_hidden_states(layer, 30 + l, 32);
     layers.push_back(layer);
   }
   const std::string path = dir.file("trace.h5");
@@ -91,6 +92,13 @@ TEST_P(TraceRoundTrip, ReadsBackWhatWasWrittenRoundedToTheStorageDtype) {
     }
     ASSERT_EQ(read.o_proj_rows, 32);
     for (std::size_t i = 0; i < written.o_proj.size(); ++i) ASSERT_EQ(stored(written.o_proj[i]), read.o_proj[i]);
+    EXPECT_TRUE(read.hidden_states.empty()) << "hidden states are read only on request";
+    EXPECT_TRUE(reader.has_dataset(written.layer_index, "hidden_states"));
+    const LayerTensors with_hidden = reader.read_layer(written.layer_index, {.attn_out = false, .o_proj = false, .hidden_states = true});
+    ASSERT_EQ(with_hidden.hidden_size, 32);
+    ASSERT_EQ(with_hidden.hidden_states.size(), written.hidden_states.size());
+    for (std::size_t i = 0; i < written.hidden_states.size(); ++i) ASSERT_EQ(stored(written.hidden_states[i]), with_hidden.hidden_states[i]) << i;
+    EXPECT_TRUE(with_hidden.attn_out.empty() && with_hidden.o_proj.empty());
     // One head, a prefix of the tokens: the hyperslab path.
     const HeadTensor head = reader.read_heads(written.layer_index, "k", 1, 1, 10);
     for (int t = 0; t < 10; ++t)
@@ -167,6 +175,75 @@ TEST_F(BadTrace, NaN) {
     ds.write(values.data(), H5::PredType::NATIVE_FLOAT);
   }
   EXPECT_TRUE(mentions(read_error(), {"bad.h5", "/layers/0/v", "non-finite"}));
+}
+
+// hidden_states [T, hidden_size]: checked like the other tensors when read, absent ones left empty.
+class BadHiddenStates : public BadTrace {
+ protected:
+  void SetUp() override {
+    H5::Exception::dontPrint();
+    path_ = dir_.file("hidden.h5");
+    TraceInfo info = test::trace_info(2, 1, 4, 6, 2, 0, {0});
+    info.hidden_size = 4;
+    LayerTensors layer = test::random_layer(2, 1, 8, 4, 3);
+    test::add_hidden_states(layer, 5, 4);
+    test::write_trace(path_, info, {layer});
+  }
+  std::string read_hidden_error() {
+    return error_of([&] { TraceReader(path_).read_layer(0, {.hidden_states = true}); });
+  }
+  void replace_hidden_states(const H5::DataType& type, std::vector<hsize_t> dims, const std::vector<float>& values = {}) {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    file.unlink("/layers/0/hidden_states");
+    H5::DataSet ds = file.createDataSet("/layers/0/hidden_states", type, H5::DataSpace(static_cast<int>(dims.size()), dims.data()));
+    if (!values.empty()) ds.write(values.data(), H5::PredType::NATIVE_FLOAT);
+  }
+};
+
+TEST_F(BadHiddenStates, ReadsWhenAskedAndIsEmptyWhenAbsent) {
+  EXPECT_EQ(TraceReader(path_).read_layer(0, {.hidden_states = true}).hidden_states.size(), 8u * 4u);
+  H5::H5File(path_, H5F_ACC_RDWR).unlink("/layers/0/hidden_states");
+  const LayerTensors without = TraceReader(path_).read_layer(0, {.hidden_states = true});
+  EXPECT_TRUE(without.hidden_states.empty());
+  EXPECT_EQ(without.hidden_size, 0);
+}
+
+TEST_F(BadHiddenStates, WrongShape) {
+  replace_hidden_states(H5::PredType::IEEE_F32LE, {8, 5});
+  EXPECT_TRUE(mentions(read_hidden_error(), {"hidden.h5", "dataset /layers/0/hidden_states has shape [8,5], expected [8,4]"}));
+  replace_hidden_states(H5::PredType::IEEE_F32LE, {7, 4});
+  EXPECT_TRUE(mentions(read_hidden_error(), {"/layers/0/hidden_states has shape [7,4], expected [8,4]"}));
+  replace_hidden_states(H5::PredType::IEEE_F32LE, {8, 4, 1});
+  EXPECT_TRUE(mentions(read_hidden_error(), {"/layers/0/hidden_states has shape [8,4,1], expected [8,4]"}));
+  // Not read unless asked: a replay of presses that do not need them is unaffected.
+  EXPECT_NO_THROW(TraceReader(path_).read_layer(0));
+}
+
+TEST_F(BadHiddenStates, WrongDtypeAndNaN) {
+  replace_hidden_states(H5::PredType::STD_I32LE, {8, 4});
+  EXPECT_TRUE(mentions(read_hidden_error(), {"/layers/0/hidden_states", "non-float dtype"}));
+  std::vector<float> values(32, 0.25f);
+  values[17] = std::numeric_limits<float>::infinity();
+  replace_hidden_states(H5::PredType::IEEE_F32LE, {8, 4}, values);
+  EXPECT_TRUE(mentions(read_hidden_error(), {"/layers/0/hidden_states", "non-finite", "flat index 17"}));
+}
+
+TEST_F(BadHiddenStates, NeedsTheHiddenSizeAttribute) {
+  H5::H5File(path_, H5F_ACC_RDWR).openGroup("/").removeAttr("hidden_size");
+  EXPECT_TRUE(mentions(read_hidden_error(), {"/layers/0/hidden_states needs the root attribute 'hidden_size'"}));
+}
+
+TEST(TraceWriter, RefusesHiddenStatesOfTheWrongShape) {
+  test::TempDir dir;
+  TraceInfo info = test::trace_info(2, 1, 4, 6, 2, 0, {0});
+  LayerTensors layer = test::random_layer(2, 1, 8, 4, 3);
+  test::add_hidden_states(layer, 5, 4);
+  EXPECT_TRUE(mentions(error_of([&] { test::write_trace(dir.file("a.h5"), info, {layer}); }),
+                       {"a.h5", "layer 0 hidden_states hold 32 values of width 4, expected [T, hidden_size] = [8,0]", "set TraceInfo::hidden_size"}));
+  info.hidden_size = 4;
+  layer.hidden_states.pop_back();
+  EXPECT_TRUE(mentions(error_of([&] { test::write_trace(dir.file("b.h5"), info, {layer}); }), {"hold 31 values of width 4, expected [T, hidden_size] = [8,4]"}));
+  EXPECT_FALSE(std::filesystem::exists(dir.file("b.h5")));
 }
 
 TEST_F(BadTrace, MissingAttribute) {

@@ -70,6 +70,16 @@ inline TraceInfo trace_info(int H, int Hkv, int d, int n_context, int n_question
 // Hidden size of the random layers' hidden_states and of the test artefacts that need one.
 inline constexpr int kTestHiddenSize = 16;
 
+// Gives `layer` hidden_states [T, hidden_size] of N(0, 1) draws from mt19937(seed), T its
+// token count (for the presses that read them: kvzap, fastkvzip).
+inline void add_hidden_states(LayerTensors& layer, unsigned seed, int hidden_size = kTestHiddenSize) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  layer.hidden_size = hidden_size;
+  layer.hidden_states.resize(static_cast<std::size_t>(layer.k.tokens) * hidden_size);
+  for (float& x : layer.hidden_states) x = normal(rng);
+}
+
 // The artefact shape of a trace's model.
 inline ArtefactShape artefact_shape(const TraceInfo& info) {
   return {info.num_hidden_layers, info.num_attention_heads, info.num_key_value_heads, info.head_dim, info.hidden_size};

@@ -27,11 +27,14 @@ int synth_trace_command(const Args& args) {
       ("head-dim", po::value<int>(&spec.head_dim)->default_value(spec.head_dim), "head dimension")
       ("dtype", po::value<std::string>(&dtype)->default_value(dtype), "float16, bfloat16 or float32")
       ("no-attn-out", po::bool_switch(), "leave out the attention outputs (optional in the format; computing them is O(T^2), "
-                                          "minutes for a long context)");
+                                          "minutes for a long context)")
+      ("with-hidden-states", po::bool_switch(), "also write each layer's hidden_states [T, heads x head-dim] (random draws; "
+                                                 "for kvzap and fastkvzip)");
   po::variables_map vm;
   if (!parse_options(args, desc, vm)) return 0;
   spec.dtype = parse_dtype(dtype);
   spec.with_attn_out = !vm["no-attn-out"].as<bool>();
+  spec.with_hidden_states = vm["with-hidden-states"].as<bool>();
   if (spec.n_context < 64 || spec.n_question < 0 || spec.n_generated < 0 || spec.num_heads < 1 || spec.num_kv_heads < 1 ||
       spec.head_dim < 2 || spec.recorded_layers < 1 || spec.recorded_layers > spec.num_hidden_layers)
     throw Error("synth-trace: --context must be >= 64, --layers in [1, 30], counts positive");

@@ -70,6 +70,8 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
       if (!ref.error.empty() || !got.error.empty()) {
         if (ref.error != got.error)
           violation(where, "errors differ: reference '" + ref.error + "', " + backend_name(other) + " '" + got.error + "'");
+        else
+          ++result.refused;
         continue;
       }
       // Scores.

@@ -37,6 +37,7 @@ struct PressConformance {
   double max_score_error = 0;     // in units of the score tolerance (<= 1 passes)
   long near_boundary_diffs = 0;   // tolerated kept-set differences
   long violations = 0;            // kept-set differences away from the boundary, score or error mismatches
+  int refused = 0;                // cases both backends refused with the same error (nothing else compared)
   std::string first_violation;    // where and what, for the report
   bool ok() const { return violations == 0; }
 };

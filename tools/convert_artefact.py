@@ -5,6 +5,8 @@
     python3 tools/convert_artefact.py duo_attention --tsv full_attention_heads.tsv --config config.json --out duo.h5
     python3 tools/convert_artefact.py expected_attention_stats --safetensors model.safetensors --out stats.h5
     python3 tools/convert_artefact.py lukv --npy curve.npy --out lukv.h5
+    python3 tools/convert_artefact.py kvzap --config config.json --safetensors model.safetensors --out kvzap.h5
+    python3 tools/convert_artefact.py fastkvzip --pt q4_dim16_sink16.pt --out fastkvzip.h5
 
 qfilter: the `q_filters` tensor [layers, kv_heads, head_dim] of a Q-filters checkpoint
 (the Hugging Face repositories nthngdy/<model>_qfilt that kvpress's QFilterPress loads).
@@ -15,8 +17,16 @@ expected_attention_stats: the `query_mean` [layers, heads, head_dim] and `query_
 repositories alessiodevoto/exp_att_stats_<model>_... that kvpress's ExpectedAttentionStatsPress loads).
 lukv: an LU-KV budget curve .npy [99, layers, kv_heads] (baidu-baige/LU-KV
 evaluation/curve_data/<model>/..., as kvpress's LUKVPress downloads it).
-Needs numpy, h5py and safetensors (tools/requirements-artefacts.txt). Writes the output
-atomically: a failed conversion leaves no file behind.
+kvzap: a KVzap surrogate (the Hugging Face repositories nvidia/KVzap-mlp-<model> and
+nvidia/KVzap-linear-<model> that kvpress's KVzapPress loads): config.json (input_dim,
+output_dim, hidden_dim, null for linear, n_modules) and model.safetensors (KVzapModel's
+layers.{i}.0.weight/.0.bias/.2.weight/.2.bias for mlp, layers.{i}.weight/.bias for linear;
+float32, float16 or bfloat16, read without the safetensors package).
+fastkvzip: Fast KVzip's gates (Jang-Hyun/Fast-KVzip <model>/q<ngroup>_dim16_sink16.pt, as
+kvpress's FastKVzipPress loads them): needs torch, imported only for this converter.
+Needs numpy and h5py, and safetensors for qfilter and expected_attention_stats
+(tools/requirements-artefacts.txt). Writes the output atomically: a failed conversion leaves
+no file behind.
 """
 import argparse
 import json
@@ -116,6 +126,118 @@ def lukv(args):
     write(args.out, {"budget_curves": finite("budget_curves", curves.astype(np.float32))}, {})
 
 
+SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
+
+
+def read_safetensors(path):
+    """Every tensor of a .safetensors file as float32 (bfloat16 too, which numpy lacks): the
+    format is an 8-byte little-endian header length, a JSON header of dtype, shape and
+    data_offsets per tensor, then the data."""
+    try:
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if not 2 <= length <= 100_000_000:
+                raise ValueError(f"header length {length}")
+            header = json.loads(f.read(length))
+            data = f.read()
+    except (OSError, ValueError) as e:
+        fail(f"{path}: not a safetensors file ({e})")
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = entry.get("dtype")
+        if dtype not in SAFETENSORS_DTYPES:
+            fail(f"{path}: tensor '{name}' has dtype {dtype} (expected F32, F16, BF16 or F64)")
+        begin, end = entry["data_offsets"]
+        array = np.frombuffer(data[begin:end], dtype=SAFETENSORS_DTYPES[dtype])
+        if array.size != int(np.prod(entry["shape"], dtype=np.int64)):
+            fail(f"{path}: tensor '{name}' holds {array.size} values for shape {entry['shape']}")
+        if dtype == "BF16":  # the upper half of a float32
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        tensors[name] = array.astype(np.float32).reshape(entry["shape"])
+    return tensors
+
+
+def kvzap(args):
+    try:
+        with open(args.config) as f:
+            config = json.load(f)
+    except Exception as e:
+        fail(f"{args.config}: cannot read JSON ({e})")
+    for key in ("input_dim", "output_dim", "n_modules"):
+        if not isinstance(config.get(key), int) or config[key] < 1:
+            fail(f"{args.config}: '{key}' must be a positive integer")
+    hidden = config.get("hidden_dim")
+    if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
+        fail(f"{args.config}: 'hidden_dim' must be a positive integer, or null for a linear model")
+    D, H, L = config["input_dim"], config["output_dim"], config["n_modules"]
+    tensors = read_safetensors(args.safetensors)
+    # KVzapModel: an nn.ModuleList of nn.Linear (linear), or of nn.Sequential(Linear, GELU, Linear) (mlp).
+    if hidden is None:
+        parts = {"weight": ("layers.{}.weight", (H, D)), "bias": ("layers.{}.bias", (H,))}
+    else:
+        parts = {"weight1": ("layers.{}.0.weight", (hidden, D)), "bias1": ("layers.{}.0.bias", (hidden,)),
+                 "weight2": ("layers.{}.2.weight", (H, hidden)), "bias2": ("layers.{}.2.bias", (H,))}
+    datasets = {}
+    for dataset, (key, shape) in parts.items():
+        layers = []
+        for i in range(L):
+            name = key.format(i)
+            if name not in tensors:
+                fail(f"{args.safetensors}: no tensor '{name}' (config.json: n_modules = {L}, hidden_dim = {hidden})")
+            if tensors[name].shape != shape:
+                fail(f"{args.safetensors}: '{name}' has shape {list(tensors[name].shape)}, expected {list(shape)} from config.json")
+            layers.append(tensors[name])
+        datasets[dataset] = finite(dataset, np.stack(layers))
+    write(args.out, datasets, {})
+
+
+def fastkvzip(args):
+    try:
+        import torch
+    except ImportError:
+        fail("fastkvzip needs torch to read the .pt gates (pip install torch); the other converters do not")
+    try:
+        # As kvpress's get_gate_weight: weights only, allowing the few numpy types the checkpoint pickles.
+        core = np._core if hasattr(np, "_core") else np.core
+        numpy_types = [(core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+                       np.dtypes.Float64DType, np.dtypes.Float32DType]
+        with torch.serialization.safe_globals(numpy_types):
+            checkpoint = torch.load(args.pt, weights_only=True, map_location="cpu")
+        module = checkpoint["module"]
+    except Exception as e:
+        fail(f"{args.pt}: cannot read Fast KVzip gates ({type(e).__name__}: {e})")
+    if not isinstance(module, (list, tuple)) or not module:
+        fail(f"{args.pt}: ['module'] must be a non-empty list of per-layer state dicts")
+    keys = ("q_proj.weight", "q_proj.bias", "k_proj.weight", "q_norm.weight", "k_norm.weight", "k_base", "b")
+    arrays = {}
+    for i, state in enumerate(module):
+        for key in keys:
+            if key not in state:
+                fail(f"{args.pt}: layer {i} has no '{key}'")
+            arrays.setdefault(key, []).append(state[key].detach().float().cpu().numpy())
+    first = {key: arrays[key][0].shape for key in keys}
+    for key in keys:
+        for i, a in enumerate(arrays[key]):
+            if a.shape != first[key]:
+                fail(f"{args.pt}: layer {i} '{key}' has shape {list(a.shape)}, layer 0 {list(first[key])}")
+    qo, D = first["q_proj.weight"]
+    o = first["q_norm.weight"][0]
+    ko = first["k_proj.weight"][0]
+    nhead, G = ko // o, qo // ko
+    if (len(first["k_base"]) != 4 or first["k_base"][0] != nhead or first["k_base"][1] != 1 or first["k_base"][3] != o
+            or first["b"] != (nhead, 1, G) or first["q_proj.bias"] != (qo,) or first["k_norm.weight"] != (o,)
+            or first["k_proj.weight"] != (ko, D) or ko % o or qo % ko):
+        fail(f"{args.pt}: gate shapes do not fit FastKVzipGate: " + ", ".join(f"{k} {list(v)}" for k, v in first.items()))
+    names = {"q_proj.weight": "q_proj_weight", "q_proj.bias": "q_proj_bias", "k_proj.weight": "k_proj_weight",
+             "q_norm.weight": "q_norm_weight", "k_norm.weight": "k_norm_weight", "k_base": "k_base", "b": "b"}
+    datasets = {names[key]: np.stack(arrays[key]) for key in keys}
+    datasets["k_base"] = datasets["k_base"][:, :, 0]  # [L, nhead, 1, sink, o] -> [L, nhead, sink, o]
+    datasets["b"] = datasets["b"][:, :, 0]            # [L, nhead, 1, G] -> [L, nhead, G]
+    write(args.out, {name: finite(name, array) for name, array in datasets.items()}, {})
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="press", required=True)
@@ -132,8 +254,16 @@ def main():
     u = sub.add_parser("lukv", help="LU-KV budget curve .npy -> budget_curves [99, L, Hkv]")
     u.add_argument("--npy", required=True)
     u.add_argument("--out", required=True)
+    z = sub.add_parser("kvzap", help="KVzap config.json + model.safetensors -> weight, bias [L, ...] (linear) or weight1, bias1, weight2, bias2 (mlp)")
+    z.add_argument("--config", required=True)
+    z.add_argument("--safetensors", required=True)
+    z.add_argument("--out", required=True)
+    f = sub.add_parser("fastkvzip", help="Fast KVzip gates .pt (needs torch) -> q_proj_weight, q_proj_bias, k_proj_weight, ... [L, ...]")
+    f.add_argument("--pt", required=True)
+    f.add_argument("--out", required=True)
     args = p.parse_args()
-    {"qfilter": qfilter, "duo_attention": duo_attention, "expected_attention_stats": expected_attention_stats, "lukv": lukv}[args.press](args)
+    {"qfilter": qfilter, "duo_attention": duo_attention, "expected_attention_stats": expected_attention_stats, "lukv": lukv,
+     "kvzap": kvzap, "fastkvzip": fastkvzip}[args.press](args)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ float round_to(StorageDtype dtype, float x) {
 
 // Streams of the Normal generator, one per kind of draw.
 enum Stream : uint32_t {
-  kSinkDir = 1, kNeedleDir = 1000, kLocal = 2000, kKeyNoise = 3000, kQueryNoise = 4000, kValue = 5000, kOproj = 9000
+  kSinkDir = 1, kNeedleDir = 1000, kLocal = 2000, kKeyNoise = 3000, kQueryNoise = 4000, kValue = 5000, kOproj = 9000, kHidden = 10000
 };
 
 }  // namespace
@@ -119,6 +119,14 @@ void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& s)
       tensors.o_proj.resize(static_cast<std::size_t>(info.hidden_size) * in);
       for (std::size_t i = 0; i < tensors.o_proj.size(); ++i)
         tensors.o_proj[i] = round_to(s.dtype, normal(kOproj, static_cast<uint32_t>(i)) / std::sqrt(static_cast<float>(in)));
+    }
+    if (s.with_hidden_states) {  // plain N(0, 1) draws, one stream per token: nothing in them relates to q, k or v
+      tensors.hidden_size = info.hidden_size;
+      tensors.hidden_states.resize(static_cast<std::size_t>(T) * info.hidden_size);
+      for (int t = 0; t < T; ++t)
+        for (int c = 0; c < info.hidden_size; ++c)
+          tensors.hidden_states[static_cast<std::size_t>(t) * info.hidden_size + c] =
+              round_to(s.dtype, normal(kHidden + static_cast<uint32_t>(t), static_cast<uint32_t>(c)));
     }
     writer.write_layer(tensors);
   }

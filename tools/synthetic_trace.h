@@ -20,6 +20,7 @@ struct SyntheticTraceSpec {
   StorageDtype dtype = StorageDtype::float16;
   bool with_o_proj = true;
   bool with_attn_out = true;  // O(T^2) to compute; optional in the format (replay does not read it)
+  bool with_hidden_states = false;  // [T, D] N(0, 1) draws (kvzap, fastkvzip read them); off keeps older traces' bytes
   uint64_t seed = 0;
 };
 

@@ -72,6 +72,24 @@ double read_artefact_attribute(const std::string& path, const std::string& name)
   }
 }
 
+std::string shape_text(const std::vector<long>& shape) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i) out += ',';
+    out += std::to_string(shape[i]);
+  }
+  return out + "]";
+}
+
+bool artefact_has_dataset(const std::string& path, const std::string& name) {
+  const H5::H5File file = open_artefact(path);
+  try {
+    return file.nameExists(name) && file.childObjType(name) == H5O_TYPE_DATASET;
+  } catch (const H5::Exception& e) {
+    throw Error("artefact " + path + ": cannot look up dataset '" + name + "' (" + e.getDetailMsg() + ")");
+  }
+}
+
 void write_artefact(const std::string& path, const std::vector<std::pair<std::string, ArtefactTensor>>& tensors,
                     const std::vector<std::pair<std::string, double>>& attributes) {
   try {

@@ -17,6 +17,10 @@ struct ArtefactTensor {
 ArtefactTensor read_artefact_tensor(const std::string& path, const std::string& name, int rank);
 // Numeric root attribute `name` of `path`.
 double read_artefact_attribute(const std::string& path, const std::string& name);
+// Whether `path` holds a dataset `name` (artefacts whose layout has variants, e.g. kvzap's).
+bool artefact_has_dataset(const std::string& path, const std::string& name);
+// A shape as "[a,b,c]", for messages.
+std::string shape_text(const std::vector<long>& shape);
 
 // Writes an artefact (tests, and anything that makes artefacts from C++): float32 datasets
 // and numeric root attributes, replacing `path`.

@@ -405,7 +405,8 @@ LayerTensors TraceReader::read_layer(int layer, LayerParts parts) const {
   // Refuse before allocating what the machine has not got (a damaged header, or a sparse
   // dataset, can declare hundreds of gigabytes).
   const double heads = info.num_attention_heads * (parts.attn_out ? 2.0 : 1.0) + 2.0 * info.num_key_value_heads;  // q (attn_out), k, v
-  const double needed = heads * T * info.head_dim * sizeof(float);
+  const bool hidden_states = parts.hidden_states && has_dataset(layer, "hidden_states");
+  const double needed = (heads * info.head_dim + (hidden_states ? info.hidden_size : 0)) * T * sizeof(float);
   const double available = available_memory_bytes();
   if (available > 0 && needed > available)
     Impl::fail(path_, "layer " + std::to_string(layer) + " needs " + std::to_string(static_cast<long long>(needed / (1 << 20))) +
@@ -433,6 +434,20 @@ LayerTensors TraceReader::read_layer(int layer, LayerParts parts) const {
       out.o_proj.resize(dims[0] * dims[1]);
       out.o_proj_rows = static_cast<int>(dims[0]);
       Impl::read_float_slab(path_, ds, name, {0, 0}, {dims[0], dims[1]}, out.o_proj.data());
+      return 0;
+    });
+  }
+  if (hidden_states) {
+    const std::string name = layer_group(layer) + "/hidden_states";
+    with_hdf5_errors(path_, "read " + name, [&] {
+      if (info.hidden_size < 1)
+        Impl::fail(path_, "dataset " + name + " needs the root attribute 'hidden_size' (its width), which the trace lacks");
+      const H5::DataSet ds = impl_->file.openDataSet(name);
+      const hsize_t rows = static_cast<hsize_t>(T), cols = static_cast<hsize_t>(info.hidden_size);
+      Impl::check_float_shape(path_, ds, name, {rows, cols});
+      out.hidden_states.resize(rows * cols);
+      out.hidden_size = info.hidden_size;
+      if (rows > 0) Impl::read_float_slab(path_, ds, name, {0, 0}, {rows, cols}, out.hidden_states.data());
       return 0;
     });
   }
@@ -618,6 +633,13 @@ void TraceWriter::write_layer(const LayerTensors& layer) {
   check(layer.k, info.num_key_value_heads, "k");
   check(layer.v, info.num_key_value_heads, "v");
   if (!layer.attn_out.empty()) check(layer.attn_out, info.num_attention_heads, "attn_out");
+  if (!layer.hidden_states.empty() &&
+      (info.hidden_size < 1 || layer.hidden_size != info.hidden_size ||
+       layer.hidden_states.size() != static_cast<std::size_t>(T) * static_cast<std::size_t>(info.hidden_size)))
+    throw Error("trace " + path_ + ": layer " + std::to_string(layer.layer_index) + " hidden_states hold " +
+                std::to_string(layer.hidden_states.size()) + " values of width " + std::to_string(layer.hidden_size) +
+                ", expected [T, hidden_size] = [" + std::to_string(T) + "," + std::to_string(info.hidden_size) + "]" +
+                (info.hidden_size < 1 ? " (set TraceInfo::hidden_size)" : ""));
   with_hdf5_errors(path_, "write " + group, [&] {
     impl_->file->createGroup(group);
     // One chunk = one head x up to 1024 tokens: reading one head of one layer touches
@@ -645,6 +667,11 @@ void TraceWriter::write_layer(const LayerTensors& layer) {
       const hsize_t cols = static_cast<hsize_t>(info.num_attention_heads) * d;
       if (rows * cols != layer.o_proj.size()) throw Error("trace " + path_ + ": o_proj has the wrong size");
       impl_->write_float(group + "/o_proj_weight", {rows, cols}, layer.o_proj.data(), info.dtype, {rows, cols});
+    }
+    if (!layer.hidden_states.empty()) {
+      const hsize_t width = static_cast<hsize_t>(info.hidden_size);
+      impl_->write_float(group + "/hidden_states", {static_cast<hsize_t>(T), width}, layer.hidden_states.data(), info.dtype,
+                         {chunk_tokens, width});
     }
     return 0;
   });

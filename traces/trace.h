@@ -1,9 +1,9 @@
 #pragma once
 // Trace format v1 (see traces/FORMAT.md): HDF5 files holding, per recorded layer, the
-// post-RoPE Q/K/V a model's attention consumed, optionally its per-head attention output
-// and o_proj weight. The reader loads one layer at a time with hyperslab reads, converts
-// the storage dtype to float32, and validates shapes, dtypes and finiteness; every
-// problem is a kvsim::Error naming the file and the dataset.
+// post-RoPE Q/K/V a model's attention consumed, optionally its per-head attention output,
+// its input hidden states and its o_proj weight. The reader loads one layer at a time with
+// hyperslab reads, converts the storage dtype to float32, and validates shapes, dtypes and
+// finiteness; every problem is a kvsim::Error naming the file and the dataset.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -55,10 +55,12 @@ struct TraceInfo {
   int group_size() const { return num_attention_heads / num_key_value_heads; }
 };
 
-// What read_layer loads beyond q/k/v.
+// What read_layer loads beyond q/k/v. Hidden states are large ([T, D]) and read by few
+// presses: only on request.
 struct LayerParts {
   bool attn_out = true;
   bool o_proj = true;
+  bool hidden_states = false;
 };
 
 class TraceReader {
@@ -72,8 +74,8 @@ class TraceReader {
   const TraceInfo& info() const { return info_; }
   bool has_dataset(int layer, const std::string& name) const;  // e.g. "attn_out"
 
-  // Loads a recorded layer (float32). attn_out / o_proj are left empty when the trace
-  // lacks them or `parts` skips them.
+  // Loads a recorded layer (float32). attn_out / o_proj / hidden_states are left empty when
+  // the trace lacks them or `parts` skips them.
   LayerTensors read_layer(int layer, LayerParts parts = {}) const;
   // Heads [head_begin, head_begin + head_count) and tokens [0, tokens) of one dataset
   // ("q", "k", "v" or "attn_out"): a hyperslab read, the cheap path for one head.
@@ -100,8 +102,8 @@ class TraceWriter {
   TraceWriter(const TraceWriter&) = delete;
   TraceWriter& operator=(const TraceWriter&) = delete;
 
-  // layer.layer_index must be in info.recorded_layers; q/k/v required, attn_out and
-  // o_proj written when non-empty.
+  // layer.layer_index must be in info.recorded_layers; q/k/v required, attn_out, o_proj and
+  // hidden_states (which need info.hidden_size) written when non-empty.
   void write_layer(const LayerTensors& layer);
   void finish();
 

@@ -115,12 +115,12 @@ class ChunkDevice final : public Press {
   explicit ChunkDevice(const PressConfig& c)
       : inner_(make_inner_device_scorer<Exec>(c)),
         chunk_length_(c.params.get_int("chunk_length")),
-        o_proj_(spec_needs(c.registry, *c.inner, "o_proj")) {
+        parts_(carried_parts(c.registry, *c.inner)) {
     refuse_absolute_positions(c, *c.inner, "chunk hands it each chunk as a segment of its own");
   }
 
   Compression compress(const PressInput& input, double ratio) const override {
-    return chunk_compress(input, ratio, chunk_length_, o_proj_, [&](const PressInput& chunk, int n_kept) {
+    return chunk_compress(input, ratio, chunk_length_, parts_, [&](const PressInput& chunk, int n_kept) {
       Exec exec;
       const LayerOnDevice<Exec> on_device(chunk);
       const DeviceLayer<Exec>& layer = *on_device;
@@ -132,19 +132,20 @@ class ChunkDevice final : public Press {
  private:
   std::unique_ptr<DeviceScorer<Exec>> inner_;
   int chunk_length_;
-  bool o_proj_;
+  CarriedParts parts_;
 };
 
 template <typename Exec>
 class BlockDevice final : public Press {
  public:
   explicit BlockDevice(const PressConfig& c)
-      : inner_(make_inner_device_scorer<Exec>(c)), block_size_(c.params.get_int("block_size")), o_proj_(spec_needs(c.registry, *c.inner, "o_proj")) {
+      : inner_(make_inner_device_scorer<Exec>(c)), block_size_(c.params.get_int("block_size")), parts_(carried_parts(c.registry, *c.inner)) {
     refuse_absolute_positions(c, *c.inner, "block hands it the kept tokens followed by each block");
+    refuse_hidden_states(c, *c.inner, "block hands each KV head its own kept tokens (kvpress cuts each token's hidden state into KV-head slices)");
   }
 
   Compression compress(const PressInput& input, double ratio) const override {
-    return block_compress(input, ratio, block_size_, o_proj_, [&](const PressInput& sequence, int n_kept) {
+    return block_compress(input, ratio, block_size_, parts_, [&](const PressInput& sequence, int n_kept) {
       Exec exec;
       const LayerOnDevice<Exec> on_device(sequence);
       const DeviceLayer<Exec>& layer = *on_device;
@@ -156,7 +157,7 @@ class BlockDevice final : public Press {
  private:
   std::unique_ptr<DeviceScorer<Exec>> inner_;
   int block_size_;
-  bool o_proj_;
+  CarriedParts parts_;
 };
 
 template <typename Exec>

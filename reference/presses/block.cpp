@@ -10,7 +10,8 @@
 // vector into Hkv slices (so its queries mix the tokens of every head); kvsim hands KV head g,
 // and the query heads of its group, the trace's own queries, keys and values of head g's
 // tokens, at their true positions. Inner presses that invert RoPE at absolute positions
-// (expected_attention) are refused: the scored sequence's token j is not at position j.
+// (expected_attention) are refused: the scored sequence's token j is not at position j; so
+// are presses that read hidden states (kvzap), which kvsim cannot cut per KV head.
 //
 // Backends: with a scorer that reads its neighbours (snapkv's pooling), the kept tokens' order
 // feeds the next block, so a last-bit score difference between two backends that swaps two
@@ -28,12 +29,13 @@ namespace {
 class BlockPress final : public Press {
  public:
   explicit BlockPress(const PressConfig& c)
-      : inner_(make_inner_scorer(c)), block_size_(c.params.get_int("block_size")), o_proj_(spec_needs(c.registry, *c.inner, "o_proj")) {
+      : inner_(make_inner_scorer(c)), block_size_(c.params.get_int("block_size")), parts_(carried_parts(c.registry, *c.inner)) {
     refuse_absolute_positions(c, *c.inner, "block hands it the kept tokens followed by each block");
+    refuse_hidden_states(c, *c.inner, "block hands each KV head its own kept tokens (kvpress cuts each token's hidden state into KV-head slices)");
   }
 
   Compression compress(const PressInput& in, double ratio) const override {
-    return block_compress(in, ratio, block_size_, o_proj_, [&](const PressInput& sequence, int n_kept) {
+    return block_compress(in, ratio, block_size_, parts_, [&](const PressInput& sequence, int n_kept) {
       const Scores s = inner_->checked_score(sequence, ratio);
       std::vector<std::vector<int>> best(static_cast<std::size_t>(s.rows()));
       parallel_for(static_cast<int>(s.rows()), [&](int g) { best[g] = ranked_positions(s.row(g).data(), sequence.n, n_kept); });
@@ -44,7 +46,7 @@ class BlockPress final : public Press {
  private:
   std::unique_ptr<ScorerPress> inner_;
   int block_size_;
-  bool o_proj_;
+  CarriedParts parts_;
 };
 
 const Registrar registered({.name = "block",

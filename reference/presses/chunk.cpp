@@ -9,7 +9,7 @@
 // were the last queries of the whole segment. kvsim hands the chunk the trace's own queries,
 // keys and values at their true positions (as the decoding presses do). Inner presses that
 // invert RoPE at absolute positions (expected_attention) are refused: a chunk's token j is not
-// at position j.
+// at position j. Presses that read hidden states (kvzap) get the chunk's, as in kvpress.
 #include "core/wrapping.h"
 #include "reference/scorer_press.h"
 #include "reference/select.h"
@@ -22,12 +22,12 @@ class ChunkPress final : public Press {
   explicit ChunkPress(const PressConfig& c)
       : inner_(make_inner_scorer(c)),
         chunk_length_(c.params.get_int("chunk_length")),
-        o_proj_(spec_needs(c.registry, *c.inner, "o_proj")) {
+        parts_(carried_parts(c.registry, *c.inner)) {
     refuse_absolute_positions(c, *c.inner, "chunk hands it each chunk as a segment of its own");
   }
 
   Compression compress(const PressInput& in, double ratio) const override {
-    return chunk_compress(in, ratio, chunk_length_, o_proj_, [&](const PressInput& chunk, int n_kept) {
+    return chunk_compress(in, ratio, chunk_length_, parts_, [&](const PressInput& chunk, int n_kept) {
       return select_topk_per_head(inner_->checked_score(chunk, ratio), n_kept).kept;
     });
   }
@@ -35,7 +35,7 @@ class ChunkPress final : public Press {
  private:
   std::unique_ptr<ScorerPress> inner_;
   int chunk_length_;
-  bool o_proj_;
+  CarriedParts parts_;
 };
 
 const Registrar registered({.name = "chunk",

@@ -21,7 +21,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   try {
     const kvsim::TraceReader trace(path);
-    for (int layer : trace.info().recorded_layers) trace.read_layer(layer);
+    for (int layer : trace.info().recorded_layers) trace.read_layer(layer, {.hidden_states = true});  // every optional part
   } catch (const kvsim::Error&) {
     // a clean, one-line refusal: what damaged input must give
   }
