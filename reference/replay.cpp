@@ -221,13 +221,16 @@ void cam_compress(const CamPress& press, const PressInput& input, std::vector<He
 // queries as one contiguous sequence.
 // `prefill`: what a prefill press left, entered into each head's cache in `prefill_order`
 // (indices into prefill->kept[g]).
-// The layer without its first `count` tokens (q, k, v; o_proj as it is): a sliding-window
-// layer's cache, whose positions then count from its first kept token.
+// The layer without its first `count` tokens (q, k, v, hidden states; o_proj as it is): a
+// sliding-window layer's cache, whose positions then count from its first kept token.
 LayerTensors drop_leading_tokens(const LayerTensors& layer, int count) {
   LayerTensors out;
   out.layer_index = layer.layer_index;
   out.o_proj = layer.o_proj;
   out.o_proj_rows = layer.o_proj_rows;
+  out.hidden_size = layer.hidden_size;
+  if (!layer.hidden_states.empty())
+    out.hidden_states.assign(layer.hidden_states.begin() + static_cast<std::ptrdiff_t>(count) * layer.hidden_size, layer.hidden_states.end());
   for (const auto& [from, to] : {std::pair{&layer.q, &out.q}, {&layer.k, &out.k}, {&layer.v, &out.v}}) {
     *to = HeadTensor(from->heads, from->tokens - count, from->dim);
     const std::size_t rows = static_cast<std::size_t>(to->tokens) * to->dim;

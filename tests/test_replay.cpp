@@ -468,6 +468,40 @@ TEST(SlidingWindowReplay, MatchesABruteForceRecomputation) {
   EXPECT_GT(mean, 0.01);
   EXPECT_NEAR(result.runs[0].achieved_ratio, 0.5, 1e-12);  // of the 40 tokens the layer's cache holds
 
+  // The same layer cut to the W - 1 tokens its cache holds, in a trace of its own with the
+  // same window, replays to the same figures: the sliding replay hands presses exactly those
+  // rows (hidden states included: kvzap reads them).
+  {
+    const int offset = n - (W - 1), T2 = T - offset;
+    TraceInfo cut_info = test::trace_info(4, 2, d, W - 1, 10, 6, {0});
+    cut_info.hidden_size = test::kTestHiddenSize;
+    cut_info.sliding_windows[0] = W;
+    cut_info.rope = info.layer_ropes[0];
+    LayerTensors whole = layers[0];
+    test::add_hidden_states(whole, 90);
+    LayerTensors cut = test::random_layer(4, 2, T2, d, 1, 0);
+    for (auto [from, to] : {std::pair{&whole.q, &cut.q}, {&whole.k, &cut.k}, {&whole.v, &cut.v}})
+      for (int h = 0; h < from->heads; ++h)
+        for (int t = 0; t < T2; ++t)
+          for (int x = 0; x < d; ++x) to->at(h, t, x) = from->at(h, t + offset, x);
+    cut.hidden_size = whole.hidden_size;
+    cut.hidden_states.assign(whole.hidden_states.begin() + offset * whole.hidden_size, whole.hidden_states.end());
+    TraceInfo whole_info = info;
+    whole_info.hidden_size = test::kTestHiddenSize;
+    const std::string whole_path = dir.file("whole.h5"), cut_path = dir.file("cut.h5");
+    test::write_trace(whole_path, whole_info, {whole, layers[1]});
+    test::write_trace(cut_path, cut_info, {cut});
+    const std::string kvzap = test::with_test_artefact("kvzap", test::artefact_shape(whole_info), 4);
+    const ref::ReplayOptions options{.presses = {"knorm", "snapkv:window_size=8", kvzap}, .ratios = {0.5}, .layers = {0}};
+    const ref::ReplayResult from_whole = ref::replay(TraceReader(whole_path), options), from_cut = ref::replay(TraceReader(cut_path), options);
+    ASSERT_EQ(from_whole.runs.size(), 3u);
+    for (std::size_t r = 0; r < 3; ++r) {
+      EXPECT_TRUE(from_whole.runs[r].skipped_layers.empty()) << from_whole.runs[r].press;
+      EXPECT_EQ(from_whole.runs[r].rel_err.mean, from_cut.runs[r].rel_err.mean) << from_whole.runs[r].press;
+      EXPECT_EQ(from_whole.runs[r].achieved_ratio, from_cut.runs[r].achieved_ratio) << from_whole.runs[r].press;
+    }
+  }
+
   // The full-attention layer is replayed as any other: the sliding one beside it changes nothing there.
   const ref::ReplayResult full_layer = ref::replay(trace, {.presses = {"knorm"}, .ratios = {0.5}, .layers = {1}});
   const ref::ReplayResult both = ref::replay(trace, {.presses = {"knorm"}, .ratios = {0.5}});
