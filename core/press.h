@@ -27,6 +27,7 @@ struct PressInput {
   const LayerTensors* previous_layer = nullptr;  // layer_index - 1, when recorded (cross-layer presses)
   const ResidentLayer* resident = nullptr;       // `layer` on a device, when the caller has it there
   int question_tokens = 0;  // the segment's last tokens that are the question (query-aware replay), else 0
+  int sliding_window = 0;   // the layer's window W (its evaluation: query p sees keys j with p - j < W), else 0
 
   int layer_index() const { return layer.layer_index; }
   int num_heads() const { return layer.q.heads; }

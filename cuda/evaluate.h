@@ -22,7 +22,7 @@ class DeviceEvaluator final : public LayerEvaluator {
  public:
   explicit DeviceEvaluator(const PressInput& input)
       : layer_(input), H_(input.num_heads()), Hkv_(input.num_kv_heads()), d_(input.head_dim()), n_(input.n),
-        S_(input.layer.q.tokens - input.n), D_(input.layer.o_proj.empty() ? 0 : input.layer.o_proj_rows) {
+        S_(input.layer.q.tokens - input.n), D_(input.layer.o_proj.empty() ? 0 : input.layer.o_proj_rows), window_(input.sliding_window) {
     const LayerTensors& x = input.layer;
     q_suffix_ = upload_rows(x.q, H_);
     k_suffix_ = upload_rows(x.k, Hkv_);
@@ -142,6 +142,16 @@ class DeviceEvaluator final : public LayerEvaluator {
                                     .a = q_suffix_.data() + static_cast<long>(s) * S * d, .lda = d, .stride_a = static_cast<long>(G) * S * d,
                                     .b = ck, .ldb = d, .stride_b = static_cast<long>(C) * d, .c = probs.data() + static_cast<long>(s) * S * C,
                                     .ldc = C, .stride_c = static_cast<long>(G) * S * C, .batch = Hkv});
+    if (window_ > 0) {  // a sliding window: query n + s sees cached position p only when n + s - p < W
+      const int W = window_;
+      float* logits = probs.data();
+      exec_.for_each(static_cast<long>(H) * S * C, [=] KVSIM_HD(long i) {
+        const long g = i / (static_cast<long>(S) * C) / G;
+        const int s = static_cast<int>(i / C % S), col = static_cast<int>(i % C), kept = cnt[g];
+        const int position = col < kept ? pos[off[g] + col] : n + col - kept;  // beyond kept + s: masked by the softmax's prefix
+        if (n + s - position >= W) logits[i] = -INFINITY;
+      });
+    }
     exec_.softmax_rows(probs.data(), SoftmaxRows{static_cast<long>(H) * S, C, S, 0, valid_d.data()}, o.lse.data());
     for (int s = 0; s < G; ++s)
       exec_.gemm(StridedGemm<float>{.m = S, .n = d, .k = C, .a = probs.data() + static_cast<long>(s) * S * C, .lda = C,
@@ -189,7 +199,7 @@ class DeviceEvaluator final : public LayerEvaluator {
  private:
   mutable Exec exec_;
   DeviceLayer<Exec> layer_;
-  int H_, Hkv_, d_, n_, S_, D_;
+  int H_, Hkv_, d_, n_, S_, D_, window_;
   FloatBuffer q_suffix_, k_suffix_, v_suffix_, o_proj_, full_proj_;
   Outputs full_;
 };

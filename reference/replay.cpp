@@ -424,10 +424,10 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     PressInput input{tensors, n_layer, info.num_hidden_layers, info.rope_of(layer),
                      loaded.previous.q.empty() || offset ? nullptr : &loaded.previous};
     input.question_tokens = options.query_aware ? info.n_question : 0;
+    input.sliding_window = window;
     // One-shot presses are evaluated by the backend's own evaluator where it has one (on its
     // device, sharing the presses' copy of the layer); the rest on the host, built on demand.
-    // (The device evaluators mask by a valid prefix per row, not a window: windowed layers are evaluated on the host.)
-    const std::unique_ptr<LayerEvaluator> on_device = device_evaluator && !window_matters ? (*device_evaluator)(input) : nullptr;
+    const std::unique_ptr<LayerEvaluator> on_device = device_evaluator ? (*device_evaluator)(input) : nullptr;
     if (on_device) input.resident = on_device->resident();
     std::optional<HostEvaluator> on_host;
     auto host = [&]() -> const HostEvaluator& { return on_host ? *on_host : on_host.emplace(tensors, n_layer, window); };

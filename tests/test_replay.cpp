@@ -502,6 +502,20 @@ TEST(SlidingWindowReplay, MatchesABruteForceRecomputation) {
     }
   }
 
+  // cuda-emu's device evaluator masks the window as the host one does.
+  {
+    const ref::ReplayOptions on_host{.presses = {"knorm", "snapkv:window_size=8"}, .ratios = {0.25, 0.5}};
+    ref::ReplayOptions on_device = on_host;
+    on_device.backend = Backend::cuda_emulated;
+    const ref::ReplayResult expected = ref::replay(trace, on_host), got = ref::replay(trace, on_device);
+    ASSERT_EQ(expected.runs.size(), got.runs.size());
+    for (std::size_t r = 0; r < got.runs.size(); ++r)
+      for (std::size_t l = 0; l < 2; ++l) {
+        EXPECT_NEAR(got.runs[r].layers[l].rel_err.mean, expected.runs[r].layers[l].rel_err.mean, 1e-5) << got.runs[r].press << " layer " << l;
+        EXPECT_NEAR(got.runs[r].layers[l].recall.mean, expected.runs[r].layers[l].recall.mean, 1e-5) << got.runs[r].press << " layer " << l;
+      }
+  }
+
   // The full-attention layer is replayed as any other: the sliding one beside it changes nothing there.
   const ref::ReplayResult full_layer = ref::replay(trace, {.presses = {"knorm"}, .ratios = {0.5}, .layers = {1}});
   const ref::ReplayResult both = ref::replay(trace, {.presses = {"knorm"}, .ratios = {0.5}});
