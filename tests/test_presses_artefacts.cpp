@@ -15,14 +15,7 @@ namespace {
 
 using Kept = std::vector<std::vector<int>>;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 Compression run(const std::string& spec, const LayerTensors& layer, int n) {
   const RopeConfig rope = RopeConfig::from_theta(10000.0, layer.k.dim);

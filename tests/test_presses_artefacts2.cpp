@@ -17,14 +17,7 @@ namespace {
 using Kept = std::vector<std::vector<int>>;
 constexpr Backend kBackends[] = {Backend::reference, Backend::cuda_emulated};
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 

@@ -23,14 +23,7 @@ namespace {
 using Kept = std::vector<std::vector<int>>;
 constexpr Backend kBackends[] = {Backend::reference, Backend::cuda_emulated};
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 ::testing::AssertionResult mentions(const std::string& message, std::initializer_list<const char*> parts) {
   if (message.empty()) return ::testing::AssertionFailure() << "no error";

@@ -59,6 +59,34 @@ TEST(Replay, TwoTokenCaseMatchesHandComputation) {
   EXPECT_EQ(none.achieved_ratio, 0.0);
 }
 
+// Query t of head h attending to the key/value rows `visible` of KV head g, in double, and
+// the relative error of one output against another: the brute-force replay.
+std::vector<double> brute_force_output(const LayerTensors& layer, int h, int g, int t, const std::vector<int>& visible) {
+  const int d = layer.q.dim;
+  std::vector<double> w;
+  double max_l = -1e300, sum = 0;
+  for (int j : visible) {
+    double dot = 0;
+    for (int x = 0; x < d; ++x) dot += double(layer.q.at(h, t, x)) * layer.k.at(g, j, x);
+    w.push_back(dot / std::sqrt(static_cast<double>(d)));
+    max_l = std::max(max_l, w.back());
+  }
+  for (double& x : w) sum += (x = std::exp(x - max_l));
+  std::vector<double> o(static_cast<std::size_t>(d), 0.0);
+  for (std::size_t i = 0; i < visible.size(); ++i)
+    for (int x = 0; x < d; ++x) o[x] += w[i] / sum * layer.v.at(g, visible[i], x);
+  return o;
+}
+
+double relative_error(const std::vector<double>& compressed, const std::vector<double>& full) {
+  double diff = 0, norm = 0;
+  for (std::size_t x = 0; x < full.size(); ++x) {
+    diff += (compressed[x] - full[x]) * (compressed[x] - full[x]);
+    norm += full[x] * full[x];
+  }
+  return std::sqrt(diff / norm);
+}
+
 class ReplayOnRandomTrace : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -98,7 +126,7 @@ TEST_F(ReplayOnRandomTrace, EveryPressAtRatioZeroLeavesOutputsUnchanged) {
 TEST_F(ReplayOnRandomTrace, MatchesABruteForceRecomputation) {
   const TraceReader trace(path_);
   const ref::ReplayResult result = ref::replay(trace, {.presses = {"snapkv:window_size=16"}, .ratios = {0.5}});
-  const int n = 120, T = 136, d = 16;
+  const int n = 120, T = 136;
   std::vector<double> errors;
   for (const LayerTensors& layer : layers_) {
     const PressInput input{layer, n, info_.num_hidden_layers, info_.rope};
@@ -106,35 +134,10 @@ TEST_F(ReplayOnRandomTrace, MatchesABruteForceRecomputation) {
     for (int h = 0; h < 4; ++h) {
       const int g = h / 2;
       for (int t = n; t < T; ++t) {
-        auto output = [&](bool compressed) {
-          std::vector<int> visible;
-          if (compressed) {
-            visible = c.kept[g];
-            for (int j = n; j <= t; ++j) visible.push_back(j);
-          } else {
-            for (int j = 0; j <= t; ++j) visible.push_back(j);
-          }
-          std::vector<double> w;
-          double max_l = -1e300, sum = 0;
-          for (int j : visible) {
-            double dot = 0;
-            for (int x = 0; x < d; ++x) dot += double(layer.q.at(h, t, x)) * layer.k.at(g, j, x);
-            w.push_back(dot / 4.0);
-            max_l = std::max(max_l, w.back());
-          }
-          for (double& x : w) sum += (x = std::exp(x - max_l));
-          std::vector<double> o(d, 0.0);
-          for (std::size_t i = 0; i < visible.size(); ++i)
-            for (int x = 0; x < d; ++x) o[x] += w[i] / sum * layer.v.at(g, visible[i], x);
-          return o;
-        };
-        const auto full = output(false), comp = output(true);
-        double diff = 0, norm = 0;
-        for (int x = 0; x < d; ++x) {
-          diff += (comp[x] - full[x]) * (comp[x] - full[x]);
-          norm += full[x] * full[x];
-        }
-        errors.push_back(std::sqrt(diff / norm));
+        std::vector<int> kept_visible = c.kept[g], all_visible;
+        for (int j = n; j <= t; ++j) kept_visible.push_back(j);
+        for (int j = 0; j <= t; ++j) all_visible.push_back(j);
+        errors.push_back(relative_error(brute_force_output(layer, h, g, t, kept_visible), brute_force_output(layer, h, g, t, all_visible)));
       }
     }
   }
@@ -435,31 +438,13 @@ TEST(SlidingWindowReplay, MatchesABruteForceRecomputation) {
     std::stable_sort(window_tokens.begin(), window_tokens.end(), [&](int a, int b) { return norm(a) < norm(b); });
     const std::vector<int> kept(window_tokens.begin(), window_tokens.begin() + (W - 1) / 2);
     for (int t = n; t < T; ++t) {
-      auto output = [&](bool compressed) {
-        std::vector<int> visible;
-        for (int j = 0; j <= t; ++j)
-          if (t - j < W && (j >= n || !compressed || std::find(kept.begin(), kept.end(), j) != kept.end())) visible.push_back(j);
-        std::vector<double> w;
-        double max_l = -1e300, sum = 0;
-        for (int j : visible) {
-          double dot = 0;
-          for (int x = 0; x < d; ++x) dot += double(layer.q.at(h, t, x)) * layer.k.at(g, j, x);
-          w.push_back(dot / 4.0);
-          max_l = std::max(max_l, w.back());
+      std::vector<int> kept_visible, all_visible;  // within the window; the context's kept tokens only
+      for (int j = 0; j <= t; ++j)
+        if (t - j < W) {
+          all_visible.push_back(j);
+          if (j >= n || std::find(kept.begin(), kept.end(), j) != kept.end()) kept_visible.push_back(j);
         }
-        for (double& x : w) sum += (x = std::exp(x - max_l));
-        std::vector<double> o(d, 0.0);
-        for (std::size_t i = 0; i < visible.size(); ++i)
-          for (int x = 0; x < d; ++x) o[x] += w[i] / sum * layer.v.at(g, visible[i], x);
-        return o;
-      };
-      const auto full = output(false), comp = output(true);
-      double diff = 0, norm2 = 0;
-      for (int x = 0; x < d; ++x) {
-        diff += (comp[x] - full[x]) * (comp[x] - full[x]);
-        norm2 += full[x] * full[x];
-      }
-      errors.push_back(std::sqrt(diff / norm2));
+      errors.push_back(relative_error(brute_force_output(layer, h, g, t, kept_visible), brute_force_output(layer, h, g, t, all_visible)));
     }
   }
   double mean = 0;

@@ -4,14 +4,26 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <string>
 
+#include "core/error.h"
 #include "core/press.h"
 #include "core/registry.h"
 #include "traces/trace.h"
 
 namespace kvsim::test {
+
+// The message of the kvsim::Error f throws, or "" when it throws none.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 // Fills q [H, T, d], k/v [Hkv, T, d] with N(0, 1) draws from mt19937(seed).
 inline LayerTensors random_layer(int H, int Hkv, int T, int d, unsigned seed, int layer_index = 0) {
