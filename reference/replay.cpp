@@ -221,26 +221,6 @@ void cam_compress(const CamPress& press, const PressInput& input, std::vector<He
 // queries as one contiguous sequence.
 // `prefill`: what a prefill press left, entered into each head's cache in `prefill_order`
 // (indices into prefill->kept[g]).
-// The layer without its first `count` tokens (q, k, v, hidden states; o_proj as it is): a
-// sliding-window layer's cache, whose positions then count from its first kept token.
-LayerTensors drop_leading_tokens(const LayerTensors& layer, int count) {
-  LayerTensors out;
-  out.layer_index = layer.layer_index;
-  out.o_proj = layer.o_proj;
-  out.o_proj_rows = layer.o_proj_rows;
-  out.hidden_size = layer.hidden_size;
-  if (!layer.hidden_states.empty())
-    out.hidden_states.assign(layer.hidden_states.begin() + static_cast<std::ptrdiff_t>(count) * layer.hidden_size, layer.hidden_states.end());
-  for (const auto& [from, to] : {std::pair{&layer.q, &out.q}, {&layer.k, &out.k}, {&layer.v, &out.v}}) {
-    *to = HeadTensor(from->heads, from->tokens - count, from->dim);
-    const std::size_t rows = static_cast<std::size_t>(to->tokens) * to->dim;
-    for (int h = 0; h < from->heads; ++h)
-      std::copy(from->head(h) + static_cast<std::size_t>(count) * from->dim, from->head(h) + static_cast<std::size_t>(count) * from->dim + rows,
-                to->head(h));
-  }
-  return out;
-}
-
 CompressedRun decode_layer(const DecodingPress& press, const LayerTensors& tensors, int n, const TraceInfo& info, const std::string& name,
                            const Compression* prefill = nullptr, const std::vector<std::vector<int>>* prefill_order = nullptr) {
   const int T = info.total_tokens(), H = info.num_attention_heads, Hkv = info.num_key_value_heads, d = info.head_dim, G = H / Hkv;
@@ -333,13 +313,13 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     if (!(r >= 0.0 && r < 1.0)) throw Error("ratio " + std::to_string(r) + " is outside [0, 1)");
   std::vector<const PressInfo*> press_infos;
   std::vector<std::unique_ptr<Press>> presses;
+  std::vector<bool> positional;  // reads absolute positions somewhere in its spec
   for (const std::string& spec : options.presses) {
     const PressSpec parsed = parse_press_spec(spec);
     press_infos.push_back(&registry.check(parsed, options.backend));
     presses.push_back(registry.make(parsed, options.backend));
+    positional.push_back(uses_absolute_positions(registry, parsed));
   }
-  std::vector<bool> positional;  // reads absolute positions somewhere in its spec
-  for (const std::string& spec : options.presses) positional.push_back(uses_absolute_positions(registry, parse_press_spec(spec)));
   std::vector<int> layers = options.layers.empty() ? info.recorded_layers : options.layers;
   for (int l : layers)
     if (std::find(info.recorded_layers.begin(), info.recorded_layers.end(), l) == info.recorded_layers.end())
@@ -419,7 +399,8 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     const int window = info.sliding_window(layer);
     const int offset = window > 0 && window - 1 < n ? n - (window - 1) : 0, n_layer = n - offset;
     const bool window_matters = window > 0 && window < T;  // some query loses keys to the window
-    const std::optional<LayerTensors> sliced = offset ? std::optional(drop_leading_tokens(loaded.tensors, offset)) : std::nullopt;
+    const std::optional<LayerTensors> sliced =
+        offset ? std::optional(slice_layer(loaded.tensors, offset, T - offset, {.o_proj = true, .hidden_states = true})) : std::nullopt;
     const LayerTensors& tensors = sliced ? *sliced : loaded.tensors;
     PressInput input{tensors, n_layer, info.num_hidden_layers, info.rope_of(layer),
                      loaded.previous.q.empty() || offset ? nullptr : &loaded.previous};
