@@ -5,11 +5,11 @@
 //    does it (score, NaN check, per-head top-k, gather of the kept keys and values), all on
 //    the device — compare with bench/torch_compression.py;
 //  * cuda/<press>/score/...: the scoring alone;
-//  * cuda/<press>/select/...: the per-head top-k of the scores (a radix sort over (head,
-//    score) keys, then mark-and-scan compaction), positions left on the device;
+//  * cuda/<press>/select/...: the per-head top-k of the scores (a radix select of each
+//    head's threshold, then mark-and-scan compaction), positions left on the device;
 //  * cuda/<press>/gather/...: compaction of the kept keys and values.
 // Bytes counted are the layer's keys and values (float32) for scoring and compression, the
-// scores plus the sorted pairs for selection, the kept rows read and written for the gather;
+// scores read once for selection, the kept rows read and written for the gather;
 // share_of_copy_bw is that traffic per second over the device's copy bandwidth, measured at
 // start-up with a 1 GiB device-to-device cudaMemcpy.
 // Without a GPU the binary prints why and exits 0 with no benchmark run.
@@ -99,7 +99,7 @@ void measure_press(benchmark::State& state, const std::string& spec, int T, Stag
     bytes = 2.0 * kKvHeads * T * kHeadDim * sizeof(float);
   } else if (stage == Stage::select) {
     time_on_device(state, [&] { select_topk_on_device(exec, scores.data(), kKvHeads, T, kept_count); });
-    bytes = static_cast<double>(kKvHeads) * T * (4.0 + 2 * (8.0 + 4.0));  // scores in, (key, position) pairs sorted out and back
+    bytes = static_cast<double>(kKvHeads) * T * 4.0;  // the scores, once
   } else if (stage == Stage::gather) {
     const auto kept = select_topk_on_device(exec, scores.data(), kKvHeads, T, kept_count);
     time_on_device(state, [&] { gather_kept(exec, layer, kept.data(), kept_count, keys.data(), values.data()); });

@@ -3,13 +3,13 @@
 // HostExec for the cuda-emu backend): the layer on the device, the selection stages, and
 // DeviceScorer, the base of every device scorer press.
 //
-// Selection uses a stable descending radix sort of (score, position) pairs, so ties keep
-// the lower position — the rule of the reference (reference/select.h) — and stays on the
-// device: only the kept positions come back to the host.
+// Selection is a radix select of each row's threshold (ties: the lower position is kept,
+// the rule of the reference, reference/select.h) and stays on the device: only the kept
+// positions come back to the host.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
+#include <climits>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -128,15 +128,6 @@ void check_no_nan(Exec& exec, const float* scores, int rows, int cols, const std
                   std::to_string(i % cols) + ")");
 }
 
-// Order-preserving 32-bit image of a score: a larger float gives a larger integer, and -0
-// maps like +0 (the reference compares floats, where they are equal).
-KVSIM_HD inline uint32_t ordered_bits(float score) {
-  score += 0.0f;
-  uint32_t bits;
-  std::memcpy(&bits, &score, sizeof bits);
-  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-}
-
 // Sorts each of `segments` rows of `length` scores descending, stably (equal scores keep
 // the lower position first), returning the sorted positions within the row. One radix sort
 // over (row, score) keys: rows stay in order, and every row is sorted by the whole device.
@@ -157,24 +148,78 @@ typename Exec::template Buffer<int> sorted_positions(Exec& exec, const float* sc
   return sorted;
 }
 
-// Marks the first `count` entries of each row's sorted order, then compacts the marked
-// positions (ascending, thanks to the scan) into [rows, count] on the device.
+// Per row, the k-th largest ordered key (radix select, most significant digit first) and how
+// many entries equal to it the top k takes: a row's top k are the keys above its threshold
+// plus the first `ties` equal to it by position, the reference's tie rule (reference/select.h).
+// Each pass counts the digits of the keys that match the prefix chosen so far
+// (exec.radix_histogram), then one thread per (row, digit) finds the digit where the count
+// from the top reaches the entries still wanted. Each pass reads its own `wanted` row and
+// writes the next, so no thread reads what another writes; 1 <= k <= n.
+template <typename Exec>
+void radix_select_thresholds(Exec& exec, const float* scores, int rows, long n, int k, uint32_t* threshold, int* ties) {
+  constexpr int kDigits = 1 << kRadixBits;
+  typename Exec::template Buffer<unsigned> count_buffer(static_cast<std::size_t>(kRadixPasses) * rows * kDigits);
+  typename Exec::template Buffer<int> wanted_buffer(static_cast<std::size_t>(kRadixPasses + 1) * rows);
+  unsigned* counts = count_buffer.data();
+  int* wanted = wanted_buffer.data();
+  exec.for_each(static_cast<long>(count_buffer.size()), [=] KVSIM_HD(long i) { counts[i] = 0; });
+  exec.for_each(rows, [=] KVSIM_HD(long r) {
+    threshold[r] = 0;
+    wanted[r] = k;
+  });
+  for (int pass = 0; pass < kRadixPasses; ++pass) {
+    const int shift = 32 - kRadixBits * (pass + 1);
+    unsigned* histogram = counts + static_cast<long>(pass) * rows * kDigits;
+    const int* wanted_now = wanted + static_cast<long>(pass) * rows;
+    int* wanted_next = wanted + static_cast<long>(pass + 1) * rows;
+    exec.radix_histogram(scores, rows, n, threshold, shift, histogram);
+    exec.for_each(static_cast<long>(rows) * kDigits, [=] KVSIM_HD(long i) {
+      const long r = i / kDigits;
+      const int digit = static_cast<int>(i % kDigits);
+      const unsigned* h = histogram + r * kDigits;
+      unsigned above = 0;
+      for (int b = kDigits - 1; b > digit; --b) above += h[b];
+      const unsigned still = static_cast<unsigned>(wanted_now[r]);
+      if (above < still && still <= above + h[digit]) {  // exactly one digit per row
+        threshold[r] |= static_cast<uint32_t>(digit) << shift;
+        wanted_next[r] = static_cast<int>(still - above);
+      }
+    });
+  }
+  const int* last = wanted + static_cast<long>(kRadixPasses) * rows;
+  exec.for_each(rows, [=] KVSIM_HD(long r) { ties[r] = last[r]; });
+}
+
+// The top `k` of each row, as positions ascending per row in [rows, k] on the device:
+// radix select of each row's threshold, then the keys above it and the first ties by
+// position are marked, and the marks compacted in order by a scan.
 template <typename Exec>
 typename Exec::template Buffer<int> select_topk_on_device(Exec& exec, const float* scores, int rows, int n, int k) {
   k = std::clamp(k, 0, n);
-  const auto order = sorted_positions(exec, scores, rows, n);
   const long count = static_cast<long>(rows) * n;
-  typename Exec::template Buffer<int> flag_buffer(count), index_buffer(count), kept_buffer(static_cast<std::size_t>(rows) * k);
+  typename Exec::template Buffer<int> kept_buffer(static_cast<std::size_t>(rows) * k);
+  int* kept = kept_buffer.data();
+  if (k == 0) return kept_buffer;
+  if (k == n) {
+    exec.for_each(count, [=] KVSIM_HD(long i) { kept[i] = static_cast<int>(i % n); });
+    return kept_buffer;
+  }
+  typename Exec::template Buffer<uint32_t> threshold_buffer(rows);
+  typename Exec::template Buffer<int> ties_buffer(rows), flag_buffer(count), index_buffer(count);
+  uint32_t* threshold = threshold_buffer.data();
+  int* ties = ties_buffer.data();
   int* flag = flag_buffer.data();
   int* index = index_buffer.data();
-  int* kept = kept_buffer.data();
-  const int* sorted = order.data();
-  exec.for_each(count, [=] KVSIM_HD(long i) { flag[i] = 0; });
-  exec.for_each(static_cast<long>(rows) * k, [=] KVSIM_HD(long i) {
-    const long g = i / k;
-    flag[g * n + sorted[g * n + i % k]] = 1;
-  });
+  radix_select_thresholds(exec, scores, rows, n, k, threshold, ties);
+  // Rank of each tie within its row: a scan of the tie marks, less the row's start.
+  exec.for_each(count, [=] KVSIM_HD(long i) { flag[i] = ordered_bits(scores[i]) == threshold[i / n] ? 1 : 0; });
   exec.exclusive_scan(flag, index, count);
+  exec.for_each(count, [=] KVSIM_HD(long i) {
+    const long r = i / n;
+    const uint32_t key = ordered_bits(scores[i]);
+    flag[i] = key > threshold[r] || (key == threshold[r] && index[i] - index[r * n] < ties[r]) ? 1 : 0;
+  });
+  exec.exclusive_scan(flag, index, count);  // exactly k marks per row: row r's start at r * k
   exec.for_each(count, [=] KVSIM_HD(long i) {
     if (flag[i]) kept[index[i]] = static_cast<int>(i % n);
   });
@@ -199,33 +244,44 @@ template <typename Exec>
 Compression select_topk_global(Exec& exec, const float* scores, int rows, int n, long total) {
   const long count = static_cast<long>(rows) * n;
   total = std::clamp<long>(total, 0, count);
-  const auto order = sorted_positions(exec, scores, 1, count);
-  typename Exec::template Buffer<int> flag_buffer(count), index_buffer(count), kept_buffer(static_cast<std::size_t>(total));
-  int* flag = flag_buffer.data();
-  int* index = index_buffer.data();
-  int* kept = kept_buffer.data();
-  const int* sorted = order.data();
-  exec.for_each(count, [=] KVSIM_HD(long i) { flag[i] = 0; });
-  exec.for_each(total, [=] KVSIM_HD(long i) { flag[sorted[i]] = 1; });
-  exec.exclusive_scan(flag, index, count);
-  exec.for_each(count, [=] KVSIM_HD(long i) {
-    if (flag[i]) kept[index[i]] = static_cast<int>(i);
-  });
+  if (count > INT_MAX) throw Error("global selection over " + std::to_string(count) + " entries exceeds the device's int positions");
+  const auto kept = select_topk_on_device(exec, scores, 1, static_cast<int>(count), static_cast<int>(total));
   std::vector<int> flat(static_cast<std::size_t>(total));
-  if (total) kept_buffer.download(flat.data(), flat.size());
+  if (total) kept.download(flat.data(), flat.size());
   Compression out;
   out.kept.resize(static_cast<std::size_t>(rows));
   for (int f : flat) out.kept[static_cast<std::size_t>(f / n)].push_back(f % n);  // ascending already
   return out;
 }
 
+// Four floats moved as one 16-byte access (the gather's rows are 16-byte aligned when d is
+// a multiple of 4).
+struct alignas(16) FourFloats {
+  float x[4];
+};
+
 // Compaction of the kept tokens: keys and values of `kept` [Hkv, k] (positions, per head,
-// on the device) copied into [Hkv, k, d] buffers, one thread per element.
+// on the device) copied into [Hkv, k, d] buffers, one thread per element (per four when d
+// allows: wide loads reach the copy bandwidth, single floats do not).
 template <typename Exec>
 void gather_kept(Exec& exec, const DeviceLayer<Exec>& layer, const int* kept, int k, float* keys_out, float* values_out) {
+  const int n = layer.n, d = layer.d;
+  if (d % 4 == 0) {
+    const auto* keys = reinterpret_cast<const FourFloats*>(layer.k.data());
+    const auto* values = reinterpret_cast<const FourFloats*>(layer.v.data());
+    auto* keys_to = reinterpret_cast<FourFloats*>(keys_out);
+    auto* values_to = reinterpret_cast<FourFloats*>(values_out);
+    const int width = d / 4;
+    exec.for_each(static_cast<long>(layer.Hkv) * k * width, [=] KVSIM_HD(long i) {
+      const long row = i / width, g = row / k;
+      const long source = (g * n + kept[row]) * width + i % width;
+      keys_to[i] = keys[source];
+      values_to[i] = values[source];
+    });
+    return;
+  }
   const float* keys = layer.k.data();
   const float* values = layer.v.data();
-  const int n = layer.n, d = layer.d;
   exec.for_each(static_cast<long>(layer.Hkv) * k * d, [=] KVSIM_HD(long i) {
     const long row = i / d, g = row / k;
     const long source = (g * n + kept[row]) * d + i % d;

@@ -1,12 +1,15 @@
 #pragma once
 // CudaExec: the CUDA side of the execution interface shared with HostExec (exec_host.h):
 // device buffers, for_each as a grid of one thread per index, and the primitives of
-// primitives.h on cuBLAS (gemm), CUB (reductions, radix sort, scan) and one kernel of our
-// own (softmax_rows: CUB has no masked row softmax). Everything runs on the default stream
-// in order; nothing here copies to the host. Compiled by nvcc only.
+// primitives.h on cuBLAS (gemm), CUB (reductions, radix sort, scan) and kernels of our own
+// where CUB has no match: the masked row softmax, the first maximum of each row, warp-per-row
+// dot products, and the radix-select histogram (CUB's radix sort orders everything where a
+// top-k needs one threshold per row). Everything runs on the default stream in order; nothing
+// here copies to the host. Compiled by nvcc only.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <cooperative_groups.h>
 #include <cub/block/block_reduce.cuh>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_reduce.cuh>
@@ -15,6 +18,7 @@
 #include <cuda/functional>
 #include <thrust/iterator/counting_iterator.h>
 #include <thrust/iterator/transform_iterator.h>
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -61,6 +65,45 @@ __global__ void softmax_rows_kernel(float* x, SoftmaxRows s, float* lse) {
   __syncthreads();
   for (int j = threadIdx.x; j < s.cols; j += kSoftmaxThreads) row[j] = j < valid ? expf(row[j] - shared_max) / shared_sum : 0.0f;
   if (lse && threadIdx.x == 0) lse[r] = shared_max + logf(shared_sum);
+}
+
+// Row r's digit counts, blockIdx.y = r: each block counts its stride of the row in shared
+// memory (lanes holding the same digit add once, through a labelled partition of the warp:
+// scores of one magnitude share their leading digits, and plain atomics would serialise),
+// then adds its non-zero bins to the row's global counts.
+template <int kThreads>
+__global__ void radix_histogram_kernel(const float* scores, long n, const uint32_t* prefix, int shift, unsigned* counts) {
+  namespace cg = cooperative_groups;
+  constexpr int kDigits = 1 << kRadixBits;
+  __shared__ unsigned bins[kDigits];
+  for (int b = threadIdx.x; b < kDigits; b += kThreads) bins[b] = 0;
+  __syncthreads();
+  const long r = blockIdx.y;
+  const float* row = scores + r * n;
+  const uint32_t row_prefix = prefix[r];
+  for (long j = static_cast<long>(blockIdx.x) * kThreads + threadIdx.x; j < n; j += static_cast<long>(gridDim.x) * kThreads) {
+    const uint32_t key = ordered_bits(row[j]);
+    if (!radix_prefix_matches(key, row_prefix, shift)) continue;
+    const unsigned digit = (key >> shift) & (kDigits - 1);
+    const cg::coalesced_group same_digit = cg::labeled_partition(cg::coalesced_threads(), digit);
+    if (same_digit.thread_rank() == 0) atomicAdd(&bins[digit], same_digit.size());
+  }
+  __syncthreads();
+  for (int b = threadIdx.x; b < kDigits; b += kThreads)
+    if (bins[b]) atomicAdd(&counts[(r << kRadixBits) + b], bins[b]);
+}
+
+// A warp per row (RowDots): lanes take the row's columns in coalesced strides, then a
+// shuffle reduction sums their float64 partial sums.
+template <typename Y>
+__global__ void row_dots_kernel(RowDots<Y> dots, double* out) {
+  const long r = (static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (r >= dots.rows) return;  // whole warps leave together: blockDim is a multiple of 32
+  double sum = 0.0;
+  for (int c = lane; c < dots.cols; c += 32) sum += dots.term(r, c);
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+  if (lane == 0) out[r] = sum;
 }
 
 // A candidate maximum: on equal values the lower index wins, so a row's first maximum does.
@@ -233,6 +276,25 @@ struct CudaExec {
     Buffer<char> temp(bytes);
     check_cuda(cub::DeviceRadixSort::SortPairsDescending(temp.data(), bytes, keys_in, keys_out, values_in, values_out, count, 0, end_bit),
                "radix sort");
+  }
+
+  void radix_histogram(const float* scores, int rows, long n, const uint32_t* prefix, int shift, unsigned* counts) {
+    if (rows <= 0 || n <= 0) return;
+    if (rows > 65535) throw Error("radix_histogram: " + std::to_string(rows) + " rows exceed the grid's 65535");
+    constexpr int kThreads = 256, kPerThread = 16;
+    const long blocks_per_row = std::min<long>((n + kThreads * kPerThread - 1) / (kThreads * kPerThread), 65535);
+    const dim3 grid(static_cast<unsigned>(blocks_per_row), static_cast<unsigned>(rows));
+    radix_histogram_kernel<kThreads><<<grid, kThreads>>>(scores, n, prefix, shift, counts);
+    check_cuda(cudaGetLastError(), "radix_histogram launch");
+  }
+
+  template <typename Y>
+  void row_dots(const RowDots<Y>& dots, double* out) {
+    if (dots.rows <= 0) return;
+    constexpr int kThreads = 256, kRowsPerBlock = kThreads / 32;
+    const long blocks = (dots.rows + kRowsPerBlock - 1) / kRowsPerBlock;
+    row_dots_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(dots, out);
+    check_cuda(cudaGetLastError(), "row_dots launch");
   }
 
   void exclusive_scan(const int* in, int* out, long count) {

@@ -117,6 +117,24 @@ struct HostExec {
     }
   }
 
+  void radix_histogram(const float* scores, int rows, long n, const uint32_t* prefix, int shift, unsigned* counts) {
+    constexpr uint32_t kDigitMask = (1u << kRadixBits) - 1;
+    for (int r = 0; r < rows; ++r)
+      for (long j = 0; j < n; ++j) {
+        const uint32_t key = ordered_bits(scores[r * n + j]);
+        if (radix_prefix_matches(key, prefix[r], shift)) ++counts[(static_cast<long>(r) << kRadixBits) + ((key >> shift) & kDigitMask)];
+      }
+  }
+
+  template <typename Y>
+  void row_dots(const RowDots<Y>& dots, double* out) {
+    for (long r = 0; r < dots.rows; ++r) {
+      double sum = 0.0;
+      for (int c = 0; c < dots.cols; ++c) sum += dots.term(r, c);
+      out[r] = sum;
+    }
+  }
+
   void exclusive_scan(const int* in, int* out, long count) {
     int sum = 0;
     for (long i = 0; i < count; ++i) {

@@ -7,9 +7,13 @@
 //   row_reduce           sum or max of each row
 //   row_argmax           first maximum of each row, and where it is
 //   radix_sort_descending stable sort of 64-bit keys with int payloads
+//   radix_histogram      per row, counts of one digit of the scores' ordered keys (radix select)
+//   row_dots             float64 dot product of each row with a row of another matrix (or itself)
 //   exclusive_scan       prefix sums of ints
 // Selection, gathers and every press's own arithmetic are built on these (device_scorer.h).
 #include <climits>
+#include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "core/error.h"
@@ -60,6 +64,45 @@ void check_gemm_shape(const StridedGemm<T>& g) {
 }
 
 enum class Reduce { sum, max };
+
+// row_dots: out[r] = sum_c x[r, c] * y[r / rows_per_y, c] for r < rows, accumulated in
+// float64 (so the order of the sum is immaterial), x and y row-major with `cols` columns;
+// y == nullptr dots each row with itself (squared norms). A warp per row on the GPU: the
+// row is read in coalesced strides, where a thread per row would read `cols` scattered lines.
+template <typename Y>
+struct RowDots {
+  const float* x = nullptr;
+  const Y* y = nullptr;
+  long rows = 0;
+  int cols = 0;
+  long rows_per_y = 1;
+
+  KVSIM_HD double term(long r, int c) const {
+    const double a = x[r * cols + c];
+    return a * (y ? static_cast<double>(y[r / rows_per_y * cols + c]) : a);
+  }
+};
+
+// Order-preserving 32-bit image of a score: a larger float gives a larger integer, and -0
+// maps like +0 (the reference compares floats, where they are equal).
+KVSIM_HD inline uint32_t ordered_bits(float score) {
+  score += 0.0f;
+  uint32_t bits;
+  std::memcpy(&bits, &score, sizeof bits);
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+// Radix select digits: kRadixPasses digits of kRadixBits each, most significant first.
+// radix_histogram(scores, rows, n, prefix, shift, counts) adds to counts [rows, 2^kRadixBits]
+// the digit (key >> shift) & (2^kRadixBits - 1) of every key = ordered_bits(scores[r, j])
+// whose bits above the digit equal prefix[r]'s.
+constexpr int kRadixBits = 8;
+constexpr int kRadixPasses = 32 / kRadixBits;
+
+KVSIM_HD inline bool radix_prefix_matches(uint32_t key, uint32_t prefix, int shift) {
+  const int above = shift + kRadixBits;
+  return above >= 32 || (key >> above) == (prefix >> above);
+}
 
 // Rows of a softmax: row r (of `rows`, each `cols` wide) keeps its first
 // min(cols, first_valid + r % rows_per_group) entries and the rest are masked (probability

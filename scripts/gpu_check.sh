@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, in one short run, from the stage that
 # scripts/stage_gpu_check.sh builds (this script is copied into it):
-#   bash gpu-stage/gpu_check.sh OUT_DIR [BUDGET_SECONDS, default 540]
+#   bash gpu-stage/gpu_check.sh OUT_DIR [BUDGET_SECONDS, default 540] [PART: all | checks | replay]
+# PART splits the work between two device calls where one cannot hold it: `checks` is
+# everything but the 32-layer replay, `replay` only that.
 # Each step has its own time limit, capped by what is left of the budget, so one slow step
 # cannot eat the others' time and the whole run ends inside one device call; a step with no
 # time left is recorded as skipped.
@@ -14,12 +16,15 @@
 #   bench_cuda.json     Google Benchmark JSON: compress / select / gather per press
 #   torch.json          kvpress-style PyTorch compression step, same layer, same run
 #   log.txt             everything printed, including the timed replays of a synthetic
-#                       Llama-3-8B-shaped trace (2 layers, 32K context, bf16) through snapkv at
-#                       4 ratios on the cuda and reference backends
+#                       Llama-3-8B-shaped trace (32 layers, 32K context, 64 question and 64
+#                       generated tokens, bf16) through snapkv at 4 ratios on the cuda and
+#                       reference backends
 set -uo pipefail
 stage=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out=${1:?usage: gpu_check.sh OUT_DIR [BUDGET_SECONDS]}
 budget=${2:-540}
+part=${3:-all}
+case "$part" in all|checks|replay) ;; *) echo "gpu_check.sh: PART is all, checks or replay, not '$part'" >&2; exit 2 ;; esac
 mkdir -p "$out"
 exec > >(tee "$out/log.txt") 2>&1
 export LD_LIBRARY_PATH="$stage/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
@@ -54,38 +59,50 @@ step() {  # step NAME SECONDS COMMAND...: runs it with a time limit, records its
   ((rc == 0)) || status=1
 }
 
-# Cheapest and most telling first: a step cut short by the budget costs the least there.
-step verify 20 "$bin/kvsim" verify --backend cuda > "$out/verify.txt" 2>&1
-step bench_cuda 100 "$bin/bench_cuda" --benchmark_filter='compress/T=(32768|131072)|knorm/(select|gather)/T=(32768|131072)' \
-  --benchmark_out="$out/bench_cuda.json" --benchmark_out_format=json
-if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-  step torch 30 python3 "$stage/torch_compression.py" --tokens 32768 131072 --out "$out/torch.json"
-else
-  echo "torch: not available with CUDA here; no PyTorch comparison" | tee -a "$info"
-fi
-{
-  echo "== memcheck, every press, layer 0, ratio 0.5"
-  step memcheck 30 compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0
-  echo "== racecheck: snapkv (the shared-memory softmax and first-maximum kernels)"
-  step racecheck 45 compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0 \
-    --press snapkv
-  echo "== synccheck: presses on the shared-memory kernels"
-  step synccheck 20 compute-sanitizer --tool synccheck --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0 \
-    --press snapkv observed_attention "merging(knorm)"
-} > "$out/sanitizer.txt" 2>&1
-# A Llama-3-8B-shaped trace (2 layers: generating it is single-threaded, ~15 s a layer).
-synthetic=$(mktemp -d)/llama8b-32k.h5
-step synth_trace 45 "$bin/kvsim" synth-trace -o "$synthetic" --layers 2 --context 32768 --question 64 --generated 64 --heads 32 \
-  --kv-heads 8 --head-dim 128 --dtype bfloat16 --no-attn-out
-for backend in cuda reference; do
-  step "replay_$backend" 45 "$bin/kvsim" replay --trace "$synthetic" --backend "$backend" --press snapkv --ratio 0.25 0.5 0.75 0.9
-done
-# The conformance suite last, with what is left; each test's result and time is printed as it
-# ends. The bundled-trace tests of every press first, then the random grid to 64K, the
-# presses with the most device code of their own first.
-{
-  step conformance_trace 60 "$bin/test_conformance_gpu" --gtest_filter='*Bundled*:*EveryReferencePress*'
-  grid=lagkv:knorm:snapkv:expected_attention:keydiff:tova:observed_attention:streaming_llm:random:pyramidkv:cap:compactor:cur
-  step conformance_grid 600 "$bin/test_conformance_gpu" --gtest_filter="$(sed 's/\([a-z_]*\)/*RandomInputsOverTheShapeGrid\/\1/g' <<<"$grid")"
-} > "$out/conformance.txt" 2>&1
+run_checks() {
+  # Cheapest and most telling first: a step cut short by the budget costs the least there.
+  step verify 20 "$bin/kvsim" verify --backend cuda > "$out/verify.txt" 2>&1
+  step bench_cuda 100 "$bin/bench_cuda" --benchmark_filter='compress/T=(32768|131072)|knorm/(score|select|gather)/T=(32768|131072)' \
+    --benchmark_out="$out/bench_cuda.json" --benchmark_out_format=json
+  if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    step torch 30 python3 "$stage/torch_compression.py" --tokens 32768 131072 --out "$out/torch.json"
+  else
+    echo "torch: not available with CUDA here; no PyTorch comparison" | tee -a "$info"
+  fi
+  {
+    echo "== memcheck, every press, layer 0, ratio 0.5"
+    step memcheck 30 compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0
+    echo "== racecheck: snapkv (the shared-memory softmax and first-maximum kernels) and knorm (the radix select's histogram)"
+    step racecheck 45 compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0 \
+      --press snapkv knorm
+    echo "== synccheck: presses on the shared-memory kernels"
+    step synccheck 20 compute-sanitizer --tool synccheck --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0 \
+      --press snapkv knorm observed_attention "merging(knorm)"
+  } > "$out/sanitizer.txt" 2>&1
+  # The conformance suite last, with what is left; each test's result and time is printed as
+  # it ends: the device top-k against the reference's sort, the bundled-trace tests of every
+  # press, then the random grid to 64K (its layers drawn once for all presses), the presses
+  # never yet compared on a GPU first.
+  {
+    step select_gpu 30 "$bin/test_select_gpu"
+    step conformance_trace 60 "$bin/test_conformance_gpu" --gtest_filter='*Bundled*:*EveryReferencePress*'
+    grid=keydiff:cap:kivi:kvzap:fastkvzip:knorm:snapkv:lagkv:expected_attention:tova:streaming_llm:random:pyramidkv:compactor:cur:observed_attention:adakv:merging:leverage:minicache:qfilter
+    step conformance_grid 600 "$bin/test_conformance_gpu" --gtest_filter="$(sed 's/\([a-z_]*\)/*RandomInputsOverTheShapeGrid\/\1*/g' <<<"$grid")"
+  } > "$out/conformance.txt" 2>&1
+}
+
+run_replay() {
+  # A Llama-3-8B-shaped trace: 32 layers of 32K context (12.6 GB in bf16), generated on every core.
+  local synthetic
+  synthetic=$(mktemp -d)/llama8b-32k.h5
+  step synth_trace 240 "$bin/kvsim" synth-trace -o "$synthetic" --layers 32 --model-layers 32 --context 32768 --question 64 --generated 64 --heads 32 \
+    --kv-heads 8 --head-dim 128 --dtype bfloat16 --no-attn-out
+  for backend in cuda reference; do
+    step "replay_$backend" 240 "$bin/kvsim" replay --trace "$synthetic" --backend "$backend" --press snapkv --ratio 0.25 0.5 0.75 0.9
+  done
+  rm -f "$synthetic"
+}
+
+[[ $part == replay ]] || run_checks
+[[ $part == checks ]] || run_replay
 exit $status

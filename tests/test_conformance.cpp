@@ -89,43 +89,56 @@ TEST(Conformance, EveryReferencePressExistsOnTheBackend) {
 
 class Conformance : public ::testing::TestWithParam<std::string> {};
 
+// The grid's random layers (each with its predecessor, for cross-layer presses, and hidden
+// states, for the presses that read them), drawn once for every press: at 64K tokens drawing
+// them costs more than most presses' comparisons.
+struct GridInputs {
+  std::vector<Shape> shapes;
+  std::vector<LayerTensors> layers, previous;
+  std::vector<RopeConfig> ropes;
+  std::vector<std::string> labels;
+};
+
+const GridInputs& grid_inputs() {
+  static const GridInputs grid = [] {
+    GridInputs g;
+    g.shapes = shapes();
+    for (const Shape& s : g.shapes) {
+      const unsigned seed = 17u * s.n + s.d;
+      const auto stored = [&](std::vector<float>& values) {
+        for (float& x : values)
+          x = s.dtype == StorageDtype::float16 ? round_to_half(x) : s.dtype == StorageDtype::bfloat16 ? round_to_bf16(x) : x;
+      };
+      LayerTensors layer = test::random_layer(s.H, s.Hkv, s.n + s.extra, s.d, seed, /*layer_index=*/s.n % 3);
+      for (HeadTensor* t : {&layer.q, &layer.k, &layer.v}) stored(t->data);
+      // o_proj [D, H*d] (CriticalKV), D = 64: N(0, 1/64) draws.
+      layer.o_proj_rows = 64;
+      layer.o_proj.resize(static_cast<std::size_t>(64) * s.H * s.d);
+      std::mt19937 rng(seed + 2);
+      std::normal_distribution<float> normal(0.0f, 0.125f);
+      for (float& w : layer.o_proj) w = normal(rng);
+      test::add_hidden_states(layer, seed + 3);  // [T, kTestHiddenSize], in the shape's dtype like q, k, v
+      stored(layer.hidden_states);
+      g.previous.push_back(test::random_layer(s.H, s.Hkv, s.n + s.extra, s.d, seed + 1, s.n % 3 - 1));
+      g.layers.push_back(std::move(layer));
+      g.ropes.push_back(RopeConfig::from_theta(10000.0, s.d));
+      g.labels.push_back("random n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) + " H=" + std::to_string(s.H) +
+                         " Hkv=" + std::to_string(s.Hkv) + " " + dtype_name(s.dtype) + " seed=" + std::to_string(seed));
+    }
+    return g;
+  }();
+  return grid;
+}
+
 TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
   if (const std::string why = missing_device(); !why.empty()) GTEST_SKIP() << why;
   const std::string spec = GetParam();
   const bool quadratic = spec.rfind("observed_attention", 0) == 0;
-  std::vector<LayerTensors> layers, previous;  // previous: layer - 1, for cross-layer presses
-  std::vector<RopeConfig> ropes;
-  std::vector<std::string> labels;
-  const auto grid = shapes();
-  layers.reserve(grid.size());
-  previous.reserve(grid.size());
-  ropes.reserve(grid.size());
-  for (const Shape& s : grid) {
-    if (quadratic && s.n > 8192) continue;
-    const unsigned seed = 17u * s.n + s.d;
-    LayerTensors layer = test::random_layer(s.H, s.Hkv, s.n + s.extra, s.d, seed, /*layer_index=*/s.n % 3);
-    for (HeadTensor* t : {&layer.q, &layer.k, &layer.v})
-      for (float& x : t->data)
-        x = s.dtype == StorageDtype::float16 ? round_to_half(x) : s.dtype == StorageDtype::bfloat16 ? round_to_bf16(x) : x;
-    // o_proj [D, H*d] (CriticalKV), D = 64: N(0, 1/64) draws.
-    layer.o_proj_rows = 64;
-    layer.o_proj.resize(static_cast<std::size_t>(64) * s.H * s.d);
-    std::mt19937 rng(seed + 2);
-    std::normal_distribution<float> normal(0.0f, 0.125f);
-    for (float& w : layer.o_proj) w = normal(rng);
-    if (needs_hidden_states(spec)) {  // [T, kTestHiddenSize], stored in the shape's dtype like q, k, v
-      test::add_hidden_states(layer, seed + 3);
-      for (float& x : layer.hidden_states)
-        x = s.dtype == StorageDtype::float16 ? round_to_half(x) : s.dtype == StorageDtype::bfloat16 ? round_to_bf16(x) : x;
-    }
-    previous.push_back(test::random_layer(s.H, s.Hkv, s.n + s.extra, s.d, seed + 1, s.n % 3 - 1));
-    layers.push_back(std::move(layer));
-    ropes.push_back(RopeConfig::from_theta(10000.0, s.d));
-    labels.push_back("random n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) + " H=" + std::to_string(s.H) +
-                     " Hkv=" + std::to_string(s.Hkv) + " " + dtype_name(s.dtype) + " seed=" + std::to_string(seed));
-  }
+  const GridInputs& grid = grid_inputs();
   std::vector<ConformanceInput> inputs;
-  for (std::size_t i = 0; i < layers.size(); ++i) inputs.push_back({labels[i], &layers[i], grid[i].n, 4, &ropes[i], &previous[i]});
+  for (std::size_t i = 0; i < grid.layers.size(); ++i)
+    if (!quadratic || grid.shapes[i].n <= 8192)
+      inputs.push_back({grid.labels[i], &grid.layers[i], grid.shapes[i].n, 4, &grid.ropes[i], &grid.previous[i]});
   // One comparison over the whole grid, or one per shape where the press reads an artefact of that shape.
   std::vector<std::pair<std::string, std::vector<ConformanceInput>>> runs;
   if (test::with_test_artefact(spec, {4, 1, 1, 64, test::kTestHiddenSize}, 0) == spec) runs.push_back({spec, inputs});

@@ -6,28 +6,32 @@
 #include "cuda/device_scorer.h"
 #include "cuda/evaluate.h"
 #include "cuda/exec_host.h"
+#include "select_cases.h"
 #include "test_util.h"
 
 namespace kvsim::cuda {
 namespace {
 
 TEST(CudaStages, GatherKeptCompactsKeysAndValuesPerHead) {
-  const LayerTensors layer = test::random_layer(4, 2, 20, 8, 3);
-  const RopeConfig rope = RopeConfig::from_theta(10000.0, 8);
-  const PressInput input{layer, 16, 1, rope};
-  HostExec exec;
-  const DeviceLayer<HostExec> device(input);
-  const std::vector<int> kept = {0, 5, 9, 15, 1, 2, 3, 14};  // head 0, then head 1
-  HostExec::Buffer<int> kept_buffer(kept.size());
-  kept_buffer.upload(kept.data(), kept.size());
-  HostExec::Buffer<float> keys(kept.size() * 8), values(kept.size() * 8);
-  gather_kept(exec, device, kept_buffer.data(), 4, keys.data(), values.data());
-  for (int g = 0; g < 2; ++g)
-    for (int r = 0; r < 4; ++r)
-      for (int c = 0; c < 8; ++c) {
-        EXPECT_EQ(keys.data()[(g * 4 + r) * 8 + c], layer.k.at(g, kept[g * 4 + r], c));
-        EXPECT_EQ(values.data()[(g * 4 + r) * 8 + c], layer.v.at(g, kept[g * 4 + r], c));
-      }
+  for (const int d : {8, 6}) {  // four floats at a time, and one
+    SCOPED_TRACE("d=" + std::to_string(d));
+    const LayerTensors layer = test::random_layer(4, 2, 20, d, 3);
+    const RopeConfig rope = RopeConfig::from_theta(10000.0, d);
+    const PressInput input{layer, 16, 1, rope};
+    HostExec exec;
+    const DeviceLayer<HostExec> device(input);
+    const std::vector<int> kept = {0, 5, 9, 15, 1, 2, 3, 14};  // head 0, then head 1
+    HostExec::Buffer<int> kept_buffer(kept.size());
+    kept_buffer.upload(kept.data(), kept.size());
+    HostExec::Buffer<float> keys(kept.size() * d), values(kept.size() * d);
+    gather_kept(exec, device, kept_buffer.data(), 4, keys.data(), values.data());
+    for (int g = 0; g < 2; ++g)
+      for (int r = 0; r < 4; ++r)
+        for (int c = 0; c < d; ++c) {
+          EXPECT_EQ(keys.data()[(g * 4 + r) * d + c], layer.k.at(g, kept[g * 4 + r], c));
+          EXPECT_EQ(values.data()[(g * 4 + r) * d + c], layer.v.at(g, kept[g * 4 + r], c));
+        }
+  }
 }
 
 TEST(CudaStages, SelectionFollowsTheReferenceTieRule) {
@@ -40,6 +44,10 @@ TEST(CudaStages, SelectionFollowsTheReferenceTieRule) {
   EXPECT_EQ(select_topk_per_head(exec, device.data(), 2, 6, 5).kept, (std::vector<std::vector<int>>{{0, 1, 2, 3, 5}, {0, 1, 2, 3, 4}}));
   // Across heads: 5 (head 1), then the 3s of head 0, then the first 2s by flat index.
   EXPECT_EQ(select_topk_global(exec, device.data(), 2, 6, 5).kept, (std::vector<std::vector<int>>{{1, 2, 5}, {0, 4}}));
+}
+
+TEST(CudaStages, RadixSelectMatchesTheReferenceSortOnTiesAndWideRows) {
+  test::expect_selection_matches_reference<HostExec>();
 }
 
 TEST(CudaStages, RowArgmaxTakesTheFirstMaximum) {

@@ -22,6 +22,8 @@ int synth_trace_command(const Args& args) {
       ("context", po::value<int>(&spec.n_context)->default_value(spec.n_context), "context tokens")
       ("question", po::value<int>(&spec.n_question)->default_value(spec.n_question), "question tokens")
       ("generated", po::value<int>(&spec.n_generated)->default_value(spec.n_generated), "generated tokens")
+      ("model-layers", po::value<int>(&spec.num_hidden_layers)->default_value(spec.num_hidden_layers),
+       "the model's layer count (PyramidKV's schedule reads it); --layers records the first of them")
       ("heads", po::value<int>(&spec.num_heads)->default_value(spec.num_heads), "query heads")
       ("kv-heads", po::value<int>(&spec.num_kv_heads)->default_value(spec.num_kv_heads), "key/value heads")
       ("head-dim", po::value<int>(&spec.head_dim)->default_value(spec.head_dim), "head dimension")
@@ -37,7 +39,8 @@ int synth_trace_command(const Args& args) {
   spec.with_hidden_states = vm["with-hidden-states"].as<bool>();
   if (spec.n_context < 64 || spec.n_question < 0 || spec.n_generated < 0 || spec.num_heads < 1 || spec.num_kv_heads < 1 ||
       spec.head_dim < 2 || spec.recorded_layers < 1 || spec.recorded_layers > spec.num_hidden_layers)
-    throw Error("synth-trace: --context must be >= 64, --layers in [1, 30], counts positive");
+    throw Error("synth-trace: --context must be >= 64, --layers in [1, --model-layers (" + std::to_string(spec.num_hidden_layers) +
+                ")], counts positive");
   // Bounds the reader accepts too (segments up to 2^28 tokens), and sizes that fit in memory maths.
   constexpr long long kMaxSegment = 1LL << 28;
   if (spec.n_context > kMaxSegment || spec.n_question > kMaxSegment || spec.n_generated > kMaxSegment || spec.num_heads > 4096 ||

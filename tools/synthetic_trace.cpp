@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "core/philox.h"
+#include "reference/parallel.h"
 #include "reference/attention.h"
 
 namespace kvsim {
@@ -83,7 +84,8 @@ void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& s)
     tensors.q = HeadTensor(s.num_heads, T, d);
     tensors.k = HeadTensor(s.num_kv_heads, T, d);
     tensors.v = HeadTensor(s.num_kv_heads, T, d);
-    for (int g = 0; g < s.num_kv_heads; ++g) {
+    // KV groups in parallel: each draws from its own Philox streams and writes only its heads.
+    ref::parallel_for(s.num_kv_heads, [&](int g) {
       const auto sink_dir = unit_vector(normal, kSinkDir + g, d);
       const auto needle_dir = unit_vector(normal, kNeedleDir + g, d);
       // AR(1) locality signal shared by the queries and keys of the group.
@@ -108,7 +110,7 @@ void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& s)
           apply_rope(query.data(), &tensors.q.at(h, t, 0), t, info.rope);
         }
       }
-    }
+    });
     // Store what the file will hold, then compute the attention output from it.
     for (HeadTensor* t : {&tensors.q, &tensors.k, &tensors.v})
       for (float& x : t->data) x = round_to(s.dtype, x);

@@ -37,13 +37,11 @@ class KnormDevice final : public DeviceScorer<Exec> {
  public:
   explicit KnormDevice(const PressConfig&) : DeviceScorer<Exec>("knorm") {}
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
-    const float* k = L.k.data();
-    const int d = L.d;
-    exec.for_each(static_cast<long>(L.Hkv) * L.n, [=] KVSIM_HD(long i) {
-      float sum = 0.0f;
-      for (int c = 0; c < d; ++c) sum += k[i * d + c] * k[i * d + c];
-      out[i] = -sqrtf(sum);
-    });
+    const long rows = static_cast<long>(L.Hkv) * L.n;
+    typename Exec::template Buffer<double> square_buffer(static_cast<std::size_t>(rows));
+    const double* squares = square_buffer.data();
+    exec.row_dots(RowDots<float>{L.k.data(), nullptr, rows, L.d, 1}, square_buffer.data());
+    exec.for_each(rows, [=] KVSIM_HD(long i) { out[i] = -static_cast<float>(sqrt(squares[i])); });
   }
 };
 
@@ -68,8 +66,8 @@ template <typename Exec>
 class KeyDiffDevice final : public DeviceScorer<Exec> {
  public:
   explicit KeyDiffDevice(const PressConfig&) : DeviceScorer<Exec>("keydiff") {}
-  // Float64 like the reference: norms and dots per token, and the anchor (the mean unit key)
-  // summed in kBlocks partial sums per head and channel, then over the blocks.
+  // Float64 like the reference: norms and dots per token (row_dots), and the anchor (the mean
+  // unit key) summed in kBlocks partial sums per head and channel, then over the blocks.
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
     constexpr int kBlocks = 256;
     const float* k = L.k.data();
@@ -81,11 +79,8 @@ class KeyDiffDevice final : public DeviceScorer<Exec> {
     double* partial = partial_buffer.data();
     double* anchor = anchor_buffer.data();
     double* anchor_norm = anchor_norm_buffer.data();
-    exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) {
-      double sum = 0.0;
-      for (int c = 0; c < d; ++c) sum += static_cast<double>(k[i * d + c]) * k[i * d + c];
-      norms[i] = sqrt(sum);
-    });
+    exec.row_dots(RowDots<float>{k, nullptr, static_cast<long>(Hkv) * n, d, 1}, norms);
+    exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) { norms[i] = sqrt(norms[i]); });
     const int per_block = (n + kBlocks - 1) / kBlocks;
     exec.for_each(static_cast<long>(Hkv) * kBlocks * d, [=] KVSIM_HD(long i) {
       const long g = i / (static_cast<long>(kBlocks) * d), block = i / d % kBlocks, c = i % d;
@@ -94,21 +89,22 @@ class KeyDiffDevice final : public DeviceScorer<Exec> {
       for (long t = first; t < last; ++t) sum += static_cast<double>(k[(g * n + t) * d + c]) / fmax(norms[g * n + t], 1e-12);
       partial[i] = sum;
     });
+    exec.for_each(static_cast<long>(Hkv) * d, [=] KVSIM_HD(long i) {
+      const long g = i / d, c = i % d;
+      double sum = 0.0;
+      for (int block = 0; block < kBlocks; ++block) sum += partial[(g * kBlocks + block) * d + c];
+      anchor[i] = sum / n;
+    });
     exec.for_each(Hkv, [=] KVSIM_HD(long g) {
       double squares = 0.0;
-      for (int c = 0; c < d; ++c) {
-        double sum = 0.0;
-        for (int block = 0; block < kBlocks; ++block) sum += partial[(g * kBlocks + block) * d + c];
-        anchor[g * d + c] = sum / n;
-        squares += anchor[g * d + c] * anchor[g * d + c];
-      }
+      for (int c = 0; c < d; ++c) squares += anchor[g * d + c] * anchor[g * d + c];
       anchor_norm[g] = sqrt(squares);
     });
+    DoubleBuffer dot_buffer(static_cast<std::size_t>(Hkv) * n);
+    const double* dots = dot_buffer.data();
+    exec.row_dots(RowDots<double>{k, anchor, static_cast<long>(Hkv) * n, d, n}, dot_buffer.data());
     exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) {
-      const long g = i / n;
-      double dot = 0.0;
-      for (int c = 0; c < d; ++c) dot += static_cast<double>(k[i * d + c]) * anchor[g * d + c];
-      out[i] = static_cast<float>(-dot / fmax(norms[i] * anchor_norm[g], 1e-8));
+      out[i] = static_cast<float>(-dots[i] / fmax(norms[i] * anchor_norm[i / n], 1e-8));
     });
   }
 };
