@@ -164,6 +164,24 @@ class KvcfL2NormDevice final : public KvcfDeviceScorer<Exec> {
   const DeviceScorer<Exec>* knorm_ = nullptr;
 };
 
+// AdaKV's normalisation: each row of sorted [heads, past] (descending) times the sum of its
+// first `base` over the sum of the row. (A free function: nvcc's device lambdas cannot live
+// in private members.)
+template <typename Exec>
+void kvcf_normalise_sorted(Exec& exec, float* sorted, int heads, int past, int base, const std::string& press) {
+  typename Exec::template Buffer<float> top_buffer(static_cast<std::size_t>(heads) * base), top_sum(heads), total_sum(heads);
+  float* top = top_buffer.data();
+  exec.for_each(static_cast<long>(heads) * base, [=] KVSIM_HD(long i) { top[i] = sorted[(i / base) * past + i % base]; });
+  exec.row_reduce(top, heads, base, top_sum.data(), Reduce::sum);
+  exec.row_reduce(sorted, heads, past, total_sum.data(), Reduce::sum);
+  std::vector<float> totals(static_cast<std::size_t>(heads));
+  total_sum.download(totals.data(), totals.size());
+  for (int g = 0; g < heads; ++g) ref::kvcf_adakv_score_total(totals[g], g, press);
+  const float* top_total = top_sum.data();
+  const float* total = total_sum.data();
+  exec.for_each(static_cast<long>(heads) * past, [=] KVSIM_HD(long i) { sorted[i] *= top_total[i / past] / total[i / past]; });
+}
+
 template <typename Exec>
 class KvcfAdaKvDevice final : public DeviceScorer<Exec> {
  public:
@@ -196,7 +214,7 @@ class KvcfAdaKvDevice final : public DeviceScorer<Exec> {
     const auto order_buffer = sorted_positions(exec, past_scores, heads, past);
     const int* order = order_buffer.data();
     exec.for_each(count, [=] KVSIM_HD(long i) { sorted[i] = past_scores[(i / past) * past + order[i]]; });
-    if (normalize_) normalise(exec, sorted, heads, past, base);
+    if (normalize_) kvcf_normalise_sorted(exec, sorted, heads, past, base, this->name());
     const Compression adaptive = select_topk_global(exec, sorted, heads, past, static_cast<long>(heads) * base);
     std::vector<long long> counts;
     for (const auto& head : adaptive.kept) counts.push_back(static_cast<long long>(head.size()));
@@ -208,21 +226,6 @@ class KvcfAdaKvDevice final : public DeviceScorer<Exec> {
   }
 
  private:
-  // Each row of sorted [heads, past] times (sum of its first `base`) / (sum of the row).
-  void normalise(Exec& exec, float* sorted, int heads, int past, int base) const {
-    typename Exec::template Buffer<float> top_buffer(static_cast<std::size_t>(heads) * base), top_sum(heads), total_sum(heads);
-    float* top = top_buffer.data();
-    exec.for_each(static_cast<long>(heads) * base, [=] KVSIM_HD(long i) { top[i] = sorted[(i / base) * past + i % base]; });
-    exec.row_reduce(top, heads, base, top_sum.data(), Reduce::sum);
-    exec.row_reduce(sorted, heads, past, total_sum.data(), Reduce::sum);
-    std::vector<float> totals(static_cast<std::size_t>(heads));
-    total_sum.download(totals.data(), totals.size());
-    for (int g = 0; g < heads; ++g) ref::kvcf_adakv_score_total(totals[g], g, this->name());
-    const float* top_total = top_sum.data();
-    const float* total = total_sum.data();
-    exec.for_each(static_cast<long>(heads) * past, [=] KVSIM_HD(long i) { sorted[i] *= top_total[i / past] / total[i / past]; });
-  }
-
   int capacity_;
   double floor_;
   bool normalize_;
