@@ -254,6 +254,44 @@ Compression select_topk_global(Exec& exec, const float* scores, int rows, int n,
   return out;
 }
 
+// The first counts[g] entries of each row g of `order` [rows, n] (each row a permutation of
+// its positions, as sorted_positions gives), per row ascending: mark, scan, compact on the
+// device, as select_topk_on_device, for budgets that differ between rows (head-wise presses).
+template <typename Exec>
+Compression first_of_each_order(Exec& exec, const int* order, int rows, int n, const std::vector<int>& counts) {
+  const long count = static_cast<long>(rows) * n;
+  long total = 0;
+  for (int c : counts) total += std::clamp(c, 0, n);
+  typename Exec::template Buffer<int> count_buffer(static_cast<std::size_t>(rows)), flag_buffer(count), index_buffer(count),
+      kept_buffer(static_cast<std::size_t>(total));
+  std::vector<int> clamped(counts.size());
+  for (std::size_t g = 0; g < counts.size(); ++g) clamped[g] = std::clamp(counts[g], 0, n);
+  if (rows) count_buffer.upload(clamped.data(), clamped.size());
+  const int* first = count_buffer.data();
+  int* flag = flag_buffer.data();
+  int* index = index_buffer.data();
+  int* kept = kept_buffer.data();
+  exec.for_each(count, [=] KVSIM_HD(long i) { flag[i] = 0; });
+  exec.for_each(count, [=] KVSIM_HD(long i) {
+    const long g = i / n;
+    if (i % n < first[g]) flag[g * n + order[i]] = 1;
+  });
+  exec.exclusive_scan(flag, index, count);
+  exec.for_each(count, [=] KVSIM_HD(long i) {
+    if (flag[i]) kept[index[i]] = static_cast<int>(i % n);
+  });
+  std::vector<int> host(static_cast<std::size_t>(total));
+  if (total) kept_buffer.download(host.data(), host.size());
+  Compression out;
+  out.kept.resize(static_cast<std::size_t>(rows));
+  long offset = 0;
+  for (int g = 0; g < rows; ++g) {
+    out.kept[g].assign(host.begin() + offset, host.begin() + offset + clamped[g]);
+    offset += clamped[g];
+  }
+  return out;
+}
+
 // Four floats moved as one 16-byte access (the gather's rows are 16-byte aligned when d is
 // a multiple of 4).
 struct alignas(16) FourFloats {
@@ -320,6 +358,13 @@ class DeviceScorer : public ScorerPress {
 
   Compression compress(const PressInput& input, double ratio) const override {
     if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
+    return select_by_scores(input, ratio);
+  }
+
+ protected:
+  // Each head's budget(input, ratio) best tokens, at any ratio (presses with budgets of their
+  // own, such as the kvcf_* ones, compress at ratio 0 too).
+  Compression select_by_scores(const PressInput& input, double ratio) const {
     Exec exec;
     const LayerOnDevice<Exec> on_device(input);
     const DeviceLayer<Exec>& layer = *on_device;

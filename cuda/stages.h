@@ -70,17 +70,23 @@ void sum_rows_per_head(Exec& exec, const float* probs, int H, int rows, int prob
   exec.gemm(g);
 }
 
-// Window attention WA(w) averaged over the window queries: out [H, columns] =
-// mean_i softmax_j(q_h[n-w+i] . k / sqrt(d)) for columns j < columns (causal, not
+// Window attention WA(w) summed over the window queries, times `scale`: out [H, columns] =
+// scale sum_i softmax_j(q_h[n-w+i] . k / sqrt(d)) for columns j < columns (causal, not
 // renormalised; columns = n - w for the keys before the window).
 template <typename Exec>
-void window_attention_mean(Exec& exec, const DeviceLayer<Exec>& L, int w, int columns, float* out) {
+void window_attention_sum(Exec& exec, const DeviceLayer<Exec>& L, int w, int columns, float scale, float* out) {
   const int n = L.n;
   typename Exec::template Buffer<float> probs(static_cast<std::size_t>(L.H) * w * n);
   attention_logits(exec, L, n - w, w, n, probs.data());
   exec.softmax_rows(probs.data(), SoftmaxRows{static_cast<long>(L.H) * w, n, w, n - w + 1}, nullptr);
   const auto ones = device_ones(exec, w);
-  sum_rows_per_head(exec, probs.data(), L.H, w, n, columns, ones.data(), 1.0f / static_cast<float>(w), 0.0f, out, columns);
+  sum_rows_per_head(exec, probs.data(), L.H, w, n, columns, ones.data(), scale, 0.0f, out, columns);
+}
+
+// The same, averaged over the window queries (scale 1 / w).
+template <typename Exec>
+void window_attention_mean(Exec& exec, const DeviceLayer<Exec>& L, int w, int columns, float* out) {
+  window_attention_sum(exec, L, w, columns, 1.0f / static_cast<float>(w), out);
 }
 
 // avg_pool1d(kernel, stride 1, padding kernel/2, count_include_pad) of each row of x

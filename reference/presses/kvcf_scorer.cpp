@@ -1,0 +1,65 @@
+#include "reference/presses/kvcf_scorer.h"
+
+#include "core/press_checks.h"
+#include "reference/parallel.h"
+#include "reference/scoring.h"
+#include "reference/select.h"
+
+namespace kvsim::ref {
+
+int KvcfScorer::budget(const PressInput& in, double ratio) const { return kvcf_kept_per_head(plan(in, ratio), in.n); }
+
+Compression KvcfScorer::compress(const PressInput& in, double ratio) const {
+  if (!plan(in, ratio)) return keep_all(in.num_kv_heads(), in.n);
+  return select_topk_per_head(checked_score(in, ratio), budget(in, ratio));  // an explicit budget applies at ratio 0 too
+}
+
+Scores kvcf_finish_scores(const RowMatrix& per_query_head, int Hkv, const KvcfScoring& s) {
+  const long past = per_query_head.cols();
+  const int G = static_cast<int>(per_query_head.rows()) / Hkv;
+  Scores grouped(Hkv, past);
+  for (int g = 0; g < Hkv; ++g)
+    for (long j = 0; j < past; ++j) grouped(g, j) = kvcf_group_reduce_at(per_query_head.data(), past, G, g, j, s.reduce);
+  if (s.pooled && s.pooling == KvcfPooling::avgpool) {
+    for (int g = 0; g < Hkv; ++g) grouped.row(g) = avg_pool1d(grouped.row(g), s.kernel);
+  } else if (s.pooled) {
+    const Scores raw = grouped;
+    for (int g = 0; g < Hkv; ++g)
+      for (long j = 0; j < past; ++j) grouped(g, j) = kvcf_max_pool_at(raw.data() + g * past, past, j, s.kernel);
+  }
+  return pad_with_max_plus_one(grouped, 0, s.window);
+}
+
+Scores kvcf_window_scores(const PressInput& in, const KvcfScoring& s, bool mean_over_window, const std::string& press) {
+  if (s.pooled) require_odd_kernel(press, s.kernel);
+  require_more_tokens(press, "window_size", s.window, in.n);
+  RowMatrix per_query_head(in.num_heads(), in.n - s.window);
+  parallel_for(in.num_heads(), [&](int h) {
+    const RowMatrix attn = window_attention(in, h, s.window);
+    if (mean_over_window) per_query_head.row(h) = attn.colwise().mean();
+    else per_query_head.row(h) = attn.colwise().sum();
+  });
+  return kvcf_finish_scores(per_query_head, in.num_kv_heads(), s);
+}
+
+ParamDef kvcf_capacity_param() {
+  return {"max_capacity_prompt", ParamType::Int, 0.0, 0.0, {},
+          "tokens kept per head, window included (KVCache-Factory's budget); 0: round(n (1 - ratio))"};
+}
+
+std::vector<ParamDef> kvcf_scoring_params(bool pooled) {
+  std::vector<ParamDef> params = {kvcf_capacity_param(),
+                                  {"window_size", ParamType::Int, 8.0, 1.0, {}, "observation window, always kept (last tokens of the segment)"}};
+  if (pooled) {
+    params.push_back({"kernel_size", ParamType::Int, 7.0, 1.0, {}, "pooling kernel over the scores (odd)"});
+    ParamDef pooling{"pooling", ParamType::Choice, 0.0, {}, {}, "maxpool (KVCache-Factory's runner) or avgpool (its class default)"};
+    pooling.choices = {"maxpool", "avgpool"};
+    params.push_back(pooling);
+  }
+  ParamDef reduce{"gqa_score_agg", ParamType::Choice, 0.0, {}, {}, "how a GQA group's query heads' scores are reduced per KV head"};
+  reduce.choices = {"mean", "max", "sum"};
+  params.push_back(reduce);
+  return params;
+}
+
+}  // namespace kvsim::ref

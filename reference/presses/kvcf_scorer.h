@@ -1,0 +1,41 @@
+#pragma once
+// The reference kvcf_* presses (KVCache-Factory's versions of SnapKV, PyramidKV, H2O,
+// StreamingLLM, L2Norm, AdaKV): KVCF's budgets (reference/kvcf.h) around scores. On a GQA
+// layer the scores of each group's query heads are reduced to one row per KV head before
+// pooling — KVCF's kv_head granularity (gqa_score_agg); its default gives every query head a
+// cache of its own, which a per-KV-head cache cannot hold.
+#include <string>
+#include <vector>
+
+#include "reference/kvcf.h"
+#include "reference/scorer_press.h"
+
+namespace kvsim::ref {
+
+// A press keeping plan() tokens per KV head by its scores (top-k), or everything.
+class KvcfScorer : public ScorerPress {
+ public:
+  using ScorerPress::ScorerPress;
+  virtual KvcfPlan plan(const PressInput& input, double ratio) const = 0;
+  int budget(const PressInput& input, double ratio) const override;
+  Compression compress(const PressInput& input, double ratio) const override;
+};
+
+// Rows [H, n - w] reduced over each GQA group, pooled, and the window padded with max + 1.
+Scores kvcf_finish_scores(const RowMatrix& per_query_head, int num_kv_heads, const KvcfScoring& scoring);
+
+// The observation window's attention to the earlier tokens, per query head: the sum (SnapKV,
+// PyramidKV) or mean (AdaKV) over the last w queries of WA(w), columns j < n - w, finished as above.
+Scores kvcf_window_scores(const PressInput& input, const KvcfScoring& scoring, bool mean_over_window, const std::string& press);
+
+// A kvcf_* press's `kvsim list` line: what it keeps, and how its budget M is set.
+inline std::string kvcf_summary(const std::string& what) {
+  return what + " (M = max_capacity_prompt, else round(n (1 - ratio)))";
+}
+
+// Parameters: max_capacity_prompt; window_size, and for pooled presses kernel_size and
+// pooling; gqa_score_agg.
+ParamDef kvcf_capacity_param();
+std::vector<ParamDef> kvcf_scoring_params(bool pooled);
+
+}  // namespace kvsim::ref
