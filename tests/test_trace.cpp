@@ -483,7 +483,8 @@ TEST(AnswerSpans, RoundTripAndAbsentByDefault) {
   info.answer_tokens = 1;
   info.answer_score = 0.5;
   test::write_trace(dir.file("spans.h5"), info, {test::random_layer(2, 1, 10, 4, 3)});
-  const TraceInfo& read = TraceReader(dir.file("spans.h5")).info();
+  const TraceReader reader(dir.file("spans.h5"));
+  const TraceInfo& read = reader.info();
   ASSERT_EQ(read.answer_spans.size(), 2u);
   EXPECT_EQ(read.answer_spans[0].first, 1);
   EXPECT_EQ(read.answer_spans[0].end, 3);
