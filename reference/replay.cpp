@@ -13,6 +13,7 @@
 #include "core/evaluation.h"
 #include "core/philox.h"
 #include "core/wrapping.h"
+#include "reference/answer_metrics.h"
 #include "reference/attention.h"
 #include "reference/host_evaluator.h"
 #include "reference/parallel.h"
@@ -52,6 +53,7 @@ void check_compression(const Compression& c, const std::string& press, int n, in
 
 struct RunAccumulator {
   std::vector<double> rel_err, cosine, recall, oproj;
+  std::vector<double> span_retention, answer_err;  // traces with answer spans
   double kept_fraction_sum = 0, kept_fraction_count = 0;
   std::vector<StepResult> steps;                // decoding presses
   std::map<int, std::vector<double>> step_err;  // per step, over layers, heads and queries
@@ -63,15 +65,18 @@ struct CompressedRun {
   std::vector<double> kept_fraction;  // per KV head
   std::vector<StepResult> steps;      // decoding presses only
   std::vector<int> step_of_query;     // decoding presses only: the step each evaluation query belongs to
+  std::vector<double> span_retention;  // per query head; empty without answer spans and for decoding presses
 };
 
 // Adds one layer of one run: per-head and per-layer summaries, and the values the run's
 // summaries pool over layers (and over decoding steps).
-void accumulate(const LayerComparison& m, const CompressedRun& run_outputs, int layer, RunAccumulator& a, RunResult& run) {
+// `answer_queries`: the evaluation queries at question and answer positions (traces with spans).
+void accumulate(const LayerComparison& m, const CompressedRun& run_outputs, const std::vector<int>& answer_queries, int layer,
+                RunAccumulator& a, RunResult& run) {
   const int H = m.heads, Q = m.queries, Hkv = static_cast<int>(run_outputs.kept_fraction.size());
   LayerResult layer_result;
   layer_result.layer = layer;
-  std::vector<double> layer_err, layer_cos, layer_recall;
+  std::vector<double> layer_err, layer_cos, layer_recall, layer_retention, layer_answer_err;
   for (int h = 0; h < H; ++h) {
     const long first = static_cast<long>(h) * Q;
     const std::vector<double> err(m.rel_err.begin() + first, m.rel_err.begin() + first + Q),
@@ -83,6 +88,14 @@ void accumulate(const LayerComparison& m, const CompressedRun& run_outputs, int 
     head.rel_err = summarize(err);
     head.cosine = summarize(cos);
     head.recall = summarize(recall);
+    std::vector<double> answer_err;
+    for (int i : answer_queries) answer_err.push_back(err[i]);
+    head.answer_rel_err = summarize(answer_err);
+    layer_answer_err.insert(layer_answer_err.end(), answer_err.begin(), answer_err.end());
+    if (!run_outputs.span_retention.empty() && !std::isnan(run_outputs.span_retention[h])) {
+      head.span_retention = run_outputs.span_retention[h];
+      layer_retention.push_back(head.span_retention);
+    }
     run.heads.push_back(head);
     if (!run_outputs.step_of_query.empty())
       for (int i = 0; i < Q; ++i) a.step_err[run_outputs.step_of_query[i]].push_back(err[i]);
@@ -102,6 +115,10 @@ void accumulate(const LayerComparison& m, const CompressedRun& run_outputs, int 
   layer_result.rel_err = summarize(layer_err);
   layer_result.cosine = summarize(layer_cos);
   layer_result.recall = summarize(layer_recall);
+  layer_result.span_retention = summarize(layer_retention);
+  layer_result.answer_rel_err = summarize(layer_answer_err);
+  a.span_retention.insert(a.span_retention.end(), layer_retention.begin(), layer_retention.end());
+  a.answer_err.insert(a.answer_err.end(), layer_answer_err.begin(), layer_answer_err.end());
   if (!m.oproj_rel_err.empty()) {
     layer_result.oproj_rel_err = summarize(m.oproj_rel_err);
     a.oproj.insert(a.oproj.end(), m.oproj_rel_err.begin(), m.oproj_rel_err.end());
@@ -346,6 +363,8 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
   result.trace = trace.path();
   result.n_compressed = n;
   result.n_queries = n_queries;
+  result.answer_metrics = info.has_answer_spans();
+  const std::vector<int> answer_query_indices = answer_queries(info, n);
   // One run per (press, ratio); presses that ignore the ratio run once.
   struct RunSlot {
     std::size_t press;
@@ -410,6 +429,7 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     // device, sharing the presses' copy of the layer); the rest on the host, built on demand.
     const std::unique_ptr<LayerEvaluator> on_device = device_evaluator ? (*device_evaluator)(input) : nullptr;
     if (on_device) input.resident = on_device->resident();
+    const SpanAttention span_weights = span_attention(tensors, info, offset, window);
     std::optional<HostEvaluator> on_host;
     auto host = [&]() -> const HostEvaluator& { return on_host ? *on_host : on_host.emplace(tensors, n_layer, window); };
     for (std::size_t s = 0; s < slots.size(); ++s) {
@@ -447,8 +467,9 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
           run_outputs.kept_fraction.push_back(static_cast<double>(c.kept[g].size()) / n_layer * (1.0 - c.key_channels_removed / 2.0) *
                                               c.storage_fraction);
         comparison = on_device ? on_device->compare(c) : host().compare(c);
+        if (!span_weights.empty()) run_outputs.span_retention = span_retention(span_weights, c, Hkv);
       }
-      accumulate(comparison, run_outputs, layer, acc[s], result.runs[s]);
+      accumulate(comparison, run_outputs, answer_query_indices, layer, acc[s], result.runs[s]);
     }
     if (progress) progress({layer, static_cast<int>(li + 1), static_cast<int>(layers.size())});
   }
@@ -459,6 +480,8 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     run.cosine = summarize(acc[s].cosine);
     run.recall = summarize(acc[s].recall);
     run.oproj_rel_err = summarize(acc[s].oproj);
+    run.span_retention = summarize(acc[s].span_retention);
+    run.answer_rel_err = summarize(acc[s].answer_err);
     run.achieved_ratio = 1.0 - acc[s].kept_fraction_sum / acc[s].kept_fraction_count;
     run.steps = acc[s].steps;
     for (std::size_t i = 0; i < run.steps.size(); ++i) run.steps[i].rel_err = summarize(acc[s].step_err[i]);

@@ -5,6 +5,7 @@
 // uncompressed tokens after it, causally — as kvpress applies presses. The perturbation
 // of each later query's attention output is measured against the full cache.
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -28,12 +29,17 @@ struct HeadResult {
   int layer = 0, head = 0;
   double kept_fraction = 0;  // kept / n for the head's KV head
   Summary rel_err, cosine, recall;
+  // Traces with answer spans (reference/answer_metrics.h): the question's span attention kept
+  // (NaN: none to keep, or a decoding press), and rel_err at question and answer positions.
+  double span_retention = std::numeric_limits<double>::quiet_NaN();
+  Summary answer_rel_err;
 };
 
 struct LayerResult {
   int layer = 0;
   double kept_fraction = 0;
   Summary rel_err, cosine, recall, oproj_rel_err;  // oproj_rel_err.count == 0 without o_proj
+  Summary span_retention, answer_rel_err;           // over heads; count == 0 without answer spans
 };
 
 // One decoding step of a decoding press (the question is step 0 when present).
@@ -49,6 +55,7 @@ struct RunResult {
   double ratio = 0;   // NaN for presses that ignore the ratio (dms, none, decoding)
   double achieved_ratio = 0;  // 1 - mean kept fraction (decoding: final cache / all tokens)
   Summary rel_err, cosine, recall, oproj_rel_err;
+  Summary span_retention, answer_rel_err;  // over layers and heads; count == 0 without answer spans
   std::vector<LayerResult> layers;
   std::vector<HeadResult> heads;
   std::vector<StepResult> steps;  // decoding presses: per-step perturbation
@@ -59,6 +66,7 @@ struct ReplayResult {
   std::string trace;
   int n_compressed = 0;  // tokens each press sees
   int n_queries = 0;     // evaluation queries per layer and head
+  bool answer_metrics = false;  // the trace has answer spans: runs carry span_retention and answer_rel_err
   double seconds = 0;            // wall time of the replay
   double read_seconds = 0;       // spent reading layers (on the reading thread, overlapped with work)
   double read_wait_seconds = 0;  // of which the replay waited for (not overlapped)

@@ -69,21 +69,33 @@ def main():
             checked = run(kvsim, "check-bounds", "-q", "--trace", trace, "--queries", "1", "--tokens-per-head", "4", "--format", fmt, "-o", out)
             check(checked.returncode == 0, checked.stderr)
 
-        names = ["perturbation", "heatmap-knorm", "decoding-steps", "bounds"]
+        second = os.path.join(tmp, "t2.h5")  # kvsim rank over a two-trace suite
+        made = run(kvsim, "synth-trace", "-o", second, "--seed", "3", "--layers", "2", "--context", "96", "--question", "6",
+                   "--generated", "6", "--heads", "4", "--kv-heads", "2", "--head-dim", "16")
+        check(made.returncode == 0, made.stderr)
+        rank_csv, rank_json = os.path.join(tmp, "rank.csv"), os.path.join(tmp, "rank.json")
+        for out, fmt in ((rank_csv, "csv"), (rank_json, "json")):
+            ranked = run(kvsim, "rank", "-q", trace, second, "--press", "knorm", "snapkv:window_size=8", "--ratio", "0.25", "0.5",
+                         "--resamples", "50", "--format", fmt, "-o", out)
+            check(ranked.returncode == 0, ranked.stderr)
+
+        names = ["perturbation", "heatmap-knorm", "decoding-steps", "bounds", "ranking"]
         png_dir = os.path.join(tmp, "png")
-        plotted = run(sys.executable, PLOT, table, "--out-dir", png_dir, "--bounds", bounds_csv)
+        plotted = run(sys.executable, PLOT, table, "--out-dir", png_dir, "--bounds", bounds_csv, "--ranking", rank_csv)
         check(plotted.returncode == 0, plotted.stderr)
         check(sorted(plotted.stdout.split()) == sorted(os.path.join(png_dir, n + ".png") for n in names), plotted.stdout)
         for name in names:
             check_png(os.path.join(png_dir, name + ".png"))
 
         svg_dir = os.path.join(tmp, "svg")
-        plotted = run(sys.executable, PLOT, jsonl, "--out-dir", svg_dir, "--format", "svg", "--bounds", bounds_json, "--press", "snapkv:window_size=8")
+        plotted = run(sys.executable, PLOT, jsonl, "--out-dir", svg_dir, "--format", "svg", "--bounds", bounds_json, "--press", "snapkv:window_size=8",
+                      "--ranking", rank_json)
         check(plotted.returncode == 0, plotted.stderr)
         check_svg(os.path.join(svg_dir, "perturbation.svg"), ["knorm", "snapkv:window_size=8", "decoding(knorm)", "compression ratio"])
         check_svg(os.path.join(svg_dir, "heatmap-snapkv_window_size_8.svg"), ["snapkv:window_size=8", "layer"])
         check_svg(os.path.join(svg_dir, "decoding-steps.svg"), ["decoding step"])
         check_svg(os.path.join(svg_dir, "bounds.svg"), ["pr_bound_w", "merge_no_worse", "layer 1"])
+        check_svg(os.path.join(svg_dir, "ranking.svg"), ["ratio 0.25", "ratio 0.5", "knorm", "snapkv:window_size=8", "rel_err"])
 
         # A table cut mid-line (an interrupted sweep) still plots; without decoding presses the
         # step plot is skipped with a note.
@@ -100,6 +112,7 @@ def main():
         # Bad input: one error line, exit status 1.
         for args, why in (([trace], "is not a kvsim sweep table"), ([os.path.join(tmp, "none.csv")], "cannot read"),
                           (["--bounds", table], "is not a kvsim check-bounds csv report"),
+                          (["--ranking", table], "is not a kvsim rank csv report"),
                           ([table, "--press", "nosuch"], "no per-layer rel_err_mean rows with a ratio for press 'nosuch'")):
             bad = run(sys.executable, PLOT, *args, "--out-dir", os.path.join(tmp, "bad"))
             check(bad.returncode == 1, f"{args}: exit {bad.returncode}")

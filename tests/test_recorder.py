@@ -6,6 +6,7 @@ are missing: install them with scripts/setup_recorder.sh.
 
 usage: test_recorder.py KVSIM_BINARY
 """
+import json
 import os
 import subprocess
 import sys
@@ -132,6 +133,53 @@ def check_gemma3_layers(tmp, context):
     check(r.returncode == 0 and "snapkv" in r.stdout, f"Gemma 3: the trace replays ({r.stderr.strip()[-300:]})")
 
 
+def check_sample(tmp, model_dir):
+    """--sample: the generator's character spans become token positions of the recorded prompt
+    (the tokens there spell the span), and the greedy answer is scored as RULER does."""
+    words = ("the sea was lit on a storm night and the ship was to sea " * 3).split()
+    context = " ".join(words[:20] + ["the", "cat", "was", "named", "lamp"] + words[20:])
+    start = context.index("the cat was named lamp")  # the test places it, so it knows where
+    sample_path = os.path.join(tmp, "sample.json")
+    sample = {"task": "niah_single", "context": context, "question": "what is the cat named", "answers": ["lamp"],
+              "metric": "all", "spans": [[start, start + len("the cat was named lamp")]], "token_spans": []}
+    with open(sample_path, "w") as f:
+        json.dump(sample, f)
+    out = os.path.join(tmp, "sample.h5")
+    base = [sys.executable, RECORDER, "--model", model_dir, "--generate", "4", "--device", "cpu", "--dtype", "float32",
+            "--no-stop-at-eos"]
+    r = run(base + ["--sample", sample_path, "-o", out])
+    check(r.returncode == 0, f"--sample records ({r.stderr.strip()[-300:]})")
+    if r.returncode:
+        return
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    with h5py.File(out, "r") as f:
+        spans = f["answer_spans"][...]
+        check(spans.dtype == np.int32 and spans.shape == (1, 2), f"answer_spans is int32 [1, 2] ({spans.dtype}, {spans.shape})")
+        first, end = (int(x) for x in spans[0])
+        check(tokenizer.decode(f["tokens"][first:end]) == "the cat was named lamp" and first == 20,
+              f"the span's tokens spell it, 20 words in ({first}, {end})")
+        generated = f.attrs["generated_text"].decode()
+        expected = 1.0 if "lamp" in generated.lower() else 0.0
+        check(float(f.attrs["answer_score"]) == expected and int(f.attrs["answer_correct"]) == int(expected),
+              f"answer scored by string match ({generated!r}: {f.attrs['answer_score']})")
+        check(json.loads(f.attrs["expected_answers"].decode()) == ["lamp"] and f.attrs["task"] == b"niah_single", "answers and task")
+        check(0 < int(f.attrs["answer_tokens"]) <= int(f.attrs["n_generated"]), "answer_tokens within the generated tokens")
+    r = run([KVSIM, "info", out])
+    check(r.returncode == 0, f"kvsim reads the answer spans ({r.stderr.strip()})")
+    with h5py.File(out, "r+") as f:
+        f["answer_spans"][0, 1] = int(f.attrs["n_context"]) + 1
+    r = run([KVSIM, "info", out])
+    check(r.returncode == 1 and "/answer_spans row 0" in r.stderr and len(r.stderr.strip().splitlines()) == 1,
+          f"a span beyond the context: one-line refusal ({r.stderr.strip()})")
+    sample["spans"] = [[0, len(context) + 5]]
+    with open(sample_path, "w") as f:
+        json.dump(sample, f)
+    r = run(base + ["--sample", sample_path, "-o", os.path.join(tmp, "x.h5")])
+    check(r.returncode == 1 and "span" in r.stderr, "a sample span outside its context: one-line error")
+    r = run(base + ["--sample", sample_path, "--question", "q", "-o", os.path.join(tmp, "x.h5")])
+    check(r.returncode == 1 and "--sample brings its own question" in r.stderr, "--sample with --question: one-line error")
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "tiny")
@@ -175,6 +223,7 @@ def main():
 
         check_stop_at_end_of_turn(tmp, model_dir, base)
         check_gemma3_layers(tmp, context)
+        check_sample(tmp, model_dir)
 
         r = run(base + ["--layers", "0", "--chat-template", "-o", os.path.join(tmp, "x.h5")])
         check(r.returncode == 1 and "no chat template" in r.stderr, f"no chat template: one-line error ({r.stderr.strip()[-200:]})")

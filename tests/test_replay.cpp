@@ -508,5 +508,79 @@ TEST(SlidingWindowReplay, MatchesABruteForceRecomputation) {
   EXPECT_EQ(both.runs[0].layers[1].rel_err.mean, full_layer.runs[0].rel_err.mean);
 }
 
+// Answer-aware metrics, worked by hand. Context = tokens 0..3, question = token 4, one generated
+// token 5; the answer span is tokens [2, 4). q4 = (sqrt(2), 0), k3 = (ln 3, 0), other keys 0, so
+// query 4's logits (q.k / sqrt(2)) are 0, 0, 0, ln 3, 0 over keys 0..4: softmax (1, 1, 1, 3, 1) / 7. The
+// span's weights are 1/7 (token 2) and 3/7 (token 3). streaming_llm:n_sink=1 at ratio 0.5 keeps
+// tokens 0 and 3: span retention = (3/7) / (4/7) = 0.75. With v0 = v3 = (1, 0), v1 = v2 = (0, 1),
+// v4 = v5 = 0: O4 = (4/7, 2/7); compressed over keys 0, 3, 4 (weights 1, 3, 1 over 5):
+// O4_c = (4/5, 0), rel_err = |(8/35, -10/35)| / |(20/35, 10/35)| = sqrt(164 / 500).
+class AnswerMetrics : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    info_ = test::trace_info(1, 1, 2, 4, 1, 1, {0});
+    layer_.q = HeadTensor(1, 6, 2);
+    layer_.k = HeadTensor(1, 6, 2);
+    layer_.v = HeadTensor(1, 6, 2);
+    layer_.q.at(0, 4, 0) = static_cast<float>(std::sqrt(2.0));
+    layer_.k.at(0, 3, 0) = static_cast<float>(std::log(3.0));
+    layer_.v.at(0, 0, 0) = layer_.v.at(0, 3, 0) = 1.0f;
+    layer_.v.at(0, 1, 1) = layer_.v.at(0, 2, 1) = 1.0f;
+    info_.answer_spans = {{2, 4}};
+  }
+  ref::ReplayResult replay(const TraceInfo& info, Backend backend = Backend::reference) {
+    const std::string path = dir_.file("answer.h5");
+    test::write_trace(path, info, {layer_});
+    const TraceReader trace(path);
+    return ref::replay(trace, {.presses = {"streaming_llm:n_sink=1", "decoding(knorm):target_size=2,compression_interval=1"},
+                               .ratios = {0.5},
+                               .backend = backend});
+  }
+  test::TempDir dir_;
+  TraceInfo info_;
+  LayerTensors layer_;
+};
+
+TEST_F(AnswerMetrics, MatchHandComputation) {
+  info_.answer_tokens = 0;  // the question's query only
+  const ref::ReplayResult result = replay(info_);
+  ASSERT_TRUE(result.answer_metrics);
+  const ref::RunResult& streaming = result.runs[0];
+  EXPECT_EQ(streaming.span_retention.count, 1u);
+  EXPECT_NEAR(streaming.span_retention.mean, 0.75, 1e-6);
+  EXPECT_NEAR(streaming.heads[0].span_retention, 0.75, 1e-6);
+  EXPECT_NEAR(streaming.layers[0].span_retention.mean, 0.75, 1e-6);
+  EXPECT_EQ(streaming.answer_rel_err.count, 1u);
+  EXPECT_NEAR(streaming.answer_rel_err.mean, std::sqrt(164.0 / 500.0), 1e-6);
+  EXPECT_EQ(streaming.rel_err.count, 2u);  // the generated query counts in rel_err, not in answer_rel_err
+  EXPECT_GT(std::abs(streaming.rel_err.mean - streaming.answer_rel_err.mean), 1e-3);
+  // A decoding press has no single kept set: no retention, but its answer-position error.
+  const ref::RunResult& decoding = result.runs[1];
+  EXPECT_EQ(decoding.span_retention.count, 0u);
+  EXPECT_EQ(decoding.answer_rel_err.count, 1u);
+}
+
+TEST_F(AnswerMetrics, AnswerTokensWidenThePositionsAndNoSpansMeansNoMetrics) {
+  info_.answer_tokens = 1;  // question and the one generated token: every evaluation query
+  ref::ReplayResult result = replay(info_);
+  EXPECT_EQ(result.runs[0].answer_rel_err.count, 2u);
+  EXPECT_NEAR(result.runs[0].answer_rel_err.mean, result.runs[0].rel_err.mean, 1e-12);
+  info_.answer_spans = {{0, 1}, {2, 3}};  // weights 1/7 and 1/7; token 0 kept, token 2 not
+  result = replay(info_);
+  EXPECT_NEAR(result.runs[0].span_retention.mean, 0.5, 1e-6);
+  info_.answer_spans.clear();
+  result = replay(info_);
+  EXPECT_FALSE(result.answer_metrics);
+  EXPECT_EQ(result.runs[0].span_retention.count, 0u);
+  EXPECT_EQ(result.runs[0].answer_rel_err.count, 0u);
+}
+
+TEST_F(AnswerMetrics, TheDeviceEvaluatorGivesTheSameNumbers) {  // one implementation over what both evaluators return
+  info_.answer_tokens = 0;
+  const ref::ReplayResult host = replay(info_), device = replay(info_, Backend::cuda_emulated);
+  EXPECT_NEAR(device.runs[0].span_retention.mean, host.runs[0].span_retention.mean, 1e-9);
+  EXPECT_NEAR(device.runs[0].answer_rel_err.mean, host.runs[0].answer_rel_err.mean, 1e-6);
+}
+
 }  // namespace
 }  // namespace kvsim

@@ -468,5 +468,83 @@ TEST(TraceWriter, LeavesNoFileWhenNotFinished) {
   EXPECT_FALSE(std::filesystem::exists(path + ".partial"));
 }
 
+// Answer spans (RULER-style traces): written and read back, and malformed ones refused in one line.
+TEST(AnswerSpans, RoundTripAndAbsentByDefault) {
+  test::TempDir dir;
+  TraceInfo info = test::trace_info(2, 1, 4, 6, 2, 2, {0});
+  test::write_trace(dir.file("plain.h5"), info, {test::random_layer(2, 1, 10, 4, 3)});
+  const TraceReader plain(dir.file("plain.h5"));
+  EXPECT_FALSE(plain.info().has_answer_spans());
+  EXPECT_EQ(plain.info().answer_generated(), 2);
+  EXPECT_TRUE(std::isnan(plain.info().answer_score));
+  info.answer_spans = {{1, 3}, {5, 6}};
+  info.task = "niah_multivalue";
+  info.expected_answers = R"(["12", "34"])";
+  info.answer_tokens = 1;
+  info.answer_score = 0.5;
+  test::write_trace(dir.file("spans.h5"), info, {test::random_layer(2, 1, 10, 4, 3)});
+  const TraceReader reader(dir.file("spans.h5"));
+  const TraceInfo& read = reader.info();
+  ASSERT_EQ(read.answer_spans.size(), 2u);
+  EXPECT_EQ(read.answer_spans[0].first, 1);
+  EXPECT_EQ(read.answer_spans[0].end, 3);
+  EXPECT_EQ(read.answer_spans[1].first, 5);
+  EXPECT_EQ(read.answer_spans[1].end, 6);
+  EXPECT_EQ(read.task, "niah_multivalue");
+  EXPECT_EQ(read.expected_answers, R"(["12", "34"])");
+  EXPECT_EQ(read.answer_generated(), 1);
+  EXPECT_EQ(read.answer_score, 0.5);
+}
+
+class BadAnswerSpans : public BadTrace {
+ protected:
+  void write_spans(const H5::DataType& type, std::vector<hsize_t> dims, const std::vector<long long>& values) {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    if (file.nameExists("/answer_spans")) file.unlink("/answer_spans");
+    H5::DataSet ds = file.createDataSet("/answer_spans", type, H5::DataSpace(static_cast<int>(dims.size()), dims.data()));
+    if (!values.empty()) ds.write(values.data(), H5::PredType::NATIVE_LLONG);
+  }
+};
+
+TEST_F(BadAnswerSpans, OutOfRangeEmptyOrNegative) {  // the fixture's context is 6 tokens
+  write_spans(H5::PredType::STD_I32LE, {1, 2}, {4, 7});
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "/answer_spans row 0 = [4, 7)", "[0, 6)"}));
+  write_spans(H5::PredType::STD_I32LE, {2, 2}, {0, 2, 3, 3});
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "/answer_spans row 1 = [3, 3)"}));
+  write_spans(H5::PredType::STD_I64LE, {1, 2}, {-1, 2});
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "/answer_spans row 0 = [-1, 2)"}));
+  write_spans(H5::PredType::STD_I64LE, {1, 2}, {0, 6});  // the whole context: fine, any integer type
+  EXPECT_EQ(read_error(), "no error");
+}
+
+TEST_F(BadAnswerSpans, WrongDtypeOrShape) {
+  {
+    H5::H5File file(path_, H5F_ACC_RDWR);
+    const hsize_t dims[2] = {1, 2};
+    file.createDataSet("/answer_spans", H5::PredType::IEEE_F32LE, H5::DataSpace(2, dims));
+  }
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "/answer_spans has a non-integer dtype"}));
+  write_spans(H5::PredType::STD_I32LE, {1, 3}, {0, 1, 2});
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "/answer_spans must have shape [n_spans, 2]"}));
+  write_spans(H5::PredType::STD_I32LE, {2}, {0, 1});
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "/answer_spans must have shape [n_spans, 2]"}));
+}
+
+TEST_F(BadAnswerSpans, AttributesOutOfRange) {
+  {
+    H5::Group root = H5::H5File(path_, H5F_ACC_RDWR).openGroup("/");
+    const long long tokens = 3;  // the fixture generates none
+    root.createAttribute("answer_tokens", H5::PredType::STD_I64LE, H5::DataSpace(H5S_SCALAR)).write(H5::PredType::NATIVE_LLONG, &tokens);
+  }
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "'answer_tokens' = 3 exceeds n_generated = 0"}));
+  {
+    H5::Group root = H5::H5File(path_, H5F_ACC_RDWR).openGroup("/");
+    root.removeAttr("answer_tokens");
+    const double score = 1.5;
+    root.createAttribute("answer_score", H5::PredType::IEEE_F64LE, H5::DataSpace(H5S_SCALAR)).write(H5::PredType::NATIVE_DOUBLE, &score);
+  }
+  EXPECT_TRUE(mentions(read_error(), {"bad.h5", "'answer_score' must be in [0, 1]"}));
+}
+
 }  // namespace
 }  // namespace kvsim

@@ -1,5 +1,6 @@
 // kvsim info: what a trace holds.
 #include <boost/program_options.hpp>
+#include <cmath>
 #include <iostream>
 
 #include "core/text.h"
@@ -36,10 +37,26 @@ int info_command(const Args& args) {
             << "o_proj weight:    " << (trace.has_dataset(first, "o_proj_weight") ? "yes" : "no") << "\n"
             << "hidden states:    " << (trace.has_dataset(first, "hidden_states") ? "yes" : "no") << "\n";
   std::string windows, ropes;
-  for (const auto& [layer, window] : info.sliding_windows) windows += (windows.empty() ? "" : ", ") + std::to_string(layer) + ": " + std::to_string(window);
-  for (const auto& [layer, rope] : info.layer_ropes) ropes += (ropes.empty() ? "" : ",") + std::to_string(layer);
+  // Appended piece by piece: GCC 12 warns (-Wrestrict, falsely) on "" + std::string here.
+  for (const auto& [layer, window] : info.sliding_windows) {
+    if (!windows.empty()) windows += ", ";
+    windows += std::to_string(layer) + ": " + std::to_string(window);
+  }
+  for (const auto& [layer, rope] : info.layer_ropes) {
+    if (!ropes.empty()) ropes += ',';
+    ropes += std::to_string(layer);
+  }
   std::cout << "sliding windows:  " << (windows.empty() ? "none (full attention)" : windows) << "\n";
   if (!ropes.empty()) std::cout << "own RoPE:         layers " << ropes << "\n";
+  if (info.has_answer_spans()) {
+    int span_tokens = 0;
+    for (const auto& span : info.answer_spans) span_tokens += span.end - span.first;
+    std::cout << "answer spans:     " << info.answer_spans.size() << " (" << span_tokens << " context tokens)"
+              << (info.task.empty() ? "" : ", task " + info.task) << "\n"
+              << "expected answers: " << (info.expected_answers.empty() ? "not recorded" : info.expected_answers) << "\n"
+              << "greedy answer:    score " << (std::isnan(info.answer_score) ? std::string("not recorded") : std::to_string(info.answer_score))
+              << ", " << info.answer_generated() << " answer tokens\n";
+  }
   if (!info.text.empty()) std::cout << "text:             " << info.text.substr(0, 200) << (info.text.size() > 200 ? "..." : "") << "\n";
   return 0;
 }

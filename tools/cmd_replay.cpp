@@ -72,7 +72,10 @@ int replay_command(const Args& args) {
     for (const auto& run : result.runs)
       if (!run.skipped_layers.empty() && noted.insert(run.press).second) {
         std::string skipped;
-        for (int l : run.skipped_layers) skipped += (skipped.empty() ? "" : ",") + std::to_string(l);
+        for (int l : run.skipped_layers) {
+          if (!skipped.empty()) skipped += ',';
+          skipped += std::to_string(l);
+        }
         std::cerr << "kvsim replay: note: '" << run.press << "' skipped layer(s) " << skipped
                   << " (a cross-layer press without the layer before; on a sliding-window layer, a press reading absolute "
                      "positions or a decoding schedule); its figures cover the other layers\n";

@@ -21,6 +21,7 @@ int verify_trace_command(const Args& args);
 int verify_command(const Args& args);
 int check_bounds_command(const Args& args);
 int sweep_command(const Args& args);
+int rank_command(const Args& args);
 
 // Every registered press with its defaults (wrappers with their example inner press) that can
 // run on these layers of the trace (cross-layer presses need each layer's predecessor);

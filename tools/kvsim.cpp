@@ -19,6 +19,7 @@ const char* kUsage =
     "  verify-trace  recompute a trace's attention outputs from its Q/K/V and compare\n"
     "  verify        compare a backend (cuda, cuda-emu) with the reference, press by press\n"
     "  sweep         presses x ratios x traces into one tidy, resumable table (csv or JSON Lines)\n"
+    "  rank          rank presses per ratio by a metric over a suite of traces, with bootstrap intervals\n"
     "  check-bounds  how often the bounds claimed for merging presses hold (random instances or a trace)\n"
     "  synth-trace   write a synthetic trace (sinks, locality, a needle)\n";
 
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
                                                                 {"verify-trace", verify_trace_command},
                                                                 {"verify", verify_command},
                                                                 {"sweep", sweep_command},
+                                                                {"rank", rank_command},
                                                                 {"check-bounds", check_bounds_command},
                                                                 {"synth-trace", synth_trace_command}};
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
@@ -40,7 +42,7 @@ int main(int argc, char** argv) {
   }
   const auto it = commands.find(argv[1]);
   if (it == commands.end()) {
-    std::cerr << "kvsim: error: unknown command '" << argv[1] << "' (commands: list, info, replay, sweep, verify-trace, verify, check-bounds, synth-trace)\n";
+    std::cerr << "kvsim: error: unknown command '" << argv[1] << "' (commands: list, info, replay, sweep, rank, verify-trace, verify, check-bounds, synth-trace)\n";
     return 2;
   }
   try {

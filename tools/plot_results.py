@@ -2,7 +2,7 @@
 """Plots from `kvsim sweep` tables and `kvsim check-bounds` reports (matplotlib only).
 
     python3 tools/plot_results.py sweep.csv --out-dir plots [--format png|svg]
-        [--press snapkv] [--heatmap-metric rel_err_mean] [--bounds bounds.csv]
+        [--press snapkv] [--heatmap-metric rel_err_mean] [--bounds bounds.csv] [--ranking rank.csv]
 
 Writes into --out-dir, per (trace, backend, query set) of the table (a suffix names it when
 the table holds several):
@@ -15,6 +15,9 @@ the table holds several):
                          the cache was compressed (only when the table has step rows)
   bounds.FMT             with --bounds (check-bounds --format csv or json): the violation rate
                          of each bound per group, with its 95% interval and MERGE_BOUNDS' rate
+  ranking.FMT            with --ranking (kvsim rank --format csv or json): per compression ratio,
+                         each press's mean metric over the suite with its bootstrap interval,
+                         best first
 Requirements: tools/requirements-plots.txt.
 """
 import argparse
@@ -218,6 +221,49 @@ def plot_bounds(plt, bounds, source, out_dir, fmt, written):
     plt.close(fig)
 
 
+def read_ranking(path):
+    """kvsim rank --format csv or json: (metric, [dicts with ratio, rank, press, mean, ci_low, ci_high])."""
+    text = read_text(path, "kvsim rank report")
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+            rows = [{"ratio": math.nan if g["ratio"] is None else float(g["ratio"]), "rank": int(p["rank"]), "press": p["press"],
+                     "mean": float(p["mean"]), "ci_low": float(p["ci_low"]), "ci_high": float(p["ci_high"])}
+                    for g in doc["ratios"] for p in g["presses"]]
+            return doc["metric"], rows
+        except (ValueError, KeyError, TypeError):
+            raise InputError(f"{path} is not a kvsim rank json report")
+    rows = list(csv.DictReader(text.splitlines()))
+    needed = {"metric", "ratio", "rank", "press", "mean", "ci_low", "ci_high"}
+    if not rows or not needed <= set(rows[0]):
+        raise InputError(f"{path} is not a kvsim rank csv report (columns {', '.join(sorted(needed))})")
+    try:
+        return rows[0]["metric"], [{"ratio": number(r["ratio"]), "rank": int(r["rank"]), "press": r["press"], "mean": number(r["mean"]),
+                                    "ci_low": number(r["ci_low"]), "ci_high": number(r["ci_high"])} for r in rows]
+    except ValueError:
+        raise InputError(f"{path}: a row of the kvsim rank csv report is not numeric")
+
+
+def plot_ranking(plt, metric, rows, source, out_dir, fmt, written):
+    """One panel per ratio: presses best first, the mean with its bootstrap interval."""
+    ratios = sorted({r["ratio"] for r in rows}, key=lambda x: (math.isnan(x), x))
+    presses = sorted({r["press"] for r in rows})
+    fig, axes = plt.subplots(1, len(ratios), figsize=(3.2 * len(ratios) + 1, 0.3 * len(presses) + 1.6), squeeze=False)
+    for ax, ratio in zip(axes[0], ratios):
+        group = sorted((r for r in rows if r["ratio"] == ratio or (math.isnan(ratio) and math.isnan(r["ratio"]))), key=lambda r: r["rank"])
+        y = list(range(len(group)))[::-1]
+        ax.errorbar([r["mean"] for r in group], y, fmt="o", markersize=4,
+                    xerr=[[max(0.0, r["mean"] - r["ci_low"]) for r in group], [max(0.0, r["ci_high"] - r["mean"]) for r in group]],
+                    color="C0", ecolor="C0", elinewidth=1, capsize=2)
+        ax.set_yticks(y, [f"{r['rank']}. {r['press']}" for r in group], fontsize=7)
+        ax.set_title("no ratio" if math.isnan(ratio) else f"ratio {ratio:g}", fontsize=9)
+        ax.set_xlabel(f"{metric} (mean, bootstrap CI)", fontsize=8)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(f"kvsim rank: {os.path.basename(source)}", fontsize=9)
+    save(fig, out_dir, "ranking", fmt, written)
+    plt.close(fig)
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description="Plot a kvsim sweep table (and a check-bounds report).")
     parser.add_argument("table", nargs="?", help="kvsim sweep output (csv or .jsonl)")
@@ -226,9 +272,10 @@ def main(argv):
     parser.add_argument("--press", help="press of the heat map (default: the first press with ratios)")
     parser.add_argument("--heatmap-metric", default="rel_err_mean", help="metric of the heat map (default rel_err_mean)")
     parser.add_argument("--bounds", help="kvsim check-bounds --format csv|json output to plot")
+    parser.add_argument("--ranking", help="kvsim rank --format csv|json output to plot")
     args = parser.parse_args(argv)
-    if not args.table and not args.bounds:
-        parser.error("give a sweep table, --bounds, or both")
+    if not args.table and not args.bounds and not args.ranking:
+        parser.error("give a sweep table, --bounds or --ranking")
     try:
         import matplotlib
 
@@ -242,6 +289,7 @@ def main(argv):
     try:
         rows = read_sweep(args.table) if args.table else []
         bounds = read_bounds(args.bounds) if args.bounds else []
+        ranking = read_ranking(args.ranking) if args.ranking else None
         if args.table and not rows:
             raise InputError(f"{args.table} holds no rows yet")
         os.makedirs(args.out_dir, exist_ok=True)
@@ -260,6 +308,8 @@ def main(argv):
                       file=sys.stderr)
         if bounds:
             plot_bounds(plt, bounds, args.bounds, args.out_dir, args.format, written)
+        if ranking:
+            plot_ranking(plt, ranking[0], ranking[1], args.ranking, args.out_dir, args.format, written)
     except InputError as e:
         print(f"plot_results.py: error: {e}", file=sys.stderr)
         return 1

@@ -20,6 +20,9 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ruler_suite  # noqa: E402  (tools/, pure Python)
+
 SUPPORTED_ARCHITECTURES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"}
 FORMAT_VERSION = 1
 ATTENTION_NAME = "kvsim_record"
@@ -53,7 +56,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="hub name, local folder, or .gguf file")
     p.add_argument("--gguf-file", help="GGUF file name inside --model (a folder or hub repo)")
-    p.add_argument("--context", required=True, help="text file holding the context")
+    p.add_argument("--context", help="text file holding the context")
+    p.add_argument("--sample", help="a RULER-style sample (tools/ruler_suite.py JSON): its context and question, and its answer "
+                                   "spans and expected answers recorded in the trace")
     p.add_argument("--question", default="", help="question asked after the context")
     p.add_argument("--question-file", help="read the question from this file instead")
     p.add_argument("--chat-template", action="store_true", help="wrap context + question in the model's chat template")
@@ -73,6 +78,10 @@ def parse_args(argv):
     p.add_argument("--model-name", help="name stored in the trace (default: the model's config name or --model)")
     p.add_argument("-o", "--output", required=True, help="trace file to write")
     args = p.parse_args(argv)
+    if (args.context is None) == (args.sample is None):
+        fail("give exactly one of --context and --sample")
+    if args.sample and (args.question or args.question_file):
+        fail("--sample brings its own question: drop --question / --question-file")
     if args.generate < 0:
         fail("--generate must be >= 0")
     if args.prefill_chunk < 1:
@@ -162,24 +171,70 @@ def end_of_turn_ids(model, tokenizer):
 
 
 def tokenize(args, tokenizer, context, question):
-    """Token ids of the context and of the question segment (kvpress' split)."""
+    """Token ids of the context and of the question segment (kvpress' split), and each context
+    token's character range in `context` (the template's prefix before it ends at or below 0)."""
     if args.chat_template:
         if not tokenizer.chat_template:
             fail("--chat-template: this tokenizer has no chat template")
         separator = "\n\n" if question else ""
         rendered = tokenizer.apply_chat_template([{"role": "user", "content": context + separator + question}],
                                                  add_generation_prompt=True, tokenize=False)
-        cut = rendered.index(context) + len(context)
-        context_ids = tokenizer(rendered[:cut], add_special_tokens=False)["input_ids"]
+        start = rendered.index(context)  # where the template put the context
+        cut = start + len(context)
+        encoded = tokenizer(rendered[:cut], add_special_tokens=False, return_offsets_mapping=True)
         question_ids = tokenizer(rendered[cut:], add_special_tokens=False)["input_ids"]
     else:
-        context_ids = tokenizer(context, add_special_tokens=True)["input_ids"]
+        start = 0
+        encoded = tokenizer(context, add_special_tokens=True, return_offsets_mapping=True)
         question_ids = tokenizer("\n\n" + question, add_special_tokens=False)["input_ids"] if question else []
+    context_ids = encoded["input_ids"]
+    offsets = [(a - start, b - start) if b > a else (-1, -1) for a, b in encoded["offset_mapping"]]  # special tokens: no characters
     if args.max_context_tokens and len(context_ids) > args.max_context_tokens:
-        context_ids = context_ids[: args.max_context_tokens]
+        context_ids, offsets = context_ids[: args.max_context_tokens], offsets[: args.max_context_tokens]
     if not context_ids:
         fail("the context is empty")
-    return context_ids, question_ids
+    return context_ids, question_ids, offsets
+
+
+def answer_tokens(tokenizer, generated, answers):
+    """Generated tokens up to the end of the last expected answer found in the generated text
+    (the model's answer), or all of them when none is found."""
+    text = tokenizer.decode(generated)
+    ends = [text.lower().rfind(a.lower()) + len(a) for a in answers if a.lower() in text.lower()]
+    if not ends:
+        return len(generated)
+    for count in range(1, len(generated) + 1):
+        if len(tokenizer.decode(generated[:count])) >= max(ends):
+            return count
+    return len(generated)
+
+
+def record_answer(f, fixed, np, sample, spans, generated_text, n_answer):
+    """The sample's answer spans and expected answers, and how the greedy answer scored (traces/FORMAT.md)."""
+    f.create_dataset("answer_spans", data=np.array(spans, dtype=np.int32).reshape(-1, 2))
+    f.attrs["task"] = fixed(sample["task"])
+    f.attrs["expected_answers"] = fixed(json.dumps(sample["answers"], ensure_ascii=False))
+    f.attrs["answer_metric"] = fixed(sample["metric"])
+    score = ruler_suite.score(sample["answers"], sample["metric"], generated_text)
+    f.attrs["answer_score"] = float(score)
+    f.attrs["answer_correct"] = int(score == 1.0)
+    f.attrs["answer_tokens"] = int(n_answer)
+    return score
+
+
+def load_sample(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            sample = json.load(f)
+    except (OSError, ValueError) as e:
+        fail(f"cannot read sample {path}: {e}")
+    for field, kind in (("task", str), ("context", str), ("question", str), ("answers", list), ("metric", str), ("spans", list)):
+        if not isinstance(sample.get(field), kind):
+            fail(f"sample {path}: missing or malformed '{field}'")
+    for span in sample["spans"]:
+        if not (isinstance(span, list) and len(span) == 2 and 0 <= span[0] < span[1] <= len(sample["context"])):
+            fail(f"sample {path}: span {span} is not a character range of its context")
+    return sample
 
 
 def fixed_string(h5py, np):
@@ -280,14 +335,18 @@ class Recorder:
 
 def main(argv):
     args = parse_args(argv)
-    if not os.path.isfile(args.context):
-        fail(f"context file {args.context} does not exist")
-    question = args.question
-    if args.question_file:
-        if not os.path.isfile(args.question_file):
-            fail(f"question file {args.question_file} does not exist")
-        question = open(args.question_file, encoding="utf-8").read().strip()
-    context = open(args.context, encoding="utf-8").read()
+    sample = load_sample(args.sample) if args.sample else None
+    if sample:
+        context, question = sample["context"], sample["question"]
+    else:
+        if not os.path.isfile(args.context):
+            fail(f"context file {args.context} does not exist")
+        question = args.question
+        if args.question_file:
+            if not os.path.isfile(args.question_file):
+                fail(f"question file {args.question_file} does not exist")
+            question = open(args.question_file, encoding="utf-8").read().strip()
+        context = open(args.context, encoding="utf-8").read()
     try:
         import h5py
         import numpy as np
@@ -299,7 +358,12 @@ def main(argv):
         fail(f"{e.name} is not installed: run scripts/setup_recorder.sh (pins in tools/requirements.txt)")
 
     model, tokenizer, device = load_model(args, torch, transformers)
-    context_ids, question_ids = tokenize(args, tokenizer, context, question)
+    context_ids, question_ids, context_offsets = tokenize(args, tokenizer, context, question)
+    if sample:  # the characters the generator marked, as token positions of this prompt
+        try:
+            spans = ruler_suite.token_spans(context_offsets, sample["spans"])
+        except ValueError as e:
+            fail(f"sample {args.sample}: {e} (cut by --max-context-tokens?)")
     n_context, n_question, n_generated = len(context_ids), len(question_ids), args.generate
     total = n_context + n_question + n_generated
     config = model.config
@@ -404,12 +468,17 @@ def main(argv):
                 trace.write(trace.create(f"layers/{layer}/hidden_states", tuple(states.shape)), states, 0)
         generated_text = tokenizer.decode(tokens[n_context + n_question:])
         f.attrs["generated_text"] = fixed_string(h5py, np)(generated_text)
+        if sample:
+            generated = tokens[n_context + n_question:]
+            score = record_answer(f, fixed, np, sample, spans, generated_text, answer_tokens(tokenizer, generated, sample["answers"]))
         trace.close()
     except BaseException:
         trace.abandon()
         raise
     print(f"record_trace: wrote {args.output}: {len(layers)} layers, {n_context} context + {n_question} question + "
           f"{n_generated} generated tokens; generated: {generated_text!r}", file=sys.stderr)
+    if sample:
+        print(f"record_trace: expected {sample['answers']}: score {score:g}", file=sys.stderr)
 
 
 if __name__ == "__main__":

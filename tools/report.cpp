@@ -46,21 +46,29 @@ struct Row {
   double ratio, achieved;
   std::string layer, head;
   Summary rel_err, cosine, recall, oproj;
+  Summary span_retention, answer_rel_err;  // traces with answer spans
 };
+
+Summary single(double value) {  // one head's retention as a summary (count 0 when there is none)
+  if (std::isnan(value)) return Summary{value, value, value, 0};
+  return Summary{value, value, value, 1};
+}
 
 std::vector<Row> rows_of(const ref::ReplayResult& result, ReportDetail detail) {
   std::vector<Row> rows;
   for (const auto& run : result.runs) {
     if (detail == ReportDetail::summary) {
-      rows.push_back({run.press, run.ratio, run.achieved_ratio, "all", "all", run.rel_err, run.cosine, run.recall, run.oproj_rel_err});
+      rows.push_back({run.press, run.ratio, run.achieved_ratio, "all", "all", run.rel_err, run.cosine, run.recall, run.oproj_rel_err,
+                      run.span_retention, run.answer_rel_err});
     } else if (detail == ReportDetail::layer) {
       for (const auto& l : run.layers)
         rows.push_back({run.press, run.ratio, 1.0 - l.kept_fraction, std::to_string(l.layer), "all", l.rel_err, l.cosine, l.recall,
-                        l.oproj_rel_err});
+                        l.oproj_rel_err, l.span_retention, l.answer_rel_err});
     } else {
       for (const auto& h : run.heads)
         rows.push_back({run.press, run.ratio, 1.0 - h.kept_fraction, std::to_string(h.layer), std::to_string(h.head), h.rel_err,
-                        h.cosine, h.recall, Summary{std::nan(""), std::nan(""), std::nan(""), 0}});
+                        h.cosine, h.recall, Summary{std::nan(""), std::nan(""), std::nan(""), 0}, single(h.span_retention),
+                        h.answer_rel_err});
     }
   }
   return rows;
@@ -74,6 +82,11 @@ std::string markdown(const ref::ReplayResult& result, const std::vector<Row>& ro
   if (detail == ReportDetail::head) header.push_back("head");
   for (const char* h : {"rel_err mean", "rel_err median", "rel_err p95", "cosine mean", "recall mean"}) header.push_back(h);
   if (has_oproj) header.push_back("o_proj rel_err mean");
+  const bool answers = result.answer_metrics;
+  if (answers) {
+    header.push_back("span retention");
+    header.push_back("answer rel_err mean");
+  }
 
   std::vector<std::vector<std::string>> cells;
   for (const Row& r : rows) {
@@ -82,6 +95,10 @@ std::string markdown(const ref::ReplayResult& result, const std::vector<Row>& ro
     if (detail == ReportDetail::head) line.push_back(r.head);
     for (double v : {r.rel_err.mean, r.rel_err.median, r.rel_err.p95, r.cosine.mean, r.recall.mean}) line.push_back(fixed(v));
     if (has_oproj) line.push_back(r.oproj.count ? fixed(r.oproj.mean) : "-");
+    if (answers) {
+      line.push_back(r.span_retention.count ? fixed(r.span_retention.mean) : "-");
+      line.push_back(r.answer_rel_err.count ? fixed(r.answer_rel_err.mean) : "-");
+    }
     cells.push_back(line);
   }
   std::vector<std::size_t> width(header.size());
@@ -91,7 +108,11 @@ std::string markdown(const ref::ReplayResult& result, const std::vector<Row>& ro
   }
   std::ostringstream out;
   out << "trace: " << result.trace << "  (compressed segment: " << result.n_compressed << " tokens; "
-      << result.n_queries << " evaluation queries per layer and head)\n\n";
+      << result.n_queries << " evaluation queries per layer and head)\n";
+  if (answers)
+    out << "answer spans: span retention = share of the question's attention to the answer-span tokens on kept tokens;\n"
+           "answer rel_err = rel_err at the question and answer positions only\n";
+  out << "\n";
   auto emit = [&](const std::vector<std::string>& line) {
     out << "|";
     for (std::size_t c = 0; c < line.size(); ++c) {
@@ -112,16 +133,21 @@ std::string markdown(const ref::ReplayResult& result, const std::vector<Row>& ro
   return out.str();
 }
 
-std::string csv(const std::vector<Row>& rows) {
+// Traces with answer spans add span_retention_* and answer_rel_err_* columns.
+std::string csv(const std::vector<Row>& rows, bool answers) {
   std::ostringstream out;
   out << "press,ratio,achieved_ratio,layer,head";
   for (const char* m : {"rel_err", "cosine", "recall", "oproj_rel_err"})
     out << "," << m << "_mean," << m << "_median," << m << "_p95";
+  if (answers)
+    for (const char* m : {"span_retention", "answer_rel_err"}) out << "," << m << "_mean," << m << "_median," << m << "_p95";
   out << "\n";
   for (const Row& r : rows) {
     // Specs may contain commas: quote the press column.
     out << '"' << r.press << "\"," << full_precision(r.ratio) << "," << full_precision(r.achieved) << "," << r.layer << "," << r.head;
-    for (const Summary* s : {&r.rel_err, &r.cosine, &r.recall, &r.oproj}) {
+    std::vector<const Summary*> summaries = {&r.rel_err, &r.cosine, &r.recall, &r.oproj};
+    if (answers) summaries.insert(summaries.end(), {&r.span_retention, &r.answer_rel_err});
+    for (const Summary* s : summaries) {
       const bool empty = s->count == 0;
       out << "," << (empty ? "" : full_precision(s->mean)) << "," << (empty ? "" : full_precision(s->median)) << ","
           << (empty ? "" : full_precision(s->p95));
@@ -146,6 +172,10 @@ std::string json(const ref::ReplayResult& result, ReportDetail detail) {
                         {"cosine", summary_json(run.cosine)},
                         {"recall", summary_json(run.recall)},
                         {"oproj_rel_err", summary_json(run.oproj_rel_err)}};
+    if (result.answer_metrics) {
+      j["span_retention"] = summary_json(run.span_retention);
+      j["answer_rel_err"] = summary_json(run.answer_rel_err);
+    }
     if (!run.skipped_layers.empty()) j["skipped_layers"] = run.skipped_layers;
     if (detail != ReportDetail::summary) {
       nlohmann::json layers = nlohmann::json::array();
@@ -153,6 +183,11 @@ std::string json(const ref::ReplayResult& result, ReportDetail detail) {
         layers.push_back({{"layer", l.layer}, {"kept_fraction", l.kept_fraction}, {"rel_err", summary_json(l.rel_err)},
                           {"cosine", summary_json(l.cosine)}, {"recall", summary_json(l.recall)},
                           {"oproj_rel_err", summary_json(l.oproj_rel_err)}});
+      if (result.answer_metrics)
+        for (std::size_t i = 0; i < run.layers.size(); ++i) {
+          layers[i]["span_retention"] = summary_json(run.layers[i].span_retention);
+          layers[i]["answer_rel_err"] = summary_json(run.layers[i].answer_rel_err);
+        }
       j["layers"] = layers;
     }
     if (detail == ReportDetail::head) {
@@ -160,11 +195,18 @@ std::string json(const ref::ReplayResult& result, ReportDetail detail) {
       for (const auto& h : run.heads)
         heads.push_back({{"layer", h.layer}, {"head", h.head}, {"kept_fraction", h.kept_fraction},
                          {"rel_err", summary_json(h.rel_err)}, {"cosine", summary_json(h.cosine)}, {"recall", summary_json(h.recall)}});
+      if (result.answer_metrics)
+        for (std::size_t i = 0; i < run.heads.size(); ++i) {
+          const double retention = run.heads[i].span_retention;
+          heads[i]["span_retention"] = std::isnan(retention) ? nlohmann::json(nullptr) : nlohmann::json(retention);
+          heads[i]["answer_rel_err"] = summary_json(run.heads[i].answer_rel_err);
+        }
       j["heads"] = heads;
     }
     runs.push_back(j);
   }
   nlohmann::json doc = {{"trace", result.trace}, {"n_compressed", result.n_compressed}, {"n_queries", result.n_queries}, {"runs", runs}};
+  if (result.answer_metrics) doc["answer_metrics"] = true;
   return doc.dump(2) + "\n";
 }
 
@@ -208,7 +250,7 @@ std::string format_replay(const ref::ReplayResult& result, ReportFormat format, 
   const std::vector<Row> rows = rows_of(result, detail);
   switch (format) {
     case ReportFormat::table: return markdown(result, rows, detail);
-    case ReportFormat::csv: return csv(rows);
+    case ReportFormat::csv: return csv(rows, result.answer_metrics);
     case ReportFormat::json: return json(result, detail);
   }
   return "";

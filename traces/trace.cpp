@@ -291,6 +291,8 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
       }
     }
 
+    read_answer();
+
     const H5::DataSet inv_freq = impl_->open_dataset(path, "/rope_inv_freq");
     Impl::check_float_shape(path, inv_freq, "/rope_inv_freq", {static_cast<hsize_t>(info.head_dim / 2)});
     info.rope.inv_freq.resize(static_cast<std::size_t>(info.head_dim / 2));
@@ -354,6 +356,43 @@ bool TraceReader::has_dataset(int layer, const std::string& name) const {
     const std::string group = layer_group(layer);
     return impl_->file.nameExists("/layers") && impl_->file.nameExists(group) && impl_->file.nameExists(group + "/" + name);
   });
+}
+
+// The optional answer datasets and attributes of a RULER-style trace (FORMAT.md, "Answers").
+void TraceReader::read_answer() {
+  const std::string& path = path_;
+  const H5::Group root = impl_->file.openGroup("/");
+  TraceInfo& info = info_;
+  if (impl_->file.nameExists("/answer_spans")) {
+    const H5::DataSet ds = impl_->file.openDataSet("/answer_spans");
+    if (ds.getTypeClass() != H5T_INTEGER) Impl::fail(path, "dataset /answer_spans has a non-integer dtype (expected int32 [n_spans, 2])");
+    const H5::DataSpace space = ds.getSpace();
+    hsize_t dims[2] = {0, 0};
+    if (space.getSimpleExtentNdims() != 2 || (space.getSimpleExtentDims(dims), dims[1] != 2))
+      Impl::fail(path, "dataset /answer_spans must have shape [n_spans, 2]");
+    if (dims[0] < 1 || dims[0] > (hsize_t(1) << 20)) Impl::fail(path, "dataset /answer_spans must have between 1 and 2^20 rows");
+    std::vector<long long> bounds(static_cast<std::size_t>(dims[0] * 2));
+    ds.read(bounds.data(), H5::PredType::NATIVE_LLONG);
+    for (std::size_t i = 0; i < dims[0]; ++i) {
+      const long long first = bounds[2 * i], end = bounds[2 * i + 1];
+      if (first < 0 || end <= first || end > info.n_context)
+        Impl::fail(path, "dataset /answer_spans row " + std::to_string(i) + " = [" + std::to_string(first) + ", " + std::to_string(end) +
+                             ") is not a non-empty token range inside the context [0, " + std::to_string(info.n_context) + ")");
+      info.answer_spans.push_back({static_cast<int>(first), static_cast<int>(end)});
+    }
+  }
+  info.task = Impl::read_string_attr(path, root, "task", false);
+  info.expected_answers = Impl::read_string_attr(path, root, "expected_answers", false);
+  if (root.attrExists("answer_tokens")) {
+    info.answer_tokens = Impl::read_int_attr(path, root, "answer_tokens");
+    if (info.answer_tokens > info.n_generated)
+      Impl::fail(path, "root attribute 'answer_tokens' = " + std::to_string(info.answer_tokens) + " exceeds n_generated = " +
+                           std::to_string(info.n_generated));
+  }
+  if (root.attrExists("answer_score")) {
+    info.answer_score = Impl::read_scalar_attr<double>(path, root, "answer_score", true);
+    if (!(info.answer_score >= 0 && info.answer_score <= 1)) Impl::fail(path, "root attribute 'answer_score' must be in [0, 1]");
+  }
 }
 
 HeadTensor TraceReader::read_heads(int layer, const std::string& name, int head_begin, int head_count, int tokens) const {
@@ -602,6 +641,16 @@ TraceWriter::TraceWriter(const std::string& path, const TraceInfo& info, bool ch
       const H5::StrType type = fixed_string_type(info.text);
       impl_->file->createDataSet("/text", type, H5::DataSpace(H5S_SCALAR)).write(info.text, type);
     }
+    if (info.has_answer_spans()) {
+      std::vector<int32_t> bounds;
+      for (const auto& span : info.answer_spans) bounds.insert(bounds.end(), {span.first, span.end});
+      const hsize_t dims[2] = {info.answer_spans.size(), 2};
+      impl_->file->createDataSet("/answer_spans", H5::PredType::STD_I32LE, H5::DataSpace(2, dims)).write(bounds.data(), H5::PredType::NATIVE_INT32);
+    }
+    if (!info.task.empty()) write_string_attr(root, "task", info.task);
+    if (!info.expected_answers.empty()) write_string_attr(root, "expected_answers", info.expected_answers);
+    if (info.answer_tokens >= 0) write_int_attr(root, "answer_tokens", info.answer_tokens);
+    if (!std::isnan(info.answer_score)) write_double_attr(root, "answer_score", info.answer_score);
     impl_->file->createGroup("/layers");
     return 0;
   });

@@ -5,6 +5,7 @@
 // hyperslab reads, converts the storage dtype to float32, and validates shapes, dtypes and
 // finiteness; every problem is a kvsim::Error naming the file and the dataset.
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -42,6 +43,20 @@ struct TraceInfo {
   std::map<int, int> sliding_windows;
   // Layers whose RoPE differs from `rope` (Gemma 3: sliding layers theta 1e4, full 1e6).
   std::map<int, RopeConfig> layer_ropes;
+  // RULER-style suites (tools/ruler_suite.py): the context tokens [first, end) holding the facts
+  // the question needs, the expected answers, and how the model's greedy answer scored.
+  struct AnswerSpan {
+    int first = 0, end = 0;
+  };
+  std::vector<AnswerSpan> answer_spans;  // empty: the trace has none
+  std::string task;                      // e.g. "niah_single"; "" if not recorded
+  std::string expected_answers;          // JSON list of strings; "" if not recorded
+  int answer_tokens = -1;                // generated tokens up to the end of the answer; -1: all generated
+  double answer_score = std::numeric_limits<double>::quiet_NaN();  // RULER string match in [0, 1]; NaN if not recorded
+
+  bool has_answer_spans() const { return !answer_spans.empty(); }
+  // Generated tokens that form the model's answer (all of them unless the recorder said otherwise).
+  int answer_generated() const { return answer_tokens < 0 ? n_generated : answer_tokens; }
 
   int total_tokens() const { return n_context + n_question + n_generated; }
   int sliding_window(int layer) const {
@@ -83,6 +98,7 @@ class TraceReader {
 
  private:
   void read_layer_attention(int layer);  // sliding window and RoPE of one recorded layer
+  void read_answer();  // answer spans and attributes (RULER-style traces)
 
   struct Impl;
   std::string path_;
