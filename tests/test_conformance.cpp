@@ -43,12 +43,21 @@ std::string trace_path() {
 }
 
 bool needs_hidden_states(const std::string& spec) { return spec_needs(Registry::instance(), parse_press_spec(spec), "hidden_states"); }
+bool needs_extra_passes(const std::string& spec) { return spec_needs(Registry::instance(), parse_press_spec(spec), "extra pass"); }
 
 // The trace the trace tests run `spec` on: trace_path(), unless the press reads hidden states and
 // that trace has none (the bundled one has none) — then a synthetic trace of SmolLM2-135M's
 // shape (hidden size 576) that has them, written once.
 std::string trace_for(const std::string& spec) {
   const TraceReader trace(trace_path());
+  if (needs_extra_passes(spec) && !trace.has_dataset(trace.info().recorded_layers.front(), "kvzip_q")) {
+    static test::TempDir dir;
+    const std::string path = dir.file("synthetic-with-kvzip-passes.h5");
+    if (!std::filesystem::exists(path))
+      write_synthetic_trace(path, {.recorded_layers = 3, .n_context = 300, .n_question = 12, .n_generated = 8, .needle_start = 120,
+                                   .kvzip_chunk_size = 128});
+    return path;
+  }
   if (!needs_hidden_states(spec) || trace.has_dataset(trace.info().recorded_layers.front(), "hidden_states")) return trace_path();
   static test::TempDir dir;  // lives for the whole test program
   const std::string path = dir.file("synthetic-with-hidden-states.h5");
@@ -118,6 +127,8 @@ TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
       for (float& x : layer.hidden_states)
         x = s.dtype == StorageDtype::float16 ? round_to_half(x) : s.dtype == StorageDtype::bfloat16 ? round_to_bf16(x) : x;
     }
+    if (needs_extra_passes(spec))  // KVzip's repeat prompts: a 2-token prefix no chunk covers, three chunks
+      layer.kvzip = synthetic_kvzip_passes(layer, s.n, std::min(2, s.n - 1), std::max(1, s.n / 3 + 1), 3);
     previous.push_back(test::random_layer(s.H, s.Hkv, s.n + s.extra, s.d, seed + 1, s.n % 3 - 1));
     layers.push_back(std::move(layer));
     ropes.push_back(RopeConfig::from_theta(10000.0, s.d));
@@ -147,7 +158,8 @@ TEST_P(Conformance, BundledRealTrace) {
   const TraceInfo& info = trace.info();
   std::vector<LayerTensors> layers;
   for (int l : info.recorded_layers)
-    layers.push_back(trace.read_layer(l, {.attn_out = false, .o_proj = true, .hidden_states = needs_hidden_states(GetParam())}));
+    layers.push_back(trace.read_layer(
+        l, {.attn_out = false, .o_proj = true, .hidden_states = needs_hidden_states(GetParam()), .kvzip = needs_extra_passes(GetParam())}));
   std::vector<ConformanceInput> inputs;
   for (const LayerTensors& t : layers)
     inputs.push_back({trace.path() + " layer " + std::to_string(t.layer_index), &t, info.n_context, info.num_hidden_layers, &info.rope});

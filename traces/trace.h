@@ -42,6 +42,9 @@ struct TraceInfo {
   std::map<int, int> sliding_windows;
   // Layers whose RoPE differs from `rope` (Gemma 3: sliding layers theta 1e4, full 1e6).
   std::map<int, RopeConfig> layer_ropes;
+  // KVzip's context-reconstruction chunks (/kvzip_chunks), when the trace carries its extra
+  // passes: they tile [chunks[0].context_begin, n_context); empty otherwise.
+  std::vector<KvzipChunk> kvzip_chunks;
 
   int total_tokens() const { return n_context + n_question + n_generated; }
   int sliding_window(int layer) const {
@@ -61,6 +64,7 @@ struct LayerParts {
   bool attn_out = true;
   bool o_proj = true;
   bool hidden_states = false;
+  bool kvzip = false;  // KVzip's extra passes (kvzip_q, kvzip_k, kvzip_hidden_norm), when recorded
 };
 
 class TraceReader {
@@ -83,6 +87,8 @@ class TraceReader {
 
  private:
   void read_layer_attention(int layer);  // sliding window and RoPE of one recorded layer
+  void read_kvzip_chunks();              // /kvzip_chunks, when present
+  KvzipPasses read_kvzip(int layer) const;
 
   struct Impl;
   std::string path_;
