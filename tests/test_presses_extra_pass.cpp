@@ -109,9 +109,9 @@ ScoreMatrix brute_force_scores(const LayerTensors& layer, int n, int n_sink) {
     for (int h = 0; h < H; ++h) {
       const int g = h / G;
       std::vector<const float*> keys;
-      for (int t = 0; t < sink; ++t) keys.push_back(&layer.k.at(g, t, 0));
-      for (int t = c.context_begin; t < c.context_end; ++t) keys.push_back(&layer.k.at(g, t, 0));
-      for (int r = 0; r < c.repeat_length; ++r) keys.push_back(&p.k.at(g, c.repeat_begin + r, 0));
+      for (int t = 0; t < sink; ++t) keys.push_back(layer.k.head(g) + t * d);
+      for (int t = c.context_begin; t < c.context_end; ++t) keys.push_back(layer.k.head(g) + t * d);
+      for (int r = 0; r < c.repeat_length; ++r) keys.push_back(p.k.head(g) + (c.repeat_begin + r) * d);
       const int context_keys = sink + c.context_end - c.context_begin;
       for (int i = 0; i < c.repeat_length; ++i) {
         std::vector<double> w;

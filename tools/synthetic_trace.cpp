@@ -162,8 +162,8 @@ KvzipPasses synthetic_kvzip_passes(const LayerTensors& layer, int n_context, int
   passes.q = HeadTensor(layer.q.heads, R, d);
   passes.k = HeadTensor(layer.k.heads, R, d);
   for (int r = 0; r < R; ++r) {
-    for (int h = 0; h < layer.q.heads; ++h) std::copy_n(&layer.q.at(h, sources[r], 0), d, &passes.q.at(h, r, 0));
-    for (int g = 0; g < layer.k.heads; ++g) std::copy_n(&layer.k.at(g, sources[r], 0), d, &passes.k.at(g, r, 0));
+    for (int h = 0; h < layer.q.heads; ++h) std::copy_n(layer.q.head(h) + static_cast<std::size_t>(sources[r]) * d, d, &passes.q.at(h, r, 0));
+    for (int g = 0; g < layer.k.heads; ++g) std::copy_n(layer.k.head(g) + static_cast<std::size_t>(sources[r]) * d, d, &passes.k.at(g, r, 0));
     passes.hidden_norm.push_back(1.0f + static_cast<float>(r % 7) / 7.0f);
   }
   return passes;
