@@ -3,6 +3,7 @@
 // group's heads and the repeat queries, sinks, KVzip+), multi-chunk layers against a brute-force
 // softmax written here from kvpress's score_kvzip, the layer budget, one-line refusals, and the
 // trace round trip and replay, on the reference and on the CUDA backend's CPU emulation.
+#include <H5Cpp.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -208,6 +209,47 @@ TEST(Kvzip, TraceRoundTripAndReplay) {
     });
     EXPECT_NE(query_aware.find("reconstruct the 90 context tokens, but this replay compresses 96"), std::string::npos) << query_aware;
   }
+}
+
+// The reader refuses damaged passes with one line naming the dataset: chunks that do not tile
+// the context, a tensor of another shape, a NaN.
+TEST(Kvzip, ReaderRefusesDamagedPasses) {
+  test::TempDir dir;
+  const std::string path = dir.file("passes.h5");
+  auto fresh = [&] {
+    write_synthetic_trace(path, {.recorded_layers = 1, .n_context = 50, .n_question = 4, .n_generated = 2, .needle_start = 10,
+                                 .dtype = StorageDtype::float32, .with_attn_out = false, .kvzip_chunk_size = 20});
+  };
+  auto replace = [&](const std::string& name, const H5::DataType& type, std::vector<hsize_t> dims, const void* data) {
+    H5::H5File file(path, H5F_ACC_RDWR);
+    file.unlink(name);
+    file.createDataSet(name, type, H5::DataSpace(static_cast<int>(dims.size()), dims.data())).write(data, type);
+  };
+  auto one_line_naming = [](const std::string& message, const std::string& what) {
+    return message.find(what) != std::string::npos && message.find('\n') == std::string::npos;
+  };
+  fresh();
+  const int gap[3][3] = {{0, 20, 26}, {21, 40, 25}, {40, 50, 16}};  // token 20 in no chunk
+  replace("/kvzip_chunks", H5::PredType::NATIVE_INT, {3, 3}, gap);
+  std::string e = error_of([&] { TraceReader reader(path); });
+  EXPECT_TRUE(one_line_naming(e, "dataset /kvzip_chunks row 1 = (21, 40, 25) is not the next chunk")) << e;
+  fresh();
+  const int short_of_context[2][3] = {{0, 20, 26}, {20, 40, 26}};
+  replace("/kvzip_chunks", H5::PredType::NATIVE_INT, {2, 3}, short_of_context);
+  e = error_of([&] { TraceReader reader(path); });
+  EXPECT_TRUE(one_line_naming(e, "ends at context token 40, not at n_context = 50")) << e;
+  fresh();
+  const std::vector<float> wrong(3 * 60 * 64, 0.5f);
+  replace("/layers/0/kvzip_k", H5::PredType::NATIVE_FLOAT, {3, 60, 64}, wrong.data());
+  e = error_of([&] { TraceReader(path).read_layer(0, {.kvzip = true}); });
+  EXPECT_TRUE(one_line_naming(e, "dataset /layers/0/kvzip_k has shape [3,60,64], expected [3,")) << e;
+  fresh();
+  std::vector<float> norms(3 * 6 + 50, 1.0f);
+  norms[7] = NAN;
+  replace("/layers/0/kvzip_hidden_norm", H5::PredType::NATIVE_FLOAT, {norms.size()}, norms.data());
+  e = error_of([&] { TraceReader(path).read_layer(0, {.kvzip = true}); });
+  EXPECT_TRUE(one_line_naming(e, "dataset /layers/0/kvzip_hidden_norm holds a non-finite value")) << e;
+  EXPECT_TRUE(TraceReader(path).read_layer(0).kvzip.empty()) << "not read unless asked for";
 }
 
 }  // namespace
