@@ -145,11 +145,17 @@ TEST(Kvzip, MultiChunkLayersMatchABruteForceSoftmax) {
               << backend_name(b) << " n=" << n << " head " << g << " token " << t;
       // Tokens before the first chunk and past the sinks score 0: pruned first.
       for (int t = n_sink; t < prefix; ++t) EXPECT_EQ(got(0, t), 0.0f) << backend_name(b);
-      // int(Hkv n 0.6) entries pruned across heads; the sinks stay.
+      // int(Hkv n 0.6) entries pruned across heads; the sinks stay when the budget holds them
+      // all, else it holds nothing but sinks (n = 9, n_sink = 8 keeps 4 entries).
       const Compression c = run("kvzip:layerwise=true,n_sink=" + std::to_string(n_sink), layer, n, 0.6, b);
-      EXPECT_EQ(static_cast<long long>(c.total_kept()), Hkv * n - ref::kvzip_pruned(Hkv, n, 0.6)) << backend_name(b);
+      const long long kept = Hkv * n - ref::kvzip_pruned(Hkv, n, 0.6);
+      EXPECT_EQ(static_cast<long long>(c.total_kept()), kept) << backend_name(b);
+      const int sinks = std::min(n_sink, n);
       for (const auto& head : c.kept)
-        for (int t = 0; t < std::min(n_sink, n); ++t) EXPECT_TRUE(std::count(head.begin(), head.end(), t)) << backend_name(b);
+        if (static_cast<long long>(Hkv) * sinks <= kept)
+          for (int t = 0; t < sinks; ++t) EXPECT_TRUE(std::count(head.begin(), head.end(), t)) << backend_name(b) << " n=" << n;
+        else
+          for (int t : head) EXPECT_LT(t, sinks) << backend_name(b) << " n=" << n;
     }
   }
   EXPECT_EQ(ref::kvzip_pruned(8, 1000, 0.3), 2400);
