@@ -26,10 +26,30 @@ struct HeadTensor {
   float at(int h, int t, int c) const { return data[h * head_stride() + static_cast<std::size_t>(t) * dim + c]; }
 };
 
+// One of KVzip's context-reconstruction passes (kvpress KVzipPress, arXiv 2505.23416): the
+// context chunk [context_begin, context_end) its "repeat" prompt reconstructs, and that
+// prompt's rows [repeat_begin, repeat_begin + repeat_length) in KvzipPasses.
+struct KvzipChunk {
+  int context_begin = 0, context_end = 0, repeat_begin = 0, repeat_length = 0;
+};
+
+// KVzip's extra forward passes over one layer (tools/record_trace.py --extra-passes kvzip): the
+// repeat prompts' post-RoPE queries [H, R, d] and keys [Hkv, R, d] as the attention consumed
+// them (every prompt at positions n_context, n_context + 1, ... after the context cache), the
+// prompts one after the other (R rows in all), and the L2 norms [R] of their attention inputs
+// (KVzip+). Empty when the trace has none or they were not asked for.
+struct KvzipPasses {
+  HeadTensor q, k;
+  std::vector<float> hidden_norm;
+  std::vector<KvzipChunk> chunks;
+  bool empty() const { return chunks.empty(); }
+};
+
 // The tensors of one recorded layer. q: [H, T, d]; k, v: [Hkv, T, d]; attn_out: [H, T, d]
 // (optional); o_proj: [D, H*d] row-major (optional, empty when the trace has none);
 // hidden_states: [T, D] row-major, the attention layer's input after input_layernorm
-// (optional, loaded only for the presses that read it: kvzap, fastkvzip).
+// (optional, loaded only for the presses that read it: kvzap, fastkvzip); kvzip: KVzip's
+// extra passes (optional, likewise).
 struct LayerTensors {
   int layer_index = 0;
   HeadTensor q, k, v, attn_out;
@@ -37,6 +57,7 @@ struct LayerTensors {
   int o_proj_rows = 0;  // D
   std::vector<float> hidden_states;
   int hidden_size = 0;  // D of hidden_states (0 when there are none)
+  KvzipPasses kvzip;    // optional, loaded only for the kvzip press
 
   const float* hidden_row(int t) const { return hidden_states.data() + static_cast<std::size_t>(t) * hidden_size; }
 };

@@ -19,6 +19,7 @@
 
 #include "core/error.h"
 #include "core/hd.h"
+#include "core/press_checks.h"
 #include "core/registry.h"
 #include "traces/artefact.h"
 
@@ -65,15 +66,6 @@ KVSIM_HD inline bool fastkvzip_protected(int t, int n, int n_sink, int window) {
 // FastKVzipPress.compress_post with layerwise=True: int(Hkv n ratio) entries of the layer pruned.
 inline long long fastkvzip_pruned(int kv_heads, int n, double ratio) {
   return static_cast<long long>(static_cast<double>(static_cast<long long>(kv_heads) * n) * ratio);
-}
-
-// kvpress's default, layerwise=False, prunes the int(L Hkv n ratio) lowest scores of all layers
-// together (a top-k over layers x heads x tokens): a layer's share depends on every other
-// layer, which a replay that compresses one recorded layer at a time cannot know.
-inline void require_layerwise(const ParamValues& params) {
-  if (!params.get_bool("layerwise"))
-    throw Error("press 'fastkvzip': layerwise=false (kvpress's default) pools the pruned budget over all layers of the model, which "
-                "a replay of one recorded layer at a time cannot reproduce; use fastkvzip:layerwise=true (every layer at the ratio)");
 }
 
 struct FastKvzipGates {

@@ -385,10 +385,12 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     result.runs[s].ratio = slots[s].ratio;
   }
 
-  bool needs_previous_layer = false, needs_hidden_states = false;
+  bool needs_previous_layer = false, needs_hidden_states = false, needs_extra_passes = false;
   for (const PressInfo* p : press_infos) needs_previous_layer = needs_previous_layer || p->needs_previous_layer;
   for (const std::string& spec : options.presses)  // [T, D] per layer: read only for the presses that use them
     needs_hidden_states = needs_hidden_states || spec_needs(registry, parse_press_spec(spec), "hidden_states");
+  for (const std::string& spec : options.presses)  // KVzip's repeat prompts: read only for kvzip
+    needs_extra_passes = needs_extra_passes || spec_needs(registry, parse_press_spec(spec), "extra pass");
   const int Hkv = info.num_key_value_heads;
   const EvaluatorFactory* device_evaluator = find_evaluator(options.backend);
 
@@ -397,7 +399,7 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
   auto read = [&](int layer) {
     const auto start = std::chrono::steady_clock::now();
     LoadedLayer loaded;
-    loaded.tensors = trace.read_layer(layer, {.attn_out = false, .o_proj = true, .hidden_states = needs_hidden_states});
+    loaded.tensors = trace.read_layer(layer, {.attn_out = false, .o_proj = true, .hidden_states = needs_hidden_states, .kvzip = needs_extra_passes});
     if (options.check_trace) check_recorded_outputs(trace, loaded.tensors);
     if (needs_previous_layer && has_predecessor(layer)) loaded.previous = trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false});
     loaded.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

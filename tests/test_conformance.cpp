@@ -43,12 +43,21 @@ std::string trace_path() {
 }
 
 bool needs_hidden_states(const std::string& spec) { return spec_needs(Registry::instance(), parse_press_spec(spec), "hidden_states"); }
+bool needs_extra_passes(const std::string& spec) { return spec_needs(Registry::instance(), parse_press_spec(spec), "extra pass"); }
 
 // The trace the trace tests run `spec` on: trace_path(), unless the press reads hidden states and
 // that trace has none (the bundled one has none) — then a synthetic trace of SmolLM2-135M's
 // shape (hidden size 576) that has them, written once.
 std::string trace_for(const std::string& spec) {
   const TraceReader trace(trace_path());
+  if (needs_extra_passes(spec) && !trace.has_dataset(trace.info().recorded_layers.front(), "kvzip_q")) {
+    static test::TempDir dir;
+    const std::string path = dir.file("synthetic-with-kvzip-passes.h5");
+    if (!std::filesystem::exists(path))
+      write_synthetic_trace(path, {.recorded_layers = 3, .n_context = 300, .n_question = 12, .n_generated = 8, .needle_start = 120,
+                                   .kvzip_chunk_size = 128});
+    return path;
+  }
   if (!needs_hidden_states(spec) || trace.has_dataset(trace.info().recorded_layers.front(), "hidden_states")) return trace_path();
   static test::TempDir dir;  // lives for the whole test program
   const std::string path = dir.file("synthetic-with-hidden-states.h5");
@@ -99,42 +108,51 @@ struct GridInputs {
   std::vector<std::string> labels;
 };
 
-const GridInputs& grid_inputs() {
-  static const GridInputs grid = [] {
-    GridInputs g;
-    g.shapes = shapes();
-    for (const Shape& s : g.shapes) {
-      const unsigned seed = 17u * s.n + s.d;
-      const auto stored = [&](std::vector<float>& values) {
-        for (float& x : values)
-          x = s.dtype == StorageDtype::float16 ? round_to_half(x) : s.dtype == StorageDtype::bfloat16 ? round_to_bf16(x) : x;
-      };
-      LayerTensors layer = test::random_layer(s.H, s.Hkv, s.n + s.extra, s.d, seed, /*layer_index=*/s.n % 3);
-      for (HeadTensor* t : {&layer.q, &layer.k, &layer.v}) stored(t->data);
-      // o_proj [D, H*d] (CriticalKV), D = 64: N(0, 1/64) draws.
-      layer.o_proj_rows = 64;
-      layer.o_proj.resize(static_cast<std::size_t>(64) * s.H * s.d);
-      std::mt19937 rng(seed + 2);
-      std::normal_distribution<float> normal(0.0f, 0.125f);
-      for (float& w : layer.o_proj) w = normal(rng);
-      test::add_hidden_states(layer, seed + 3);  // [T, kTestHiddenSize], in the shape's dtype like q, k, v
-      stored(layer.hidden_states);
-      g.previous.push_back(test::random_layer(s.H, s.Hkv, s.n + s.extra, s.d, seed + 1, s.n % 3 - 1));
-      g.layers.push_back(std::move(layer));
-      g.ropes.push_back(RopeConfig::from_theta(10000.0, s.d));
-      g.labels.push_back("random n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) + " H=" + std::to_string(s.H) +
-                         " Hkv=" + std::to_string(s.Hkv) + " " + dtype_name(s.dtype) + " seed=" + std::to_string(seed));
-    }
-    return g;
-  }();
-  return grid;
+// With kvzip_passes, each layer also carries synthetic KVzip repeat passes (a 2-token prefix
+// no chunk covers, three chunks): drawn, like the plain grid, once.
+GridInputs draw_grid(bool kvzip_passes) {
+  GridInputs g;
+  g.shapes = shapes();
+  for (const Shape& s : g.shapes) {
+    const unsigned seed = 17u * s.n + s.d;
+    const auto stored = [&](std::vector<float>& values) {
+      for (float& x : values)
+        x = s.dtype == StorageDtype::float16 ? round_to_half(x) : s.dtype == StorageDtype::bfloat16 ? round_to_bf16(x) : x;
+    };
+    LayerTensors layer = test::random_layer(s.H, s.Hkv, s.n + s.extra, s.d, seed, /*layer_index=*/s.n % 3);
+    for (HeadTensor* t : {&layer.q, &layer.k, &layer.v}) stored(t->data);
+    // o_proj [D, H*d] (CriticalKV), D = 64: N(0, 1/64) draws.
+    layer.o_proj_rows = 64;
+    layer.o_proj.resize(static_cast<std::size_t>(64) * s.H * s.d);
+    std::mt19937 rng(seed + 2);
+    std::normal_distribution<float> normal(0.0f, 0.125f);
+    for (float& w : layer.o_proj) w = normal(rng);
+    test::add_hidden_states(layer, seed + 3);  // [T, kTestHiddenSize], in the shape's dtype like q, k, v
+    stored(layer.hidden_states);
+    if (kvzip_passes) layer.kvzip = synthetic_kvzip_passes(layer, s.n, std::min(2, s.n - 1), std::max(1, s.n / 3 + 1), 3);
+    g.previous.push_back(test::random_layer(s.H, s.Hkv, s.n + s.extra, s.d, seed + 1, s.n % 3 - 1));
+    g.layers.push_back(std::move(layer));
+    g.ropes.push_back(RopeConfig::from_theta(10000.0, s.d));
+    g.labels.push_back("random n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) + " H=" + std::to_string(s.H) +
+                       " Hkv=" + std::to_string(s.Hkv) + " " + dtype_name(s.dtype) + " seed=" + std::to_string(seed));
+  }
+  return g;
+}
+
+const GridInputs& grid_inputs(bool kvzip_passes) {
+  if (kvzip_passes) {
+    static const GridInputs with_passes = draw_grid(true);
+    return with_passes;
+  }
+  static const GridInputs plain = draw_grid(false);
+  return plain;
 }
 
 TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
   if (const std::string why = missing_device(); !why.empty()) GTEST_SKIP() << why;
   const std::string spec = GetParam();
   const bool quadratic = spec.rfind("observed_attention", 0) == 0;
-  const GridInputs& grid = grid_inputs();
+  const GridInputs& grid = grid_inputs(needs_extra_passes(spec));
   std::vector<ConformanceInput> inputs;
   for (std::size_t i = 0; i < grid.layers.size(); ++i)
     if (!quadratic || grid.shapes[i].n <= 8192)
@@ -160,7 +178,8 @@ TEST_P(Conformance, BundledRealTrace) {
   const TraceInfo& info = trace.info();
   std::vector<LayerTensors> layers;
   for (int l : info.recorded_layers)
-    layers.push_back(trace.read_layer(l, {.attn_out = false, .o_proj = true, .hidden_states = needs_hidden_states(GetParam())}));
+    layers.push_back(trace.read_layer(
+        l, {.attn_out = false, .o_proj = true, .hidden_states = needs_hidden_states(GetParam()), .kvzip = needs_extra_passes(GetParam())}));
   std::vector<ConformanceInput> inputs;
   for (const LayerTensors& t : layers)
     inputs.push_back({trace.path() + " layer " + std::to_string(t.layer_index), &t, info.n_context, info.num_hidden_layers, &info.rope});

@@ -8,6 +8,7 @@
 #include "cuda/exec_host.h"
 #include "select_cases.h"
 #include "test_util.h"
+#include "tools/synthetic_trace.h"
 
 namespace kvsim::cuda {
 namespace {
@@ -120,6 +121,7 @@ TEST(CudaStages, EveryDeviceScorerScoresWhenCalledDirectly) {
   layer.o_proj.assign(static_cast<std::size_t>(test::kTestHiddenSize) * 8 * 16, 0.0f);
   for (std::size_t i = 0; i < layer.o_proj.size(); ++i) layer.o_proj[i] = static_cast<float>((i * 37 % 19) - 9) / 16.0f;
   test::add_hidden_states(layer, 6);  // kvzap
+  layer.kvzip = synthetic_kvzip_passes(layer, kTokens, 2, 64, 4);  // kvzip
   const RopeConfig rope = RopeConfig::from_theta(10000.0, 16);
   const PressInput input{layer, kTokens, 4, rope};
   int checked = 0;

@@ -14,6 +14,7 @@
 #include "reference/merging.h"
 #include "reference/scoring.h"
 #include "test_util.h"
+#include "tools/synthetic_trace.h"
 
 namespace kvsim {
 namespace {
@@ -432,6 +433,7 @@ TEST_P(EveryPress, KeepsValidSetsOfTheRightSizeDeterministically) {
   layer.o_proj_rows = 16;  // o_proj [16, 8 * 16], for CriticalKV
   for (int i = 0; i < 16 * 8 * 16; ++i) layer.o_proj.push_back(static_cast<float>((i * 37) % 11) / 11.0f - 0.45f);
   test::add_hidden_states(layer, 43);  // kvzap, fastkvzip
+  layer.kvzip = synthetic_kvzip_passes(layer, n, 2, 128, 5);  // kvzip: three chunks after a 2-token prefix
   const LayerTensors previous = test::random_layer(8, Hkv, 340, 16, 41, /*layer_index=*/0);  // for cross-layer presses
   const RopeConfig rope = RopeConfig::from_theta(10000.0, 16);
   for (double ratio : {0.0, 0.1, 0.5, 0.9}) {
@@ -448,10 +450,11 @@ TEST_P(EveryPress, KeepsValidSetsOfTheRightSizeDeterministically) {
     }
     // KVCache-Factory's presses (kvcf_*) keep round(n (1 - ratio)), per layer or head (test_presses_kvcf.cpp).
     const bool kvcf_budget = info.name.rfind("kvcf_", 0) == 0;
-    if (info.uses_ratio && !info.wraps_scorer && !info.wraps_list && info.name != "pyramidkv" && info.name != "fastkvzip" && !kvcf_budget) {
+    if (info.uses_ratio && !info.wraps_scorer && !info.wraps_list && info.name != "pyramidkv" && info.name != "fastkvzip" && !kvcf_budget &&
+        info.name != "kvzip") {
       for (const auto& head : c.kept) EXPECT_EQ(head.size(), static_cast<std::size_t>(kvpress_budget(n, ratio)));
     }
-    if (info.name == "fastkvzip") {  // int(Hkv n ratio) pruned across the layer's heads (kvpress layerwise=True)
+    if (info.name == "fastkvzip" || info.name == "kvzip") {  // int(Hkv n ratio) pruned across the layer's heads (kvpress layerwise=True)
       EXPECT_EQ(c.total_kept(), static_cast<std::size_t>(Hkv * n - static_cast<int>(Hkv * n * ratio)));
     }
     // chunk and chunkkv budget chunk by chunk (kvpress ChunkPress, ChunkKVPress): their totals differ.

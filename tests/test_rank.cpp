@@ -79,7 +79,7 @@ ref::RunResult run(const std::string& press, double ratio, double rel_err, doubl
 TEST(Rank, ReplaysAreGroupedByRatioAndMissingMetricsRefused) {
   std::vector<ref::ReplayResult> replays(2);
   for (int t = 0; t < 2; ++t) {
-    replays[t].trace = "t" + std::to_string(t) + ".h5";
+    replays[t].trace = std::string("t").append(std::to_string(t)).append(".h5");  // (not "t" + ...: GCC 12's false -Wrestrict)
     replays[t].runs = {run("knorm", 0.5, 0.4 + t, 0.5), run("snapkv", 0.5, 0.1 + t, 0.9), run("knorm", 0.75, 0.8, 0.2),
                        run("snapkv", 0.75, 0.3, 0.6)};
   }

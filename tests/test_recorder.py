@@ -180,6 +180,53 @@ def check_sample(tmp, model_dir):
     check(r.returncode == 1 and "--sample brings its own question" in r.stderr, "--sample with --question: one-line error")
 
 
+def check_kvzip_passes(tmp, model_dir, base):
+    """--extra-passes kvzip: the chunks tile the context, each repeat prompt ends with its chunk,
+    and the recorded queries and keys reproduce, by a softmax over [context keys; repeat keys],
+    the attention rows an independent eager run of the model over context + repeat prompt
+    returns (output_attentions); the norms are those of input_layernorm's output there."""
+    trace = os.path.join(tmp, "kvzip.h5")
+    r = run(base + ["--dtype", "float32", "--extra-passes", "kvzip", "--kvzip-chunk-size", "40", "-o", trace])
+    check(r.returncode == 0, f"record with --extra-passes kvzip exits 0: {r.stderr.strip().splitlines()[-1:]}")
+    if r.returncode:
+        return
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    with h5py.File(trace, "r") as f:
+        n = int(f.attrs["n_context"])
+        tokens = [int(t) for t in f["tokens"][:n]]
+        chunks = f["kvzip_chunks"][...]
+        repeat_tokens = [int(t) for t in f["kvzip_tokens"][...]]
+        check([tuple(c[:2]) for c in chunks] == [(0, 40), (40, 80), (80, 96)], f"KVzip chunks tile the context: {chunks.tolist()}")
+        check(len(repeat_tokens) == int(chunks[:, 2].sum()) and f["layers/1/kvzip_q"].shape == (4, len(repeat_tokens), 16)
+              and f["layers/1/kvzip_k"].shape == (2, len(repeat_tokens), 16) and f["layers/0/kvzip_hidden_norm"].shape == (len(repeat_tokens),),
+              "KVzip datasets' shapes")
+        start = 0
+        for begin, end, length in chunks:
+            prompt = repeat_tokens[start:start + length]
+            check(prompt[-(end - begin):] == tokens[begin:end], f"repeat prompt of chunk [{begin}, {end}) ends with the chunk")
+            with torch.no_grad():
+                out = model(torch.tensor([tokens + prompt]), output_attentions=True, output_hidden_states=True)
+            for layer in (0, 1):
+                q = f[f"layers/{layer}/kvzip_q"][:, start:start + length].astype(np.float64)
+                keys = np.concatenate([f[f"layers/{layer}/k"][:, :n], f[f"layers/{layer}/kvzip_k"][:, start:start + length]], axis=1)
+                keys = np.repeat(keys.astype(np.float64), 2, axis=0)  # query head h reads KV head h // 2
+                logits = np.einsum("hid,hjd->hij", q, keys) / 4.0
+                logits[:, np.triu_indices(length, 1)[0], n + np.triu_indices(length, 1)[1]] = -np.inf
+                weights = np.exp(logits - logits.max(-1, keepdims=True))
+                weights /= weights.sum(-1, keepdims=True)
+                expected = out.attentions[layer][0, :, n:].double().numpy()
+                check(np.abs(weights - expected).max() < 1e-4, f"layer {layer} chunk [{begin}, {end}): recorded passes give the model's attention")
+                normed = model.model.layers[layer].input_layernorm(out.hidden_states[layer])[0, n:].norm(dim=-1)
+                check(np.allclose(f[f"layers/{layer}/kvzip_hidden_norm"][start:start + length], normed.detach().numpy(), rtol=1e-4),
+                      f"layer {layer} chunk [{begin}, {end}): hidden-state norms")
+            start += length
+    r = run([KVSIM, "replay", "-q", "--trace", trace, "--press", "kvzip:layerwise=true", "--ratio", "0.5"])
+    check(r.returncode == 0 and "kvzip" in r.stdout, f"kvsim replay runs kvzip on the recorded passes: {r.stderr.strip()[-200:]}")
+    r = run([KVSIM, "replay", "-q", "--trace", os.path.join(tmp, "trace_float32.h5"), "--press", "kvzip:layerwise=true", "--ratio", "0.5"])
+    check(r.returncode != 0 and "--extra-passes kvzip" in r.stderr and len(r.stderr.strip().splitlines()) == 1,
+          f"kvzip on a trace without passes: one-line error ({r.stderr.strip()[-200:]})")
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "tiny")
@@ -221,6 +268,7 @@ def main():
         r = run([KVSIM, "verify-trace", trace])
         check(r.returncode == 1 and "layer 1" in r.stderr, "verify-trace names the layer with swapped KV heads")
 
+        check_kvzip_passes(tmp, model_dir, base)
         check_stop_at_end_of_turn(tmp, model_dir, base)
         check_gemma3_layers(tmp, context)
         check_sample(tmp, model_dir)

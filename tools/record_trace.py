@@ -74,6 +74,9 @@ def parse_args(argv):
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
     p.add_argument("--with-oproj", action="store_true", help="also store each layer's o_proj weight")
     p.add_argument("--with-hidden-states", action="store_true", help="also store each layer's attention input")
+    p.add_argument("--extra-passes", default="", choices=["", "kvzip"],
+                   help="also run and record the extra forward passes a press needs: kvzip (KVzip's context reconstruction)")
+    p.add_argument("--kvzip-chunk-size", type=int, default=2048, help="context tokens each KVzip repeat pass reconstructs (kvpress: 2048)")
     p.add_argument("--compress", action="store_true", help="gzip-compress the datasets (smaller, slower to read)")
     p.add_argument("--model-name", help="name stored in the trace (default: the model's config name or --model)")
     p.add_argument("-o", "--output", required=True, help="trace file to write")
@@ -86,6 +89,8 @@ def parse_args(argv):
         fail("--generate must be >= 0")
     if args.prefill_chunk < 1:
         fail("--prefill-chunk must be >= 1")
+    if args.kvzip_chunk_size < 1:
+        fail("--kvzip-chunk-size must be >= 1")
     return args
 
 
@@ -318,12 +323,16 @@ class Recorder:
         self.trace, self.layers, self.datasets = trace, set(layers), datasets
         self.sys_modules = sys_modules
         self.position = 0  # first token of the current forward pass
+        self.captured = None  # {layer: [(queries, keys)]} while an extra pass runs, else None
 
     def __call__(self, module, query, key, value, attention_mask, **kwargs):
         eager = self.sys_modules[type(module).__module__].eager_attention_forward
         output, weights = eager(module, query, key, value, attention_mask, **kwargs)
         layer = module.layer_idx
-        if layer in self.layers:
+        if layer in self.layers and self.captured is not None:  # an extra pass: its tokens' queries and keys only
+            n = query.shape[2]
+            self.captured.setdefault(layer, []).append((query[0].detach().float().cpu(), key[0, :, -n:].detach().float().cpu()))
+        elif layer in self.layers:
             n = query.shape[2]
             sets = self.datasets[layer]
             self.trace.write(sets["q"], query[0], self.position)
@@ -331,6 +340,80 @@ class Recorder:
             self.trace.write(sets["v"], value[0, :, -n:], self.position)
             self.trace.write(sets["attn_out"], output[0].transpose(0, 1), self.position)  # [n, H, d] -> [H, n, d]
         return output, weights
+
+
+def kvzip_prompts(args, tokenizer, context_ids, prev_postfix_size=8):
+    """KVzip's repeat prompts, as kvpress KVzipPress.__call__ and prepare build them: the chat
+    template's prefix (left out of the chunks) and suffix, then per chunk of --kvzip-chunk-size
+    context tokens "Repeat the previous context exactly." (first chunk) or "Repeat the part of the
+    previous context exactly, starting with" + the previous chunk's last 8 tokens, the suffix and
+    the chunk. Returns [(context_begin, context_end, repeat_ids)]."""
+    if args.chat_template:
+        dummy = "dummy context"
+        separator = "\n" + "#" * len(dummy)
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": dummy + separator}], add_generation_prompt=True,
+                                                 tokenize=False, enable_thinking=False)
+        before, suffix_text = rendered.split(separator)
+        prefix_text = before.split(dummy)[0]
+    else:  # kvpress's choice for a tokenizer without a chat template
+        prefix_text, suffix_text = "", "\n"
+    prefix_length = len(tokenizer.encode(prefix_text, add_special_tokens=False))
+    suffix_ids = tokenizer.encode(suffix_text, add_special_tokens=False)
+    if prefix_length >= len(context_ids):
+        fail(f"--extra-passes kvzip: the context ({len(context_ids)} tokens) holds no token after the chat template's prefix")
+    size = args.kvzip_chunk_size
+    chunks = [context_ids[start:start + size] for start in range(prefix_length, len(context_ids), size)]
+    prompts, begin = [], prefix_length
+    for i, chunk in enumerate(chunks):
+        if i == 0:
+            instruction = tokenizer.encode("\n\nRepeat the previous context exactly.", add_special_tokens=False)
+        else:
+            instruction = tokenizer.encode("\n\nRepeat the part of the previous context exactly, starting with",
+                                           add_special_tokens=False) + chunks[i - 1][-prev_postfix_size:]
+        prompts.append((begin, begin + len(chunk), instruction + suffix_ids + chunk))
+        begin += len(chunk)
+    return prompts
+
+
+def record_kvzip_passes(args, torch, np, model, tokenizer, trace, recorder, past, context_ids, layers, device):
+    """Runs KVzip's repeat passes over the context's cache (cropped back to the context before
+    each, as kvpress drops the repeat tokens' keys and values after each pass) and stores their
+    queries, keys and attention inputs' norms (traces/FORMAT.md, "KVzip's extra passes")."""
+    if any(getattr(layer.self_attn, "sliding_window", None) for layer in model.model.layers):
+        fail("--extra-passes kvzip: sliding-window layers are not supported (kvpress refuses KVzip on Gemma 3 too)")
+    prompts = kvzip_prompts(args, tokenizer, context_ids)
+    n_context = len(context_ids)
+    norms = {}
+
+    def keep_norm(module, args_, kwargs):
+        states = kwargs.get("hidden_states", args_[0] if args_ else None)
+        norms.setdefault(module.layer_idx, []).append(states[0].detach().float().norm(dim=-1).cpu())
+    hooks = [model.model.layers[layer].self_attn.register_forward_pre_hook(keep_norm, with_kwargs=True) for layer in layers]
+    recorder.captured = {}
+    started = time.time()
+    try:
+        with torch.no_grad():
+            for i, (begin, end, repeat_ids) in enumerate(prompts):
+                excess = past.get_seq_length() - n_context
+                if excess > 0:
+                    past.crop(-excess)  # this transformers crops by a negative count of tokens to drop
+                model(torch.tensor([repeat_ids], device=device), past_key_values=past, use_cache=True)
+                print(f"record_trace: KVzip pass {i + 1}/{len(prompts)} (context [{begin}, {end}), {len(repeat_ids)} repeat tokens, "
+                      f"{time.time() - started:.1f}s)", file=sys.stderr)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        captured, recorder.captured = recorder.captured, None
+    trace.file.create_dataset("kvzip_chunks", data=np.array([[b, e, len(r)] for b, e, r in prompts], dtype=np.int32))
+    trace.file.create_dataset("kvzip_tokens", data=np.array([t for _, _, r in prompts for t in r], dtype=np.int32))
+    trace.file.attrs["kvzip_chunk_size"] = args.kvzip_chunk_size
+    for layer in layers:
+        queries = torch.cat([q for q, _ in captured[layer]], dim=1)
+        keys = torch.cat([k for _, k in captured[layer]], dim=1)
+        for name, tensor in (("kvzip_q", queries), ("kvzip_k", keys)):
+            trace.write(trace.create(f"layers/{layer}/{name}", tuple(tensor.shape)), tensor, 0)
+        trace.file.create_dataset(f"layers/{layer}/kvzip_hidden_norm", data=torch.cat(norms[layer]).numpy().astype(np.float32),
+                                  fletcher32=True)
 
 
 def main(argv):
@@ -466,6 +549,8 @@ def main(argv):
             for layer in layers:
                 states = torch.cat(hidden[layer], dim=0)
                 trace.write(trace.create(f"layers/{layer}/hidden_states", tuple(states.shape)), states, 0)
+        if args.extra_passes == "kvzip":
+            record_kvzip_passes(args, torch, np, model, tokenizer, trace, recorder, past, context_ids, layers, device)
         generated_text = tokenizer.decode(tokens[n_context + n_question:])
         f.attrs["generated_text"] = fixed_string(h5py, np)(generated_text)
         if sample:

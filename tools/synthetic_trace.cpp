@@ -1,5 +1,6 @@
 #include "tools/synthetic_trace.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -73,6 +74,8 @@ void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& s)
   info.text = "synthetic trace: sinks, locality and a needle at [" + std::to_string(s.needle_start) + ", " +
               std::to_string(s.needle_start + s.needle_length) + ") that question and generated queries look for";
 
+  constexpr int kKvzipPromptTokens = 6;
+  if (s.kvzip_chunk_size > 0) info.kvzip_chunks = synthetic_kvzip_chunks(s.n_context, 0, s.kvzip_chunk_size, kKvzipPromptTokens);
   TraceWriter writer(path, info);
   // Logit scales (q.k / sqrt(d)): noise ~ 1, sink ~ +5, needle ~ +4 for later queries,
   // locality ~ +2 between nearby tokens.
@@ -130,9 +133,42 @@ void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& s)
           tensors.hidden_states[static_cast<std::size_t>(t) * info.hidden_size + c] =
               round_to(s.dtype, normal(kHidden + static_cast<uint32_t>(t), static_cast<uint32_t>(c)));
     }
+    if (s.kvzip_chunk_size > 0) tensors.kvzip = synthetic_kvzip_passes(tensors, s.n_context, 0, s.kvzip_chunk_size, kKvzipPromptTokens);
     writer.write_layer(tensors);
   }
   writer.finish();
+}
+
+std::vector<KvzipChunk> synthetic_kvzip_chunks(int n_context, int prefix, int chunk_size, int prompt_tokens) {
+  if (prefix < 0 || prefix >= n_context || chunk_size < 1 || prompt_tokens < 0) throw Error("synthetic KVzip passes: inconsistent shape parameters");
+  std::vector<KvzipChunk> chunks;
+  int repeat_begin = 0;
+  for (int begin = prefix; begin < n_context; begin += chunk_size) {
+    const int end = std::min(n_context, begin + chunk_size);
+    chunks.push_back({begin, end, repeat_begin, prompt_tokens + end - begin});
+    repeat_begin += prompt_tokens + end - begin;
+  }
+  return chunks;
+}
+
+KvzipPasses synthetic_kvzip_passes(const LayerTensors& layer, int n_context, int prefix, int chunk_size, int prompt_tokens) {
+  if (n_context > layer.k.tokens) throw Error("synthetic KVzip passes: the layer has fewer than n_context tokens");
+  KvzipPasses passes;
+  passes.chunks = synthetic_kvzip_chunks(n_context, prefix, chunk_size, prompt_tokens);
+  std::vector<int> sources;  // the context token each repeat row copies
+  for (const KvzipChunk& chunk : passes.chunks) {
+    for (int r = 0; r < prompt_tokens; ++r) sources.push_back(r % n_context);
+    for (int t = chunk.context_begin; t < chunk.context_end; ++t) sources.push_back(t);
+  }
+  const int R = static_cast<int>(sources.size()), d = layer.k.dim;
+  passes.q = HeadTensor(layer.q.heads, R, d);
+  passes.k = HeadTensor(layer.k.heads, R, d);
+  for (int r = 0; r < R; ++r) {
+    for (int h = 0; h < layer.q.heads; ++h) std::copy_n(layer.q.head(h) + static_cast<std::size_t>(sources[r]) * d, d, &passes.q.at(h, r, 0));
+    for (int g = 0; g < layer.k.heads; ++g) std::copy_n(layer.k.head(g) + static_cast<std::size_t>(sources[r]) * d, d, &passes.k.at(g, r, 0));
+    passes.hidden_norm.push_back(1.0f + static_cast<float>(r % 7) / 7.0f);
+  }
+  return passes;
 }
 
 }  // namespace kvsim

@@ -5,6 +5,7 @@
 // (Philox draws), so the bundled trace is reproducible bit for bit.
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "traces/trace.h"
 
@@ -21,9 +22,18 @@ struct SyntheticTraceSpec {
   bool with_o_proj = true;
   bool with_attn_out = true;  // O(T^2) to compute; optional in the format (replay does not read it)
   bool with_hidden_states = false;  // [T, D] N(0, 1) draws (kvzap, fastkvzip read them); off keeps older traces' bytes
+  int kvzip_chunk_size = 0;  // > 0: KVzip's extra passes too (synthetic_kvzip_passes), the context in chunks of this size
   uint64_t seed = 0;
 };
 
 void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& spec);
+
+// Stand-in KVzip passes for tests and synthetic traces (no model to run): the context tokens
+// [prefix, n_context) in chunks of chunk_size, each chunk's repeat prompt `prompt_tokens` rows
+// copying the queries and keys of context tokens 0, 1, ... (the instruction) followed by the
+// chunk's own tokens' queries and keys (the model repeating them); hidden-state norms
+// 1 + (r mod 7) / 7. Deterministic.
+std::vector<KvzipChunk> synthetic_kvzip_chunks(int n_context, int prefix, int chunk_size, int prompt_tokens);
+KvzipPasses synthetic_kvzip_passes(const LayerTensors& layer, int n_context, int prefix, int chunk_size, int prompt_tokens);
 
 }  // namespace kvsim

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/half.h"
@@ -301,6 +302,7 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
       if (!std::isfinite(f)) Impl::fail(path, "dataset /rope_inv_freq holds a non-finite value");
 
     for (int l : info.recorded_layers) read_layer_attention(l);
+    read_kvzip_chunks();
 
     if (impl_->file.nameExists("/text")) {
       const H5::DataSet text = impl_->file.openDataSet("/text");
@@ -347,6 +349,62 @@ void TraceReader::read_layer_attention(int layer) {
       Impl::fail(path_, group_name + " attribute attention_scaling must be positive and finite");
     info_.layer_ropes[layer] = std::move(rope);
   }
+}
+
+// /kvzip_chunks [C, 3] int: per chunk its context span [begin, end) and its repeat prompt's
+// length; the chunks must tile [begin_0, n_context) in order, as KVzip's passes do.
+void TraceReader::read_kvzip_chunks() {
+  const std::string name = "/kvzip_chunks";
+  if (!impl_->file.nameExists(name)) return;
+  const H5::DataSet ds = impl_->file.openDataSet(name);
+  H5::DataSpace space = ds.getSpace();
+  hsize_t dims[2] = {0, 0};
+  if (ds.getTypeClass() != H5T_INTEGER || space.getSimpleExtentNdims() != 2 || (space.getSimpleExtentDims(dims), dims[1] != 3) ||
+      dims[0] < 1 || dims[0] > (hsize_t(1) << 24))
+    Impl::fail(path_, "dataset " + name + " must be a non-empty integer array [chunks, 3] (context begin, context end, repeat length)");
+  std::vector<long long> values(dims[0] * 3);
+  ds.read(values.data(), H5::PredType::NATIVE_LLONG);
+  long long expected_begin = values[0], repeat_begin = 0;
+  for (hsize_t c = 0; c < dims[0]; ++c) {
+    const long long begin = values[3 * c], end = values[3 * c + 1], length = values[3 * c + 2];
+    if (begin != expected_begin || begin < 0 || end <= begin || end > info_.n_context || length < 1 || length > (1 << 28))
+      Impl::fail(path_, "dataset " + name + " row " + std::to_string(c) + " = (" + std::to_string(begin) + ", " + std::to_string(end) +
+                            ", " + std::to_string(length) + ") is not the next chunk of the context (contiguous spans ending at n_context = " +
+                            std::to_string(info_.n_context) + ", repeat length >= 1)");
+    info_.kvzip_chunks.push_back({static_cast<int>(begin), static_cast<int>(end), static_cast<int>(repeat_begin), static_cast<int>(length)});
+    expected_begin = end;
+    repeat_begin += length;
+    if (repeat_begin > (1 << 28)) Impl::fail(path_, "dataset " + name + " declares more than 2^28 repeat tokens");
+  }
+  if (expected_begin != info_.n_context)
+    Impl::fail(path_, "dataset " + name + " ends at context token " + std::to_string(expected_begin) + ", not at n_context = " +
+                          std::to_string(info_.n_context));
+}
+
+// A layer's kvzip_q [H, R, d], kvzip_k [Hkv, R, d] and kvzip_hidden_norm [R], R the chunks' repeat tokens.
+KvzipPasses TraceReader::read_kvzip(int layer) const {
+  const std::string group = layer_group(layer);
+  if (info_.kvzip_chunks.empty()) Impl::fail(path_, "dataset " + group + "/kvzip_q needs the root dataset /kvzip_chunks, which the trace lacks");
+  KvzipPasses out;
+  out.chunks = info_.kvzip_chunks;
+  const KvzipChunk& last = out.chunks.back();
+  const hsize_t R = static_cast<hsize_t>(last.repeat_begin + last.repeat_length), d = static_cast<hsize_t>(info_.head_dim);
+  with_hdf5_errors(path_, "read " + group + "/kvzip_*", [&] {
+    for (auto [name, heads, tensor] : {std::tuple{"kvzip_q", info_.num_attention_heads, &out.q}, {"kvzip_k", info_.num_key_value_heads, &out.k}}) {
+      const std::string ds_name = group + "/" + name;
+      const H5::DataSet ds = impl_->open_dataset(path_, ds_name);
+      Impl::check_float_shape(path_, ds, ds_name, {static_cast<hsize_t>(heads), R, d});
+      *tensor = HeadTensor(heads, static_cast<int>(R), info_.head_dim);
+      Impl::read_float_slab(path_, ds, ds_name, {0, 0, 0}, {static_cast<hsize_t>(heads), R, d}, tensor->data.data());
+    }
+    const std::string norm_name = group + "/kvzip_hidden_norm";
+    const H5::DataSet norms = impl_->open_dataset(path_, norm_name);
+    Impl::check_float_shape(path_, norms, norm_name, {R});
+    out.hidden_norm.resize(R);
+    Impl::read_float_slab(path_, norms, norm_name, {0}, {R}, out.hidden_norm.data());
+    return 0;
+  });
+  return out;
 }
 
 TraceReader::~TraceReader() = default;
@@ -490,6 +548,7 @@ LayerTensors TraceReader::read_layer(int layer, LayerParts parts) const {
       return 0;
     });
   }
+  if (parts.kvzip && has_dataset(layer, "kvzip_q")) out.kvzip = read_kvzip(layer);
   return out;
 }
 
@@ -651,6 +710,12 @@ TraceWriter::TraceWriter(const std::string& path, const TraceInfo& info, bool ch
     if (!info.expected_answers.empty()) write_string_attr(root, "expected_answers", info.expected_answers);
     if (info.answer_tokens >= 0) write_int_attr(root, "answer_tokens", info.answer_tokens);
     if (!std::isnan(info.answer_score)) write_double_attr(root, "answer_score", info.answer_score);
+    if (!info.kvzip_chunks.empty()) {
+      std::vector<int32_t> rows;
+      for (const KvzipChunk& c : info.kvzip_chunks) rows.insert(rows.end(), {c.context_begin, c.context_end, c.repeat_length});
+      const hsize_t dims[2] = {info.kvzip_chunks.size(), 3};
+      impl_->file->createDataSet("/kvzip_chunks", H5::PredType::STD_I32LE, H5::DataSpace(2, dims)).write(rows.data(), H5::PredType::NATIVE_INT32);
+    }
     impl_->file->createGroup("/layers");
     return 0;
   });
@@ -689,6 +754,13 @@ void TraceWriter::write_layer(const LayerTensors& layer) {
                 std::to_string(layer.hidden_states.size()) + " values of width " + std::to_string(layer.hidden_size) +
                 ", expected [T, hidden_size] = [" + std::to_string(T) + "," + std::to_string(info.hidden_size) + "]" +
                 (info.hidden_size < 1 ? " (set TraceInfo::hidden_size)" : ""));
+  const int repeat_tokens = info.kvzip_chunks.empty() ? 0 : info.kvzip_chunks.back().repeat_begin + info.kvzip_chunks.back().repeat_length;
+  if (!layer.kvzip.empty() && (info.kvzip_chunks.empty() || layer.kvzip.q.heads != info.num_attention_heads || layer.kvzip.q.tokens != repeat_tokens ||
+                               layer.kvzip.k.heads != info.num_key_value_heads || layer.kvzip.k.tokens != repeat_tokens ||
+                               layer.kvzip.q.dim != info.head_dim || layer.kvzip.k.dim != info.head_dim ||
+                               layer.kvzip.hidden_norm.size() != static_cast<std::size_t>(repeat_tokens)))
+    throw Error("trace " + path_ + ": layer " + std::to_string(layer.layer_index) + " kvzip passes do not match TraceInfo::kvzip_chunks (" +
+                std::to_string(repeat_tokens) + " repeat tokens)");
   with_hdf5_errors(path_, "write " + group, [&] {
     impl_->file->createGroup(group);
     // One chunk = one head x up to 1024 tokens: reading one head of one layer touches
@@ -721,6 +793,14 @@ void TraceWriter::write_layer(const LayerTensors& layer) {
       const hsize_t width = static_cast<hsize_t>(info.hidden_size);
       impl_->write_float(group + "/hidden_states", {static_cast<hsize_t>(T), width}, layer.hidden_states.data(), info.dtype,
                          {chunk_tokens, width});
+    }
+    if (!layer.kvzip.empty()) {
+      const hsize_t R = static_cast<hsize_t>(repeat_tokens), repeat_chunk = std::min<hsize_t>(R, 1024);
+      impl_->write_float(group + "/kvzip_q", {static_cast<hsize_t>(info.num_attention_heads), R, d}, layer.kvzip.q.data.data(), info.dtype,
+                         {1, repeat_chunk, d});
+      impl_->write_float(group + "/kvzip_k", {static_cast<hsize_t>(info.num_key_value_heads), R, d}, layer.kvzip.k.data.data(), info.dtype,
+                         {1, repeat_chunk, d});
+      impl_->write_float(group + "/kvzip_hidden_norm", {R}, layer.kvzip.hidden_norm.data(), StorageDtype::float32, {R});
     }
     return 0;
   });

@@ -57,6 +57,9 @@ struct TraceInfo {
   bool has_answer_spans() const { return !answer_spans.empty(); }
   // Generated tokens that form the model's answer (all of them unless the recorder said otherwise).
   int answer_generated() const { return answer_tokens < 0 ? n_generated : answer_tokens; }
+  // KVzip's context-reconstruction chunks (/kvzip_chunks), when the trace carries its extra
+  // passes: they tile [chunks[0].context_begin, n_context); empty otherwise.
+  std::vector<KvzipChunk> kvzip_chunks;
 
   int total_tokens() const { return n_context + n_question + n_generated; }
   int sliding_window(int layer) const {
@@ -76,6 +79,7 @@ struct LayerParts {
   bool attn_out = true;
   bool o_proj = true;
   bool hidden_states = false;
+  bool kvzip = false;  // KVzip's extra passes (kvzip_q, kvzip_k, kvzip_hidden_norm), when recorded
 };
 
 class TraceReader {
@@ -99,6 +103,8 @@ class TraceReader {
  private:
   void read_layer_attention(int layer);  // sliding window and RoPE of one recorded layer
   void read_answer();  // answer spans and attributes (RULER-style traces)
+  void read_kvzip_chunks();              // /kvzip_chunks, when present
+  KvzipPasses read_kvzip(int layer) const;
 
   struct Impl;
   std::string path_;

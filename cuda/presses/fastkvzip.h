@@ -31,7 +31,7 @@ class FastKvzipDevice final : public DeviceScorer<Exec> {
         window_size_(c.params.get_int("window_size")),
         window_ratio_(c.params.get("window_ratio")),
         gates_(ref::load_fastkvzip_gates(c.params.get_path("artefact"))) {
-    ref::require_layerwise(c.params);
+    require_layerwise("fastkvzip", c.params.get_bool("layerwise"));
   }
 
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {

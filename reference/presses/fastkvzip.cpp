@@ -28,7 +28,7 @@ class FastKvzipPress final : public ScorerPress {
         window_size_(c.params.get_int("window_size")),
         window_ratio_(c.params.get("window_ratio")),
         gates_(load_fastkvzip_gates(c.params.get_path("artefact"))) {
-    require_layerwise(c.params);
+    require_layerwise("fastkvzip", c.params.get_bool("layerwise"));
   }
 
   Scores score(const PressInput& in, double) const override {
