@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RECORDER = os.path.join(HERE, "..", "tools", "record_trace.py")
@@ -180,6 +181,29 @@ def check_sample(tmp, model_dir):
     check(r.returncode == 1 and "--sample brings its own question" in r.stderr, "--sample with --question: one-line error")
 
 
+def check_sigterm_removes_partial(tmp, base):
+    """SIGTERM while the trace is being written (held open here by a slow close) leaves neither
+    the trace nor its .partial file, and the recorder exits 128 + 15."""
+    out = os.path.join(tmp, "terminated.h5")
+    slow_close = ("import sys, time; sys.path.insert(0, sys.argv[1]); import record_trace as r; "
+                  "close = r.TraceFile.close; r.TraceFile.close = lambda self: (time.sleep(120), close(self)); "
+                  "r.main(sys.argv[2:])")
+    args = [sys.executable, "-c", slow_close, os.path.dirname(RECORDER)] + base[2:] + ["--dtype", "float32", "-o", out]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not os.path.exists(out + ".partial") and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)  # inside the slow close by now: the tiny model records in well under a second
+    process.terminate()
+    try:
+        process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+    check(process.returncode == 143 and not os.path.exists(out + ".partial") and not os.path.exists(out),
+          f"SIGTERM removes the partial trace (exit {process.returncode}, partial left: {os.path.exists(out + '.partial')})")
+
+
 def check_kvzip_passes(tmp, model_dir, base):
     """--extra-passes kvzip: the chunks tile the context, each repeat prompt ends with its chunk,
     and the recorded queries and keys reproduce, by a softmax over [context keys; repeat keys],
@@ -268,6 +292,7 @@ def main():
         r = run([KVSIM, "verify-trace", trace])
         check(r.returncode == 1 and "layer 1" in r.stderr, "verify-trace names the layer with swapped KV heads")
 
+        check_sigterm_removes_partial(tmp, base)
         check_kvzip_passes(tmp, model_dir, base)
         check_stop_at_end_of_turn(tmp, model_dir, base)
         check_gemma3_layers(tmp, context)

@@ -17,6 +17,7 @@ written under a temporary name and renamed only when complete.
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -416,7 +417,13 @@ def record_kvzip_passes(args, torch, np, model, tokenizer, trace, recorder, past
                                   fletcher32=True)
 
 
+def exit_on_sigterm(signum, _frame):
+    """SIGTERM ends the recorder like an exception: the trace being written is removed."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv):
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     args = parse_args(argv)
     sample = load_sample(args.sample) if args.sample else None
     if sample:
