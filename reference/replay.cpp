@@ -364,6 +364,8 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
   result.n_compressed = n;
   result.n_queries = n_queries;
   result.answer_metrics = info.has_answer_spans();
+  result.kv_heads = info.num_key_value_heads;
+  result.head_dim = info.head_dim;
   const std::vector<int> answer_query_indices = answer_queries(info, n);
   // One run per (press, ratio); presses that ignore the ratio run once.
   struct RunSlot {

@@ -67,11 +67,19 @@ struct ReplayResult {
   int n_compressed = 0;  // tokens each press sees
   int n_queries = 0;     // evaluation queries per layer and head
   bool answer_metrics = false;  // the trace has answer spans: runs carry span_retention and answer_rel_err
+  int kv_heads = 0, head_dim = 0;  // the model's, for the cache's bytes per token (kv_bytes_per_token)
   double seconds = 0;            // wall time of the replay
   double read_seconds = 0;       // spent reading layers (on the reading thread, overlapped with work)
   double read_wait_seconds = 0;  // of which the replay waited for (not overlapped)
   std::vector<RunResult> runs;
 };
+
+// The compressed cache's bytes per token of one layer over `kv_heads` KV heads, metadata
+// included: float16 keys and values (2 x 2 x head_dim bytes a head) at the achieved ratio, which
+// already counts quantisers' storage (Compression::storage_fraction) and pruned key channels.
+inline double kv_bytes_per_token(double achieved_ratio, int kv_heads, int head_dim) {
+  return 4.0 * kv_heads * head_dim * (1.0 - achieved_ratio);
+}
 
 // Metrics of one query's compressed attention output against the full one.
 struct QueryMetrics {

@@ -65,18 +65,25 @@ TEST_F(Cli, ReplayWritesATableCsvAndJson) {
   ASSERT_EQ(table.status, 0) << table.output;
   EXPECT_NE(table.output.find("| knorm"), std::string::npos) << table.output;
   EXPECT_NE(table.output.find("| snapkv:window_size=8"), std::string::npos);
+  EXPECT_NE(table.output.find("|           32.0 |      2.00x |"), std::string::npos) << table.output;  // ratio 0.5
   const std::string csv = dir_.file("out.csv");
   ASSERT_EQ(kvsim("replay -q --trace " + trace_ + " --press knorm --ratio 0.5 --format csv --detail head -o " + csv).status, 0);
   std::ifstream in(csv);
   std::string header, line;
   std::getline(in, header);
   EXPECT_EQ(header.rfind("press,ratio,achieved_ratio,layer,head,rel_err_mean", 0), 0u) << header;
+  EXPECT_EQ(header.substr(header.rfind(',')), ",kv_bytes_per_token") << header;
   int rows = 0;
-  while (std::getline(in, line)) ++rows;
+  while (std::getline(in, line)) {
+    ++rows;
+    // One KV head of d = 8 at half its tokens: 8 x 2 (keys, values) x 2 bytes (float16) x 0.5.
+    EXPECT_EQ(line.substr(line.rfind(',')), ",16") << line;
+  }
   EXPECT_EQ(rows, 8);  // 2 layers x 4 heads
   const Result json = kvsim("replay -q --trace " + trace_ + " --press knorm --ratio 0.5 --format json --detail layer");
   ASSERT_EQ(json.status, 0);
   EXPECT_NE(json.output.find("\"achieved_ratio\": 0.5"), std::string::npos) << json.output;
+  EXPECT_NE(json.output.find("\"kv_bytes_per_token\": 32.0"), std::string::npos) << json.output;  // both KV heads
   EXPECT_NE(json.output.find("\"layers\""), std::string::npos);
 }
 

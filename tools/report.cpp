@@ -45,6 +45,7 @@ struct Row {
   std::string press;
   double ratio, achieved;
   std::string layer, head;
+  int kv_heads;  // the KV heads the row's cache spans (1 per head row): for its bytes per token
   Summary rel_err, cosine, recall, oproj;
   Summary span_retention, answer_rel_err;  // traces with answer spans
 };
@@ -58,15 +59,15 @@ std::vector<Row> rows_of(const ref::ReplayResult& result, ReportDetail detail) {
   std::vector<Row> rows;
   for (const auto& run : result.runs) {
     if (detail == ReportDetail::summary) {
-      rows.push_back({run.press, run.ratio, run.achieved_ratio, "all", "all", run.rel_err, run.cosine, run.recall, run.oproj_rel_err,
+      rows.push_back({run.press, run.ratio, run.achieved_ratio, "all", "all", result.kv_heads, run.rel_err, run.cosine, run.recall, run.oproj_rel_err,
                       run.span_retention, run.answer_rel_err});
     } else if (detail == ReportDetail::layer) {
       for (const auto& l : run.layers)
-        rows.push_back({run.press, run.ratio, 1.0 - l.kept_fraction, std::to_string(l.layer), "all", l.rel_err, l.cosine, l.recall,
+        rows.push_back({run.press, run.ratio, 1.0 - l.kept_fraction, std::to_string(l.layer), "all", result.kv_heads, l.rel_err, l.cosine, l.recall,
                         l.oproj_rel_err, l.span_retention, l.answer_rel_err});
     } else {
       for (const auto& h : run.heads)
-        rows.push_back({run.press, run.ratio, 1.0 - h.kept_fraction, std::to_string(h.layer), std::to_string(h.head), h.rel_err,
+        rows.push_back({run.press, run.ratio, 1.0 - h.kept_fraction, std::to_string(h.layer), std::to_string(h.head), 1, h.rel_err,
                         h.cosine, h.recall, Summary{std::nan(""), std::nan(""), std::nan(""), 0}, single(h.span_retention),
                         h.answer_rel_err});
     }
@@ -74,10 +75,14 @@ std::vector<Row> rows_of(const ref::ReplayResult& result, ReportDetail detail) {
   return rows;
 }
 
+// The row's compressed cache in bytes per token of one layer (over its KV heads; float16
+// entries, quantisers' metadata included: ref::kv_bytes_per_token).
+double bytes_per_token(const ref::ReplayResult& result, const Row& r) { return ref::kv_bytes_per_token(r.achieved, r.kv_heads, result.head_dim); }
+
 std::string markdown(const ref::ReplayResult& result, const std::vector<Row>& rows, ReportDetail detail) {
   bool has_oproj = false;
   for (const Row& r : rows) has_oproj = has_oproj || r.oproj.count > 0;
-  std::vector<std::string> header = {"press", "ratio", "achieved"};
+  std::vector<std::string> header = {"press", "ratio", "achieved", "KV bytes/token", "vs float16"};
   if (detail != ReportDetail::summary) header.push_back("layer");
   if (detail == ReportDetail::head) header.push_back("head");
   for (const char* h : {"rel_err mean", "rel_err median", "rel_err p95", "cosine mean", "recall mean"}) header.push_back(h);
@@ -90,7 +95,8 @@ std::string markdown(const ref::ReplayResult& result, const std::vector<Row>& ro
 
   std::vector<std::vector<std::string>> cells;
   for (const Row& r : rows) {
-    std::vector<std::string> line = {r.press, fixed(r.ratio, 2), fixed(r.achieved, 3)};
+    std::vector<std::string> line = {r.press, fixed(r.ratio, 2), fixed(r.achieved, 3), fixed(bytes_per_token(result, r), 1),
+                                     r.achieved < 1.0 ? fixed(1.0 / (1.0 - r.achieved), 2) + "x" : "-"};
     if (detail != ReportDetail::summary) line.push_back(r.layer);
     if (detail == ReportDetail::head) line.push_back(r.head);
     for (double v : {r.rel_err.mean, r.rel_err.median, r.rel_err.p95, r.cosine.mean, r.recall.mean}) line.push_back(fixed(v));
@@ -134,14 +140,14 @@ std::string markdown(const ref::ReplayResult& result, const std::vector<Row>& ro
 }
 
 // Traces with answer spans add span_retention_* and answer_rel_err_* columns.
-std::string csv(const std::vector<Row>& rows, bool answers) {
+std::string csv(const ref::ReplayResult& result, const std::vector<Row>& rows, bool answers) {
   std::ostringstream out;
   out << "press,ratio,achieved_ratio,layer,head";
   for (const char* m : {"rel_err", "cosine", "recall", "oproj_rel_err"})
     out << "," << m << "_mean," << m << "_median," << m << "_p95";
   if (answers)
     for (const char* m : {"span_retention", "answer_rel_err"}) out << "," << m << "_mean," << m << "_median," << m << "_p95";
-  out << "\n";
+  out << ",kv_bytes_per_token\n";
   for (const Row& r : rows) {
     // Specs may contain commas: quote the press column.
     out << '"' << r.press << "\"," << full_precision(r.ratio) << "," << full_precision(r.achieved) << "," << r.layer << "," << r.head;
@@ -152,7 +158,7 @@ std::string csv(const std::vector<Row>& rows, bool answers) {
       out << "," << (empty ? "" : full_precision(s->mean)) << "," << (empty ? "" : full_precision(s->median)) << ","
           << (empty ? "" : full_precision(s->p95));
     }
-    out << "\n";
+    out << "," << full_precision(bytes_per_token(result, r)) << "\n";
   }
   return out.str();
 }
@@ -168,6 +174,7 @@ std::string json(const ref::ReplayResult& result, ReportDetail detail) {
     nlohmann::json j = {{"press", run.press},
                         {"ratio", std::isnan(run.ratio) ? nlohmann::json(nullptr) : nlohmann::json(run.ratio)},
                         {"achieved_ratio", run.achieved_ratio},
+                        {"kv_bytes_per_token", ref::kv_bytes_per_token(run.achieved_ratio, result.kv_heads, result.head_dim)},
                         {"rel_err", summary_json(run.rel_err)},
                         {"cosine", summary_json(run.cosine)},
                         {"recall", summary_json(run.recall)},
@@ -250,7 +257,7 @@ std::string format_replay(const ref::ReplayResult& result, ReportFormat format, 
   const std::vector<Row> rows = rows_of(result, detail);
   switch (format) {
     case ReportFormat::table: return markdown(result, rows, detail);
-    case ReportFormat::csv: return csv(rows, result.answer_metrics);
+    case ReportFormat::csv: return csv(result, rows, result.answer_metrics);
     case ReportFormat::json: return json(result, detail);
   }
   return "";
