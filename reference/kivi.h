@@ -35,6 +35,14 @@ inline KiviLayout kivi_layout(long n, int residual) {
   return {n - n % residual, n > residual ? n - residual : 0};
 }
 
+// x's dequantised value in a group of minimum lo and step scale with levels + 1 levels (a
+// constant group, scale 0, keeps lo). Shared by every min-max quantiser (gear, kvquant).
+KVSIM_HD static inline float minmax_dequantised(double x, double lo, double scale, double levels) {
+  if (!(scale > 0.0)) return static_cast<float>(lo);
+  const double q = rint(fmin(fmax((x - lo) / scale, 0.0), levels));
+  return static_cast<float>(fma(q, scale, lo));
+}
+
 // Quantises count values in[0], in[stride], ... into out (same offsets).
 KVSIM_HD static inline void kivi_quantise_group(const float* in, float* out, long count, long stride, int bits) {
   double lo = in[0], hi = in[0];
@@ -43,14 +51,7 @@ KVSIM_HD static inline void kivi_quantise_group(const float* in, float* out, lon
     hi = fmax(hi, static_cast<double>(in[i * stride]));
   }
   const double levels = static_cast<double>((1 << bits) - 1), scale = (hi - lo) / levels;
-  for (long i = 0; i < count; ++i) {
-    if (!(scale > 0.0)) {
-      out[i * stride] = static_cast<float>(lo);
-      continue;
-    }
-    const double q = rint(fmin(fmax((static_cast<double>(in[i * stride]) - lo) / scale, 0.0), levels));
-    out[i * stride] = static_cast<float>(fma(q, scale, lo));
-  }
+  for (long i = 0; i < count; ++i) out[i * stride] = minmax_dequantised(in[i * stride], lo, scale, levels);
 }
 
 // Bits stored per KV head for n tokens of dimension d, metadata included (a float16 scale and

@@ -1,10 +1,15 @@
-// Quantisers: KIVI worked by hand on the reference and cuda-emu, its storage accounting, its
-// composition after an eviction press, and its parameter checks.
+// Quantisers: KIVI, GEAR and KVQuant worked by hand on the reference and cuda-emu, their
+// storage accounting, their composition after an eviction press, and their parameter checks.
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
 
 #include "core/error.h"
 #include "core/registry.h"
+#include "reference/gear.h"
 #include "reference/kivi.h"
+#include "reference/low_rank.h"
 #include "reference/replay.h"
 #include "test_util.h"
 
@@ -68,14 +73,15 @@ TEST_P(Kivi, RefusesGroupsThatDoNotTileTheLayout) {
 INSTANTIATE_TEST_SUITE_P(Backends, Kivi, ::testing::Values(Backend::reference, Backend::cuda_emulated),
                          [](const auto& info) { return std::string(info.param == Backend::reference ? "reference" : "cuda_emu"); });
 
-// Evict, then quantise the survivors: composed(knorm;kivi) keeps knorm's tokens, stores them
-// at KIVI's fraction, and its keys are KIVI's quantisation of the surviving rows.
-TEST(Kivi, ComposesAfterAnEvictionPress) {
+// Evict, then quantise the survivors: composed(knorm;<quantiser>) keeps knorm's tokens, stores
+// them at the quantiser's fraction, and its keys and values are the quantiser's output on the
+// surviving rows.
+void expect_composes_after_eviction(const std::string& quantiser) {
   const LayerTensors layer = test::random_layer(4, 2, 72, 8, 3);
   const RopeConfig rope = RopeConfig::from_theta(10000.0, 8);
   const PressInput input{layer, 64, 1, rope};
   const Compression evicted = Registry::instance().make("knorm", Backend::reference)->compress(input, 0.5);
-  const Compression both = Registry::instance().make("composed(knorm;kivi:group_size=8,residual_length=8)", Backend::reference)->compress(input, 0.5);
+  const Compression both = Registry::instance().make("composed(knorm;" + quantiser + ")", Backend::reference)->compress(input, 0.5);
   EXPECT_EQ(both.kept, evicted.kept);
   ASSERT_EQ(both.keys.size(), 2u);
   LayerTensors survivors = test::random_layer(4, 2, 32, 8, 9);
@@ -86,11 +92,15 @@ TEST(Kivi, ComposesAfterAnEvictionPress) {
         survivors.v.at(g, r, c) = layer.v.at(g, evicted.kept[g][r], c);
       }
   const PressInput survivor_input{survivors, 32, 1, rope};
-  const Compression quantised = Registry::instance().make("kivi:group_size=8,residual_length=8", Backend::reference)->compress(survivor_input, 0.0);
+  const Compression quantised = Registry::instance().make(quantiser, Backend::reference)->compress(survivor_input, 0.0);
   EXPECT_EQ(both.keys, quantised.keys);
   EXPECT_EQ(both.values, quantised.values);
   EXPECT_DOUBLE_EQ(both.storage_fraction, quantised.storage_fraction);
-  EXPECT_LT(both.storage_fraction, 0.5);  // 2 bits + metadata, 8 of 32 tokens' keys in full precision
+}
+
+TEST(Kivi, ComposesAfterAnEvictionPress) {
+  expect_composes_after_eviction("kivi:group_size=8,residual_length=8");
+  EXPECT_LT(ref::kivi_storage_fraction(32, 8, 2, 8, 8), 0.5);  // 2 bits + metadata, 8 of 32 tokens' keys in full precision
 }
 
 // The replay reports the storage saved as the achieved ratio.
@@ -102,6 +112,156 @@ TEST(Kivi, ReplayReportsTheStorageSavedAsAchieved) {
   ASSERT_EQ(result.runs.size(), 1u);
   EXPECT_DOUBLE_EQ(result.runs[0].achieved_ratio, 1.0 - ref::kivi_storage_fraction(64, 8, 2, 8, 16));
   EXPECT_GT(result.runs[0].rel_err.mean, 0.0);
+}
+
+class Quantisers : public ::testing::TestWithParam<Backend> {};
+
+// ---- GEAR ----
+
+// One KV head, n = 2, d = 4 (N = 8), bits = 2, s = 0.25: one outlier at each end, rank 0.
+// Keys 0,1,10,3,-10,1.4,2,2: outliers 10 and -10; the rest span [0, 3], step 1:
+// 0,1,3,1,2,2. Values 5,5,0,1.1,2,2.9,0.2,1.6: the first 5 (the lower index of the tie) and
+// 0 are the outliers; the rest span [0.2, 5], step 1.6: 5 stays, 1.1 -> q 1 -> 1.8, 2 -> 1.8,
+// 2.9 -> q 2 -> 3.4, 0.2 stays, 1.6 -> 1.8. Storage per matrix: 8 x 2 + 32 + 2 x 48 = 144
+// bits of 8 x 16 = 128: fraction 1.125 (metadata outweighs a matrix this small).
+TEST_P(Quantisers, GearQuantisesAroundExactOutliersAsWorkedByHand) {
+  LayerTensors layer = test::random_layer(1, 1, 2, 4, 1);
+  const float keys[8] = {0, 1, 10, 3, -10, 1.4f, 2, 2}, values[8] = {5, 5, 0, 1.1f, 2, 2.9f, 0.2f, 1.6f};
+  std::copy(keys, keys + 8, layer.k.data.begin());
+  std::copy(values, values + 8, layer.v.data.begin());
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 4);
+  const PressInput input{layer, 2, 1, rope};
+  const Compression c = Registry::instance().make("gear:bits=2,outlier_ratio=0.25,rank=0", GetParam())->compress(input, 0.5);
+  ASSERT_EQ(c.kept, (std::vector<std::vector<int>>{{0, 1}}));
+  ASSERT_EQ(c.keys.size(), 1u);
+  ASSERT_EQ(c.values.size(), 1u);
+  const std::vector<float> expected_keys = {0, 1, 10, 3, -10, 1, 2, 2}, expected_values = {5, 5, 0, 1.8f, 1.8f, 3.4f, 0.2f, 1.8f};
+  EXPECT_EQ(c.keys[0], expected_keys);
+  for (int i = 0; i < 8; ++i) EXPECT_NEAR(c.values[0][i], expected_values[i], 1e-6) << i;
+  EXPECT_DOUBLE_EQ(c.storage_fraction, 1.125);
+}
+
+// With the rank at min(n, d) the low-rank term is the whole quantisation error: the matrix
+// comes back; at rank 0 it does not.
+TEST_P(Quantisers, GearAtFullRankRestoresTheMatrix) {
+  const LayerTensors layer = test::random_layer(2, 2, 6, 4, 4);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 4);
+  const PressInput input{layer, 6, 1, rope};
+  for (const auto& [spec, exact] : {std::pair{"gear:bits=2,rank=4", true}, {"gear:bits=2,rank=0", false}}) {
+    const Compression c = Registry::instance().make(spec, GetParam())->compress(input, 0.0);
+    ASSERT_EQ(c.keys.size(), 2u);
+    double worst = 0;
+    for (int g = 0; g < 2; ++g)
+      for (int i = 0; i < 24; ++i) {
+        worst = std::max(worst, std::abs(double(c.keys[g][i]) - layer.k.head(g)[i]));
+        worst = std::max(worst, std::abs(double(c.values[g][i]) - layer.v.head(g)[i]));
+      }
+    if (exact) EXPECT_LT(worst, 1e-5) << spec;
+    else EXPECT_GT(worst, 0.05) << spec;
+  }
+}
+
+// E = 3 w1 in row 0 and w2 in row 1 (w1 = (0.6, 0.8, 0), w2 = (0.8, -0.6, 0) orthonormal):
+// singular values 3 and 1. Its best rank-1 approximation is row 0 alone; rank 2 and 3 give
+// E back, rank 0 nothing.
+TEST(GearLowRank, ApproximatesAResidualOfKnownRank) {
+  ref::RowMatrixD e(3, 3);
+  e << 1.8, 2.4, 0, 0.8, -0.6, 0, 0, 0, 0;
+  ref::RowMatrixD first = ref::RowMatrixD::Zero(3, 3);
+  first.row(0) = e.row(0);
+  EXPECT_LT((ref::best_low_rank(e, 1) - first).cwiseAbs().maxCoeff(), 1e-12);
+  EXPECT_LT((ref::best_low_rank(e, 2) - e).cwiseAbs().maxCoeff(), 1e-12);
+  EXPECT_LT((ref::best_low_rank(e, 3) - e).cwiseAbs().maxCoeff(), 1e-12);
+  EXPECT_EQ(ref::best_low_rank(e, 0).cwiseAbs().maxCoeff(), 0.0);
+}
+
+// Defaults at n = 64, d = 8 (N = 512): 5 outliers per end (512 x 0.02 / 2 = 5.12), rank 4:
+// 512 x 4 + 32 + 10 x 48 + 4 x (64 + 8) x 16 = 7168 bits of 512 x 16 = 8192: 0.875.
+TEST(Gear, StorageFractionCountsEveryByteOfMetadata) {
+  EXPECT_DOUBLE_EQ(ref::gear_storage_fraction(64, 8, 4, 0.02, 4), 0.875);
+  EXPECT_DOUBLE_EQ(ref::gear_storage_fraction(64, 8, 4, 0.0, 100), (2048.0 + 32 + 8 * 72 * 16) / 8192);  // rank capped at d
+}
+
+TEST(Gear, ComposesAfterAnEvictionPress) { expect_composes_after_eviction("gear:bits=2,rank=2"); }
+
+TEST(Gear, RefusesBadParameters) {
+  for (const auto& [spec, name] : {std::pair{"gear:bits=9", "bits"}, {"gear:outlier_ratio=1.5", "outlier_ratio"}, {"gear:rank=-1", "rank"}})
+    for (Backend backend : {Backend::reference, Backend::cuda_emulated}) {
+      try {
+        Registry::instance().make(spec, backend);
+        ADD_FAILURE() << spec << " was accepted";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+      }
+    }
+}
+
+// ---- KVQuant ----
+
+// One KV head, n = 4, d = 4, bits = 2, threshold 6, RoPE of frequency 0 (pre-RoPE = post-RoPE).
+// Key channels (groups of 4 tokens): 0,1,2,3 exact; 0,0.4,9,3: 9 is an outlier, the rest
+// span [0, 3] -> 0,0,9,3; 5,5,5,5 constant; -1,0,2,1.2 span [-1, 2], step 1 -> -1,0,2,1.
+// Value tokens (groups of 4 channels): 0,0.4,0.6,3 -> 0,0,1,3; -7,0,1.4,3: -7 an outlier,
+// the rest -> 0,1,3; 1,2,3,4 exact; 8,8,8,8 all outliers. 6 outliers in all. Storage:
+// 2 x 16 x 2 codes + (4 + 4) x 32 + 6 x 48 = 608 bits of 2 x 16 x 16 = 512: 1.1875.
+TEST_P(Quantisers, KvquantQuantisesAroundOutliersAsWorkedByHand) {
+  LayerTensors layer = test::random_layer(1, 1, 4, 4, 1);
+  const float keys[16] = {0, 0, 5, -1, 1, 0.4f, 5, 0, 2, 9, 5, 2, 3, 3, 5, 1.2f};
+  const float values[16] = {0, 0.4f, 0.6f, 3, -7, 0, 1.4f, 3, 1, 2, 3, 4, 8, 8, 8, 8};
+  std::copy(keys, keys + 16, layer.k.data.begin());
+  std::copy(values, values + 16, layer.v.data.begin());
+  RopeConfig rope;
+  rope.inv_freq = {0.0, 0.0};
+  const PressInput input{layer, 4, 1, rope};
+  const Compression c = Registry::instance().make("kvquant:bits=2,outlier_threshold=6", GetParam())->compress(input, 0.5);
+  ASSERT_EQ(c.keys.size(), 1u);
+  ASSERT_EQ(c.values.size(), 1u);
+  EXPECT_EQ(c.keys[0], (std::vector<float>{0, 0, 5, -1, 1, 0, 5, 0, 2, 9, 5, 2, 3, 3, 5, 1}));
+  EXPECT_EQ(c.values[0], (std::vector<float>{0, 0, 1, 3, -7, 0, 1, 3, 1, 2, 3, 4, 8, 8, 8, 8}));
+  EXPECT_DOUBLE_EQ(c.storage_fraction, 1.1875);
+}
+
+// Keys whose pre-RoPE channels are constant over the tokens: quantised before RoPE every
+// group is constant and exact, so the keys come back (post-RoPE, 2 bits would lose them).
+TEST_P(Quantisers, KvquantQuantisesKeysBeforeRope) {
+  const int n = 16, d = 8;
+  LayerTensors layer = test::random_layer(1, 1, n, d, 6);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, d);
+  const float pre[d] = {0.3f, -1.2f, 2.0f, 0.7f, -0.4f, 1.5f, -2.2f, 0.9f};
+  for (int t = 0; t < n; ++t) apply_rope(pre, &layer.k.at(0, t, 0), t, rope);
+  const PressInput input{layer, n, 1, rope};
+  const Compression c = Registry::instance().make("kvquant:bits=2,outlier_threshold=100", GetParam())->compress(input, 0.0);
+  for (int i = 0; i < n * d; ++i) EXPECT_NEAR(c.keys[0][i], layer.k.head(0)[i], 1e-5) << i;
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, Quantisers, ::testing::Values(Backend::reference, Backend::cuda_emulated),
+                         [](const auto& info) { return std::string(info.param == Backend::reference ? "reference" : "cuda_emu"); });
+
+// Its RoPE inversion needs the tokens' positions, which composed does not hand a later press.
+TEST(Kvquant, RefusesToFollowAnEvictionPress) {
+  try {
+    Registry::instance().make("composed(knorm;kvquant)", Backend::reference);
+    ADD_FAILURE() << "composed(knorm;kvquant) was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'kvquant' needs the absolute positions"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Kvquant, RefusesBadParametersAndAMismatchedRope) {
+  for (const char* spec : {"kvquant:bits=0", "kvquant:outlier_threshold=-1"}) EXPECT_THROW(Registry::instance().make(spec, Backend::reference), Error) << spec;
+  const LayerTensors layer = test::random_layer(1, 1, 4, 4, 1);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 8);  // 4 frequencies for d = 4
+  const PressInput input{layer, 4, 1, rope};
+  for (Backend backend : {Backend::reference, Backend::cuda_emulated}) {
+    try {
+      Registry::instance().make("kvquant", backend)->compress(input, 0.0);
+      ADD_FAILURE() << "a RoPE of 4 frequencies for d = 4 was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("press 'kvquant': the keys' RoPE has 4 frequencies, the head dimension 4 needs d / 2"),
+                std::string::npos)
+          << e.what();
+    }
+  }
 }
 
 }  // namespace

@@ -1,0 +1,85 @@
+#pragma once
+// Device twin of kvquant (reference/presses/kvquant.cpp): one thread per channel pair per
+// token for the rotations (the host's RopeTable, uploaded), one per key channel or value token
+// for the reference's own group quantiser (reference/kvquant.h), each returning its outlier
+// count for the storage fraction.
+#include <numeric>
+
+#include "cuda/device_registry.h"
+#include "cuda/stages.h"
+#include "reference/kvquant.h"
+
+namespace kvsim::cuda {
+
+// Every row of from [heads, n, d] rotated by the table cs, sn [n, d / 2] into to (pairs: heads n d / 2).
+template <typename Exec>
+void kvquant_rotate_rows(Exec& exec, const float* from, float* to, long pairs, int n, int d, const double* cs, const double* sn) {
+  const int half = d / 2;
+  exec.for_each(pairs, [=] KVSIM_HD(long i) {  // i = row * half + c, row = head * n + token
+    const long row = i / half, at = row % n * half + i % half;
+    ref::kvquant_rotate_pair(from + row * d, to + row * d, static_cast<int>(i % half), half, cs[at], sn[at]);
+  });
+}
+
+template <typename Exec>
+class KvquantDevice final : public Press {
+ public:
+  explicit KvquantDevice(const PressConfig& c) : bits_(c.params.get_int("bits")), threshold_(c.params.get("outlier_threshold")) {}
+
+  Compression compress(const PressInput& input, double) const override {
+    const int n = input.n, d = input.head_dim(), Hkv = input.num_kv_heads(), bits = bits_;
+    const double threshold = threshold_;
+    ref::kvquant_check(d, input.rope);
+    Exec exec;
+    const LayerOnDevice<Exec> on_device(input);
+    const DeviceLayer<Exec>& layer = *on_device;
+    using FloatBuffer = typename Exec::template Buffer<float>;
+    using DoubleBuffer = typename Exec::template Buffer<double>;
+    const long per_head = static_cast<long>(n) * d, all = Hkv * per_head;
+    const ref::RopeTable inverse_table(input.rope, n, -1), forward_table(input.rope, n, +1);
+    DoubleBuffer inverse_cos(inverse_table.cos.size()), inverse_sin(inverse_cos.size()), forward_cos(inverse_cos.size()),
+        forward_sin(inverse_cos.size());
+    inverse_cos.upload(inverse_table.cos.data(), inverse_cos.size());
+    inverse_sin.upload(inverse_table.sin.data(), inverse_cos.size());
+    forward_cos.upload(forward_table.cos.data(), inverse_cos.size());
+    forward_sin.upload(forward_table.sin.data(), inverse_cos.size());
+    FloatBuffer pre_buffer(all), quantised_buffer(all), keys(all), values(all);
+    typename Exec::template Buffer<long> outlier_buffer(static_cast<std::size_t>(Hkv) * (d + n));
+    float* pre = pre_buffer.data();
+    float* quantised = quantised_buffer.data();
+    float* kq = keys.data();
+    float* vq = values.data();
+    long* outliers = outlier_buffer.data();
+    const float* k = layer.k.data();
+    const float* v = layer.v.data();
+    kvquant_rotate_rows(exec, k, pre, all / 2, n, d, inverse_cos.data(), inverse_sin.data());
+    exec.for_each(static_cast<long>(Hkv) * d, [=] KVSIM_HD(long i) {  // one key channel of one head
+      const long offset = i / d * per_head + i % d;
+      outliers[i] = ref::kvquant_quantise_group(pre + offset, quantised + offset, n, d, bits, threshold);
+    });
+    kvquant_rotate_rows(exec, quantised, kq, all / 2, n, d, forward_cos.data(), forward_sin.data());
+    const long key_groups = static_cast<long>(Hkv) * d;
+    exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) {  // one value token of one head
+      outliers[key_groups + i] = ref::kvquant_quantise_group(v + i * d, vq + i * d, d, 1, bits, threshold);
+    });
+    std::vector<long> counts(outlier_buffer.size());
+    outlier_buffer.download(counts.data(), counts.size());
+    Compression c = keep_all(Hkv, n);
+    c.storage_fraction = ref::kvquant_storage_fraction(n, d, Hkv, bits_, std::accumulate(counts.begin(), counts.end(), 0L));
+    for (int g = 0; g < Hkv; ++g) {
+      c.keys.emplace_back(static_cast<std::size_t>(per_head));
+      c.values.emplace_back(static_cast<std::size_t>(per_head));
+      keys.download(c.keys.back().data(), c.keys.back().size(), static_cast<std::size_t>(g) * per_head);
+      values.download(c.values.back().data(), c.values.back().size(), static_cast<std::size_t>(g) * per_head);
+    }
+    return c;
+  }
+
+ private:
+  int bits_;
+  double threshold_;
+};
+
+}  // namespace kvsim::cuda
+
+KVSIM_DEVICE_PRESS("kvquant", KvquantDevice)
