@@ -182,6 +182,17 @@ TEST(Gear, StorageFractionCountsEveryByteOfMetadata) {
   EXPECT_DOUBLE_EQ(ref::gear_storage_fraction(64, 8, 4, 0.0, 100), (2048.0 + 32 + 8 * 72 * 16) / 8192);  // rank capped at d
 }
 
+// The replay reports GEAR's storage saved, metadata included, as the achieved ratio.
+TEST(Gear, ReplayReportsTheStorageSavedAsAchieved) {
+  test::TempDir dir;
+  const std::string path = dir.file("gear.h5");
+  test::write_trace(path, test::trace_info(4, 2, 8, 64, 4, 4, {0}), {test::random_layer(4, 2, 72, 8, 5)});
+  const ref::ReplayResult result = ref::replay(TraceReader(path), {.presses = {"gear"}, .ratios = {0.5}});
+  ASSERT_EQ(result.runs.size(), 1u);
+  EXPECT_DOUBLE_EQ(result.runs[0].achieved_ratio, 1.0 - 0.875);  // the defaults at n = 64, d = 8, worked above
+  EXPECT_GT(result.runs[0].rel_err.mean, 0.0);
+}
+
 TEST(Gear, ComposesAfterAnEvictionPress) { expect_composes_after_eviction("gear:bits=2,rank=2"); }
 
 TEST(Gear, RefusesBadParameters) {
