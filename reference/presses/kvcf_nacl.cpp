@@ -73,7 +73,8 @@ const Registrar registered({.name = "kvcf_nacl",
                                        {"random_budget", ParamType::Int, 0.0, 0.0, {}, "tokens of the budget drawn at random (NaCl's random eviction)"},
                                        {"random_temperature", ParamType::Float, 1.0, {}, {}, "sampling probabilities softmax(s / t); t <= 0: uniform"},
                                        {"seed", ParamType::Int, 0.0, 0.0, 4294967295.0, "Philox seed"},
-                                       kvcf_group_reduce_param()}},
+                                       kvcf_group_reduce_param()},
+                            .example = "kvcf_nacl:random_budget=16"},
                            Backend::reference, factory_of<KvcfNaclPress>());
 
 }  // namespace

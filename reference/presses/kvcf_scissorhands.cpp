@@ -50,7 +50,8 @@ std::vector<ParamDef> scissorhands_params() {
 const Registrar registered({.name = "kvcf_scissorhands",
                             .summary = kvcf_summary("Scissorhands (KVCache-Factory, one-shot): attention received from the last history_window queries, sinks and recent kept"),
                             .params = scissorhands_params(),
-                            .is_scorer = true},
+                            .is_scorer = true,
+                            .example = "kvcf_scissorhands:history_window=32,sink_size=4,recent_size=8"},
                            Backend::reference, factory_of<KvcfScissorhandsPress>());
 
 }  // namespace
