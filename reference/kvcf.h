@@ -108,16 +108,23 @@ inline KvcfPlan kvcf_streaming_plan(const std::string& press, int n, double rati
   return budget->capacity;
 }
 
-// L2NormCluster: the M lowest-norm keys, no window; layers in skip_layers are left whole.
-inline KvcfPlan kvcf_l2norm_plan(const std::string& press, int n, double ratio, int max_capacity_prompt,
-                                 const std::vector<int>& skip_layers, int layer) {
+// A plain budget of M tokens per head, no window (L2Norm; Scissorhands' and NaCl's
+// token_budget, which keep everything when it covers the segment).
+inline KvcfPlan kvcf_token_budget_plan(const std::string& press, int n, double ratio, int max_capacity_prompt) {
   const KvcfBudget given = kvcf_budget(n, ratio, max_capacity_prompt);
   if (given.capacity < 1) throw Error("press '" + press + "': " + given.describe() + " keeps no token");
   const auto budget = kvcf_active_budget(n, ratio, max_capacity_prompt);
-  for (int skipped : skip_layers)
-    if (skipped == layer) return std::nullopt;
   if (!budget) return std::nullopt;
   return budget->capacity;
+}
+
+// L2NormCluster: the M lowest-norm keys, no window; layers in skip_layers are left whole.
+inline KvcfPlan kvcf_l2norm_plan(const std::string& press, int n, double ratio, int max_capacity_prompt,
+                                 const std::vector<int>& skip_layers, int layer) {
+  const KvcfPlan plan = kvcf_token_budget_plan(press, n, ratio, max_capacity_prompt);
+  for (int skipped : skip_layers)
+    if (skipped == layer) return std::nullopt;
+  return plan;
 }
 
 // skip_layers as given ('/'-separated floats): whole, non-negative layer indices.

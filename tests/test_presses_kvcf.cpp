@@ -380,6 +380,121 @@ TEST_P(Kvcf, AdaKvMatchesTheSlowPath) {
             "press 'kvcf_adakv': max_capacity_prompt=3 must exceed window_size=8 (KVCache-Factory keeps it inside the budget)");
 }
 
+// ---- kvcf_scissorhands and kvcf_nacl ----
+
+// Queries 0..6 zero (query p attends 1/(p + 1) to keys 0..p); query 7 = (1, 0) against keys
+// (c_j, 0), c = 0 5 1 4 2 3 0 0: its attention a_j ~ exp(c_j / sqrt 2) ranks 1 > 3 > 5 > 4 > 2
+// > 0 = 6 = 7 (a_1 = 0.50, a_3 = 0.245, a_5 = 0.121, a_4 = 0.060, a_2 = 0.030, others 0.0145).
+LayerTensors observed_layer() {
+  std::vector<std::array<float, 2>> queries(8, {0.0f, 0.0f}), keys;
+  queries[7] = {1.0f, 0.0f};
+  for (float c : {0, 5, 1, 4, 2, 3, 0, 0}) keys.push_back({c, 0.0f});
+  return layer_of({queries}, {keys});
+}
+
+// Importance over the last `rows` queries (all of them: H2O's column sums) per query head,
+// reduced, the first `sinks` and last `recent` tokens above the rest (top + 1 + position).
+Matrix slow_protected_scores(const LayerTensors& x, int n, int rows, Agg agg, int sinks, int recent) {
+  Matrix per_head(static_cast<std::size_t>(x.q.heads), std::vector<double>(static_cast<std::size_t>(n), 0.0));
+  for (int h = 0; h < x.q.heads; ++h)
+    for (int p = std::max(0, n - rows); p < n; ++p) {
+      const std::vector<double> row = attention_row(x, h, p);
+      for (int j = 0; j <= p; ++j) per_head[h][j] += row[j];
+    }
+  Matrix s = finish(per_head, x.k.heads, 0, agg, "none", 1);
+  for (auto& row : s) {
+    const double top = *std::max_element(row.begin(), row.end());
+    for (int t = 0; t < n; ++t)
+      if (t < sinks || t >= n - recent) row[t] = top + 1 + t;
+  }
+  return s;
+}
+
+// With all 8 queries observed, the zero queries' 1/(p + 1) dominate: I_j ~ H_7 - H_j + a_j,
+// I_0 = 2.61 > I_1 = 2.09 > I_2 = 1.12 > ...; with the last query only, I = a.
+TEST_P(Kvcf, ScissorhandsKeepsWhatTheObservedQueriesAttendedTo) {
+  const LayerTensors layer = observed_layer();
+  EXPECT_EQ(kept("kvcf_scissorhands:max_capacity_prompt=3,recent_size=1", layer, 8, 0.5), Kept(1, {0, 1, 7}));
+  EXPECT_EQ(kept("kvcf_scissorhands:max_capacity_prompt=3,recent_size=1,history_window=1", layer, 8, 0.5), Kept(1, {1, 3, 7}));
+  EXPECT_EQ(kept("kvcf_scissorhands:max_capacity_prompt=4,history_window=1", layer, 8, 0.0), Kept(1, {1, 3, 4, 5}));  // ratio 0 too
+  // Sinks: token 0 kept whatever its score; history 1: then 1 and 3.
+  EXPECT_EQ(kept("kvcf_scissorhands:max_capacity_prompt=3,sink_size=1,history_window=1", layer, 8, 0.5), Kept(1, {0, 1, 3}));
+  // Protected {0, 1, 5, 6, 7} exceed B = 4: the last 4 of them.
+  EXPECT_EQ(kept("kvcf_scissorhands:max_capacity_prompt=4,sink_size=2,recent_size=3", layer, 8, 0.5), Kept(1, {1, 5, 6, 7}));
+  // n <= B: everything.
+  EXPECT_EQ(kept("kvcf_scissorhands:max_capacity_prompt=8,history_window=1", layer, 8, 0.5), Kept(1, range(0, 8)));
+}
+
+TEST_P(Kvcf, ScissorhandsMatchesTheSlowPathOnAGqaLayer) {
+  const LayerTensors layer = test::random_layer(6, 2, 40, 8, 31);
+  expect_scores(scores("kvcf_scissorhands:history_window=5,sink_size=2,recent_size=3,gqa_score_agg=sum", layer, 37),
+                slow_protected_scores(layer, 37, 5, Agg::sum, 2, 3));
+  expect_scores(scores("kvcf_scissorhands:gqa_score_agg=max", layer, 37), slow_protected_scores(layer, 37, 37, Agg::max, 0, 0));
+  const Matrix s = slow_protected_scores(layer, 37, 5, Agg::mean, 1, 4);
+  Kept expected;
+  for (const auto& row : s) {
+    const std::vector<int> order = ranked(row, 37);
+    expected.push_back(joined(std::vector<int>(order.begin(), order.begin() + 12), {}));
+  }
+  EXPECT_EQ(kept("kvcf_scissorhands:max_capacity_prompt=12,history_window=5,sink_size=1,recent_size=4", layer, 37, 0.5), expected);
+}
+
+TEST_P(Kvcf, ScissorhandsAndNaclRefuseBadParameters) {
+  const LayerTensors layer = observed_layer();
+  EXPECT_EQ(error("kvcf_scissorhands", layer, 1, 0.9), "press 'kvcf_scissorhands': max_capacity_prompt = round(n (1 - ratio)) = 0 keeps no token");
+  EXPECT_EQ(error("kvcf_nacl", layer, 1, 0.9), "press 'kvcf_nacl': max_capacity_prompt = round(n (1 - ratio)) = 0 keeps no token");
+  for (const std::string spec : {"kvcf_scissorhands:history_window=-1", "kvcf_scissorhands:recent_size=-2", "kvcf_scissorhands:sink_size=-1",
+                                 "kvcf_nacl:proxy_size=0", "kvcf_nacl:random_budget=-1", "kvcf_nacl:seed=-1"}) {
+    const std::string message = test::error_of([&] { make(spec); });
+    EXPECT_NE(message.find("is below its minimum"), std::string::npos) << spec << ": " << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << spec;
+  }
+}
+
+// Proxy = the last query: scores a, so 1 and 3 join it; two proxies add 1/7 to 0..6 (query
+// 6 is zero), so 1 joins them.
+TEST_P(Kvcf, NaclKeepsTheProxiesAndWhatTheyAttendTo) {
+  const LayerTensors layer = observed_layer();
+  EXPECT_EQ(kept("kvcf_nacl:max_capacity_prompt=3,proxy_size=1", layer, 8, 0.5), Kept(1, {1, 3, 7}));
+  EXPECT_EQ(kept("kvcf_nacl:max_capacity_prompt=3,proxy_size=2", layer, 8, 0.5), Kept(1, {1, 6, 7}));
+  EXPECT_EQ(kept("kvcf_nacl:max_capacity_prompt=3,proxy_size=5", layer, 8, 0.5), Kept(1, {5, 6, 7}));  // proxies exceed B
+  EXPECT_EQ(kept("kvcf_nacl:proxy_size=1", layer, 8, 0.5), Kept(1, {1, 3, 5, 7}));  // B = round(8 (1 - 0.5)) = 4
+  EXPECT_EQ(kept("kvcf_nacl:max_capacity_prompt=8,random_budget=3", layer, 8, 0.5), Kept(1, range(0, 8)));
+  expect_scores(scores("kvcf_nacl:proxy_size=2", layer, 8), slow_protected_scores(layer, 8, 2, Agg::mean, 0, 2));
+}
+
+// B = 4, one proxy (7), random_budget 1: 7, the top two (1, 3), and one of 0, 2, 4, 5, 6 drawn
+// with probability softmax(a / t) over them (uniform for t <= 0). Over 1000 seeds each
+// frequency lies within 5 standard deviations of its probability.
+TEST_P(Kvcf, NaclDrawsItsRandomTokensBySoftmaxOfTheirScores) {
+  const LayerTensors layer = observed_layer();
+  const std::vector<double> a = slow_protected_scores(layer, 8, 1, Agg::mean, 0, 0)[0];
+  const std::vector<int> rest = {0, 2, 4, 5, 6};
+  const int seeds = 1000;
+  for (double t : {0.0, 0.05}) {
+    std::vector<double> p;
+    for (int j : rest) p.push_back(t > 0 ? std::exp(a[j] / t) : 1.0);
+    const double total = std::accumulate(p.begin(), p.end(), 0.0);
+    std::vector<int> drawn(rest.size(), 0);
+    for (int seed = 0; seed < seeds; ++seed) {
+      const std::string spec = "kvcf_nacl:max_capacity_prompt=4,proxy_size=1,random_budget=1,random_temperature=" + std::to_string(t) +
+                               ",seed=" + std::to_string(seed);
+      const std::vector<int> head = kept(spec, layer, 8, 0.5)[0];
+      ASSERT_EQ(head.size(), 4u);
+      const std::vector<int> always = {1, 3, 7};
+      ASSERT_TRUE(std::includes(head.begin(), head.end(), always.begin(), always.end())) << seed;
+      for (std::size_t r = 0; r < rest.size(); ++r) drawn[r] += std::count(head.begin(), head.end(), rest[r]);
+    }
+    for (std::size_t r = 0; r < rest.size(); ++r) {
+      const double q = p[r] / total, sd = std::sqrt(seeds * q * (1 - q));
+      EXPECT_NEAR(drawn[r], seeds * q, 5 * sd + 1) << "token " << rest[r] << " at t = " << t;
+    }
+  }
+  // The same seed draws the same tokens; the draws are per layer.
+  EXPECT_EQ(kept("kvcf_nacl:max_capacity_prompt=5,proxy_size=1,random_budget=3,seed=7", layer, 8, 0.5),
+            kept("kvcf_nacl:max_capacity_prompt=5,proxy_size=1,random_budget=3,seed=7", layer, 8, 0.5));
+}
+
 // ---- every kvcf press ----
 
 TEST_P(Kvcf, DerivedBudgetsAreRoundedShareOfTheSegment) {

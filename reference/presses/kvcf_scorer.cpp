@@ -1,6 +1,10 @@
 #include "reference/presses/kvcf_scorer.h"
 
+#include <numeric>
+
 #include "core/press_checks.h"
+#include "reference/attention.h"
+#include "reference/kvcf_eviction.h"
 #include "reference/parallel.h"
 #include "reference/scoring.h"
 #include "reference/select.h"
@@ -42,6 +46,43 @@ Scores kvcf_window_scores(const PressInput& in, const KvcfScoring& s, bool mean_
   return kvcf_finish_scores(per_query_head, in.num_kv_heads(), s);
 }
 
+namespace {
+
+// Softmax of head h's last `rows` queries over every key of the segment, causal: [rows, n].
+RowMatrix last_queries_attention(const PressInput& in, int h, int rows) {
+  const int n = in.n, d = in.head_dim();
+  std::vector<int> qpos(static_cast<std::size_t>(rows)), kpos(static_cast<std::size_t>(n));
+  std::iota(qpos.begin(), qpos.end(), n - rows);
+  std::iota(kpos.begin(), kpos.end(), 0);
+  const ConstRowMap queries(in.layer.q.head(h) + static_cast<std::size_t>(n - rows) * d, rows, d);
+  return attention_probs(queries, head_rows(in.layer.k, kv_head_of(h, in.num_heads(), in.num_kv_heads()), n), qpos, kpos);
+}
+
+}  // namespace
+
+RowMatrix kvcf_observed_attention(const PressInput& in, int rows) {
+  RowMatrix sums(in.num_heads(), in.n);
+  parallel_for(in.num_heads(), [&](int h) {
+    if (rows >= in.n) sums.row(h) = causal_attention_column_sums(in.layer, h, in.n);
+    else sums.row(h) = last_queries_attention(in, h, rows).colwise().sum();
+  });
+  return sums;
+}
+
+Scores kvcf_protected_scores(const RowMatrix& per_query_head, int Hkv, KvcfGroupReduce reduce, int sinks, int recent) {
+  KvcfScoring grouping;
+  grouping.window = 0;
+  grouping.pooled = false;
+  grouping.reduce = reduce;
+  Scores s = kvcf_finish_scores(per_query_head, Hkv, grouping);
+  const int n = static_cast<int>(s.cols());
+  for (int g = 0; g < Hkv; ++g) {
+    const float top = s.row(g).maxCoeff();
+    for (int t = 0; t < n; ++t) s(g, t) = kvcf_protected_score(s(g, t), t, n, sinks, recent, top);
+  }
+  return s;
+}
+
 ParamDef kvcf_capacity_param() {
   return {"max_capacity_prompt", ParamType::Int, 0.0, 0.0, {},
           "tokens kept per head, window included (KVCache-Factory's budget); 0: round(n (1 - ratio))"};
@@ -56,10 +97,14 @@ std::vector<ParamDef> kvcf_scoring_params(bool pooled) {
     pooling.choices = {"maxpool", "avgpool"};
     params.push_back(pooling);
   }
+  params.push_back(kvcf_group_reduce_param());
+  return params;
+}
+
+ParamDef kvcf_group_reduce_param() {
   ParamDef reduce{"gqa_score_agg", ParamType::Choice, 0.0, {}, {}, "how a GQA group's query heads' scores are reduced per KV head"};
   reduce.choices = {"mean", "max", "sum"};
-  params.push_back(reduce);
-  return params;
+  return reduce;
 }
 
 }  // namespace kvsim::ref

@@ -28,6 +28,14 @@ Scores kvcf_finish_scores(const RowMatrix& per_query_head, int num_kv_heads, con
 // PyramidKV) or mean (AdaKV) over the last w queries of WA(w), columns j < n - w, finished as above.
 Scores kvcf_window_scores(const PressInput& input, const KvcfScoring& scoring, bool mean_over_window, const std::string& press);
 
+// Attention of the last `rows` queries of the segment to every token, summed over those
+// queries, per query head: [H, n] (all n queries, i.e. the causal column sums, when rows >= n).
+RowMatrix kvcf_observed_attention(const PressInput& input, int rows);
+
+// Scores [Hkv, n] (rows reduced per GQA group) with the protected tokens above the rest:
+// the first `sinks` and the last `recent` (reference/kvcf_eviction.h).
+Scores kvcf_protected_scores(const RowMatrix& per_query_head, int num_kv_heads, KvcfGroupReduce reduce, int sinks, int recent);
+
 // A kvcf_* press's `kvsim list` line: what it keeps, and how its budget M is set.
 inline std::string kvcf_summary(const std::string& what) {
   return what + " (M = max_capacity_prompt, else round(n (1 - ratio)))";
@@ -36,6 +44,7 @@ inline std::string kvcf_summary(const std::string& what) {
 // Parameters: max_capacity_prompt; window_size, and for pooled presses kernel_size and
 // pooling; gqa_score_agg.
 ParamDef kvcf_capacity_param();
+ParamDef kvcf_group_reduce_param();
 std::vector<ParamDef> kvcf_scoring_params(bool pooled);
 
 }  // namespace kvsim::ref
