@@ -42,15 +42,6 @@ inline void require_previous_layer(const std::string& press, const PressInput& i
               " (it merges each layer with the one before; choose layers whose predecessor is recorded with --layers)");
 }
 
-// KVzip-style presses: layerwise=false (kvpress's default) prunes the int(L Hkv n ratio) lowest
-// scores of all layers together (a top-k over layers x heads x tokens): a layer's share depends
-// on every other layer, which a replay that compresses one recorded layer at a time cannot know.
-inline void require_layerwise(const std::string& press, bool layerwise) {
-  if (!layerwise)
-    throw Error("press '" + press + "': layerwise=false (kvpress's default) pools the pruned budget over all layers of the model, which " +
-                "a replay of one recorded layer at a time cannot reproduce; use " + press + ":layerwise=true (every layer at the ratio)");
-}
-
 // Whether a press can run on `layers` of a trace recording `recorded`: a cross-layer press
 // on those whose predecessor is recorded, so on at least one of them.
 inline bool runs_on_layers(const PressInfo& info, const std::vector<int>& layers, const std::vector<int>& recorded) {

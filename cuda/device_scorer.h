@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "core/hd.h"
+#include "core/model_wide.h"
 #include "core/registry.h"
 #include "cuda/primitives.h"
 
@@ -397,6 +398,14 @@ class DeviceScorer : public ScorerPress {
     const DeviceLayer<Exec>& layer = *on_device;
     const FloatBuffer scores = device_scores(exec, layer, ratio);
     return select_topk_global(exec, scores.data(), layer.Hkv, layer.n, static_cast<long>(layer.Hkv) * layer.n - pruned);
+  }
+
+  // A model-wide press's survey of one layer (core/model_wide.h): its NaN-checked scores, on the host.
+  LayerSurvey survey_scores(const PressInput& input) const {
+    Exec exec;
+    const LayerOnDevice<Exec> on_device(input);
+    const DeviceLayer<Exec>& layer = *on_device;
+    return {input.layer_index(), download_scores<Exec>(device_scores(exec, layer, 0.0), layer.Hkv, layer.n), {}};
   }
 
  private:

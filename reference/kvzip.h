@@ -8,11 +8,14 @@
 // the largest such attention weight over the G query heads of its KV head and over every
 // repeat query; KVzip+ first scales weight (i, j) by ||W_o^(h) v_j|| / ||h_i||. Tokens that no
 // chunk covers (a chat template's prefix) score 0; the first n_sink tokens are never pruned.
+#include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "core/hd.h"
+#include "core/model_wide.h"
 #include "core/press.h"
 #include "core/wrapping.h"
 
@@ -79,6 +82,18 @@ KVSIM_HD inline float kvzip_output_norm(const float* o_proj, int D, long o_proj_
 // kvpress compress_post with layerwise=True: int(Hkv n ratio) entries of the layer pruned.
 inline long long kvzip_pruned(int kv_heads, int n, double ratio) {
   return static_cast<long long>(static_cast<double>(static_cast<long long>(kv_heads) * n) * ratio);
+}
+
+// kvpress compress_post with layerwise=False: every layer's first n_sink tokens score the
+// maximum over all layers plus one (the surveys' per-layer maximum plus one is not enough: a
+// layer's sinks must outrank every other layer's tokens), then the int(L Hkv n ratio) lowest
+// entries of all layers are pruned together.
+inline std::vector<Compression> kvzip_plan_across_layers(std::vector<LayerSurvey> layers, double ratio, int n_sink) {
+  float top = -INFINITY;
+  for (const LayerSurvey& l : layers)
+    if (l.scores.size()) top = std::max(top, l.scores.maxCoeff());
+  for (LayerSurvey& l : layers) l.scores.leftCols(std::min<Eigen::Index>(n_sink, l.scores.cols())).setConstant(top + 1.0f);
+  return prune_share_across_layers(layers, ratio);
 }
 
 // The layer carries KVzip's passes, of its shape, over exactly the n compressed tokens (the

@@ -11,6 +11,7 @@
 #include "core/decoding.h"
 #include "core/error.h"
 #include "core/evaluation.h"
+#include "core/model_wide.h"
 #include "core/philox.h"
 #include "core/wrapping.h"
 #include "reference/answer_metrics.h"
@@ -317,6 +318,74 @@ CompressedRun decode_layer(const DecodingPress& press, const LayerTensors& tenso
   return run;
 }
 
+// One replayed layer as the presses see it. A sliding-window layer's cache after prefill holds
+// its last W - 1 context tokens, what the model keeps (Hugging Face's sliding-window cache):
+// the presses see those, and the evaluation masks keys W or more positions back.
+struct PreparedLayer {
+  int layer = 0, window = 0, offset = 0, n = 0;
+  bool window_matters = false;  // some query loses keys to the window
+  std::optional<LayerTensors> sliced;
+  const LoadedLayer* loaded = nullptr;
+
+  PreparedLayer(const LoadedLayer& from, const TraceInfo& info, int n_compressed) : layer(from.tensors.layer_index), loaded(&from) {
+    window = info.sliding_window(layer);
+    offset = window > 0 && window - 1 < n_compressed ? n_compressed - (window - 1) : 0;
+    n = n_compressed - offset;
+    window_matters = window > 0 && window < info.total_tokens();
+    if (offset)
+      sliced = slice_layer(from.tensors, offset, info.total_tokens() - offset, {.o_proj = true, .hidden_states = true});
+  }
+  PreparedLayer(const PreparedLayer&) = delete;  // inputs refer into it
+  const LayerTensors& tensors() const { return sliced ? *sliced : loaded->tensors; }
+  PressInput input(const TraceInfo& info, int question_tokens) const {
+    PressInput in{tensors(), n, info.num_hidden_layers, info.rope_of(layer), loaded->previous.q.empty() || offset ? nullptr : &loaded->previous};
+    in.question_tokens = question_tokens;
+    in.sliding_window = window;
+    return in;
+  }
+};
+
+// The presses of a replay, checked, with what decides where each runs.
+struct ReplayPresses {
+  std::vector<const PressInfo*> infos;
+  std::vector<std::unique_ptr<Press>> presses;
+  std::vector<bool> positional;  // reads absolute positions somewhere in its spec
+  std::vector<bool> decodes;     // a decoding press, or a prefill + decoding pair
+
+  ReplayPresses(const std::vector<std::string>& specs, Backend backend) {
+    const Registry& registry = Registry::instance();
+    for (const std::string& spec : specs) {
+      const PressSpec parsed = parse_press_spec(spec);
+      infos.push_back(&registry.check(parsed, backend));
+      presses.push_back(registry.make(parsed, backend));
+      positional.push_back(uses_absolute_positions(registry, parsed));
+      decodes.push_back(dynamic_cast<const DecodingPress*>(presses.back().get()) ||
+                        dynamic_cast<const PrefillDecodingPress*>(presses.back().get()));
+    }
+  }
+  // Skipped on a layer: cross-layer presses without their predecessor; on a window shorter than
+  // the context, presses that read absolute positions (the kept window does not start at 0);
+  // decoding presses wherever the window hides keys (their schedules attend without it).
+  bool skips(std::size_t p, const PreparedLayer& layer, const PressInput& input) const {
+    return (infos[p]->needs_previous_layer && !input.previous_layer) || (layer.offset && positional[p]) || (layer.window_matters && decodes[p]);
+  }
+};
+
+// Reads `layers` one ahead, on another thread, while `work` runs on the current one: only that
+// thread calls into HDF5.
+template <typename Read, typename Work>
+void stream_layers(const std::vector<int>& layers, const Read& read, ReplayResult& result, const Work& work) {
+  std::future<LoadedLayer> next = std::async(std::launch::async, read, layers.front());
+  for (std::size_t li = 0; li < layers.size(); ++li) {
+    const auto wait_start = std::chrono::steady_clock::now();
+    const LoadedLayer loaded = next.get();
+    result.read_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
+    result.read_seconds += loaded.seconds;
+    if (li + 1 < layers.size()) next = std::async(std::launch::async, read, layers[li + 1]);
+    work(li, loaded);
+  }
+}
+
 }  // namespace
 
 ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, const std::function<void(const ReplayProgress&)>& progress) {
@@ -328,15 +397,9 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
   if (options.ratios.empty()) throw Error("no ratio given");
   for (double r : options.ratios)
     if (!(r >= 0.0 && r < 1.0)) throw Error("ratio " + std::to_string(r) + " is outside [0, 1)");
-  std::vector<const PressInfo*> press_infos;
-  std::vector<std::unique_ptr<Press>> presses;
-  std::vector<bool> positional;  // reads absolute positions somewhere in its spec
-  for (const std::string& spec : options.presses) {
-    const PressSpec parsed = parse_press_spec(spec);
-    press_infos.push_back(&registry.check(parsed, options.backend));
-    presses.push_back(registry.make(parsed, options.backend));
-    positional.push_back(uses_absolute_positions(registry, parsed));
-  }
+  const ReplayPresses replayed(options.presses, options.backend);
+  const auto& press_infos = replayed.infos;
+  const auto& presses = replayed.presses;
   std::vector<int> layers = options.layers.empty() ? info.recorded_layers : options.layers;
   for (int l : layers)
     if (std::find(info.recorded_layers.begin(), info.recorded_layers.end(), l) == info.recorded_layers.end())
@@ -358,6 +421,7 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
   if (n_queries < 1)
     throw Error("trace " + trace.path() + ": no evaluation queries after the compressed segment (" +
                 std::string(options.query_aware ? "query-aware mode needs generated tokens" : "the trace has no question or generated tokens") + ")");
+  const int question_tokens = options.query_aware ? info.n_question : 0;
 
   ReplayResult result;
   result.trace = trace.path();
@@ -387,17 +451,20 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     result.runs[s].ratio = slots[s].ratio;
   }
 
-  bool needs_previous_layer = false, needs_hidden_states = false, needs_extra_passes = false;
+  bool needs_previous_layer = false, needs_hidden_states = false, needs_extra_passes = false, model_wide = false;
   for (const PressInfo* p : press_infos) needs_previous_layer = needs_previous_layer || p->needs_previous_layer;
   for (const std::string& spec : options.presses)  // [T, D] per layer: read only for the presses that use them
     needs_hidden_states = needs_hidden_states || spec_needs(registry, parse_press_spec(spec), "hidden_states");
   for (const std::string& spec : options.presses)  // KVzip's repeat prompts: read only for kvzip
     needs_extra_passes = needs_extra_passes || spec_needs(registry, parse_press_spec(spec), "extra pass");
+  for (const auto& press : presses) model_wide = model_wide || as_model_wide(*press);
   const int Hkv = info.num_key_value_heads;
   const EvaluatorFactory* device_evaluator = find_evaluator(options.backend);
+  const int passes = model_wide ? 2 : 1;
+  int layers_done = 0;
 
-  // Layers are read one ahead, on another thread, while the current one is replayed: only
-  // that thread calls into HDF5. Cross-layer presses (MiniCache) also get the layer before.
+  // Layers are read one ahead (stream_layers). Cross-layer presses (MiniCache) also get the
+  // layer before.
   auto read = [&](int layer) {
     const auto start = std::chrono::steady_clock::now();
     LoadedLayer loaded;
@@ -408,43 +475,50 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     return loaded;
   };
   const auto replay_start = std::chrono::steady_clock::now();
-  std::future<LoadedLayer> next = std::async(std::launch::async, read, layers.front());
-  for (std::size_t li = 0; li < layers.size(); ++li) {
-    const int layer = layers[li];
-    const auto wait_start = std::chrono::steady_clock::now();
-    const LoadedLayer loaded = next.get();
-    result.read_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
-    result.read_seconds += loaded.seconds;
-    if (li + 1 < layers.size()) next = std::async(std::launch::async, read, layers[li + 1]);
-    // A sliding-window layer's cache after prefill holds its last W - 1 context tokens, what
-    // the model keeps (Hugging Face's sliding-window cache): the presses see those, and the
-    // evaluation masks keys W or more positions back.
-    const int window = info.sliding_window(layer);
-    const int offset = window > 0 && window - 1 < n ? n - (window - 1) : 0, n_layer = n - offset;
-    const bool window_matters = window > 0 && window < T;  // some query loses keys to the window
-    const std::optional<LayerTensors> sliced =
-        offset ? std::optional(slice_layer(loaded.tensors, offset, T - offset, {.o_proj = true, .hidden_states = true})) : std::nullopt;
-    const LayerTensors& tensors = sliced ? *sliced : loaded.tensors;
-    PressInput input{tensors, n_layer, info.num_hidden_layers, info.rope_of(layer),
-                     loaded.previous.q.empty() || offset ? nullptr : &loaded.previous};
-    input.question_tokens = options.query_aware ? info.n_question : 0;
-    input.sliding_window = window;
+
+  // Pass 1, only with model-wide presses (core/model_wide.h): survey every layer each runs on,
+  // then plan every (press, ratio) run; planned[s][li] is run s's compression of layers[li].
+  std::vector<std::vector<std::optional<Compression>>> planned(slots.size());
+  if (model_wide) {
+    std::vector<std::vector<LayerSurvey>> surveys(presses.size());
+    std::vector<std::vector<std::size_t>> surveyed(presses.size());  // their indices into `layers`
+    stream_layers(layers, read, result, [&](std::size_t li, const LoadedLayer& loaded) {
+      const PreparedLayer layer(loaded, info, n);
+      const PressInput input = layer.input(info, question_tokens);
+      for (std::size_t p = 0; p < presses.size(); ++p) {
+        const ModelWidePress* wide = as_model_wide(*presses[p]);
+        if (!wide || replayed.skips(p, layer, input)) continue;
+        surveys[p].push_back(wide->survey(input));
+        surveyed[p].push_back(li);
+      }
+      if (progress) progress({layer.layer, ++layers_done, passes * static_cast<int>(layers.size())});
+    });
+    for (std::size_t s = 0; s < slots.size(); ++s) {
+      const ModelWidePress* wide = as_model_wide(*presses[slots[s].press]);
+      if (!wide) continue;
+      const std::size_t p = slots[s].press;
+      std::vector<Compression> plan = wide->plan(surveys[p], slots[s].ratio, info.num_hidden_layers);
+      planned[s].resize(layers.size());
+      for (std::size_t i = 0; i < plan.size(); ++i) planned[s][surveyed[p][i]] = std::move(plan[i]);
+    }
+  }
+
+  // The evaluation pass.
+  stream_layers(layers, read, result, [&](std::size_t li, const LoadedLayer& loaded) {
+    const PreparedLayer layer(loaded, info, n);
+    const LayerTensors& tensors = layer.tensors();
+    const int n_layer = layer.n;
+    PressInput input = layer.input(info, question_tokens);
     // One-shot presses are evaluated by the backend's own evaluator where it has one (on its
     // device, sharing the presses' copy of the layer); the rest on the host, built on demand.
     const std::unique_ptr<LayerEvaluator> on_device = device_evaluator ? (*device_evaluator)(input) : nullptr;
     if (on_device) input.resident = on_device->resident();
-    const SpanAttention span_weights = span_attention(tensors, info, offset, window);
+    const SpanAttention span_weights = span_attention(tensors, info, layer.offset, layer.window);
     std::optional<HostEvaluator> on_host;
-    auto host = [&]() -> const HostEvaluator& { return on_host ? *on_host : on_host.emplace(tensors, n_layer, window); };
+    auto host = [&]() -> const HostEvaluator& { return on_host ? *on_host : on_host.emplace(tensors, n_layer, layer.window); };
     for (std::size_t s = 0; s < slots.size(); ++s) {
-      const PressInfo& info_s = *press_infos[slots[s].press];
-      const bool decodes = dynamic_cast<const DecodingPress*>(presses[slots[s].press].get()) ||
-                           dynamic_cast<const PrefillDecodingPress*>(presses[slots[s].press].get());
-      // Skipped: cross-layer presses without their predecessor; on a window shorter than the
-      // context, presses that read absolute positions (the kept window does not start at 0);
-      // decoding presses wherever the window hides keys (their schedules attend without it).
-      if ((info_s.needs_previous_layer && !input.previous_layer) || (offset && positional[slots[s].press]) || (window_matters && decodes)) {
-        result.runs[s].skipped_layers.push_back(layer);
+      if (replayed.skips(slots[s].press, layer, input)) {
+        result.runs[s].skipped_layers.push_back(layer.layer);
         continue;
       }
       const double ratio = std::isnan(slots[s].ratio) ? 0.0 : slots[s].ratio;
@@ -465,7 +539,7 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
         }
         comparison = host().compare_outputs(run_outputs.outputs);
       } else {
-        const Compression c = press.compress(input, ratio);
+        const Compression c = planned[s].empty() ? press.compress(input, ratio) : *planned[s][li];
         check_compression(c, name, n_layer, Hkv);
         for (int g = 0; g < Hkv; ++g)  // pruned key channels count as that share of half an entry, quantised entries as their storage
           run_outputs.kept_fraction.push_back(static_cast<double>(c.kept[g].size()) / n_layer * (1.0 - c.key_channels_removed / 2.0) *
@@ -473,10 +547,10 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
         comparison = on_device ? on_device->compare(c) : host().compare(c);
         if (!span_weights.empty()) run_outputs.span_retention = span_retention(span_weights, c, Hkv);
       }
-      accumulate(comparison, run_outputs, answer_query_indices, layer, acc[s], result.runs[s]);
+      accumulate(comparison, run_outputs, answer_query_indices, layer.layer, acc[s], result.runs[s]);
     }
-    if (progress) progress({layer, static_cast<int>(li + 1), static_cast<int>(layers.size())});
-  }
+    if (progress) progress({layer.layer, ++layers_done, passes * static_cast<int>(layers.size())});
+  });
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - replay_start).count();
   for (std::size_t s = 0; s < slots.size(); ++s) {
     RunResult& run = result.runs[s];

@@ -84,9 +84,16 @@ std::vector<Shape> shapes() {
   return grid;
 }
 
+// Every press's example; presses with a `layerwise` switch (KVzip's budget, per layer or pooled
+// over layers: core/model_wide.h) run both ways.
 std::vector<std::string> press_specs() {
   std::vector<std::string> specs;
-  for (const PressInfo* info : Registry::instance().presses()) specs.push_back(info->example.empty() ? info->name : info->example);
+  for (const PressInfo* info : Registry::instance().presses()) {
+    specs.push_back(info->example.empty() ? info->name : info->example);
+    const std::string per_layer = "layerwise=true";
+    if (const auto at = specs.back().find(per_layer); at != std::string::npos)
+      specs.push_back(specs.back().substr(0, at) + "layerwise=false" + specs.back().substr(at + per_layer.size()));
+  }
   return specs;
 }
 

@@ -169,8 +169,8 @@ TEST(Kvzip, RefusesWhatItCannotReplay) {
   no_o_proj.o_proj.clear();
   no_o_proj.o_proj_rows = 0;
   for (const Backend b : kBackends) {
-    const std::string pooled = error_of([&] { Registry::instance().make("kvzip", b); });
-    EXPECT_NE(pooled.find("press 'kvzip': layerwise=false (kvpress's default) pools the pruned budget"), std::string::npos) << pooled;
+    const std::string pooled = error_of([&] { run("kvzip", layer, 4, 0.5, b); });
+    EXPECT_NE(pooled.find("press 'kvzip' decides each layer from the scores of every layer: it runs in kvsim replay"), std::string::npos) << pooled;
     const std::string missing = error_of([&] { run("kvzip:layerwise=true", bare, 4, 0.5, b); });
     EXPECT_NE(missing.find("layer 1 has no KVzip extra passes (datasets kvzip_q, kvzip_k"), std::string::npos) << missing;
     EXPECT_NE(missing.find("--extra-passes kvzip"), std::string::npos) << missing;

@@ -329,13 +329,14 @@ TEST_F(HiddenStatePresses, FastKvzipWindowFollowsKvpress) {
   EXPECT_EQ(ref::fastkvzip_pruned(3, 7, 0.5), 10);  // int(10.5)
 }
 
-TEST_F(HiddenStatePresses, FastKvzipRefusesThePooledBudgetAndBadGates) {
+TEST_F(HiddenStatePresses, FastKvzipRefusesOneLayerAloneWhenPooledAndBadGates) {
   Gates p{1, 1, 2, 1, 2, {1, 0, 0, 1}, {0, 0}, {1, 0, 0, 1}, {1, 1}, {1, 1}, {0, 0}, {0}};
   const std::string spec = write_gates(file("gates"), p);
   const std::string pooled = spec.substr(0, spec.find("layerwise=true")) + spec.substr(spec.find("layerwise=true") + 15);
   for (const Backend b : kBackends) {
-    EXPECT_TRUE(mentions(error_of([&] { Registry::instance().make(pooled, b); }),
-                         {"press 'fastkvzip': layerwise=false", "pools the pruned budget over all layers", "use fastkvzip:layerwise=true"}))
+    const LayerTensors one = layer_with_hidden(1, {{1, 0}, {0, 1}});
+    EXPECT_TRUE(mentions(error_of([&] { run(pooled, one, 2, 0.5, b); }),
+                         {"press 'fastkvzip' decides each layer from the scores of every layer", "two passes"}))
         << backend_name(b);
     const LayerTensors bare = test::random_layer(1, 1, 5, 4, 3, 1);
     EXPECT_TRUE(mentions(error_of([&] { run(spec, bare, 5, 0.5, b); }), {"press 'fastkvzip' needs the hidden states of layer 1"}))

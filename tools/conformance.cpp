@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "core/error.h"
+#include "core/model_wide.h"
 
 namespace kvsim {
 
@@ -43,6 +44,139 @@ std::optional<ScoreMatrix> selection_scores(const PressSpec& spec, const PressIn
   }
 }
 
+// Compares one case's outputs and records violations (and tolerated differences) in `result`.
+class CaseComparer {
+ public:
+  CaseComparer(PressConformance& result, Backend other, const ConformanceTolerance& tol) : result_(result), other_(other), tol_(tol) {}
+
+  void violation(const std::string& where, const std::string& what) {
+    if (result_.violations++ == 0) result_.first_violation = where + ": " + what;
+  }
+
+  void scores(const std::string& where, const ScoreMatrix& a, const ScoreMatrix& b) {
+    if (a.rows() != b.rows() || a.cols() != b.cols()) return violation(where, "scores of different shapes");
+    const double scale = 1e-6 * std::max(a.cwiseAbs().maxCoeff(), 1e-30f);
+    for (Eigen::Index i = 0; i < a.size(); ++i) {
+      const double err = std::abs(double(b.data()[i]) - a.data()[i]) / (tol_.score_rtol * std::abs(a.data()[i]) + scale);
+      result_.max_score_error = std::max(result_.max_score_error, err);
+      if (!(err <= 1.0)) {
+        std::ostringstream what;
+        what << "score of head " << i / a.cols() << " token " << i % a.cols() << ": reference " << a.data()[i] << ", " << backend_name(other_)
+             << " " << b.data()[i];
+        return violation(where, what.str());
+      }
+    }
+  }
+
+  // Kept sets (differences tolerated near the reference selection's boundary, by `scores`)
+  // and merged keys and values where both kept the same tokens of a head.
+  void compressions(const std::string& where, const Compression& ref, const Compression& got, const std::optional<ScoreMatrix>& scores, int n) {
+    if (ref.kept.size() != got.kept.size()) return violation(where, "different number of heads");
+    merged(where, ref, got);
+    for (std::size_t g = 0; g < ref.kept.size(); ++g) kept(where, ref.kept[g], got.kept[g], scores, static_cast<Eigen::Index>(g), n);
+  }
+
+ private:
+  void merged(const std::string& where, const Compression& ref, const Compression& got) {
+    for (const auto& [name, ref_rows, got_rows] : {std::tuple{"key", &ref.keys, &got.keys}, {"value", &ref.values, &got.values}}) {
+      if (ref_rows->size() != got_rows->size()) {
+        violation(where, std::string("only one backend returned merged ") + name + "s");
+        continue;
+      }
+      for (std::size_t g = 0; g < ref_rows->size(); ++g) {
+        if (ref.kept[g] != got.kept[g]) continue;
+        const auto& a = (*ref_rows)[g];
+        const auto& b = (*got_rows)[g];
+        float scale = 1e-30f;
+        for (float x : a) scale = std::max(scale, std::abs(x));
+        for (std::size_t i = 0; i < a.size() && i < b.size(); ++i)
+          if (!(std::abs(double(a[i]) - b[i]) <= tol_.value_rtol * std::abs(double(a[i])) + 1e-6 * scale)) {
+            std::ostringstream what;
+            what << "merged " << name << " of head " << g << " element " << i << ": reference " << a[i] << ", " << backend_name(other_) << " "
+                 << b[i];
+            violation(where, what.str());
+            break;
+          }
+      }
+    }
+  }
+
+  void kept(const std::string& where, const std::vector<int>& ref_kept, const std::vector<int>& got_kept, const std::optional<ScoreMatrix>& scores,
+            Eigen::Index g, int n) {
+    std::vector<int> diff;
+    std::set_symmetric_difference(ref_kept.begin(), ref_kept.end(), got_kept.begin(), got_kept.end(), std::back_inserter(diff));
+    if (diff.empty()) return;
+    if (!scores) return violation(where, "kept sets differ in head " + std::to_string(g));
+    // Boundary of the reference selection in this head.
+    float lowest_kept = INFINITY, highest_dropped = -INFINITY;
+    std::vector<char> is_kept(static_cast<std::size_t>(n), 0);
+    for (int t : ref_kept) is_kept[t] = 1;
+    for (int t = 0; t < n; ++t) {
+      const float s = (*scores)(g, t);
+      if (is_kept[t]) lowest_kept = std::min(lowest_kept, s);
+      else highest_dropped = std::max(highest_dropped, s);
+    }
+    auto near = [&](float s, float boundary) {
+      return std::isfinite(boundary) && std::abs(double(s) - boundary) <= tol_.boundary_rtol * std::abs(double(boundary)) + 1e-7;
+    };
+    for (int t : diff) {
+      const float s = (*scores)(g, t);
+      if (near(s, lowest_kept) || near(s, highest_dropped)) {
+        ++result_.near_boundary_diffs;
+      } else {
+        std::ostringstream what;
+        what << "head " << g << " token " << t << " (score " << s << ") kept by only one backend; boundary [" << highest_dropped << ", "
+             << lowest_kept << "]";
+        violation(where, what.str());
+      }
+    }
+  }
+
+  PressConformance& result_;
+  Backend other_;
+  const ConformanceTolerance& tol_;
+};
+
+std::string case_label(const ConformanceInput& in, double ratio) {
+  std::ostringstream where;
+  where << in.label << " ratio " << ratio;
+  return where.str();
+}
+
+// Model-wide presses (core/model_wide.h): each backend surveys the input (scores compared),
+// then plans it as a one-layer model from its own survey at every ratio (kept sets compared).
+// Plans over several layers are host code shared by the backends.
+void compare_model_wide(const ModelWidePress& reference, const ModelWidePress& candidate, const ConformanceInput& in, const PressInput& input,
+                        const std::vector<double>& ratios, CaseComparer& compare, PressConformance& result, Backend other) {
+  std::optional<LayerSurvey> a, b;
+  std::string ref_error, got_error;
+  try {
+    a = reference.survey(input);
+  } catch (const Error& e) {
+    ref_error = e.what();
+  }
+  try {
+    b = candidate.survey(input);
+  } catch (const Error& e) {
+    got_error = e.what();
+  }
+  const std::string where = in.label + " survey";
+  ++result.cases;
+  if (!ref_error.empty() || !got_error.empty()) {
+    if (ref_error != got_error)
+      compare.violation(where, "errors differ: reference '" + ref_error + "', " + backend_name(other) + " '" + got_error + "'");
+    else
+      ++result.refused;
+    return;
+  }
+  compare.scores(where, a->scores, b->scores);
+  for (double ratio : ratios) {
+    ++result.cases;
+    const Compression ref = reference.plan({*a}, ratio, in.num_layers).front(), got = candidate.plan({*b}, ratio, in.num_layers).front();
+    compare.compressions(case_label(in, ratio), ref, got, a->scores, in.n);
+  }
+}
+
 }  // namespace
 
 PressConformance compare_backends(const std::string& spec_text, Backend other, const std::vector<ConformanceInput>& inputs,
@@ -56,106 +190,31 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
 
   PressConformance result;
   result.press = spec_text;
-  auto violation = [&](const std::string& where, const std::string& what) {
-    if (result.violations++ == 0) result.first_violation = where + ": " + what;
-  };
+  CaseComparer compare(result, other, tol);
+  const ModelWidePress* ref_wide = as_model_wide(*reference);
+  const ModelWidePress* got_wide = as_model_wide(*candidate);
+  if (!ref_wide != !got_wide) throw Error("internal: press '" + spec_text + "' is model-wide on one backend only");
   for (const ConformanceInput& in : inputs) {
     const PressInput input{*in.layer, in.n, in.num_layers, *in.rope, in.previous};
+    if (ref_wide) {
+      compare_model_wide(*ref_wide, *got_wide, in, input, ratios, compare, result, other);
+      continue;
+    }
     for (double ratio : (info.uses_ratio ? ratios : std::vector<double>{0.0})) {
-      std::ostringstream where_stream;
-      where_stream << in.label << " ratio " << ratio;
-      const std::string where = where_stream.str();
+      const std::string where = case_label(in, ratio);
       ++result.cases;
       const Outcome ref = run(*reference, input, ratio), got = run(*candidate, input, ratio);
       if (!ref.error.empty() || !got.error.empty()) {
         if (ref.error != got.error)
-          violation(where, "errors differ: reference '" + ref.error + "', " + backend_name(other) + " '" + got.error + "'");
+          compare.violation(where, "errors differ: reference '" + ref.error + "', " + backend_name(other) + " '" + got.error + "'");
         else
           ++result.refused;
         continue;
       }
-      // Scores.
       const auto* ref_scorer = dynamic_cast<const ScorerPress*>(reference.get());
       const auto* got_scorer = dynamic_cast<const ScorerPress*>(candidate.get());
-      if (ref_scorer && got_scorer) {
-        const ScoreMatrix a = ref_scorer->score(input, ratio), b = got_scorer->score(input, ratio);
-        const double scale = 1e-6 * std::max(a.cwiseAbs().maxCoeff(), 1e-30f);
-        for (Eigen::Index i = 0; i < a.size(); ++i) {
-          const double err = std::abs(double(b.data()[i]) - a.data()[i]) / (tol.score_rtol * std::abs(a.data()[i]) + scale);
-          result.max_score_error = std::max(result.max_score_error, err);
-          if (!(err <= 1.0)) {
-            std::ostringstream what;
-            what << "score of head " << i / a.cols() << " token " << i % a.cols() << ": reference " << a.data()[i] << ", "
-                 << backend_name(other) << " " << b.data()[i];
-            violation(where, what.str());
-            break;
-          }
-        }
-      }
-      // Kept sets.
-      const auto& ref_kept = ref.compression->kept;
-      const auto& got_kept = got.compression->kept;
-      if (ref_kept.size() != got_kept.size()) {
-        violation(where, "different number of heads");
-        continue;
-      }
-      // Merged keys and values, where both backends kept the same tokens of a head.
-      for (const auto& [name, ref_rows, got_rows] :
-           {std::tuple{"key", &ref.compression->keys, &got.compression->keys}, {"value", &ref.compression->values, &got.compression->values}}) {
-        if (ref_rows->size() != got_rows->size()) {
-          violation(where, std::string("only one backend returned merged ") + name + "s");
-          continue;
-        }
-        for (std::size_t g = 0; g < ref_rows->size(); ++g) {
-          if (ref_kept[g] != got_kept[g]) continue;
-          const auto& a = (*ref_rows)[g];
-          const auto& b = (*got_rows)[g];
-          float scale = 1e-30f;
-          for (float x : a) scale = std::max(scale, std::abs(x));
-          for (std::size_t i = 0; i < a.size() && i < b.size(); ++i)
-            if (!(std::abs(double(a[i]) - b[i]) <= tol.value_rtol * std::abs(double(a[i])) + 1e-6 * scale)) {
-              std::ostringstream what;
-              what << "merged " << name << " of head " << g << " element " << i << ": reference " << a[i] << ", " << backend_name(other)
-                   << " " << b[i];
-              violation(where, what.str());
-              break;
-            }
-        }
-      }
-      const std::optional<ScoreMatrix> scores = selection_scores(spec, input, ratio);
-      for (std::size_t g = 0; g < ref_kept.size(); ++g) {
-        std::vector<int> diff;
-        std::set_symmetric_difference(ref_kept[g].begin(), ref_kept[g].end(), got_kept[g].begin(), got_kept[g].end(),
-                                      std::back_inserter(diff));
-        if (diff.empty()) continue;
-        if (!scores) {
-          violation(where, "kept sets differ in head " + std::to_string(g));
-          continue;
-        }
-        // Boundary of the reference selection in this head.
-        float lowest_kept = INFINITY, highest_dropped = -INFINITY;
-        std::vector<char> kept(static_cast<std::size_t>(in.n), 0);
-        for (int t : ref_kept[g]) kept[t] = 1;
-        for (int t = 0; t < in.n; ++t) {
-          const float s = (*scores)(static_cast<Eigen::Index>(g), t);
-          if (kept[t]) lowest_kept = std::min(lowest_kept, s);
-          else highest_dropped = std::max(highest_dropped, s);
-        }
-        auto near = [&](float s, float boundary) {
-          return std::isfinite(boundary) && std::abs(double(s) - boundary) <= tol.boundary_rtol * std::abs(double(boundary)) + 1e-7;
-        };
-        for (int t : diff) {
-          const float s = (*scores)(static_cast<Eigen::Index>(g), t);
-          if (near(s, lowest_kept) || near(s, highest_dropped)) {
-            ++result.near_boundary_diffs;
-          } else {
-            std::ostringstream what;
-            what << "head " << g << " token " << t << " (score " << s << ") kept by only one backend; boundary [" << highest_dropped
-                 << ", " << lowest_kept << "]";
-            violation(where, what.str());
-          }
-        }
-      }
+      if (ref_scorer && got_scorer) compare.scores(where, ref_scorer->score(input, ratio), got_scorer->score(input, ratio));
+      compare.compressions(where, *ref.compression, *got.compression, selection_scores(spec, input, ratio), in.n);
     }
   }
   return result;

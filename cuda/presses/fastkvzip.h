@@ -4,6 +4,7 @@
 // states (widened on the device), the RMSNorms one thread per o-vector, the gate one thread
 // per (KV head, token) with the reference's own arithmetic; the pruning is the device
 // selection across heads.
+#include "core/model_wide.h"
 #include "core/wrapping.h"
 #include "cuda/device_registry.h"
 #include "cuda/device_scorer.h"
@@ -23,15 +24,15 @@ void fastkvzip_norm_on_device(Exec& exec, double* x, const double* bias, int bia
 }
 
 template <typename Exec>
-class FastKvzipDevice final : public DeviceScorer<Exec> {
+class FastKvzipDevice final : public DeviceScorer<Exec>, public ModelWidePress {
  public:
   explicit FastKvzipDevice(const PressConfig& c)
       : DeviceScorer<Exec>("fastkvzip"),
         n_sink_(c.params.get_int("n_sink")),
         window_size_(c.params.get_int("window_size")),
         window_ratio_(c.params.get("window_ratio")),
+        layerwise_(c.params.get_bool("layerwise")),
         gates_(ref::load_fastkvzip_gates(c.params.get_path("artefact"))) {
-    require_layerwise("fastkvzip", c.params.get_bool("layerwise"));
   }
 
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
@@ -74,13 +75,21 @@ class FastKvzipDevice final : public DeviceScorer<Exec> {
   }
 
   Compression compress(const PressInput& input, double ratio) const override {
+    if (!layerwise_) refuse_single_layer("fastkvzip");
     if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
     return this->select_across_heads(input, ratio, ref::fastkvzip_pruned(input.num_kv_heads(), input.n, ratio));
+  }
+
+  bool is_model_wide() const override { return !layerwise_; }
+  LayerSurvey survey(const PressInput& input) const override { return this->survey_scores(input); }
+  std::vector<Compression> plan(const std::vector<LayerSurvey>& layers, double ratio, int) const override {
+    return prune_share_across_layers(layers, ratio);
   }
 
  private:
   int n_sink_, window_size_;
   double window_ratio_;
+  bool layerwise_;
   ref::FastKvzipGates gates_;
 };
 

@@ -4,8 +4,8 @@
 // (query head, repeat row) computes the row's softmax statistics over KVzip's restricted keys
 // and one thread per (KV head, chunk token) its score, both with the reference's own
 // arithmetic; the sinks get the layer's maximum plus one (a device row max); the pruning is the
-// device selection across heads.
-#include "core/press_checks.h"
+// device selection across heads, or with layerwise=false the shared plan over all layers.
+#include "core/model_wide.h"
 #include "cuda/device_registry.h"
 #include "cuda/device_scorer.h"
 #include "reference/kvzip.h"
@@ -13,12 +13,13 @@
 namespace kvsim::cuda {
 
 template <typename Exec>
-class KvzipDevice final : public DeviceScorer<Exec> {
+class KvzipDevice final : public DeviceScorer<Exec>, public ModelWidePress {
  public:
   explicit KvzipDevice(const PressConfig& c)
-      : DeviceScorer<Exec>("kvzip"), n_sink_(c.params.get_int("n_sink")), plus_(c.params.get_bool("kvzip_plus_normalization")) {
-    require_layerwise("kvzip", c.params.get_bool("layerwise"));
-  }
+      : DeviceScorer<Exec>("kvzip"),
+        n_sink_(c.params.get_int("n_sink")),
+        plus_(c.params.get_bool("kvzip_plus_normalization")),
+        layerwise_(c.params.get_bool("layerwise")) {}
 
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
     const PressInput input{*L.source, L.n, L.num_layers, *L.rope};
@@ -78,13 +79,20 @@ class KvzipDevice final : public DeviceScorer<Exec> {
   }
 
   Compression compress(const PressInput& input, double ratio) const override {
+    if (!layerwise_) refuse_single_layer("kvzip");
     if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
     return this->select_across_heads(input, ratio, ref::kvzip_pruned(input.num_kv_heads(), input.n, ratio));
   }
 
+  bool is_model_wide() const override { return !layerwise_; }
+  LayerSurvey survey(const PressInput& input) const override { return this->survey_scores(input); }
+  std::vector<Compression> plan(const std::vector<LayerSurvey>& layers, double ratio, int) const override {
+    return ref::kvzip_plan_across_layers(layers, ratio, n_sink_);
+  }
+
  private:
   int n_sink_;
-  bool plus_;
+  bool plus_, layerwise_;
 };
 
 }  // namespace kvsim::cuda

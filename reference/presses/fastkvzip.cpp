@@ -6,11 +6,13 @@
 // compress_post, after adakv; ties as kvsim's selection across heads: higher score, then lower
 // head, then lower position kept): heads keep different counts, and replay drops each head's
 // pruned tokens (kvpress masks them). layerwise=false, kvpress's default, pools the budget
-// over every layer of the model and is refused (see require_layerwise). The gates come from
+// over every replayed layer (core/model_wide.h: the replay surveys every layer before it
+// compresses any). The gates come from
 // an artefact (traces/ARTEFACTS.md; tools/convert_artefact.py converts the published .pt),
 // the hidden states from the trace (tools/record_trace.py --with-hidden-states).
 // Defaults as kvpress: layerwise=false, n_sink=4, window_size=4096, window_ratio=0.02.
 // Deviation, documented: the gates run in float64 (kvpress: the gate's dtype, RMSNorm in float32).
+#include "core/model_wide.h"
 #include "core/wrapping.h"
 #include "reference/fastkvzip.h"
 #include "reference/parallel.h"
@@ -20,16 +22,15 @@
 namespace kvsim::ref {
 namespace {
 
-class FastKvzipPress final : public ScorerPress {
+class FastKvzipPress final : public ScorerPress, public ModelWidePress {
  public:
   explicit FastKvzipPress(const PressConfig& c)
       : ScorerPress("fastkvzip"),
         n_sink_(c.params.get_int("n_sink")),
         window_size_(c.params.get_int("window_size")),
         window_ratio_(c.params.get("window_ratio")),
-        gates_(load_fastkvzip_gates(c.params.get_path("artefact"))) {
-    require_layerwise("fastkvzip", c.params.get_bool("layerwise"));
-  }
+        layerwise_(c.params.get_bool("layerwise")),
+        gates_(load_fastkvzip_gates(c.params.get_path("artefact"))) {}
 
   Scores score(const PressInput& in, double) const override {
     require_hidden_states(name(), in.layer, in.n);
@@ -62,27 +63,35 @@ class FastKvzipPress final : public ScorerPress {
   }
 
   Compression compress(const PressInput& in, double ratio) const override {
+    if (!layerwise_) refuse_single_layer("fastkvzip");
     if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);  // kvpress prunes only when compression_ratio > 0
     const long long entries = static_cast<long long>(in.num_kv_heads()) * in.n;
     return select_topk_global(checked_score(in, ratio), entries - fastkvzip_pruned(in.num_kv_heads(), in.n, ratio));
   }
 
+  bool is_model_wide() const override { return !layerwise_; }
+  LayerSurvey survey(const PressInput& in) const override { return {in.layer_index(), checked_score(in, 0.0), {}}; }
+  std::vector<Compression> plan(const std::vector<LayerSurvey>& layers, double ratio, int) const override {
+    return prune_share_across_layers(layers, ratio);
+  }
+
  private:
   int n_sink_, window_size_;
   double window_ratio_;
+  bool layerwise_;
   FastKvzipGates gates_;
 };
 
 std::vector<ParamDef> fastkvzip_params() {
   return {{"artefact", ParamType::Path, {}, {}, {}, "gates file (traces/ARTEFACTS.md)"},
-          {"layerwise", ParamType::Bool, 0.0, {}, {}, "the same ratio in every layer (false, kvpress's default, pools it over layers: refused)"},
+          {"layerwise", ParamType::Bool, 0.0, {}, {}, "the same ratio in every layer (false, kvpress's default: one budget over all replayed layers)"},
           {"n_sink", ParamType::Int, 4.0, 0.0, {}, "initial tokens always kept"},
           {"window_size", ParamType::Int, 4096.0, 1.0, {}, "last tokens always kept from 32000 tokens on"},
           {"window_ratio", ParamType::Float, 0.02, 0.0, 1.0, "share of the last tokens always kept below 32000 tokens (at least one)"}};
 }
 
 const Registrar registered({.name = "fastkvzip",
-                            .summary = "KVzip scores estimated by per-layer gates on the hidden states, pruned across heads; layerwise=true only (arXiv 2601.17668)",
+                            .summary = "KVzip scores estimated by per-layer gates on the hidden states, pruned across heads and layers (arXiv 2601.17668)",
                             .params = fastkvzip_params(),
                             .needs = {"hidden_states", "artefact"},
                             .example = "fastkvzip:layerwise=true",

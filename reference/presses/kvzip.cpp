@@ -5,12 +5,13 @@
 // layerwise=true, the int(Hkv n ratio) lowest scores of the layer's flattened [Hkv, n] scores
 // are pruned, with no per-head safeguard (kvpress compress_post; ties as kvsim's selection
 // across heads): heads keep different counts. layerwise=false, kvpress's default, pools the
-// budget over every layer of the model and is refused (require_layerwise). The chunking
+// budget over every replayed layer (reference/kvzip.h, kvzip_plan_across_layers): the replay
+// surveys every layer before it compresses any (core/model_wide.h). The chunking
 // (chunk_size, the previous chunk's last 8 tokens in the prompt) is the recorder's.
 // Defaults as kvpress: layerwise=false, n_sink=4, kvzip_plus_normalization=false.
 // Deviation, documented: attention in float64 over the stored queries and keys (kvpress: the
 // model dtype).
-#include "core/press_checks.h"
+#include "core/model_wide.h"
 #include "reference/kvzip.h"
 #include "reference/parallel.h"
 #include "reference/scorer_press.h"
@@ -19,12 +20,13 @@
 namespace kvsim::ref {
 namespace {
 
-class KvzipPress final : public ScorerPress {
+class KvzipPress final : public ScorerPress, public ModelWidePress {
  public:
   explicit KvzipPress(const PressConfig& c)
-      : ScorerPress("kvzip"), n_sink_(c.params.get_int("n_sink")), plus_(c.params.get_bool("kvzip_plus_normalization")) {
-    require_layerwise("kvzip", c.params.get_bool("layerwise"));
-  }
+      : ScorerPress("kvzip"),
+        n_sink_(c.params.get_int("n_sink")),
+        plus_(c.params.get_bool("kvzip_plus_normalization")),
+        layerwise_(c.params.get_bool("layerwise")) {}
 
   Scores score(const PressInput& in, double) const override {
     require_kvzip_passes(in, plus_);
@@ -63,24 +65,31 @@ class KvzipPress final : public ScorerPress {
   }
 
   Compression compress(const PressInput& in, double ratio) const override {
+    if (!layerwise_) refuse_single_layer("kvzip");
     if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);  // kvpress prunes only when compression_ratio > 0
     const long long entries = static_cast<long long>(in.num_kv_heads()) * in.n;
     return select_topk_global(checked_score(in, ratio), entries - kvzip_pruned(in.num_kv_heads(), in.n, ratio));
   }
 
+  bool is_model_wide() const override { return !layerwise_; }
+  LayerSurvey survey(const PressInput& in) const override { return {in.layer_index(), checked_score(in, 0.0), {}}; }
+  std::vector<Compression> plan(const std::vector<LayerSurvey>& layers, double ratio, int) const override {
+    return kvzip_plan_across_layers(layers, ratio, n_sink_);
+  }
+
  private:
   int n_sink_;
-  bool plus_;
+  bool plus_, layerwise_;
 };
 
 std::vector<ParamDef> kvzip_params() {
-  return {{"layerwise", ParamType::Bool, 0.0, {}, {}, "the same ratio in every layer (false, kvpress's default, pools it over layers: refused)"},
+  return {{"layerwise", ParamType::Bool, 0.0, {}, {}, "the same ratio in every layer (false, kvpress's default: one budget over all replayed layers)"},
           {"n_sink", ParamType::Int, 4.0, 0.0, {}, "initial tokens always kept (and the sinks every repeat query sees)"},
           {"kvzip_plus_normalization", ParamType::Bool, 0.0, {}, {}, "KVzip+: weights scaled by ||W_o v|| / ||h|| (needs o_proj)"}};
 }
 
 const Registrar registered({.name = "kvzip",
-                            .summary = "attention of the model repeating the context, from the trace's extra passes; layerwise=true only (arXiv 2505.23416)",
+                            .summary = "attention of the model repeating the context, from the trace's extra passes (arXiv 2505.23416)",
                             .params = kvzip_params(),
                             .is_scorer = true,
                             .wrappable = false,
