@@ -46,6 +46,10 @@ inline const ModelWidePress* as_model_wide(const Press& press) {
 // Layers may differ in n.
 std::vector<Compression> prune_share_across_layers(const std::vector<LayerSurvey>& layers, double ratio);
 
+// The indices of the k best of `scores` (higher first; ties: the lower index), ascending; k is
+// clamped to [0, size]. The one selection rule of every plan.
+std::vector<long long> best_indices(const std::vector<float>& scores, long long k);
+
 // The error a model-wide press gives where it is asked to compress one layer alone.
 [[noreturn]] void refuse_single_layer(const std::string& press);
 

@@ -45,11 +45,21 @@ struct KvzipPasses {
   bool empty() const { return chunks.empty(); }
 };
 
+// KVCompose's second forward pass over one layer (tools/record_trace.py --extra-passes
+// kvcompose): the context fed again after its own cache, as kvpress KVComposePress does (positions
+// n_context ... 2 n_context - 1, eager attention), its post-RoPE queries [H, n_context, d] and
+// keys [Hkv, n_context, d]. Each of its queries attends to the context keys and, causally, to
+// the pass's own keys. Empty when the trace has none or they were not asked for.
+struct KvcomposePass {
+  HeadTensor q, k;
+  bool empty() const { return q.data.empty(); }
+};
+
 // The tensors of one recorded layer. q: [H, T, d]; k, v: [Hkv, T, d]; attn_out: [H, T, d]
 // (optional); o_proj: [D, H*d] row-major (optional, empty when the trace has none);
 // hidden_states: [T, D] row-major, the attention layer's input after input_layernorm
-// (optional, loaded only for the presses that read it: kvzap, fastkvzip); kvzip: KVzip's
-// extra passes (optional, likewise).
+// (optional, loaded only for the presses that read it: kvzap, fastkvzip); kvzip, kvcompose:
+// the extra passes of those presses (optional, likewise).
 struct LayerTensors {
   int layer_index = 0;
   HeadTensor q, k, v, attn_out;
@@ -58,6 +68,7 @@ struct LayerTensors {
   std::vector<float> hidden_states;
   int hidden_size = 0;  // D of hidden_states (0 when there are none)
   KvzipPasses kvzip;    // optional, loaded only for the kvzip press
+  KvcomposePass kvcompose;  // optional, loaded only for the kvcompose press
 
   const float* hidden_row(int t) const { return hidden_states.data() + static_cast<std::size_t>(t) * hidden_size; }
 };

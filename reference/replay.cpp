@@ -455,7 +455,7 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
   for (const PressInfo* p : press_infos) needs_previous_layer = needs_previous_layer || p->needs_previous_layer;
   for (const std::string& spec : options.presses)  // [T, D] per layer: read only for the presses that use them
     needs_hidden_states = needs_hidden_states || spec_needs(registry, parse_press_spec(spec), "hidden_states");
-  for (const std::string& spec : options.presses)  // KVzip's repeat prompts: read only for kvzip
+  for (const std::string& spec : options.presses)  // KVzip's and KVCompose's passes: read only for them
     needs_extra_passes = needs_extra_passes || spec_needs(registry, parse_press_spec(spec), "extra pass");
   for (const auto& press : presses) model_wide = model_wide || as_model_wide(*press);
   const int Hkv = info.num_key_value_heads;
@@ -468,7 +468,11 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
   auto read = [&](int layer) {
     const auto start = std::chrono::steady_clock::now();
     LoadedLayer loaded;
-    loaded.tensors = trace.read_layer(layer, {.attn_out = false, .o_proj = true, .hidden_states = needs_hidden_states, .kvzip = needs_extra_passes});
+    loaded.tensors = trace.read_layer(layer, {.attn_out = false,
+                                              .o_proj = true,
+                                              .hidden_states = needs_hidden_states,
+                                              .kvzip = needs_extra_passes,
+                                              .kvcompose = needs_extra_passes});
     if (options.check_trace) check_recorded_outputs(trace, loaded.tensors);
     if (needs_previous_layer && has_predecessor(layer)) loaded.previous = trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false});
     loaded.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

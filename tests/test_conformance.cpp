@@ -50,12 +50,13 @@ bool needs_extra_passes(const std::string& spec) { return spec_needs(Registry::i
 // shape (hidden size 576) that has them, written once.
 std::string trace_for(const std::string& spec) {
   const TraceReader trace(trace_path());
-  if (needs_extra_passes(spec) && !trace.has_dataset(trace.info().recorded_layers.front(), "kvzip_q")) {
+  const int first = trace.info().recorded_layers.front();
+  if (needs_extra_passes(spec) && !(trace.has_dataset(first, "kvzip_q") && trace.has_dataset(first, "kvcompose_q"))) {
     static test::TempDir dir;
-    const std::string path = dir.file("synthetic-with-kvzip-passes.h5");
+    const std::string path = dir.file("synthetic-with-extra-passes.h5");
     if (!std::filesystem::exists(path))
       write_synthetic_trace(path, {.recorded_layers = 3, .n_context = 300, .n_question = 12, .n_generated = 8, .needle_start = 120,
-                                   .kvzip_chunk_size = 128});
+                                   .kvzip_chunk_size = 128, .with_kvcompose_pass = true});
     return path;
   }
   if (!needs_hidden_states(spec) || trace.has_dataset(trace.info().recorded_layers.front(), "hidden_states")) return trace_path();
@@ -115,9 +116,9 @@ struct GridInputs {
   std::vector<std::string> labels;
 };
 
-// With kvzip_passes, each layer also carries synthetic KVzip repeat passes (a 2-token prefix
-// no chunk covers, three chunks): drawn, like the plain grid, once.
-GridInputs draw_grid(bool kvzip_passes) {
+// With extra_passes, each layer also carries synthetic KVzip repeat passes (a 2-token prefix
+// no chunk covers, three chunks) and a KVCompose second pass: drawn, like the plain grid, once.
+GridInputs draw_grid(bool extra_passes) {
   GridInputs g;
   g.shapes = shapes();
   for (const Shape& s : g.shapes) {
@@ -136,7 +137,10 @@ GridInputs draw_grid(bool kvzip_passes) {
     for (float& w : layer.o_proj) w = normal(rng);
     test::add_hidden_states(layer, seed + 3);  // [T, kTestHiddenSize], in the shape's dtype like q, k, v
     stored(layer.hidden_states);
-    if (kvzip_passes) layer.kvzip = synthetic_kvzip_passes(layer, s.n, std::min(2, s.n - 1), std::max(1, s.n / 3 + 1), 3);
+    if (extra_passes) {
+      layer.kvzip = synthetic_kvzip_passes(layer, s.n, std::min(2, s.n - 1), std::max(1, s.n / 3 + 1), 3);
+      layer.kvcompose = synthetic_kvcompose_pass(layer, s.n);
+    }
     g.previous.push_back(test::random_layer(s.H, s.Hkv, s.n + s.extra, s.d, seed + 1, s.n % 3 - 1));
     g.layers.push_back(std::move(layer));
     g.ropes.push_back(RopeConfig::from_theta(10000.0, s.d));
@@ -146,8 +150,8 @@ GridInputs draw_grid(bool kvzip_passes) {
   return g;
 }
 
-const GridInputs& grid_inputs(bool kvzip_passes) {
-  if (kvzip_passes) {
+const GridInputs& grid_inputs(bool extra_passes) {
+  if (extra_passes) {
     static const GridInputs with_passes = draw_grid(true);
     return with_passes;
   }
@@ -186,7 +190,11 @@ TEST_P(Conformance, BundledRealTrace) {
   std::vector<LayerTensors> layers;
   for (int l : info.recorded_layers)
     layers.push_back(trace.read_layer(
-        l, {.attn_out = false, .o_proj = true, .hidden_states = needs_hidden_states(GetParam()), .kvzip = needs_extra_passes(GetParam())}));
+        l, {.attn_out = false,
+            .o_proj = true,
+            .hidden_states = needs_hidden_states(GetParam()),
+            .kvzip = needs_extra_passes(GetParam()),
+            .kvcompose = needs_extra_passes(GetParam())}));
   std::vector<ConformanceInput> inputs;
   for (const LayerTensors& t : layers)
     inputs.push_back({trace.path() + " layer " + std::to_string(t.layer_index), &t, info.n_context, info.num_hidden_layers, &info.rope});

@@ -1,8 +1,10 @@
 // Model-wide presses (core/model_wide.h): the selection pooled over layers against a sort of
 // every entry written here, KVzip's sinks across layers worked by hand, the refusal to compress
 // one layer alone, and the two-pass replay of a pooled kvzip against a plan computed here from
-// each layer's own (per-layer, separately tested) scores, on the reference and the CPU
-// emulation of the CUDA backend.
+// each layer's own (per-layer, separately tested) scores; KVCompose's scores against a
+// brute-force softmax written here, its budgets worked by hand, its replay and its refusals; on
+// the reference and the CPU emulation of the CUDA backend.
+#include <H5Cpp.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +13,7 @@
 
 #include "core/model_wide.h"
 #include "core/registry.h"
+#include "reference/kvcompose.h"
 #include "reference/kvzip.h"
 #include "reference/replay.h"
 #include "test_util.h"
@@ -137,6 +140,164 @@ TEST(ModelWide, OneLayerAloneIsRefusedInOneLine) {
     EXPECT_EQ(e, "press 'kvzip' decides each layer from the scores of every layer: it runs in kvsim replay (two passes over the trace), "
                  "not on one layer alone");
   }
+}
+
+// ---- KVCompose ----
+
+// Scores the slow way: per query head the [n, 2n] logits of the second pass over [context keys;
+// pass keys] with the causal mask on the pass block, a row softmax, the context columns; then
+// max or mean over rows, mean or max over the group, times ||v||, plus the mean over KV heads.
+ScoreMatrix kvcompose_brute_force(const LayerTensors& layer, int n, bool task_max, bool group_max, bool v_norm, bool mean_across) {
+  const int H = layer.q.heads, Hkv = layer.k.heads, G = H / Hkv, d = layer.k.dim;
+  ScoreMatrix s = ScoreMatrix::Zero(Hkv, n);
+  for (int g = 0; g < Hkv; ++g) {
+    std::vector<double> group(static_cast<std::size_t>(n), group_max ? -INFINITY : 0.0);
+    for (int h = g * G; h < (g + 1) * G; ++h) {
+      std::vector<double> task(static_cast<std::size_t>(n), task_max ? -INFINITY : 0.0);
+      for (int i = 0; i < n; ++i) {
+        std::vector<double> logits;
+        for (int j = 0; j < 2 * n; ++j) {
+          if (j >= n && j - n > i) break;  // causal within the pass
+          const float* key = j < n ? layer.k.head(g) + static_cast<std::size_t>(j) * d : layer.kvcompose.k.head(g) + static_cast<std::size_t>(j - n) * d;
+          double dot = 0;
+          for (int c = 0; c < d; ++c) dot += static_cast<double>(layer.kvcompose.q.at(h, i, c)) * key[c];
+          logits.push_back(dot / std::sqrt(static_cast<double>(d)));
+        }
+        const double top = *std::max_element(logits.begin(), logits.end());
+        double sum = 0;
+        for (double x : logits) sum += std::exp(x - top);
+        for (int j = 0; j < n; ++j) {
+          const double w = std::exp(logits[j] - top) / sum;
+          task[j] = task_max ? std::max(task[j], w) : task[j] + w / n;
+        }
+      }
+      for (int j = 0; j < n; ++j) group[j] = group_max ? std::max(group[j], task[j]) : group[j] + task[j] / G;
+    }
+    for (int j = 0; j < n; ++j) {
+      double norm = 0;
+      for (int c = 0; c < d; ++c) norm += static_cast<double>(layer.v.at(g, j, c)) * layer.v.at(g, j, c);
+      s(g, j) = static_cast<float>(group[j] * (v_norm ? std::sqrt(norm) : 1.0));
+    }
+  }
+  if (mean_across) {
+    const Eigen::RowVectorXf mean = s.colwise().mean();
+    s.rowwise() += mean;
+  }
+  return s;
+}
+
+LayerTensors layer_with_second_pass(int H, int Hkv, int n, int d, unsigned seed, int layer_index = 0) {
+  LayerTensors layer = test::random_layer(H, Hkv, n + 3, d, seed, layer_index);
+  LayerTensors pass = test::random_layer(H, Hkv, n, d, seed + 1);  // a second pass unlike the first
+  layer.kvcompose.q = pass.q;
+  layer.kvcompose.k = pass.k;
+  return layer;
+}
+
+TEST(Kvcompose, ScoresMatchABruteForceSoftmax) {
+  const LayerTensors layer = layer_with_second_pass(4, 2, 23, 8, 5, 1);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 8);
+  const PressInput input{layer, 23, 4, rope};
+  struct Case {
+    std::string spec;
+    bool task_max, group_max, v_norm, mean_across;
+  };
+  for (const Case& c : {Case{"kvcompose", true, false, false, true},
+                        Case{"kvcompose:agg_task=mean,agg_group=max,add_v_norm=true,add_mean_across_heads=false", false, true, true, false}}) {
+    const ScoreMatrix expected = kvcompose_brute_force(layer, 23, c.task_max, c.group_max, c.v_norm, c.mean_across);
+    for (const Backend b : kBackends) {
+      const auto press = Registry::instance().make(c.spec, b);
+      const LayerSurvey got = dynamic_cast<const ModelWidePress&>(*press).survey(input);
+      ASSERT_EQ(got.scores.rows(), 2);
+      ASSERT_EQ(got.scores.cols(), 23);
+      for (Eigen::Index i = 0; i < expected.size(); ++i)
+        EXPECT_NEAR(got.scores.data()[i], expected.data()[i], 1e-5 * std::abs(expected.data()[i]) + 1e-7) << c.spec << " " << backend_name(b) << " " << i;
+    }
+  }
+}
+
+// Two layers, two KV heads, four tokens. Sorted per head: L0 [.4 .3 .2 .1], [.2 .2 .1 .1];
+// L1 [.9 0 0 0], [.5 .5 0 0]. Layer composites (rank-wise means): L0 [.3 .25 .15 .1], L1
+// [.7 .25 0 0]; layer 0 takes the rank-wise maximum: [.7 .25 .15 .1].
+std::vector<LayerSurvey> hand_surveys() {
+  return {survey_of(0, {{.4f, .1f, .3f, .2f}, {.1f, .2f, .1f, .2f}}), survey_of(1, {{.9f, 0, 0, 0}, {.5f, .5f, 0, 0}})};
+}
+
+TEST(Kvcompose, BudgetsWorkedByHand) {
+  using Kept = std::vector<std::vector<int>>;
+  const std::vector<LayerSurvey> layers = hand_surveys();
+  // Structured, 0.5: the 4 best of the 8 layer composites are .7, .7, .25, .25: two per layer.
+  std::vector<Compression> plan = ref::kvcompose_plan(layers, 0.5, {});
+  EXPECT_EQ(plan[0].kept, (Kept{{0, 2}, {1, 3}}));
+  EXPECT_EQ(plan[1].kept, (Kept{{0, 1}, {0, 1}}));  // ties among zeros: the lower position
+  // 0.75: max(1, int(8 x .25)) = 2: the two .7s, one per layer.
+  plan = ref::kvcompose_plan(layers, 0.75, {});
+  EXPECT_EQ(plan[0].kept, (Kept{{0}, {1}}));
+  EXPECT_EQ(plan[1].kept, (Kept{{0}, {0}}));
+  // Unstructured, 0.5: the 8 best of 16 per-head composites: .9 | .5 .5 | .4 .3 .2 | .2 .2.
+  plan = ref::kvcompose_plan(layers, 0.5, {.structured = false});
+  EXPECT_EQ(plan[0].kept, (Kept{{0, 2, 3}, {1, 3}}));
+  EXPECT_EQ(plan[1].kept, (Kept{{0}, {0, 1}}));
+  // keep_token_lower_bound = 3: ranks 0-2 score 1e9 (float32 loses the rest), the 2 best go to
+  // layer 0, and every layer is floored at 3.
+  plan = ref::kvcompose_plan(layers, 0.75, {.keep_token_lower_bound = 3});
+  EXPECT_EQ(plan[0].kept, (Kept{{0, 2, 3}, {0, 1, 3}}));  // head 1's .1s at positions 0 and 2 tie: 0 wins
+  EXPECT_EQ(plan[1].kept, (Kept{{0, 1, 2}, {0, 1, 2}}));
+  // agg_head = max: L0 [.4 .3 .2 .1], L1 [.9 .5 0 0]; layer 0 -> [.9 .5 .2 .1]; 0.5 keeps
+  // .9 .9 .5 .5: two per layer again, the same sets.
+  plan = ref::kvcompose_plan(layers, 0.5, {.head_max = true});
+  EXPECT_EQ(plan[0].kept, (Kept{{0, 2}, {1, 3}}));
+}
+
+TEST(Kvcompose, ReplayOfTheSecondPassOnBothBackends) {
+  test::TempDir dir;
+  const std::string path = dir.file("kvcompose.h5"), bare = dir.file("bare.h5");
+  write_synthetic_trace(path, {.recorded_layers = 3, .n_context = 60, .n_question = 6, .n_generated = 4, .needle_start = 20,
+                               .dtype = StorageDtype::float32, .with_attn_out = false, .with_kvcompose_pass = true});
+  write_synthetic_trace(bare, {.recorded_layers = 1, .n_context = 60, .n_question = 6, .n_generated = 4, .needle_start = 20,
+                               .with_attn_out = false});
+  const TraceReader trace(path);
+  EXPECT_TRUE(trace.read_layer(1).kvcompose.empty()) << "read only on request";
+  const LayerTensors layer = trace.read_layer(1, {.kvcompose = true});
+  EXPECT_EQ(layer.kvcompose.q.data, synthetic_kvcompose_pass(trace.read_layer(1), 60).q.data);
+  std::vector<ref::ReplayResult> results;
+  for (const Backend b : kBackends) {
+    results.push_back(ref::replay(trace, {.presses = {"kvcompose", "kvcompose:structured=false"}, .ratios = {0.5, 0.8}, .backend = b}));
+    const ref::ReplayResult& r = results.back();
+    ASSERT_EQ(r.runs.size(), 4u);
+    for (int run : {0, 1}) {  // structured: the layers keep max(1, int(3 x 60 x (1 - ratio))) tokens per head in all
+      double kept = 0;
+      for (const ref::LayerResult& l : r.runs[run].layers) kept += l.kept_fraction * 60;
+      EXPECT_NEAR(kept, static_cast<int>(180 * (1 - r.runs[run].ratio)), 1e-9) << backend_name(b);
+    }
+    const std::string missing = error_of([&] { ref::replay(TraceReader(bare), {.presses = {"kvcompose"}, .ratios = {0.5}, .backend = b}); });
+    EXPECT_NE(missing.find("has no KVCompose second pass (datasets kvcompose_q, kvcompose_k)"), std::string::npos) << missing;
+    EXPECT_NE(missing.find("--extra-passes kvcompose"), std::string::npos) << missing;
+    const std::string query_aware =
+        error_of([&] { ref::replay(trace, {.presses = {"kvcompose"}, .ratios = {0.5}, .query_aware = true, .backend = b}); });
+    EXPECT_NE(query_aware.find("re-reads the 60 context tokens, but this replay compresses 66"), std::string::npos) << query_aware;
+  }
+  for (std::size_t run = 0; run < 4; ++run) {
+    EXPECT_NEAR(results[0].runs[run].achieved_ratio, results[1].runs[run].achieved_ratio, 1e-12);
+    EXPECT_NEAR(results[0].runs[run].rel_err.mean, results[1].runs[run].rel_err.mean, 1e-5 * results[0].runs[run].rel_err.mean);
+  }
+}
+
+TEST(Kvcompose, ReaderRefusesADamagedPass) {
+  test::TempDir dir;
+  const std::string path = dir.file("damaged.h5");
+  write_synthetic_trace(path, {.recorded_layers = 1, .n_context = 30, .n_question = 4, .n_generated = 2, .needle_start = 10,
+                               .dtype = StorageDtype::float32, .with_attn_out = false, .with_kvcompose_pass = true});
+  {
+    H5::H5File file(path, H5F_ACC_RDWR);
+    file.unlink("/layers/0/kvcompose_k");
+    const hsize_t dims[3] = {3, 29, 64};
+    const std::vector<float> wrong(3 * 29 * 64, 0.5f);
+    file.createDataSet("/layers/0/kvcompose_k", H5::PredType::NATIVE_FLOAT, H5::DataSpace(3, dims)).write(wrong.data(), H5::PredType::NATIVE_FLOAT);
+  }
+  const std::string e = error_of([&] { TraceReader(path).read_layer(0, {.kvcompose = true}); });
+  EXPECT_NE(e.find("dataset /layers/0/kvcompose_k has shape [3,29,64], expected [3,30,64]"), std::string::npos) << e;
+  EXPECT_EQ(e.find('\n'), std::string::npos) << e;
 }
 
 }  // namespace

@@ -134,6 +134,7 @@ void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& s)
               round_to(s.dtype, normal(kHidden + static_cast<uint32_t>(t), static_cast<uint32_t>(c)));
     }
     if (s.kvzip_chunk_size > 0) tensors.kvzip = synthetic_kvzip_passes(tensors, s.n_context, 0, s.kvzip_chunk_size, kKvzipPromptTokens);
+    if (s.with_kvcompose_pass) tensors.kvcompose = synthetic_kvcompose_pass(tensors, s.n_context);
     writer.write_layer(tensors);
   }
   writer.finish();
@@ -169,6 +170,17 @@ KvzipPasses synthetic_kvzip_passes(const LayerTensors& layer, int n_context, int
     passes.hidden_norm.push_back(1.0f + static_cast<float>(r % 7) / 7.0f);
   }
   return passes;
+}
+
+KvcomposePass synthetic_kvcompose_pass(const LayerTensors& layer, int n_context) {
+  if (n_context > layer.k.tokens) throw Error("synthetic KVCompose pass: the layer has fewer than n_context tokens");
+  KvcomposePass pass;
+  for (auto [to, from] : {std::pair{&pass.q, &layer.q}, {&pass.k, &layer.k}}) {
+    *to = HeadTensor(from->heads, n_context, from->dim);
+    for (int h = 0; h < from->heads; ++h)
+      std::copy_n(from->head(h), static_cast<std::size_t>(n_context) * from->dim, to->data.data() + h * to->head_stride());
+  }
+  return pass;
 }
 
 }  // namespace kvsim

@@ -23,6 +23,7 @@ struct SyntheticTraceSpec {
   bool with_attn_out = true;  // O(T^2) to compute; optional in the format (replay does not read it)
   bool with_hidden_states = false;  // [T, D] N(0, 1) draws (kvzap, fastkvzip read them); off keeps older traces' bytes
   int kvzip_chunk_size = 0;  // > 0: KVzip's extra passes too (synthetic_kvzip_passes), the context in chunks of this size
+  bool with_kvcompose_pass = false;  // KVCompose's second pass too (synthetic_kvcompose_pass)
   uint64_t seed = 0;
 };
 
@@ -35,5 +36,8 @@ void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& sp
 // 1 + (r mod 7) / 7. Deterministic.
 std::vector<KvzipChunk> synthetic_kvzip_chunks(int n_context, int prefix, int chunk_size, int prompt_tokens);
 KvzipPasses synthetic_kvzip_passes(const LayerTensors& layer, int n_context, int prefix, int chunk_size, int prompt_tokens);
+// Stand-in for KVCompose's second pass over the context: the context's own queries and keys
+// again (the model re-reading the same tokens). Deterministic.
+KvcomposePass synthetic_kvcompose_pass(const LayerTensors& layer, int n_context);
 
 }  // namespace kvsim

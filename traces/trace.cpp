@@ -407,6 +407,25 @@ KvzipPasses TraceReader::read_kvzip(int layer) const {
   return out;
 }
 
+// A layer's kvcompose_q [H, n_context, d] and kvcompose_k [Hkv, n_context, d].
+KvcomposePass TraceReader::read_kvcompose(int layer) const {
+  const std::string group = layer_group(layer);
+  KvcomposePass out;
+  const hsize_t n = static_cast<hsize_t>(info_.n_context), d = static_cast<hsize_t>(info_.head_dim);
+  with_hdf5_errors(path_, "read " + group + "/kvcompose_*", [&] {
+    for (auto [name, heads, tensor] :
+         {std::tuple{"kvcompose_q", info_.num_attention_heads, &out.q}, {"kvcompose_k", info_.num_key_value_heads, &out.k}}) {
+      const std::string ds_name = group + "/" + name;
+      const H5::DataSet ds = impl_->open_dataset(path_, ds_name);
+      Impl::check_float_shape(path_, ds, ds_name, {static_cast<hsize_t>(heads), n, d});
+      *tensor = HeadTensor(heads, static_cast<int>(n), info_.head_dim);
+      Impl::read_float_slab(path_, ds, ds_name, {0, 0, 0}, {static_cast<hsize_t>(heads), n, d}, tensor->data.data());
+    }
+    return 0;
+  });
+  return out;
+}
+
 TraceReader::~TraceReader() = default;
 
 bool TraceReader::has_dataset(int layer, const std::string& name) const {
@@ -549,6 +568,7 @@ LayerTensors TraceReader::read_layer(int layer, LayerParts parts) const {
     });
   }
   if (parts.kvzip && has_dataset(layer, "kvzip_q")) out.kvzip = read_kvzip(layer);
+  if (parts.kvcompose && has_dataset(layer, "kvcompose_q")) out.kvcompose = read_kvcompose(layer);
   return out;
 }
 
@@ -761,6 +781,11 @@ void TraceWriter::write_layer(const LayerTensors& layer) {
                                layer.kvzip.hidden_norm.size() != static_cast<std::size_t>(repeat_tokens)))
     throw Error("trace " + path_ + ": layer " + std::to_string(layer.layer_index) + " kvzip passes do not match TraceInfo::kvzip_chunks (" +
                 std::to_string(repeat_tokens) + " repeat tokens)");
+  if (!layer.kvcompose.empty() &&
+      (layer.kvcompose.q.heads != info.num_attention_heads || layer.kvcompose.k.heads != info.num_key_value_heads ||
+       layer.kvcompose.q.tokens != info.n_context || layer.kvcompose.k.tokens != info.n_context || layer.kvcompose.q.dim != info.head_dim ||
+       layer.kvcompose.k.dim != info.head_dim))
+    throw Error("trace " + path_ + ": layer " + std::to_string(layer.layer_index) + " kvcompose pass is not [H or Hkv, n_context, head_dim]");
   with_hdf5_errors(path_, "write " + group, [&] {
     impl_->file->createGroup(group);
     // One chunk = one head x up to 1024 tokens: reading one head of one layer touches
@@ -801,6 +826,11 @@ void TraceWriter::write_layer(const LayerTensors& layer) {
       impl_->write_float(group + "/kvzip_k", {static_cast<hsize_t>(info.num_key_value_heads), R, d}, layer.kvzip.k.data.data(), info.dtype,
                          {1, repeat_chunk, d});
       impl_->write_float(group + "/kvzip_hidden_norm", {R}, layer.kvzip.hidden_norm.data(), StorageDtype::float32, {R});
+    }
+    if (!layer.kvcompose.empty()) {
+      const hsize_t n = static_cast<hsize_t>(info.n_context), pass_chunk = std::min<hsize_t>(std::max<hsize_t>(n, 1), 1024);
+      for (auto [name, tensor] : {std::pair{"/kvcompose_q", &layer.kvcompose.q}, {"/kvcompose_k", &layer.kvcompose.k}})
+        impl_->write_float(group + name, {static_cast<hsize_t>(tensor->heads), n, d}, tensor->data.data(), info.dtype, {1, pass_chunk, d});
     }
     return 0;
   });

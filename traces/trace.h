@@ -80,6 +80,7 @@ struct LayerParts {
   bool o_proj = true;
   bool hidden_states = false;
   bool kvzip = false;  // KVzip's extra passes (kvzip_q, kvzip_k, kvzip_hidden_norm), when recorded
+  bool kvcompose = false;  // KVCompose's second pass over the context (kvcompose_q, kvcompose_k), when recorded
 };
 
 class TraceReader {
@@ -105,6 +106,7 @@ class TraceReader {
   void read_answer();  // answer spans and attributes (RULER-style traces)
   void read_kvzip_chunks();              // /kvzip_chunks, when present
   KvzipPasses read_kvzip(int layer) const;
+  KvcomposePass read_kvcompose(int layer) const;
 
   struct Impl;
   std::string path_;

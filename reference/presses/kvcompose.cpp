@@ -1,0 +1,83 @@
+// kvcompose — kvpress KVComposePress (arXiv 2509.05165): per-token scores from the attention of
+// the context fed a second time after its own cache (the trace's second pass,
+// tools/record_trace.py --extra-passes kvcompose), and per-layer budgets from composite scores
+// of every layer (reference/kvcompose.h). Its budgets need every layer: it always runs as a
+// model-wide press (core/model_wide.h), surveyed and planned over the replayed layers.
+// Structured (default): every head of a layer keeps the same count, its own best tokens (the
+// replay keeps them in position order, as kvpress's gathered cache does); unstructured: counts
+// per head. Defaults as kvpress: structured=true, agg_task=max, agg_group=mean, agg_head=mean,
+// add_v_norm=false, add_mean_across_heads=true, keep_token_lower_bound=0.
+// Deviations, documented: attention in float64 over the stored queries and keys (kvpress: the
+// model dtype); add_v_norm uses the context's values (kvpress reads its cache after the second
+// pass, twice as long as the scores).
+#include "core/model_wide.h"
+#include "reference/kvcompose.h"
+#include "reference/parallel.h"
+#include "reference/scorer_press.h"
+
+namespace kvsim::ref {
+namespace {
+
+class KvcomposePress final : public ScorerPress, public ModelWidePress {
+ public:
+  explicit KvcomposePress(const PressConfig& c) : ScorerPress("kvcompose"), options_(kvcompose_options(c)) {}
+
+  Scores score(const PressInput& in, double) const override {
+    require_kvcompose_pass(in);
+    const KvcomposePass& pass = in.layer.kvcompose;
+    const int n = in.n, d = in.head_dim(), H = in.num_heads(), Hkv = in.num_kv_heads(), G = H / Hkv;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    std::vector<double> row_max(static_cast<std::size_t>(H) * n), row_sum(row_max.size());
+    parallel_for(H, [&](int h) {
+      for (int i = 0; i < n; ++i)
+        kvcompose_row_stats(pass.q.head(h) + static_cast<long>(i) * d, in.layer.k.head(h / G), n, pass.k.head(h / G), i, d, scale,
+                            &row_max[static_cast<std::size_t>(h) * n + i], &row_sum[static_cast<std::size_t>(h) * n + i]);
+    });
+    Scores s(Hkv, n);
+    parallel_for(Hkv, [&](int g) {
+      for (int j = 0; j < n; ++j)
+        s(g, j) = kvcompose_token_score(pass.q.data.data(), n, in.layer.k.head(g) + static_cast<long>(j) * d, row_max.data(), row_sum.data(), g,
+                                        G, d, scale, options_.task_max, options_.group_max);
+    });
+    for (int j = 0; j < n; ++j)
+      kvcompose_enhance(s.data(), Hkv, n, j, in.layer.v.data.data(), static_cast<long>(in.layer.v.head_stride()), d, options_.add_v_norm,
+                        options_.add_mean_across_heads);
+    return s;
+  }
+
+  Compression compress(const PressInput&, double) const override { refuse_single_layer("kvcompose"); }
+  LayerSurvey survey(const PressInput& in) const override { return {in.layer_index(), checked_score(in, 0.0), {}}; }
+  std::vector<Compression> plan(const std::vector<LayerSurvey>& layers, double ratio, int) const override {
+    return kvcompose_plan(layers, ratio, options_);
+  }
+
+ private:
+  KvcomposeOptions options_;
+};
+
+std::vector<ParamDef> kvcompose_params() {
+  ParamDef task{"agg_task", ParamType::Choice, 0.0, {}, {}, "over the second pass's queries: max or mean"};
+  task.choices = {"max", "mean"};
+  ParamDef group{"agg_group", ParamType::Choice, 0.0, {}, {}, "over a KV head's query heads: mean or max"};
+  group.choices = {"mean", "max"};
+  ParamDef head{"agg_head", ParamType::Choice, 0.0, {}, {}, "composite score of a rank over a layer's heads: mean or max"};
+  head.choices = {"mean", "max"};
+  return {{"structured", ParamType::Bool, 1.0, {}, {}, "the same count for every head of a layer (false: counts per head)"},
+          task,
+          group,
+          head,
+          {"add_v_norm", ParamType::Bool, 0.0, {}, {}, "scores times the value's L2 norm"},
+          {"add_mean_across_heads", ParamType::Bool, 1.0, {}, {}, "scores plus their mean over the layer's KV heads"},
+          {"keep_token_lower_bound", ParamType::Int, 0.0, 0.0, {}, "tokens every layer keeps at least"}};
+}
+
+const Registrar registered({.name = "kvcompose",
+                            .summary = "attention of a second pass over the context, layer budgets from composite scores of all layers (arXiv 2509.05165)",
+                            .params = kvcompose_params(),
+                            .wrappable = false,
+                            .uses_absolute_positions = true,
+                            .needs = {"extra pass"}},
+                           Backend::reference, factory_of<KvcomposePress>());
+
+}  // namespace
+}  // namespace kvsim::ref
