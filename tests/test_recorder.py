@@ -251,6 +251,43 @@ def check_kvzip_passes(tmp, model_dir, base):
           f"kvzip on a trace without passes: one-line error ({r.stderr.strip()[-200:]})")
 
 
+def check_kvcompose_pass(tmp, model_dir, base):
+    """--extra-passes kvcompose (with kvzip: both passes in one recording): the recorded second
+    pass's queries and keys reproduce, by a softmax over [context keys; pass keys] with the causal
+    mask on the pass, the attention rows an independent eager run of the model over the context
+    twice returns (output_attentions); the pass runs in --prefill-chunk pieces, the check in one."""
+    trace = os.path.join(tmp, "kvcompose.h5")
+    r = run(base + ["--dtype", "float32", "--extra-passes", "kvzip,kvcompose", "--kvzip-chunk-size", "40", "-o", trace])
+    check(r.returncode == 0, f"record with --extra-passes kvzip,kvcompose exits 0: {r.stderr.strip().splitlines()[-1:]}")
+    if r.returncode:
+        return
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    with h5py.File(trace, "r") as f:
+        n = int(f.attrs["n_context"])
+        tokens = [int(t) for t in f["tokens"][:n]]
+        check(f["layers/1/kvcompose_q"].shape == (4, n, 16) and f["layers/1/kvcompose_k"].shape == (2, n, 16) and "kvzip_chunks" in f,
+              "KVCompose datasets' shapes, beside KVzip's")
+        with torch.no_grad():
+            out = model(torch.tensor([tokens + tokens]), output_attentions=True)
+        for layer in (0, 1):
+            q = f[f"layers/{layer}/kvcompose_q"][...].astype(np.float64)
+            keys = np.concatenate([f[f"layers/{layer}/k"][:, :n], f[f"layers/{layer}/kvcompose_k"][...]], axis=1)
+            keys = np.repeat(keys.astype(np.float64), 2, axis=0)  # query head h reads KV head h // 2
+            logits = np.einsum("hid,hjd->hij", q, keys) / 4.0
+            logits[:, np.triu_indices(n, 1)[0], n + np.triu_indices(n, 1)[1]] = -np.inf
+            weights = np.exp(logits - logits.max(-1, keepdims=True))
+            weights /= weights.sum(-1, keepdims=True)
+            expected = out.attentions[layer][0, :, n:].double().numpy()
+            check(np.abs(weights - expected).max() < 1e-4, f"layer {layer}: the recorded second pass gives the model's attention")
+    r = run([KVSIM, "replay", "-q", "--trace", trace, "--press", "kvcompose", "--press", "kvzip", "--ratio", "0.5"])
+    check(r.returncode == 0 and "kvcompose" in r.stdout, f"kvsim replay runs kvcompose and pooled kvzip on the passes: {r.stderr.strip()[-200:]}")
+    r = run([KVSIM, "replay", "-q", "--trace", os.path.join(tmp, "trace_float32.h5"), "--press", "kvcompose", "--ratio", "0.5"])
+    check(r.returncode != 0 and "--extra-passes kvcompose" in r.stderr and len(r.stderr.strip().splitlines()) == 1,
+          f"kvcompose on a trace without its pass: one-line error ({r.stderr.strip()[-200:]})")
+    r = run(base + ["--extra-passes", "kvzip,repeat", "-o", os.path.join(tmp, "unknown.h5")])
+    check(r.returncode != 0 and "unknown pass repeat" in r.stderr, f"an unknown extra pass is refused: {r.stderr.strip()[-200:]}")
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "tiny")
@@ -294,6 +331,7 @@ def main():
 
         check_sigterm_removes_partial(tmp, base)
         check_kvzip_passes(tmp, model_dir, base)
+        check_kvcompose_pass(tmp, model_dir, base)
         check_stop_at_end_of_turn(tmp, model_dir, base)
         check_gemma3_layers(tmp, context)
         check_sample(tmp, model_dir)

@@ -53,6 +53,9 @@ def parse_layers(text, num_layers):
     return sorted(set(layers))
 
 
+EXTRA_PASSES = {"kvzip", "kvcompose"}
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="hub name, local folder, or .gguf file")
@@ -75,8 +78,9 @@ def parse_args(argv):
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
     p.add_argument("--with-oproj", action="store_true", help="also store each layer's o_proj weight")
     p.add_argument("--with-hidden-states", action="store_true", help="also store each layer's attention input")
-    p.add_argument("--extra-passes", default="", choices=["", "kvzip"],
-                   help="also run and record the extra forward passes a press needs: kvzip (KVzip's context reconstruction)")
+    p.add_argument("--extra-passes", default="",
+                   help="also run and record the extra forward passes presses need, comma-separated: kvzip (KVzip's context "
+                        "reconstruction), kvcompose (KVCompose's second pass over the context)")
     p.add_argument("--kvzip-chunk-size", type=int, default=2048, help="context tokens each KVzip repeat pass reconstructs (kvpress: 2048)")
     p.add_argument("--compress", action="store_true", help="gzip-compress the datasets (smaller, slower to read)")
     p.add_argument("--model-name", help="name stored in the trace (default: the model's config name or --model)")
@@ -92,6 +96,10 @@ def parse_args(argv):
         fail("--prefill-chunk must be >= 1")
     if args.kvzip_chunk_size < 1:
         fail("--kvzip-chunk-size must be >= 1")
+    args.extra_passes = [name for name in args.extra_passes.split(",") if name]
+    unknown = sorted(set(args.extra_passes) - EXTRA_PASSES)
+    if unknown:
+        fail(f"--extra-passes: unknown pass {', '.join(unknown)} (known: {', '.join(sorted(EXTRA_PASSES))})")
     return args
 
 
@@ -395,9 +403,7 @@ def record_kvzip_passes(args, torch, np, model, tokenizer, trace, recorder, past
     try:
         with torch.no_grad():
             for i, (begin, end, repeat_ids) in enumerate(prompts):
-                excess = past.get_seq_length() - n_context
-                if excess > 0:
-                    past.crop(-excess)  # this transformers crops by a negative count of tokens to drop
+                crop_to_context(past, n_context)
                 model(torch.tensor([repeat_ids], device=device), past_key_values=past, use_cache=True)
                 print(f"record_trace: KVzip pass {i + 1}/{len(prompts)} (context [{begin}, {end}), {len(repeat_ids)} repeat tokens, "
                       f"{time.time() - started:.1f}s)", file=sys.stderr)
@@ -415,6 +421,39 @@ def record_kvzip_passes(args, torch, np, model, tokenizer, trace, recorder, past
             trace.write(trace.create(f"layers/{layer}/{name}", tuple(tensor.shape)), tensor, 0)
         trace.file.create_dataset(f"layers/{layer}/kvzip_hidden_norm", data=torch.cat(norms[layer]).numpy().astype(np.float32),
                                   fletcher32=True)
+
+
+def crop_to_context(past, n_context):
+    """Drops the cache's entries after the context (question, generated or extra-pass tokens)."""
+    excess = past.get_seq_length() - n_context
+    if excess > 0:
+        past.crop(-excess)  # this transformers crops by a negative count of tokens to drop
+
+
+def record_kvcompose_pass(args, torch, model, trace, recorder, past, context_ids, layers, device):
+    """Feeds the context a second time after its own cache, as kvpress KVComposePress does (eager
+    attention, positions n_context ... 2 n_context - 1; in --prefill-chunk pieces, which changes
+    nothing: each piece sees the cache and the pieces before it), and stores the pass's queries and
+    keys (traces/FORMAT.md, "KVCompose's second pass")."""
+    if any(getattr(layer.self_attn, "sliding_window", None) for layer in model.model.layers):
+        fail("--extra-passes kvcompose: sliding-window layers are not supported (kvpress tests KVCompose on Llama and Qwen only)")
+    n_context = len(context_ids)
+    crop_to_context(past, n_context)
+    recorder.captured = {}
+    started = time.time()
+    try:
+        with torch.no_grad():
+            for start in range(0, n_context, args.prefill_chunk):
+                piece = context_ids[start:start + args.prefill_chunk]
+                model(torch.tensor([piece], device=device), past_key_values=past, use_cache=True)
+                print(f"record_trace: KVCompose pass {start + len(piece)}/{n_context} tokens ({time.time() - started:.1f}s)", file=sys.stderr)
+    finally:
+        captured, recorder.captured = recorder.captured, None
+    crop_to_context(past, n_context)
+    for layer in layers:
+        for name, index in (("kvcompose_q", 0), ("kvcompose_k", 1)):
+            tensor = torch.cat([pair[index] for pair in captured[layer]], dim=1)
+            trace.write(trace.create(f"layers/{layer}/{name}", tuple(tensor.shape)), tensor, 0)
 
 
 def exit_on_sigterm(signum, _frame):
@@ -556,8 +595,10 @@ def main(argv):
             for layer in layers:
                 states = torch.cat(hidden[layer], dim=0)
                 trace.write(trace.create(f"layers/{layer}/hidden_states", tuple(states.shape)), states, 0)
-        if args.extra_passes == "kvzip":
+        if "kvzip" in args.extra_passes:
             record_kvzip_passes(args, torch, np, model, tokenizer, trace, recorder, past, context_ids, layers, device)
+        if "kvcompose" in args.extra_passes:
+            record_kvcompose_pass(args, torch, model, trace, recorder, past, context_ids, layers, device)
         generated_text = tokenizer.decode(tokens[n_context + n_question:])
         f.attrs["generated_text"] = fixed_string(h5py, np)(generated_text)
         if sample:
