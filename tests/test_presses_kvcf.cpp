@@ -241,6 +241,45 @@ TEST_P(Kvcf, SnapKvPoolsTheWindowSumBeforeChoosing) {
   EXPECT_NEAR(s(0, 4), s(0, 1) + 1.0f, 1e-6);  // the window: max + 1
 }
 
+// ---- kvcf_think ----
+
+// kvcf_snapkv's layout (window 4, 5 point at keys 1 and 3; M = 4 keeps 1, 3, 4, 5) with key 3
+// the stronger, so KVCF's cache order is [3, 1, 4, 5]. Channel scores from queries 3..5:
+// q^2 means (800, 9, 4, 1) / 3 times kept-key k^2 means (1.25 / 4, 1, 1, 1): channels 2 and 3
+// are the lowest two (pruning_ratio 0.5), zeroed in the entries before the last recent_size.
+TEST_P(Kvcf, ThinkZeroesTheWeakChannelsOutsideTheRecentEntries) {
+  std::vector<std::array<float, 4>> queries(8, {0.0f, 0.0f, 0.0f, 0.0f}), keys(8, {0.0f, 0.0f, 0.0f, 0.0f});
+  queries[3] = {0.0f, 3.0f, 2.0f, 1.0f};
+  queries[4] = queries[5] = {20.0f, 0.0f, 0.0f, 0.0f};
+  keys[1] = {0.5f, 1.0f, 1.0f, 1.0f};
+  keys[3] = {1.0f, 1.0f, 1.0f, 1.0f};
+  keys[4] = keys[5] = {0.0f, 1.0f, 1.0f, 1.0f};
+  const LayerTensors layer = layer_of({queries}, {keys});
+  const std::string spec = "kvcf_think:window_size=2,max_capacity_prompt=4,kernel_size=1,channel_window=3,pruning_ratio=0.5,recent_size=";
+  using Keys = std::vector<std::vector<float>>;
+  // recent_size 3: only the first entry of [3, 1, 4, 5] (token 3, though not the earliest) is pruned.
+  Compression c = compress(spec + "3", layer, 6, 0.5);
+  EXPECT_EQ(c.kept, Kept(1, {1, 3, 4, 5}));
+  EXPECT_EQ(c.keys, Keys({{0.5f, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1}}));
+  EXPECT_DOUBLE_EQ(c.key_channels_removed, 0.5 * 1 / 4);
+  // recent_size 2: just the window keeps every channel.
+  c = compress(spec + "2", layer, 6, 0.5);
+  EXPECT_EQ(c.keys, Keys({{0.5f, 1, 0, 0, 1, 1, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1}}));
+  EXPECT_DOUBLE_EQ(c.key_channels_removed, 0.5 * 2 / 4);
+  // Below M KVCF neither selects nor prunes.
+  c = compress("kvcf_think:max_capacity_prompt=10", layer, 6, 0.5);
+  EXPECT_EQ(c.kept, Kept(1, range(0, 6)));
+  EXPECT_TRUE(c.keys.empty());
+  EXPECT_EQ(c.key_channels_removed, 0.0);
+}
+
+TEST_P(Kvcf, ThinkRejectsAPruningRatioOfOne) {
+  const LayerTensors layer = test::random_layer(4, 2, 40, 4, 5);
+  const std::string message = error("kvcf_think:pruning_ratio=1", layer, 30, 0.5);
+  EXPECT_NE(message.find("pruning_ratio"), std::string::npos) << message;
+  EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+}
+
 TEST_P(Kvcf, SnapKvMatchesTheSlowPath) {
   const LayerTensors layer = test::random_layer(8, 2, 70, 8, 11);
   for (const auto& [agg, name] : {std::pair{Agg::mean, "mean"}, {Agg::max, "max"}, {Agg::sum, "sum"}})
