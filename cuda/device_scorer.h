@@ -328,6 +328,23 @@ void gather_kept(Exec& exec, const DeviceLayer<Exec>& layer, const int* kept, in
   });
 }
 
+// Every token kept with new keys and values (the quantisers): [Hkv, n, d] device arrays copied
+// to the host per head, stored at `storage_fraction` of float16.
+template <typename Exec>
+Compression keep_all_with_new_entries(Exec& exec, const float* keys, const float* values, int Hkv, int n, int d,
+                                      double storage_fraction) {
+  Compression c = keep_all(Hkv, n);
+  c.storage_fraction = storage_fraction;
+  const std::size_t per_head = static_cast<std::size_t>(n) * d;
+  for (int g = 0; g < Hkv; ++g) {
+    c.keys.emplace_back(per_head);
+    c.values.emplace_back(per_head);
+    exec.download(keys + g * per_head, c.keys.back().data(), per_head);
+    exec.download(values + g * per_head, c.values.back().data(), per_head);
+  }
+  return c;
+}
+
 // Base of the device scorer presses: subclasses write scores [Hkv, n] on the device;
 // selection and the host-facing interface are shared.
 template <typename Exec>
@@ -370,6 +387,16 @@ class DeviceScorer : public ScorerPress {
     const DeviceLayer<Exec>& layer = *on_device;
     const FloatBuffer scores = device_scores(exec, layer, ratio);
     return select_topk_per_head(exec, scores.data(), layer.Hkv, layer.n, budget(input, ratio));
+  }
+
+  // The layer's entries ranked over all heads together and its `pruned` lowest dropped
+  // (layer-wide budgets: kvzip, fastkvzip).
+  Compression select_across_heads(const PressInput& input, double ratio, long pruned) const {
+    Exec exec;
+    const LayerOnDevice<Exec> on_device(input);
+    const DeviceLayer<Exec>& layer = *on_device;
+    const FloatBuffer scores = device_scores(exec, layer, ratio);
+    return select_topk_global(exec, scores.data(), layer.Hkv, layer.n, static_cast<long>(layer.Hkv) * layer.n - pruned);
   }
 
  private:

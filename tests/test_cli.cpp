@@ -150,6 +150,9 @@ TEST(CliSynth, WritesADeterministicTraceThatVerifies) {
   EXPECT_EQ(ra.read_layer(1).k.data, rb.read_layer(1).k.data);
   EXPECT_EQ(kvsim("verify-trace " + a).status, 0);
   expect_clean_failure(kvsim("synth-trace"), {"output"});
+  expect_clean_failure(kvsim("synth-trace --layers 31 --context 64 -o " + dir.file("x.h5")), {"--model-layers (30)"});
+  ASSERT_EQ(kvsim("synth-trace --layers 32 --model-layers 32 --context 64 --question 2 --generated 2 --heads 2 --kv-heads 1 "
+                  "--head-dim 8 --no-attn-out -o " + dir.file("y.h5")).status, 0);
   // Without attention outputs: the same q, k, v, no attn_out dataset, and it still replays.
   const std::string c = dir.file("c.h5");
   ASSERT_EQ(kvsim("synth-trace --no-attn-out -o " + c + args).status, 0);

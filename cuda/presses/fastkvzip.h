@@ -75,12 +75,7 @@ class FastKvzipDevice final : public DeviceScorer<Exec> {
 
   Compression compress(const PressInput& input, double ratio) const override {
     if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
-    Exec exec;
-    const LayerOnDevice<Exec> on_device(input);
-    const DeviceLayer<Exec>& layer = *on_device;
-    const auto scores = this->device_scores(exec, layer, ratio);
-    const long entries = static_cast<long>(layer.Hkv) * layer.n;
-    return select_topk_global(exec, scores.data(), layer.Hkv, layer.n, entries - ref::fastkvzip_pruned(layer.Hkv, layer.n, ratio));
+    return this->select_across_heads(input, ratio, ref::fastkvzip_pruned(input.num_kv_heads(), input.n, ratio));
   }
 
  private:

@@ -87,14 +87,9 @@ class GearDevice final : public Press {
       if (with_residual) residual[i] = static_cast<double>(x[i]) - out[i];
     });
     if (rank > 0) gear_add_low_rank(exec, residual, matrices, n, d, rank, out);
-    Compression c = keep_all(Hkv, n);
-    c.storage_fraction = ref::gear_storage_fraction(n, d, bits_, outlier_ratio_, rank_);
-    for (int m = 0; m < matrices; ++m) {
-      std::vector<float> rows(static_cast<std::size_t>(entries));
-      out_buffer.download(rows.data(), rows.size(), static_cast<std::size_t>(m) * entries);
-      (m < Hkv ? c.keys : c.values).push_back(std::move(rows));
-    }
-    return c;
+    // Matrices [0, Hkv) are the heads' keys, [Hkv, 2 Hkv) their values.
+    return keep_all_with_new_entries(exec, out_buffer.data(), out_buffer.data() + key_entries, Hkv, n, d,
+                                     ref::gear_storage_fraction(n, d, bits_, outlier_ratio_, rank_));
   }
 
  private:

@@ -39,15 +39,7 @@ class KiviDevice final : public Press {
       const long head = i / value_groups, j = i % value_groups, offset = head * per_head + j * G;
       ref::kivi_quantise_group(v + offset, vq + offset, G, 1, bits);
     });
-    Compression c = keep_all(Hkv, n);
-    c.storage_fraction = ref::kivi_storage_fraction(n, d, bits_, G, residual_);
-    for (int g = 0; g < Hkv; ++g) {
-      c.keys.emplace_back(static_cast<std::size_t>(per_head));
-      c.values.emplace_back(static_cast<std::size_t>(per_head));
-      keys.download(c.keys.back().data(), c.keys.back().size(), static_cast<std::size_t>(g) * per_head);
-      values.download(c.values.back().data(), c.values.back().size(), static_cast<std::size_t>(g) * per_head);
-    }
-    return c;
+    return keep_all_with_new_entries(exec, keys.data(), values.data(), Hkv, n, d, ref::kivi_storage_fraction(n, d, bits_, G, residual_));
   }
 
  private:

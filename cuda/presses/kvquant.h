@@ -64,15 +64,9 @@ class KvquantDevice final : public Press {
     });
     std::vector<long> counts(outlier_buffer.size());
     outlier_buffer.download(counts.data(), counts.size());
-    Compression c = keep_all(Hkv, n);
-    c.storage_fraction = ref::kvquant_storage_fraction(n, d, Hkv, bits_, std::accumulate(counts.begin(), counts.end(), 0L));
-    for (int g = 0; g < Hkv; ++g) {
-      c.keys.emplace_back(static_cast<std::size_t>(per_head));
-      c.values.emplace_back(static_cast<std::size_t>(per_head));
-      keys.download(c.keys.back().data(), c.keys.back().size(), static_cast<std::size_t>(g) * per_head);
-      values.download(c.values.back().data(), c.values.back().size(), static_cast<std::size_t>(g) * per_head);
-    }
-    return c;
+    const long outlier_count = std::accumulate(counts.begin(), counts.end(), 0L);
+    return keep_all_with_new_entries(exec, keys.data(), values.data(), Hkv, n, d,
+                                     ref::kvquant_storage_fraction(n, d, Hkv, bits_, outlier_count));
   }
 
  private:
