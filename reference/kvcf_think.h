@@ -26,15 +26,18 @@ struct KvcfThinkPruning {
     return {c.params.get("pruning_ratio"), c.params.get_int("channel_window"), c.params.get_int("recent_size")};
   }
   int pruned_channels(int d) const { return static_cast<int>(d * ratio); }
+  // KVCF prunes the cache's first capacity - recent_size entries (none when the cache is shorter).
+  bool prunes(int d, int capacity) const { return pruned_channels(d) > 0 && capacity > recent_size; }
 };
 
-// Channel ch's score for KV head g: q [H, n, d] (its last `queries` rows), the head's keys
-// k_head [n, d] at the `count` kept positions.
-KVSIM_HD inline double kvcf_think_channel_score(const float* q, int n, int d, int G, int g, int queries, const float* k_head, const int* kept,
-                                                int count, int ch, KvcfGroupReduce reduce) {
+// Channel ch's score for KV head g: q holds the query heads, head h's n segment queries at
+// q + h * q_head_stride (rows of d), of which the last `queries` count; k_head [>= n, d] is the
+// KV head's keys, read at the `count` kept positions.
+KVSIM_HD inline double kvcf_think_channel_score(const float* q, long q_head_stride, int n, int d, int G, int g, int queries, const float* k_head,
+                                                const int* kept, int count, int ch, KvcfGroupReduce reduce) {
   double group = 0.0;
   for (int h = g * G; h < (g + 1) * G; ++h) {
-    const double head = think_mean_square(q + (static_cast<long>(h) * n + n - queries) * d, queries, d, ch);
+    const double head = think_mean_square(q + h * q_head_stride + static_cast<long>(n - queries) * d, queries, d, ch);
     if (reduce != KvcfGroupReduce::max) group += head;
     else if (h == g * G || head > group) group = head;
   }
@@ -44,8 +47,8 @@ KVSIM_HD inline double kvcf_think_channel_score(const float* q, int n, int d, in
   return group * (keys / count);
 }
 
-// Per kept position (c.kept[g], ascending): whether it is among K''s last recent_size entries
-// — the window tokens, then the lowest-ranked selected ones (ranked as torch.topk orders them).
+// Per kept position (`kept`, ascending): whether it is among K''s last recent_size entries —
+// the window tokens, then the lowest-ranked selected ones (ranked as torch.topk orders them).
 inline std::vector<char> kvcf_think_recent(const float* score_row, int n, int window, int capacity, int recent, const std::vector<int>& kept) {
   const std::vector<int> ranked = ranked_positions(score_row, n - window, capacity - window);
   std::vector<char> is_recent(static_cast<std::size_t>(n), 0);
@@ -56,8 +59,7 @@ inline std::vector<char> kvcf_think_recent(const float* score_row, int n, int wi
   return out;
 }
 
-// Writes c.keys: head g's kept keys with its pruned channels zeroed outside the recent
-// entries; the accounting counts the zeroed share of every kept key.
+// Head g's kept keys (c.keys[g]) with its pruned channels zeroed outside the recent entries.
 inline void kvcf_think_zero(Compression& c, int g, const float* k_head, int d, const double* channel_score, int n_pruned,
                             const std::vector<char>& recent) {
   std::vector<char> keep(static_cast<std::size_t>(d), 0);
@@ -70,9 +72,18 @@ inline void kvcf_think_zero(Compression& c, int g, const float* k_head, int d, c
       if (recent[i] || keep[static_cast<std::size_t>(ch)]) keys[i * d + ch] = k_head[static_cast<long>(kept[i]) * d + ch];
 }
 
-// The share of key channels zeroed over all kept keys (every head keeps `capacity`).
-inline double kvcf_think_channels_removed(int n_pruned, int d, int capacity, int recent) {
-  return static_cast<double>(n_pruned) / d * std::max(0, capacity - recent) / capacity;
+// The pruning of both backends, given the selection c (every head keeps `capacity`), the
+// selection scores [Hkv, n] and the channel scores [Hkv, d]: c.keys and the share of key
+// channels zeroed over all kept keys.
+inline void kvcf_think_prune(Compression& c, const PressInput& in, const float* scores, const double* channel_scores, int window, int capacity,
+                             const KvcfThinkPruning& pruning) {
+  const int n = in.n, d = in.head_dim(), n_pruned = pruning.pruned_channels(d);
+  c.keys.resize(c.kept.size());
+  c.key_channels_removed = static_cast<double>(n_pruned) / d * (capacity - pruning.recent_size) / capacity;
+  for (int g = 0; g < in.num_kv_heads(); ++g) {
+    const auto recent = kvcf_think_recent(scores + static_cast<long>(g) * n, n, window, capacity, pruning.recent_size, c.kept[static_cast<std::size_t>(g)]);
+    kvcf_think_zero(c, g, in.layer.k.head(g), d, channel_scores + static_cast<long>(g) * d, n_pruned, recent);
+  }
 }
 
 }  // namespace kvsim::ref

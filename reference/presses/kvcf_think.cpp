@@ -1,7 +1,8 @@
 // kvcf_think — KVCache-Factory's ThinK (SnapKVCluster.update_think; arXiv 2407.21018):
 // kvcf_snapkv's selection, then key-channel pruning of the selected cache (reference/kvcf_think.h):
 // int(d x pruning_ratio) channels zeroed in every kept key but the last recent_size entries
-// of KVCF's cache order. Below M nothing is compressed and nothing pruned, as in KVCF.
+// of KVCF's cache order. Below M nothing is compressed and nothing pruned, as in KVCF; a
+// budget M <= recent_size prunes nothing (KVCF's pruner fails on it).
 // Defaults: pruning_ratio=0.4, channel_window=32, recent_size=32, and kvcf_snapkv's.
 #include "reference/kvcf_think.h"
 
@@ -29,20 +30,17 @@ class KvcfThinkPress final : public KvcfScorer {
     const Scores scores = checked_score(in, ratio);
     const int n = in.n, d = in.head_dim(), Hkv = in.num_kv_heads(), G = in.num_heads() / Hkv, capacity = budget(in, ratio);
     Compression c = select_topk_per_head(scores, capacity);
-    const int n_pruned = pruning_.pruned_channels(d);
-    if (n_pruned == 0) return c;
-    c.keys.resize(static_cast<std::size_t>(Hkv));
-    c.key_channels_removed = kvcf_think_channels_removed(n_pruned, d, capacity, pruning_.recent_size);
+    if (!pruning_.prunes(d, capacity)) return c;
     const int queries = std::min(pruning_.channel_window, n);
+    const long q_stride = static_cast<long>(in.layer.q.head_stride());
+    std::vector<double> channel(static_cast<std::size_t>(Hkv) * d);
     parallel_for(Hkv, [&](int g) {
       const std::vector<int>& kept = c.kept[static_cast<std::size_t>(g)];
-      std::vector<double> channel(static_cast<std::size_t>(d));
       for (int ch = 0; ch < d; ++ch)
-        channel[static_cast<std::size_t>(ch)] = kvcf_think_channel_score(in.layer.q.head(0), n, d, G, g, queries, in.layer.k.head(g), kept.data(),
-                                                                         static_cast<int>(kept.size()), ch, scoring_.reduce);
-      const std::vector<char> recent = kvcf_think_recent(scores.data() + static_cast<long>(g) * n, n, scoring_.window, capacity, pruning_.recent_size, kept);
-      kvcf_think_zero(c, g, in.layer.k.head(g), d, channel.data(), n_pruned, recent);
+        channel[static_cast<std::size_t>(g) * d + ch] = kvcf_think_channel_score(in.layer.q.head(0), q_stride, n, d, G, g, queries, in.layer.k.head(g),
+                                                                                 kept.data(), static_cast<int>(kept.size()), ch, scoring_.reduce);
     });
+    kvcf_think_prune(c, in, scores.data(), channel.data(), scoring_.window, capacity, pruning_);
     return c;
   }
 
