@@ -146,12 +146,45 @@ def check_fastkvzip(kvsim, tmp, rng):
     print("fastkvzip: converted and replayed")
 
 
+def check_headkv(kvsim, tmp, rng):
+    """KVCache-Factory's data/heads_score/<model>_retrieval_reasoning_heads.json ({"layer-head":
+    [scores]}, layer-major, one line) for the bundled SmolLM2 shape: 30 layers x 9 query heads."""
+    table = {f"{l}-{h}": [float(x) for x in rng.uniform(0, 1, size=1 + (l + h) % 4)] for l in range(LAYERS) for h in range(HEADS)}
+    path, out = os.path.join(tmp, "heads.json"), os.path.join(tmp, "headkv.h5")
+    with open(path, "w") as f:
+        f.write(json.dumps(table))
+    result = convert("headkv", "--json", path, "--out", out)
+    assert result.returncode == 0 and "note" not in result.stderr, result.stderr
+    means = np.array([[np.mean(table[f"{l}-{h}"]) for h in range(HEADS)] for l in range(LAYERS)])
+    with h5py.File(out) as f:
+        assert f["head_scores"].shape == (LAYERS, HEADS) and np.array_equal(f["head_scores"][...], means.astype(np.float32))
+    run = replay(kvsim, f"headkv:artefact={out}")
+    # run_longbench.py's table with B = M = round(1853 x 0.5) = 926 (half to even), head_beta
+    # 1.01: 926 // 1.01 = 916 pooled, base 10; KV-head caps the rounded float32 means of their 3
+    # query heads'; each keeps min(cap, 1845) earlier tokens and the window of 8, in layers 0, 14, 29.
+    share = means.astype(np.float32).astype(np.float64)
+    share /= share.sum()
+    caps = np.round(share * (926 // 1.01) * LAYERS * HEADS + (926 - 926 // 1.01))
+    kv_caps = np.round(caps.astype(np.float32).reshape(LAYERS, KV_HEADS, HEADS // KV_HEADS).mean(axis=-1, dtype=np.float32))
+    kept = np.minimum(kv_caps[[0, 14, 29]], 1845) + 8
+    expected = 1 - kept.mean() / 1853
+    assert abs(run["achieved_ratio"] - expected) < 1e-9, (run["achieved_ratio"], expected)
+    # A head missing from the table: refused, no output.
+    del table["7-3"]
+    with open(path, "w") as f:
+        f.write(json.dumps(table))
+    result = convert("headkv", "--json", path, "--out", out + "2")
+    assert result.returncode != 0 and "no scores for 7-3" in result.stderr and not os.path.exists(out + "2"), result.stderr
+    print("headkv: converted and replayed")
+
+
 def main():
     kvsim = sys.argv[1]
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         check_kvzap(kvsim, tmp, np.random.default_rng(1))
         check_fastkvzip(kvsim, tmp, np.random.default_rng(2))
+        check_headkv(kvsim, tmp, np.random.default_rng(3))
         # duo_attention: a tab-separated [layers, kv_heads] table and config.json.
         rng = np.random.default_rng(0)
         scores = rng.uniform(-0.1, 1.1, size=(LAYERS, KV_HEADS))

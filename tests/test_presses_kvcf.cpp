@@ -17,7 +17,9 @@
 
 #include "core/error.h"
 #include "core/registry.h"
+#include "reference/kvcf_headkv.h"
 #include "test_util.h"
+#include "traces/artefact.h"
 
 namespace kvsim {
 namespace {
@@ -57,17 +59,26 @@ std::vector<int> joined(std::vector<int> a, const std::vector<int>& b) {
   return a;
 }
 
-// A layer with d = 2 whose queries and keys are given per head and token (values random).
-LayerTensors layer_of(const std::vector<std::vector<std::array<float, 2>>>& queries, const std::vector<std::vector<std::array<float, 2>>>& keys) {
-  const int H = static_cast<int>(queries.size()), Hkv = static_cast<int>(keys.size()), T = static_cast<int>(keys[0].size());
-  LayerTensors layer = test::random_layer(H, Hkv, T, 2, 3);
+// A layer with d = D whose queries and keys are given per head and token (values random).
+template <std::size_t D>
+LayerTensors layer_with_dim(const std::vector<std::vector<std::array<float, D>>>& queries, const std::vector<std::vector<std::array<float, D>>>& keys) {
+  const int H = static_cast<int>(queries.size()), Hkv = static_cast<int>(keys.size()), T = static_cast<int>(keys[0].size()), d = static_cast<int>(D);
+  LayerTensors layer = test::random_layer(H, Hkv, T, d, 3);
   for (int h = 0; h < H; ++h)
     for (int t = 0; t < T; ++t)
-      for (int c = 0; c < 2; ++c) layer.q.at(h, t, c) = queries[h][t][c];
+      for (int c = 0; c < d; ++c) layer.q.at(h, t, c) = queries[h][t][c];
   for (int g = 0; g < Hkv; ++g)
     for (int t = 0; t < T; ++t)
-      for (int c = 0; c < 2; ++c) layer.k.at(g, t, c) = keys[g][t][c];
+      for (int c = 0; c < d; ++c) layer.k.at(g, t, c) = keys[g][t][c];
   return layer;
+}
+
+// The cases worked by hand: d = 2, and d = 4 (key-channel pruning needs a few channels).
+LayerTensors layer_of(const std::vector<std::vector<std::array<float, 2>>>& queries, const std::vector<std::vector<std::array<float, 2>>>& keys) {
+  return layer_with_dim(queries, keys);
+}
+LayerTensors layer_of(const std::vector<std::vector<std::array<float, 4>>>& queries, const std::vector<std::vector<std::array<float, 4>>>& keys) {
+  return layer_with_dim(queries, keys);
 }
 
 // ---- Slow paths, float64, straight from pyramidkv_utils.py ----
@@ -241,6 +252,92 @@ TEST_P(Kvcf, SnapKvPoolsTheWindowSumBeforeChoosing) {
   EXPECT_NEAR(s(0, 4), s(0, 1) + 1.0f, 1e-6);  // the window: max + 1
 }
 
+// ---- kvcf_think ----
+
+// kvcf_snapkv's layout (window 4, 5 point at keys 1 and 3; M = 4 keeps 1, 3, 4, 5) with key 3
+// the stronger, so KVCF's cache order is [3, 1, 4, 5]. Channel scores from queries 3..5:
+// q^2 means (800, 9, 4, 1) / 3 times kept-key k^2 means (1.25 / 4, 1, 1, 1): channels 2 and 3
+// are the lowest two (pruning_ratio 0.5), zeroed in the entries before the last recent_size.
+TEST_P(Kvcf, ThinkZeroesTheWeakChannelsOutsideTheRecentEntries) {
+  std::vector<std::array<float, 4>> queries(8, {0.0f, 0.0f, 0.0f, 0.0f}), keys(8, {0.0f, 0.0f, 0.0f, 0.0f});
+  queries[3] = {0.0f, 3.0f, 2.0f, 1.0f};
+  queries[4] = queries[5] = {20.0f, 0.0f, 0.0f, 0.0f};
+  keys[1] = {0.5f, 1.0f, 1.0f, 1.0f};
+  keys[3] = {1.0f, 1.0f, 1.0f, 1.0f};
+  keys[4] = keys[5] = {0.0f, 1.0f, 1.0f, 1.0f};
+  const LayerTensors layer = layer_of({queries}, {keys});
+  const std::string spec = "kvcf_think:window_size=2,max_capacity_prompt=4,kernel_size=1,channel_window=3,pruning_ratio=0.5,recent_size=";
+  using Keys = std::vector<std::vector<float>>;
+  // recent_size 3: only the first entry of [3, 1, 4, 5] (token 3, though not the earliest) is pruned.
+  Compression c = compress(spec + "3", layer, 6, 0.5);
+  EXPECT_EQ(c.kept, Kept(1, {1, 3, 4, 5}));
+  EXPECT_EQ(c.keys, Keys({{0.5f, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1}}));
+  EXPECT_DOUBLE_EQ(c.key_channels_removed, 0.5 * 1 / 4);
+  // recent_size 2: just the window keeps every channel.
+  c = compress(spec + "2", layer, 6, 0.5);
+  EXPECT_EQ(c.keys, Keys({{0.5f, 1, 0, 0, 1, 1, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1}}));
+  EXPECT_DOUBLE_EQ(c.key_channels_removed, 0.5 * 2 / 4);
+  // Below M KVCF neither selects nor prunes.
+  c = compress("kvcf_think:max_capacity_prompt=10", layer, 6, 0.5);
+  EXPECT_EQ(c.kept, Kept(1, range(0, 6)));
+  EXPECT_TRUE(c.keys.empty());
+  EXPECT_EQ(c.key_channels_removed, 0.0);
+}
+
+// Straight from update_think and key_pruner_query_driven, float64: KVCF's cache order (the
+// selected tokens by descending score, then the window), the channel scores over it (the
+// group's query heads averaged: kv_head granularity), the n_pruned lowest channels zeroed in
+// the entries before the last `recent`; returned per head in kept-position order.
+std::vector<std::vector<float>> slow_think_keys(const LayerTensors& x, const Matrix& s, int n, int w, int M, int n_pruned, int recent) {
+  const int d = x.k.dim, G = x.q.heads / x.k.heads, queries = std::min(32, n);
+  std::vector<std::vector<float>> out;
+  for (int g = 0; g < x.k.heads; ++g) {
+    std::vector<int> cache = ranked(s[g], n - w);
+    cache.resize(static_cast<std::size_t>(M - w));
+    for (int t = n - w; t < n; ++t) cache.push_back(t);
+    std::vector<double> channel(static_cast<std::size_t>(d));
+    for (int c = 0; c < d; ++c) {
+      double q2 = 0, k2 = 0;
+      for (int h = g * G; h < (g + 1) * G; ++h)
+        for (int i = n - queries; i < n; ++i) q2 += static_cast<double>(x.q.at(h, i, c)) * x.q.at(h, i, c) / queries / G;
+      for (int t : cache) k2 += static_cast<double>(x.k.at(g, t, c)) * x.k.at(g, t, c) / M;
+      channel[c] = q2 * k2;
+    }
+    const std::vector<int> by_score = ranked(channel, d);  // highest first: the last n_pruned are pruned
+    std::vector<char> pruned(static_cast<std::size_t>(d), 0);
+    for (int r = d - n_pruned; r < d; ++r) pruned[by_score[r]] = 1;
+    std::vector<int> positions = cache;
+    std::sort(positions.begin(), positions.end());
+    std::vector<float> keys;
+    for (int t : positions) {
+      const bool is_pruned = std::find(cache.begin(), cache.end(), t) - cache.begin() < M - recent;
+      for (int c = 0; c < d; ++c) keys.push_back(is_pruned && pruned[c] ? 0.0f : x.k.at(g, t, c));
+    }
+    out.push_back(keys);
+  }
+  return out;
+}
+
+// A GQA layer with evaluation tokens after the segment (n = 80 of 90): M = 50, w = 8, recent 32,
+// 3 of 8 channels pruned in the first 18 cache entries.
+TEST_P(Kvcf, ThinkMatchesTheSlowPath) {
+  const LayerTensors layer = test::random_layer(8, 4, 90, 8, 13);
+  const Matrix slow = slow_window_scores(layer, 80, 8, false, Agg::mean, "maxpool", 7);
+  const Compression c = compress("kvcf_think:max_capacity_prompt=50", layer, 80, 0.5);
+  EXPECT_EQ(c.kept, slow_topk_with_window(slow, 80, 8, 42));
+  EXPECT_EQ(c.keys, slow_think_keys(layer, slow, 80, 8, 50, 3, 32));
+  EXPECT_DOUBLE_EQ(c.key_channels_removed, 3.0 / 8 * 18 / 50);
+  // A cache no longer than recent_size keeps every channel (KVCF's pruner fails there).
+  EXPECT_TRUE(compress("kvcf_think:max_capacity_prompt=32", layer, 80, 0.5).keys.empty());
+}
+
+TEST_P(Kvcf, ThinkRejectsAPruningRatioOfOne) {
+  const LayerTensors layer = test::random_layer(4, 2, 40, 4, 5);
+  const std::string message = error("kvcf_think:pruning_ratio=1", layer, 30, 0.5);
+  EXPECT_NE(message.find("pruning_ratio"), std::string::npos) << message;
+  EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+}
+
 TEST_P(Kvcf, SnapKvMatchesTheSlowPath) {
   const LayerTensors layer = test::random_layer(8, 2, 70, 8, 11);
   for (const auto& [agg, name] : {std::pair{Agg::mean, "mean"}, {Agg::max, "max"}, {Agg::sum, "sum"}})
@@ -378,6 +475,76 @@ TEST_P(Kvcf, AdaKvMatchesTheSlowPath) {
   EXPECT_EQ(kept("kvcf_adakv:max_capacity_prompt=81", layer, 80, 0.5), Kept(4, range(0, 80)));  // B > n - w
   EXPECT_EQ(error("kvcf_adakv:max_capacity_prompt=3", layer, 80, 0.5),
             "press 'kvcf_adakv': max_capacity_prompt=3 must exceed window_size=8 (KVCache-Factory keeps it inside the budget)");
+}
+
+// ---- headkv ----
+
+// A head-score table [layers, heads] written as an artefact, and the spec that names it.
+std::string headkv_spec(const test::TempDir& dir, const std::string& name, long layers, long heads, const std::vector<float>& scores) {
+  const std::string path = dir.file(name + ".h5");
+  write_artefact(path, {{"head_scores", ArtefactTensor{{layers, heads}, scores}}}, {});
+  return "headkv:artefact=" + path;
+}
+
+// Each head's top caps[h] earlier tokens by the slow scores, and the window.
+Kept slow_top_caps_with_window(const Matrix& s, int n, int w, const std::vector<int>& caps) {
+  Kept out;
+  for (std::size_t h = 0; h < s.size(); ++h) {
+    const std::vector<int> order = ranked(s[h], n - w);
+    out.push_back(joined(std::vector<int>(order.begin(), order.begin() + std::min(caps[h], n - w)), range(n - w, n)));
+  }
+  return out;
+}
+
+TEST(HeadKvBudget, FloorDivisionIsPythons) {
+  EXPECT_EQ(ref::python_float_floor_div(128.0, 1.01), 126.0);  // KVCF's default: base = 128 - 126 = 2
+  EXPECT_EQ(ref::python_float_floor_div(1.0, 0.1), 9.0);       // floor(1 / 0.1) would be 10
+  EXPECT_EQ(ref::python_float_floor_div(6.0, 2.0), 3.0);
+}
+
+// B = M = 6, head_beta = 2: B // 2 = 3 pooled per head, pool = 3 L H = 12 (L = H = 2), base
+// 3; cap = share x 12 + 3. Table [[5, 7], [6, 6]] (sum 24): layer 0 caps 5.5 -> 6 and 6.5 -> 6
+// (half to even), layer 1 6, 6. Table [[1, 1], [1, 5]] (sum 8): 4.5 -> 4 (twice), then 4.5 -> 4
+// and 10.5 -> 10. Each head keeps its cap of earlier tokens (of 18) and the window of 2.
+TEST_P(Kvcf, HeadKvSharesThePooledBudgetByHeadScore) {
+  const test::TempDir dir;
+  const std::string options = ",max_capacity_prompt=6,window_size=2,head_beta=2";
+  const std::string even = headkv_spec(dir, "even", 2, 2, {5, 7, 6, 6}) + options, skewed = headkv_spec(dir, "skewed", 2, 2, {1, 1, 1, 5}) + options;
+  for (int l : {0, 1}) {
+    const LayerTensors layer = test::random_layer(2, 2, 24, 4, 21, l);
+    const Matrix slow = slow_window_scores(layer, 20, 2, true, Agg::mean, "maxpool", 7);
+    expect_scores(scores(even, layer, 20), slow);
+    EXPECT_EQ(kept(even, layer, 20, 0.5, 2), slow_top_caps_with_window(slow, 20, 2, {6, 6})) << "layer " << l;
+    EXPECT_EQ(kept(skewed, layer, 20, 0.5, 2), slow_top_caps_with_window(slow, 20, 2, l == 0 ? std::vector<int>{4, 4} : std::vector<int>{4, 10}))
+        << "layer " << l;
+    EXPECT_EQ(kept(skewed, layer, 5, 0.5, 2), Kept(2, range(0, 5)));  // n < M: nothing compressed
+  }
+}
+
+// GQA (4 query heads, 2 KV heads): pool = 3 x 2 x 4 = 24, base 3. Table [[1, 2, 3, 3], [3, 4,
+// 4, 4]] (sum 24): query-head caps 4, 5, 6, 6 and 6, 7, 7, 7; KV-head caps the rounded group
+// means: 4.5 -> 4, 6 and 6.5 -> 6, 7.
+TEST_P(Kvcf, HeadKvAveragesTheGroupsCapacitiesOnGqaLayers) {
+  const test::TempDir dir;
+  const std::string spec = headkv_spec(dir, "gqa", 2, 4, {1, 2, 3, 3, 3, 4, 4, 4}) + ",max_capacity_prompt=6,window_size=2,head_beta=2";
+  for (int l : {0, 1}) {
+    const LayerTensors layer = test::random_layer(4, 2, 22, 4, 23, l);
+    const Matrix slow = slow_window_scores(layer, 20, 2, true, Agg::mean, "maxpool", 7);
+    EXPECT_EQ(kept(spec, layer, 20, 0.5, 2), slow_top_caps_with_window(slow, 20, 2, l == 0 ? std::vector<int>{4, 6} : std::vector<int>{6, 7}))
+        << "layer " << l;
+  }
+}
+
+TEST_P(Kvcf, HeadKvRefusesATableThatDoesNotFitTheModel) {
+  const test::TempDir dir;
+  const LayerTensors layer = test::random_layer(2, 2, 24, 4, 21, 1);
+  std::string message = error(headkv_spec(dir, "short", 3, 2, {1, 1, 1, 1, 1, 1}) + ",max_capacity_prompt=10", layer, 20, 0.5, 2);
+  EXPECT_NE(message.find("head_scores [3,2] do not fit layer 1 of a model of 2 layers with 2 query heads"), std::string::npos) << message;
+  message = error(headkv_spec(dir, "negative", 2, 2, {1, -1, 1, 1}) + ",max_capacity_prompt=10", layer, 20, 0.5, 2);
+  EXPECT_NE(message.find("head_scores holds a negative score"), std::string::npos) << message;
+  message = error(headkv_spec(dir, "zero", 2, 2, {0, 0, 0, 0}), layer, 20, 0.5, 2);
+  EXPECT_NE(message.find("head_scores sum to 0"), std::string::npos) << message;
+  EXPECT_NE(error("headkv:artefact=" + dir.file("missing.h5"), layer, 20, 0.5, 2).find("no such file"), std::string::npos);
 }
 
 // ---- kvcf_scissorhands and kvcf_nacl ----

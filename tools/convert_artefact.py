@@ -7,6 +7,7 @@
     python3 tools/convert_artefact.py lukv --npy curve.npy --out lukv.h5
     python3 tools/convert_artefact.py kvzap --config config.json --safetensors model.safetensors --out kvzap.h5
     python3 tools/convert_artefact.py fastkvzip --pt q4_dim16_sink16.pt --out fastkvzip.h5
+    python3 tools/convert_artefact.py headkv --json Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json --out headkv.h5
 
 qfilter: the `q_filters` tensor [layers, kv_heads, head_dim] of a Q-filters checkpoint
 (the Hugging Face repositories nthngdy/<model>_qfilt that kvpress's QFilterPress loads).
@@ -24,6 +25,9 @@ layers.{i}.0.weight/.0.bias/.2.weight/.2.bias for mlp, layers.{i}.weight/.bias f
 float32, float16 or bfloat16, read without the safetensors package).
 fastkvzip: Fast KVzip's gates (Jang-Hyun/Fast-KVzip <model>/q<ngroup>_dim16_sink16.pt, as
 kvpress's FastKVzipPress loads them): needs torch, imported only for this converter.
+headkv: HeadKV's head scores as KVCache-Factory ships them (data/heads_score/<model>_
+retrieval_reasoning_heads.json: {"layer-head": [scores, ...], ...}) -> head_scores [layers,
+heads], each the mean of its list (run_longbench.py's np.mean), placed by its key.
 Needs numpy and h5py, and safetensors for qfilter and expected_attention_stats
 (tools/requirements-artefacts.txt). Writes the output atomically: a failed conversion leaves
 no file behind.
@@ -238,6 +242,36 @@ def fastkvzip(args):
     write(args.out, {name: finite(name, array) for name, array in datasets.items()}, {})
 
 
+def headkv(args):
+    try:
+        with open(args.json) as f:
+            table = json.load(f)
+    except Exception as e:
+        fail(f"{args.json}: cannot read JSON ({e})")
+    if not isinstance(table, dict) or not table:
+        fail(f"{args.json}: expected an object of \"layer-head\": [scores] entries")
+    means = {}
+    for key, scores in table.items():
+        parts = key.split("-")
+        if len(parts) != 2 or not all(part.isdigit() for part in parts):
+            fail(f"{args.json}: key '{key}' is not 'layer-head'")
+        if not isinstance(scores, list) or not scores or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores):
+            fail(f"{args.json}: '{key}' must be a non-empty list of numbers")
+        means[(int(parts[0]), int(parts[1]))] = float(np.mean(np.asarray(scores, dtype=np.float64)))
+    layers, heads = 1 + max(l for l, _ in means), 1 + max(h for _, h in means)
+    missing = [f"{l}-{h}" for l in range(layers) for h in range(heads) if (l, h) not in means]
+    if missing:
+        fail(f"{args.json}: no scores for {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} (every layer-head of [{layers}, {heads}] is needed)")
+    layer_major = [(l, h) for l in range(layers) for h in range(heads)]
+    if list(means) != layer_major:  # run_longbench.py reshapes the lists in file order
+        print(f"convert_artefact: note: {args.json} is not in layer-major order; KVCache-Factory would assign its scores "
+              "in file order, the table here follows the keys", file=sys.stderr)
+    scores = np.array([[means[(l, h)] for h in range(heads)] for l in range(layers)])
+    if (scores < 0).any():
+        fail(f"{args.json}: head scores must not be negative")
+    write(args.out, {"head_scores": finite("head_scores", scores)}, {})
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="press", required=True)
@@ -261,9 +295,12 @@ def main():
     f = sub.add_parser("fastkvzip", help="Fast KVzip gates .pt (needs torch) -> q_proj_weight, q_proj_bias, k_proj_weight, ... [L, ...]")
     f.add_argument("--pt", required=True)
     f.add_argument("--out", required=True)
+    k = sub.add_parser("headkv", help="KVCache-Factory's retrieval_reasoning_heads.json -> head_scores [L, H]")
+    k.add_argument("--json", required=True)
+    k.add_argument("--out", required=True)
     args = p.parse_args()
     {"qfilter": qfilter, "duo_attention": duo_attention, "expected_attention_stats": expected_attention_stats, "lukv": lukv,
-     "kvzap": kvzap, "fastkvzip": fastkvzip}[args.press](args)
+     "kvzap": kvzap, "fastkvzip": fastkvzip, "headkv": headkv}[args.press](args)
 
 
 if __name__ == "__main__":

@@ -182,6 +182,36 @@ void kvcf_normalise_sorted(Exec& exec, float* sorted, int heads, int past, int b
   exec.for_each(static_cast<long>(heads) * past, [=] KVSIM_HD(long i) { sorted[i] *= top_total[i / past] / total[i / past]; });
 }
 
+// The earlier tokens' scores [heads, past] of scores [heads, n], and each head's positions in
+// descending score order (ties: lower position first), for the head-wise budgets (AdaKV, HeadKV).
+template <typename Exec>
+struct KvcfRankedPast {
+  typename Exec::template Buffer<float> scores;
+  typename Exec::template Buffer<int> order;
+  int heads = 0, past = 0;
+};
+
+template <typename Exec>
+KvcfRankedPast<Exec> kvcf_rank_past(Exec& exec, const float* all, int heads, int n, int past) {
+  KvcfRankedPast<Exec> ranked{typename Exec::template Buffer<float>(static_cast<std::size_t>(heads) * past), {}, heads, past};
+  float* out = ranked.scores.data();
+  exec.for_each(static_cast<long>(heads) * past, [=] KVSIM_HD(long i) { out[i] = all[(i / past) * n + i % past]; });
+  ranked.order = sorted_positions(exec, ranked.scores.data(), heads, past);
+  return ranked;
+}
+
+// Head g keeps its first caps[g] ranked earlier tokens (at most all of them), then the window:
+// every position from `past` to n.
+template <typename Exec>
+Compression kvcf_keep_ranked_past(Exec& exec, const KvcfRankedPast<Exec>& ranked, int n, const std::vector<long long>& caps) {
+  std::vector<int> counts;
+  for (long long cap : caps) counts.push_back(static_cast<int>(std::min<long long>(cap, ranked.past)));
+  Compression c = first_of_each_order(exec, ranked.order.data(), ranked.heads, ranked.past, counts);
+  for (auto& kept : c.kept)
+    for (int t = ranked.past; t < n; ++t) kept.push_back(t);  // the window, after every earlier position
+  return c;
+}
+
 template <typename Exec>
 class KvcfAdaKvDevice final : public DeviceScorer<Exec> {
  public:
@@ -206,23 +236,17 @@ class KvcfAdaKvDevice final : public DeviceScorer<Exec> {
     const int heads = layer.Hkv, n = layer.n, past = n - scoring_.window, base = static_cast<int>(*base_plan);
     const long count = static_cast<long>(heads) * past;
     // Each head's scores in descending order, normalised, then the layer's top heads * B.
-    typename Exec::template Buffer<float> past_buffer(static_cast<std::size_t>(count)), sorted_buffer(past_buffer.size());
-    float* past_scores = past_buffer.data();
+    const KvcfRankedPast<Exec> ranked = kvcf_rank_past(exec, scores.data(), heads, n, past);
+    typename Exec::template Buffer<float> sorted_buffer(static_cast<std::size_t>(count));
     float* sorted = sorted_buffer.data();
-    const float* s = scores.data();
-    exec.for_each(count, [=] KVSIM_HD(long i) { past_scores[i] = s[(i / past) * n + i % past]; });
-    const auto order_buffer = sorted_positions(exec, past_scores, heads, past);
-    const int* order = order_buffer.data();
+    const float* past_scores = ranked.scores.data();
+    const int* order = ranked.order.data();
     exec.for_each(count, [=] KVSIM_HD(long i) { sorted[i] = past_scores[(i / past) * past + order[i]]; });
     if (normalize_) kvcf_normalise_sorted(exec, sorted, heads, past, base, this->name());
     const Compression adaptive = select_topk_global(exec, sorted, heads, past, static_cast<long>(heads) * base);
     std::vector<long long> counts;
     for (const auto& head : adaptive.kept) counts.push_back(static_cast<long long>(head.size()));
-    const std::vector<long long> caps = ref::kvcf_adakv_capacities(counts, base, floor_);
-    Compression c = first_of_each_order(exec, order, heads, past, std::vector<int>(caps.begin(), caps.end()));
-    for (auto& kept : c.kept)
-      for (int t = past; t < n; ++t) kept.push_back(t);  // the window, after every earlier position
-    return c;
+    return kvcf_keep_ranked_past(exec, ranked, n, ref::kvcf_adakv_capacities(counts, base, floor_));
   }
 
  private:

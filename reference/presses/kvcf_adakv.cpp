@@ -43,25 +43,16 @@ class KvcfAdaKvPress final : public ScorerPress {
     const Scores s = checked_score(in, ratio);
     const int heads = in.num_kv_heads(), past = in.n - scoring_.window;
     // Each head's scores in descending order, normalised, then the layer's top heads * B.
-    std::vector<std::vector<int>> ranked(static_cast<std::size_t>(heads));
     Scores sorted(heads, past);
     for (int g = 0; g < heads; ++g) {
-      ranked[g] = ranked_positions(s.row(g).data(), past, past);
-      for (int r = 0; r < past; ++r) sorted(g, r) = s(g, ranked[g][r]);
+      const std::vector<int> ranked = ranked_positions(s.row(g).data(), past, past);
+      for (int r = 0; r < past; ++r) sorted(g, r) = s(g, ranked[r]);
       if (normalize_) sorted.row(g) *= sorted.row(g).head(*base).sum() / kvcf_adakv_score_total(sorted.row(g).sum(), g, name());
     }
     const Compression adaptive = select_topk_global(sorted, heads * *base);
     std::vector<long long> counts;
     for (const auto& head : adaptive.kept) counts.push_back(static_cast<long long>(head.size()));
-    const std::vector<long long> caps = kvcf_adakv_capacities(counts, *base, floor_);
-    Compression c;
-    for (int g = 0; g < heads; ++g) {
-      std::vector<int> kept(ranked[g].begin(), ranked[g].begin() + std::min<long long>(caps[g], past));
-      for (int t = past; t < in.n; ++t) kept.push_back(t);
-      std::sort(kept.begin(), kept.end());
-      c.kept.push_back(std::move(kept));
-    }
-    return c;
+    return kvcf_keep_top_past(s, scoring_.window, kvcf_adakv_capacities(counts, *base, floor_));
   }
 
  private:

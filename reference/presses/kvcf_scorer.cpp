@@ -1,5 +1,6 @@
 #include "reference/presses/kvcf_scorer.h"
 
+#include <algorithm>
 #include <numeric>
 
 #include "core/press_checks.h"
@@ -16,6 +17,18 @@ int KvcfScorer::budget(const PressInput& in, double ratio) const { return kvcf_k
 Compression KvcfScorer::compress(const PressInput& in, double ratio) const {
   if (!plan(in, ratio)) return keep_all(in.num_kv_heads(), in.n);
   return select_topk_per_head(checked_score(in, ratio), budget(in, ratio));  // an explicit budget applies at ratio 0 too
+}
+
+Compression kvcf_keep_top_past(const Scores& s, int window, const std::vector<long long>& caps) {
+  const int n = static_cast<int>(s.cols()), past = n - window;
+  Compression c;
+  for (int g = 0; g < static_cast<int>(s.rows()); ++g) {
+    std::vector<int> kept = ranked_positions(s.row(g).data(), past, static_cast<int>(std::min<long long>(caps[g], past)));
+    for (int t = past; t < n; ++t) kept.push_back(t);
+    std::sort(kept.begin(), kept.end());
+    c.kept.push_back(std::move(kept));
+  }
+  return c;
 }
 
 Scores kvcf_finish_scores(const RowMatrix& per_query_head, int Hkv, const KvcfScoring& s) {

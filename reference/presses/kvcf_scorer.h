@@ -21,6 +21,10 @@ class KvcfScorer : public ScorerPress {
   Compression compress(const PressInput& input, double ratio) const override;
 };
 
+// Head g keeps its top min(caps[g], n - w) earlier tokens by s (ties: lower position first)
+// and the window of w (AdaKV's and HeadKV's head-wise budgets).
+Compression kvcf_keep_top_past(const Scores& s, int window, const std::vector<long long>& caps);
+
 // Rows [H, n - w] reduced over each GQA group, pooled, and the window padded with max + 1.
 Scores kvcf_finish_scores(const RowMatrix& per_query_head, int num_kv_heads, const KvcfScoring& scoring);
 
