@@ -4,6 +4,8 @@
 //    press's cost allows on a CPU: scoring, selection and any merge.
 //  * replay_layer/T=<n>: replay of one such layer from a float16 trace file (read,
 //    full attention of the later queries, one press, compressed attention, metrics).
+//  * read_layer/T=32768/...: TraceReader::read_layer of such a layer's q, k, v from a
+//    checksummed bfloat16 or float16 trace, into fresh memory or into the last read's.
 //  * replay_bundled_trace: the whole bundled trace through every registered press at
 //    four ratios; reports the process's peak resident memory.
 // Every label ends in threads=<n>: the reference's threads (default: every core, or
