@@ -575,10 +575,16 @@ TEST_P(TraceFastRead, ReadsWhatHdf5Reads) {
     for (int h = 0; h < 2; ++h)
       for (int t = 0; t < 2099; ++t)
         for (int c = 0; c < 64; ++c) ASSERT_EQ(by_hdf5.at(h, t, c), read.q.at(33 + h, t, c));
-    // Reading again into the first read's memory gives the same values.
-    const LayerTensors again = reader.read_layer(0, {}, LayerTensors(read));
-    EXPECT_EQ(again.q.data, read.q.data);
-    EXPECT_EQ(again.k.data, read.k.data);
+    // Reading again into recycled memory (the first read's, a larger layer's, a smaller one's)
+    // gives the same values and shapes.
+    for (const LayerTensors& recycled : {read, test::random_layer(50, 3, 2200, 64, 1), test::random_layer(2, 1, 10, 64, 1)}) {
+      const LayerTensors again = reader.read_layer(0, {}, LayerTensors(recycled));
+      EXPECT_EQ(again.q.heads, 40);
+      EXPECT_EQ(again.q.tokens, 2100);
+      EXPECT_EQ(again.q.data, read.q.data);
+      EXPECT_EQ(again.k.data, read.k.data);
+      EXPECT_EQ(again.v.data, read.v.data);
+    }
   }
 }
 
