@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "core/model_wide.h"
 #include "core/philox.h"
 #include "core/registry.h"
 #include "reference/merging.h"
@@ -22,10 +23,13 @@ namespace {
 using Kept = std::vector<std::vector<int>>;
 const RopeConfig kRope = RopeConfig::from_theta(10000.0, 2);
 
+// One layer compressed; a model-wide press (core/model_wide.h) as a model of that one layer.
 Compression run(const std::string& spec, const LayerTensors& layer, int n, double ratio, int num_layers = 1,
                 const RopeConfig& rope = kRope, const LayerTensors* previous = nullptr) {
   const PressInput input{layer, n, num_layers, rope, previous};
-  return Registry::instance().make(spec, Backend::reference)->compress(input, ratio);
+  const auto press = Registry::instance().make(spec, Backend::reference);
+  if (const ModelWidePress* wide = as_model_wide(*press)) return wide->plan({wide->survey(input)}, ratio, num_layers).front();
+  return press->compress(input, ratio);
 }
 
 // A layer with d = 2 whose keys are given per (kv head, token) as (x, y) pairs; queries
@@ -434,6 +438,7 @@ TEST_P(EveryPress, KeepsValidSetsOfTheRightSizeDeterministically) {
   for (int i = 0; i < 16 * 8 * 16; ++i) layer.o_proj.push_back(static_cast<float>((i * 37) % 11) / 11.0f - 0.45f);
   test::add_hidden_states(layer, 43);  // kvzap, fastkvzip
   layer.kvzip = synthetic_kvzip_passes(layer, n, 2, 128, 5);  // kvzip: three chunks after a 2-token prefix
+  layer.kvcompose = synthetic_kvcompose_pass(layer, n);
   const LayerTensors previous = test::random_layer(8, Hkv, 340, 16, 41, /*layer_index=*/0);  // for cross-layer presses
   const RopeConfig rope = RopeConfig::from_theta(10000.0, 16);
   for (double ratio : {0.0, 0.1, 0.5, 0.9}) {
@@ -450,8 +455,9 @@ TEST_P(EveryPress, KeepsValidSetsOfTheRightSizeDeterministically) {
     }
     // KVCache-Factory's presses (kvcf_*) keep round(n (1 - ratio)), per layer or head (test_presses_kvcf.cpp).
     const bool kvcf_budget = info.name.rfind("kvcf_", 0) == 0;
+    // headkv's budgets come from its head-score table (test_presses_kvcf.cpp).
     if (info.uses_ratio && !info.wraps_scorer && !info.wraps_list && info.name != "pyramidkv" && info.name != "fastkvzip" && !kvcf_budget &&
-        info.name != "kvzip") {
+        info.name != "kvzip" && info.name != "headkv") {
       for (const auto& head : c.kept) EXPECT_EQ(head.size(), static_cast<std::size_t>(kvpress_budget(n, ratio)));
     }
     if (info.name == "fastkvzip" || info.name == "kvzip") {  // int(Hkv n ratio) pruned across the layer's heads (kvpress layerwise=True)

@@ -9,6 +9,7 @@
 #include "core/registry.h"
 #include "reference/gear.h"
 #include "reference/kivi.h"
+#include "reference/kvcf_kivi.h"
 #include "reference/low_rank.h"
 #include "reference/replay.h"
 #include "test_util.h"
@@ -243,6 +244,50 @@ TEST_P(Quantisers, KvquantQuantisesKeysBeforeRope) {
   const PressInput input{layer, n, 1, rope};
   const Compression c = Registry::instance().make("kvquant:bits=2,outlier_threshold=100", GetParam())->compress(input, 0.0);
   for (int i = 0; i < n * d; ++i) EXPECT_NEAR(c.keys[0][i], layer.k.head(0)[i], 1e-5) << i;
+}
+
+// ---- KVCache-Factory's KIVI (HQQ) ----
+
+// HQQ's quantiser by hand, 2 bits: [-1, .2, 1.5, 2] spans 3, s^-1 = 1, z = 1: x s^-1 + z = 0,
+// 1.2, 2.5, 3 rounds (half to even) to 0, 1, 2, 3 -> -1, 0, 1, 2; a constant group (s^-1 capped
+// at 2e4) comes back exactly; [0, .4, .6, 3] -> 0, 0, 1, 3.
+TEST(KvcfKivi, HqqQuantiserWorkedByHand) {
+  auto quantised = [](std::vector<float> x) {
+    std::vector<float> out(x.size());
+    ref::hqq_quantise_group(x.data(), out.data(), static_cast<long>(x.size()), 1, 2);
+    return out;
+  };
+  EXPECT_EQ(quantised({-1, 0.2f, 1.5f, 2}), (std::vector<float>{-1, 0, 1, 2}));
+  EXPECT_EQ(quantised({5, 5, 5, 5}), (std::vector<float>{5, 5, 5, 5}));
+  EXPECT_EQ(quantised({0, 0.4f, 0.6f, 3}), (std::vector<float>{0, 0, 1, 3}));
+  EXPECT_DOUBLE_EQ(ref::kvcf_kivi_storage_fraction(8, 64), 8.5 / 16);
+}
+
+// HQQ's groups, 2 KV heads x 4 tokens x d = 4 (N = 32), group_size 8, 2 bits. Keys: 8
+// consecutive elements = two tokens of one head; values: column c of the [8, 4] view = channel c
+// of every (head, token) row. Each group holds multiples {0, 1, 2, 3} of its own step, which 2
+// bits store exactly; any other grouping mixes steps and loses them.
+TEST_P(Quantisers, KvcfKiviGroupsAsHqqDoes) {
+  LayerTensors layer = test::random_layer(2, 2, 4, 4, 1);
+  for (int g = 0; g < 2; ++g)
+    for (int t = 0; t < 4; ++t)
+      for (int c = 0; c < 4; ++c) {
+        const int flat = (g * 4 + t) * 4 + c, key_group = flat / 8;
+        layer.k.at(g, t, c) = static_cast<float>((flat * 7 + 3) % 4) * 0.25f * (key_group + 1);
+        layer.v.at(g, t, c) = static_cast<float>((g * 4 + t + c) % 4) * 0.5f * (c + 1);
+      }
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 4);
+  const PressInput input{layer, 4, 1, rope};
+  const Compression c = Registry::instance().make("kvcf_kivi:bits=2,group_size=8", GetParam())->compress(input, 0.0);
+  ASSERT_EQ(c.keys.size(), 2u);
+  for (int g = 0; g < 2; ++g)
+    for (int i = 0; i < 16; ++i) {
+      EXPECT_NEAR(c.keys[g][i], layer.k.head(g)[i], 1e-6) << "key " << g << " " << i;
+      EXPECT_NEAR(c.values[g][i], layer.v.head(g)[i], 1e-6) << "value " << g << " " << i;
+    }
+  EXPECT_DOUBLE_EQ(c.storage_fraction, (2 + 32.0 / 8) / 16);
+  const std::string e = test::error_of([&] { Registry::instance().make("kvcf_kivi:group_size=7", GetParam())->compress(input, 0.0); });
+  EXPECT_NE(e.find("press 'kvcf_kivi': group_size=7 must divide the layer's cache of Hkv n d = 32 elements"), std::string::npos) << e;
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, Quantisers, ::testing::Values(Backend::reference, Backend::cuda_emulated),
