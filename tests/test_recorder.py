@@ -204,6 +204,17 @@ def check_sigterm_removes_partial(tmp, base):
           f"SIGTERM removes the partial trace (exit {process.returncode}, partial left: {os.path.exists(out + '.partial')})")
 
 
+def pass_attention(q, context_keys, pass_keys):
+    """The softmax rows of an extra pass's queries q [H, m, d] over [context keys; the pass's keys]
+    (causal within the pass; the tiny model: query head h reads KV head h // 2, d = 16)."""
+    n, m = context_keys.shape[1], q.shape[1]
+    keys = np.repeat(np.concatenate([context_keys, pass_keys], axis=1).astype(np.float64), 2, axis=0)
+    logits = np.einsum("hid,hjd->hij", q.astype(np.float64), keys) / 4.0
+    logits[:, np.triu_indices(m, 1)[0], n + np.triu_indices(m, 1)[1]] = -np.inf
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    return weights / weights.sum(-1, keepdims=True)
+
+
 def check_kvzip_passes(tmp, model_dir, base):
     """--extra-passes kvzip: the chunks tile the context, each repeat prompt ends with its chunk,
     and the recorded queries and keys reproduce, by a softmax over [context keys; repeat keys],
@@ -231,13 +242,8 @@ def check_kvzip_passes(tmp, model_dir, base):
             with torch.no_grad():
                 out = model(torch.tensor([tokens + prompt]), output_attentions=True, output_hidden_states=True)
             for layer in (0, 1):
-                q = f[f"layers/{layer}/kvzip_q"][:, start:start + length].astype(np.float64)
-                keys = np.concatenate([f[f"layers/{layer}/k"][:, :n], f[f"layers/{layer}/kvzip_k"][:, start:start + length]], axis=1)
-                keys = np.repeat(keys.astype(np.float64), 2, axis=0)  # query head h reads KV head h // 2
-                logits = np.einsum("hid,hjd->hij", q, keys) / 4.0
-                logits[:, np.triu_indices(length, 1)[0], n + np.triu_indices(length, 1)[1]] = -np.inf
-                weights = np.exp(logits - logits.max(-1, keepdims=True))
-                weights /= weights.sum(-1, keepdims=True)
+                weights = pass_attention(f[f"layers/{layer}/kvzip_q"][:, start:start + length], f[f"layers/{layer}/k"][:, :n],
+                                         f[f"layers/{layer}/kvzip_k"][:, start:start + length])
                 expected = out.attentions[layer][0, :, n:].double().numpy()
                 check(np.abs(weights - expected).max() < 1e-4, f"layer {layer} chunk [{begin}, {end}): recorded passes give the model's attention")
                 normed = model.model.layers[layer].input_layernorm(out.hidden_states[layer])[0, n:].norm(dim=-1)
@@ -270,13 +276,7 @@ def check_kvcompose_pass(tmp, model_dir, base):
         with torch.no_grad():
             out = model(torch.tensor([tokens + tokens]), output_attentions=True)
         for layer in (0, 1):
-            q = f[f"layers/{layer}/kvcompose_q"][...].astype(np.float64)
-            keys = np.concatenate([f[f"layers/{layer}/k"][:, :n], f[f"layers/{layer}/kvcompose_k"][...]], axis=1)
-            keys = np.repeat(keys.astype(np.float64), 2, axis=0)  # query head h reads KV head h // 2
-            logits = np.einsum("hid,hjd->hij", q, keys) / 4.0
-            logits[:, np.triu_indices(n, 1)[0], n + np.triu_indices(n, 1)[1]] = -np.inf
-            weights = np.exp(logits - logits.max(-1, keepdims=True))
-            weights /= weights.sum(-1, keepdims=True)
+            weights = pass_attention(f[f"layers/{layer}/kvcompose_q"][...], f[f"layers/{layer}/k"][:, :n], f[f"layers/{layer}/kvcompose_k"][...])
             expected = out.attentions[layer][0, :, n:].double().numpy()
             check(np.abs(weights - expected).max() < 1e-4, f"layer {layer}: the recorded second pass gives the model's attention")
     r = run([KVSIM, "replay", "-q", "--trace", trace, "--press", "kvcompose", "--press", "kvzip", "--ratio", "0.5"])
