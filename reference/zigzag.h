@@ -90,13 +90,19 @@ inline std::vector<int> zigzag_layer_budgets(const std::vector<LayerSurvey>& lay
   return budgets;
 }
 
-// The plan: each KV head of layer l keeps its top n_l tokens by the survey's scores, selected by
-// the backend's own top-k (`select_per_head(scores, k)`, kvsim's tie rule).
-inline std::vector<Compression> zigzag_plan(const std::vector<LayerSurvey>& layers, double ratio, double b_bound_ratio,
-                                            const std::function<Compression(const ScoreMatrix&, int)>& select_per_head) {
+// The plan: each KV head of layer l keeps its top n_l tokens by the survey's scores (best_indices,
+// the selection rule of every plan: ties to the lower position).
+inline std::vector<Compression> zigzag_plan(const std::vector<LayerSurvey>& layers, double ratio, double b_bound_ratio) {
   const std::vector<int> budgets = zigzag_layer_budgets(layers, ratio, b_bound_ratio);
-  std::vector<Compression> plan;
-  for (std::size_t l = 0; l < layers.size(); ++l) plan.push_back(select_per_head(layers[l].scores, budgets[l]));
+  std::vector<Compression> plan(layers.size());
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    const ScoreMatrix& s = layers[l].scores;
+    for (Eigen::Index g = 0; g < s.rows(); ++g) {
+      const std::vector<float> row(s.row(g).data(), s.row(g).data() + s.cols());
+      std::vector<int>& kept = plan[l].kept.emplace_back();
+      for (long long t : best_indices(row, budgets[l])) kept.push_back(static_cast<int>(t));
+    }
+  }
   return plan;
 }
 

@@ -336,8 +336,8 @@ TEST(ZigZag, BudgetsWorkedByHand) {
   EXPECT_EQ(budgets_for({1, 3}, 10, 0.0, 0.2), (std::vector<int>{10, 10}));
 }
 
-// The plan keeps each head's top n_l by the layer's scores, ties to the lower position, on every
-// backend's selection: layer 0 (LMBA 1) keeps 2 per head, layer 1 (LMBA 3) keeps 4 (as above).
+// The plan keeps each head's top n_l by the layer's scores, ties to the lower position (both
+// backends' presses): layer 0 (LMBA 1) keeps 2 per head, layer 1 (LMBA 3) keeps 4 (as above).
 TEST(ZigZag, PlanKeepsEachHeadsTopBudget) {
   std::vector<LayerSurvey> layers = {survey_of(0, {{5, 1, 5, 2, 0, 0, 0, 0, 0, 9}, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}}),
                                      survey_of(1, {{1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, {9, 8, 7, 6, 5, 4, 3, 2, 1, 0}})};

@@ -3,8 +3,7 @@
 // in reference/zigzag.h): the survey runs on the device — the inner device scores, the mass rows
 // (the window attention of the last window_size queries over all keys, averaged over them, or the
 // clamped scores), each row sorted by the device sort and counted by one thread per row — and
-// only the scores and the rows' counts come back. The plan is the shared host code, with the
-// device's per-head selection.
+// only the scores and the rows' counts come back. The plan is the shared host code.
 #include "core/press_checks.h"
 #include "cuda/device_registry.h"
 #include "cuda/stages.h"
@@ -59,12 +58,7 @@ class ZigzagDevice final : public Press, public ModelWidePress {
   }
 
   std::vector<Compression> plan(const std::vector<LayerSurvey>& layers, double ratio, int) const override {
-    return ref::zigzag_plan(layers, ratio, settings_.b_bound_ratio, [](const ScoreMatrix& s, int k) {
-      Exec exec;
-      FloatBuffer scores(static_cast<std::size_t>(s.size()));
-      if (s.size()) scores.upload(s.data(), scores.size());
-      return select_topk_per_head(exec, scores.data(), static_cast<int>(s.rows()), static_cast<int>(s.cols()), k);
-    });
+    return ref::zigzag_plan(layers, ratio, settings_.b_bound_ratio);
   }
 
  private:

@@ -14,7 +14,6 @@
 #include "reference/parallel.h"
 #include "reference/scorer_press.h"
 #include "reference/scoring.h"
-#include "reference/select.h"
 #include "reference/zigzag.h"
 
 namespace kvsim::ref {
@@ -32,7 +31,7 @@ class ZigzagPress final : public Press, public ModelWidePress {
   }
 
   std::vector<Compression> plan(const std::vector<LayerSurvey>& layers, double ratio, int) const override {
-    return zigzag_plan(layers, ratio, settings_.b_bound_ratio, [](const ScoreMatrix& s, int k) { return select_topk_per_head(s, k); });
+    return zigzag_plan(layers, ratio, settings_.b_bound_ratio);
   }
 
  private:
