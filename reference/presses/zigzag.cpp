@@ -9,6 +9,7 @@
 // every layer's LMBA is about ceil(0.9 window) and the budgets come out nearly uniform.
 // Defaults as the PR's final revision: attention_threshold=0.9, b_bound_ratio=0.2 (window 64).
 #include <numeric>
+#include <utility>
 
 #include "core/press_checks.h"
 #include "reference/parallel.h"
@@ -27,7 +28,8 @@ class ZigzagPress final : public Press, public ModelWidePress {
 
   LayerSurvey survey(const PressInput& in) const override {
     Scores scores = inner_->checked_score(in, 0.0);
-    return {in.layer_index(), scores, {minimum_budget(in, scores)}};
+    const double lmba = minimum_budget(in, scores);
+    return {in.layer_index(), std::move(scores), {lmba}};
   }
 
   std::vector<Compression> plan(const std::vector<LayerSurvey>& layers, double ratio, int) const override {
