@@ -6,15 +6,18 @@
 
 namespace kvsim::ref {
 
-RowMatrix window_attention(const PressInput& input, int query_head, int window) {
+RowMatrix window_attention_all_keys(const PressInput& input, int query_head, int window) {
   const int n = input.n, d = input.head_dim();
   const int g = kv_head_of(query_head, input.num_heads(), input.num_kv_heads());
   std::vector<int> qpos(window), kpos(n);
   std::iota(qpos.begin(), qpos.end(), n - window);
   std::iota(kpos.begin(), kpos.end(), 0);
   const ConstRowMap queries(input.layer.q.head(query_head) + static_cast<std::size_t>(n - window) * d, window, d);
-  const RowMatrix probs = attention_probs(queries, head_rows(input.layer.k, g, n), qpos, kpos);
-  return probs.leftCols(n - window);
+  return attention_probs(queries, head_rows(input.layer.k, g, n), qpos, kpos);
+}
+
+RowMatrix window_attention(const PressInput& input, int query_head, int window) {
+  return window_attention_all_keys(input, query_head, window).leftCols(input.n - window);
 }
 
 Eigen::RowVectorXf avg_pool1d(const Eigen::Ref<const Eigen::RowVectorXf>& x, int kernel) {

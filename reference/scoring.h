@@ -9,6 +9,8 @@ namespace kvsim::ref {
 // over keys [0, n), causal; returns the w x (n - w) block of columns before the window
 // (not renormalised), as kvpress' SnapKV compute_window_attention.
 RowMatrix window_attention(const PressInput& input, int query_head, int window);
+// The same over every key [0, n): w x n, the window's own (causal) columns too.
+RowMatrix window_attention_all_keys(const PressInput& input, int query_head, int window);
 
 // PyTorch avg_pool1d(kernel, stride 1, padding kernel/2, count_include_pad=True) on a row:
 // edges are divided by `kernel`, not by the number of valid taps.

@@ -2,12 +2,17 @@
 // every entry written here, KVzip's sinks across layers worked by hand, the refusal to compress
 // one layer alone, and the two-pass replay of a pooled kvzip against a plan computed here from
 // each layer's own (per-layer, separately tested) scores; KVCompose's scores against a
-// brute-force softmax written here, its budgets worked by hand, its replay and its refusals; on
-// the reference and the CPU emulation of the CUDA backend.
+// brute-force softmax written here, its budgets worked by hand, its replay and its refusals;
+// ZigZagKV's budgets and minimum budgets worked by hand, the minimum budget against a softmax
+// and a sort written here, and its replay's kept fractions against budgets computed here from
+// the surveys; on the reference and the CPU emulation of the CUDA backend.
 #include <H5Cpp.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <functional>
+#include <numeric>
 #include <random>
 #include <tuple>
 
@@ -16,6 +21,7 @@
 #include "reference/kvcompose.h"
 #include "reference/kvzip.h"
 #include "reference/replay.h"
+#include "reference/zigzag.h"
 #include "test_util.h"
 #include "tools/synthetic_trace.h"
 
@@ -298,6 +304,208 @@ TEST(Kvcompose, ReaderRefusesADamagedPass) {
   const std::string e = error_of([&] { TraceReader(path).read_layer(0, {.kvcompose = true}); });
   EXPECT_NE(e.find("dataset /layers/0/kvcompose_k has shape [3,29,64], expected [3,30,64]"), std::string::npos) << e;
   EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+}
+
+// ZigZagKV -----------------------------------------------------------------------------------
+
+LayerSurvey survey_with_lmba(int layer, int n, double lmba) {
+  LayerSurvey s = survey_of(layer, {std::vector<float>(static_cast<std::size_t>(n), 0.0f)});
+  s.statistics = {lmba};
+  return s;
+}
+
+std::vector<int> budgets_for(const std::vector<double>& lmba, int n, double ratio, double b_bound_ratio) {
+  std::vector<LayerSurvey> layers;
+  for (std::size_t l = 0; l < lmba.size(); ++l) layers.push_back(survey_with_lmba(static_cast<int>(l), n, lmba[l]));
+  return ref::zigzag_layer_budgets(layers, ratio, b_bound_ratio);
+}
+
+// n = 100, ratio 0.5: B_avg = 50, B_bound = 10; LMBA 10, 20, 30 (sum 60, L = 3):
+// B_l = 10 + 40 * 3 * LMBA_l / 60 = 30, 50, 70 (sum 150 = 3 B_avg).
+// n = 10, ratio 0.75: B_avg = 2.5, B_bound = 0.5; LMBA 1, 1: B = 0.5 + 2 * 2 / 2 = 2.5 -> 2 (half
+// to even); LMBA 1, 3: 0.5 + 4 / 4 = 1.5 -> 2 and 0.5 + 4 * 3 / 4 = 3.5 -> 4.
+// n = 10, ratio 0.5 (B_avg 5, B_bound 1): LMBA 0, 0, 1 -> 1, 1, 1 + 4 * 3 = 13 clamped to 10;
+// b_bound_ratio 0, LMBA 0, 1 -> 0 raised to 1 and 10; LMBA all 0 -> B_avg 5; ratio 0 -> n.
+TEST(ZigZag, BudgetsWorkedByHand) {
+  EXPECT_EQ(budgets_for({10, 20, 30}, 100, 0.5, 0.2), (std::vector<int>{30, 50, 70}));
+  EXPECT_EQ(budgets_for({1, 1}, 10, 0.75, 0.2), (std::vector<int>{2, 2}));
+  EXPECT_EQ(budgets_for({1, 3}, 10, 0.75, 0.2), (std::vector<int>{2, 4}));
+  EXPECT_EQ(budgets_for({0, 0, 1}, 10, 0.5, 0.2), (std::vector<int>{1, 1, 10}));
+  EXPECT_EQ(budgets_for({0, 1}, 10, 0.5, 0.0), (std::vector<int>{1, 10}));
+  EXPECT_EQ(budgets_for({0, 0}, 10, 0.5, 0.2), (std::vector<int>{5, 5}));
+  EXPECT_EQ(budgets_for({1, 3}, 10, 0.0, 0.2), (std::vector<int>{10, 10}));
+}
+
+// The plan keeps each head's top n_l by the layer's scores, ties to the lower position (both
+// backends' presses): layer 0 (LMBA 1) keeps 2 per head, layer 1 (LMBA 3) keeps 4 (as above).
+TEST(ZigZag, PlanKeepsEachHeadsTopBudget) {
+  std::vector<LayerSurvey> layers = {survey_of(0, {{5, 1, 5, 2, 0, 0, 0, 0, 0, 9}, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}}),
+                                     survey_of(1, {{1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, {9, 8, 7, 6, 5, 4, 3, 2, 1, 0}})};
+  layers[0].statistics = {1};
+  layers[1].statistics = {3};
+  for (const Backend b : kBackends) {
+    const auto press = Registry::instance().make("zigzag(knorm)", b);
+    const std::vector<Compression> plan = as_model_wide(*press)->plan(layers, 0.75, 32);
+    ASSERT_EQ(plan.size(), 2u);
+    EXPECT_EQ(plan[0].kept, (std::vector<std::vector<int>>{{0, 9}, {8, 9}})) << backend_name(b);
+    EXPECT_EQ(plan[1].kept, (std::vector<std::vector<int>>{{0, 1, 2, 3}, {0, 1, 2, 3}})) << backend_name(b);
+  }
+}
+
+// Mass 4, 2, 1, 1 (total 8): tau 0.75 (target 6): one prefix (4) below -> 2; tau 0.9 (7.2): 4, 6,
+// 7 below -> 4; tau 1: 4, 6, 7 below -> 4 (at most n); no mass -> 1.
+TEST(ZigZag, MinimumBudgetWorkedByHand) {
+  const float mass[] = {4, 2, 1, 1}, none[] = {0, 0, 0};
+  EXPECT_EQ(ref::zigzag_minimum_budget(mass, 4, 0.75), 2);
+  EXPECT_EQ(ref::zigzag_minimum_budget(mass, 4, 0.9), 4);
+  EXPECT_EQ(ref::zigzag_minimum_budget(mass, 4, 1.0), 4);
+  EXPECT_EQ(ref::zigzag_minimum_budget(none, 3, 0.9), 1);
+}
+
+// A tiny layer, n = 4, d = 2, one KV head, window 2 (queries at 2 and 3). Head 0's queries are 0:
+// uniform causal attention, 1/3 on keys 0-2 then 1/4 on keys 0-3, mean 7/24, 7/24, 7/24, 3/24:
+// tau 0.5 (12/24) -> 2, tau 0.8 (19.2/24) -> 3. Head 1's queries (40, 0) meet key 0 = (1, 0)
+// (the others 0) at logit 40 / sqrt(2): all the mass on key 0 -> 1. LMBA: 1.5 and 2.
+TEST(ZigZag, LayerMinimumBudgetWorkedByHand) {
+  LayerTensors layer = test::random_layer(2, 1, 4, 2, 1);
+  std::fill(layer.q.data.begin(), layer.q.data.end(), 0.0f);
+  std::fill(layer.k.data.begin(), layer.k.data.end(), 0.0f);
+  layer.k.head(0)[0] = 1.0f;
+  for (int t = 0; t < 4; ++t) layer.q.head(1)[t * 2] = 40.0f;
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 2);
+  for (const Backend b : kBackends)
+    for (const auto& [tau, lmba] : {std::pair{"0.5", 1.5}, std::pair{"0.8", 2.0}}) {
+      const auto press = Registry::instance().make(std::string("zigzag(snapkv:window_size=2):window_size=2,attention_threshold=") + tau, b);
+      const LayerSurvey s = as_model_wide(*press)->survey(PressInput{layer, 4, 4, rope});
+      ASSERT_EQ(s.statistics.size(), 1u);
+      EXPECT_DOUBLE_EQ(s.statistics[0], lmba) << backend_name(b) << " tau " << tau;
+    }
+}
+
+// A row's MBA written plainly: sort descending, count the prefixes below tau of the total, + 1.
+int mba_by_sorting(std::vector<double> mass, double tau) {
+  std::sort(mass.rbegin(), mass.rend());
+  const double total = std::accumulate(mass.begin(), mass.end(), 0.0);
+  double sum = 0;
+  int below = 0;
+  for (double m : mass) below += (sum += m) < tau * total;
+  return std::min<int>(below + 1, static_cast<int>(mass.size()));
+}
+
+// The LMBA of a random layer against a softmax written here (float64): per query head, the last
+// w queries over keys up to themselves, averaged; and lmba_from=scores against the reference
+// snapkv's scores clamped at 0, per KV head.
+TEST(ZigZag, LayerMinimumBudgetMatchesBruteForce) {
+  const int H = 6, Hkv = 2, n = 80, d = 8, w = 16;
+  const LayerTensors layer = test::random_layer(H, Hkv, n, d, 11, 3);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, d);
+  const PressInput input{layer, n, 4, rope};
+  double attention_lmba = 0;
+  for (int h = 0; h < H; ++h) {
+    std::vector<double> mean(static_cast<std::size_t>(n), 0.0);
+    for (int i = n - w; i < n; ++i) {
+      std::vector<double> logits;
+      for (int j = 0; j <= i; ++j) {
+        double dot = 0;
+        for (int c = 0; c < d; ++c) dot += double(layer.q.head(h)[i * d + c]) * layer.k.head(h / (H / Hkv))[j * d + c];
+        logits.push_back(dot / std::sqrt(double(d)));
+      }
+      const double top = *std::max_element(logits.begin(), logits.end());
+      double sum = 0;
+      for (double& x : logits) sum += (x = std::exp(x - top));
+      for (int j = 0; j <= i; ++j) mean[j] += logits[j] / sum / w;
+    }
+    attention_lmba += mba_by_sorting(mean, 0.9) / double(H);
+  }
+  const ScoreMatrix scores = dynamic_cast<const ScorerPress&>(*Registry::instance().make("snapkv:window_size=16", Backend::reference)).score(input, 0);
+  double scores_lmba = 0;
+  for (int g = 0; g < Hkv; ++g) {
+    std::vector<double> mass;
+    for (int t = 0; t < n; ++t) mass.push_back(std::max(0.0f, scores(g, t)));
+    scores_lmba += mba_by_sorting(mass, 0.9) / double(Hkv);
+  }
+  for (const Backend b : kBackends) {
+    const auto attention = Registry::instance().make("zigzag(snapkv:window_size=16):window_size=16", b);
+    const auto from_scores = Registry::instance().make("zigzag(snapkv:window_size=16):lmba_from=scores", b);
+    EXPECT_DOUBLE_EQ(as_model_wide(*attention)->survey(input).statistics.at(0), attention_lmba) << backend_name(b);
+    EXPECT_DOUBLE_EQ(as_model_wide(*from_scores)->survey(input).statistics.at(0), scores_lmba) << backend_name(b);
+  }
+}
+
+// The two-pass replay: each layer keeps n_l / n of its tokens, n_l computed here from the
+// surveys' LMBA by the paper's formula (budgets pooled over the 3 replayed layers).
+TEST(ZigZag, ReplayKeepsTheBudgetsOfTheSurveys) {
+  test::TempDir dir;
+  const std::string path = dir.file("zigzag.h5");
+  write_synthetic_trace(path, {.recorded_layers = 3, .n_context = 150, .n_question = 6, .n_generated = 4, .needle_start = 40,
+                               .dtype = StorageDtype::float32, .with_attn_out = false});
+  const TraceReader trace(path);
+  const TraceInfo& info = trace.info();
+  const int n = info.n_context;
+  for (const Backend b : kBackends) {
+    const std::string spec = "zigzag(snapkv)";
+    const auto press = Registry::instance().make(spec, b);
+    std::vector<double> lmba;
+    for (int l : info.recorded_layers)
+      lmba.push_back(as_model_wide(*press)->survey(PressInput{trace.read_layer(l, {}), n, info.num_hidden_layers, info.rope}).statistics.at(0));
+    EXPECT_GT(*std::max_element(lmba.begin(), lmba.end()) - *std::min_element(lmba.begin(), lmba.end()), 1.0)
+        << "the layers differ in uncertainty on this trace";
+    const ref::ReplayResult result = ref::replay(trace, {.presses = {spec}, .ratios = {0.5, 0.8}, .backend = b});
+    ASSERT_EQ(result.runs.size(), 2u);
+    for (const ref::RunResult& run : result.runs) {
+      const double average = n * (1 - run.ratio), bound = 0.2 * average, sum = lmba[0] + lmba[1] + lmba[2];
+      ASSERT_EQ(run.layers.size(), 3u);
+      for (int l = 0; l < 3; ++l) {
+        const double budget = std::clamp(std::nearbyint(bound + (average - bound) * 3 * lmba[l] / sum), 1.0, double(n));
+        EXPECT_NEAR(run.layers[l].kept_fraction, budget / n, 1e-12) << backend_name(b) << " layer " << l << " ratio " << run.ratio;
+      }
+    }
+  }
+}
+
+// lmba_from=scores with SnapKV inside: the 64 window entries score max + 1 >= 1 and the rest
+// sum to at most 1, so every MBA is 58 or 59 (k (max + 1) < 0.9 (64 (max + 1) + rest) up to
+// k = 57 or 58): near-uniform budgets, the caveat of the PR's final revision.
+TEST(ZigZag, ScoresOfPaddedSnapKvGiveNearlyUniformBudgets) {
+  test::TempDir dir;
+  const std::string path = dir.file("zigzag-scores.h5");
+  write_synthetic_trace(path, {.recorded_layers = 3, .n_context = 150, .n_question = 6, .n_generated = 4, .needle_start = 40,
+                               .dtype = StorageDtype::float32, .with_attn_out = false});
+  const TraceReader trace(path);
+  const TraceInfo& info = trace.info();
+  for (const Backend b : kBackends) {
+    const auto press = Registry::instance().make("zigzag(snapkv):lmba_from=scores", b);
+    for (int l : info.recorded_layers) {
+      const double lmba =
+          as_model_wide(*press)->survey(PressInput{trace.read_layer(l, {}), info.n_context, info.num_hidden_layers, info.rope}).statistics.at(0);
+      EXPECT_GE(lmba, 58.0) << backend_name(b) << " layer " << l;
+      EXPECT_LE(lmba, 59.0) << backend_name(b) << " layer " << l;
+    }
+  }
+}
+
+TEST(ZigZag, BadParametersAndInputsAreOneLineErrors) {
+  const LayerTensors layer = test::random_layer(2, 1, 8, 4, 2, 1);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 4);
+  const PressInput input{layer, 8, 4, rope};
+  for (const Backend b : kBackends) {
+    auto message = [&](const std::string& spec, const std::function<void(const Press&)>& use) {
+      return error_of([&] { use(*Registry::instance().make(spec, b)); });
+    };
+    auto make_only = [](const Press&) {};
+    auto survey = [&](const Press& p) { as_model_wide(p)->survey(input); };
+    for (const char* bad : {"zigzag(snapkv):attention_threshold=1.5", "zigzag(snapkv):b_bound_ratio=-0.1", "zigzag(snapkv):window_size=0",
+                            "zigzag(snapkv):lmba_from=attentions"}) {
+      const std::string e = message(bad, make_only);
+      EXPECT_NE(e.find("zigzag"), std::string::npos) << bad << ": " << e;
+      EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+    }
+    EXPECT_EQ(message("zigzag(knorm):window_size=8", survey), "press 'zigzag': needs more than window_size=8 tokens, got 8");
+    EXPECT_EQ(message("zigzag(adakv(snapkv))", make_only), "press 'zigzag' needs a scorer press inside, and 'adakv' is not one");
+    EXPECT_EQ(message("zigzag(knorm)", [&](const Press& p) { p.compress(input, 0.5); }),
+              "press 'zigzag' decides each layer from the scores of every layer: it runs in kvsim replay (two passes over the trace), "
+              "not on one layer alone");
+  }
 }
 
 }  // namespace

@@ -68,6 +68,17 @@ class CaseComparer {
     }
   }
 
+  // A model-wide survey's per-layer statistics (ZigZagKV's minimum budget).
+  void statistics(const std::string& where, const std::vector<double>& a, const std::vector<double>& b) {
+    if (a.size() != b.size()) return violation(where, "surveys with different numbers of statistics");
+    for (std::size_t i = 0; i < a.size(); ++i)
+      if (!(std::abs(b[i] - a[i]) <= tol_.statistic_atol)) {
+        std::ostringstream what;
+        what << "statistic " << i << ": reference " << a[i] << ", " << backend_name(other_) << " " << b[i];
+        return violation(where, what.str());
+      }
+  }
+
   // Kept sets (differences tolerated near the reference selection's boundary, by `scores`)
   // and merged keys and values where both kept the same tokens of a head.
   void compressions(const std::string& where, const Compression& ref, const Compression& got, const std::optional<ScoreMatrix>& scores, int n) {
@@ -170,6 +181,7 @@ void compare_model_wide(const ModelWidePress& reference, const ModelWidePress& c
     return;
   }
   compare.scores(where, a->scores, b->scores);
+  compare.statistics(where, a->statistics, b->statistics);
   for (double ratio : ratios) {
     ++result.cases;
     const Compression ref = reference.plan({*a}, ratio, in.num_layers).front(), got = candidate.plan({*b}, ratio, in.num_layers).front();

@@ -29,6 +29,7 @@ struct ConformanceTolerance {
   double score_rtol = 1e-4;
   double boundary_rtol = 1e-4;
   double value_rtol = 1e-5;  // merged values (float32)
+  double statistic_atol = 1.0;  // model-wide surveys' statistics: a count on a threshold may move by one under rounding
 };
 
 struct PressConformance {
