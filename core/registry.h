@@ -41,6 +41,7 @@ struct PressInfo {
   bool uses_absolute_positions = false;  // reads token positions (RoPE inversion), not just cache order
   bool decoding = false;                 // compresses during generation (DecodingPress and kin)
   bool needs_previous_layer = false;     // reads layer l - 1 too (MiniCache)
+  bool query_time = false;               // evicts nothing; each evaluation query attends to its own subset (core/query_time.h)
   // What a trace (or the user) must provide beyond Q/K/V and RoPE, for `kvsim list`'s "needs":
   // "o_proj", "hidden_states", "previous layer", "artefact", "extra pass".
   std::vector<std::string> needs;

@@ -5,16 +5,15 @@
 #include <vector>
 
 #include "core/evaluation.h"
+#include "core/query_time.h"
 #include "reference/eigen.h"
 #include "traces/trace.h"
 
 namespace kvsim::ref {
 
-// Attention outputs and log-sum-exps of the evaluation queries over a set of keys.
-struct Outputs {
-  RowMatrix out;        // [queries, d] for one query head
-  Eigen::VectorXd lse;  // [queries]
-};
+// Attention outputs and log-sum-exps of the evaluation queries over a set of keys: out
+// [queries, d] for one query head, lse [queries] (core/query_time.h).
+using Outputs = AttentionOutputs;
 
 // Queries [first_query, first_query + n_queries) of head h over keys at key_pos, causally
 // (and within a sliding window W > 0: query p sees keys j with p - j < W).

@@ -1,0 +1,69 @@
+// quest — Quest's query-aware sparse attention (arXiv 2406.10774) as KVCache-Factory implements
+// it (pyramidkv/quest.py; the selection: reference/quest.h). Nothing is evicted: each evaluation
+// query (question and generated tokens) attends only to the keys of the pages with the largest
+// bound of q.k, plus the recent keys, among all the keys it sees (context and earlier evaluation
+// tokens), per query head. Defaults: token_budget=0 (from the ratio), page_size=16 (the paper's),
+// recent_size=0 (KVCache-Factory's).
+#include "core/query_time.h"
+#include "reference/attention.h"
+#include "reference/host_evaluator.h"
+#include "reference/parallel.h"
+#include "reference/quest.h"
+#include "reference/scorer_press.h"
+
+namespace kvsim::ref {
+namespace {
+
+class QuestPress final : public QueryTimePress {
+ public:
+  explicit QuestPress(const PressConfig& c) : params_(QuestParams::from(c)) {}
+
+  QueryTimeOutputs outputs(const PressInput& in, double ratio) const override {
+    const LayerTensors& layer = in.layer;
+    const int H = layer.q.heads, Hkv = layer.k.heads, d = layer.q.dim;
+    const std::vector<QuestPlan> plans = quest_plans(in, params_, ratio);
+    const int Q = static_cast<int>(plans.size()), max_pages = quest_max_pages(plans);
+    std::vector<double> bounds(static_cast<std::size_t>(H) * Q * max_pages, 0.0);
+    parallel_for(H, [&](int h) {
+      const float* keys = layer.k.head(kv_head_of(h, H, Hkv));
+      for (int i = 0; i < Q; ++i)
+        for (int page = 0; page < plans[i].pages; ++page)
+          bounds[(static_cast<std::size_t>(h) * Q + i) * max_pages + page] =
+              quest_page_bound(layer.q.head(h) + static_cast<std::size_t>(in.n + i) * d, keys + static_cast<std::size_t>(plans[i].first) * d, d,
+                               plans[i].prefix, params_.page_size, page);
+    });
+    const QuestSelection selection = quest_select_all(plans, bounds, H, Hkv, params_.page_size);
+    QueryTimeOutputs result;
+    result.heads.resize(static_cast<std::size_t>(H));
+    parallel_for(H, [&](int h) {
+      const int g = kv_head_of(h, H, Hkv);
+      Outputs& o = result.heads[h];
+      o.out.resize(Q, d);
+      o.lse.resize(Q);
+      for (int i = 0; i < Q; ++i) {
+        const std::size_t row = static_cast<std::size_t>(h) * Q + i;
+        const std::vector<int> positions(selection.positions.begin() + selection.offsets[row], selection.positions.begin() + selection.offsets[row + 1]);
+        const Outputs one = attend(layer.q, h, gather(layer.k, g, positions, {}), gather(layer.v, g, positions, {}), positions, in.n + i, 1);
+        o.out.row(i) = one.out.row(0);
+        o.lse[i] = one.lse[0];
+      }
+    });
+    result.attended_fraction = selection.attended_fraction;
+    return result;
+  }
+
+ private:
+  QuestParams params_;
+};
+
+const Registrar registered({.name = "quest",
+                            .summary = "each decode query attends to the top pages by the bound of q.k over their key box, plus recent keys; "
+                                       "nothing evicted (Quest, KVCache-Factory pyramidkv/quest.py)",
+                            .params = quest_params(),
+                            .wrappable = false,
+                            .query_time = true,
+                            .example = "quest:token_budget=64"},
+                           Backend::reference, factory_of<QuestPress>());
+
+}  // namespace
+}  // namespace kvsim::ref
