@@ -4,6 +4,8 @@
 // bound of q.k, plus the recent keys, among all the keys it sees (context and earlier evaluation
 // tokens), per query head. Defaults: token_budget=0 (from the ratio), page_size=16 (the paper's),
 // recent_size=0 (KVCache-Factory's).
+#include <numeric>
+
 #include "core/query_time.h"
 #include "reference/attention.h"
 #include "reference/host_evaluator.h"
@@ -33,20 +35,21 @@ class QuestPress final : public QueryTimePress {
                                plans[i].prefix, params_.page_size, page);
     });
     const QuestSelection selection = quest_select_all(plans, bounds, H, Hkv, params_.page_size);
+    // One masked attention per query head over all T keys, with the arithmetic of the full
+    // evaluation (reference/host_evaluator.cpp): attending to every key reproduces it exactly.
+    const int T = layer.q.tokens;
+    std::vector<int> all_positions(static_cast<std::size_t>(T));
+    std::iota(all_positions.begin(), all_positions.end(), 0);
     QueryTimeOutputs result;
     result.heads.resize(static_cast<std::size_t>(H));
     parallel_for(H, [&](int h) {
       const int g = kv_head_of(h, H, Hkv);
-      Outputs& o = result.heads[h];
-      o.out.resize(Q, d);
-      o.lse.resize(Q);
+      std::vector<char> allowed(static_cast<std::size_t>(Q) * T, 0);
       for (int i = 0; i < Q; ++i) {
         const std::size_t row = static_cast<std::size_t>(h) * Q + i;
-        const std::vector<int> positions(selection.positions.begin() + selection.offsets[row], selection.positions.begin() + selection.offsets[row + 1]);
-        const Outputs one = attend(layer.q, h, gather(layer.k, g, positions, {}), gather(layer.v, g, positions, {}), positions, in.n + i, 1);
-        o.out.row(i) = one.out.row(0);
-        o.lse[i] = one.lse[0];
+        for (int at = selection.offsets[row]; at < selection.offsets[row + 1]; ++at) allowed[static_cast<std::size_t>(i) * T + selection.positions[at]] = 1;
       }
+      result.heads[h] = attend(layer.q, h, head_rows(layer.k, g, T), head_rows(layer.v, g, T), all_positions, in.n, Q, in.sliding_window, &allowed);
     });
     result.attended_fraction = selection.attended_fraction;
     return result;
