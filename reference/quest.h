@@ -148,7 +148,7 @@ inline QuestSelection quest_select_all(const std::vector<QuestPlan>& plans, cons
       s.offsets.push_back(static_cast<int>(s.positions.size()));
       s.attended_fraction[h / G] += static_cast<double>(keys.size()) / plan.visible;
     }
-  for (double& fraction : s.attended_fraction) fraction /= static_cast<double>(G) * Q;
+  for (double& fraction : s.attended_fraction) fraction = Q > 0 ? fraction / (static_cast<double>(G) * Q) : 1.0;  // no query: nothing unseen
   return s;
 }
 

@@ -64,8 +64,7 @@ const Registrar registered({.name = "quest",
                                        "nothing evicted (Quest, KVCache-Factory pyramidkv/quest.py)",
                             .params = quest_params(),
                             .wrappable = false,
-                            .query_time = true,
-                            .example = "quest:token_budget=64"},
+                            .query_time = true},
                            Backend::reference, factory_of<QuestPress>());
 
 }  // namespace
