@@ -4,6 +4,8 @@
 //    press's cost allows on a CPU: scoring, selection and any merge.
 //  * replay_layer/T=<n>: replay of one such layer from a float16 trace file (read,
 //    full attention of the later queries, one press, compressed attention, metrics).
+//  * read_layer/T=32768/...: TraceReader::read_layer of such a layer's q, k, v from a
+//    checksummed bfloat16 or float16 trace, into fresh memory or into the last read's.
 //  * replay_bundled_trace: the whole bundled trace through every registered press at
 //    four ratios; reports the process's peak resident memory.
 // Every label ends in threads=<n>: the reference's threads (default: every core, or
@@ -81,12 +83,11 @@ void press_benchmark(benchmark::State& state, const std::string& spec, int T, do
   }
 }
 
-// One layer written to a float16 trace in the temp dir, replayed with knorm at ratio 0.5.
-// A one-layer float16 trace of a Llama-3-8B-shaped layer of T tokens in the temp dir.
-std::string write_bench_trace(int T, bool checksums) {
+// A one-layer trace (float16 unless told) of a Llama-3-8B-shaped layer of T tokens in the temp dir.
+std::string write_bench_trace(int T, bool checksums, StorageDtype dtype = StorageDtype::float16) {
   const int n_context = T - 128;
   const std::string path = (std::filesystem::temp_directory_path() /
-                            ("kvsim_bench_layer_" + std::to_string(T) + (checksums ? "" : "_plain") + ".h5")).string();
+                            ("kvsim_bench_layer_" + std::to_string(T) + "_" + dtype_name(dtype) + (checksums ? "" : "_plain") + ".h5")).string();
   TraceInfo info;
   info.model_name = "bench (Llama-3-8B-shaped)";
   info.num_hidden_layers = 32;
@@ -96,7 +97,7 @@ std::string write_bench_trace(int T, bool checksums) {
   info.head_dim = kHeadDim;
   info.rope_theta = 500000.0;
   info.rope = RopeConfig::from_theta(500000.0, kHeadDim);
-  info.dtype = StorageDtype::float16;
+  info.dtype = dtype;
   info.n_context = n_context;
   info.n_question = 64;
   info.n_generated = 64;
@@ -118,6 +119,25 @@ void trace_read_benchmark(benchmark::State& state, int T, bool checksums) {
     }
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * (kHeads + 2.0 * kKvHeads) * T * kHeadDim * 2));
+  std::filesystem::remove(path);
+}
+
+// read_layer of q, k and v from a checksummed trace (warm page cache: the file was just
+// written), into fresh memory or, as the replay does, into the memory of the layer read
+// before (`recycle`). Bytes = the file's; f32_bytes_per_second = the output's.
+void read_layer_benchmark(benchmark::State& state, int T, StorageDtype dtype, bool recycle) {
+  const std::string path = write_bench_trace(T, true, dtype);
+  {
+    const TraceReader trace(path);
+    LayerTensors layer;
+    for (auto _ : state) {
+      layer = trace.read_layer(0, {.attn_out = false, .o_proj = false}, recycle ? std::move(layer) : LayerTensors{});
+      benchmark::DoNotOptimize(layer.k.data.data());
+    }
+  }
+  const double values = (kHeads + 2.0 * kKvHeads) * T * kHeadDim;
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * values * (dtype == StorageDtype::float32 ? 4 : 2)));
+  state.counters["f32_bytes_per_second"] = benchmark::Counter(state.iterations() * values * sizeof(float), benchmark::Counter::kIsRate);
   std::filesystem::remove(path);
 }
 
@@ -197,6 +217,13 @@ int main(int argc, char** argv) {
         ->Unit(benchmark::kMillisecond)
         ->Iterations(5)
         ->UseRealTime();
+  for (const StorageDtype dtype : {StorageDtype::bfloat16, StorageDtype::float16})
+    for (const bool recycle : {false, true})
+      benchmark::RegisterBenchmark(("read_layer/T=32768/h=32/hkv=8/d=128/" + dtype_name(dtype) + (recycle ? "/recycled" : "/fresh")).c_str(),
+                                   [dtype, recycle](benchmark::State& s) { read_layer_benchmark(s, 32768, dtype, recycle); })
+          ->Unit(benchmark::kMillisecond)
+          ->Iterations(5)
+          ->UseRealTime();
   benchmark::RegisterBenchmark(("replay_bundled_trace/every_press/4_ratios/threads=" + std::to_string(all)).c_str(), bundled_trace_benchmark)
       ->Unit(benchmark::kMillisecond)
       ->Iterations(2)

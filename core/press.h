@@ -28,6 +28,9 @@ struct PressInput {
   const ResidentLayer* resident = nullptr;       // `layer` on a device, when the caller has it there
   int question_tokens = 0;  // the segment's last tokens that are the question (query-aware replay), else 0
   int sliding_window = 0;   // the layer's window W (its evaluation: query p sees keys j with p - j < W), else 0
+  // Per KV head, the absolute position of each of the n tokens, where they are not 0..n-1: the
+  // survivors a press after an eviction sees in composed(...). Null: token t is at position t.
+  const std::vector<std::vector<int>>* positions = nullptr;
 
   int layer_index() const { return layer.layer_index; }
   int num_heads() const { return layer.q.heads; }

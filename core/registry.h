@@ -39,6 +39,7 @@ struct PressInfo {
   bool is_scorer = false;     // usable as the inner press of a wrapper
   bool wrappable = true;      // false: kvpress forbids it inside wrappers (needs eager attentions)
   bool uses_absolute_positions = false;  // reads token positions (RoPE inversion), not just cache order
+  bool reads_survivor_positions = false;  // ...from PressInput::positions where given: may follow an eviction in composed
   bool decoding = false;                 // compresses during generation (DecodingPress and kin)
   bool needs_previous_layer = false;     // reads layer l - 1 too (MiniCache)
   bool query_time = false;               // evicts nothing; each evaluation query attends to its own subset (core/query_time.h)

@@ -159,12 +159,20 @@ Compression composed_compress(const PressInput& input, const std::vector<const P
                               const std::vector<std::string>& names, CarriedParts parts) {
   const int Hkv = input.num_kv_heads();
   std::vector<std::vector<int>> positions(static_cast<std::size_t>(Hkv), std::vector<int>(static_cast<std::size_t>(input.n)));
-  for (auto& head : positions) std::iota(head.begin(), head.end(), 0);
+  for (auto& head : positions) std::iota(head.begin(), head.end(), 0);  // indices into the input's tokens
   LayerTensors current;      // the survivors so far, once a press has run
   bool merged_keys = false, merged_values = false;
   Compression stage;
   for (std::size_t i = 0; i < presses.size(); ++i) {
-    const PressInput stage_input = i == 0 ? input : sub_input(input, current);
+    PressInput stage_input = i == 0 ? input : sub_input(input, current);
+    std::vector<std::vector<int>> absolute;  // the survivors' own positions (kvquant re-rotates by them)
+    if (i > 0) {
+      absolute = positions;
+      if (input.positions)
+        for (int g = 0; g < Hkv; ++g)
+          for (int& p : absolute[g]) p = (*input.positions)[g][p];
+      stage_input.positions = &absolute;
+    }
     stage = presses[i]->compress(stage_input, ratios[i]);
     for (int g = 0; g < Hkv; ++g) {
       std::vector<int> mapped;
@@ -248,7 +256,8 @@ ComposedPress::ComposedPress(const PressConfig& config) : ratios_(config.params.
     if (i + 1 < specs.size() && (info.name == "critical_adakv" || info.name == "dms"))
       throw Error("press 'composed': '" + info.name + "' keeps a different number of tokens in each KV head, so it can only be the last press");
     if (i > 0) {
-      refuse_absolute_positions(config, spec, "composed hands every press after the first the survivors of the one before");
+      if (!info.reads_survivor_positions)
+        refuse_absolute_positions(config, spec, "composed hands every press after the first the survivors of the one before");
       refuse_hidden_states(config, spec, "composed hands every press after the first the survivors of the one before, which differ "
                                          "per KV head (kvpress hands them all tokens' hidden states with fewer keys)");
       if (info.needs_previous_layer)

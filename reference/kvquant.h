@@ -28,21 +28,29 @@
 
 namespace kvsim::ref {
 
-// cos and sin (attention scaling folded in) of the rotation by sign * p for p in [0, n),
+// cos and sin (attention scaling folded in) of the rotation by sign * p for p in `positions`
+// (row r of the table for positions[r]), or p in [0, n),
 // [n, d / 2] each: sign -1 with gain 1 / scaling inverts RoPE, +1 with gain scaling applies it.
 struct RopeTable {
   std::vector<double> cos, sin;
-  RopeTable(const RopeConfig& rope, int n, int sign) {
+  RopeTable(const RopeConfig& rope, const std::vector<int>& positions, int sign) {
     const std::size_t half = rope.inv_freq.size();
     const double gain = sign > 0 ? rope.attention_scaling : 1.0 / rope.attention_scaling;
-    cos.resize(static_cast<std::size_t>(n) * half);
+    cos.resize(positions.size() * half);
     sin.resize(cos.size());
-    for (int p = 0; p < n; ++p)
+    for (std::size_t r = 0; r < positions.size(); ++r)
       for (std::size_t i = 0; i < half; ++i) {
-        const double angle = static_cast<double>(sign) * p * rope.inv_freq[i];
-        cos[p * half + i] = gain * std::cos(angle);
-        sin[p * half + i] = gain * std::sin(angle);
+        const double angle = static_cast<double>(sign) * positions[r] * rope.inv_freq[i];
+        cos[r * half + i] = gain * std::cos(angle);
+        sin[r * half + i] = gain * std::sin(angle);
       }
+  }
+  RopeTable(const RopeConfig& rope, int n, int sign) : RopeTable(rope, positions_of(n), sign) {}
+
+  static std::vector<int> positions_of(int n) {  // 0, 1, ..., n - 1
+    std::vector<int> p(static_cast<std::size_t>(n));
+    for (int t = 0; t < n; ++t) p[t] = t;
+    return p;
   }
 };
 
@@ -73,6 +81,16 @@ KVSIM_HD static inline long kvquant_quantise_group(const float* in, float* out, 
     out[i * stride] = fabs(x) > threshold ? in[i * stride] : minmax_dequantised(x, lo, step, levels);
   }
   return outliers;
+}
+
+// The positions kvquant rotates a layer's key rows by: [0, n) for every head (one table of n
+// rows), or, after an eviction in composed(...), each KV head's survivors' own (PressInput::
+// positions; Hkv n rows, head-major). Row t of head g reads table row (g n + t) mod rows.
+inline std::vector<int> kvquant_row_positions(const std::vector<std::vector<int>>* positions, int n) {
+  if (!positions) return RopeTable::positions_of(n);
+  std::vector<int> rows;
+  for (const auto& head : *positions) rows.insert(rows.end(), head.begin(), head.begin() + n);
+  return rows;
 }
 
 inline void kvquant_check(int d, const RopeConfig& rope) {

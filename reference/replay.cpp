@@ -373,16 +373,19 @@ struct ReplayPresses {
 };
 
 // Reads `layers` one ahead, on another thread, while `work` runs on the current one: only that
-// thread calls into HDF5.
+// thread calls into HDF5. Each read(layer, done) reuses the memory of the layer worked on last
+// (`done`): no fresh pages to fault in.
 template <typename Read, typename Work>
 void stream_layers(const std::vector<int>& layers, const Read& read, ReplayResult& result, const Work& work) {
-  std::future<LoadedLayer> next = std::async(std::launch::async, read, layers.front());
+  std::future<LoadedLayer> next = std::async(std::launch::async, read, layers.front(), LayerTensors{});
+  LoadedLayer loaded;
   for (std::size_t li = 0; li < layers.size(); ++li) {
     const auto wait_start = std::chrono::steady_clock::now();
-    const LoadedLayer loaded = next.get();
+    LayerTensors done = std::move(loaded.tensors);
+    loaded = next.get();
     result.read_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
     result.read_seconds += loaded.seconds;
-    if (li + 1 < layers.size()) next = std::async(std::launch::async, read, layers[li + 1]);
+    if (li + 1 < layers.size()) next = std::async(std::launch::async, read, layers[li + 1], std::move(done));
     work(li, loaded);
   }
 }
@@ -466,14 +469,16 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
 
   // Layers are read one ahead (stream_layers). Cross-layer presses (MiniCache) also get the
   // layer before.
-  auto read = [&](int layer) {
+  auto read = [&](int layer, LayerTensors done) {
     const auto start = std::chrono::steady_clock::now();
     LoadedLayer loaded;
-    loaded.tensors = trace.read_layer(layer, {.attn_out = false,
-                                              .o_proj = true,
-                                              .hidden_states = needs_hidden_states,
-                                              .kvzip = needs_extra_passes,
-                                              .kvcompose = needs_extra_passes});
+    loaded.tensors = trace.read_layer(layer,
+                                      {.attn_out = false,
+                                       .o_proj = true,
+                                       .hidden_states = needs_hidden_states,
+                                       .kvzip = needs_extra_passes,
+                                       .kvcompose = needs_extra_passes},
+                                      std::move(done));
     if (options.check_trace) check_recorded_outputs(trace, loaded.tensors);
     if (needs_previous_layer && has_predecessor(layer)) loaded.previous = trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false});
     loaded.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -64,6 +64,25 @@ TEST(Half, RoundTripsEveryHalfAndRoundsToNearestEven) {
   EXPECT_EQ(round_to_bf16(-2.5f), -2.5f);
 }
 
+// half_to_float against the format's definition, (-1)^s 2^(e-15) (1 + m/1024), or 2^-14 m/1024
+// for e = 0, inf and NaN (payload kept) for e = 31: every one of the 65536 inputs.
+TEST(Half, WidensEveryHalfToItsDefinedValue) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const int sign = h >> 15, exponent = (h >> 10) & 31, mantissa = h & 1023;
+    const float got = half_to_float(static_cast<uint16_t>(h));
+    if (exponent == 31 && mantissa != 0) {
+      ASSERT_TRUE(std::isnan(got)) << std::hex << h;
+      ASSERT_EQ(float_bits(got), (static_cast<uint32_t>(sign) << 31) | 0x7F800000u | (static_cast<uint32_t>(mantissa) << 13)) << std::hex << h;
+      continue;
+    }
+    const double magnitude = exponent == 31 ? INFINITY
+                             : exponent == 0 ? std::ldexp(mantissa / 1024.0, -14)
+                                             : std::ldexp(1.0 + mantissa / 1024.0, exponent - 15);
+    const float expected = static_cast<float>(sign ? -magnitude : magnitude);
+    ASSERT_EQ(float_bits(got), float_bits(expected)) << std::hex << h;  // bits: -0 differs from +0
+  }
+}
+
 TEST(Stats, PercentilesInterpolateLinearly) {
   // numpy.percentile([1, 2, 3, 4], [50, 95]) = [2.5, 3.85]
   const Summary s = summarize({4, 1, 3, 2});

@@ -248,13 +248,30 @@ TEST_P(Quantisers, KvquantQuantisesKeysBeforeRope) {
 INSTANTIATE_TEST_SUITE_P(Backends, Quantisers, ::testing::Values(Backend::reference, Backend::cuda_emulated),
                          [](const auto& info) { return std::string(info.param == Backend::reference ? "reference" : "cuda_emu"); });
 
-// Its RoPE inversion needs the tokens' positions, which composed does not hand a later press.
-TEST(Kvquant, RefusesToFollowAnEvictionPress) {
-  try {
-    Registry::instance().make("composed(knorm;kvquant)", Backend::reference);
-    ADD_FAILURE() << "composed(knorm;kvquant) was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("'kvquant' needs the absolute positions"), std::string::npos) << e.what();
+// After an eviction, kvquant re-rotates each survivor by its own position (composed hands it
+// PressInput::positions): keys whose pre-RoPE channels are constant over all tokens come back
+// exactly after 2 bits; rotated by the survivors' indices 0, 1, ... instead, they would not.
+TEST(Kvquant, FollowsAnEvictionPressAtTheSurvivorsPositions) {
+  const int n = 32, d = 8;
+  LayerTensors layer = test::random_layer(2, 2, n, d, 6);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, d);
+  const float pre[2][d] = {{0.3f, -1.2f, 2.0f, 0.7f, -0.4f, 1.5f, -2.2f, 0.9f}, {1.1f, 0.2f, -0.6f, 1.9f, -1.4f, 0.5f, 0.8f, -0.3f}};
+  for (int g = 0; g < 2; ++g)
+    for (int t = 0; t < n; ++t) apply_rope(pre[g], &layer.k.at(g, t, 0), t, rope);
+  const PressInput input{layer, n, 1, rope};
+  for (Backend backend : {Backend::reference, Backend::cuda_emulated}) {
+    const Compression evicted = Registry::instance().make("random:seed=3", backend)->compress(input, 0.5);
+    const Compression both = Registry::instance().make("composed(random:seed=3;kvquant:bits=2,outlier_threshold=100)", backend)->compress(input, 0.5);
+    ASSERT_EQ(both.kept, evicted.kept) << backend_name(backend);
+    ASSERT_EQ(both.keys.size(), 2u);
+    bool moved = false;  // the survivors are not the first tokens: positions matter
+    for (int g = 0; g < 2; ++g)
+      for (std::size_t r = 0; r < both.kept[g].size(); ++r) {
+        moved = moved || both.kept[g][r] != static_cast<int>(r);
+        for (int c = 0; c < d; ++c)
+          EXPECT_NEAR(both.keys[g][r * d + c], layer.k.at(g, both.kept[g][r], c), 1e-5) << backend_name(backend) << " head " << g << " row " << r;
+      }
+    EXPECT_TRUE(moved);
   }
 }
 

@@ -95,6 +95,8 @@ class ReplayOnRandomTrace : public ::testing::Test {
     for (int l : {0, 2}) {
       layers_.push_back(test::random_layer(4, 2, 136, 16, 50 + l, l));
       test::add_hidden_states(layers_.back(), 60 + l);  // kvzap, fastkvzip
+      LayerTensors pass = test::random_layer(4, 2, 120, 16, 70 + l);  // kvcompose's second pass over the 120 context tokens
+      layers_.back().kvcompose = {pass.q, pass.k};
     }
     path_ = dir_.file("random.h5");
     test::write_trace(path_, info_, layers_);

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "test_util.h"
+#include "traces/fast_read.h"
 
 namespace kvsim {
 namespace {
@@ -544,6 +545,110 @@ TEST_F(BadAnswerSpans, AttributesOutOfRange) {
     root.createAttribute("answer_score", H5::PredType::IEEE_F64LE, H5::DataSpace(H5S_SCALAR)).write(H5::PredType::NATIVE_DOUBLE, &score);
   }
   EXPECT_TRUE(mentions(read_error(), {"bad.h5", "'answer_score' must be in [0, 1]"}));
+}
+
+// The fast path (traces/fast_read.h): layers of several chunks per head, an edge chunk
+// (T = 2100 = 2 x 1024 + 52) and two read blocks (40 heads x 2100 x 64 values), with and
+// without checksums, read back as the written values rounded to the storage dtype, and equal to
+// HDF5's own read of the same values (a slab of T - 1 tokens, which the fast path leaves to HDF5).
+class TraceFastRead : public ::testing::TestWithParam<StorageDtype> {};
+
+TEST_P(TraceFastRead, ReadsWhatHdf5Reads) {
+  const StorageDtype dtype = GetParam();
+  auto stored = [dtype](float x) { return dtype == StorageDtype::float16 ? round_to_half(x) : round_to_bf16(x); };
+  test::TempDir dir;
+  const TraceInfo info = test::trace_info(40, 2, 64, 2000, 60, 40, {0}, dtype);
+  const LayerTensors layer = test::random_layer(40, 2, 2100, 64, 5);
+  for (const bool checksums : {true, false}) {
+    const std::string path = dir.file(checksums ? "checksummed.h5" : "plain.h5");
+    {
+      TraceWriter writer(path, info, checksums);
+      writer.write_layer(layer);
+      writer.finish();
+    }
+    const TraceReader reader(path);
+    const LayerTensors read = reader.read_layer(0);
+    ASSERT_EQ(read.q.data.size(), layer.q.data.size());
+    for (std::size_t i = 0; i < layer.q.data.size(); ++i) ASSERT_EQ(read.q.data[i], stored(layer.q.data[i])) << i;
+    for (std::size_t i = 0; i < layer.v.data.size(); ++i) ASSERT_EQ(read.v.data[i], stored(layer.v.data[i])) << i;
+    const HeadTensor by_hdf5 = reader.read_heads(0, "q", 33, 2, 2099);
+    for (int h = 0; h < 2; ++h)
+      for (int t = 0; t < 2099; ++t)
+        for (int c = 0; c < 64; ++c) ASSERT_EQ(by_hdf5.at(h, t, c), read.q.at(33 + h, t, c));
+    // Reading again into recycled memory (the first read's, a larger layer's, a smaller one's)
+    // gives the same values and shapes.
+    for (const LayerTensors& recycled : {read, test::random_layer(50, 3, 2200, 64, 1), test::random_layer(2, 1, 10, 64, 1)}) {
+      const LayerTensors again = reader.read_layer(0, {}, LayerTensors(recycled));
+      EXPECT_EQ(again.q.heads, 40);
+      EXPECT_EQ(again.q.tokens, 2100);
+      EXPECT_EQ(again.q.data, read.q.data);
+      EXPECT_EQ(again.k.data, read.k.data);
+      EXPECT_EQ(again.v.data, read.v.data);
+    }
+  }
+}
+
+// An infinity in the second read block is reported at its flat index in the dataset.
+TEST_P(TraceFastRead, FindsANonFiniteValueInALaterBlock) {
+  test::TempDir dir;
+  const std::string path = dir.file("inf.h5");
+  LayerTensors layer = test::random_layer(40, 2, 2100, 64, 6);
+  layer.q.at(35, 1500, 7) = INFINITY;
+  test::write_trace(path, test::trace_info(40, 2, 64, 2000, 60, 40, {0}, GetParam()), {layer});
+  const std::string index = "flat index " + std::to_string((35 * 2100 + 1500) * 64 + 7) + " ";
+  EXPECT_TRUE(mentions(error_of([&] { TraceReader(path).read_layer(0); }), {"inf.h5", "/layers/0/q", "non-finite", index.c_str()}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, TraceFastRead, ::testing::Values(StorageDtype::float16, StorageDtype::bfloat16),
+                         [](const auto& info) { return dtype_name(info.param); });
+
+// hdf5_fletcher32 against HDF5's definition summed word by word (random lengths, odd ones
+// included), and against the checksum HDF5's filter stored after a chunk of a written trace.
+TEST(TraceFastRead, ChecksumIsHdf5sFletcher32) {
+  auto word_by_word = [](const std::vector<uint8_t>& bytes) {
+    uint32_t sum1 = 0, sum2 = 0;
+    std::size_t since_fold = 0;
+    for (std::size_t i = 0; i + 1 < bytes.size(); i += 2) {
+      sum1 += static_cast<uint32_t>(bytes[i]) << 8 | bytes[i + 1];
+      sum2 += sum1;
+      if (++since_fold == 360 || i + 3 >= bytes.size()) {  // every 360 words and after the last whole word
+        sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+        sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+        since_fold = 0;
+      }
+    }
+    if (bytes.size() % 2) {
+      sum1 += static_cast<uint32_t>(bytes.back()) << 8;
+      sum2 += sum1;
+      sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+      sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+    }
+    sum1 = (sum1 & 0xffff) + (sum1 >> 16);
+    sum2 = (sum2 & 0xffff) + (sum2 >> 16);
+    return sum2 << 16 | sum1;
+  };
+  std::mt19937 rng(3);
+  for (std::size_t size : {1, 2, 3, 719, 720, 721, 722, 5000, 65535}) {
+    std::vector<uint8_t> bytes(size);
+    for (uint8_t& b : bytes) b = static_cast<uint8_t>(rng());
+    EXPECT_EQ(trace_io::hdf5_fletcher32(bytes.data(), size), word_by_word(bytes)) << size;
+    std::fill(bytes.begin(), bytes.end(), 0xff);  // the largest sums
+    EXPECT_EQ(trace_io::hdf5_fletcher32(bytes.data(), size), word_by_word(bytes)) << size;
+  }
+  test::TempDir dir;
+  const std::string path = dir.file("trace.h5");
+  test::write_trace(path, test::trace_info(2, 1, 16, 500, 60, 40, {0}, StorageDtype::bfloat16), {test::random_layer(2, 1, 600, 16, 9)});
+  const H5::H5File file(path, H5F_ACC_RDONLY);
+  const H5::DataSet ds = file.openDataSet("/layers/0/k");
+  const hsize_t chunk_offset[3] = {0, 0, 0};
+  hsize_t stored_bytes = 0;
+  ASSERT_GE(H5Dget_chunk_storage_size(ds.getId(), chunk_offset, &stored_bytes), 0);
+  ASSERT_EQ(stored_bytes, 600u * 16 * 2 + 4);
+  std::vector<uint8_t> chunk(stored_bytes);
+  uint32_t skipped_filters = 0;
+  ASSERT_GE(H5Dread_chunk(ds.getId(), H5P_DEFAULT, chunk_offset, &skipped_filters, chunk.data()), 0);
+  const uint32_t stored = chunk[stored_bytes - 4] | chunk[stored_bytes - 3] << 8 | chunk[stored_bytes - 2] << 16 | static_cast<uint32_t>(chunk[stored_bytes - 1]) << 24;
+  EXPECT_EQ(trace_io::hdf5_fletcher32(chunk.data(), stored_bytes - 4), stored);
 }
 
 }  // namespace

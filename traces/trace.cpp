@@ -10,12 +10,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <tuple>
 
 #include "core/error.h"
 #include "core/half.h"
 #include "core/text.h"
+#include "traces/fast_read.h"
 
 namespace kvsim {
 
@@ -63,7 +65,13 @@ std::string shape_string(const std::vector<hsize_t>& dims) {
 
 std::string layer_group(int layer) { return "/layers/" + std::to_string(layer); }
 
-enum class FileFloat { f16, bf16, other };
+// `storage` holding `size` values, its memory reused when its capacity allows (the values are
+// about to be overwritten), else a fresh vector.
+std::vector<float> reuse_storage(std::vector<float> storage, std::size_t size) {
+  if (storage.capacity() < size) return std::vector<float>(size);
+  storage.resize(size);
+  return storage;
+}
 
 }  // namespace
 
@@ -156,51 +164,92 @@ struct TraceReader::Impl {
       fail(path, "dataset " + name + " has shape " + shape_string(dims) + ", expected " + shape_string(expected));
   }
 
-  // Raw 16-bit words are widened here only for the two exact layouts; any other float type
-  // (another 16-bit layout included) is converted by HDF5, which knows its fields.
-  static FileFloat classify(const H5::DataSet& ds) {
-    H5::FloatType type = ds.getFloatType();
-    if (type.getSize() != 2 || type.getOrder() != H5T_ORDER_LE) return FileFloat::other;
-    size_t sign = 0, exp_pos = 0, exp_size = 0, mant_pos = 0, mant_size = 0;
-    type.getFields(sign, exp_pos, exp_size, mant_pos, mant_size);
-    std::string norm_name;
-    const bool ieee = type.getNorm(norm_name) == H5T_NORM_IMPLIED && sign == 15 && mant_pos == 0;
-    if (ieee && exp_pos == 10 && exp_size == 5 && mant_size == 10 && type.getEbias() == 15) return FileFloat::f16;
-    if (ieee && exp_pos == 7 && exp_size == 8 && mant_size == 7 && type.getEbias() == 127) return FileFloat::bf16;
-    return FileFloat::other;
-  }
-
-  // Reads a hyperslab (offset/count per dimension) of a float dataset into float32.
-  static void read_float_slab(const std::string& path, const H5::DataSet& ds, const std::string& name,
-                              const std::vector<hsize_t>& offset, const std::vector<hsize_t>& count, float* out) {
-    H5::DataSpace file_space = ds.getSpace();
-    file_space.selectHyperslab(H5S_SELECT_SET, count.data(), offset.data());
+  // Reads a hyperslab (offset/count per dimension) of a float dataset into float32. 16-bit
+  // data goes in blocks of the first dimension: by its stored chunks where their layout allows
+  // (traces/fast_read.h), else through HDF5 into a scratch buffer; either way into memory kept
+  // across reads (fresh memory costs a page fault per 4 KiB, which measured slower than the
+  // read itself), widened and checked on every core.
+  void read_float_slab(const std::string& path, const H5::DataSet& ds, const std::string& name,
+                       const std::vector<hsize_t>& offset, const std::vector<hsize_t>& count, float* out) const {
+    using trace_io::ChunkedSlab;
     hsize_t total = 1;
     for (hsize_t c : count) total *= c;
+    const trace_io::FileFloat kind = trace_io::classify(ds);
+    if (kind == trace_io::FileFloat::other || total == 0) {
+      read_float_block(path, ds, name, offset, count, out);
+      for (hsize_t i = 0; i < total; ++i)
+        if (!std::isfinite(out[i])) fail_non_finite(path, name, offset, out, i);
+      return;
+    }
+    const std::optional<ChunkedSlab> chunked = ChunkedSlab::plan(ds, offset, count);
+    const H5::DataType file_type = ds.getDataType();
+    const hsize_t row = total / count[0];  // values per index of the first dimension
+    const hsize_t rows_per_block = block_rows(ds, row);
+    std::vector<hsize_t> block_offset = offset, block_count = count;
+    for (hsize_t first = 0; first < count[0]; first += rows_per_block) {
+      block_count[0] = std::min(rows_per_block, count[0] - first);
+      float* block_out = out + first * row;
+      std::size_t bad = 0;
+      ChunkedSlab::Outcome outcome = chunked ? chunked->read_rows(first, block_count[0], scratch, block_out, &bad) : ChunkedSlab::Outcome::irregular;
+      if (outcome == ChunkedSlab::Outcome::irregular) {  // HDF5 reads the block (and verifies any checksums)
+        const std::size_t values = static_cast<std::size_t>(block_count[0] * row);
+        if (scratch.size() < values) scratch.resize(values);
+        block_offset[0] = offset[0] + first;
+        read_float_block(path, ds, name, block_offset, block_count, scratch.data(), &file_type);
+        if (!trace_io::widen_16bit(kind, scratch.data(), block_out, values)) {
+          outcome = ChunkedSlab::Outcome::non_finite;
+          while (std::isfinite(block_out[bad])) ++bad;
+        }
+      }
+      if (outcome == ChunkedSlab::Outcome::damaged) fail(path, damaged_message(name));
+      if (outcome == ChunkedSlab::Outcome::non_finite) fail_non_finite(path, name, offset, out, first * row + bad);
+    }
+  }
+
+  static std::string damaged_message(const std::string& name) {
+    return "dataset " + name + " cannot be read: its data is damaged (checksum or decompression failed)";
+  }
+
+  // Reads one hyperslab into `out`, as float32, or in `raw_type` (the file's own type, no conversion).
+  static void read_float_block(const std::string& path, const H5::DataSet& ds, const std::string& name, const std::vector<hsize_t>& offset,
+                               const std::vector<hsize_t>& count, void* out, const H5::DataType* raw_type = nullptr) {
+    H5::DataSpace file_space = ds.getSpace();
+    file_space.selectHyperslab(H5S_SELECT_SET, count.data(), offset.data());
     // A memory space of the slab's own shape lets HDF5 copy whole spans; a flat one makes
     // it map every element to its chunk (measured: half of a replay's time).
     H5::DataSpace mem_space(static_cast<int>(count.size()), count.data());
-    const FileFloat kind = classify(ds);
     try {
-      if (kind == FileFloat::other) {
-        ds.read(out, H5::PredType::NATIVE_FLOAT, mem_space, file_space);
-      } else {  // read the raw 16-bit words and widen them here (faster than HDF5's soft conversion)
-        std::vector<uint16_t> raw(total);
-        ds.read(raw.data(), ds.getDataType(), mem_space, file_space);
-        for (hsize_t i = 0; i < total; ++i) out[i] = kind == FileFloat::f16 ? half_to_float(raw[i]) : bf16_to_float(raw[i]);
-      }
+      ds.read(out, raw_type ? *raw_type : H5::PredType::NATIVE_FLOAT, mem_space, file_space);
     } catch (const H5::Exception&) {  // a failed Fletcher32 checksum lands here too
-      fail(path, "dataset " + name + " cannot be read: its data is damaged (checksum or decompression failed)");
-    }
-    for (hsize_t i = 0; i < total; ++i) {
-      if (!std::isfinite(out[i])) {
-        std::ostringstream where;
-        where << "dataset " << name << " holds a non-finite value (" << out[i] << ") at flat index "
-              << i << " of the slab starting at " << shape_string(offset);
-        fail(path, where.str());
-      }
+      fail(path, damaged_message(name));
     }
   }
+
+  // Rows of the first dimension read at once: about 8 MiB of 16-bit values, a whole number of
+  // the dataset's chunks along that dimension so that no chunk is read (and checksummed) twice.
+  static hsize_t block_rows(const H5::DataSet& ds, hsize_t row) {
+    constexpr hsize_t kBlockValues = hsize_t(1) << 22;
+    hsize_t chunk_rows = 1;
+    const H5::DSetCreatPropList props = ds.getCreatePlist();
+    if (props.getLayout() == H5D_CHUNKED) {
+      std::vector<hsize_t> chunk(static_cast<std::size_t>(ds.getSpace().getSimpleExtentNdims()));
+      props.getChunk(static_cast<int>(chunk.size()), chunk.data());
+      chunk_rows = std::max<hsize_t>(1, chunk[0]);
+    }
+    const hsize_t rows = std::max<hsize_t>(1, kBlockValues / std::max<hsize_t>(1, row));
+    return (rows + chunk_rows - 1) / chunk_rows * chunk_rows;
+  }
+
+  [[noreturn]] static void fail_non_finite(const std::string& path, const std::string& name, const std::vector<hsize_t>& offset,
+                                           const float* out, hsize_t i) {
+    std::ostringstream where;
+    where << "dataset " << name << " holds a non-finite value (" << out[i] << ") at flat index " << i
+          << " of the slab starting at " << shape_string(offset);
+    fail(path, where.str());
+  }
+
+  // Raw 16-bit words (stored chunks) of the block being read; HDF5 calls come from one thread at a time.
+  mutable std::vector<uint16_t> scratch;
 };
 
 namespace {
@@ -395,13 +444,13 @@ KvzipPasses TraceReader::read_kvzip(int layer) const {
       const H5::DataSet ds = impl_->open_dataset(path_, ds_name);
       Impl::check_float_shape(path_, ds, ds_name, {static_cast<hsize_t>(heads), R, d});
       *tensor = HeadTensor(heads, static_cast<int>(R), info_.head_dim);
-      Impl::read_float_slab(path_, ds, ds_name, {0, 0, 0}, {static_cast<hsize_t>(heads), R, d}, tensor->data.data());
+      impl_->read_float_slab(path_, ds, ds_name, {0, 0, 0}, {static_cast<hsize_t>(heads), R, d}, tensor->data.data());
     }
     const std::string norm_name = group + "/kvzip_hidden_norm";
     const H5::DataSet norms = impl_->open_dataset(path_, norm_name);
     Impl::check_float_shape(path_, norms, norm_name, {R});
     out.hidden_norm.resize(R);
-    Impl::read_float_slab(path_, norms, norm_name, {0}, {R}, out.hidden_norm.data());
+    impl_->read_float_slab(path_, norms, norm_name, {0}, {R}, out.hidden_norm.data());
     return 0;
   });
   return out;
@@ -419,7 +468,7 @@ KvcomposePass TraceReader::read_kvcompose(int layer) const {
       const H5::DataSet ds = impl_->open_dataset(path_, ds_name);
       Impl::check_float_shape(path_, ds, ds_name, {static_cast<hsize_t>(heads), n, d});
       *tensor = HeadTensor(heads, static_cast<int>(n), info_.head_dim);
-      Impl::read_float_slab(path_, ds, ds_name, {0, 0, 0}, {static_cast<hsize_t>(heads), n, d}, tensor->data.data());
+      impl_->read_float_slab(path_, ds, ds_name, {0, 0, 0}, {static_cast<hsize_t>(heads), n, d}, tensor->data.data());
     }
     return 0;
   });
@@ -472,7 +521,7 @@ void TraceReader::read_answer() {
   }
 }
 
-HeadTensor TraceReader::read_heads(int layer, const std::string& name, int head_begin, int head_count, int tokens) const {
+HeadTensor TraceReader::read_heads(int layer, const std::string& name, int head_begin, int head_count, int tokens, HeadTensor storage) const {
   const TraceInfo& info = info_;
   bool recorded = false;
   for (int l : info.recorded_layers) recorded = recorded || l == layer;
@@ -489,9 +538,13 @@ HeadTensor TraceReader::read_heads(int layer, const std::string& name, int head_
     Impl::check_float_shape(path_, ds, ds_name,
                             {static_cast<hsize_t>(heads), static_cast<hsize_t>(info.total_tokens()),
                              static_cast<hsize_t>(info.head_dim)});
-    HeadTensor out(head_count, tokens, info.head_dim);
+    HeadTensor out;
+    out.heads = head_count;
+    out.tokens = tokens;
+    out.dim = info.head_dim;
+    out.data = reuse_storage(std::move(storage.data), static_cast<std::size_t>(head_count) * tokens * info.head_dim);
     if (tokens > 0)
-      Impl::read_float_slab(path_, ds, ds_name, {static_cast<hsize_t>(head_begin), 0, 0},
+      impl_->read_float_slab(path_, ds, ds_name, {static_cast<hsize_t>(head_begin), 0, 0},
                             {static_cast<hsize_t>(head_count), static_cast<hsize_t>(tokens), static_cast<hsize_t>(info.head_dim)},
                             out.data.data());
     return out;
@@ -515,7 +568,7 @@ double available_memory_bytes() {
 
 }  // namespace
 
-LayerTensors TraceReader::read_layer(int layer, LayerParts parts) const {
+LayerTensors TraceReader::read_layer(int layer, LayerParts parts, LayerTensors recycled) const {
   const TraceInfo& info = info_;
   const int T = info.total_tokens();
   // Refuse before allocating what the machine has not got (a damaged header, or a sparse
@@ -530,10 +583,11 @@ LayerTensors TraceReader::read_layer(int layer, LayerParts parts) const {
                     " MiB of memory available");
   LayerTensors out;
   out.layer_index = layer;
-  out.q = read_heads(layer, "q", 0, info.num_attention_heads, T);
-  out.k = read_heads(layer, "k", 0, info.num_key_value_heads, T);
-  out.v = read_heads(layer, "v", 0, info.num_key_value_heads, T);
-  if (parts.attn_out && has_dataset(layer, "attn_out")) out.attn_out = read_heads(layer, "attn_out", 0, info.num_attention_heads, T);
+  out.q = read_heads(layer, "q", 0, info.num_attention_heads, T, std::move(recycled.q));
+  out.k = read_heads(layer, "k", 0, info.num_key_value_heads, T, std::move(recycled.k));
+  out.v = read_heads(layer, "v", 0, info.num_key_value_heads, T, std::move(recycled.v));
+  if (parts.attn_out && has_dataset(layer, "attn_out"))
+    out.attn_out = read_heads(layer, "attn_out", 0, info.num_attention_heads, T, std::move(recycled.attn_out));
   if (parts.o_proj && has_dataset(layer, "o_proj_weight")) {
     const std::string name = layer_group(layer) + "/o_proj_weight";
     with_hdf5_errors(path_, "read " + name, [&] {
@@ -547,9 +601,9 @@ LayerTensors TraceReader::read_layer(int layer, LayerParts parts) const {
       if (info.hidden_size && dims[0] != static_cast<hsize_t>(info.hidden_size))
         Impl::fail(path_, "dataset " + name + " has " + std::to_string(dims[0]) + " rows, expected hidden_size = " +
                               std::to_string(info.hidden_size));
-      out.o_proj.resize(dims[0] * dims[1]);
+      out.o_proj = reuse_storage(std::move(recycled.o_proj), dims[0] * dims[1]);
       out.o_proj_rows = static_cast<int>(dims[0]);
-      Impl::read_float_slab(path_, ds, name, {0, 0}, {dims[0], dims[1]}, out.o_proj.data());
+      impl_->read_float_slab(path_, ds, name, {0, 0}, {dims[0], dims[1]}, out.o_proj.data());
       return 0;
     });
   }
@@ -561,9 +615,9 @@ LayerTensors TraceReader::read_layer(int layer, LayerParts parts) const {
       const H5::DataSet ds = impl_->file.openDataSet(name);
       const hsize_t rows = static_cast<hsize_t>(T), cols = static_cast<hsize_t>(info.hidden_size);
       Impl::check_float_shape(path_, ds, name, {rows, cols});
-      out.hidden_states.resize(rows * cols);
+      out.hidden_states = reuse_storage(std::move(recycled.hidden_states), rows * cols);
       out.hidden_size = info.hidden_size;
-      if (rows > 0) Impl::read_float_slab(path_, ds, name, {0, 0}, {rows, cols}, out.hidden_states.data());
+      if (rows > 0) impl_->read_float_slab(path_, ds, name, {0, 0}, {rows, cols}, out.hidden_states.data());
       return 0;
     });
   }

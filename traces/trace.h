@@ -95,11 +95,14 @@ class TraceReader {
   bool has_dataset(int layer, const std::string& name) const;  // e.g. "attn_out"
 
   // Loads a recorded layer (float32). attn_out / o_proj / hidden_states are left empty when
-  // the trace lacks them or `parts` skips them.
-  LayerTensors read_layer(int layer, LayerParts parts = {}) const;
+  // the trace lacks them or `parts` skips them. `recycled`: a layer the caller is done with,
+  // whose memory is reused where large enough (fresh memory costs a page fault per 4 KiB,
+  // which measured slower than reading the file: a replay passes the layer it finished).
+  LayerTensors read_layer(int layer, LayerParts parts = {}, LayerTensors recycled = {}) const;
   // Heads [head_begin, head_begin + head_count) and tokens [0, tokens) of one dataset
-  // ("q", "k", "v" or "attn_out"): a hyperslab read, the cheap path for one head.
-  HeadTensor read_heads(int layer, const std::string& name, int head_begin, int head_count, int tokens) const;
+  // ("q", "k", "v" or "attn_out"): a hyperslab read, the cheap path for one head. `storage`:
+  // memory to reuse, as for read_layer.
+  HeadTensor read_heads(int layer, const std::string& name, int head_begin, int head_count, int tokens, HeadTensor storage = {}) const;
 
  private:
   void read_layer_attention(int layer);  // sliding window and RoPE of one recorded layer

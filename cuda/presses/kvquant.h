@@ -11,12 +11,13 @@
 
 namespace kvsim::cuda {
 
-// Every row of from [heads, n, d] rotated by the table cs, sn [n, d / 2] into to (pairs: heads n d / 2).
+// Every row of from [heads, n, d] rotated by the table cs, sn [table_rows, d / 2] into to (pairs:
+// heads n d / 2): row r by table row r mod table_rows (n: shared by the heads; heads n: per head).
 template <typename Exec>
-void kvquant_rotate_rows(Exec& exec, const float* from, float* to, long pairs, int n, int d, const double* cs, const double* sn) {
+void kvquant_rotate_rows(Exec& exec, const float* from, float* to, long pairs, long table_rows, int d, const double* cs, const double* sn) {
   const int half = d / 2;
   exec.for_each(pairs, [=] KVSIM_HD(long i) {  // i = row * half + c, row = head * n + token
-    const long row = i / half, at = row % n * half + i % half;
+    const long row = i / half, at = row % table_rows * half + i % half;
     ref::kvquant_rotate_pair(from + row * d, to + row * d, static_cast<int>(i % half), half, cs[at], sn[at]);
   });
 }
@@ -36,7 +37,9 @@ class KvquantDevice final : public Press {
     using FloatBuffer = typename Exec::template Buffer<float>;
     using DoubleBuffer = typename Exec::template Buffer<double>;
     const long per_head = static_cast<long>(n) * d, all = Hkv * per_head;
-    const ref::RopeTable inverse_table(input.rope, n, -1), forward_table(input.rope, n, +1);
+    const std::vector<int> positions = ref::kvquant_row_positions(input.positions, n);
+    const ref::RopeTable inverse_table(input.rope, positions, -1), forward_table(input.rope, positions, +1);
+    const long table_rows = static_cast<long>(positions.size());
     DoubleBuffer inverse_cos(inverse_table.cos.size()), inverse_sin(inverse_cos.size()), forward_cos(inverse_cos.size()),
         forward_sin(inverse_cos.size());
     inverse_cos.upload(inverse_table.cos.data(), inverse_cos.size());
@@ -52,12 +55,12 @@ class KvquantDevice final : public Press {
     long* outliers = outlier_buffer.data();
     const float* k = layer.k.data();
     const float* v = layer.v.data();
-    kvquant_rotate_rows(exec, k, pre, all / 2, n, d, inverse_cos.data(), inverse_sin.data());
+    kvquant_rotate_rows(exec, k, pre, all / 2, table_rows, d, inverse_cos.data(), inverse_sin.data());
     exec.for_each(static_cast<long>(Hkv) * d, [=] KVSIM_HD(long i) {  // one key channel of one head
       const long offset = i / d * per_head + i % d;
       outliers[i] = ref::kvquant_quantise_group(pre + offset, quantised + offset, n, d, bits, threshold);
     });
-    kvquant_rotate_rows(exec, quantised, kq, all / 2, n, d, forward_cos.data(), forward_sin.data());
+    kvquant_rotate_rows(exec, quantised, kq, all / 2, table_rows, d, forward_cos.data(), forward_sin.data());
     const long key_groups = static_cast<long>(Hkv) * d;
     exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) {  // one value token of one head
       outliers[key_groups + i] = ref::kvquant_quantise_group(v + i * d, vq + i * d, d, 1, bits, threshold);

@@ -2,8 +2,9 @@
 // RoPE, values per token, dense-and-sparse outliers above an absolute threshold kept exact
 // (reference/kvquant.h: the algorithm, the storage accounting, the deviations). Every token is
 // kept; the achieved ratio is the storage saved against float16, metadata included. --ratio
-// does not apply. It inverts RoPE at the tokens' positions, so it may only be first in
-// composed(...) (which hands later presses the survivors without their positions).
+// does not apply. It inverts RoPE at the tokens' positions: after an eviction in composed(...),
+// at the survivors' own (PressInput::positions), so `composed(snapkv;kvquant)` quantises what
+// snapkv keeps.
 #include <atomic>
 
 #include "core/registry.h"
@@ -14,11 +15,14 @@
 namespace kvsim::ref {
 namespace {
 
-// Every row of x [n, d] rotated by the table's rotations into out.
-void rotate_rows(const float* x, float* out, int n, int d, const RopeTable& table) {
+// Every row t of x [n, d] rotated by the table's row (first_row + t) mod rows into out.
+void rotate_rows(const float* x, float* out, int n, int d, const RopeTable& table, long first_row) {
   const int half = d / 2;
-  for (int t = 0; t < n; ++t)
-    for (int c = 0; c < half; ++c) kvquant_rotate_pair(x + t * d, out + t * d, c, half, table.cos[t * half + c], table.sin[t * half + c]);
+  const long rows = static_cast<long>(table.cos.size()) / half;
+  for (int t = 0; t < n; ++t) {
+    const long at = (first_row + t) % rows * half;
+    for (int c = 0; c < half; ++c) kvquant_rotate_pair(x + t * d, out + t * d, c, half, table.cos[at + c], table.sin[at + c]);
+  }
 }
 
 class KvquantPress final : public Press {
@@ -28,7 +32,8 @@ class KvquantPress final : public Press {
   Compression compress(const PressInput& in, double) const override {
     const int n = in.n, d = in.head_dim(), Hkv = in.num_kv_heads();
     kvquant_check(d, in.rope);
-    const RopeTable inverse(in.rope, n, -1), forward(in.rope, n, +1);
+    const std::vector<int> positions = kvquant_row_positions(in.positions, n);
+    const RopeTable inverse(in.rope, positions, -1), forward(in.rope, positions, +1);
     Compression c = keep_all(Hkv, n);
     c.keys.resize(static_cast<std::size_t>(Hkv));
     c.values.resize(static_cast<std::size_t>(Hkv));
@@ -36,11 +41,11 @@ class KvquantPress final : public Press {
     parallel_for(Hkv, [&](int g) {
       const std::size_t entries = static_cast<std::size_t>(n) * d;
       std::vector<float> pre(entries), quantised(entries);
-      rotate_rows(in.layer.k.head(g), pre.data(), n, d, inverse);
+      rotate_rows(in.layer.k.head(g), pre.data(), n, d, inverse, static_cast<long>(g) * n);
       long found = 0;
       for (int ch = 0; ch < d; ++ch) found += kvquant_quantise_group(pre.data() + ch, quantised.data() + ch, n, d, bits_, threshold_);
       c.keys[g].resize(entries);
-      rotate_rows(quantised.data(), c.keys[g].data(), n, d, forward);
+      rotate_rows(quantised.data(), c.keys[g].data(), n, d, forward, static_cast<long>(g) * n);
       c.values[g].resize(entries);
       const float* v = in.layer.v.head(g);
       for (long t = 0; t < n; ++t) found += kvquant_quantise_group(v + t * d, c.values[g].data() + t * d, d, 1, bits_, threshold_);
@@ -61,7 +66,8 @@ const Registrar registered({.name = "kvquant",
                             .params = {{"bits", ParamType::Int, 4.0, 1.0, 8.0, "bits per quantised element"},
                                        {"outlier_threshold", ParamType::Float, 6.0, 0.0, {}, "|x| above it is kept exact"}},
                             .uses_ratio = false,
-                            .uses_absolute_positions = true},
+                            .uses_absolute_positions = true,
+                            .reads_survivor_positions = true},
                            Backend::reference, factory_of<KvquantPress>());
 
 }  // namespace
