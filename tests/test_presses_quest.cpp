@@ -39,13 +39,14 @@ std::vector<double> attend_selected(const LayerTensors& layer, int h, int g, int
   return out;
 }
 
-// Quest's selection for query position p over keys [0, p], written from the algorithm's
-// description: pages padded with copies of their last key, box bounds, top pages (ties: lower
-// page), expanded, clamped to the prefix, sorted, cut to the prefix budget, recent keys after.
-std::vector<int> brute_force_selection(const LayerTensors& layer, int h, int g, int p, int budget, int page_size, int recent_size) {
-  const int visible = p + 1, d = layer.q.dim;
+// Quest's selection for query position p over the keys it sees, [0, p] (or its last `window`),
+// written from the algorithm's description: pages padded with copies of their last key, box
+// bounds, top pages (ties: lower page), expanded, clamped to the prefix, sorted, cut to the
+// prefix budget, recent keys after. Returns absolute positions.
+std::vector<int> brute_force_selection(const LayerTensors& layer, int h, int g, int p, int budget, int page_size, int recent_size, int window = 0) {
+  const int first = window > 0 ? std::max(0, p - window + 1) : 0, visible = p - first + 1, d = layer.q.dim;
   std::vector<int> all(static_cast<std::size_t>(visible));
-  std::iota(all.begin(), all.end(), 0);
+  std::iota(all.begin(), all.end(), first);
   if (budget >= visible) return all;
   const int recent = std::min({visible, recent_size, budget}), prefix = visible - recent, prefix_budget = budget - recent;
   std::vector<int> selected;
@@ -56,7 +57,7 @@ std::vector<int> brute_force_selection(const LayerTensors& layer, int h, int g, 
     for (int page = 0; page < pages; ++page) {
       std::vector<std::vector<float>> padded;  // the page's keys, the last one repeated to page_size
       for (int slot = 0; slot < page_size; ++slot) {
-        const int t = std::min(page * page_size + slot, prefix - 1);
+        const int t = first + std::min(page * page_size + slot, prefix - 1);
         padded.emplace_back(layer.k.head(g) + static_cast<std::size_t>(t) * d, layer.k.head(g) + static_cast<std::size_t>(t + 1) * d);
       }
       for (int c = 0; c < d; ++c) {
@@ -76,17 +77,20 @@ std::vector<int> brute_force_selection(const LayerTensors& layer, int h, int g, 
     selected.resize(static_cast<std::size_t>(prefix_budget));
   }
   for (int t = prefix; t < visible; ++t) selected.push_back(t);
+  for (int& t : selected) t += first;
   return selected;
 }
 
 class Quest : public ::testing::TestWithParam<Backend> {
  protected:
-  QueryTimeOutputs run(const std::string& spec, const LayerTensors& layer, int n, double ratio = 0.5) const {
+  QueryTimeOutputs run(const std::string& spec, const LayerTensors& layer, int n, double ratio = 0.5, int sliding_window = 0) const {
     const auto press = Registry::instance().make(spec, GetParam());
     const RopeConfig rope = RopeConfig::from_theta(10000.0, layer.k.dim);
     const auto* sparse = dynamic_cast<const QueryTimePress*>(press.get());
     EXPECT_NE(sparse, nullptr);
-    return sparse->outputs(PressInput{layer, n, 1, rope}, ratio);
+    PressInput input{layer, n, 1, rope};
+    input.sliding_window = sliding_window;
+    return sparse->outputs(input, ratio);
   }
   // Every output of `got` against attend_selected over `selection(h, p)`.
   template <typename Selection>
@@ -172,6 +176,14 @@ TEST_P(Quest, MatchesABruteForceSelectionOnRandomLayers) {
   // token_budget = 0: int((p + 1)(1 - ratio)) per query.
   const QueryTimeOutputs got = run("quest:page_size=4", layer, n, 0.7);
   expect_outputs(got, layer, n, [&](int h, int p) { return brute_force_selection(layer, h, h / 2, p, std::max(1, static_cast<int>((p + 1) * (1.0 - 0.7))), 4, 0); });
+}
+
+// A sliding window W: query p sees keys (p - W, p], and its pages start at the first of them.
+TEST_P(Quest, PagesStartAtTheSlidingWindowsFirstKey) {
+  const LayerTensors layer = test::random_layer(4, 1, 64, 8, 12);
+  const QueryTimeOutputs got = run("quest:token_budget=9,page_size=4,recent_size=2", layer, 50, 0.5, 23);
+  expect_outputs(got, layer, 50, [&](int h, int p) { return brute_force_selection(layer, h, 0, p, 9, 4, 2, 23); });
+  EXPECT_NEAR(got.attended_fraction[0], 9.0 / 23.0, 1e-12);
 }
 
 // The replay's metrics: every key fits (rel_err ~ 0, nothing compressed), a small budget perturbs.
