@@ -67,7 +67,8 @@ const PressInfo& Registry::check(const PressSpec& spec, Backend backend) const {
     if (!spec.inner || !spec.second)
       throw Error("press '" + spec.name + "' takes two presses: " + spec.name + "(<prefill press>;<decoding press>), e.g. " + spec.name +
                   "(snapkv;decoding(knorm))");
-    check(*spec.inner, backend);
+    if (check(*spec.inner, backend).query_time)
+      throw Error("press '" + spec.name + "': its prefill press cannot be '" + spec.inner->name + "', which evicts nothing (its queries attend sparsely)");
     const PressInfo& decoding = check(*spec.second, backend);
     if (!decoding.decoding)
       throw Error("press '" + spec.name + "': its second press must be a decoding press (decoding, compression_ratio_decoding, cam), not '" +

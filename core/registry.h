@@ -42,6 +42,7 @@ struct PressInfo {
   bool reads_survivor_positions = false;  // ...from PressInput::positions where given: may follow an eviction in composed
   bool decoding = false;                 // compresses during generation (DecodingPress and kin)
   bool needs_previous_layer = false;     // reads layer l - 1 too (MiniCache)
+  bool query_time = false;               // evicts nothing; each evaluation query attends to its own subset (core/query_time.h)
   // What a trace (or the user) must provide beyond Q/K/V and RoPE, for `kvsim list`'s "needs":
   // "o_proj", "hidden_states", "previous layer", "artefact", "extra pass".
   std::vector<std::string> needs;

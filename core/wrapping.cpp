@@ -251,6 +251,8 @@ ComposedPress::ComposedPress(const PressConfig& config) : ratios_(config.params.
       throw Error("press 'composed' cannot contain 'adakv' (kvpress's ComposedPress refuses AdaKVPress)");
     if (info.decoding || info.wraps_pair)
       throw Error("press 'composed' cannot contain '" + info.name + "': decoding presses run only at the top level of a spec");
+    if (info.query_time)
+      throw Error("press 'composed' cannot contain '" + info.name + "': it evicts nothing (its queries attend sparsely), so it runs only at the top level of a spec");
     if (i + 1 < specs.size() && (info.name == "critical_adakv" || info.name == "dms"))
       throw Error("press 'composed': '" + info.name + "' keeps a different number of tokens in each KV head, so it can only be the last press");
     if (i > 0) {

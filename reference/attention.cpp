@@ -10,7 +10,7 @@ namespace kvsim::ref {
 
 RowMatrix attention_probs(const Eigen::Ref<const RowMatrix>& queries, const Eigen::Ref<const RowMatrix>& keys,
                           const std::vector<int>& query_pos, const std::vector<int>& key_pos, Eigen::VectorXd* lse,
-                          int sliding_window) {
+                          int sliding_window, const std::vector<char>* allowed) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(queries.cols()));
   RowMatrix logits = (queries * keys.transpose()) * scale;
   const bool masked = !query_pos.empty();
@@ -19,7 +19,8 @@ RowMatrix attention_probs(const Eigen::Ref<const RowMatrix>& queries, const Eige
     float* row = logits.row(i).data();
     float row_max = -std::numeric_limits<float>::infinity();
     for (Eigen::Index j = 0; j < logits.cols(); ++j) {
-      if (masked && (key_pos[j] > query_pos[i] || (sliding_window > 0 && query_pos[i] - key_pos[j] >= sliding_window)))
+      if ((masked && (key_pos[j] > query_pos[i] || (sliding_window > 0 && query_pos[i] - key_pos[j] >= sliding_window))) ||
+          (allowed && !(*allowed)[static_cast<std::size_t>(i * logits.cols() + j)]))
         row[j] = -std::numeric_limits<float>::infinity();
       row_max = std::max(row_max, row[j]);
     }

@@ -11,11 +11,12 @@ namespace kvsim::ref {
 
 // Rows of `queries` attend over rows of `keys`. Query row i may see key column j iff
 // key_pos[j] <= query_pos[i], and with a sliding window W > 0 also query_pos[i] - key_pos[j] < W
-// (pass empty position lists for no mask). Returns the softmax probabilities (rows x keys);
-// `lse` (optional) receives each row's log-sum-exp of the scaled logits.
+// (pass empty position lists for no mask), and with `allowed` (rows x keys, row-major) only
+// where it is non-zero (query-time sparse attention). Returns the softmax probabilities
+// (rows x keys); `lse` (optional) receives each row's log-sum-exp of the scaled logits.
 RowMatrix attention_probs(const Eigen::Ref<const RowMatrix>& queries, const Eigen::Ref<const RowMatrix>& keys,
                           const std::vector<int>& query_pos, const std::vector<int>& key_pos,
-                          Eigen::VectorXd* lse = nullptr, int sliding_window = 0);
+                          Eigen::VectorXd* lse = nullptr, int sliding_window = 0, const std::vector<char>* allowed = nullptr);
 
 // Causal attention outputs of every query head at positions [0, tokens): [H, tokens, d].
 // Computed in blocks of query rows so memory stays O(block * tokens); heads in parallel.

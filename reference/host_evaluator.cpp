@@ -9,12 +9,12 @@
 namespace kvsim::ref {
 
 Outputs attend(const HeadTensor& q, int h, const RowMatrix& keys, const RowMatrix& values, const std::vector<int>& key_pos,
-               int first_query, int n_queries, int sliding_window) {
+               int first_query, int n_queries, int sliding_window, const std::vector<char>* allowed) {
   std::vector<int> qpos(n_queries);
   std::iota(qpos.begin(), qpos.end(), first_query);
   Outputs o;
   const RowMatrix probs = attention_probs(ConstRowMap(q.head(h) + static_cast<std::size_t>(first_query) * q.dim, n_queries, q.dim),
-                                          keys, qpos, key_pos, &o.lse, sliding_window);
+                                          keys, qpos, key_pos, &o.lse, sliding_window, allowed);
   o.out = probs * values;
   return o;
 }

@@ -13,6 +13,7 @@
 #include "core/evaluation.h"
 #include "core/model_wide.h"
 #include "core/philox.h"
+#include "core/query_time.h"
 #include "core/wrapping.h"
 #include "reference/answer_metrics.h"
 #include "reference/attention.h"
@@ -546,6 +547,12 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
           const auto order = pair->cache_order(input, ratio, prefill);
           run_outputs = decode_layer(pair->decoding(), tensors, n_layer, info, name, &prefill, &order);
         }
+        comparison = host().compare_outputs(run_outputs.outputs);
+      } else if (const auto* query_time = dynamic_cast<const QueryTimePress*>(&press)) {
+        // Nothing evicted: the run's kept fraction is the share of visible keys the queries attend to.
+        QueryTimeOutputs sparse = query_time->outputs(input, ratio);
+        run_outputs.outputs = std::move(sparse.heads);
+        run_outputs.kept_fraction = std::move(sparse.attended_fraction);
         comparison = host().compare_outputs(run_outputs.outputs);
       } else {
         const Compression c = planned[s].empty() ? press.compress(input, ratio) : *planned[s][li];

@@ -454,9 +454,12 @@ TEST_P(EveryPress, KeepsValidSetsOfTheRightSizeDeterministically) {
       for (const auto& head : c.kept) EXPECT_EQ(head.size(), static_cast<std::size_t>(n)) << "ratio 0 must keep all";
     }
     // KVCache-Factory's presses (kvcf_*) keep round(n (1 - ratio)), per layer or head (test_presses_kvcf.cpp).
+    // Query-time presses (quest) keep everything: their ratio is their queries' (test_presses_quest.cpp).
     const bool kvcf_budget = info.name.rfind("kvcf_", 0) == 0;
-    // headkv's budgets come from its head-score table (test_presses_kvcf.cpp).
-    if (info.uses_ratio && !info.wraps_scorer && !info.wraps_list && info.name != "pyramidkv" && info.name != "fastkvzip" && !kvcf_budget &&
+    // headkv's budgets come from its head-score table (test_presses_kvcf.cpp); query-time presses evict nothing.
+    if (info.query_time) {
+      for (const auto& head : c.kept) EXPECT_EQ(head.size(), static_cast<std::size_t>(n)) << "a query-time press evicts nothing";
+    } else if (info.uses_ratio && !info.wraps_scorer && !info.wraps_list && info.name != "pyramidkv" && info.name != "fastkvzip" && !kvcf_budget &&
         info.name != "kvzip" && info.name != "headkv") {
       for (const auto& head : c.kept) EXPECT_EQ(head.size(), static_cast<std::size_t>(kvpress_budget(n, ratio)));
     }

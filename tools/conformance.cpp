@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/model_wide.h"
+#include "core/query_time.h"
 
 namespace kvsim {
 
@@ -77,6 +78,28 @@ class CaseComparer {
         what << "statistic " << i << ": reference " << a[i] << ", " << backend_name(other_) << " " << b[i];
         return violation(where, what.str());
       }
+  }
+
+  // Query-time presses (core/query_time.h): the same attended share of keys per KV head (both
+  // backends select from bounds computed by one float64 function, reference/quest.h), and each
+  // query's output within output_rtol of its norm, and its log-sum-exp within output_rtol.
+  void sparse_outputs(const std::string& where, const QueryTimeOutputs& a, const QueryTimeOutputs& b) {
+    if (a.attended_fraction != b.attended_fraction) return violation(where, "the attended shares of keys differ");
+    if (a.heads.size() != b.heads.size()) return violation(where, "outputs of different numbers of heads");
+    for (std::size_t h = 0; h < a.heads.size(); ++h) {
+      const AttentionOutputs &x = a.heads[h], &y = b.heads[h];
+      if (x.out.rows() != y.out.rows() || x.out.cols() != y.out.cols()) return violation(where, "outputs of different shapes");
+      for (Eigen::Index i = 0; i < x.out.rows(); ++i) {
+        const double norm = x.out.row(i).cast<double>().norm(), diff = (y.out.row(i) - x.out.row(i)).cast<double>().norm();
+        const double err = std::max(diff / (tol_.output_rtol * norm + 1e-30), std::abs(y.lse[i] - x.lse[i]) / (tol_.output_rtol * std::max(1.0, std::abs(x.lse[i]))));
+        result_.max_score_error = std::max(result_.max_score_error, err);
+        if (!(err <= 1.0)) {
+          std::ostringstream what;
+          what << "output of head " << h << " query " << i << ": relative difference " << diff / norm << ", lse " << x.lse[i] << " vs " << y.lse[i];
+          return violation(where, what.str());
+        }
+      }
+    }
   }
 
   // Kept sets (differences tolerated near the reference selection's boundary, by `scores`)
@@ -227,6 +250,8 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
       const auto* got_scorer = dynamic_cast<const ScorerPress*>(candidate.get());
       if (ref_scorer && got_scorer) compare.scores(where, ref_scorer->score(input, ratio), got_scorer->score(input, ratio));
       compare.compressions(where, *ref.compression, *got.compression, selection_scores(spec, input, ratio), in.n);
+      if (const auto* sparse = dynamic_cast<const QueryTimePress*>(reference.get()))
+        compare.sparse_outputs(where, sparse->outputs(input, ratio), dynamic_cast<const QueryTimePress&>(*candidate).outputs(input, ratio));
     }
   }
   return result;

@@ -8,6 +8,7 @@
 //    are counted and reported, any other difference is a violation;
 //  * merged values (merging presses): |v_other - v_ref| <= value_rtol * |v_ref| + 1e-6 * max|v_ref|,
 //    in heads where both kept the same tokens;
+//  * sparse attention outputs (query-time presses): per query, within output_rtol;
 //  * errors: a press that rejects an input must do so on both backends.
 #include <string>
 #include <vector>
@@ -30,6 +31,7 @@ struct ConformanceTolerance {
   double boundary_rtol = 1e-4;
   double value_rtol = 1e-5;  // merged values (float32)
   double statistic_atol = 1.0;  // model-wide surveys' statistics: a count on a threshold may move by one under rounding
+  double output_rtol = 1e-4;  // query-time presses' sparse attention outputs, per query (float32)
 };
 
 struct PressConformance {
