@@ -467,22 +467,25 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
   const int passes = model_wide ? 2 : 1;
   int layers_done = 0;
 
-  // Layers are read one ahead (stream_layers). Cross-layer presses (MiniCache) also get the
-  // layer before.
-  auto read = [&](int layer, LayerTensors done) {
-    const auto start = std::chrono::steady_clock::now();
-    LoadedLayer loaded;
-    loaded.tensors = trace.read_layer(layer,
-                                      {.attn_out = false,
-                                       .o_proj = true,
-                                       .hidden_states = needs_hidden_states,
-                                       .kvzip = needs_extra_passes,
-                                       .kvcompose = needs_extra_passes},
-                                      std::move(done));
-    if (options.check_trace) check_recorded_outputs(trace, loaded.tensors);
-    if (needs_previous_layer && has_predecessor(layer)) loaded.previous = trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false});
-    loaded.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    return loaded;
+  // Layers are read one ahead (stream_layers). The recorded outputs are checked once, in the
+  // first pass; cross-layer presses (MiniCache) also get the layer before, in the evaluation pass.
+  auto reader = [&](bool survey) {
+    const bool check = options.check_trace && survey == model_wide, previous = needs_previous_layer && !survey;
+    return [&, check, previous](int layer, LayerTensors done) {
+      const auto start = std::chrono::steady_clock::now();
+      LoadedLayer loaded;
+      loaded.tensors = trace.read_layer(layer,
+                                        {.attn_out = false,
+                                         .o_proj = true,
+                                         .hidden_states = needs_hidden_states,
+                                         .kvzip = needs_extra_passes,
+                                         .kvcompose = needs_extra_passes},
+                                        std::move(done));
+      if (check) check_recorded_outputs(trace, loaded.tensors);
+      if (previous && has_predecessor(layer)) loaded.previous = trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false});
+      loaded.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      return loaded;
+    };
   };
   const auto replay_start = std::chrono::steady_clock::now();
 
@@ -492,7 +495,7 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
   if (model_wide) {
     std::vector<std::vector<LayerSurvey>> surveys(presses.size());
     std::vector<std::vector<std::size_t>> surveyed(presses.size());  // their indices into `layers`
-    stream_layers(layers, read, result, [&](std::size_t li, const LoadedLayer& loaded) {
+    stream_layers(layers, reader(true), result, [&](std::size_t li, const LoadedLayer& loaded) {
       const PreparedLayer layer(loaded, info, n);
       const PressInput input = layer.input(info, question_tokens);
       for (std::size_t p = 0; p < presses.size(); ++p) {
@@ -514,7 +517,7 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
   }
 
   // The evaluation pass.
-  stream_layers(layers, read, result, [&](std::size_t li, const LoadedLayer& loaded) {
+  stream_layers(layers, reader(false), result, [&](std::size_t li, const LoadedLayer& loaded) {
     const PreparedLayer layer(loaded, info, n);
     const LayerTensors& tensors = layer.tensors();
     const int n_layer = layer.n;

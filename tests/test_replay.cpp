@@ -192,11 +192,14 @@ TEST(Replay, RefusesATraceWhoseRecordedOutputsDisagreeWithItsTensors) {
   EXPECT_NO_THROW(ref::replay(TraceReader(good), {.presses = {"knorm"}, .ratios = {0.5}}));
   layer.attn_out.at(1, 27, 3) += 1.0f;  // head 1 is sampled (H - 1), token 27 too (T - 1)
   test::write_trace(bad, info, {layer});
-  try {
-    ref::replay(TraceReader(bad), {.presses = {"knorm"}, .ratios = {0.5}});
-    ADD_FAILURE() << "a trace with a wrong recorded output replayed";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("layer 0 head 1 token 27"), std::string::npos) << e.what();
+  // One pass, and two (a model-wide press: the outputs are checked in its first, survey pass).
+  for (const std::vector<std::string>& presses : {std::vector<std::string>{"knorm"}, {"knorm", "kvcompose"}}) {
+    try {
+      ref::replay(TraceReader(bad), {.presses = presses, .ratios = {0.5}});
+      ADD_FAILURE() << "a trace with a wrong recorded output replayed";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("layer 0 head 1 token 27"), std::string::npos) << e.what();
+    }
   }
   EXPECT_NO_THROW(ref::replay(TraceReader(bad), {.presses = {"knorm"}, .ratios = {0.5}, .check_trace = false}));
 }
