@@ -215,17 +215,25 @@ def pass_attention(q, context_keys, pass_keys):
     return weights / weights.sum(-1, keepdims=True)
 
 
+def record_with_passes(tmp, model_dir, base, passes):
+    """Records a float32 trace with --extra-passes `passes` (KVzip chunks of 40 tokens); returns its
+    path and the tiny model loaded with eager attention for an independent run, or (None, None)."""
+    trace = os.path.join(tmp, passes.replace(",", "-") + ".h5")
+    r = run(base + ["--dtype", "float32", "--extra-passes", passes, "--kvzip-chunk-size", "40", "-o", trace])
+    check(r.returncode == 0, f"record with --extra-passes {passes} exits 0: {r.stderr.strip().splitlines()[-1:]}")
+    if r.returncode:
+        return None, None
+    return trace, transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+
+
 def check_kvzip_passes(tmp, model_dir, base):
     """--extra-passes kvzip: the chunks tile the context, each repeat prompt ends with its chunk,
     and the recorded queries and keys reproduce, by a softmax over [context keys; repeat keys],
     the attention rows an independent eager run of the model over context + repeat prompt
     returns (output_attentions); the norms are those of input_layernorm's output there."""
-    trace = os.path.join(tmp, "kvzip.h5")
-    r = run(base + ["--dtype", "float32", "--extra-passes", "kvzip", "--kvzip-chunk-size", "40", "-o", trace])
-    check(r.returncode == 0, f"record with --extra-passes kvzip exits 0: {r.stderr.strip().splitlines()[-1:]}")
-    if r.returncode:
+    trace, model = record_with_passes(tmp, model_dir, base, "kvzip")
+    if not trace:
         return
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
     with h5py.File(trace, "r") as f:
         n = int(f.attrs["n_context"])
         tokens = [int(t) for t in f["tokens"][:n]]
@@ -262,12 +270,9 @@ def check_kvcompose_pass(tmp, model_dir, base):
     pass's queries and keys reproduce, by a softmax over [context keys; pass keys] with the causal
     mask on the pass, the attention rows an independent eager run of the model over the context
     twice returns (output_attentions); the pass runs in --prefill-chunk pieces, the check in one."""
-    trace = os.path.join(tmp, "kvcompose.h5")
-    r = run(base + ["--dtype", "float32", "--extra-passes", "kvzip,kvcompose", "--kvzip-chunk-size", "40", "-o", trace])
-    check(r.returncode == 0, f"record with --extra-passes kvzip,kvcompose exits 0: {r.stderr.strip().splitlines()[-1:]}")
-    if r.returncode:
+    trace, model = record_with_passes(tmp, model_dir, base, "kvzip,kvcompose")
+    if not trace:
         return
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
     with h5py.File(trace, "r") as f:
         n = int(f.attrs["n_context"])
         tokens = [int(t) for t in f["tokens"][:n]]
