@@ -1,30 +1,35 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, in one short run, from the stage that
+Every check that needs a GPU, in short runs, from the stage that
 # scripts/stage_gpu_check.sh builds (this script is copied into it):
-#   bash gpu-stage/gpu_check.sh OUT_DIR [BUDGET_SECONDS, default 540] [PART: all | checks | replay]
-# PART splits the work between two device calls where one cannot hold it: `checks` is
-# everything but the 32-layer replay, `replay` only that.
+#   bash gpu-stage/gpu_check.sh OUT_DIR [BUDGET_SECONDS, default 540] [PART: all | checks | speed]
+# PART splits the work between two device calls where one cannot hold it: `checks` is every
+# correctness check, `speed` the benchmarks, the PyTorch comparison and the timed replay.
+# GRID (press-name globs separated by ':' for each shard, shards separated by spaces) picks the
+# presses of the random shape grid; the default is every press, in three shards that run at
+# once (each with a third of the cores for the reference).
 # Each step has its own time limit, capped by what is left of the budget, so one slow step
 # cannot eat the others' time and the whole run ends inside one device call; a step with no
 # time left is recorded as skipped.
 # Writes at most 8 files into OUT_DIR (what a lent GPU machine sends back):
 #   info.txt            device, driver, commit, date, and the exit status of every step
-#   conformance.txt     the GPU conformance suite (random shape grid to 64K, bundled trace)
-#   verify.txt          kvsim verify --backend cuda on the bundled trace
-#   sanitizer.txt       compute-sanitizer: memcheck over every press, racecheck and synccheck
-#                       on presses that use the shared-memory kernels
-#   bench_cuda.json     Google Benchmark JSON: compress / select / gather per press
-#   torch.json          kvpress-style PyTorch compression step, same layer, same run
-#   log.txt             everything printed, including the timed replays of a synthetic
-#                       Llama-3-8B-shaped trace (32 layers, 32K context, 64 question and 64
-#                       generated tokens, bf16) through snapkv at 4 ratios on the cuda and
-#                       reference backends
+#   verify.txt          kvsim verify --backend cuda on the bundled trace      (checks)
+#   sanitizer.txt       compute-sanitizer: memcheck over every press, racecheck (checks)
+#                       and synccheck on presses that use the shared-memory kernels
+#   conformance.txt     the device top-k against a sort, and every press on    (checks)
+#                       the bundled trace
+#   grid-1.txt ...      the random shape grid to 64K, one file per shard       (checks)
+#   bench_cuda.json     Google Benchmark JSON: compress / select / gather      (speed)
+#   torch.json          kvpress-style PyTorch compression step, same layer     (speed)
+#   log.txt             everything printed, with the timed replays of a synthetic Llama-3-8B-
+#                       shaped trace (REPLAY_LAYERS layers, default 32, of 32K context, 64
+#                       question and 64 generated tokens, bf16) through snapkv at 4 ratios on the
+#                       cuda and reference backends                              (speed)
 set -uo pipefail
 stage=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out=${1:?usage: gpu_check.sh OUT_DIR [BUDGET_SECONDS]}
 budget=${2:-540}
 part=${3:-all}
-case "$part" in all|checks|replay) ;; *) echo "gpu_check.sh: PART is all, checks or replay, not '$part'" >&2; exit 2 ;; esac
+case "$part" in all|checks|speed) ;; *) echo "gpu_check.sh: PART is all, checks or speed, not '$part'" >&2; exit 2 ;; esac
 mkdir -p "$out"
 exec > >(tee "$out/log.txt") 2>&1
 export LD_LIBRARY_PATH="$stage/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
@@ -59,19 +64,19 @@ step() {  # step NAME SECONDS COMMAND...: runs it with a time limit, records its
   ((rc == 0)) || status=1
 }
 
+# Every press's test name in the random grid, by glob; the first shard holds the presses
+# compared on a GPU least often, the O(n^2) ones (8K at most) spread over the shards.
+default_grid="kvzip*:kvcompose:zigzag*:quest:kvcf_kivi:kvcf_think:headkv:gear:kvquant:kvcf_h2o:kvcf_adakv:kvcf_pyramidkv:kvcf_snapkv:kvcf_l2norm:kvcf_nacl*:kvcf_scissorhands*:kvcf_streaming_llm:cam_kvcf \
+finch*:think*:simlayerkv*:non_causal_attention:duo_attention:expected_attention_stats:lukv*:critical*:chunk*:block*:key_rerotation*:composed*:per_layer*:dms*:pivot_merge*:weighted_merge*:entropy_gated*:decoding*:cam_knorm*:compression_ratio_decoding*:prefill_decoding*:none \
+keydiff:cap:kivi*:kvzap:fastkvzip*:knorm:snapkv:lagkv:expected_attention:tova:streaming_llm:random:pyramidkv:compactor:cur:observed_attention:adakv*:merging*:leverage*:minicache:qfilter"
+GRID=${GRID:-$default_grid}
+
 run_checks() {
   # Cheapest and most telling first: a step cut short by the budget costs the least there.
-  step verify 20 "$bin/kvsim" verify --backend cuda > "$out/verify.txt" 2>&1
-  step bench_cuda 100 "$bin/bench_cuda" --benchmark_filter='compress/T=(32768|131072)|knorm/(score|select|gather)/T=(32768|131072)' \
-    --benchmark_out="$out/bench_cuda.json" --benchmark_out_format=json
-  if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-    step torch 30 python3 "$stage/torch_compression.py" --tokens 32768 131072 --out "$out/torch.json"
-  else
-    echo "torch: not available with CUDA here; no PyTorch comparison" | tee -a "$info"
-  fi
+  step verify 30 "$bin/kvsim" verify --backend cuda > "$out/verify.txt" 2>&1
   {
     echo "== memcheck, every press, layer 0, ratio 0.5"
-    step memcheck 30 compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0
+    step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0
     echo "== racecheck: snapkv (the shared-memory softmax and first-maximum kernels) and knorm (the radix select's histogram)"
     step racecheck 45 compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0 \
       --press snapkv knorm
@@ -79,30 +84,44 @@ run_checks() {
     step synccheck 20 compute-sanitizer --tool synccheck --error-exitcode 3 "$bin/kvsim" verify --backend cuda --ratio 0.5 --layers 0 \
       --press snapkv knorm observed_attention "merging(knorm)"
   } > "$out/sanitizer.txt" 2>&1
-  # The conformance suite last, with what is left; each test's result and time is printed as
-  # it ends: the device top-k against the reference's sort, the bundled-trace tests of every
-  # press, then the random grid to 64K (its layers drawn once for all presses), the presses
-  # never yet compared on a GPU first.
   {
     step select_gpu 30 "$bin/test_select_gpu"
-    step conformance_trace 60 "$bin/test_conformance_gpu" --gtest_filter='*Bundled*:*EveryReferencePress*'
-    grid=keydiff:cap:kivi:kvzap:fastkvzip:knorm:snapkv:lagkv:expected_attention:tova:streaming_llm:random:pyramidkv:compactor:cur:observed_attention:adakv:merging:leverage:minicache:qfilter
-    step conformance_grid 600 "$bin/test_conformance_gpu" --gtest_filter="$(sed 's/\([a-z_]*\)/*RandomInputsOverTheShapeGrid\/\1*/g' <<<"$grid")"
+    step conformance_trace 90 "$bin/test_conformance_gpu" --gtest_filter='*Bundled*:*EveryReferencePress*'
   } > "$out/conformance.txt" 2>&1
+  # The grid's shards at once, each with its share of the cores; each test's result and time is
+  # printed as it ends, so a shard cut short by the budget still says what passed.
+  local shards=($GRID) i=0 threads
+  threads=$(( $(nproc) / ${#shards[@]} ))
+  ((threads > 0)) || threads=1
+  for shard in "${shards[@]}"; do
+    i=$((i + 1))
+    OMP_NUM_THREADS=$threads step "grid_$i" 600 "$bin/test_conformance_gpu" \
+      --gtest_filter="$(sed 's/\([^:]*\)/*RandomInputsOverTheShapeGrid\/\1/g' <<<"$shard")" > "$out/grid-$i.txt" 2>&1 &
+  done
+  wait
+  grep -q "exit [1-9]\|skipped" "$out"/grid-*.txt && status=1
 }
 
-run_replay() {
-  # A Llama-3-8B-shaped trace: 32 layers of 32K context (12.6 GB in bf16), generated on every core.
-  local synthetic
+run_speed() {
+  step bench_cuda 100 "$bin/bench_cuda" --benchmark_filter='compress/T=(32768|131072)|knorm/(score|select|gather)/T=(32768|131072)' \
+    --benchmark_out="$out/bench_cuda.json" --benchmark_out_format=json
+  if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    step torch 30 python3 "$stage/torch_compression.py" --tokens 32768 131072 --out "$out/torch.json"
+  else
+    echo "torch: not available with CUDA here; no PyTorch comparison" | tee -a "$info"
+  fi
+  # A Llama-3-8B-shaped trace: REPLAY_LAYERS layers of 32K context (0.4 GB a layer in bf16),
+  # generated on every core.
+  local synthetic layers=${REPLAY_LAYERS:-32}
   synthetic=$(mktemp -d)/llama8b-32k.h5
-  step synth_trace 240 "$bin/kvsim" synth-trace -o "$synthetic" --layers 32 --model-layers 32 --context 32768 --question 64 --generated 64 --heads 32 \
-    --kv-heads 8 --head-dim 128 --dtype bfloat16 --no-attn-out
+  step synth_trace 240 "$bin/kvsim" synth-trace -o "$synthetic" --layers "$layers" --model-layers 32 --context 32768 --question 64 \
+    --generated 64 --heads 32 --kv-heads 8 --head-dim 128 --dtype bfloat16 --no-attn-out
   for backend in cuda reference; do
     step "replay_$backend" 240 "$bin/kvsim" replay --trace "$synthetic" --backend "$backend" --press snapkv --ratio 0.25 0.5 0.75 0.9
   done
   rm -f "$synthetic"
 }
 
-[[ $part == replay ]] || run_checks
-[[ $part == checks ]] || run_replay
+[[ $part == speed ]] || run_checks
+[[ $part == checks ]] || run_speed
 exit $status
