@@ -152,48 +152,38 @@ typename Exec::template Buffer<int> sorted_positions(Exec& exec, const float* sc
 // Per row, the k-th largest ordered key (radix select, most significant digit first) and how
 // many entries equal to it the top k takes: a row's top k are the keys above its threshold
 // plus the first `ties` equal to it by position, the reference's tie rule (reference/select.h).
-// Each pass counts the digits of the keys that match the prefix chosen so far
-// (exec.radix_histogram), then one thread per (row, digit) finds the digit where the count
-// from the top reaches the entries still wanted. Each pass reads its own `wanted` row and
-// writes the next, so no thread reads what another writes; 1 <= k <= n.
+// Each pass (exec.radix_select_pass) counts the digits of the keys that match the prefix
+// chosen so far and picks the digit where the count from the top reaches the entries still
+// wanted. Each pass reads its own `wanted` row and writes the next (the last: `ties`), so no
+// thread reads what another writes; 1 <= k <= n. One launch to clear, one per pass.
 template <typename Exec>
 void radix_select_thresholds(Exec& exec, const float* scores, int rows, long n, int k, uint32_t* threshold, int* ties) {
   constexpr int kDigits = 1 << kRadixBits;
-  typename Exec::template Buffer<unsigned> count_buffer(static_cast<std::size_t>(kRadixPasses) * rows * kDigits);
-  typename Exec::template Buffer<int> wanted_buffer(static_cast<std::size_t>(kRadixPasses + 1) * rows);
+  const long counts_size = static_cast<long>(kRadixPasses) * rows * kDigits, done_size = static_cast<long>(kRadixPasses) * rows;
+  typename Exec::template Buffer<unsigned> count_buffer(static_cast<std::size_t>(counts_size + done_size));
+  typename Exec::template Buffer<int> wanted_buffer(static_cast<std::size_t>(kRadixPasses) * rows);
   unsigned* counts = count_buffer.data();
   int* wanted = wanted_buffer.data();
-  exec.for_each(static_cast<long>(count_buffer.size()), [=] KVSIM_HD(long i) { counts[i] = 0; });
-  exec.for_each(rows, [=] KVSIM_HD(long r) {
-    threshold[r] = 0;
-    wanted[r] = k;
+  exec.for_each(counts_size + done_size, [=] KVSIM_HD(long i) {
+    counts[i] = 0;
+    if (i < rows) {
+      threshold[i] = 0;
+      wanted[i] = k;
+    }
   });
   for (int pass = 0; pass < kRadixPasses; ++pass) {
-    const int shift = 32 - kRadixBits * (pass + 1);
-    unsigned* histogram = counts + static_cast<long>(pass) * rows * kDigits;
-    const int* wanted_now = wanted + static_cast<long>(pass) * rows;
-    int* wanted_next = wanted + static_cast<long>(pass + 1) * rows;
-    exec.radix_histogram(scores, rows, n, threshold, shift, histogram);
-    exec.for_each(static_cast<long>(rows) * kDigits, [=] KVSIM_HD(long i) {
-      const long r = i / kDigits;
-      const int digit = static_cast<int>(i % kDigits);
-      const unsigned* h = histogram + r * kDigits;
-      unsigned above = 0;
-      for (int b = kDigits - 1; b > digit; --b) above += h[b];
-      const unsigned still = static_cast<unsigned>(wanted_now[r]);
-      if (above < still && still <= above + h[digit]) {  // exactly one digit per row
-        threshold[r] |= static_cast<uint32_t>(digit) << shift;
-        wanted_next[r] = static_cast<int>(still - above);
-      }
-    });
+    const long row_offset = static_cast<long>(pass) * rows;
+    const RadixSelectPass step{threshold, wanted + row_offset, pass + 1 < kRadixPasses ? wanted + row_offset + rows : ties,
+                               counts + row_offset * kDigits, counts + counts_size + row_offset};
+    exec.radix_select_pass(scores, rows, n, 32 - kRadixBits * (pass + 1), step);
   }
-  const int* last = wanted + static_cast<long>(kRadixPasses) * rows;
-  exec.for_each(rows, [=] KVSIM_HD(long r) { ties[r] = last[r]; });
 }
 
 // The top `k` of each row, as positions ascending per row in [rows, k] on the device:
-// radix select of each row's threshold, then the keys above it and the first ties by
-// position are marked, and the marks compacted in order by a scan.
+// radix select of each row's threshold, then one scan of packed marks — keys equal to the
+// threshold in the high 32 bits, keys above it in the low — gives each entry the counts of
+// both before it in its row, and the keys above plus the first `ties` equal are compacted in
+// order. (The low half's total over all rows stays below 2^31: no carry into the high half.)
 template <typename Exec>
 typename Exec::template Buffer<int> select_topk_on_device(Exec& exec, const float* scores, int rows, int n, int k) {
   k = std::clamp(k, 0, n);
@@ -205,24 +195,27 @@ typename Exec::template Buffer<int> select_topk_on_device(Exec& exec, const floa
     exec.for_each(count, [=] KVSIM_HD(long i) { kept[i] = static_cast<int>(i % n); });
     return kept_buffer;
   }
+  if (count >= INT_MAX) throw Error("top-k over " + std::to_string(count) + " entries exceeds the device selection's int counts");
   typename Exec::template Buffer<uint32_t> threshold_buffer(rows);
-  typename Exec::template Buffer<int> ties_buffer(rows), flag_buffer(count), index_buffer(count);
+  typename Exec::template Buffer<int> ties_buffer(rows);
+  typename Exec::template Buffer<uint64_t> mark_buffer(count), before_buffer(count);
   uint32_t* threshold = threshold_buffer.data();
   int* ties = ties_buffer.data();
-  int* flag = flag_buffer.data();
-  int* index = index_buffer.data();
+  uint64_t* mark = mark_buffer.data();
+  uint64_t* before = before_buffer.data();
   radix_select_thresholds(exec, scores, rows, n, k, threshold, ties);
-  // Rank of each tie within its row: a scan of the tie marks, less the row's start.
-  exec.for_each(count, [=] KVSIM_HD(long i) { flag[i] = ordered_bits(scores[i]) == threshold[i / n] ? 1 : 0; });
-  exec.exclusive_scan(flag, index, count);
+  constexpr uint64_t kTie = uint64_t{1} << 32;
+  exec.for_each(count, [=] KVSIM_HD(long i) {
+    const uint32_t key = ordered_bits(scores[i]), t = threshold[i / n];
+    mark[i] = key > t ? 1 : key == t ? kTie : 0;
+  });
+  exec.exclusive_scan(mark, before, count);
   exec.for_each(count, [=] KVSIM_HD(long i) {
     const long r = i / n;
-    const uint32_t key = ordered_bits(scores[i]);
-    flag[i] = key > threshold[r] || (key == threshold[r] && index[i] - index[r * n] < ties[r]) ? 1 : 0;
-  });
-  exec.exclusive_scan(flag, index, count);  // exactly k marks per row: row r's start at r * k
-  exec.for_each(count, [=] KVSIM_HD(long i) {
-    if (flag[i]) kept[index[i]] = static_cast<int>(i % n);
+    const uint64_t in_row = before[i] - before[r * n];
+    const long ties_before = static_cast<long>(in_row >> 32), above_before = static_cast<long>(in_row & 0xffffffffu);
+    const long taken_ties = ties_before < ties[r] ? ties_before : ties[r];
+    if (mark[i] == 1 || (mark[i] == kTie && ties_before < ties[r])) kept[r * k + above_before + taken_ties] = static_cast<int>(i % n);
   });
   return kept_buffer;
 }

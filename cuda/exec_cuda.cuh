@@ -3,14 +3,15 @@
 // device buffers, for_each as a grid of one thread per index, and the primitives of
 // primitives.h on cuBLAS (gemm), CUB (reductions, radix sort, scan) and kernels of our own
 // where CUB has no match: the masked row softmax, the first maximum of each row, warp-per-row
-// dot products, and the radix-select histogram (CUB's radix sort orders everything where a
-// top-k needs one threshold per row). Everything runs on the default stream in order; nothing
+// dot products, and the radix-select pass (CUB's radix sort orders everything where a top-k
+// needs one threshold per row). Everything runs on the default stream in order; nothing
 // here copies to the host. Compiled by nvcc only.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cooperative_groups.h>
 #include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_reduce.cuh>
 #include <cub/device/device_scan.cuh>
@@ -67,20 +68,28 @@ __global__ void softmax_rows_kernel(float* x, SoftmaxRows s, float* lse) {
   if (lse && threadIdx.x == 0) lse[r] = shared_max + logf(shared_sum);
 }
 
-// Row r's digit counts, blockIdx.y = r: each block counts its stride of the row in shared
-// memory (lanes holding the same digit add once, through a labelled partition of the warp:
-// scores of one magnitude share their leading digits, and plain atomics would serialise),
-// then adds its non-zero bins to the row's global counts.
+// One radix-select pass over row r = blockIdx.y: each block counts its stride of the row in
+// shared memory (lanes holding the same digit add once, through a labelled partition of the
+// warp: scores of one magnitude share their leading digits, and plain atomics would
+// serialise), then adds its non-zero bins to the row's global counts; the row's last block to
+// finish (CUDA's threadFenceReduction pattern) chooses the digit, one thread per digit, from
+// an exclusive scan of the counts taken from the highest digit down. Fusing the choice saves a
+// launch per pass: at 8 x 128K scores the top-k is bound by launches, not bytes.
 template <int kThreads>
-__global__ void radix_histogram_kernel(const float* scores, long n, const uint32_t* prefix, int shift, unsigned* counts) {
+__global__ void radix_select_pass_kernel(const float* scores, long n, int shift, RadixSelectPass pass) {
   namespace cg = cooperative_groups;
   constexpr int kDigits = 1 << kRadixBits;
+  static_assert(kThreads == kDigits, "the digit choice takes one thread per digit");
   __shared__ unsigned bins[kDigits];
-  for (int b = threadIdx.x; b < kDigits; b += kThreads) bins[b] = 0;
+  __shared__ bool last_block;
+  using Scan = cub::BlockScan<unsigned, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  bins[threadIdx.x] = 0;
   __syncthreads();
   const long r = blockIdx.y;
   const float* row = scores + r * n;
-  const uint32_t row_prefix = prefix[r];
+  const uint32_t row_prefix = pass.threshold[r];
+  unsigned* counts = pass.counts + (r << kRadixBits);
   for (long j = static_cast<long>(blockIdx.x) * kThreads + threadIdx.x; j < n; j += static_cast<long>(gridDim.x) * kThreads) {
     const uint32_t key = ordered_bits(row[j]);
     if (!radix_prefix_matches(key, row_prefix, shift)) continue;
@@ -89,8 +98,21 @@ __global__ void radix_histogram_kernel(const float* scores, long n, const uint32
     if (same_digit.thread_rank() == 0) atomicAdd(&bins[digit], same_digit.size());
   }
   __syncthreads();
-  for (int b = threadIdx.x; b < kDigits; b += kThreads)
-    if (bins[b]) atomicAdd(&counts[(r << kRadixBits) + b], bins[b]);
+  if (bins[threadIdx.x]) atomicAdd(&counts[threadIdx.x], bins[threadIdx.x]);
+  __threadfence();  // this block's counts are visible before it says it is done
+  if (threadIdx.x == 0) last_block = atomicAdd(&pass.blocks_done[r], 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last_block) return;
+  __threadfence();
+  const int digit = kDigits - 1 - threadIdx.x;  // thread 0 holds the highest digit
+  const unsigned in_digit = __ldcg(&counts[digit]);  // from L2: other blocks' atomics
+  unsigned above = 0;
+  Scan(scan_storage).ExclusiveSum(in_digit, above);
+  const unsigned still = static_cast<unsigned>(pass.wanted[r]);
+  if (radix_digit_reached(above, in_digit, still)) {
+    pass.threshold[r] = row_prefix | (static_cast<uint32_t>(digit) << shift);
+    pass.wanted_next[r] = static_cast<int>(still - above);
+  }
 }
 
 // A warp per row (RowDots): lanes take the row's columns in coalesced strides, then a
@@ -278,14 +300,14 @@ struct CudaExec {
                "radix sort");
   }
 
-  void radix_histogram(const float* scores, int rows, long n, const uint32_t* prefix, int shift, unsigned* counts) {
+  void radix_select_pass(const float* scores, int rows, long n, int shift, const RadixSelectPass& pass) {
     if (rows <= 0 || n <= 0) return;
-    if (rows > 65535) throw Error("radix_histogram: " + std::to_string(rows) + " rows exceed the grid's 65535");
-    constexpr int kThreads = 256, kPerThread = 16;
+    if (rows > 65535) throw Error("radix_select_pass: " + std::to_string(rows) + " rows exceed the grid's 65535");
+    constexpr int kThreads = 1 << kRadixBits, kPerThread = 16;
     const long blocks_per_row = std::min<long>((n + kThreads * kPerThread - 1) / (kThreads * kPerThread), 65535);
     const dim3 grid(static_cast<unsigned>(blocks_per_row), static_cast<unsigned>(rows));
-    radix_histogram_kernel<kThreads><<<grid, kThreads>>>(scores, n, prefix, shift, counts);
-    check_cuda(cudaGetLastError(), "radix_histogram launch");
+    radix_select_pass_kernel<kThreads><<<grid, kThreads>>>(scores, n, shift, pass);
+    check_cuda(cudaGetLastError(), "radix_select_pass launch");
   }
 
   template <typename Y>
@@ -297,7 +319,8 @@ struct CudaExec {
     check_cuda(cudaGetLastError(), "row_dots launch");
   }
 
-  void exclusive_scan(const int* in, int* out, long count) {
+  template <typename T>
+  void exclusive_scan(const T* in, T* out, long count) {
     std::size_t bytes = 0;
     check_cuda(cub::DeviceScan::ExclusiveSum(nullptr, bytes, in, out, count), "scan (sizing)");
     Buffer<char> temp(bytes);

@@ -117,13 +117,22 @@ struct HostExec {
     }
   }
 
-  void radix_histogram(const float* scores, int rows, long n, const uint32_t* prefix, int shift, unsigned* counts) {
-    constexpr uint32_t kDigitMask = (1u << kRadixBits) - 1;
-    for (int r = 0; r < rows; ++r)
+  void radix_select_pass(const float* scores, int rows, long n, int shift, const RadixSelectPass& pass) {
+    constexpr int kDigits = 1 << kRadixBits;
+    for (int r = 0; r < rows; ++r) {
+      unsigned* counts = pass.counts + (static_cast<long>(r) << kRadixBits);
       for (long j = 0; j < n; ++j) {
         const uint32_t key = ordered_bits(scores[r * n + j]);
-        if (radix_prefix_matches(key, prefix[r], shift)) ++counts[(static_cast<long>(r) << kRadixBits) + ((key >> shift) & kDigitMask)];
+        if (radix_prefix_matches(key, pass.threshold[r], shift)) ++counts[(key >> shift) & (kDigits - 1)];
       }
+      const unsigned still = static_cast<unsigned>(pass.wanted[r]);
+      unsigned above = 0;
+      for (int digit = kDigits - 1; digit >= 0; above += counts[digit--])
+        if (radix_digit_reached(above, counts[digit], still)) {
+          pass.threshold[r] |= static_cast<uint32_t>(digit) << shift;
+          pass.wanted_next[r] = static_cast<int>(still - above);
+        }
+    }
   }
 
   template <typename Y>
@@ -135,8 +144,9 @@ struct HostExec {
     }
   }
 
-  void exclusive_scan(const int* in, int* out, long count) {
-    int sum = 0;
+  template <typename T>
+  void exclusive_scan(const T* in, T* out, long count) {
+    T sum = 0;
     for (long i = 0; i < count; ++i) {
       out[i] = sum;
       sum += in[i];

@@ -7,9 +7,10 @@
 //   row_reduce           sum or max of each row
 //   row_argmax           first maximum of each row, and where it is
 //   radix_sort_descending stable sort of 64-bit keys with int payloads
-//   radix_histogram      per row, counts of one digit of the scores' ordered keys (radix select)
+//   radix_select_pass    per row, counts of one digit of the scores' ordered keys and the digit
+//                        where the top k falls (one pass of a radix select)
 //   row_dots             float64 dot product of each row with a row of another matrix (or itself)
-//   exclusive_scan       prefix sums of ints
+//   exclusive_scan       prefix sums of ints or 64-bit unsigned ints
 // Selection, gathers and every press's own arithmetic are built on these (device_scorer.h).
 #include <climits>
 #include <cstdint>
@@ -93,15 +94,31 @@ KVSIM_HD inline uint32_t ordered_bits(float score) {
 }
 
 // Radix select digits: kRadixPasses digits of kRadixBits each, most significant first.
-// radix_histogram(scores, rows, n, prefix, shift, counts) adds to counts [rows, 2^kRadixBits]
-// the digit (key >> shift) & (2^kRadixBits - 1) of every key = ordered_bits(scores[r, j])
-// whose bits above the digit equal prefix[r]'s.
+// radix_select_pass(scores, rows, n, shift, pass) adds to pass.counts [rows, 2^kRadixBits]
+// (zero before) the digit (key >> shift) & (2^kRadixBits - 1) of every key =
+// ordered_bits(scores[r, j]) whose bits above the digit equal pass.threshold[r]'s, then, per
+// row, finds the digit where the count from the top reaches pass.wanted[r] entries, sets it in
+// pass.threshold[r] and writes to pass.wanted_next[r] how many of it the top still takes.
 constexpr int kRadixBits = 8;
 constexpr int kRadixPasses = 32 / kRadixBits;
 
 KVSIM_HD inline bool radix_prefix_matches(uint32_t key, uint32_t prefix, int shift) {
   const int above = shift + kRadixBits;
   return above >= 32 || (key >> above) == (prefix >> above);
+}
+
+struct RadixSelectPass {
+  uint32_t* threshold;    // [rows]: the digits chosen so far (zero below them)
+  const int* wanted;      // [rows]: entries of the top k still wanted at and below this digit
+  int* wanted_next;       // [rows]
+  unsigned* counts;       // [rows, 2^kRadixBits], zero before the pass
+  unsigned* blocks_done;  // [rows], zero before the pass (the device's last block chooses)
+};
+
+// Whether `digit`, with `above` entries in the digits over it and `in_digit` in it, is where the
+// count from the top reaches `still`: exactly one digit of a row is, for 1 <= still <= its count.
+KVSIM_HD inline bool radix_digit_reached(unsigned above, unsigned in_digit, unsigned still) {
+  return above < still && still <= above + in_digit;
 }
 
 // Rows of a softmax: row r (of `rows`, each `cols` wide) keeps its first

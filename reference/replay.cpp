@@ -455,12 +455,14 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     result.runs[s].ratio = slots[s].ratio;
   }
 
-  bool needs_previous_layer = false, needs_hidden_states = false, needs_extra_passes = false, model_wide = false;
+  bool needs_previous_layer = false, needs_hidden_states = false, needs_kvzip = false, needs_kvcompose = false, model_wide = false;
   for (const PressInfo* p : press_infos) needs_previous_layer = needs_previous_layer || p->needs_previous_layer;
   for (const std::string& spec : options.presses)  // [T, D] per layer: read only for the presses that use them
     needs_hidden_states = needs_hidden_states || spec_needs(registry, parse_press_spec(spec), "hidden_states");
-  for (const std::string& spec : options.presses)  // KVzip's and KVCompose's passes: read only for them
-    needs_extra_passes = needs_extra_passes || spec_needs(registry, parse_press_spec(spec), "extra pass");
+  for (const std::string& spec : options.presses) {  // KVzip's and KVCompose's passes: read only for them
+    needs_kvzip = needs_kvzip || spec_needs(registry, parse_press_spec(spec), "kvzip passes");
+    needs_kvcompose = needs_kvcompose || spec_needs(registry, parse_press_spec(spec), "kvcompose pass");
+  }
   for (const auto& press : presses) model_wide = model_wide || as_model_wide(*press);
   const int Hkv = info.num_key_value_heads;
   const EvaluatorFactory* device_evaluator = find_evaluator(options.backend);
@@ -478,8 +480,8 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
                                         {.attn_out = false,
                                          .o_proj = true,
                                          .hidden_states = needs_hidden_states,
-                                         .kvzip = needs_extra_passes,
-                                         .kvcompose = needs_extra_passes},
+                                         .kvzip = needs_kvzip,
+                                         .kvcompose = needs_kvcompose},
                                         std::move(done));
       if (check) check_recorded_outputs(trace, loaded.tensors);
       if (previous && has_predecessor(layer)) loaded.previous = trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false});

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-Every check that needs a GPU, in short runs, from the stage that
+# Every check that needs a GPU, in short runs, from the stage that
 # scripts/stage_gpu_check.sh builds (this script is copied into it):
 #   bash gpu-stage/gpu_check.sh OUT_DIR [BUDGET_SECONDS, default 540] [PART: all | checks | speed]
 # PART splits the work between two device calls where one cannot hold it: `checks` is every
-# correctness check, `speed` the benchmarks, the PyTorch comparison and the timed replay.
+# correctness check, `speed` the benchmarks, the PyTorch comparison and the timed replay; `all`
+# runs the checks, then the speed part, then the random grid with the time that is left.
 # GRID (press-name globs separated by ':' for each shard, shards separated by spaces) picks the
 # presses of the random shape grid; the default is every press, in three shards that run at
 # once (each with a third of the cores for the reference).
@@ -17,7 +18,7 @@ Every check that needs a GPU, in short runs, from the stage that
 #                       and synccheck on presses that use the shared-memory kernels
 #   conformance.txt     the device top-k against a sort, and every press on    (checks)
 #                       the bundled trace
-#   grid-1.txt ...      the random shape grid to 64K, one file per shard       (checks)
+#   grid.txt            the random shape grid to 64K, shard after shard         (checks)
 #   bench_cuda.json     Google Benchmark JSON: compress / select / gather      (speed)
 #   torch.json          kvpress-style PyTorch compression step, same layer     (speed)
 #   log.txt             everything printed, with the timed replays of a synthetic Llama-3-8B-
@@ -58,7 +59,7 @@ step() {  # step NAME SECONDS COMMAND...: runs it with a time limit, records its
   fi
   ((seconds > left)) && seconds=$left
   local start=$SECONDS
-  timeout "$seconds" "$@"
+  timeout -k 5 "$seconds" "$@"
   local rc=$?
   echo "$name: exit $rc in $((SECONDS - start)) s" | tee -a "$info"
   ((rc == 0)) || status=1
@@ -88,6 +89,9 @@ run_checks() {
     step select_gpu 30 "$bin/test_select_gpu"
     step conformance_trace 90 "$bin/test_conformance_gpu" --gtest_filter='*Bundled*:*EveryReferencePress*'
   } > "$out/conformance.txt" 2>&1
+}
+
+run_grid() {
   # The grid's shards at once, each with its share of the cores; each test's result and time is
   # printed as it ends, so a shard cut short by the budget still says what passed.
   local shards=($GRID) i=0 threads
@@ -100,6 +104,7 @@ run_checks() {
   done
   wait
   grep -q "exit [1-9]\|skipped" "$out"/grid-*.txt && status=1
+  cat "$out"/grid-*.txt > "$out/grid.txt" && rm "$out"/grid-*.txt  # one file: at most 8 come back
 }
 
 run_speed() {
@@ -122,6 +127,8 @@ run_speed() {
   rm -f "$synthetic"
 }
 
+# `all` times the kernels before the grid loads every core: the grid takes what time is left.
 [[ $part == speed ]] || run_checks
 [[ $part == checks ]] || run_speed
+[[ $part == speed ]] || run_grid
 exit $status

@@ -9,7 +9,8 @@
 #   scripts/stage_gpu_check.sh            # -> gpu-stage/
 #   scripts/stage_gpu_check.sh --no-trace # the same without the trace, for a stage that travels
 #                                         # inside the source tree (which holds the trace already)
-#   (on the GPU machine) bash gpu-stage/gpu_check.sh "$OUT"
+#   (on the GPU machine, carrying gpu-pack) mkdir -p gpu-stage && tar -xJf gpu-pack/stage.tar.xz -C gpu-stage &&
+#                                           bash gpu-stage/gpu_check.sh "$OUT"
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 stage=${STAGE_DIR:-$root/gpu-stage}
@@ -36,9 +37,16 @@ done
 cp "$root/bench/torch_compression.py" "$root/scripts/gpu_check.sh" "$stage/"
 git -C "$root" rev-parse HEAD > "$stage/commit.txt" 2>/dev/null || echo unknown > "$stage/commit.txt"
 
+# What travels to the GPU machine is the source tree and the carried paths, 64 MiB in all: the
+# stage also goes packed (xz, a quarter of its size) as gpu-pack/stage.tar.xz; there,
+#   mkdir -p gpu-stage && tar -xJf gpu-pack/stage.tar.xz -C gpu-stage
+pack=${PACK_DIR:-$root/gpu-pack}
+mkdir -p "$pack"
+tar -C "$stage" -cf - . | xz -T0 -6 > "$pack/stage.tar.xz"
 size_kib=$(du -sk "$stage" | cut -f1)
-echo "stage_gpu_check: $stage holds $((size_kib / 1024)) MiB ($(ls "$stage/lib" | wc -l) libraries)"
-if ((size_kib > limit_mib * 1024)); then
-  echo "stage_gpu_check: the stage is over $limit_mib MiB; it cannot travel to the GPU machine" >&2
+packed_kib=$(du -sk "$pack/stage.tar.xz" | cut -f1)
+echo "stage_gpu_check: $stage holds $((size_kib / 1024)) MiB ($(ls "$stage/lib" | wc -l) libraries), $((packed_kib / 1024)) MiB packed in $pack"
+if ((packed_kib > limit_mib * 1024)); then
+  echo "stage_gpu_check: the packed stage is over $limit_mib MiB; it cannot travel to the GPU machine" >&2
   exit 1
 fi

@@ -1,4 +1,4 @@
-// The GPU's top-k (radix_histogram's kernel under the shared radix select) against the
+// The GPU's top-k (radix_select_pass's kernel under the shared radix select) against the
 // reference's sort, on the cases of select_cases.h. Skipped, with the reason, without a GPU.
 #include "cuda/device.h"
 #include "cuda/exec_cuda.cuh"

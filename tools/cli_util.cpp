@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -28,9 +29,18 @@ bool parse_options(const Args& args, const boost::program_options::options_descr
   return true;
 }
 
-std::vector<std::string> default_press_specs(const TraceInfo& trace, const std::vector<int>& layers) {
+std::vector<std::string> default_press_specs(const TraceReader& reader, const std::vector<int>& layers) {
+  const TraceInfo& trace = reader.info();
+  const auto lacks = [&](const PressInfo& info, const char* need, const char* dataset) {
+    return std::ranges::count(info.needs, need) && !reader.has_dataset(trace.recorded_layers.front(), dataset);
+  };
   std::vector<std::string> specs;
   for (const PressInfo* info : Registry::instance().presses()) {
+    if (lacks(*info, "kvzip passes", "kvzip_q") || lacks(*info, "kvcompose pass", "kvcompose_q")) {
+      std::cerr << "kvsim: note: skipping '" << info->name << "': the trace has no " << info->needs.front()
+                << " (tools/record_trace.py --extra-passes " << info->name << ")\n";
+      continue;
+    }
     if (!runs_on_layers(*info, layers.empty() ? trace.recorded_layers : layers, trace.recorded_layers)) {
       std::cerr << "kvsim: note: skipping '" << info->name << "': it merges each layer with the one before, and no replayed layer has its predecessor in the trace\n";
       continue;

@@ -56,7 +56,7 @@ int replay_command(const Args& args) {
 
   const TraceReader trace(vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path());
   if (!quiet) note_unchecksummed(trace);
-  options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs(trace.info(), options.layers);
+  options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs(trace, options.layers);
   const std::size_t layer_count = options.layers.empty() ? trace.info().recorded_layers.size() : options.layers.size();
   Progress progress("kvsim replay", "layers", static_cast<double>(layer_count), quiet);
   const ref::ReplayResult result = ref::replay(trace, options, [&](const ref::ReplayProgress& p) {

@@ -60,7 +60,7 @@ int verify_command(const Args& args) {
   options.ratios = vm.count("ratio") ? vm["ratio"].as<std::vector<double>>() : std::vector<double>{0.25, 0.5, 0.75};
   if (vm.count("layers")) options.layers = parse_layer_list(vm["layers"].as<std::string>());
   options.check_trace = !vm["no-check-trace"].as<bool>();
-  options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs(info, options.layers);
+  options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs(trace, options.layers);
   const std::vector<int> layers = options.layers.empty() ? info.recorded_layers : options.layers;
 
   bool hidden_states = false;  // [T, D] per layer: read only when a press uses them, as the replay does

@@ -26,7 +26,7 @@ int rank_command(const Args& args);
 // Every registered press with its defaults (wrappers with their example inner press) that can
 // run on these layers of the trace (cross-layer presses need each layer's predecessor);
 // the ones left out are named on stderr.
-std::vector<std::string> default_press_specs(const TraceInfo& trace, const std::vector<int>& layers);
+std::vector<std::string> default_press_specs(const TraceReader& trace, const std::vector<int>& layers);
 // Throws a one-line kvsim::Error when `backend` cannot run here (no GPU, or built without CUDA).
 void require_backend_usable(Backend backend);
 

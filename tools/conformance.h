@@ -7,7 +7,8 @@
 //    dropped reference score; for wrappers, the inner scorer's reference scores) — those
 //    are counted and reported, any other difference is a violation;
 //  * merged values (merging presses): |v_other - v_ref| <= value_rtol * |v_ref| + 1e-6 * max|v_ref|,
-//    in heads where both kept the same tokens;
+//    in heads where both kept the same tokens, except rows of tokens that pair up within
+//    boundary_rtol in reference score (check_merged_rows);
 //  * sparse attention outputs (query-time presses): per query, within output_rtol;
 //  * errors: a press that rejects an input must do so on both backends.
 #include <string>
@@ -44,6 +45,19 @@ struct PressConformance {
   std::string first_violation;    // where and what, for the report
   bool ok() const { return violations == 0; }
 };
+
+// One head's merged keys or values, a (reference) against b, rows of the `kept` tokens: rows
+// differing beyond value_rtol (plus 1e-6 of the largest |a|) are tolerated only in tokens
+// whose reference `scores` (the head's row, by position) pair up within boundary_rtol — a press
+// that treats kept tokens by rank (kvcf_think zeroes channels outside its lowest-ranked entries)
+// may order two near-tied tokens the other way round on another backend.
+struct MergedRowsCheck {
+  long first_element = -1;  // the first differing element of an untolerated difference, else -1
+  float reference = 0, other = 0;
+  long tolerated_rows = 0;
+};
+MergedRowsCheck check_merged_rows(const std::vector<float>& a, const std::vector<float>& b, const std::vector<int>& kept,
+                                  const std::vector<float>& scores, double value_rtol, double boundary_rtol);
 
 PressConformance compare_backends(const std::string& spec, Backend other, const std::vector<ConformanceInput>& inputs,
                                   const std::vector<double>& ratios, const ConformanceTolerance& tolerance = {});

@@ -109,7 +109,7 @@ std::vector<PlannedTrace> plan_traces(const SweepOptions& options, const std::ve
     const TraceReader trace(path);  // refuses a damaged or foreign file now, not mid-sweep
     if (!options.quiet) note_unchecksummed(trace);
     PlannedTrace t{path, "", trace.info().recorded_layers.size(), presses};
-    if (t.presses.empty()) t.presses = checked_presses(default_press_specs(trace.info(), {}), options.backend);
+    if (t.presses.empty()) t.presses = checked_presses(default_press_specs(trace, {}), options.backend);
     std::error_code ec;
     if (!options.quiet && fs::file_size(path, ec) > (1ull << 30)) std::cerr << "kvsim sweep: checksumming " << path << "\n";
     t.crc32 = file_crc32(path);

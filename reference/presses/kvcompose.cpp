@@ -76,7 +76,7 @@ const Registrar registered({.name = "kvcompose",
                             .params = kvcompose_params(),
                             .wrappable = false,
                             .uses_absolute_positions = true,
-                            .needs = {"extra pass"}},
+                            .needs = {"kvcompose pass"}},
                            Backend::reference, factory_of<KvcomposePress>());
 
 }  // namespace
