@@ -94,15 +94,16 @@ run_checks() {
 run_grid() {
   # The grid's shards at once, each with its share of the cores; each test's result and time is
   # printed as it ends, so a shard cut short by the budget still says what passed.
-  local shards=($GRID) i=0 threads
+  local shards=($GRID) i=0 threads pids=()
   threads=$(( $(nproc) / ${#shards[@]} ))
   ((threads > 0)) || threads=1
   for shard in "${shards[@]}"; do
     i=$((i + 1))
     OMP_NUM_THREADS=$threads step "grid_$i" 600 "$bin/test_conformance_gpu" \
       --gtest_filter="$(sed 's/\([^:]*\)/*RandomInputsOverTheShapeGrid\/\1/g' <<<"$shard")" > "$out/grid-$i.txt" 2>&1 &
+    pids+=($!)
   done
-  wait
+  wait "${pids[@]}"  # not a bare wait: that also waits for the log's tee, which never ends
   grep -q "exit [1-9]\|skipped" "$out"/grid-*.txt && status=1
   cat "$out"/grid-*.txt > "$out/grid.txt" && rm "$out"/grid-*.txt  # one file: at most 8 come back
 }

@@ -33,8 +33,8 @@ Outcome run(const Press& press, const PressInput& input, double ratio) {
 std::optional<ScoreMatrix> selection_scores(const PressSpec& spec, const PressInput& input, double ratio) {
   const Registry& registry = Registry::instance();
   const PressInfo& info = *registry.find(spec.name);
-  const PressSpec* scorer_spec = info.is_scorer ? &spec : (spec.inner ? spec.inner.get() : nullptr);
-  if (!scorer_spec) return std::nullopt;
+  // A press of its own scores that is no inner scorer (kvcf_think: it also prunes channels) selects by them too.
+  const PressSpec* scorer_spec = info.is_scorer || !spec.inner ? &spec : spec.inner.get();
   const auto press = registry.make(*scorer_spec, Backend::reference);
   const auto* scorer = dynamic_cast<const ScorerPress*>(press.get());
   if (!scorer) return std::nullopt;
@@ -45,7 +45,6 @@ std::optional<ScoreMatrix> selection_scores(const PressSpec& spec, const PressIn
   }
 }
 
-// Compares one case's outputs and records violations (and tolerated differences) in `result`.
 }  // namespace
 
 MergedRowsCheck check_merged_rows(const std::vector<float>& a, const std::vector<float>& b, const std::vector<int>& kept,
@@ -87,6 +86,7 @@ MergedRowsCheck check_merged_rows(const std::vector<float>& a, const std::vector
 
 namespace {
 
+// Compares one case's outputs and records violations (and tolerated differences) in `result`.
 class CaseComparer {
  public:
   CaseComparer(PressConformance& result, Backend other, const ConformanceTolerance& tol) : result_(result), other_(other), tol_(tol) {}
