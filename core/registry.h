@@ -44,7 +44,8 @@ struct PressInfo {
   bool needs_previous_layer = false;     // reads layer l - 1 too (MiniCache)
   bool query_time = false;               // evicts nothing; each evaluation query attends to its own subset (core/query_time.h)
   // What a trace (or the user) must provide beyond Q/K/V and RoPE, for `kvsim list`'s "needs":
-  // "o_proj", "hidden_states", "previous layer", "artefact", "extra pass".
+  // "o_proj", "hidden_states", "previous layer", "artefact", "kvzip passes", "kvcompose pass"
+  // (the trace's extra passes: traces/FORMAT.md).
   std::vector<std::string> needs;
   std::string example;        // spec used in default runs, when the bare name is not enough
   // Artefact presses: writes a small valid artefact for a model of the given shape to `path`,

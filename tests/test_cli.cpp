@@ -87,6 +87,29 @@ TEST_F(Cli, ReplayWritesATableCsvAndJson) {
   EXPECT_NE(json.output.find("\"layers\""), std::string::npos);
 }
 
+// Every press by default, but those that need what the trace lacks (extra passes, o_proj):
+// skipped, each with a note naming the recorder option (the H100 check's verify once stopped
+// at kvcompose instead).
+TEST(CliDefaults, PressesSkipThoseThatNeedWhatTheTraceLacks) {
+  test::TempDir dir;
+  const std::string trace = dir.file("d64.h5");  // head_dim 64: every press's example runs on it
+  std::vector<LayerTensors> layers;
+  for (int l : {0, 1}) {
+    layers.push_back(test::random_layer(4, 2, 296, 64, 90 + l, l));
+    layers.back().attn_out = ref::causal_attention(layers.back(), 296);
+  }
+  test::write_trace(trace, test::trace_info(4, 2, 64, 280, 8, 8, {0, 1}), layers);
+  const Result r = kvsim("replay --trace " + trace + " --ratio 0.5 --format csv");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("skipping 'kvzip': the trace has no kvzip passes (tools/record_trace.py --extra-passes kvzip)"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("skipping 'kvcompose': the trace has no kvcompose pass"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("skipping 'critical': the trace has no o_proj (tools/record_trace.py --with-oproj)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\n\"snapkv\",0.5,"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("\n\"kvzip"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("\n\"critical"), std::string::npos) << r.output;
+}
+
 TEST_F(Cli, ListInfoAndVerifyTrace) {
   const Result list = kvsim("list");
   ASSERT_EQ(list.status, 0);

@@ -29,16 +29,33 @@ bool parse_options(const Args& args, const boost::program_options::options_descr
   return true;
 }
 
+namespace {
+
+// What a press may need from the trace beyond Q/K/V (PressInfo::needs), the dataset that holds it
+// (looked up in the first recorded layer) and how to record it.
+struct TraceNeed {
+  const char* need;
+  const char* dataset;
+  const char* how;
+};
+constexpr TraceNeed kTraceNeeds[] = {{"kvzip passes", "kvzip_q", "tools/record_trace.py --extra-passes kvzip"},
+                                     {"kvcompose pass", "kvcompose_q", "tools/record_trace.py --extra-passes kvcompose"},
+                                     {"o_proj", "o_proj_weight", "tools/record_trace.py --with-oproj"},
+                                     {"hidden_states", "hidden_states", "tools/record_trace.py --with-hidden-states"}};
+
+}  // namespace
+
 std::vector<std::string> default_press_specs(const TraceReader& reader, const std::vector<int>& layers) {
   const TraceInfo& trace = reader.info();
-  const auto lacks = [&](const PressInfo& info, const char* need, const char* dataset) {
-    return std::ranges::count(info.needs, need) && !reader.has_dataset(trace.recorded_layers.front(), dataset);
+  const auto missing = [&](const PressInfo& info) -> const TraceNeed* {
+    for (const TraceNeed& need : kTraceNeeds)
+      if (std::ranges::count(info.needs, need.need) && !reader.has_dataset(trace.recorded_layers.front(), need.dataset)) return &need;
+    return nullptr;
   };
   std::vector<std::string> specs;
   for (const PressInfo* info : Registry::instance().presses()) {
-    if (lacks(*info, "kvzip passes", "kvzip_q") || lacks(*info, "kvcompose pass", "kvcompose_q")) {
-      std::cerr << "kvsim: note: skipping '" << info->name << "': the trace has no " << info->needs.front()
-                << " (tools/record_trace.py --extra-passes " << info->name << ")\n";
+    if (const TraceNeed* need = missing(*info)) {
+      std::cerr << "kvsim: note: skipping '" << info->name << "': the trace has no " << need->need << " (" << need->how << ")\n";
       continue;
     }
     if (!runs_on_layers(*info, layers.empty() ? trace.recorded_layers : layers, trace.recorded_layers)) {
