@@ -29,12 +29,16 @@ Outcome run(const Press& press, const PressInput& input, double ratio) {
   return out;
 }
 
-// The reference scores that decide the selection: the press's own, or its inner scorer's.
-std::optional<ScoreMatrix> selection_scores(const PressSpec& spec, const PressInput& input, double ratio) {
+// The reference scores that decide the selection: the press's own (`own`, when the caller has
+// them already: scoring at 64K costs more than the comparison), or its inner scorer's.
+std::optional<ScoreMatrix> selection_scores(const PressSpec& spec, const PressInput& input, double ratio,
+                                            const std::optional<ScoreMatrix>& own) {
   const Registry& registry = Registry::instance();
   const PressInfo& info = *registry.find(spec.name);
   // A press of its own scores that is no inner scorer (kvcf_think: it also prunes channels) selects by them too.
-  const PressSpec* scorer_spec = info.is_scorer || !spec.inner ? &spec : spec.inner.get();
+  const bool by_own_scores = info.is_scorer || !spec.inner;
+  if (by_own_scores && own) return own;
+  const PressSpec* scorer_spec = by_own_scores ? &spec : spec.inner.get();
   const auto press = registry.make(*scorer_spec, Backend::reference);
   const auto* scorer = dynamic_cast<const ScorerPress*>(press.get());
   if (!scorer) return std::nullopt;
@@ -289,8 +293,12 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
       }
       const auto* ref_scorer = dynamic_cast<const ScorerPress*>(reference.get());
       const auto* got_scorer = dynamic_cast<const ScorerPress*>(candidate.get());
-      if (ref_scorer && got_scorer) compare.scores(where, ref_scorer->score(input, ratio), got_scorer->score(input, ratio));
-      compare.compressions(where, *ref.compression, *got.compression, selection_scores(spec, input, ratio), in.n);
+      std::optional<ScoreMatrix> ref_scores;
+      if (ref_scorer && got_scorer) {
+        ref_scores = ref_scorer->score(input, ratio);
+        compare.scores(where, *ref_scores, got_scorer->score(input, ratio));
+      }
+      compare.compressions(where, *ref.compression, *got.compression, selection_scores(spec, input, ratio, ref_scores), in.n);
       if (const auto* sparse = dynamic_cast<const QueryTimePress*>(reference.get()))
         compare.sparse_outputs(where, sparse->outputs(input, ratio), dynamic_cast<const QueryTimePress&>(*candidate).outputs(input, ratio));
     }
