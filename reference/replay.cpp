@@ -1,5 +1,6 @@
 #include "reference/replay.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <future>
@@ -392,9 +393,20 @@ void stream_layers(const std::vector<int>& layers, const Read& read, ReplayResul
 
 }  // namespace
 
+LayerParts layer_parts_for(const std::vector<std::string>& presses) {
+  const Registry& registry = Registry::instance();
+  const auto any_needs = [&](const char* need) {
+    return std::ranges::any_of(presses, [&](const std::string& spec) { return spec_needs(registry, parse_press_spec(spec), need); });
+  };
+  return {.attn_out = false,
+          .o_proj = true,
+          .hidden_states = any_needs("hidden_states"),  // [T, D] per layer
+          .kvzip = any_needs("kvzip passes"),
+          .kvcompose = any_needs("kvcompose pass")};
+}
+
 ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, const std::function<void(const ReplayProgress&)>& progress) {
   const TraceInfo& info = trace.info();
-  const Registry& registry = Registry::instance();
 
   // Validate everything up front: no work (and no output) on bad arguments.
   if (options.presses.empty()) throw Error("no press given");
@@ -455,14 +467,9 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     result.runs[s].ratio = slots[s].ratio;
   }
 
-  bool needs_previous_layer = false, needs_hidden_states = false, needs_kvzip = false, needs_kvcompose = false, model_wide = false;
+  bool needs_previous_layer = false, model_wide = false;
   for (const PressInfo* p : press_infos) needs_previous_layer = needs_previous_layer || p->needs_previous_layer;
-  for (const std::string& spec : options.presses)  // [T, D] per layer: read only for the presses that use them
-    needs_hidden_states = needs_hidden_states || spec_needs(registry, parse_press_spec(spec), "hidden_states");
-  for (const std::string& spec : options.presses) {  // KVzip's and KVCompose's passes: read only for them
-    needs_kvzip = needs_kvzip || spec_needs(registry, parse_press_spec(spec), "kvzip passes");
-    needs_kvcompose = needs_kvcompose || spec_needs(registry, parse_press_spec(spec), "kvcompose pass");
-  }
+  const LayerParts parts = layer_parts_for(options.presses);
   for (const auto& press : presses) model_wide = model_wide || as_model_wide(*press);
   const int Hkv = info.num_key_value_heads;
   const EvaluatorFactory* device_evaluator = find_evaluator(options.backend);
@@ -476,13 +483,7 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     return [&, check, previous](int layer, LayerTensors done) {
       const auto start = std::chrono::steady_clock::now();
       LoadedLayer loaded;
-      loaded.tensors = trace.read_layer(layer,
-                                        {.attn_out = false,
-                                         .o_proj = true,
-                                         .hidden_states = needs_hidden_states,
-                                         .kvzip = needs_kvzip,
-                                         .kvcompose = needs_kvcompose},
-                                        std::move(done));
+      loaded.tensors = trace.read_layer(layer, parts, std::move(done));
       if (check) check_recorded_outputs(trace, loaded.tensors);
       if (previous && has_predecessor(layer)) loaded.previous = trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false});
       loaded.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

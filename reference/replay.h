@@ -92,6 +92,10 @@ struct ReplayProgress {
   int layer = 0, done = 0, total = 0;
 };
 
+// What a replay of `presses` reads of each layer beyond q/k/v: o_proj always (whatever the
+// trace holds), and hidden states and the extra passes only for the presses that use them.
+LayerParts layer_parts_for(const std::vector<std::string>& presses);
+
 // Validates options (press specs, ratios in [0, 1), layers recorded) before any work;
 // kvsim::Error names the bad value. `progress` (optional) is called after every layer.
 ReplayResult replay(const TraceReader& trace, const ReplayOptions& options,

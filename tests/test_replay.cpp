@@ -24,6 +24,21 @@ namespace {
 // lower-norm k0: softmax (3/4, 1/4) over (k0, k2), O_c = (0.75, 0).
 // rel_err = |(0.15, -0.2)| / |O| = 0.25 / sqrt(0.4), cosine = 0.45 / (0.75 sqrt(0.4)),
 // recall = 4/5. With o_proj = identity the projected error equals rel_err.
+// What a replay (and verify) reads beyond q/k/v: only what the presses need, through wrappers too.
+TEST(Replay, ReadsOnlyTheLayerPartsItsPressesNeed) {
+  const LayerParts plain = ref::layer_parts_for({"knorm", "adakv(snapkv)"});
+  EXPECT_FALSE(plain.attn_out);
+  EXPECT_TRUE(plain.o_proj);
+  EXPECT_FALSE(plain.hidden_states || plain.kvzip || plain.kvcompose);
+  const LayerParts kvzip = ref::layer_parts_for({"knorm", "kvzip"});
+  EXPECT_TRUE(kvzip.kvzip);
+  EXPECT_FALSE(kvzip.kvcompose || kvzip.hidden_states);
+  const LayerParts kvcompose = ref::layer_parts_for({"kvcompose"});
+  EXPECT_TRUE(kvcompose.kvcompose);
+  EXPECT_FALSE(kvcompose.kvzip);
+  EXPECT_TRUE(ref::layer_parts_for({"chunk(kvzap:artefact=unused.h5)"}).hidden_states);  // an inner press's need
+}
+
 TEST(Replay, TwoTokenCaseMatchesHandComputation) {
   test::TempDir dir;
   TraceInfo info = test::trace_info(1, 1, 2, 2, 1, 0, {0});

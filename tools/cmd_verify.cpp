@@ -8,7 +8,6 @@
 #include <map>
 
 #include "core/error.h"
-#include "core/wrapping.h"
 #include "reference/replay.h"
 #include "tools/commands.h"
 #include "tools/conformance.h"
@@ -63,14 +62,12 @@ int verify_command(const Args& args) {
   options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs(trace, options.layers);
   const std::vector<int> layers = options.layers.empty() ? info.recorded_layers : options.layers;
 
-  bool hidden_states = false;  // [T, D] per layer: read only when a press uses them, as the replay does
-  for (const std::string& spec : options.presses)
-    hidden_states = hidden_states || spec_needs(Registry::instance(), parse_press_spec(spec), "hidden_states");
+  const LayerParts parts = ref::layer_parts_for(options.presses);  // what the replays read, for the same presses
   std::map<int, LayerTensors> tensors;  // the replayed layers and, for cross-layer presses, their predecessors
   for (int l : layers)
     for (int read : {l - 1, l})
       if (!tensors.count(read) && std::find(info.recorded_layers.begin(), info.recorded_layers.end(), read) != info.recorded_layers.end())
-        tensors.emplace(read, trace.read_layer(read, {.attn_out = false, .o_proj = true, .hidden_states = hidden_states}));
+        tensors.emplace(read, trace.read_layer(read, parts));
   std::vector<ConformanceInput> inputs;
   for (int l : layers)
     inputs.push_back({"layer " + std::to_string(l), &tensors.at(l), info.n_context, info.num_hidden_layers, &info.rope,
