@@ -126,12 +126,15 @@ struct HostExec {
         if (radix_prefix_matches(key, pass.threshold[r], shift)) ++counts[(key >> shift) & (kDigits - 1)];
       }
       const unsigned still = static_cast<unsigned>(pass.wanted[r]);
-      unsigned above = 0;
-      for (int digit = kDigits - 1; digit >= 0; above += counts[digit--])
+      unsigned above = 0;  // entries in the digits over `digit`
+      for (int digit = kDigits - 1; digit >= 0; --digit) {
         if (radix_digit_reached(above, counts[digit], still)) {
           pass.threshold[r] |= static_cast<uint32_t>(digit) << shift;
           pass.wanted_next[r] = static_cast<int>(still - above);
+          break;
         }
+        above += counts[digit];
+      }
     }
   }
 

@@ -52,7 +52,7 @@ std::optional<ScoreMatrix> selection_scores(const PressSpec& spec, const PressIn
 }  // namespace
 
 MergedRowsCheck check_merged_rows(const std::vector<float>& a, const std::vector<float>& b, const std::vector<int>& kept,
-                                  const std::vector<float>& scores, double value_rtol, double boundary_rtol) {
+                                  std::span<const float> scores, double value_rtol, double boundary_rtol) {
   MergedRowsCheck check;
   if (a.size() != b.size() || kept.empty() || a.size() % kept.size() != 0) {
     check.first_element = 0;
@@ -164,9 +164,8 @@ class CaseComparer {
       }
       for (std::size_t g = 0; g < ref_rows->size(); ++g) {
         if (ref.kept[g] != got.kept[g]) continue;
-        const float* score_row = scores ? scores->row(static_cast<Eigen::Index>(g)).data() : nullptr;
-        std::vector<float> row_scores;  // ScoreMatrix is row-major: a head's scores are contiguous
-        if (score_row) row_scores.assign(score_row, score_row + scores->cols());
+        std::span<const float> row_scores;  // ScoreMatrix is row-major: a head's scores are contiguous
+        if (scores) row_scores = {scores->row(static_cast<Eigen::Index>(g)).data(), static_cast<std::size_t>(scores->cols())};
         const MergedRowsCheck check =
             check_merged_rows((*ref_rows)[g], (*got_rows)[g], ref.kept[g], row_scores, tol_.value_rtol, tol_.boundary_rtol);
         result_.near_boundary_diffs += check.tolerated_rows;

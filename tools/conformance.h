@@ -11,6 +11,7 @@
 //    boundary_rtol in reference score (check_merged_rows);
 //  * sparse attention outputs (query-time presses): per query, within output_rtol;
 //  * errors: a press that rejects an input must do so on both backends.
+#include <span>
 #include <string>
 #include <vector>
 
@@ -57,7 +58,7 @@ struct MergedRowsCheck {
   long tolerated_rows = 0;
 };
 MergedRowsCheck check_merged_rows(const std::vector<float>& a, const std::vector<float>& b, const std::vector<int>& kept,
-                                  const std::vector<float>& scores, double value_rtol, double boundary_rtol);
+                                  std::span<const float> scores, double value_rtol, double boundary_rtol);
 
 PressConformance compare_backends(const std::string& spec, Backend other, const std::vector<ConformanceInput>& inputs,
                                   const std::vector<double>& ratios, const ConformanceTolerance& tolerance = {});
