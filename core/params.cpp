@@ -135,9 +135,9 @@ ParamValues ParamValues::resolve(const std::string& press_name, const std::vecto
   for (const ParamDef& def : schema) {
     const auto it = given.find(def.name);
     if (def.type == ParamType::Path) {
-      if (it == given.end())
+      if (it == given.end() && !def.nullable)
         throw Error("press '" + press_name + "': parameter '" + def.name + "' is required (e.g. " + press_name + ":" + def.name + "=FILE)");
-      out.paths_[def.name] = it->second;
+      out.paths_[def.name] = it == given.end() || (def.nullable && it->second == "None") ? std::string() : it->second;
       continue;
     }
     if (def.type == ParamType::FloatList) {

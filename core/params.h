@@ -12,7 +12,7 @@ namespace kvsim {
 
 // Choice: one word of ParamDef::choices, held as its index. FloatList: floats separated by
 // '/', e.g. "0.25/0.5/0.75" (a spec value cannot hold ','). Path: a file name (an artefact a
-// press reads), kept as text; always required.
+// press reads), kept as text; required unless nullable (then "" when not given).
 enum class ParamType { Int, Float, Bool, Choice, FloatList, Path };
 
 struct ParamDef {

@@ -1,5 +1,6 @@
 #include "reference/host_evaluator.h"
 
+#include <algorithm>
 #include <numeric>
 
 #include "reference/attention.h"
@@ -42,7 +43,74 @@ RowMatrix project(const LayerTensors& layer, const std::vector<Outputs>& outputs
   return concat * w_o.transpose();
 }
 
+// Per (head, query) metrics of `compressed` against `full`, and o_proj's against `full_proj`
+// (empty: none).
+LayerComparison compare_against(const LayerTensors& layer, const std::vector<Outputs>& full, const RowMatrix& full_proj,
+                                const std::vector<Outputs>& compressed, int Q) {
+  const int H = layer.q.heads, d = layer.q.dim;
+  LayerComparison result;
+  result.heads = H;
+  result.queries = Q;
+  const std::size_t count = static_cast<std::size_t>(H) * Q;
+  result.rel_err.resize(count);
+  result.cosine.resize(count);
+  result.recall.resize(count);
+  parallel_for(H, [&](int h) {
+    for (int i = 0; i < Q; ++i) {
+      const QueryMetrics m = ref::compare_outputs(full[h].out.row(i).data(), compressed[h].out.row(i).data(), d, full[h].lse[i], compressed[h].lse[i]);
+      const std::size_t at = static_cast<std::size_t>(h) * Q + i;
+      result.rel_err[at] = m.rel_err;
+      result.cosine[at] = m.cosine;
+      result.recall[at] = m.recall;
+    }
+  });
+  if (full_proj.size() > 0) {
+    const RowMatrix comp_proj = project(layer, compressed, Q);
+    for (int i = 0; i < Q; ++i) {
+      const double full_norm = full_proj.row(i).cast<double>().norm();
+      const double diff = (comp_proj.row(i) - full_proj.row(i)).cast<double>().norm();
+      result.oproj_rel_err.push_back(full_norm > 0 ? diff / full_norm : diff);
+    }
+  }
+  return result;
+}
+
 }  // namespace
+
+Outputs attend_segment_queries(const LayerTensors& layer, int h, const std::vector<int>& positions, int sliding_window, const AllowKeys* allow) {
+  const int g = kv_head_of(h, layer.q.heads, layer.k.heads), d = layer.q.dim, Q = static_cast<int>(positions.size());
+  const ConstRowMap keys = head_rows(layer.k, g, layer.k.tokens), values = head_rows(layer.v, g, layer.v.tokens);
+  Outputs o;
+  o.out.resize(Q, d);
+  o.lse.resize(Q);
+  constexpr int kChunk = 64;
+  for (int first = 0; first < Q; first += kChunk) {
+    const int rows = std::min(kChunk, Q - first), end = positions[first + rows - 1] + 1;
+    const std::vector<int> query_pos(positions.begin() + first, positions.begin() + first + rows);
+    RowMatrix queries(rows, d);
+    for (int i = 0; i < rows; ++i) queries.row(i) = head_rows(layer.q, h, layer.q.tokens).row(query_pos[i]);
+    std::vector<int> key_pos(static_cast<std::size_t>(end));
+    std::iota(key_pos.begin(), key_pos.end(), 0);
+    std::vector<char> allowed;
+    if (allow) {
+      allowed.assign(static_cast<std::size_t>(rows) * end, 0);
+      for (int i = 0; i < rows; ++i) (*allow)(query_pos[i], allowed.data() + static_cast<std::size_t>(i) * end);
+    }
+    Eigen::VectorXd lse;
+    const RowMatrix probs = attention_probs(queries, keys.topRows(end), query_pos, key_pos, &lse, sliding_window, allow ? &allowed : nullptr);
+    o.out.middleRows(first, rows) = probs * values.topRows(end);
+    o.lse.segment(first, rows) = lse;
+  }
+  return o;
+}
+
+LayerComparison compare_segment_outputs(const LayerTensors& layer, const std::vector<int>& positions, int sliding_window,
+                                        const std::vector<Outputs>& sparse) {
+  std::vector<Outputs> dense(static_cast<std::size_t>(layer.q.heads));
+  parallel_for(layer.q.heads, [&](int h) { dense[h] = attend_segment_queries(layer, h, positions, sliding_window); });
+  const int Q = static_cast<int>(positions.size());
+  return compare_against(layer, dense, layer.o_proj.empty() ? RowMatrix() : project(layer, dense, Q), sparse, Q);
+}
 
 HostEvaluator::HostEvaluator(const LayerTensors& layer, int n, int sliding_window)
     : layer_(layer), n_(n), queries_(layer.q.tokens - n), window_(sliding_window) {
@@ -77,33 +145,7 @@ LayerComparison HostEvaluator::compare(const Compression& c) const {
 }
 
 LayerComparison HostEvaluator::compare_outputs(const std::vector<Outputs>& compressed) const {
-  const int H = layer_.q.heads, d = layer_.q.dim, Q = queries_;
-  LayerComparison result;
-  result.heads = H;
-  result.queries = Q;
-  const std::size_t count = static_cast<std::size_t>(H) * Q;
-  result.rel_err.resize(count);
-  result.cosine.resize(count);
-  result.recall.resize(count);
-  parallel_for(H, [&](int h) {
-    for (int i = 0; i < Q; ++i) {
-      const QueryMetrics m =
-          ref::compare_outputs(full_[h].out.row(i).data(), compressed[h].out.row(i).data(), d, full_[h].lse[i], compressed[h].lse[i]);
-      const std::size_t at = static_cast<std::size_t>(h) * Q + i;
-      result.rel_err[at] = m.rel_err;
-      result.cosine[at] = m.cosine;
-      result.recall[at] = m.recall;
-    }
-  });
-  if (!layer_.o_proj.empty()) {
-    const RowMatrix comp_proj = project(layer_, compressed, Q);
-    for (int i = 0; i < Q; ++i) {
-      const double full_norm = full_proj_.row(i).cast<double>().norm();
-      const double diff = (comp_proj.row(i) - full_proj_.row(i)).cast<double>().norm();
-      result.oproj_rel_err.push_back(full_norm > 0 ? diff / full_norm : diff);
-    }
-  }
-  return result;
+  return compare_against(layer_, full_, full_proj_, compressed, queries_);
 }
 
 }  // namespace kvsim::ref

@@ -2,6 +2,7 @@
 // The replay's evaluation on the host (core/evaluation.h): the reference's own, and the one
 // every backend's decoding presses use. Full-cache outputs of the evaluation queries are
 // computed once per layer; each compression's outputs are then compared query by query.
+#include <functional>
 #include <vector>
 
 #include "core/evaluation.h"
@@ -24,6 +25,21 @@ Outputs attend(const HeadTensor& q, int h, const RowMatrix& keys, const RowMatri
 // Rows of head g of `t` at `positions`; the first merged.size() / dim rows come from `merged`
 // instead (the kept tokens' merged keys or values, when the press merges).
 RowMatrix gather(const HeadTensor& t, int g, const std::vector<int>& positions, const std::vector<float>& merged);
+
+// A sparse prefill's mask (MInference): allow(p, row) sets row[j] for the keys j < p + 1 that
+// query position p attends to (row arrives zeroed).
+using AllowKeys = std::function<void(int p, char* row)>;
+
+// Queries at `positions` (ascending) of head h over the keys before them, causally and within a
+// sliding window W > 0; with `allow`, only the keys it marks. Computed in chunks of 64 queries
+// whatever the mask, so a mask marking every visible key reproduces the dense outputs exactly.
+Outputs attend_segment_queries(const LayerTensors& layer, int h, const std::vector<int>& positions, int sliding_window,
+                               const AllowKeys* allow = nullptr);
+
+// The segment's queries at `positions` (sparse outputs per query head) against their dense
+// outputs: rel_err, cosine and recall per (head, query), and o_proj's when recorded.
+LayerComparison compare_segment_outputs(const LayerTensors& layer, const std::vector<int>& positions, int sliding_window,
+                                        const std::vector<Outputs>& sparse);
 
 class HostEvaluator final : public LayerEvaluator {
  public:

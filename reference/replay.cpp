@@ -559,7 +559,14 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
         QueryTimeOutputs sparse = query_time->outputs(input, ratio);
         run_outputs.outputs = std::move(sparse.heads);
         run_outputs.kept_fraction = std::move(sparse.attended_fraction);
-        comparison = host().compare_outputs(run_outputs.outputs);
+        if (sparse.query_positions.empty()) {
+          comparison = host().compare_outputs(run_outputs.outputs);
+        } else {  // a sparse prefill: the segment's queries, which hold no answer positions
+          comparison = compare_segment_outputs(tensors, sparse.query_positions, layer.window, run_outputs.outputs);
+          result.runs[s].segment_queries = true;
+          accumulate(comparison, run_outputs, {}, layer.layer, acc[s], result.runs[s]);
+          continue;
+        }
       } else {
         const Compression c = planned[s].empty() ? press.compress(input, ratio) : *planned[s][li];
         check_compression(c, name, n_layer, Hkv);

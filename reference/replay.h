@@ -60,6 +60,8 @@ struct RunResult {
   std::vector<HeadResult> heads;
   std::vector<StepResult> steps;  // decoding presses: per-step perturbation
   std::vector<int> skipped_layers;  // cross-layer presses: replayed layers whose predecessor is not recorded
+  // Measured on the segment's own queries (a sparse prefill: MInference), not the evaluation queries.
+  bool segment_queries = false;
 };
 
 struct ReplayResult {

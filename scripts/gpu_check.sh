@@ -66,9 +66,9 @@ step() {  # step NAME SECONDS COMMAND...: runs it with a time limit, records its
 }
 
 # Every press's test name in the random grid, by glob, in three shards: first the presses not yet
-# compared on a GPU at the grid's sizes and those that differed there (2026-11-26), then the
+# compared on a GPU at the grid's sizes (minference: never run on one) and those that differed there (2026-11-26), then the
 # rest; the O(n^2) presses (8K at most) spread over the shards.
-default_grid="kvcompose:kvquant:kvzip*:quest:zigzag*:non_causal_attention:per_layer*:pivot_merge*:prefill_decoding*:simlayerkv*:think*:weighted_merge*:none:kvcf_think:composed*:critical*:entropy_gated* \
+default_grid="minference:kvcompose:kvquant:kvzip*:quest:zigzag*:non_causal_attention:per_layer*:pivot_merge*:prefill_decoding*:simlayerkv*:think*:weighted_merge*:none:kvcf_think:composed*:critical*:entropy_gated* \
 cam_kvcf:gear:headkv:kvcf_adakv:kvcf_h2o:kvcf_kivi:kvcf_l2norm:kvcf_nacl*:kvcf_pyramidkv:kvcf_scissorhands*:kvcf_snapkv:kvcf_streaming_llm:block*:cam_knorm*:chunk*:compression_ratio_decoding*:decoding*:dms*:duo_attention:expected_attention_stats:finch*:key_rerotation*:lukv* \
 keydiff:cap:kivi*:kvzap:fastkvzip*:knorm:snapkv:lagkv:expected_attention:tova:streaming_llm:random:pyramidkv:compactor:cur:observed_attention:adakv*:merging*:leverage*:minicache:qfilter"
 GRID=${GRID:-$default_grid}

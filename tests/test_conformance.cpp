@@ -191,9 +191,10 @@ const GridInputs& grid_inputs(bool extra_passes) {
 TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
   if (const std::string why = missing_device(); !why.empty()) GTEST_SKIP() << why;
   const std::string spec = GetParam();
-  // Presses whose reference is full causal attention over the context, or (block) re-scores the
-  // cache for every block of new tokens — O(n^2) — stop at 8K.
-  const bool quadratic = std::ranges::any_of(std::array{"observed_attention", "kvcf_h2o", "kvzip", "kvcompose", "block"},
+  // Presses whose reference is full causal attention over the context (minference: the
+  // context's own queries), or (block) re-scores the cache for every block of new tokens —
+  // O(n^2) — stop at 8K.
+  const bool quadratic = std::ranges::any_of(std::array{"observed_attention", "kvcf_h2o", "kvzip", "kvcompose", "block", "minference"},
                                              [&](std::string_view name) { return spec.rfind(name, 0) == 0; });
   const GridInputs& grid = grid_inputs(needs_extra_passes(spec));
   std::vector<ConformanceInput> inputs;

@@ -182,6 +182,45 @@ def check_headkv(kvsim, tmp, rng):
     print("headkv: converted and replayed")
 
 
+def check_minference(kvsim, tmp, rng):
+    """MInference's configs/<model>_best_pattern.json (a list over layers of {"head": [type,
+    vertical_size, slash_size, score]}) for the bundled SmolLM2 shape: 30 layers x 9 query heads."""
+    kinds = ["vertical_and_slash", "stream_llm", "block_sparse"]
+    config = [{str(h): [kinds[(l + h) % 3], int(rng.integers(0, 4000)), int(rng.integers(0, 7000)), float(rng.uniform())]
+               for h in range(HEADS)} for l in range(LAYERS)]
+    del config[5]["4"]  # a head missing from its layer: MInference's default
+    path, out = os.path.join(tmp, "pattern.json"), os.path.join(tmp, "minference.h5")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    result = convert("minference", "--json", path, "--out", out)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out) as f:
+        for name, column in (("pattern", 0), ("vertical_size", 1), ("slash_size", 2)):
+            def entry(l, h):
+                kind, vertical, slash = config[l].get(str(h), ["vertical_and_slash", 1000, 6096])[:3]
+                return (kinds.index(kind), vertical, slash)[column]
+            expected = [[entry(l, h) for h in range(HEADS)] for l in range(LAYERS)]
+            assert f[name].shape == (LAYERS, HEADS) and np.array_equal(f[name][...], np.array(expected, dtype=np.float32)), name
+    run = replay(kvsim, f"minference:artefact={out},query_stride=16")
+    assert run["measured_on"] == "segment queries" and 0 < run["achieved_ratio"] < 1, run
+    # Every head stream_llm (4, 64): query p of the 1853-token context attends to min(p + 1, 68) keys.
+    config = [{str(h): ["stream_llm", 4, 64, 1.0] for h in range(HEADS)} for _ in range(LAYERS)]
+    with open(path, "w") as f:
+        json.dump(config, f)
+    assert convert("minference", "--json", path, "--out", out).returncode == 0
+    run = replay(kvsim, f"minference:artefact={out},query_stride=16")
+    queries = range(1852, -1, -16)
+    expected = 1 - np.mean([min(p + 1, 68) / (p + 1) for p in queries])
+    assert abs(run["achieved_ratio"] - expected) < 1e-9, (run["achieved_ratio"], expected)
+    # An unknown pattern type: refused, no output.
+    config[3]["2"] = ["dilated1", 30, 800, 1.0]
+    with open(path, "w") as f:
+        json.dump(config, f)
+    result = convert("minference", "--json", path, "--out", out + "2")
+    assert result.returncode != 0 and "layer 3 head 2" in result.stderr and not os.path.exists(out + "2"), result.stderr
+    print("minference: converted and replayed")
+
+
 def main():
     kvsim = sys.argv[1]
     failures = 0
@@ -189,6 +228,7 @@ def main():
         check_kvzap(kvsim, tmp, np.random.default_rng(1))
         check_fastkvzip(kvsim, tmp, np.random.default_rng(2))
         check_headkv(kvsim, tmp, np.random.default_rng(3))
+        check_minference(kvsim, tmp, np.random.default_rng(4))
         # duo_attention: a tab-separated [layers, kv_heads] table and config.json.
         rng = np.random.default_rng(0)
         scores = rng.uniform(-0.1, 1.1, size=(LAYERS, KV_HEADS))

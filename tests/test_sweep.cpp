@@ -261,6 +261,21 @@ TEST_F(Sweep, DecodingPressesHaveStepRows) {
   EXPECT_EQ(step_rows, 7 * 7);
 }
 
+// A sparse prefill (minference) says on its `all` rows that its metrics are its segment queries'.
+TEST_F(Sweep, ASparsePrefillMarksItsSegmentQueries) {
+  const std::string table = dir_.file("prefill.csv");
+  const Outcome r = run("sweep -q " + trace_ + " --press minference:pattern=block_sparse knorm --ratio 0.5 -o " + table);
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::vector<std::string> marked;
+  for (const std::string& line : lines_of(read_file(table)))
+    if (line.find(",segment_queries,") != std::string::npos) marked.push_back(line);
+  ASSERT_EQ(marked.size(), 1u);
+  const std::vector<std::string> cells = split(marked[0]);
+  EXPECT_EQ(cells[4], "minference:pattern=block_sparse");
+  EXPECT_EQ(cells[cells.size() - 4], "all");
+  EXPECT_EQ(cells.back(), "1");
+}
+
 TEST_F(Sweep, BadInputIsRefusedAndTheOutputLeftAlone) {
   const Outcome help = run("sweep --help");
   EXPECT_EQ(help.status, 0);

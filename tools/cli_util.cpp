@@ -62,7 +62,8 @@ std::vector<std::string> default_press_specs(const TraceReader& reader, const st
       std::cerr << "kvsim: note: skipping '" << info->name << "': it merges each layer with the one before, and no replayed layer has its predecessor in the trace\n";
       continue;
     }
-    if (info->test_artefact) {
+    const bool needs_artefact = std::ranges::any_of(info->params, [](const ParamDef& p) { return p.type == ParamType::Path && !p.nullable; });
+    if (needs_artefact) {
       std::cerr << "kvsim: note: skipping '" << info->name << "': it needs an artefact file (" << info->name
                 << ":artefact=FILE; traces/ARTEFACTS.md)\n";
       continue;

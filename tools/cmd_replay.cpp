@@ -80,10 +80,12 @@ int replay_command(const Args& args) {
                   << " (a cross-layer press without the layer before; on a sliding-window layer, a press reading absolute "
                      "positions or a decoding schedule); its figures cover the other layers\n";
       }
-    for (const std::string& spec : options.presses)
-      if (Registry::instance().find(parse_press_spec(spec).name)->query_time && noted.insert(spec + " (query time)").second)
-        std::cerr << "kvsim replay: note: '" << spec << "' compresses nothing (the cache is unchanged); its achieved ratio is the mean share, "
-                     "over evaluation queries and heads, of the visible keys a query does not attend to (its KV bytes/token: those a query reads)\n";
+    for (const auto& run : result.runs)
+      if (Registry::instance().find(parse_press_spec(run.press).name)->query_time && noted.insert(run.press + " (query time)").second)
+        std::cerr << "kvsim replay: note: '" << run.press << "' compresses nothing (the cache is unchanged); its achieved ratio is the mean share, "
+                  << (run.segment_queries ? "over the segment's own queries (a sparse prefill: the evaluation queries attend densely)"
+                                          : "over evaluation queries")
+                  << " and heads, of the visible keys a query does not attend to (its KV bytes/token: those a query reads)\n";
   }
   write_output(vm.count("output") ? vm["output"].as<std::string>() : "", format_replay(result, format, detail));
   return 0;

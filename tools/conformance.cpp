@@ -16,6 +16,7 @@ namespace {
 
 struct Outcome {
   std::optional<Compression> compression;
+  std::optional<QueryTimeOutputs> sparse;  // query-time presses' outputs
   std::string error;
 };
 
@@ -23,6 +24,7 @@ Outcome run(const Press& press, const PressInput& input, double ratio) {
   Outcome out;
   try {
     out.compression = press.compress(input, ratio);
+    if (const auto* query_time = dynamic_cast<const QueryTimePress*>(&press)) out.sparse = query_time->outputs(input, ratio);
   } catch (const Error& e) {
     out.error = e.what();
   }
@@ -130,6 +132,7 @@ class CaseComparer {
   // query's output within output_rtol of its norm, and its log-sum-exp within output_rtol.
   void sparse_outputs(const std::string& where, const QueryTimeOutputs& a, const QueryTimeOutputs& b) {
     if (a.attended_fraction != b.attended_fraction) return violation(where, "the attended shares of keys differ");
+    if (a.query_positions != b.query_positions) return violation(where, "outputs of different queries");
     if (a.heads.size() != b.heads.size()) return violation(where, "outputs of different numbers of heads");
     for (std::size_t h = 0; h < a.heads.size(); ++h) {
       const AttentionOutputs &x = a.heads[h], &y = b.heads[h];
@@ -298,8 +301,8 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
         compare.scores(where, *ref_scores, got_scorer->score(input, ratio));
       }
       compare.compressions(where, *ref.compression, *got.compression, selection_scores(spec, input, ratio, ref_scores), in.n);
-      if (const auto* sparse = dynamic_cast<const QueryTimePress*>(reference.get()))
-        compare.sparse_outputs(where, sparse->outputs(input, ratio), dynamic_cast<const QueryTimePress&>(*candidate).outputs(input, ratio));
+      if (ref.sparse && got.sparse) compare.sparse_outputs(where, *ref.sparse, *got.sparse);
+      else if (ref.sparse || got.sparse) compare.violation(where, "only one backend's press is query-time");
     }
   }
   return result;

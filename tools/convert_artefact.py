@@ -8,6 +8,7 @@
     python3 tools/convert_artefact.py kvzap --config config.json --safetensors model.safetensors --out kvzap.h5
     python3 tools/convert_artefact.py fastkvzip --pt q4_dim16_sink16.pt --out fastkvzip.h5
     python3 tools/convert_artefact.py headkv --json Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json --out headkv.h5
+    python3 tools/convert_artefact.py minference --json Llama_3.1_8B_Instruct_128k_kv_out_v32_fit_o_best_pattern.json --out minference.h5
 
 qfilter: the `q_filters` tensor [layers, kv_heads, head_dim] of a Q-filters checkpoint
 (the Hugging Face repositories nthngdy/<model>_qfilt that kvpress's QFilterPress loads).
@@ -28,6 +29,11 @@ kvpress's FastKVzipPress loads them): needs torch, imported only for this conver
 headkv: HeadKV's head scores as KVCache-Factory ships them (data/heads_score/<model>_
 retrieval_reasoning_heads.json: {"layer-head": [scores, ...], ...}) -> head_scores [layers,
 heads], each the mean of its list (run_longbench.py's np.mean), placed by its key.
+minference: MInference's per-head pattern config (microsoft/MInference minference/configs/*.json:
+a list over layers of {"head": [type, vertical_size, slash_size, score]}) -> pattern, vertical_size,
+slash_size [layers, heads], pattern 0 = vertical_and_slash, 1 = stream_llm, 2 = block_sparse; a
+head missing from a layer gets MInference's default ("vertical_and_slash", 1000, 6096); heads =
+1 + the largest head index, or --num-heads.
 Needs numpy and h5py, and safetensors for qfilter and expected_attention_stats
 (tools/requirements-artefacts.txt). Writes the output atomically: a failed conversion leaves
 no file behind.
@@ -272,6 +278,39 @@ def headkv(args):
     write(args.out, {"head_scores": finite("head_scores", scores)}, {})
 
 
+MINFERENCE_PATTERNS = {"vertical_and_slash": 0, "stream_llm": 1, "block_sparse": 2}
+
+
+def minference(args):
+    try:
+        with open(args.json) as f:
+            config = json.load(f)
+    except Exception as e:
+        fail(f"{args.json}: cannot read JSON ({e})")
+    if not isinstance(config, list) or not config or not all(isinstance(layer, dict) for layer in config):
+        fail(f"{args.json}: expected a list over layers of {{\"head\": [type, vertical_size, slash_size, score]}} objects")
+    heads = args.num_heads
+    for l, layer in enumerate(config):
+        for key, entry in layer.items():
+            if not key.isdigit():
+                fail(f"{args.json}: layer {l}: head key '{key}' is not a head index")
+            if not isinstance(entry, list) or len(entry) < 3 or entry[0] not in MINFERENCE_PATTERNS or \
+                    not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 10**8 for x in entry[1:3]):
+                fail(f"{args.json}: layer {l} head {key}: expected [type, vertical_size, slash_size, ...] with type one of "
+                     f"{', '.join(MINFERENCE_PATTERNS)} and sizes integers in [0, 1e8]")
+            if args.num_heads is not None and int(key) >= args.num_heads:
+                fail(f"{args.json}: layer {l} has head {key}, beyond --num-heads {args.num_heads}")
+            heads = max(heads or 0, int(key) + 1)
+    if not heads:
+        fail(f"{args.json}: no head entries (give --num-heads to fill every head with MInference's default)")
+    table = np.zeros((3, len(config), heads))
+    for l, layer in enumerate(config):
+        for h in range(heads):
+            kind, vertical, slash = layer.get(str(h), ["vertical_and_slash", 1000, 6096])[:3]  # minference_prefill_kernel's default
+            table[:, l, h] = MINFERENCE_PATTERNS[kind], vertical, slash
+    write(args.out, {"pattern": table[0], "vertical_size": table[1], "slash_size": table[2]}, {})
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="press", required=True)
@@ -298,9 +337,13 @@ def main():
     k = sub.add_parser("headkv", help="KVCache-Factory's retrieval_reasoning_heads.json -> head_scores [L, H]")
     k.add_argument("--json", required=True)
     k.add_argument("--out", required=True)
+    m = sub.add_parser("minference", help="MInference's best-pattern config .json -> pattern, vertical_size, slash_size [L, H]")
+    m.add_argument("--json", required=True)
+    m.add_argument("--num-heads", type=int, default=None, help="query heads per layer (default: 1 + the largest head index)")
+    m.add_argument("--out", required=True)
     args = p.parse_args()
     {"qfilter": qfilter, "duo_attention": duo_attention, "expected_attention_stats": expected_attention_stats, "lukv": lukv,
-     "kvzap": kvzap, "fastkvzip": fastkvzip, "headkv": headkv}[args.press](args)
+     "kvzap": kvzap, "fastkvzip": fastkvzip, "headkv": headkv, "minference": minference}[args.press](args)
 
 
 if __name__ == "__main__":

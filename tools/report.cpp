@@ -115,6 +115,12 @@ std::string markdown(const ref::ReplayResult& result, const std::vector<Row>& ro
   std::ostringstream out;
   out << "trace: " << result.trace << "  (compressed segment: " << result.n_compressed << " tokens; "
       << result.n_queries << " evaluation queries per layer and head)\n";
+  for (const auto& run : result.runs)
+    if (run.segment_queries) {
+      out << "sparse prefill (" << run.press << "): the cache is unchanged; measured on the compressed segment's own queries (their "
+             "attention outputs under the sparse pattern), not on the evaluation queries, which attend densely\n";
+      break;
+    }
   if (answers)
     out << "answer spans: span retention = share of the question's attention to the answer-span tokens on kept tokens;\n"
            "answer rel_err = rel_err at the question and answer positions only\n";
@@ -184,6 +190,7 @@ std::string json(const ref::ReplayResult& result, ReportDetail detail) {
       j["answer_rel_err"] = summary_json(run.answer_rel_err);
     }
     if (!run.skipped_layers.empty()) j["skipped_layers"] = run.skipped_layers;
+    if (run.segment_queries) j["measured_on"] = "segment queries";
     if (detail != ReportDetail::summary) {
       nlohmann::json layers = nlohmann::json::array();
       for (const auto& l : run.layers)

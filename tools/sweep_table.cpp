@@ -77,6 +77,7 @@ std::vector<SweepRow> cell_rows(const CellKey& key, const ref::RunResult& run) {
     add(row, "first_position", s.first_position);
     add(row, "compressed_after", s.compressed_after ? 1 : 0);
   }
+  if (run.segment_queries) add(whole, "segment_queries", 1);  // a sparse prefill's metrics are its segment queries'
   add_metrics(whole, run.rel_err, run.cosine, run.recall, run.oproj_rel_err);  // ends with "samples": the cell's last row
   return rows;
 }

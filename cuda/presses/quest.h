@@ -9,30 +9,16 @@
 #include "core/query_time.h"
 #include "cuda/device_registry.h"
 #include "cuda/primitives.h"
+#include "cuda/whole_layer.h"
 #include "reference/quest.h"
 
 namespace kvsim::cuda {
-
-// The whole recorded layer on the device, [heads, T, d] each (DeviceLayer holds only the
-// compressed segment; Quest's queries are the evaluation queries after it).
-template <typename Exec>
-struct QuestLayerOnDevice {
-  typename Exec::template Buffer<float> q, k, v;
-  int H, Hkv, T, d;
-  explicit QuestLayerOnDevice(const LayerTensors& layer)
-      : q(layer.q.data.size()), k(layer.k.data.size()), v(layer.v.data.size()),
-        H(layer.q.heads), Hkv(layer.k.heads), T(layer.q.tokens), d(layer.q.dim) {
-    q.upload(layer.q.data.data(), q.size());
-    k.upload(layer.k.data.data(), k.size());
-    v.upload(layer.v.data.data(), v.size());
-  }
-};
 
 // [H, Q, max_pages] page bounds of the evaluation queries (positions first_query + i) on the
 // device (0 past a query's pages). (Free functions: nvcc's device lambdas cannot live in
 // private members.)
 template <typename Exec>
-std::vector<double> quest_device_bounds(Exec& exec, const QuestLayerOnDevice<Exec>& L, const std::vector<ref::QuestPlan>& plans, int first_query,
+std::vector<double> quest_device_bounds(Exec& exec, const WholeLayerOnDevice<Exec>& L, const std::vector<ref::QuestPlan>& plans, int first_query,
                                         int page_size) {
   const int Q = static_cast<int>(plans.size()), max_pages = ref::quest_max_pages(plans), T = L.T, d = L.d, G = L.H / L.Hkv;
   std::vector<int> plan_host;  // first, prefix, pages per query
@@ -58,7 +44,7 @@ std::vector<double> quest_device_bounds(Exec& exec, const QuestLayerOnDevice<Exe
 // Each (query head, query) row's softmax over its selected keys (logits scaled by 1/sqrt(d),
 // float32 as the reference's attention), then the outputs per (row, channel).
 template <typename Exec>
-QueryTimeOutputs quest_device_attention(Exec& exec, const QuestLayerOnDevice<Exec>& L, const ref::QuestSelection& selection, int Q, int first_query) {
+QueryTimeOutputs quest_device_attention(Exec& exec, const WholeLayerOnDevice<Exec>& L, const ref::QuestSelection& selection, int Q, int first_query) {
   const int T = L.T, d = L.d, G = L.H / L.Hkv, rows = L.H * Q;
   typename Exec::template Buffer<int> position_buffer(selection.positions.size()), offset_buffer(selection.offsets.size());
   position_buffer.upload(selection.positions.data(), selection.positions.size());
@@ -117,7 +103,7 @@ class QuestDevice final : public QueryTimePress {
   QueryTimeOutputs outputs(const PressInput& input, double ratio) const override {
     const std::vector<ref::QuestPlan> plans = ref::quest_plans(input, params_, ratio);
     Exec exec;
-    const QuestLayerOnDevice<Exec> layer(input.layer);
+    const WholeLayerOnDevice<Exec> layer(input.layer);
     const std::vector<double> bounds = quest_device_bounds(exec, layer, plans, input.n, params_.page_size);
     const ref::QuestSelection selection = ref::quest_select_all(plans, bounds, layer.H, layer.Hkv, params_.page_size);
     return quest_device_attention(exec, layer, selection, static_cast<int>(plans.size()), input.n);
