@@ -23,25 +23,6 @@
 namespace kvsim {
 namespace {
 
-// Softmax attention of query position p of head h over `keys` of KV head g, in float64.
-std::vector<double> attend_keys(const LayerTensors& layer, int h, int g, int p, const std::vector<int>& keys) {
-  const int d = layer.q.dim;
-  const float* q = layer.q.head(h) + static_cast<std::size_t>(p) * d;
-  std::vector<double> logits;
-  for (int t : keys) {
-    double dot = 0;
-    for (int c = 0; c < d; ++c) dot += static_cast<double>(q[c]) * layer.k.head(g)[static_cast<std::size_t>(t) * d + c];
-    logits.push_back(dot / std::sqrt(static_cast<double>(d)));
-  }
-  const double best = *std::max_element(logits.begin(), logits.end());
-  double sum = 0;
-  for (double& x : logits) sum += (x = std::exp(x - best));
-  std::vector<double> out(static_cast<std::size_t>(d), 0.0);
-  for (std::size_t j = 0; j < keys.size(); ++j)
-    for (int c = 0; c < d; ++c) out[c] += logits[j] / sum * layer.v.head(g)[static_cast<std::size_t>(keys[j]) * d + c];
-  return out;
-}
-
 // The last min(64, n) queries' causal softmax over [0, n), float64: probs[r][j].
 std::vector<std::vector<double>> last_queries_softmax(const LayerTensors& layer, int h, int g, int n) {
   const int last_q = std::min(64, n), d = layer.q.dim;
@@ -76,16 +57,10 @@ std::vector<int> top(const std::vector<double>& scores, int forced, int count) {
 
 class Minference : public ::testing::TestWithParam<Backend> {
  protected:
-  QueryTimeOutputs run(const std::string& spec, const LayerTensors& layer, int n, int sliding_window = 0) const {
-    const auto press = Registry::instance().make(spec, GetParam());
-    const RopeConfig rope = RopeConfig::from_theta(10000.0, layer.k.dim);
-    const auto* sparse = dynamic_cast<const QueryTimePress*>(press.get());
-    EXPECT_NE(sparse, nullptr);
-    PressInput input{layer, n, 2, rope};
-    input.sliding_window = sliding_window;
-    return sparse->outputs(input, 0.0);
+  QueryTimeOutputs run(const std::string& spec, const LayerTensors& layer, int n) const {
+    return test::query_time_outputs(spec, GetParam(), layer, n, 0.0, 0, 2);
   }
-  // Every measured query's output against attend_keys over keys(h, p), and the attended shares.
+  // Every measured query's output against test::attend_positions over keys(h, p), and the attended shares.
   template <typename Keys>
   void expect_outputs(const QueryTimeOutputs& got, const LayerTensors& layer, int n, const Keys& keys) const {
     const int H = layer.q.heads, Hkv = layer.k.heads, G = H / Hkv, d = layer.q.dim;
@@ -98,7 +73,7 @@ class Minference : public ::testing::TestWithParam<Backend> {
       for (int p = 0; p < n; ++p) {
         const std::vector<int> attended = keys(h, p);
         fraction[h / G] += static_cast<double>(attended.size()) / (p + 1) / (G * n);
-        const std::vector<double> want = attend_keys(layer, h, h / G, p, attended);
+        const std::vector<double> want = test::attend_positions(layer, h, h / G, p, attended);
         for (int c = 0; c < d; ++c) ASSERT_NEAR(got.heads[h].out(p, c), want[c], 1e-5 * (1 + std::abs(want[c]))) << "head " << h << " query " << p;
       }
     for (int g = 0; g < Hkv; ++g) EXPECT_NEAR(got.attended_fraction[g], fraction[g], 1e-12);
@@ -215,7 +190,7 @@ TEST_P(Minference, VerticalAndSlashAttendsItsColumnsAndDiagonals) {
         const bool near_slash = std::ranges::any_of(slashes, [&](int s) { return p - j > s - 128 && p - j < s + 64; });
         EXPECT_TRUE(vertical_set.count(j) || near_slash) << "key " << j << " row " << p;
       }
-      const std::vector<double> want = attend_keys(layer, h, h / 2, p, std::vector<int>(attended.begin(), attended.end()));
+      const std::vector<double> want = test::attend_positions(layer, h, h / 2, p, std::vector<int>(attended.begin(), attended.end()));
       for (int c = 0; c < 8; ++c) ASSERT_NEAR(got.heads[h].out(p, c), want[c], 1e-5 * (1 + std::abs(want[c]))) << "head " << h << " query " << p;
     }
   }

@@ -20,25 +20,6 @@
 namespace kvsim {
 namespace {
 
-// Softmax attention of `query` over the `selected` positions of `layer`'s KV head g, in float64.
-std::vector<double> attend_selected(const LayerTensors& layer, int h, int g, int p, const std::vector<int>& selected) {
-  const int d = layer.q.dim;
-  const float* q = layer.q.head(h) + static_cast<std::size_t>(p) * d;
-  std::vector<double> logits;
-  for (int t : selected) {
-    double dot = 0;
-    for (int c = 0; c < d; ++c) dot += static_cast<double>(q[c]) * layer.k.head(g)[static_cast<std::size_t>(t) * d + c];
-    logits.push_back(dot / std::sqrt(static_cast<double>(d)));
-  }
-  const double best = *std::max_element(logits.begin(), logits.end());
-  double sum = 0;
-  for (double& x : logits) sum += (x = std::exp(x - best));
-  std::vector<double> out(static_cast<std::size_t>(d), 0.0);
-  for (std::size_t j = 0; j < selected.size(); ++j)
-    for (int c = 0; c < d; ++c) out[c] += logits[j] / sum * layer.v.head(g)[static_cast<std::size_t>(selected[j]) * d + c];
-  return out;
-}
-
 // Quest's selection for query position p over the keys it sees, [0, p] (or its last `window`),
 // written from the algorithm's description: pages padded with copies of their last key, box
 // bounds, top pages (ties: lower page), expanded, clamped to the prefix, sorted, cut to the
@@ -84,22 +65,16 @@ std::vector<int> brute_force_selection(const LayerTensors& layer, int h, int g, 
 class Quest : public ::testing::TestWithParam<Backend> {
  protected:
   QueryTimeOutputs run(const std::string& spec, const LayerTensors& layer, int n, double ratio = 0.5, int sliding_window = 0) const {
-    const auto press = Registry::instance().make(spec, GetParam());
-    const RopeConfig rope = RopeConfig::from_theta(10000.0, layer.k.dim);
-    const auto* sparse = dynamic_cast<const QueryTimePress*>(press.get());
-    EXPECT_NE(sparse, nullptr);
-    PressInput input{layer, n, 1, rope};
-    input.sliding_window = sliding_window;
-    return sparse->outputs(input, ratio);
+    return test::query_time_outputs(spec, GetParam(), layer, n, ratio, sliding_window);
   }
-  // Every output of `got` against attend_selected over `selection(h, p)`.
+  // Every output of `got` against test::attend_positions over `selection(h, p)`.
   template <typename Selection>
   void expect_outputs(const QueryTimeOutputs& got, const LayerTensors& layer, int n, const Selection& selection) const {
     const int H = layer.q.heads, G = H / layer.k.heads, d = layer.q.dim;
     ASSERT_EQ(got.heads.size(), static_cast<std::size_t>(H));
     for (int h = 0; h < H; ++h)
       for (int p = n; p < layer.q.tokens; ++p) {
-        const std::vector<double> want = attend_selected(layer, h, h / G, p, selection(h, p));
+        const std::vector<double> want = test::attend_positions(layer, h, h / G, p, selection(h, p));
         for (int c = 0; c < d; ++c) EXPECT_NEAR(got.heads[h].out(p - n, c), want[c], 1e-5 * (1 + std::abs(want[c]))) << "head " << h << " query " << p;
       }
   }

@@ -3,6 +3,8 @@
 // directories and small traces written through the real writer.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <random>
@@ -10,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/press.h"
+#include "core/query_time.h"
 #include "core/registry.h"
 #include "traces/trace.h"
 
@@ -23,6 +26,38 @@ inline std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "";
+}
+
+// Softmax attention, in float64, of query position p of head h over the keys at `positions`
+// of KV head g (logits scaled by 1/sqrt(d)): the brute force the query-time presses' tests use.
+inline std::vector<double> attend_positions(const LayerTensors& layer, int h, int g, int p, const std::vector<int>& positions) {
+  const int d = layer.q.dim;
+  const float* q = layer.q.head(h) + static_cast<std::size_t>(p) * d;
+  std::vector<double> logits;
+  for (int t : positions) {
+    double dot = 0;
+    for (int c = 0; c < d; ++c) dot += static_cast<double>(q[c]) * layer.k.head(g)[static_cast<std::size_t>(t) * d + c];
+    logits.push_back(dot / std::sqrt(static_cast<double>(d)));
+  }
+  const double best = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (double& x : logits) sum += (x = std::exp(x - best));
+  std::vector<double> out(static_cast<std::size_t>(d), 0.0);
+  for (std::size_t j = 0; j < positions.size(); ++j)
+    for (int c = 0; c < d; ++c) out[c] += logits[j] / sum * layer.v.head(g)[static_cast<std::size_t>(positions[j]) * d + c];
+  return out;
+}
+
+// A query-time press's outputs on one layer (a model of num_layers layers).
+inline QueryTimeOutputs query_time_outputs(const std::string& spec, Backend backend, const LayerTensors& layer, int n, double ratio,
+                                           int sliding_window = 0, int num_layers = 1) {
+  const auto press = Registry::instance().make(spec, backend);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, layer.k.dim);
+  const auto* sparse = dynamic_cast<const QueryTimePress*>(press.get());
+  if (!sparse) throw Error("internal: '" + spec + "' is not a query-time press");
+  PressInput input{layer, n, num_layers, rope};
+  input.sliding_window = sliding_window;
+  return sparse->outputs(input, ratio);
 }
 
 // Fills q [H, T, d], k/v [Hkv, T, d] with N(0, 1) draws from mt19937(seed).

@@ -66,6 +66,14 @@ def write(out, datasets, attributes):
             os.remove(partial)
 
 
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except Exception as e:
+        fail(f"{path}: cannot read JSON ({e})")
+
+
 def finite(name, array):
     if not np.all(np.isfinite(array)):
         fail(f"{name} holds NaN or infinity")
@@ -92,11 +100,7 @@ def duo_attention(args):
         scores = np.loadtxt(args.tsv, dtype=np.float64, delimiter="\t", ndmin=2)
     except Exception as e:
         fail(f"{args.tsv}: cannot read a tab-separated table of numbers ({e})")
-    try:
-        with open(args.config) as f:
-            config = json.load(f)
-    except Exception as e:
-        fail(f"{args.config}: cannot read JSON ({e})")
+    config = read_json(args.config)
     for key in ("sink_size", "recent_size"):
         if not isinstance(config.get(key), int) or config[key] < 0:
             fail(f"{args.config}: '{key}' must be a non-negative integer")
@@ -170,11 +174,7 @@ def read_safetensors(path):
 
 
 def kvzap(args):
-    try:
-        with open(args.config) as f:
-            config = json.load(f)
-    except Exception as e:
-        fail(f"{args.config}: cannot read JSON ({e})")
+    config = read_json(args.config)
     for key in ("input_dim", "output_dim", "n_modules"):
         if not isinstance(config.get(key), int) or config[key] < 1:
             fail(f"{args.config}: '{key}' must be a positive integer")
@@ -249,11 +249,7 @@ def fastkvzip(args):
 
 
 def headkv(args):
-    try:
-        with open(args.json) as f:
-            table = json.load(f)
-    except Exception as e:
-        fail(f"{args.json}: cannot read JSON ({e})")
+    table = read_json(args.json)
     if not isinstance(table, dict) or not table:
         fail(f"{args.json}: expected an object of \"layer-head\": [scores] entries")
     means = {}
@@ -282,11 +278,7 @@ MINFERENCE_PATTERNS = {"vertical_and_slash": 0, "stream_llm": 1, "block_sparse":
 
 
 def minference(args):
-    try:
-        with open(args.json) as f:
-            config = json.load(f)
-    except Exception as e:
-        fail(f"{args.json}: cannot read JSON ({e})")
+    config = read_json(args.json)
     if not isinstance(config, list) or not config or not all(isinstance(layer, dict) for layer in config):
         fail(f"{args.json}: expected a list over layers of {{\"head\": [type, vertical_size, slash_size, score]}} objects")
     heads = args.num_heads
