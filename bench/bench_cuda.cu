@@ -142,13 +142,10 @@ int main(int argc, char** argv) {
     const auto needs = [&](const char* what) { return std::count(info.needs.begin(), info.needs.end(), what) > 0; };
     return !info.test_artefact && !needs("kvzip passes") && !needs("kvcompose pass");
   };
-  const auto quadratic = [](const std::string& name) {  // full causal attention over the context: O(T^2 d)
-    return name == "observed_attention" || name == "kvcf_h2o" || name == "kvcf_scissorhands";
-  };
   for (const kvsim::PressInfo* info : kvsim::Registry::instance().presses()) {
     if (!info->is_scorer || !runs_on_a_bare_layer(*info)) continue;
     for (int T : {4096, 32768, 131072}) {
-      if (quadratic(info->name) && T > 32768) continue;
+      if (info->quadratic && T > 32768) continue;  // O(T^2) scoring
       for (const auto& named : {std::pair{kc::Stage::compress, "compress"}, {kc::Stage::score, "score"}, {kc::Stage::select, "select"},
                                 {kc::Stage::gather, "gather"}}) {
         const kc::Stage stage = named.first;

@@ -178,9 +178,10 @@ void bundled_trace_benchmark(benchmark::State& state) {
 int main(int argc, char** argv) {
   using namespace kvsim;
   // The largest T each press is timed at on this 2-core reference: O(T^2) presses (full
-  // causal attention, pairwise key similarities) and float64 covariance stop early.
+  // causal attention: PressInfo::quadratic; pairwise key similarities) and float64 covariance
+  // stop early.
   auto max_tokens = [](const PressInfo& info) {
-    if (info.name == "observed_attention") return 4096;
+    if (info.quadratic) return 4096;
     if (info.name == "merging" || info.name == "pivot_merge" || info.name == "weighted_merge") return 16384;
     if (info.name == "expected_attention") return 32768;
     return 131072;

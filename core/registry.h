@@ -43,6 +43,9 @@ struct PressInfo {
   bool decoding = false;                 // compresses during generation (DecodingPress and kin)
   bool needs_previous_layer = false;     // reads layer l - 1 too (MiniCache)
   bool query_time = false;               // evicts nothing; each evaluation query attends to its own subset (core/query_time.h)
+  // Its reference's work grows as n^2 in the context (attention of every context query, or
+  // re-scoring per block): the conformance grid and the benchmarks stop it at shorter contexts.
+  bool quadratic = false;
   // What a trace (or the user) must provide beyond Q/K/V and RoPE, for `kvsim list`'s "needs":
   // "o_proj", "hidden_states", "previous layer", "artefact", "kvzip passes", "kvcompose pass"
   // (the trace's extra passes: traces/FORMAT.md).

@@ -55,12 +55,15 @@ LayerTensors slice_layer(const LayerTensors& layer, int start, int count, Carrie
   return gather_layer(layer, std::vector<std::vector<int>>(static_cast<std::size_t>(layer.k.heads), rows), parts);
 }
 
-bool spec_needs(const Registry& registry, const PressSpec& spec, const std::string& need) {
-  if (const PressInfo* info = registry.find(spec.name))
-    if (std::find(info->needs.begin(), info->needs.end(), need) != info->needs.end()) return true;
+bool spec_any(const Registry& registry, const PressSpec& spec, const std::function<bool(const PressInfo&)>& test) {
+  if (const PressInfo* info = registry.find(spec.name); info && test(*info)) return true;
   for (const auto& inner : spec.presses())
-    if (spec_needs(registry, *inner, need)) return true;
+    if (spec_any(registry, *inner, test)) return true;
   return false;
+}
+
+bool spec_needs(const Registry& registry, const PressSpec& spec, const std::string& need) {
+  return spec_any(registry, spec, [&](const PressInfo& info) { return std::find(info.needs.begin(), info.needs.end(), need) != info.needs.end(); });
 }
 
 namespace {

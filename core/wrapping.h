@@ -33,6 +33,8 @@ inline PressInput sub_input(const PressInput& outer, const LayerTensors& sub) {
   return PressInput{sub, sub.k.tokens, outer.num_layers, outer.rope, nullptr, nullptr};
 }
 
+// Whether `test` holds for the PressInfo of `spec` or of a press inside it.
+bool spec_any(const Registry& registry, const PressSpec& spec, const std::function<bool(const PressInfo&)>& test);
 // Whether `spec`, or a press inside it, lists `need` in PressInfo::needs.
 bool spec_needs(const Registry& registry, const PressSpec& spec, const std::string& need);
 // Wrappers that hand an inner press sub-segments (token j of the segment is not at position j)

@@ -191,11 +191,8 @@ const GridInputs& grid_inputs(bool extra_passes) {
 TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
   if (const std::string why = missing_device(); !why.empty()) GTEST_SKIP() << why;
   const std::string spec = GetParam();
-  // Presses whose reference is full causal attention over the context (minference: the
-  // context's own queries), or (block) re-scores the cache for every block of new tokens —
-  // O(n^2) — stop at 8K.
-  const bool quadratic = std::ranges::any_of(std::array{"observed_attention", "kvcf_h2o", "kvzip", "kvcompose", "block", "minference"},
-                                             [&](std::string_view name) { return spec.rfind(name, 0) == 0; });
+  // Specs with a press whose reference is O(n^2) in the context (PressInfo::quadratic) stop at 8K.
+  const bool quadratic = spec_any(Registry::instance(), parse_press_spec(spec), [](const PressInfo& info) { return info.quadratic; });
   const GridInputs& grid = grid_inputs(needs_extra_passes(spec));
   std::vector<ConformanceInput> inputs;
   for (std::size_t i = 0; i < grid.layers.size(); ++i)

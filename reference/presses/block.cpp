@@ -53,6 +53,7 @@ const Registrar registered({.name = "block",
                             .summary = "block-wise prefill: keep the best of the kept tokens plus each new block (kvpress BlockPress, KeyDiff)",
                             .params = {{"block_size", ParamType::Int, 128.0, 1.0, {}, "tokens appended per step"}},
                             .wraps_scorer = true,
+                            .quadratic = true,
                             .example = "block(knorm):block_size=64"},
                            Backend::reference, factory_of<BlockPress>());
 

@@ -39,7 +39,8 @@ class KvcfH2oPress final : public KvcfScorer {
 const Registrar registered({.name = "kvcf_h2o",
                             .summary = kvcf_summary("KVCache-Factory's one-shot H2O: column sums of the full causal attention, top M - 8 and the window"),
                             .params = kvcf_scoring_params(false),
-                            .is_scorer = true},
+                            .is_scorer = true,
+                            .quadratic = true},
                            Backend::reference, factory_of<KvcfH2oPress>());
 
 }  // namespace

@@ -51,6 +51,7 @@ const Registrar registered({.name = "kvcf_scissorhands",
                             .summary = kvcf_summary("Scissorhands (KVCache-Factory, one-shot): attention received from the last history_window queries, sinks and recent kept"),
                             .params = scissorhands_params(),
                             .is_scorer = true,
+                            .quadratic = true,
                             .example = "kvcf_scissorhands:history_window=32,sink_size=4,recent_size=8"},
                            Backend::reference, factory_of<KvcfScissorhandsPress>());
 

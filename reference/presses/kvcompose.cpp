@@ -76,6 +76,7 @@ const Registrar registered({.name = "kvcompose",
                             .params = kvcompose_params(),
                             .wrappable = false,
                             .uses_absolute_positions = true,
+                            .quadratic = true,
                             .needs = {"kvcompose pass"}},
                            Backend::reference, factory_of<KvcomposePress>());
 

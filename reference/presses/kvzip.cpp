@@ -94,6 +94,7 @@ const Registrar registered({.name = "kvzip",
                             .is_scorer = true,
                             .wrappable = false,
                             .uses_absolute_positions = true,
+                            .quadratic = true,
                             .needs = {"kvzip passes"},
                             .example = "kvzip:layerwise=true"},
                            Backend::reference, factory_of<KvzipPress>());

@@ -89,6 +89,7 @@ const Registrar registered({.name = "minference",
                             .wrappable = false,
                             .uses_absolute_positions = true,  // its diagonals and query blocks count from position 0
                             .query_time = true,
+                            .quadratic = true,
                             .example = "minference:vertical_size=100,slash_size=800",
                             .test_artefact = write_test_minference},
                            Backend::reference, factory_of<MinferencePress>());

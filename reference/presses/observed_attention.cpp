@@ -30,7 +30,8 @@ class ObservedAttentionPress final : public ScorerPress {
 const Registrar registered({.name = "observed_attention",
                             .summary = "mean attention each key received from the segment's queries (H2O-style, arXiv 2306.14048)",
                             .is_scorer = true,
-                            .wrappable = false},
+                            .wrappable = false,
+                            .quadratic = true},
                            Backend::reference, factory_of<ObservedAttentionPress>());
 
 }  // namespace
