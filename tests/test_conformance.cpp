@@ -112,6 +112,16 @@ TEST(Conformance, EveryReferencePressExistsOnTheBackend) {
         << "press '" << info->name << "' has no " << backend_name(kBackend) << " implementation";
 }
 
+// Ranks in the selection's order (higher score first, then the lower position), by hand:
+// scores 0.5, 0.9, 0.5, 0.1 rank tokens 1, 0, 2, 3.
+TEST(Conformance, ScoreRanksFollowTheSelectionsOrder) {
+  const std::vector<float> scores = {0.5f, 0.9f, 0.5f, 0.1f};
+  EXPECT_EQ(score_rank(scores, 1), 0);
+  EXPECT_EQ(score_rank(scores, 0), 1);
+  EXPECT_EQ(score_rank(scores, 2), 2);
+  EXPECT_EQ(score_rank(scores, 3), 3);
+}
+
 // Rows of merged keys that differ are tolerated only as a pair of near-tied tokens (a rank
 // swap, as kvcf_think's recent entries on a GPU at 64K): worked by hand.
 TEST(Conformance, MergedRowsDifferOnlyAsPairsOfNearTiedTokens) {

@@ -90,6 +90,13 @@ MergedRowsCheck check_merged_rows(const std::vector<float>& a, const std::vector
   return check;
 }
 
+int score_rank(std::span<const float> scores, int token) {
+  const float s = scores[static_cast<std::size_t>(token)];
+  int rank = 0;
+  for (std::size_t t = 0; t < scores.size(); ++t) rank += scores[t] > s || (scores[t] == s && static_cast<int>(t) < token);
+  return rank;
+}
+
 namespace {
 
 // Compares one case's outputs and records violations (and tolerated differences) in `result`.
@@ -97,8 +104,14 @@ class CaseComparer {
  public:
   CaseComparer(PressConformance& result, Backend other, const ConformanceTolerance& tol) : result_(result), other_(other), tol_(tol) {}
 
-  void violation(const std::string& where, const std::string& what) {
-    if (result_.violations++ == 0) result_.first_violation = where + ": " + what;
+  std::optional<std::pair<int, int>> first_at;  // the (KV head, token) of the first violation, where it is about one
+
+  // `at`: the (KV head, token) the violation is about, where it is about one.
+  void violation(const std::string& where, const std::string& what, std::optional<std::pair<int, int>> at = std::nullopt) {
+    if (result_.violations++ == 0) {
+      result_.first_violation = where + ": " + what;
+      first_at = at;
+    }
   }
 
   void scores(const std::string& where, const ScoreMatrix& a, const ScoreMatrix& b) {
@@ -111,7 +124,7 @@ class CaseComparer {
         std::ostringstream what;
         what << "score of head " << i / a.cols() << " token " << i % a.cols() << ": reference " << a.data()[i] << ", " << backend_name(other_)
              << " " << b.data()[i];
-        return violation(where, what.str());
+        return violation(where, what.str(), std::pair{static_cast<int>(i / a.cols()), static_cast<int>(i % a.cols())});
       }
     }
   }
@@ -208,7 +221,7 @@ class CaseComparer {
         std::ostringstream what;
         what << "head " << g << " token " << t << " (score " << s << ") kept by only one backend; boundary [" << highest_dropped << ", "
              << lowest_kept << "]";
-        violation(where, what.str());
+        violation(where, what.str(), std::pair{static_cast<int>(g), t});
       }
     }
   }
@@ -217,6 +230,30 @@ class CaseComparer {
   Backend other_;
   const ConformanceTolerance& tol_;
 };
+
+// Where a two-stage press differs, whether its first inner scorer ranks the token on either side
+// of a near-tie is what tells a rounding difference from a defect: the token's inner scores and
+// ranks on both backends, for the first violation (the harness compares only the outer result).
+std::string inner_stage_note(const PressSpec& spec, Backend other, const PressInput& input, double ratio, std::pair<int, int> at) {
+  const std::vector<std::shared_ptr<PressSpec>> inner = spec.presses();
+  if (inner.empty()) return "";
+  const Registry& registry = Registry::instance();
+  const PressInfo* info = registry.find(inner.front()->name);
+  if (!info || !info->is_scorer) return "";
+  try {
+    const auto a = registry.make(*inner.front(), Backend::reference), b = registry.make(*inner.front(), other);
+    const ScoreMatrix ref = dynamic_cast<const ScorerPress&>(*a).score(input, ratio), got = dynamic_cast<const ScorerPress&>(*b).score(input, ratio);
+    const auto [g, t] = at;
+    if (g >= ref.rows() || t >= ref.cols() || got.rows() != ref.rows() || got.cols() != ref.cols()) return "";
+    const auto row = [](const ScoreMatrix& m, int head) { return std::span<const float>(m.row(head).data(), static_cast<std::size_t>(m.cols())); };
+    std::ostringstream note;
+    note << "; inner " << inner.front()->name << " at head " << g << " token " << t << ": reference " << ref(g, t) << " (rank "
+         << score_rank(row(ref, g), t) << "), " << backend_name(other) << " " << got(g, t) << " (rank " << score_rank(row(got, g), t) << ")";
+    return note.str();
+  } catch (const std::exception&) {
+    return "";  // a diagnostic only
+  }
+}
 
 std::string case_label(const ConformanceInput& in, double ratio) {
   std::ostringstream where;
@@ -285,6 +322,7 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
     for (double ratio : (info.uses_ratio ? ratios : std::vector<double>{0.0})) {
       const std::string where = case_label(in, ratio);
       ++result.cases;
+      const long violations_before = result.violations;
       const Outcome ref = run(*reference, input, ratio), got = run(*candidate, input, ratio);
       if (!ref.error.empty() || !got.error.empty()) {
         if (ref.error != got.error)
@@ -303,6 +341,8 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
       compare.compressions(where, *ref.compression, *got.compression, selection_scores(spec, input, ratio, ref_scores), in.n);
       if (ref.sparse && got.sparse) compare.sparse_outputs(where, *ref.sparse, *got.sparse);
       else if (ref.sparse || got.sparse) compare.violation(where, "only one backend's press is query-time");
+      if (violations_before == 0 && result.violations > 0 && compare.first_at)
+        result.first_violation += inner_stage_note(spec, other, input, ratio, *compare.first_at);
     }
   }
   return result;

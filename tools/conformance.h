@@ -11,6 +11,8 @@
 //    boundary_rtol in reference score (check_merged_rows);
 //  * sparse attention outputs (query-time presses): per query, within output_rtol;
 //  * errors: a press that rejects an input must do so on both backends.
+// The first violation of a wrapper or list press also gives its token's score and rank under
+// the first inner scorer on both backends (an inner near-tie shows there).
 #include <span>
 #include <string>
 #include <vector>
@@ -59,6 +61,10 @@ struct MergedRowsCheck {
 };
 MergedRowsCheck check_merged_rows(const std::vector<float>& a, const std::vector<float>& b, const std::vector<int>& kept,
                                   std::span<const float> scores, double value_rtol, double boundary_rtol);
+
+// 0-based rank of `token` in one head's scores under the selection's order (higher score first,
+// then the lower position): a two-stage press's first violation names its token's inner ranks.
+int score_rank(std::span<const float> scores, int token);
 
 PressConformance compare_backends(const std::string& spec, Backend other, const std::vector<ConformanceInput>& inputs,
                                   const std::vector<double>& ratios, const ConformanceTolerance& tolerance = {});
