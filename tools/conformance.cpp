@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/model_wide.h"
 #include "core/query_time.h"
+#include "core/selection_scores.h"
 
 namespace kvsim {
 
@@ -31,10 +32,18 @@ Outcome run(const Press& press, const PressInput& input, double ratio) {
   return out;
 }
 
-// The reference scores that decide the selection: the press's own (`own`, when the caller has
-// them already: scoring at 64K costs more than the comparison), or its inner scorer's.
-std::optional<ScoreMatrix> selection_scores(const PressSpec& spec, const PressInput& input, double ratio,
+// The reference scores that decide the selection: those the press names (SelectsByScores),
+// the press's own (`own`, when the caller has them already: scoring at 64K costs more than the
+// comparison), or its inner scorer's.
+std::optional<ScoreMatrix> selection_scores(const Press& reference, const PressSpec& spec, const PressInput& input, double ratio,
                                             const std::optional<ScoreMatrix>& own) {
+  if (const auto* named = dynamic_cast<const SelectsByScores*>(&reference)) {
+    try {
+      return named->selection_scores(input, ratio);
+    } catch (const Error&) {
+      return std::nullopt;
+    }
+  }
   const Registry& registry = Registry::instance();
   const PressInfo& info = *registry.find(spec.name);
   // A press of its own scores that is no inner scorer (kvcf_think: it also prunes channels) selects by them too.
@@ -338,7 +347,7 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
         ref_scores = ref_scorer->score(input, ratio);
         compare.scores(where, *ref_scores, got_scorer->score(input, ratio));
       }
-      compare.compressions(where, *ref.compression, *got.compression, selection_scores(spec, input, ratio, ref_scores), in.n);
+      compare.compressions(where, *ref.compression, *got.compression, selection_scores(*reference, spec, input, ratio, ref_scores), in.n);
       if (ref.sparse && got.sparse) compare.sparse_outputs(where, *ref.sparse, *got.sparse);
       else if (ref.sparse || got.sparse) compare.violation(where, "only one backend's press is query-time");
       if (violations_before == 0 && result.violations > 0 && compare.first_at)

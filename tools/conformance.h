@@ -4,7 +4,8 @@
 //  * scores (scorer presses): |s_other - s_ref| <= score_rtol * |s_ref| + 1e-6 * max|s_ref|;
 //  * kept sets, per KV head: equal, except tokens whose reference score lies within
 //    boundary_rtol of the selection boundary of that head (the lowest kept or the highest
-//    dropped reference score; for wrappers, the inner scorer's reference scores) — those
+//    dropped reference score; for wrappers, the inner scorer's reference scores, or those the
+//    press names as its selection's: core/selection_scores.h) — those
 //    are counted and reported, any other difference is a violation;
 //  * merged values (merging presses): |v_other - v_ref| <= value_rtol * |v_ref| + 1e-6 * max|v_ref|,
 //    in heads where both kept the same tokens, except rows of tokens that pair up within

@@ -22,6 +22,7 @@
 
 #include <cfloat>
 
+#include "core/selection_scores.h"
 #include "core/wrapping.h"
 #include "reference/parallel.h"
 #include "reference/scorer_press.h"
@@ -83,7 +84,7 @@ class CriticalKvPress final : public ScorerPress {
   double first_stage_;
 };
 
-class CriticalAdaKvPress final : public Press {
+class CriticalAdaKvPress final : public Press, public SelectsByScores {
  public:
   explicit CriticalAdaKvPress(const PressConfig& c)
       : inner_(make_inner_scorer(c)),
@@ -93,21 +94,37 @@ class CriticalAdaKvPress final : public Press {
 
   Compression compress(const PressInput& in, double ratio) const override {
     if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);
+    Stages stages = rescaled(in, ratio);
+    raise_top(stages.scores, stages.budgets);
+    return select_topk_global(stages.scores, stages.total);
+  }
+
+  // Each head keeps its top b_g of the rescaled scores (the final raise makes the global cut
+  // exactly that).
+  ScoreMatrix selection_scores(const PressInput& in, double ratio) const override { return rescaled(in, ratio).scores; }
+
+ private:
+  struct Stages {
+    Scores scores;             // stage 2's, before each head's top b_g is raised
+    std::vector<int> budgets;  // b_g
+    long long total = 0;       // Hkv * n_kept
+  };
+
+  Stages rescaled(const PressInput& in, double ratio) const {
     require_o_proj("critical_adakv", in.layer);
-    Scores s = inner_->checked_score(in, ratio);
+    Stages st{inner_->checked_score(in, ratio), {}, 0};
     const int Hkv = in.num_kv_heads(), n_kept = kvpress_budget(in.n, ratio);
-    raise_top(s, std::vector<int>(static_cast<std::size_t>(Hkv), adakv_safeguard(n_kept, alpha_)));
-    const long long total = static_cast<long long>(Hkv) * n_kept;
-    const Compression shares = select_topk_global(s, total);
-    std::vector<int> budgets, stage1;
+    raise_top(st.scores, std::vector<int>(static_cast<std::size_t>(Hkv), adakv_safeguard(n_kept, alpha_)));
+    st.total = static_cast<long long>(Hkv) * n_kept;
+    const Compression shares = select_topk_global(st.scores, st.total);
+    std::vector<int> stage1;
     for (const auto& head : shares.kept) {
-      budgets.push_back(static_cast<int>(head.size()));
-      stage1.push_back(criticalkv_head_first_stage(budgets.back(), first_stage_));
+      st.budgets.push_back(static_cast<int>(head.size()));
+      stage1.push_back(criticalkv_head_first_stage(st.budgets.back(), first_stage_));
     }
-    raise_top(s, stage1);
-    rescale(s, projected_norms(in), epsilon_);
-    raise_top(s, budgets);
-    return select_topk_global(s, total);
+    raise_top(st.scores, stage1);
+    rescale(st.scores, projected_norms(in), epsilon_);
+    return st;
   }
 
  private:
