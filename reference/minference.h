@@ -211,7 +211,8 @@ KVSIM_HD inline double minference_block_mean(const float* x, int n, int d, int b
   return total / kMinferenceBlock;
 }
 
-// The scores both backends compute for one layer; only the heads whose pattern needs them.
+// The scores both backends compute for one layer: each array only where some head's pattern
+// needs it (empty otherwise), filled for those heads.
 struct MinferenceScores {
   std::vector<double> vertical, slash;  // [H, n]
   std::vector<double> blocks;           // [H, B, B], B = minference_padded_blocks(n): query block m . key block b

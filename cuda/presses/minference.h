@@ -18,10 +18,7 @@ namespace kvsim::cuda {
 template <typename Exec>
 ref::MinferenceScores minference_device_scores(Exec& exec, const WholeLayerOnDevice<Exec>& L, const std::vector<ref::MinferenceHead>& heads, int n) {
   const int H = L.H, G = L.H / L.Hkv, T = L.T, d = L.d, last_q = ref::minference_last_q(n), B = ref::minference_padded_blocks(n);
-  ref::MinferenceScores scores;
-  scores.vertical.assign(static_cast<std::size_t>(H) * n, 0.0);
-  scores.slash.assign(scores.vertical.size(), 0.0);
-  scores.blocks.assign(static_cast<std::size_t>(H) * B * B, 0.0);
+  ref::MinferenceScores scores;  // each array only where a head's pattern needs it
   std::vector<int> wanted_host;  // per head: its pattern's code
   for (const ref::MinferenceHead& head : heads) wanted_host.push_back(static_cast<int>(head.pattern));
   typename Exec::template Buffer<int> wanted_buffer(wanted_host.size());
@@ -31,6 +28,8 @@ ref::MinferenceScores minference_device_scores(Exec& exec, const WholeLayerOnDev
   constexpr int vertical_and_slash = static_cast<int>(ref::MinferencePattern::vertical_and_slash),
                 block_sparse = static_cast<int>(ref::MinferencePattern::block_sparse);
   if (ref::minference_any(heads, ref::MinferencePattern::vertical_and_slash)) {
+    scores.vertical.assign(static_cast<std::size_t>(H) * n, 0.0);
+    scores.slash.assign(scores.vertical.size(), 0.0);
     typename Exec::template Buffer<double> max_buffer(static_cast<std::size_t>(H) * last_q), sum_buffer(max_buffer.size()),
         vertical_buffer(scores.vertical.size()), slash_buffer(scores.slash.size());
     double *max = max_buffer.data(), *sum = sum_buffer.data(), *vertical = vertical_buffer.data(), *slash = slash_buffer.data();
@@ -51,6 +50,7 @@ ref::MinferenceScores minference_device_scores(Exec& exec, const WholeLayerOnDev
     slash_buffer.download(scores.slash.data(), scores.slash.size());
   }
   if (ref::minference_any(heads, ref::MinferencePattern::block_sparse)) {
+    scores.blocks.assign(static_cast<std::size_t>(H) * B * B, 0.0);
     typename Exec::template Buffer<double> q_mean_buffer(static_cast<std::size_t>(H) * B * d), k_mean_buffer(static_cast<std::size_t>(L.Hkv) * B * d),
         block_buffer(scores.blocks.size());
     double *q_mean = q_mean_buffer.data(), *k_mean = k_mean_buffer.data(), *blocks = block_buffer.data();

@@ -21,9 +21,11 @@ namespace {
 MinferenceScores reference_scores(const LayerTensors& layer, const std::vector<MinferenceHead>& heads, int n) {
   const int H = layer.q.heads, Hkv = layer.k.heads, d = layer.q.dim, B = minference_padded_blocks(n), last_q = minference_last_q(n);
   MinferenceScores s;
-  s.vertical.assign(static_cast<std::size_t>(H) * n, 0.0);
-  s.slash.assign(s.vertical.size(), 0.0);
-  s.blocks.assign(static_cast<std::size_t>(H) * B * B, 0.0);
+  if (minference_any(heads, MinferencePattern::vertical_and_slash)) {
+    s.vertical.assign(static_cast<std::size_t>(H) * n, 0.0);
+    s.slash.assign(s.vertical.size(), 0.0);
+  }
+  if (minference_any(heads, MinferencePattern::block_sparse)) s.blocks.assign(static_cast<std::size_t>(H) * B * B, 0.0);
   parallel_for(H, [&](int h) {
     const float *q = layer.q.head(h), *k = layer.k.head(kv_head_of(h, H, Hkv));
     if (heads[h].pattern == MinferencePattern::vertical_and_slash) {
