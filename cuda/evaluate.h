@@ -83,13 +83,6 @@ class DeviceEvaluator final : public LayerEvaluator {
     return rows;
   }
 
-  template <typename T>
-  typename Exec::template Buffer<T> to_device(const std::vector<T>& host) const {
-    typename Exec::template Buffer<T> buffer(host.size());
-    if (!host.empty()) buffer.upload(host.data(), host.size());
-    return buffer;
-  }
-
   // The evaluation queries over the compressed cache of each KV head — kept rows (merged
   // where the press merged), then the S later tokens — padded to one capacity C.
   Outputs attend(const Compression& c) const {
@@ -111,9 +104,9 @@ class DeviceEvaluator final : public LayerEvaluator {
     }
     for (int h = 0; h < H; ++h) first_valid[h] = count[h / G] + 1;  // query i sees the kept rows and suffix rows 0 .. i
     const int C = longest + S;
-    const auto count_d = to_device(count), offset_d = to_device(offset), mk_d = to_device(merged_keys), mv_d = to_device(merged_values),
-               valid_d = to_device(first_valid), positions_d = to_device(positions);
-    const auto key_rows_d = to_device(key_rows), value_rows_d = to_device(value_rows);
+    const auto count_d = to_device<Exec>(count), offset_d = to_device<Exec>(offset), mk_d = to_device<Exec>(merged_keys),
+               mv_d = to_device<Exec>(merged_values), valid_d = to_device<Exec>(first_valid), positions_d = to_device<Exec>(positions);
+    const auto key_rows_d = to_device<Exec>(key_rows), value_rows_d = to_device<Exec>(value_rows);
     FloatBuffer cache_k(static_cast<std::size_t>(Hkv) * C * d), cache_v(cache_k.size());
     const int *cnt = count_d.data(), *off = offset_d.data(), *mk = mk_d.data(), *mv = mv_d.data(), *pos = positions_d.data();
     const float *kr = key_rows_d.data(), *vr = value_rows_d.data(), *lk = layer_.k.data(), *lv = layer_.v.data(), *sk = k_suffix_.data(),

@@ -5,10 +5,19 @@
 // output reads a handful of inputs.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "cuda/device_scorer.h"
 
 namespace kvsim::cuda {
+
+// A copy of `host` on the device (an empty vector: an empty buffer).
+template <typename Exec, typename T>
+typename Exec::template Buffer<T> to_device(const std::vector<T>& host) {
+  typename Exec::template Buffer<T> buffer(host.size());
+  if (!host.empty()) buffer.upload(host.data(), host.size());
+  return buffer;
+}
 
 // A device vector of `count` ones (the left operand of GEMMs that sum rows).
 template <typename Exec, typename T = float>

@@ -10,6 +10,7 @@
 #include "core/query_time.h"
 #include "cuda/device_registry.h"
 #include "cuda/primitives.h"
+#include "cuda/stages.h"
 #include "cuda/whole_layer.h"
 #include "reference/minference.h"
 
@@ -21,8 +22,7 @@ ref::MinferenceScores minference_device_scores(Exec& exec, const WholeLayerOnDev
   ref::MinferenceScores scores;  // each array only where a head's pattern needs it
   std::vector<int> wanted_host;  // per head: its pattern's code
   for (const ref::MinferenceHead& head : heads) wanted_host.push_back(static_cast<int>(head.pattern));
-  typename Exec::template Buffer<int> wanted_buffer(wanted_host.size());
-  wanted_buffer.upload(wanted_host.data(), wanted_host.size());
+  const auto wanted_buffer = to_device<Exec>(wanted_host);
   const int* wanted = wanted_buffer.data();
   const float *q = L.q.data(), *k = L.k.data();
   constexpr int vertical_and_slash = static_cast<int>(ref::MinferencePattern::vertical_and_slash),
@@ -74,14 +74,6 @@ ref::MinferenceScores minference_device_scores(Exec& exec, const WholeLayerOnDev
   return scores;
 }
 
-// An int vector on the device (at least one element: an empty mask list still gets a pointer).
-template <typename Exec>
-typename Exec::template Buffer<int> minference_upload(const std::vector<int>& host) {
-  typename Exec::template Buffer<int> buffer(host.empty() ? 1 : host.size());
-  if (!host.empty()) buffer.upload(host.data(), host.size());
-  return buffer;
-}
-
 // Each (query head, measured query) row's softmax over the keys its mask gives (logits scaled by
 // 1/sqrt(d), float32 as the reference's attention), in two passes over those keys: the row's
 // maximum, then the weights and the weighted values.
@@ -89,9 +81,9 @@ template <typename Exec>
 std::vector<AttentionOutputs> minference_device_attention(Exec& exec, const WholeLayerOnDevice<Exec>& L, const ref::MinferenceMasks& masks,
                                                           const std::vector<int>& positions, int sliding_window) {
   const int T = L.T, d = L.d, G = L.H / L.Hkv, Q = static_cast<int>(positions.size()), rows = L.H * Q;
-  auto position_buffer = minference_upload<Exec>(positions), window_buffer = minference_upload<Exec>(masks.window),
-       range_offset_buffer = minference_upload<Exec>(masks.range_offsets), range_buffer = minference_upload<Exec>(masks.ranges),
-       column_offset_buffer = minference_upload<Exec>(masks.column_offsets), column_buffer = minference_upload<Exec>(masks.columns);
+  const auto position_buffer = to_device<Exec>(positions), window_buffer = to_device<Exec>(masks.window),
+             range_offset_buffer = to_device<Exec>(masks.range_offsets), range_buffer = to_device<Exec>(masks.ranges),
+             column_offset_buffer = to_device<Exec>(masks.column_offsets), column_buffer = to_device<Exec>(masks.columns);
   const ref::MinferenceMaskView view{masks.blocks, window_buffer.data(), range_offset_buffer.data(), range_buffer.data(),
                                      column_offset_buffer.data(), column_buffer.data()};
   typename Exec::template Buffer<float> out_buffer(static_cast<std::size_t>(rows) * d);

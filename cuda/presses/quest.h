@@ -9,6 +9,7 @@
 #include "core/query_time.h"
 #include "cuda/device_registry.h"
 #include "cuda/primitives.h"
+#include "cuda/stages.h"
 #include "cuda/whole_layer.h"
 #include "reference/quest.h"
 
@@ -23,8 +24,7 @@ std::vector<double> quest_device_bounds(Exec& exec, const WholeLayerOnDevice<Exe
   const int Q = static_cast<int>(plans.size()), max_pages = ref::quest_max_pages(plans), T = L.T, d = L.d, G = L.H / L.Hkv;
   std::vector<int> plan_host;  // first, prefix, pages per query
   for (const ref::QuestPlan& plan : plans) plan_host.insert(plan_host.end(), {plan.first, plan.prefix, plan.pages});
-  typename Exec::template Buffer<int> plan_buffer(plan_host.size());
-  plan_buffer.upload(plan_host.data(), plan_host.size());
+  const auto plan_buffer = to_device<Exec>(plan_host);
   typename Exec::template Buffer<double> bound_buffer(static_cast<std::size_t>(L.H) * Q * max_pages);
   const int* plan = plan_buffer.data();
   const float *q = L.q.data(), *k = L.k.data();
@@ -46,9 +46,7 @@ std::vector<double> quest_device_bounds(Exec& exec, const WholeLayerOnDevice<Exe
 template <typename Exec>
 QueryTimeOutputs quest_device_attention(Exec& exec, const WholeLayerOnDevice<Exec>& L, const ref::QuestSelection& selection, int Q, int first_query) {
   const int T = L.T, d = L.d, G = L.H / L.Hkv, rows = L.H * Q;
-  typename Exec::template Buffer<int> position_buffer(selection.positions.size()), offset_buffer(selection.offsets.size());
-  position_buffer.upload(selection.positions.data(), selection.positions.size());
-  offset_buffer.upload(selection.offsets.data(), selection.offsets.size());
+  const auto position_buffer = to_device<Exec>(selection.positions), offset_buffer = to_device<Exec>(selection.offsets);
   typename Exec::template Buffer<float> prob_buffer(selection.positions.size()), out_buffer(static_cast<std::size_t>(rows) * d);
   typename Exec::template Buffer<double> lse_buffer(static_cast<std::size_t>(rows));
   const int *positions = position_buffer.data(), *offsets = offset_buffer.data();
