@@ -104,14 +104,6 @@ Outputs attend_segment_queries(const LayerTensors& layer, int h, const std::vect
   return o;
 }
 
-LayerComparison compare_segment_outputs(const LayerTensors& layer, const std::vector<int>& positions, int sliding_window,
-                                        const std::vector<Outputs>& sparse) {
-  std::vector<Outputs> dense(static_cast<std::size_t>(layer.q.heads));
-  parallel_for(layer.q.heads, [&](int h) { dense[h] = attend_segment_queries(layer, h, positions, sliding_window); });
-  const int Q = static_cast<int>(positions.size());
-  return compare_against(layer, dense, layer.o_proj.empty() ? RowMatrix() : project(layer, dense, Q), sparse, Q);
-}
-
 HostEvaluator::HostEvaluator(const LayerTensors& layer, int n, int sliding_window)
     : layer_(layer), n_(n), queries_(layer.q.tokens - n), window_(sliding_window) {
   const int H = layer.q.heads, Hkv = layer.k.heads, T = layer.q.tokens;
@@ -146,6 +138,19 @@ LayerComparison HostEvaluator::compare(const Compression& c) const {
 
 LayerComparison HostEvaluator::compare_outputs(const std::vector<Outputs>& compressed) const {
   return compare_against(layer_, full_, full_proj_, compressed, queries_);
+}
+
+LayerComparison HostEvaluator::compare_segment_outputs(const std::vector<int>& positions, const std::vector<Outputs>& sparse) const {
+  const int Q = static_cast<int>(positions.size());
+  auto found = segment_.find(positions);
+  if (found == segment_.end()) {
+    DenseOutputs dense;
+    dense.heads.resize(static_cast<std::size_t>(layer_.q.heads));
+    parallel_for(layer_.q.heads, [&](int h) { dense.heads[h] = attend_segment_queries(layer_, h, positions, window_); });
+    if (!layer_.o_proj.empty()) dense.proj = project(layer_, dense.heads, Q);
+    found = segment_.emplace(positions, std::move(dense)).first;
+  }
+  return compare_against(layer_, found->second.heads, found->second.proj, sparse, Q);
 }
 
 }  // namespace kvsim::ref

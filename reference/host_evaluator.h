@@ -3,6 +3,7 @@
 // every backend's decoding presses use. Full-cache outputs of the evaluation queries are
 // computed once per layer; each compression's outputs are then compared query by query.
 #include <functional>
+#include <map>
 #include <vector>
 
 #include "core/evaluation.h"
@@ -36,11 +37,6 @@ using AllowKeys = std::function<void(int p, char* row)>;
 Outputs attend_segment_queries(const LayerTensors& layer, int h, const std::vector<int>& positions, int sliding_window,
                                const AllowKeys* allow = nullptr);
 
-// The segment's queries at `positions` (sparse outputs per query head) against their dense
-// outputs: rel_err, cosine and recall per (head, query), and o_proj's when recorded.
-LayerComparison compare_segment_outputs(const LayerTensors& layer, const std::vector<int>& positions, int sliding_window,
-                                        const std::vector<Outputs>& sparse);
-
 class HostEvaluator final : public LayerEvaluator {
  public:
   // layer: every recorded position (and o_proj when recorded); n: the compressed segment;
@@ -51,12 +47,21 @@ class HostEvaluator final : public LayerEvaluator {
   LayerComparison compare(const Compression& compression) const override;
   // Outputs computed elsewhere (the decoding replay), per query head.
   LayerComparison compare_outputs(const std::vector<Outputs>& compressed) const;
+  // The segment's queries at `positions` (a sparse prefill's outputs, per query head) against
+  // their dense outputs, computed once per set of positions: rel_err, cosine and recall per
+  // (head, query), and o_proj's when recorded.
+  LayerComparison compare_segment_outputs(const std::vector<int>& positions, const std::vector<Outputs>& sparse) const;
 
  private:
   const LayerTensors& layer_;
   int n_, queries_, window_;
   std::vector<Outputs> full_;
   RowMatrix full_proj_;  // [queries, D], empty without o_proj
+  struct DenseOutputs {
+    std::vector<Outputs> heads;
+    RowMatrix proj;  // empty without o_proj
+  };
+  mutable std::map<std::vector<int>, DenseOutputs> segment_;  // by the segment positions measured
 };
 
 }  // namespace kvsim::ref

@@ -544,6 +544,7 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
       const auto* pair = dynamic_cast<const PrefillDecodingPress*>(&press);
       CompressedRun run_outputs;
       LayerComparison comparison;
+      bool segment_queries = false;  // a sparse prefill: measured on the segment's queries, which hold no answer positions
       if (decoding || pair) {
         if (decoding) {
           run_outputs = decode_layer(*decoding, tensors, n_layer, info, name);
@@ -559,14 +560,10 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
         QueryTimeOutputs sparse = query_time->outputs(input, ratio);
         run_outputs.outputs = std::move(sparse.heads);
         run_outputs.kept_fraction = std::move(sparse.attended_fraction);
-        if (sparse.query_positions.empty()) {
-          comparison = host().compare_outputs(run_outputs.outputs);
-        } else {  // a sparse prefill: the segment's queries, which hold no answer positions
-          comparison = compare_segment_outputs(tensors, sparse.query_positions, layer.window, run_outputs.outputs);
-          result.runs[s].segment_queries = true;
-          accumulate(comparison, run_outputs, {}, layer.layer, acc[s], result.runs[s]);
-          continue;
-        }
+        segment_queries = !sparse.query_positions.empty();
+        comparison = segment_queries ? host().compare_segment_outputs(sparse.query_positions, run_outputs.outputs)
+                                     : host().compare_outputs(run_outputs.outputs);
+        result.runs[s].segment_queries = segment_queries;
       } else {
         const Compression c = planned[s].empty() ? press.compress(input, ratio) : *planned[s][li];
         check_compression(c, name, n_layer, Hkv);
@@ -576,7 +573,8 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
         comparison = on_device ? on_device->compare(c) : host().compare(c);
         if (!span_weights.empty()) run_outputs.span_retention = span_retention(span_weights, c, Hkv);
       }
-      accumulate(comparison, run_outputs, answer_query_indices, layer.layer, acc[s], result.runs[s]);
+      const std::vector<int> none;
+      accumulate(comparison, run_outputs, segment_queries ? none : answer_query_indices, layer.layer, acc[s], result.runs[s]);
     }
     if (progress) progress({layer.layer, ++layers_done, passes * static_cast<int>(layers.size())});
   });
