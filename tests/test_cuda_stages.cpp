@@ -147,25 +147,6 @@ TEST(CudaStages, EveryDeviceScorerScoresWhenCalledDirectly) {
   EXPECT_GE(checked, 15);
 }
 
-// Brute force: query t of head h over the given key/value rows (all visible), in double.
-std::pair<std::vector<double>, double> attend_one(const LayerTensors& x, int h, int t, const std::vector<const float*>& keys,
-                                                  const std::vector<const float*>& values) {
-  const int d = x.q.dim;
-  std::vector<double> logits;
-  for (const float* k : keys) {
-    double dot = 0;
-    for (int c = 0; c < d; ++c) dot += static_cast<double>(x.q.at(h, t, c)) * k[c];
-    logits.push_back(dot / std::sqrt(static_cast<double>(d)));
-  }
-  const double best = *std::max_element(logits.begin(), logits.end());
-  double sum = 0;
-  for (double& l : logits) sum += (l = std::exp(l - best));
-  std::vector<double> out(static_cast<std::size_t>(d), 0.0);
-  for (std::size_t j = 0; j < values.size(); ++j)
-    for (int c = 0; c < d; ++c) out[c] += logits[j] / sum * values[j][c];
-  return {out, best + std::log(sum)};
-}
-
 TEST(CudaStages, DeviceEvaluatorMatchesBruteForceAttentionAndMetrics) {
   const int H = 4, Hkv = 2, T = 30, n = 24, d = 8, G = H / Hkv;
   LayerTensors layer = test::random_layer(H, Hkv, T, d, 11);
@@ -199,8 +180,8 @@ TEST(CudaStages, DeviceEvaluatorMatchesBruteForceAttentionAndMetrics) {
         ck.push_back(&layer.k.at(g, j, 0));
         cv.push_back(&layer.v.at(g, j, 0));
       }
-      const auto [full, lse_full] = attend_one(layer, h, t, fk, fv);
-      const auto [comp, lse_comp] = attend_one(layer, h, t, ck, cv);
+      const auto [full, lse_full] = test::attend_rows(layer.q.head(h) + static_cast<std::size_t>(t) * d, fk, fv, d);
+      const auto [comp, lse_comp] = test::attend_rows(layer.q.head(h) + static_cast<std::size_t>(t) * d, ck, cv, d);
       double diff = 0, norm_full = 0, norm_comp = 0, dot = 0;
       for (int x = 0; x < d; ++x) {
         diff += (comp[x] - full[x]) * (comp[x] - full[x]);

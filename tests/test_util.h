@@ -9,6 +9,8 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/error.h"
 #include "core/press.h"
@@ -28,24 +30,35 @@ inline std::string error_of(const std::function<void()>& f) {
   return "";
 }
 
-// Softmax attention, in float64, of query position p of head h over the keys at `positions`
-// of KV head g (logits scaled by 1/sqrt(d)): the brute force the query-time presses' tests use.
-inline std::vector<double> attend_positions(const LayerTensors& layer, int h, int g, int p, const std::vector<int>& positions) {
-  const int d = layer.q.dim;
-  const float* q = layer.q.head(h) + static_cast<std::size_t>(p) * d;
+// Softmax attention, in float64, of one query (d floats) over key and value rows, all visible
+// (logits scaled by 1/sqrt(d)): the output and the log-sum-exp.
+inline std::pair<std::vector<double>, double> attend_rows(const float* q, const std::vector<const float*>& keys,
+                                                          const std::vector<const float*>& values, int d) {
   std::vector<double> logits;
-  for (int t : positions) {
+  for (const float* k : keys) {
     double dot = 0;
-    for (int c = 0; c < d; ++c) dot += static_cast<double>(q[c]) * layer.k.head(g)[static_cast<std::size_t>(t) * d + c];
+    for (int c = 0; c < d; ++c) dot += static_cast<double>(q[c]) * k[c];
     logits.push_back(dot / std::sqrt(static_cast<double>(d)));
   }
   const double best = *std::max_element(logits.begin(), logits.end());
   double sum = 0;
   for (double& x : logits) sum += (x = std::exp(x - best));
   std::vector<double> out(static_cast<std::size_t>(d), 0.0);
-  for (std::size_t j = 0; j < positions.size(); ++j)
-    for (int c = 0; c < d; ++c) out[c] += logits[j] / sum * layer.v.head(g)[static_cast<std::size_t>(positions[j]) * d + c];
-  return out;
+  for (std::size_t j = 0; j < values.size(); ++j)
+    for (int c = 0; c < d; ++c) out[c] += logits[j] / sum * values[j][c];
+  return {out, best + std::log(sum)};
+}
+
+// The same for query position p of head h over the keys at `positions` of KV head g: the brute
+// force the query-time presses' tests use.
+inline std::vector<double> attend_positions(const LayerTensors& layer, int h, int g, int p, const std::vector<int>& positions) {
+  const int d = layer.q.dim;
+  std::vector<const float*> keys, values;
+  for (int t : positions) {
+    keys.push_back(layer.k.head(g) + static_cast<std::size_t>(t) * d);
+    values.push_back(layer.v.head(g) + static_cast<std::size_t>(t) * d);
+  }
+  return attend_rows(layer.q.head(h) + static_cast<std::size_t>(p) * d, keys, values, d).first;
 }
 
 // A query-time press's outputs on one layer (a model of num_layers layers).
