@@ -1,6 +1,7 @@
 // CUDA backend benchmarks (Google Benchmark, CUDA-event timing; run on a GPU with
 // --benchmark_format=json). For each device scorer press on a Llama-3-8B-shaped layer
-// (32 query heads, 8 KV heads, d=128, float32 on the device) of T = 4K, 32K and 128K tokens:
+// (32 query heads, 8 KV heads, d=128, bfloat16 values kept in bfloat16 on the device, as a
+// model's cache is; cuda/device_tensor.h) of T = 4K, 32K and 128K tokens:
 //  * cuda/<press>/compress/...: the whole compression step, as kvpress's ScorerPress.compress
 //    does it (score, NaN check, per-head top-k, gather of the kept keys and values), all on
 //    the device — compare with bench/torch_compression.py;
@@ -8,8 +9,9 @@
 //  * cuda/<press>/select/...: the per-head top-k of the scores (a radix select of each
 //    head's threshold, then mark-and-scan compaction), positions left on the device;
 //  * cuda/<press>/gather/...: compaction of the kept keys and values.
-// Bytes counted are the layer's keys and values (float32) for scoring and compression, the
-// scores read once for selection, the kept rows read and written for the gather;
+// Bytes counted are the layer's keys and values (bfloat16) for scoring and compression, the
+// scores read once for selection, the kept rows read and written for the gather (bfloat16 to
+// bfloat16, as kvpress gathers);
 // share_of_copy_bw is that traffic per second over the device's copy bandwidth, measured at
 // start-up with a 1 GiB device-to-device cudaMemcpy.
 // Without a GPU the binary prints why and exits 0 with no benchmark run.
@@ -76,7 +78,7 @@ enum class Stage { compress, score, select, gather };
 
 void measure_press(benchmark::State& state, const std::string& spec, int T, Stage stage) {
   static std::map<int, LayerTensors> layers;
-  if (!layers.count(T)) layers.emplace(T, llama_layer(T));
+  if (!layers.count(T)) layers.emplace(T, llama_layer(T, 1234, true));
   const RopeConfig rope = RopeConfig::from_theta(500000.0, kHeadDim);
   const PressInput input{layers.at(T), T, 32, rope};
   const auto press = Registry::instance().make(spec, Backend::cuda);
@@ -89,25 +91,25 @@ void measure_press(benchmark::State& state, const std::string& spec, int T, Stag
   double bytes;
   const int kept_count = kvpress_budget(T, ratio);
   const long kept_rows = static_cast<long>(kKvHeads) * kept_count;
-  CudaExec::Buffer<float> keys(static_cast<std::size_t>(kept_rows) * kHeadDim), values(keys.size());
+  const double value_bytes = static_cast<double>(layer.k.bytes_per_value());  // 2: bfloat16
   if (stage == Stage::compress) {
     time_on_device(state, [&] {
       scorer->score_on_device(exec, layer, ratio, scores.data());
       check_no_nan(exec, scores.data(), kKvHeads, T, spec);
       const auto kept = select_topk_on_device(exec, scores.data(), kKvHeads, T, kept_count);
-      gather_kept(exec, layer, kept.data(), kept_count, keys.data(), values.data());
+      gather_kept(exec, layer, kept.data(), kept_count);
     });
-    bytes = 2.0 * kKvHeads * T * kHeadDim * sizeof(float);
+    bytes = 2.0 * kKvHeads * T * kHeadDim * value_bytes;
   } else if (stage == Stage::select) {
     time_on_device(state, [&] { select_topk_on_device(exec, scores.data(), kKvHeads, T, kept_count); });
     bytes = static_cast<double>(kKvHeads) * T * 4.0;  // the scores, once
   } else if (stage == Stage::gather) {
     const auto kept = select_topk_on_device(exec, scores.data(), kKvHeads, T, kept_count);
-    time_on_device(state, [&] { gather_kept(exec, layer, kept.data(), kept_count, keys.data(), values.data()); });
-    bytes = 2.0 * 2.0 * static_cast<double>(kept_rows) * kHeadDim * sizeof(float);  // keys and values, read and written
+    time_on_device(state, [&] { gather_kept(exec, layer, kept.data(), kept_count); });
+    bytes = 2.0 * 2.0 * static_cast<double>(kept_rows) * kHeadDim * value_bytes;  // keys and values, read and written
   } else {
     time_on_device(state, [&] { scorer->score_on_device(exec, layer, ratio, scores.data()); });
-    bytes = 2.0 * kKvHeads * T * kHeadDim * sizeof(float);  // keys and values once
+    bytes = 2.0 * kKvHeads * T * kHeadDim * value_bytes;  // keys and values once
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
   // (bytes / copy bandwidth) seconds of copying per iteration, over the measured time: a share.
@@ -149,7 +151,7 @@ int main(int argc, char** argv) {
       for (const auto& named : {std::pair{kc::Stage::compress, "compress"}, {kc::Stage::score, "score"}, {kc::Stage::select, "select"},
                                 {kc::Stage::gather, "gather"}}) {
         const kc::Stage stage = named.first;
-        const std::string label = "cuda/" + info->name + "/" + named.second + "/T=" + std::to_string(T) + "/hkv=8/d=128/r=0.5/f32";
+        const std::string label = "cuda/" + info->name + "/" + named.second + "/T=" + std::to_string(T) + "/hkv=8/d=128/r=0.5/bf16";
         benchmark::RegisterBenchmark(label.c_str(), [name = info->name, T, stage](benchmark::State& s) {
           kc::press_benchmark(s, name, T, stage);
         })->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(0.2);

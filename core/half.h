@@ -1,24 +1,27 @@
 #pragma once
 // Bit-exact conversions between float32 and the two 16-bit storage formats of traces
 // (IEEE binary16 and bfloat16), rounding to nearest even. Used by the trace reader and
-// writer and by tests that emulate storage rounding.
+// writer, by tests that emulate storage rounding, and (widening only) by device kernels that
+// read 16-bit storage (cuda/device_tensor.h).
 #include <cstdint>
 #include <cstring>
 
+#include "core/hd.h"
+
 namespace kvsim {
 
-inline uint32_t float_bits(float f) {
+KVSIM_HD inline uint32_t float_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
   return u;
 }
-inline float bits_float(uint32_t u) {
+KVSIM_HD inline float bits_float(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
 }
 
-inline float bf16_to_float(uint16_t b) { return bits_float(static_cast<uint32_t>(b) << 16); }
+KVSIM_HD inline float bf16_to_float(uint16_t b) { return bits_float(static_cast<uint32_t>(b) << 16); }
 
 inline uint16_t float_to_bf16(float f) {
   const uint32_t u = float_bits(f);
@@ -29,7 +32,7 @@ inline uint16_t float_to_bf16(float f) {
 
 // Branch-free (the three cases are selected with masks) so that the trace reader's widening
 // loop vectorises: 5x faster with AVX2, the same bits for every input (tests/test_core.cpp).
-inline float half_to_float(uint16_t h) {
+KVSIM_HD inline float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exponent = (h >> 10) & 0x1Fu;
   const uint32_t mantissa = h & 0x3FFu;

@@ -20,16 +20,19 @@
 #include "core/hd.h"
 #include "core/model_wide.h"
 #include "core/registry.h"
+#include "cuda/device_tensor.h"
 #include "cuda/primitives.h"
 
 namespace kvsim::cuda {
 
-// The first n tokens of a layer on the device, float32, [heads, n, d] each; their hidden
-// states [n, D] when the host layer carries them (D = 0 and no buffer otherwise).
+// The first n tokens of a layer on the device, [heads, n, d] each, in their storage dtype
+// (device_tensor.h); their hidden states [n, D], float32, when the host layer carries them
+// (D = 0 and no buffer otherwise).
 template <typename Exec>
 struct DeviceLayer : ResidentLayer {
   using FloatBuffer = typename Exec::template Buffer<float>;
-  FloatBuffer q, k, v, hidden;
+  DeviceTensor<Exec> q, k, v;
+  FloatBuffer hidden;
   typename Exec::template Buffer<double> inv_freq;
   int H = 0, Hkv = 0, n = 0, d = 0, D = 0, layer = 0, num_layers = 1;
   double attention_scaling = 1.0;
@@ -38,20 +41,14 @@ struct DeviceLayer : ResidentLayer {
   int question_tokens = 0;                // PressInput::question_tokens
 
   explicit DeviceLayer(const PressInput& in)
-      : q(static_cast<std::size_t>(in.num_heads()) * in.n * in.head_dim()),
-        k(static_cast<std::size_t>(in.num_kv_heads()) * in.n * in.head_dim()),
-        v(static_cast<std::size_t>(in.num_kv_heads()) * in.n * in.head_dim()),
+      : q(in.layer.q, in.n),
+        k(in.layer.k, in.n),
+        v(in.layer.v, in.n),
         hidden(hidden_values(in)),
         inv_freq(in.rope.inv_freq.size()),
         H(in.num_heads()), Hkv(in.num_kv_heads()), n(in.n), d(in.head_dim()), D(hidden_values(in) ? in.layer.hidden_size : 0),
         layer(in.layer_index()), num_layers(in.num_layers), attention_scaling(in.rope.attention_scaling),
         source(&in.layer), rope(&in.rope), question_tokens(in.question_tokens) {
-    const std::size_t rows = static_cast<std::size_t>(n) * d;
-    for (int h = 0; h < H; ++h) q.upload(in.layer.q.head(h), rows, h * rows);
-    for (int g = 0; g < Hkv; ++g) {
-      k.upload(in.layer.k.head(g), rows, g * rows);
-      v.upload(in.layer.v.head(g), rows, g * rows);
-    }
     if (!in.rope.inv_freq.empty()) inv_freq.upload(in.rope.inv_freq.data(), in.rope.inv_freq.size());
     if (D) hidden.upload(in.layer.hidden_states.data(), hidden.size());
   }
@@ -286,40 +283,53 @@ Compression first_of_each_order(Exec& exec, const int* order, int rows, int n, c
   return out;
 }
 
-// Four floats moved as one 16-byte access (the gather's rows are 16-byte aligned when d is
-// a multiple of 4).
-struct alignas(16) FourFloats {
-  float x[4];
+// Sixteen bytes of values moved as one access (the gather's rows are 16-byte aligned when a
+// row's bytes are a multiple of 16).
+template <typename T>
+struct alignas(16) SixteenBytes {
+  T x[16 / sizeof(T)];
 };
 
-// Compaction of the kept tokens: keys and values of `kept` [Hkv, k] (positions, per head,
-// on the device) copied into [Hkv, k, d] buffers, one thread per element (per four when d
-// allows: wide loads reach the copy bandwidth, single floats do not).
-template <typename Exec>
-void gather_kept(Exec& exec, const DeviceLayer<Exec>& layer, const int* kept, int k, float* keys_out, float* values_out) {
-  const int n = layer.n, d = layer.d;
-  if (d % 4 == 0) {
-    const auto* keys = reinterpret_cast<const FourFloats*>(layer.k.data());
-    const auto* values = reinterpret_cast<const FourFloats*>(layer.v.data());
-    auto* keys_to = reinterpret_cast<FourFloats*>(keys_out);
-    auto* values_to = reinterpret_cast<FourFloats*>(values_out);
-    const int width = d / 4;
-    exec.for_each(static_cast<long>(layer.Hkv) * k * width, [=] KVSIM_HD(long i) {
+// Rows `kept` [heads, k] (positions per head, on the device) of x [heads, n, d] copied into
+// out [heads, k, d], one thread per 16 bytes where the rows allow (wide loads reach the copy
+// bandwidth, single values do not), else per value. Public for nvcc's extended lambdas.
+template <typename Exec, typename T>
+void gather_rows(Exec& exec, const T* x, int heads, int n, int d, const int* kept, int k, T* out) {
+  constexpr int kLanes = 16 / sizeof(T);
+  if (d % kLanes == 0) {
+    const auto* from = reinterpret_cast<const SixteenBytes<T>*>(x);
+    auto* to = reinterpret_cast<SixteenBytes<T>*>(out);
+    const int width = d / kLanes;
+    exec.for_each(static_cast<long>(heads) * k * width, [=] KVSIM_HD(long i) {
       const long row = i / width, g = row / k;
-      const long source = (g * n + kept[row]) * width + i % width;
-      keys_to[i] = keys[source];
-      values_to[i] = values[source];
+      to[i] = from[(g * n + kept[row]) * width + i % width];
     });
     return;
   }
-  const float* keys = layer.k.data();
-  const float* values = layer.v.data();
-  exec.for_each(static_cast<long>(layer.Hkv) * k * d, [=] KVSIM_HD(long i) {
+  exec.for_each(static_cast<long>(heads) * k * d, [=] KVSIM_HD(long i) {
     const long row = i / d, g = row / k;
-    const long source = (g * n + kept[row]) * d + i % d;
-    keys_out[i] = keys[source];
-    values_out[i] = values[source];
+    out[i] = x[(g * n + kept[row]) * d + i % d];
   });
+}
+
+// The kept keys and values [Hkv, k, d], each in its tensor's storage dtype (kvpress gathers
+// the cache in the model's dtype): the compaction of a compress step.
+template <typename Exec>
+struct KeptCache {
+  typename Exec::template Buffer<char> keys, values;
+};
+
+template <typename Exec>
+KeptCache<Exec> gather_kept(Exec& exec, const DeviceLayer<Exec>& layer, const int* kept, int k) {
+  const std::size_t values_per_tensor = static_cast<std::size_t>(layer.Hkv) * k * layer.d;
+  KeptCache<Exec> cache{typename Exec::template Buffer<char>(values_per_tensor * layer.k.bytes_per_value()),
+                        typename Exec::template Buffer<char>(values_per_tensor * layer.v.bytes_per_value())};
+  for (auto [tensor, out] : {std::pair{&layer.k, cache.keys.data()}, {&layer.v, cache.values.data()}})
+    with_storage(*tensor, [&, out = out](const auto* x) {
+      using T = std::remove_cv_t<std::remove_pointer_t<decltype(x)>>;
+      gather_rows(exec, x, layer.Hkv, layer.n, layer.d, kept, k, reinterpret_cast<T*>(out));
+    });
+  return cache;
 }
 
 // Every token kept with new keys and values (the quantisers): [Hkv, n, d] device arrays copied

@@ -109,26 +109,13 @@ class DeviceEvaluator final : public LayerEvaluator {
     const auto key_rows_d = to_device<Exec>(key_rows), value_rows_d = to_device<Exec>(value_rows);
     FloatBuffer cache_k(static_cast<std::size_t>(Hkv) * C * d), cache_v(cache_k.size());
     const int *cnt = count_d.data(), *off = offset_d.data(), *mk = mk_d.data(), *mv = mv_d.data(), *pos = positions_d.data();
-    const float *kr = key_rows_d.data(), *vr = value_rows_d.data(), *lk = layer_.k.data(), *lv = layer_.v.data(), *sk = k_suffix_.data(),
-                *sv = v_suffix_.data();
+    const CacheRows rows{cnt, off, mk, mv, pos, key_rows_d.data(), value_rows_d.data(), C};
     float *ck = cache_k.data(), *cv = cache_v.data();
-    exec_.for_each(static_cast<long>(Hkv) * C * d, [=] KVSIM_HD(long i) {
-      const long g = i / (static_cast<long>(C) * d);
-      const int r = static_cast<int>(i / d % C), col = static_cast<int>(i % d), kept = cnt[g];
-      float key = 0.0f, value = 0.0f;  // padding: probability 0, and finite
-      if (r < kept) {
-        const long row = off[g] + r, source = (g * n + pos[row]) * d + col;
-        key = r < mk[g] ? kr[row * d + col] : lk[source];
-        value = r < mv[g] ? vr[row * d + col] : lv[source];
-      } else if (r < kept + S) {
-        const long source = (g * S + r - kept) * d + col;
-        key = sk[source];
-        value = sv[source];
-      }
-      ck[i] = key;
-      cv[i] = value;
+    with_storage(layer_.k, [&](const auto* lk) {
+      with_storage(layer_.v, [&](const auto* lv) { fill_cache(rows, lk, lv, cache_k.data(), cache_v.data()); });
     });
     Outputs o{FloatBuffer(static_cast<std::size_t>(H) * S * d), FloatBuffer(static_cast<std::size_t>(H) * S)};
+
     FloatBuffer probs(static_cast<std::size_t>(H) * S * C);
     for (int s = 0; s < G; ++s)  // query head g * G + s reads KV head g
       exec_.gemm(StridedGemm<float>{.trans_b = true, .m = S, .n = C, .k = d, .alpha = 1.0f / std::sqrt(static_cast<float>(d)),
@@ -152,6 +139,39 @@ class DeviceEvaluator final : public LayerEvaluator {
                                     .c = o.out.data() + static_cast<long>(s) * S * d, .ldc = d, .stride_c = static_cast<long>(G) * S * d,
                                     .batch = Hkv});
     return o;
+  }
+
+  // Where a compressed cache's rows come from: per KV head its kept count, its first entry in
+  // positions (and in the merged rows), how many of its kept rows are merged keys and values.
+  struct CacheRows {
+    const int *count, *offset, *merged_keys, *merged_values, *positions;
+    const float *key_rows, *value_rows;
+    int capacity;
+  };
+
+  // cache [Hkv, C, d] of keys and values: each head's kept rows (merged rows or the layer's, read
+  // in its storage dtype), then the S later tokens, then zeros (probability 0, and finite).
+  template <typename K, typename V>
+  void fill_cache(const CacheRows& rows, const K* lk, const V* lv, float* ck, float* cv) const {
+    const int d = d_, n = n_, S = S_, C = rows.capacity;
+    const CacheRows c = rows;
+    const float *sk = k_suffix_.data(), *sv = v_suffix_.data();
+    exec_.for_each(static_cast<long>(Hkv_) * C * d, [=] KVSIM_HD(long i) {
+      const long g = i / (static_cast<long>(C) * d);
+      const int r = static_cast<int>(i / d % C), col = static_cast<int>(i % d), kept = c.count[g];
+      float key = 0.0f, value = 0.0f;
+      if (r < kept) {
+        const long row = c.offset[g] + r, source = (g * n + c.positions[row]) * d + col;
+        key = r < c.merged_keys[g] ? c.key_rows[row * d + col] : static_cast<float>(lk[source]);
+        value = r < c.merged_values[g] ? c.value_rows[row * d + col] : static_cast<float>(lv[source]);
+      } else if (r < kept + S) {
+        const long source = (g * S + r - kept) * d + col;
+        key = sk[source];
+        value = sv[source];
+      }
+      ck[i] = key;
+      cv[i] = value;
+    });
   }
 
   // The outputs through o_proj: [S, D] = concat_h(out_h) [S, H d] . W_o^T.

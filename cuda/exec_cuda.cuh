@@ -26,6 +26,7 @@
 
 #include "core/error.h"
 #include "core/hd.h"
+#include "cuda/device_tensor.h"
 #include "cuda/primitives.h"
 
 namespace kvsim::cuda {
@@ -117,8 +118,8 @@ __global__ void radix_select_pass_kernel(const float* scores, long n, int shift,
 
 // A warp per row (RowDots): lanes take the row's columns in coalesced strides, then a
 // shuffle reduction sums their float64 partial sums.
-template <typename Y>
-__global__ void row_dots_kernel(RowDots<Y> dots, double* out) {
+template <typename Y, typename X>
+__global__ void row_dots_kernel(RowDots<Y, X> dots, double* out) {
   const long r = (static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= dots.rows) return;  // whole warps leave together: blockDim is a multiple of 32
@@ -241,14 +242,20 @@ struct CudaExec {
     check_cuda(cudaGetLastError(), "kernel launch");
   }
 
-  template <typename T>
-  void gemm(const StridedGemm<T>& g) {
+  template <typename T, typename In>
+  void gemm(const StridedGemm<T, In>& g) {
     check_gemm_shape(g);
     if (g.m == 0 || g.n == 0 || g.batch == 0) return;
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
     const cublasOperation_t tb = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, ta = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasStatus_t status;
-    if constexpr (std::is_same_v<T, float>)
+    if constexpr (!std::is_same_v<T, In>) {  // 16-bit storage, float32 products and output
+      static_assert(std::is_same_v<T, float>, "16-bit operands give float32 products");
+      const cudaDataType_t type = std::is_same_v<In, Bfloat16> ? CUDA_R_16BF : CUDA_R_16F;
+      status = cublasGemmStridedBatchedEx(handle(), tb, ta, g.n, g.m, g.k, &g.alpha, g.b, type, g.ldb, g.stride_b, g.a, type, g.lda,
+                                          g.stride_a, &g.beta, g.c, CUDA_R_32F, g.ldc, g.stride_c, g.batch, CUBLAS_COMPUTE_32F,
+                                          CUBLAS_GEMM_DEFAULT);
+    } else if constexpr (std::is_same_v<T, float>)
       status = cublasSgemmStridedBatched(handle(), tb, ta, g.n, g.m, g.k, &g.alpha, g.b, g.ldb, g.stride_b, g.a, g.lda, g.stride_a,
                                          &g.beta, g.c, g.ldc, g.stride_c, g.batch);
     else
@@ -310,8 +317,8 @@ struct CudaExec {
     check_cuda(cudaGetLastError(), "radix_select_pass launch");
   }
 
-  template <typename Y>
-  void row_dots(const RowDots<Y>& dots, double* out) {
+  template <typename Y, typename X>
+  void row_dots(const RowDots<Y, X>& dots, double* out) {
     if (dots.rows <= 0) return;
     constexpr int kThreads = 256, kRowsPerBlock = kThreads / 32;
     const long blocks = (dots.rows + kRowsPerBlock - 1) / kRowsPerBlock;

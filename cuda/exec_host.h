@@ -46,6 +46,21 @@ struct HostExec {
     for (long i = 0; i < count; ++i) body(i);
   }
 
+  // 16-bit operands: widened (exactly) to float32 copies of the regions the product reads.
+  template <typename T, typename In>
+  void gemm(const StridedGemm<T, In>& g) {
+    check_gemm_shape(g);
+    const auto widen = [&](const In* x, long ld, long stride, long rows, long cols) {
+      const bool reads = x && g.batch > 0 && rows > 0 && cols > 0;
+      return std::vector<T>(x, x + (reads ? (g.batch - 1) * stride + (rows - 1) * ld + cols : 0));
+    };
+    std::vector<T> a = widen(g.a, g.lda, g.stride_a, g.trans_a ? g.k : g.m, g.trans_a ? g.m : g.k),
+                   b = widen(g.b, g.ldb, g.stride_b, g.trans_b ? g.n : g.k, g.trans_b ? g.k : g.n);
+    StridedGemm<T> wide{g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, g.beta, a.data(), g.lda, g.stride_a, b.data(), g.ldb, g.stride_b,
+                        g.c, g.ldc, g.stride_c, g.batch};
+    gemm(wide);
+  }
+
   template <typename T>
   void gemm(const StridedGemm<T>& g) {
     check_gemm_shape(g);
@@ -138,8 +153,8 @@ struct HostExec {
     }
   }
 
-  template <typename Y>
-  void row_dots(const RowDots<Y>& dots, double* out) {
+  template <typename Y, typename X>
+  void row_dots(const RowDots<Y, X>& dots, double* out) {
     for (long r = 0; r < dots.rows; ++r) {
       double sum = 0.0;
       for (int c = 0; c < dots.cols; ++c) sum += dots.term(r, c);

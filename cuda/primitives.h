@@ -25,15 +25,16 @@ namespace kvsim::cuda {
 // C_b = alpha * op(A_b) * op(B_b) + beta * C_b for b in [0, batch), all row-major:
 // op(A) is m x k (A stored [m, k], or [k, m] when trans_a), op(B) is k x n (B stored
 // [k, n], or [n, k] when trans_b). Strides are in elements between consecutive batches
-// (0 shares one matrix across the batch). beta == 0 never reads C.
-template <typename T>
+// (0 shares one matrix across the batch). beta == 0 never reads C. A and B may be In, a
+// 16-bit storage type (device_tensor.h), with T = float: products accumulated in float32.
+template <typename T, typename In = T>
 struct StridedGemm {
   bool trans_a = false, trans_b = false;
   int m = 0, n = 0, k = 0;
   T alpha = 1, beta = 0;
-  const T* a = nullptr;
+  const In* a = nullptr;
   long lda = 0, stride_a = 0;
-  const T* b = nullptr;
+  const In* b = nullptr;
   long ldb = 0, stride_b = 0;
   T* c = nullptr;
   long ldc = 0, stride_c = 0;
@@ -45,16 +46,16 @@ struct StridedGemm {
 // matrix in a product that reads it (as cap's RoPE rotation once was, on the GPU only). Both
 // executors check it, so the emulation catches on the CPU what only a GPU would report. The
 // message names every parameter: a refused product is found from it alone.
-template <typename T>
-std::string describe(const StridedGemm<T>& g) {
+template <typename T, typename In>
+std::string describe(const StridedGemm<T, In>& g) {
   return std::string(!g.a ? "A null, " : "") + (!g.b ? "B null, " : "") + (!g.c ? "C null, " : "") + "m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) + " k=" + std::to_string(g.k) + " trans_a=" +
          std::to_string(g.trans_a) + " trans_b=" + std::to_string(g.trans_b) + " lda=" + std::to_string(g.lda) +
          " ldb=" + std::to_string(g.ldb) + " ldc=" + std::to_string(g.ldc) + " strides=" + std::to_string(g.stride_a) + "/" +
          std::to_string(g.stride_b) + "/" + std::to_string(g.stride_c) + " batch=" + std::to_string(g.batch);
 }
 
-template <typename T>
-void check_gemm_shape(const StridedGemm<T>& g) {
+template <typename T, typename In>
+void check_gemm_shape(const StridedGemm<T, In>& g) {
   auto at_least = [](long ld, long row) { return ld >= (row > 1 ? row : 1); };
   const bool ok = g.m >= 0 && g.n >= 0 && g.k >= 0 && g.batch >= 0 && at_least(g.lda, g.trans_a ? g.m : g.k) &&
                   at_least(g.ldb, g.trans_b ? g.k : g.n) && at_least(g.ldc, g.n) && g.lda <= INT_MAX && g.ldb <= INT_MAX &&
@@ -70,16 +71,17 @@ enum class Reduce { sum, max };
 // float64 (so the order of the sum is immaterial), x and y row-major with `cols` columns;
 // y == nullptr dots each row with itself (squared norms). A warp per row on the GPU: the
 // row is read in coalesced strides, where a thread per row would read `cols` scattered lines.
-template <typename Y>
+// X may be a 16-bit storage type (device_tensor.h).
+template <typename Y, typename X = float>
 struct RowDots {
-  const float* x = nullptr;
+  const X* x = nullptr;
   const Y* y = nullptr;
   long rows = 0;
   int cols = 0;
   long rows_per_y = 1;
 
   KVSIM_HD double term(long r, int c) const {
-    const double a = x[r * cols + c];
+    const double a = static_cast<float>(x[r * cols + c]);
     return a * (y ? static_cast<double>(y[r / rows_per_y * cols + c]) : a);
   }
 };

@@ -19,6 +19,18 @@ typename Exec::template Buffer<T> to_device(const std::vector<T>& host) {
   return buffer;
 }
 
+// out [heads, n - first, d] (float64) = rows first .. n - 1 of each head of x [heads, n, d].
+template <typename Exec, typename T>
+void rows_as_double_of(Exec& exec, const T* x, long heads, int n, int d, int first, double* out) {
+  const long per_head = static_cast<long>(n - first) * d;
+  exec.for_each(heads * per_head, [=] KVSIM_HD(long i) { out[i] = static_cast<float>(x[(i / per_head * n + first) * d + i % per_head]); });
+}
+template <typename Exec>
+void rows_as_double(Exec& exec, const DeviceTensor<Exec>& t, int first, double* out) {
+  const long heads = static_cast<long>(t.heads());
+  with_storage(t, [&](const auto* x) { rows_as_double_of(exec, x, heads, t.rows(), t.dim(), first, out); });
+}
+
 // A device vector of `count` ones (the left operand of GEMMs that sum rows).
 template <typename Exec, typename T = float>
 typename Exec::template Buffer<T> device_ones(Exec& exec, long count) {
@@ -31,20 +43,20 @@ typename Exec::template Buffer<T> device_ones(Exec& exec, long count) {
 // Scaled logits q_h[first + r] . k_g[j] / sqrt(d) of every query head h (KV head g = h / G)
 // for rows r < rows and keys j < cols: out [H, rows, cols]. One strided batched GEMM per
 // position within the GQA group, batched over the KV heads.
-template <typename Exec>
-void attention_logits(Exec& exec, const DeviceLayer<Exec>& L, int first, int rows, int cols, float* out) {
+template <typename Exec, typename T>
+void attention_logits_of(Exec& exec, const DeviceLayer<Exec>& L, const T* q, const T* k, int first, int rows, int cols, float* out) {
   const int G = L.H / L.Hkv;
   for (int s = 0; s < G; ++s) {
-    StridedGemm<float> g;
+    StridedGemm<float, T> g;
     g.trans_b = true;
     g.m = rows;
     g.n = cols;
     g.k = L.d;
     g.alpha = 1.0f / std::sqrt(static_cast<float>(L.d));
-    g.a = L.q.data() + (static_cast<long>(s) * L.n + first) * L.d;
+    g.a = q + (static_cast<long>(s) * L.n + first) * L.d;
     g.lda = L.d;
     g.stride_a = static_cast<long>(G) * L.n * L.d;
-    g.b = L.k.data();
+    g.b = k;
     g.ldb = L.d;
     g.stride_b = static_cast<long>(L.n) * L.d;
     g.c = out + static_cast<long>(s) * rows * cols;
@@ -53,6 +65,21 @@ void attention_logits(Exec& exec, const DeviceLayer<Exec>& L, int first, int row
     g.batch = L.Hkv;
     exec.gemm(g);
   }
+}
+
+// The same from the layer's queries and keys in their storage dtype (16-bit products with
+// float32 sums on cuBLAS), or from float32 copies where their storages differ.
+template <typename Exec>
+void attention_logits(Exec& exec, const DeviceLayer<Exec>& L, int first, int rows, int cols, float* out) {
+  if (L.q.storage() != L.k.storage()) {
+    const auto q = L.q.floats(exec), k = L.k.floats(exec);
+    attention_logits_of(exec, L, q.data(), k.data(), first, rows, cols, out);
+    return;
+  }
+  with_storage(L.q, [&](const auto* q) {
+    using T = std::remove_cv_t<std::remove_pointer_t<decltype(q)>>;
+    attention_logits_of(exec, L, q, L.k.template as<T>(), first, rows, cols, out);
+  });
 }
 
 // out [H, cols] (+)= sum over the `rows` rows of each head's probs [H, rows, probs_cols],

@@ -20,13 +20,14 @@ KVSIM_HD static inline double lagkv_normalised(float x, float lo, float hi) {
 }
 
 // The spread of one token: the unbiased standard deviation over its d channels, normalised.
-KVSIM_HD static inline double lagkv_spread(const float* x, const float* lo, const float* hi, int d) {
+template <typename X>  // float, or a 16-bit storage type read as float (cuda/device_tensor.h)
+KVSIM_HD inline double lagkv_spread(const X* x, const float* lo, const float* hi, int d) {
   double sum = 0.0;
-  for (int c = 0; c < d; ++c) sum += lagkv_normalised(x[c], lo[c], hi[c]);
+  for (int c = 0; c < d; ++c) sum += lagkv_normalised(static_cast<float>(x[c]), lo[c], hi[c]);
   const double mean = sum / d;
   double squares = 0.0;
   for (int c = 0; c < d; ++c) {
-    const double z = lagkv_normalised(x[c], lo[c], hi[c]) - mean;
+    const double z = lagkv_normalised(static_cast<float>(x[c]), lo[c], hi[c]) - mean;
     squares = fma(z, z, squares);
   }
   return sqrt(squares / (d - 1));

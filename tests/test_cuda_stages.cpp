@@ -2,8 +2,10 @@
 // emulation executor and checked against plain host loops.
 #include <gtest/gtest.h>
 
+#include "core/half.h"
 #include "core/registry.h"
 #include "cuda/device_scorer.h"
+#include "cuda/stages.h"
 #include "cuda/evaluate.h"
 #include "cuda/exec_host.h"
 #include "select_cases.h"
@@ -13,26 +15,117 @@
 namespace kvsim::cuda {
 namespace {
 
-TEST(CudaStages, GatherKeptCompactsKeysAndValuesPerHead) {
-  for (const int d : {8, 6}) {  // four floats at a time, and one
-    SCOPED_TRACE("d=" + std::to_string(d));
-    const LayerTensors layer = test::random_layer(4, 2, 20, d, 3);
-    const RopeConfig rope = RopeConfig::from_theta(10000.0, d);
-    const PressInput input{layer, 16, 1, rope};
-    HostExec exec;
-    const DeviceLayer<HostExec> device(input);
-    const std::vector<int> kept = {0, 5, 9, 15, 1, 2, 3, 14};  // head 0, then head 1
-    HostExec::Buffer<int> kept_buffer(kept.size());
-    kept_buffer.upload(kept.data(), kept.size());
-    HostExec::Buffer<float> keys(kept.size() * d), values(kept.size() * d);
-    gather_kept(exec, device, kept_buffer.data(), 4, keys.data(), values.data());
-    for (int g = 0; g < 2; ++g)
-      for (int r = 0; r < 4; ++r)
-        for (int c = 0; c < d; ++c) {
-          EXPECT_EQ(keys.data()[(g * 4 + r) * d + c], layer.k.at(g, kept[g * 4 + r], c));
-          EXPECT_EQ(values.data()[(g * 4 + r) * d + c], layer.v.at(g, kept[g * 4 + r], c));
-        }
+// The values a gather wrote for one tensor, read back in the tensor's storage.
+std::vector<float> gathered_values(const HostExec::Buffer<char>& bytes, Storage storage) {
+  std::vector<float> out;
+  const auto read = [&](const auto* x, std::size_t count) { out.assign(x, x + count); };
+  if (storage == Storage::float32) read(reinterpret_cast<const float*>(bytes.data()), bytes.size() / 4);
+  else if (storage == Storage::bfloat16) read(reinterpret_cast<const Bfloat16*>(bytes.data()), bytes.size() / 2);
+  else read(reinterpret_cast<const Float16*>(bytes.data()), bytes.size() / 2);
+  return out;
+}
+
+TEST(CudaStages, GatherKeptCompactsKeysAndValuesPerHeadInTheirStorage) {
+  for (const bool bf16_keys : {false, true})
+    for (const int d : {8, 6}) {  // sixteen bytes at a time, and one value at a time (and bfloat16: 8 lanes, then one)
+      SCOPED_TRACE("d=" + std::to_string(d) + (bf16_keys ? " bfloat16 keys" : ""));
+      LayerTensors layer = test::random_layer(4, 2, 20, d, 3);
+      if (bf16_keys)
+        for (float& x : layer.k.data) x = round_to_bf16(x);
+      const RopeConfig rope = RopeConfig::from_theta(10000.0, d);
+      const PressInput input{layer, 16, 1, rope};
+      HostExec exec;
+      const DeviceLayer<HostExec> device(input);
+      ASSERT_EQ(device.k.storage(), bf16_keys ? Storage::bfloat16 : Storage::float32);
+      ASSERT_EQ(device.v.storage(), Storage::float32);  // each tensor in its own narrowest storage
+      const std::vector<int> kept = {0, 5, 9, 15, 1, 2, 3, 14};  // head 0, then head 1
+      HostExec::Buffer<int> kept_buffer(kept.size());
+      kept_buffer.upload(kept.data(), kept.size());
+      const KeptCache<HostExec> cache = gather_kept(exec, device, kept_buffer.data(), 4);
+      const std::vector<float> keys = gathered_values(cache.keys, device.k.storage()), values = gathered_values(cache.values, device.v.storage());
+      ASSERT_EQ(keys.size(), kept.size() * d);
+      ASSERT_EQ(values.size(), kept.size() * d);
+      for (int g = 0; g < 2; ++g)
+        for (int r = 0; r < 4; ++r)
+          for (int c = 0; c < d; ++c) {
+            EXPECT_EQ(keys[(g * 4 + r) * d + c], layer.k.at(g, kept[g * 4 + r], c));
+            EXPECT_EQ(values[(g * 4 + r) * d + c], layer.v.at(g, kept[g * 4 + r], c));
+          }
+    }
+}
+
+TEST(CudaStages, DeviceTensorsKeepTheNarrowestExactStorage) {
+  HeadTensor t(2, 5, 4);
+  for (std::size_t i = 0; i < t.data.size(); ++i) t.data[i] = 0.37f * static_cast<float>(i) - 3.1f;
+  HeadTensor bf16 = t, f16 = t;
+  for (float& x : bf16.data) x = round_to_bf16(x);
+  for (float& x : f16.data) x = round_to_half(x);
+  HostExec exec;
+  // Only the first 3 rows of each head go to the device: a 4th row beyond bfloat16 is not read.
+  bf16.at(1, 3, 0) = 0.1f;
+  for (const auto& [host, storage] : {std::pair{&t, Storage::float32}, {&bf16, Storage::bfloat16}, {&f16, Storage::float16}}) {
+    const DeviceTensor<HostExec> device(*host, 3);
+    EXPECT_EQ(device.storage(), storage);
+    EXPECT_EQ(device.size(), 2u * 3 * 4);
+    const auto wide = device.floats(exec);
+    for (int h = 0; h < 2; ++h)
+      for (int r = 0; r < 3; ++r)
+        for (int c = 0; c < 4; ++c) EXPECT_EQ(wide.data()[(h * 3 + r) * 4 + c], host->at(h, r, c));
   }
+  // A value float16 holds but bfloat16 does not, and one neither holds.
+  HeadTensor one(1, 1, 2);
+  one.data = {1.0f + 1.0f / 1024, 1.0f};
+  EXPECT_EQ(DeviceTensor<HostExec>(one, 1).storage(), Storage::float16);
+  one.data[1] = 1.0f + 1.0f / 4096;
+  EXPECT_EQ(DeviceTensor<HostExec>(one, 1).storage(), Storage::float32);
+}
+
+TEST(CudaStages, NarrowingGivesBackEveryExactSixteenBitPattern) {
+  for (uint32_t pattern = 0; pattern < 65536; ++pattern) {
+    const uint16_t bits = static_cast<uint16_t>(pattern);
+    Bfloat16 b{};
+    const float from_bfloat16 = bf16_to_float(bits);
+    ASSERT_TRUE(narrow_to_bfloat16(&from_bfloat16, 1, &b));
+    ASSERT_EQ(b.bits, bits);
+    const float from_half = half_to_float(bits);
+    if (std::isnan(from_half)) continue;  // NaN payloads: the trace reader rejects NaN
+    Float16 h{};
+    ASSERT_TRUE(narrow_to_float16(&from_half, 1, &h)) << pattern;
+    ASSERT_EQ(h.bits, bits) << pattern;
+  }
+  // Values between neighbours, beyond the range, and below the smallest subnormal are refused.
+  for (const float x : {1.0f + 1.0f / 4096, 65520.0f, 1e-8f, 3.0e-5f + 1e-9f}) {
+    Float16 h{};
+    EXPECT_FALSE(narrow_to_float16(&x, 1, &h)) << x;
+  }
+  const float between = 1.0f + 1.0f / 1024;
+  Bfloat16 b{};
+  EXPECT_FALSE(narrow_to_bfloat16(&between, 1, &b));
+}
+
+TEST(CudaStages, SixteenBitGemmEqualsTheFloatGemmOfTheWidenedOperands) {
+  // Batched, strided, B transposed and shared across the batch, A starting inside its buffer:
+  // the emulation widens exactly the regions cuBLAS reads.
+  const int m = 3, n = 4, k = 5, batch = 2;
+  std::vector<Bfloat16> a16(40), b16(n * k);
+  std::vector<float> a32(a16.size()), b32(b16.size());
+  for (std::size_t i = 0; i < a16.size(); ++i) a32[i] = round_to_bf16(0.3f * static_cast<float>(i % 7) - 0.9f);
+  for (std::size_t i = 0; i < b16.size(); ++i) b32[i] = round_to_bf16(0.7f - 0.11f * static_cast<float>(i));
+  for (std::size_t i = 0; i < a16.size(); ++i) a16[i].bits = float_to_bf16(a32[i]);
+  for (std::size_t i = 0; i < b16.size(); ++i) b16[i].bits = float_to_bf16(b32[i]);
+  std::vector<float> c16(batch * m * n), c32(c16.size());
+  HostExec exec;
+  StridedGemm<float, Bfloat16> g16{false, true, m, n, k, 0.5f, 0.0f, a16.data() + 2, 6, 18, b16.data(), k, 0, c16.data(), n, m * n, batch};
+  exec.gemm(g16);
+  exec.gemm(StridedGemm<float>{false, true, m, n, k, 0.5f, 0.0f, a32.data() + 2, 6, 18, b32.data(), k, 0, c32.data(), n, m * n, batch});
+  EXPECT_EQ(c16, c32);
+  for (int b = 0; b < batch; ++b)  // and the product itself, by hand
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) {
+        double sum = 0;
+        for (int p = 0; p < k; ++p) sum += static_cast<double>(a32[2 + b * 18 + i * 6 + p]) * b32[j * k + p];
+        EXPECT_NEAR(c16[(b * m + i) * n + j], 0.5 * sum, 1e-5);
+      }
 }
 
 TEST(CudaStages, SelectionFollowsTheReferenceTieRule) {
@@ -147,9 +240,15 @@ TEST(CudaStages, EveryDeviceScorerScoresWhenCalledDirectly) {
   EXPECT_GE(checked, 15);
 }
 
-TEST(CudaStages, DeviceEvaluatorMatchesBruteForceAttentionAndMetrics) {
+// sixteen_bit: keys in bfloat16 and values in float16, each read in its storage on the device.
+void expect_evaluator_matches_brute_force(bool sixteen_bit) {
+  SCOPED_TRACE(sixteen_bit ? "bfloat16 keys, float16 values" : "float32");
   const int H = 4, Hkv = 2, T = 30, n = 24, d = 8, G = H / Hkv;
   LayerTensors layer = test::random_layer(H, Hkv, T, d, 11);
+  if (sixteen_bit) {
+    for (float& x : layer.k.data) x = round_to_bf16(x);
+    for (float& x : layer.v.data) x = round_to_half(x);
+  }
   const RopeConfig rope = RopeConfig::from_theta(10000.0, d);
   const PressInput input{layer, n, 1, rope};
   // Head 0 keeps 5 tokens, head 1 keeps 9 with its first two values merged (replaced).
@@ -194,6 +293,38 @@ TEST(CudaStages, DeviceEvaluatorMatchesBruteForceAttentionAndMetrics) {
       EXPECT_NEAR(got.cosine[at], dot / std::sqrt(norm_full * norm_comp), 1e-5) << "head " << h << " query " << i;
       EXPECT_NEAR(got.recall[at], std::min(1.0, std::exp(lse_comp - lse_full)), 1e-5) << "head " << h << " query " << i;
     }
+  }
+}
+
+TEST(CudaStages, DeviceEvaluatorMatchesBruteForceAttentionAndMetrics) {
+  expect_evaluator_matches_brute_force(false);
+  expect_evaluator_matches_brute_force(true);
+}
+
+TEST(CudaStages, AttentionLogitsReadQueriesAndKeysInTheirStorages) {
+  // Same storages (one 16-bit GEMM) and different ones (float32 copies of both).
+  const int H = 4, Hkv = 2, n = 12, d = 8, G = H / Hkv, first = 9, rows = 3;
+  for (const bool keys_too : {true, false}) {
+    SCOPED_TRACE(keys_too ? "bfloat16 queries and keys" : "bfloat16 queries, float32 keys");
+    LayerTensors layer = test::random_layer(H, Hkv, n, d, 5);
+    for (float& x : layer.q.data) x = round_to_bf16(x);
+    if (keys_too)
+      for (float& x : layer.k.data) x = round_to_bf16(x);
+    const RopeConfig rope = RopeConfig::from_theta(10000.0, d);
+    const PressInput input{layer, n, 1, rope};
+    HostExec exec;
+    const DeviceLayer<HostExec> device(input);
+    ASSERT_EQ(device.q.storage(), Storage::bfloat16);
+    ASSERT_EQ(device.k.storage(), keys_too ? Storage::bfloat16 : Storage::float32);
+    HostExec::Buffer<float> logits(static_cast<std::size_t>(H) * rows * n);
+    attention_logits(exec, device, first, rows, n, logits.data());
+    for (int h = 0; h < H; ++h)
+      for (int r = 0; r < rows; ++r)
+        for (int j = 0; j < n; ++j) {
+          double dot = 0;
+          for (int c = 0; c < d; ++c) dot += static_cast<double>(layer.q.at(h, first + r, c)) * layer.k.at(h / G, j, c);
+          EXPECT_NEAR(logits.data()[(h * rows + r) * n + j], dot / std::sqrt(d), 1e-5) << h << " " << r << " " << j;
+        }
   }
 }
 

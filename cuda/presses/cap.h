@@ -55,8 +55,10 @@ class CapDevice final : public DeviceScorer<Exec> {
     DoubleBuffer w_buffer(static_cast<std::size_t>(rows)), best_buffer(static_cast<std::size_t>(H));
     double* w = w_buffer.data();
     double* best = best_buffer.data();
-    const float* k = L.k.data();
-    const float* v = L.v.data();
+    const auto k_values = L.k.floats(exec);  // float32 copy
+    const float* k = k_values.data();
+    const auto v_values = L.v.floats(exec);  // float32 copy
+    const float* v = v_values.data();
     const double tau = tau_, eps = epsilon_;
     exec.for_each(rows, [=] KVSIM_HD(long i) {
       const long h = i / N;

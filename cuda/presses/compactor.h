@@ -50,7 +50,7 @@ void leverage_raw_scores(Exec& exec, const DeviceLayer<Exec>& L, int first, int 
   double* x = x_buffer.data();
   double* gram = gram_buffer.data();
   double* l = l_buffer.data();
-  pre_rope_rows(exec, L, L.k.data(), Hkv, first, count, keys);
+  pre_rope_rows(exec, L, L.k.floats(exec).data(), Hkv, first, count, keys);  // a float32 copy, kept while used
   const auto ones = device_ones<Exec, double>(exec, count);
   exec.gemm(StridedGemm<double>{.m = 1, .n = d, .k = count, .alpha = 1.0 / count, .a = ones.data(), .lda = count, .b = keys, .ldb = d,
                                 .stride_b = cd, .c = mean, .ldc = d, .stride_c = d, .batch = Hkv});
@@ -109,9 +109,12 @@ void non_causal_raw_scores(Exec& exec, const DeviceLayer<Exec>& L, int first, in
   double* logits = logits_buffer.data();
   double* per_head = per_head_buffer.data();
   double* x = x_buffer.data();
-  const float* q = L.q.data();
-  const float* k = L.k.data();
-  const float* v = L.v.data();
+  const auto q_values = L.q.floats(exec);  // float32 copy
+  const float* q = q_values.data();
+  const auto k_values = L.k.floats(exec);  // float32 copy
+  const float* k = k_values.data();
+  const auto v_values = L.v.floats(exec);  // float32 copy
+  const float* v = v_values.data();
   // Queries and keys of the tokens, float64, zero rows past `count` (the last chunk's tail).
   exec.for_each(static_cast<long>(H) * rows * d, [=] KVSIM_HD(long i) {
     const long h = i / (rows * d), t = i / d % rows;

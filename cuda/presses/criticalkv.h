@@ -22,13 +22,14 @@ void criticalkv_norms_on_device(Exec& exec, const DeviceLayer<Exec>& layer, cons
   weights.upload(host.o_proj.data(), host.o_proj.size());
   float* prod = product.data();
   float* norms = norm_buffer.data();
+  const auto values = layer.v.floats(exec);  // float32 copy
   for (int h = 0; h < H; ++h) {
     StridedGemm<float> g;
     g.trans_b = true;
     g.m = n;
     g.n = D;
     g.k = d;
-    g.a = layer.v.data() + static_cast<long>(h / group) * n * d;
+    g.a = values.data() + static_cast<long>(h / group) * n * d;
     g.lda = d;
     g.b = weights.data() + static_cast<long>(h) * d;
     g.ldb = cols;

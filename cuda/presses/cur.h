@@ -69,8 +69,8 @@ class CurDevice final : public DeviceScorer<Exec> {
     }
     double* k2 = k2_buffer.data();
     double* v2 = v2_buffer.data();
-    squared_row_norms(exec, L.k.data(), count, d, projection, r, k2);
-    squared_row_norms(exec, L.v.data(), count, d, projection, r, v2);
+    squared_row_norms(exec, L.k.floats(exec).data(), count, d, projection, r, k2);  // float32 copies, each kept while used
+    squared_row_norms(exec, L.v.floats(exec).data(), count, d, projection, r, v2);
     if (local_) {
       window_normalise(exec, k2, Hkv, n, window_);
       window_normalise(exec, v2, Hkv, n, window_);

@@ -9,21 +9,37 @@ namespace kvsim::cuda {
 
 // Pre-RoPE queries after the sinks, rounded to float as the reference does, stored as
 // float64 for the statistics: out [H, n - sinks, d].
-template <typename Exec>
-void pre_rope_queries(Exec& exec, const DeviceLayer<Exec>& L, int sinks, double* out) {
+template <typename Exec, typename T>
+void pre_rope_queries_of(Exec& exec, const DeviceLayer<Exec>& L, const T* q, int sinks, double* out) {
   const int n = L.n, d = L.d, N = n - sinks, half = d / 2;
   const double a = L.attention_scaling;
   const double* inv_freq = L.inv_freq.data();
-  const float* q = L.q.data();
   exec.for_each(static_cast<long>(L.H) * N * half, [=] KVSIM_HD(long i) {
     const long row = i / half, h = row / N;
     const int c = static_cast<int>(i % half), p = sinks + static_cast<int>(row % N);
-    const float* x = q + (h * n + p) * d;
+    const T* x = q + (h * n + p) * d;
     const double angle = -p * inv_freq[c];
     const double cs = cos(angle) / a, sn = sin(angle) / a;
     const double lo = x[c], hi = x[c + half];
     out[row * d + c] = static_cast<float>(lo * cs - hi * sn);
     out[row * d + c + half] = static_cast<float>(hi * cs + lo * sn);
+  });
+}
+template <typename Exec>
+void pre_rope_queries(Exec& exec, const DeviceLayer<Exec>& L, int sinks, double* out) {
+  with_storage(L.q, [&](const auto* q) { pre_rope_queries_of(exec, L, q, sinks, out); });
+}
+
+// grouped[g, i] = (grouped[g, i] + eps) |v_g[sinks + i]| for the N values after the sinks.
+template <typename Exec, typename T>
+void rescale_by_value_norms(Exec& exec, const DeviceLayer<Exec>& L, const T* v, int sinks, float eps, float* grouped) {
+  const int n = L.n, d = L.d, N = n - sinks;
+  exec.for_each(static_cast<long>(L.Hkv) * N, [=] KVSIM_HD(long i) {
+    const long g = i / N;
+    const T* value = v + (g * n + sinks + i % N) * d;
+    float sum = 0.0f;
+    for (int c = 0; c < d; ++c) sum += static_cast<float>(value[c]) * static_cast<float>(value[c]);
+    grouped[i] = (grouped[i] + eps) * sqrtf(sum);
   });
 }
 
@@ -89,11 +105,7 @@ void expected_attention_scores(Exec& exec, const DeviceLayer<Exec>& L, int sinks
   DoubleBuffer keys_buffer(static_cast<std::size_t>(Hkv) * N * d), z_buffer(static_cast<std::size_t>(H) * N);
   double* keys = keys_buffer.data();
   double* z = z_buffer.data();
-  const float* k = L.k.data();
-  exec.for_each(static_cast<long>(Hkv) * N * d, [=] KVSIM_HD(long i) {
-    const long g = i / (static_cast<long>(N) * d), rest = i % (static_cast<long>(N) * d);
-    keys[i] = k[(g * n + sinks) * d + rest];
-  });
+  rows_as_double(exec, L.k, sinks, keys);
   exec.for_each(static_cast<long>(H) * N, [=] KVSIM_HD(long i) {
     const long h = i / N, g = h / G;
     const double* key = keys + (g * N + i % N) * d;
@@ -108,14 +120,7 @@ void expected_attention_scores(Exec& exec, const DeviceLayer<Exec>& L, int sinks
   group_mean(exec, probs_buffer.data(), H, Hkv, N, grouped);
   if (use_vnorm) {
     const float eps = static_cast<float>(epsilon);
-    const float* v = L.v.data();
-    exec.for_each(static_cast<long>(Hkv) * N, [=] KVSIM_HD(long i) {
-      const long g = i / N;
-      const float* value = v + (g * n + sinks + i % N) * d;
-      float sum = 0.0f;
-      for (int c = 0; c < d; ++c) sum += value[c] * value[c];
-      grouped[i] = (grouped[i] + eps) * sqrtf(sum);
-    });
+    with_storage(L.v, [&](const auto* v) { rescale_by_value_norms(exec, L, v, sinks, eps, grouped); });
   }
   pad_with_max_plus_one(exec, grouped, Hkv, N, sinks, 0, out);
 }

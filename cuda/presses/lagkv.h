@@ -17,7 +17,7 @@ class LagKvDevice final : public DeviceScorer<Exec> {
         cross_scoring_(c.params.get_bool("cross_scoring")) {}
 
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
-    const int n = L.n, d = L.d, Hkv = L.Hkv, sinks = n_sink_, lag = lag_;
+    const int n = L.n, Hkv = L.Hkv, sinks = n_sink_, lag = lag_;
     if (n < sinks + 2 * lag) {  // monotone: sinks, then the most recent
       exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) {
         const int t = static_cast<int>(i % n);
@@ -25,14 +25,19 @@ class LagKvDevice final : public DeviceScorer<Exec> {
       });
       return;
     }
+    with_storage(L.k, [&](const auto* k) { with_storage(L.v, [&](const auto* v) { score_partitions(exec, L, k, v, out); }); });
+  }
+
+  // The partitioned scores, from the keys and values in their storage dtypes.
+  template <typename K, typename V>
+  void score_partitions(Exec& exec, const DeviceLayer<Exec>& L, const K* k, const V* v, float* out) const {
+    const int n = L.n, d = L.d, Hkv = L.Hkv, sinks = n_sink_, lag = lag_;
     const int scored = (n - sinks) / lag - 1;  // partitions with a following reference partition
     const long tokens = static_cast<long>(Hkv) * scored * lag;
     typename Exec::template Buffer<double> spread_buffer(2 * tokens), raw_buffer(tokens);
     double* key_spread = spread_buffer.data();
     double* value_spread = key_spread + tokens;
     double* raw = raw_buffer.data();
-    const float* k = L.k.data();
-    const float* v = L.v.data();
     // Per channel, the range of the partition after each scored one (its reference).
     const long ranges = static_cast<long>(Hkv) * scored * d;
     typename Exec::template Buffer<float> range_buffer(4 * ranges);
@@ -44,8 +49,8 @@ class LagKvDevice final : public DeviceScorer<Exec> {
       const long g = i / (static_cast<long>(scored) * d);
       const int p = static_cast<int>(i / d % scored), c = static_cast<int>(i % d);
       const int reference = sinks + (p + 1) * lag;
-      const float* kx = k + (g * n + reference) * d + c;
-      const float* vx = v + (g * n + reference) * d + c;
+      const K* kx = k + (g * n + reference) * d + c;
+      const V* vx = v + (g * n + reference) * d + c;
       float lk = kx[0], hk = kx[0], lv = vx[0], hv = vx[0];
       for (int u = 1; u < lag; ++u) {
         lk = fminf(lk, kx[static_cast<long>(u) * d]);

@@ -41,7 +41,8 @@ void nearest_kept(Exec& exec, const DeviceLayer<Exec>& layer, MergeSetup<Exec>& 
   typename Exec::template Buffer<float> unit_buffer(static_cast<std::size_t>(Hkv) * n * d),
       kept_unit(static_cast<std::size_t>(Hkv) * kept_count * d), evicted_unit(static_cast<std::size_t>(Hkv) * evicted_count * d);
   float* unit = unit_buffer.data();
-  const float* k = layer.k.data();
+  const auto k_values = layer.k.floats(exec);  // float32 copy
+  const float* k = k_values.data();
   exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long row) {
     float norm = 0.0f;
     for (int c = 0; c < d; ++c) norm += k[row * d + c] * k[row * d + c];
@@ -173,7 +174,8 @@ class MergingDevice final : public Press {
         merged_buffer(static_cast<std::size_t>(Hkv) * kept_count * d);
     float* weight = weight_buffer.data();
     float* merged = merged_buffer.data();
-    const float* v = layer.v.data();
+    const auto v_values = layer.v.floats(exec);  // float32 copy
+    const float* v = v_values.data();
     const long evicted_total = static_cast<long>(Hkv) * evicted_count;
     // Gates, per head: the threshold, then the merge_fraction quantile (host; NaN blocks all, as torch).
     std::vector<float> sims(setup.similarity.size()), cutoff(static_cast<std::size_t>(Hkv), -INFINITY);
@@ -257,7 +259,8 @@ struct KvcfMergeDevice {
       const int* evicted = setup.evicted.data();
       const float* sim = setup.similarity.data();
       const bool pivot = Rule == ref::KvcfMerge::pivot;
-      for (const float* x : {layer.k.data(), layer.v.data()}) {
+      const auto keys = layer.k.floats(exec), values = layer.v.floats(exec);  // float32 copies
+      for (const float* x : {keys.data(), values.data()}) {
         typename Exec::template Buffer<float> merged_buffer(static_cast<std::size_t>(Hkv) * kept_count * d);
         float* merged = merged_buffer.data();
         const int* order = setup.order.data();
@@ -277,7 +280,7 @@ struct KvcfMergeDevice {
           }
           merged[i] = (self + accum) / (1.0f + total);
         });
-        auto& out = x == layer.k.data() ? c.keys : c.values;
+        auto& out = x == keys.data() ? c.keys : c.values;
         for (int g = 0; g < Hkv; ++g) {
           out.emplace_back(static_cast<std::size_t>(kept_count) * d);
           merged_buffer.download(out.back().data(), out.back().size(), static_cast<std::size_t>(g) * kept_count * d);

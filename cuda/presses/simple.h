@@ -37,10 +37,15 @@ class KnormDevice final : public DeviceScorer<Exec> {
  public:
   explicit KnormDevice(const PressConfig&) : DeviceScorer<Exec>("knorm") {}
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
+    with_storage(L.k, [&](const auto* k) { score_keys(exec, L, k, out); });
+  }
+  // The keys in their storage dtype (2 bytes read per value from a 16-bit trace).
+  template <typename T>
+  void score_keys(Exec& exec, const DeviceLayer<Exec>& L, const T* k, float* out) const {
     const long rows = static_cast<long>(L.Hkv) * L.n;
     typename Exec::template Buffer<double> square_buffer(static_cast<std::size_t>(rows));
     const double* squares = square_buffer.data();
-    exec.row_dots(RowDots<float>{L.k.data(), nullptr, rows, L.d, 1}, square_buffer.data());
+    exec.row_dots(RowDots<float, T>{k, nullptr, rows, L.d, 1}, square_buffer.data());
     exec.for_each(rows, [=] KVSIM_HD(long i) { out[i] = -static_cast<float>(sqrt(squares[i])); });
   }
 };
@@ -69,8 +74,12 @@ class KeyDiffDevice final : public DeviceScorer<Exec> {
   // Float64 like the reference: norms and dots per token (row_dots), and the anchor (the mean
   // unit key) summed in kBlocks partial sums per head and channel, then over the blocks.
   void score_on_device(Exec& exec, const DeviceLayer<Exec>& L, double, float* out) const override {
+    with_storage(L.k, [&](const auto* k) { score_keys(exec, L, k, out); });
+  }
+  // The keys in their storage dtype.
+  template <typename T>
+  void score_keys(Exec& exec, const DeviceLayer<Exec>& L, const T* k, float* out) const {
     constexpr int kBlocks = 256;
-    const float* k = L.k.data();
     const int n = L.n, d = L.d, Hkv = L.Hkv;
     using DoubleBuffer = typename Exec::template Buffer<double>;
     DoubleBuffer norm_buffer(static_cast<std::size_t>(Hkv) * n), partial_buffer(static_cast<std::size_t>(Hkv) * kBlocks * d),
@@ -79,7 +88,7 @@ class KeyDiffDevice final : public DeviceScorer<Exec> {
     double* partial = partial_buffer.data();
     double* anchor = anchor_buffer.data();
     double* anchor_norm = anchor_norm_buffer.data();
-    exec.row_dots(RowDots<float>{k, nullptr, static_cast<long>(Hkv) * n, d, 1}, norms);
+    exec.row_dots(RowDots<float, T>{k, nullptr, static_cast<long>(Hkv) * n, d, 1}, norms);
     exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) { norms[i] = sqrt(norms[i]); });
     const int per_block = (n + kBlocks - 1) / kBlocks;
     exec.for_each(static_cast<long>(Hkv) * kBlocks * d, [=] KVSIM_HD(long i) {
@@ -102,7 +111,7 @@ class KeyDiffDevice final : public DeviceScorer<Exec> {
     });
     DoubleBuffer dot_buffer(static_cast<std::size_t>(Hkv) * n);
     const double* dots = dot_buffer.data();
-    exec.row_dots(RowDots<double>{k, anchor, static_cast<long>(Hkv) * n, d, n}, dot_buffer.data());
+    exec.row_dots(RowDots<double, T>{k, anchor, static_cast<long>(Hkv) * n, d, n}, dot_buffer.data());
     exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) {
       out[i] = static_cast<float>(-dots[i] / fmax(norms[i] * anchor_norm[i / n], 1e-8));
     });

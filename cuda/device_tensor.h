@@ -1,0 +1,152 @@
+#pragma once
+// DeviceTensor: a [heads, rows, d] tensor on the device in the narrowest storage that holds
+// its values exactly — bfloat16 or float16 for a layer read from a 16-bit trace (the host
+// widened it to float32 on reading, exactly), float32 otherwise. Kernels that read any
+// storage take its own type (Bfloat16, Float16 or float, each read as a float); code written
+// for float32 asks for floats(), a copy widened on the device. Either way every value read is
+// the trace's, so the storage changes no result on the host emulation and only the order of
+// float32 sums in cuBLAS's 16-bit products on a GPU.
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "core/half.h"
+#include "core/hd.h"
+#include "core/tensor.h"
+
+namespace kvsim::cuda {
+
+enum class Storage { float32, bfloat16, float16 };
+
+// 16-bit storage elements (the layouts of CUDA's __nv_bfloat16 and __half, which cuBLAS reads),
+// read as float32 exactly.
+struct Bfloat16 {
+  uint16_t bits;
+  KVSIM_HD operator float() const { return bf16_to_float(bits); }
+};
+struct Float16 {
+  uint16_t bits;
+  KVSIM_HD operator float() const { return half_to_float(bits); }
+};
+
+// The bits of `count` floats in 16-bit storage, into `out`: false at the first value the storage
+// does not hold exactly (NaN included for float16).
+inline bool narrow_to_bfloat16(const float* x, std::size_t count, Bfloat16* out) {
+  for (std::size_t i = 0; i < count; ++i) {
+    const uint32_t bits = float_bits(x[i]);
+    if (bits & 0xFFFFu) return false;
+    out[i].bits = static_cast<uint16_t>(bits >> 16);
+  }
+  return true;
+}
+inline bool narrow_to_float16(const float* x, std::size_t count, Float16* out) {
+  for (std::size_t i = 0; i < count; ++i) {
+    const uint32_t bits = float_bits(x[i]), magnitude = bits & 0x7FFFFFFFu;
+    const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+    // The common case without rounding: a normal binary16 (2^-14 .. 65504) whose low 13 bits are 0.
+    if (magnitude >= 0x38800000u && magnitude <= 0x477FE000u && !(bits & 0x1FFFu)) {
+      out[i].bits = sign | static_cast<uint16_t>((magnitude - 0x38000000u) >> 13);
+      continue;
+    }
+    out[i].bits = float_to_half(x[i]);  // zeros, subnormals, and values it does not hold
+    if (float_bits(half_to_float(out[i].bits)) != bits) return false;
+  }
+  return true;
+}
+
+// The float32 values of a DeviceTensor: the tensor's own buffer, or a widened copy it owns.
+template <typename Exec>
+class FloatValues {
+ public:
+  FloatValues(const float* shared) : data_(shared) {}
+  explicit FloatValues(typename Exec::template Buffer<float>&& owned) : owned_(std::move(owned)), data_(owned_.data()) {}
+  const float* data() const { return data_; }
+
+ private:
+  typename Exec::template Buffer<float> owned_;  // moving a buffer keeps its device pointer
+  const float* data_ = nullptr;
+};
+
+template <typename Exec>
+class DeviceTensor {
+ public:
+  DeviceTensor() = default;
+  // The first `rows` rows of every head of `host`.
+  DeviceTensor(const HeadTensor& host, int rows)
+      : heads_(host.heads), rows_(rows), dim_(host.dim), count_(static_cast<std::size_t>(host.heads) * rows * host.dim) {
+    const std::size_t per_head = static_cast<std::size_t>(rows) * host.dim;
+    if (upload_narrow(host, per_head, bfloat16_, narrow_to_bfloat16)) {
+      storage_ = Storage::bfloat16;
+    } else if (upload_narrow(host, per_head, float16_, narrow_to_float16)) {
+      storage_ = Storage::float16;
+    } else {
+      float32_ = typename Exec::template Buffer<float>(count_);
+      for (int h = 0; h < host.heads; ++h) float32_.upload(host.head(h), per_head, h * per_head);
+    }
+  }
+
+  Storage storage() const { return storage_; }
+  int heads() const { return heads_; }
+  int rows() const { return rows_; }
+  int dim() const { return dim_; }
+  std::size_t size() const { return count_; }
+  std::size_t bytes_per_value() const { return storage_ == Storage::float32 ? 4 : 2; }
+
+  // The values in their own storage type T (Bfloat16, Float16 or float: storage() says which).
+  template <typename T>
+  const T* as() const {
+    if constexpr (std::is_same_v<T, Bfloat16>) return storage_ == Storage::bfloat16 ? bfloat16_.data() : nullptr;
+    else if constexpr (std::is_same_v<T, Float16>) return storage_ == Storage::float16 ? float16_.data() : nullptr;
+    else return storage_ == Storage::float32 ? float32_.data() : nullptr;
+  }
+
+  // The values as float32, for code that reads only float32: widened on the device (once per
+  // call: keep the result while it is used) unless they are float32 already.
+  FloatValues<Exec> floats(Exec& exec) const {
+    if (storage_ == Storage::float32) return FloatValues<Exec>(float32_.data());
+    typename Exec::template Buffer<float> wide(count_);
+    if (storage_ == Storage::bfloat16) widen(exec, bfloat16_.data(), wide.data(), count_);
+    else widen(exec, float16_.data(), wide.data(), count_);
+    return FloatValues<Exec>(std::move(wide));
+  }
+
+  // Public for nvcc's extended lambdas.
+  template <typename T>
+  static void widen(Exec& exec, const T* narrow, float* wide, std::size_t count) {
+    exec.for_each(static_cast<long>(count), [=] KVSIM_HD(long i) { wide[i] = narrow[i]; });
+  }
+
+ private:
+  // Narrows every head into one host staging array and uploads it, or returns false (nothing
+  // uploaded) at the first value the storage does not hold.
+  template <typename T, typename Narrow>
+  bool upload_narrow(const HeadTensor& host, std::size_t per_head, typename Exec::template Buffer<T>& buffer, Narrow narrow) {
+    std::vector<T> staging(count_);
+    for (int h = 0; h < host.heads; ++h)
+      if (!narrow(host.head(h), per_head, staging.data() + h * per_head)) return false;
+    buffer = typename Exec::template Buffer<T>(count_);
+    if (count_) buffer.upload(staging.data(), count_);
+    return true;
+  }
+
+  int heads_ = 0, rows_ = 0, dim_ = 0;
+  std::size_t count_ = 0;
+  Storage storage_ = Storage::float32;
+  typename Exec::template Buffer<float> float32_;
+  typename Exec::template Buffer<Bfloat16> bfloat16_;
+  typename Exec::template Buffer<Float16> float16_;
+};
+
+// f(values) with the tensor's values in their own storage type.
+template <typename Exec, typename F>
+decltype(auto) with_storage(const DeviceTensor<Exec>& t, F&& f) {
+  switch (t.storage()) {
+    case Storage::bfloat16: return f(t.template as<Bfloat16>());
+    case Storage::float16: return f(t.template as<Float16>());
+    default: return f(t.template as<float>());
+  }
+}
+
+}  // namespace kvsim::cuda
