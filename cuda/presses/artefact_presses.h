@@ -18,7 +18,7 @@ class QFilterDevice final : public DeviceScorer<Exec> {
     typename Exec::template Buffer<float> filter_buffer(static_cast<std::size_t>(L.Hkv) * d);
     filter_buffer.upload(filters_.of(L.layer, L.Hkv, d), filter_buffer.size());
     const float* f = filter_buffer.data();
-    const auto k_values = L.k.floats(exec);  // float32 copy
+    const auto k_values = L.k.floats(exec);  // a float32 copy
     const float* k = k_values.data();
     const long n = L.n;
     exec.for_each(static_cast<long>(L.Hkv) * n, [=] KVSIM_HD(long i) {

@@ -55,10 +55,8 @@ class CapDevice final : public DeviceScorer<Exec> {
     DoubleBuffer w_buffer(static_cast<std::size_t>(rows)), best_buffer(static_cast<std::size_t>(H));
     double* w = w_buffer.data();
     double* best = best_buffer.data();
-    const auto k_values = L.k.floats(exec);  // float32 copy
-    const float* k = k_values.data();
-    const auto v_values = L.v.floats(exec);  // float32 copy
-    const float* v = v_values.data();
+    const auto k_values = L.k.floats(exec), v_values = L.v.floats(exec);  // float32 copies
+    const float *k = k_values.data(), *v = v_values.data();
     const double tau = tau_, eps = epsilon_;
     exec.for_each(rows, [=] KVSIM_HD(long i) {
       const long h = i / N;

@@ -109,12 +109,8 @@ void non_causal_raw_scores(Exec& exec, const DeviceLayer<Exec>& L, int first, in
   double* logits = logits_buffer.data();
   double* per_head = per_head_buffer.data();
   double* x = x_buffer.data();
-  const auto q_values = L.q.floats(exec);  // float32 copy
-  const float* q = q_values.data();
-  const auto k_values = L.k.floats(exec);  // float32 copy
-  const float* k = k_values.data();
-  const auto v_values = L.v.floats(exec);  // float32 copy
-  const float* v = v_values.data();
+  const auto q_values = L.q.floats(exec), k_values = L.k.floats(exec), v_values = L.v.floats(exec);  // float32 copies
+  const float *q = q_values.data(), *k = k_values.data(), *v = v_values.data();
   // Queries and keys of the tokens, float64, zero rows past `count` (the last chunk's tail).
   exec.for_each(static_cast<long>(H) * rows * d, [=] KVSIM_HD(long i) {
     const long h = i / (rows * d), t = i / d % rows;

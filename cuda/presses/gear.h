@@ -56,10 +56,8 @@ class GearDevice final : public Press {
     float* kept = kept_buffer.data();
     float* negated = negated_buffer.data();
     unsigned char* outlier = outlier_buffer.data();
-    const auto k_values = layer.k.floats(exec);  // float32 copy
-    const float* k = k_values.data();
-    const auto v_values = layer.v.floats(exec);  // float32 copy
-    const float* v = v_values.data();
+    const auto k_values = layer.k.floats(exec), v_values = layer.v.floats(exec);  // float32 copies
+    const float *k = k_values.data(), *v = v_values.data();
     const long key_entries = Hkv * entries;
     exec.for_each(all, [=] KVSIM_HD(long i) {  // matrices 0..Hkv-1 the keys, then the values
       x[i] = i < key_entries ? k[i] : v[i - key_entries];

@@ -24,10 +24,8 @@ class KiviDevice final : public Press {
     typename Exec::template Buffer<float> keys(static_cast<std::size_t>(Hkv) * per_head), values(keys.size());
     float* kq = keys.data();
     float* vq = values.data();
-    const auto k_values = layer.k.floats(exec);  // float32 copy
-    const float* k = k_values.data();
-    const auto v_values = layer.v.floats(exec);  // float32 copy
-    const float* v = v_values.data();
+    const auto k_values = layer.k.floats(exec), v_values = layer.v.floats(exec);  // float32 copies
+    const float *k = k_values.data(), *v = v_values.data();
     exec.for_each(Hkv * per_head, [=] KVSIM_HD(long i) {
       kq[i] = k[i];
       vq[i] = v[i];

@@ -21,10 +21,8 @@ class KvcfKiviDevice final : public Press {
     const LayerOnDevice<Exec> on_device(input);
     const DeviceLayer<Exec>& layer = *on_device;
     typename Exec::template Buffer<float> keys(static_cast<std::size_t>(all)), values(static_cast<std::size_t>(all));
-    const auto k_values = layer.k.floats(exec);  // float32 copy
-    const float* k = k_values.data();
-    const auto v_values = layer.v.floats(exec);  // float32 copy
-    const float* v = v_values.data();
+    const auto k_values = layer.k.floats(exec), v_values = layer.v.floats(exec);  // float32 copies
+    const float *k = k_values.data(), *v = v_values.data();
     float* kq = keys.data();
     float* vq = values.data();
     exec.for_each(groups, [=] KVSIM_HD(long j) {

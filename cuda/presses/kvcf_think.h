@@ -20,10 +20,8 @@ std::vector<double> kvcf_think_channel_scores(Exec& exec, const DeviceLayer<Exec
   typename Exec::template Buffer<double> buffer(static_cast<std::size_t>(L.Hkv) * d);
   double* score = buffer.data();
   const int* kept = kept_buffer.data();
-  const auto q_values = L.q.floats(exec);  // float32 copy
-  const float* q = q_values.data();
-  const auto k_values = L.k.floats(exec);  // float32 copy
-  const float* k = k_values.data();
+  const auto q_values = L.q.floats(exec), k_values = L.k.floats(exec);  // float32 copies
+  const float *q = q_values.data(), *k = k_values.data();
   exec.for_each(static_cast<long>(L.Hkv) * d, [=] KVSIM_HD(long i) {
     const int g = static_cast<int>(i / d);
     score[i] = ref::kvcf_think_channel_score(q, static_cast<long>(n) * d, n, d, G, g, queries, k + static_cast<long>(g) * n * d,

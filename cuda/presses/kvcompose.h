@@ -30,10 +30,8 @@ class KvcomposeDevice final : public DeviceScorer<Exec>, public ModelWidePress {
     DoubleBuffer row_max(static_cast<std::size_t>(H) * n), row_sum(static_cast<std::size_t>(H) * n);
     const float* q = pass_q.data();
     const float* pk = pass_k.data();
-    const auto k_values = L.k.floats(exec);  // float32 copy
-    const float* k = k_values.data();
-    const auto v_values = L.v.floats(exec);  // float32 copy
-    const float* v = v_values.data();
+    const auto k_values = L.k.floats(exec), v_values = L.v.floats(exec);  // float32 copies
+    const float *k = k_values.data(), *v = v_values.data();
     double* mx = row_max.data();
     double* sm = row_sum.data();
     exec.for_each(static_cast<long>(H) * n, [=] KVSIM_HD(long i) {

@@ -53,10 +53,8 @@ class KvquantDevice final : public Press {
     float* kq = keys.data();
     float* vq = values.data();
     long* outliers = outlier_buffer.data();
-    const auto k_values = layer.k.floats(exec);  // float32 copy
-    const float* k = k_values.data();
-    const auto v_values = layer.v.floats(exec);  // float32 copy
-    const float* v = v_values.data();
+    const auto k_values = layer.k.floats(exec), v_values = layer.v.floats(exec);  // float32 copies
+    const float *k = k_values.data(), *v = v_values.data();
     kvquant_rotate_rows(exec, k, pre, all / 2, table_rows, d, inverse_cos.data(), inverse_sin.data());
     exec.for_each(static_cast<long>(Hkv) * d, [=] KVSIM_HD(long i) {  // one key channel of one head
       const long offset = i / d * per_head + i % d;

@@ -39,7 +39,7 @@ class KvzipDevice final : public DeviceScorer<Exec>, public ModelWidePress {
       FloatBuffer o_proj(L.source->o_proj.size());
       o_proj.upload(L.source->o_proj.data(), o_proj.size());
       const float* w = o_proj.data();
-      const auto v_values = L.v.floats(exec);  // float32 copy
+      const auto v_values = L.v.floats(exec);  // a float32 copy
       const float* v = v_values.data();
       float* norms = output_norm.data();
       const int D = L.source->o_proj_rows;
@@ -51,7 +51,7 @@ class KvzipDevice final : public DeviceScorer<Exec>, public ModelWidePress {
     DoubleBuffer row_max(static_cast<std::size_t>(H) * R), row_sum(static_cast<std::size_t>(H) * R);
     const float* q = repeat_q.data();
     const float* rk = repeat_k.data();
-    const auto k_values = L.k.floats(exec);  // float32 copy
+    const auto k_values = L.k.floats(exec);  // a float32 copy
     const float* k = k_values.data();
     const float* hn = hidden_norm.data();
     const float* on = plus_ ? output_norm.data() : nullptr;

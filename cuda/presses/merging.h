@@ -41,7 +41,7 @@ void nearest_kept(Exec& exec, const DeviceLayer<Exec>& layer, MergeSetup<Exec>& 
   typename Exec::template Buffer<float> unit_buffer(static_cast<std::size_t>(Hkv) * n * d),
       kept_unit(static_cast<std::size_t>(Hkv) * kept_count * d), evicted_unit(static_cast<std::size_t>(Hkv) * evicted_count * d);
   float* unit = unit_buffer.data();
-  const auto k_values = layer.k.floats(exec);  // float32 copy
+  const auto k_values = layer.k.floats(exec);  // a float32 copy
   const float* k = k_values.data();
   exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long row) {
     float norm = 0.0f;
@@ -174,7 +174,7 @@ class MergingDevice final : public Press {
         merged_buffer(static_cast<std::size_t>(Hkv) * kept_count * d);
     float* weight = weight_buffer.data();
     float* merged = merged_buffer.data();
-    const auto v_values = layer.v.floats(exec);  // float32 copy
+    const auto v_values = layer.v.floats(exec);  // a float32 copy
     const float* v = v_values.data();
     const long evicted_total = static_cast<long>(Hkv) * evicted_count;
     // Gates, per head: the threshold, then the merge_fraction quantile (host; NaN blocks all, as torch).

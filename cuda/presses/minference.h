@@ -24,10 +24,8 @@ ref::MinferenceScores minference_device_scores(Exec& exec, const WholeLayerOnDev
   for (const ref::MinferenceHead& head : heads) wanted_host.push_back(static_cast<int>(head.pattern));
   const auto wanted_buffer = to_device<Exec>(wanted_host);
   const int* wanted = wanted_buffer.data();
-  const auto q_values = L.q.floats(exec);  // float32 copy
-  const float* q = q_values.data();
-  const auto k_values = L.k.floats(exec);  // float32 copy
-  const float* k = k_values.data();
+  const auto q_values = L.q.floats(exec), k_values = L.k.floats(exec);  // float32 copies
+  const float *q = q_values.data(), *k = k_values.data();
   constexpr int vertical_and_slash = static_cast<int>(ref::MinferencePattern::vertical_and_slash),
                 block_sparse = static_cast<int>(ref::MinferencePattern::block_sparse);
   if (ref::minference_any(heads, ref::MinferencePattern::vertical_and_slash)) {
@@ -94,12 +92,8 @@ std::vector<AttentionOutputs> minference_device_attention(Exec& exec, const Whol
   const int* position = position_buffer.data();
   float* out = out_buffer.data();
   double* lse = lse_buffer.data();
-  const auto q_values = L.q.floats(exec);  // float32 copy
-  const float* q = q_values.data();
-  const auto k_values = L.k.floats(exec);  // float32 copy
-  const float* k = k_values.data();
-  const auto v_values = L.v.floats(exec);  // float32 copy
-  const float* v = v_values.data();
+  const auto q_values = L.q.floats(exec), k_values = L.k.floats(exec), v_values = L.v.floats(exec);  // float32 copies
+  const float *q = q_values.data(), *k = k_values.data(), *v = v_values.data();
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   exec.for_each(rows, [=] KVSIM_HD(long r) {
     const long h = r / Q;

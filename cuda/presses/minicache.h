@@ -26,14 +26,9 @@ class MiniCacheDevice final : public Press {
     const int n = layer.n, d = layer.d, Hkv = layer.Hkv;
     const std::size_t rows = static_cast<std::size_t>(Hkv) * n;
     typename Exec::template Buffer<float> keys(rows * d), values(rows * d), distance(rows);
-    const auto k_values = layer.k.floats(exec);  // float32 copy
-    const float* k = k_values.data();
-    const auto v_values = layer.v.floats(exec);  // float32 copy
-    const float* v = v_values.data();
-    const auto pk_values = previous.k.floats(exec);  // float32 copy
-    const float* pk = pk_values.data();
-    const auto pv_values = previous.v.floats(exec);  // float32 copy
-    const float* pv = pv_values.data();
+    const auto k_values = layer.k.floats(exec), v_values = layer.v.floats(exec);  // float32 copies
+    const auto pk_values = previous.k.floats(exec), pv_values = previous.v.floats(exec);
+    const float *k = k_values.data(), *v = v_values.data(), *pk = pk_values.data(), *pv = pv_values.data();
     float *ko = keys.data(), *vo = values.data(), *dist = distance.data();
     const float t = t_, eps = eps_;
     exec.for_each(static_cast<long>(rows), [=] KVSIM_HD(long i) {

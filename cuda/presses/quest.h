@@ -27,10 +27,8 @@ std::vector<double> quest_device_bounds(Exec& exec, const WholeLayerOnDevice<Exe
   const auto plan_buffer = to_device<Exec>(plan_host);
   typename Exec::template Buffer<double> bound_buffer(static_cast<std::size_t>(L.H) * Q * max_pages);
   const int* plan = plan_buffer.data();
-  const auto q_values = L.q.floats(exec);  // float32 copy
-  const float* q = q_values.data();
-  const auto k_values = L.k.floats(exec);  // float32 copy
-  const float* k = k_values.data();
+  const auto q_values = L.q.floats(exec), k_values = L.k.floats(exec);  // float32 copies
+  const float *q = q_values.data(), *k = k_values.data();
   double* bounds = bound_buffer.data();
   exec.for_each(static_cast<long>(L.H) * Q * max_pages, [=] KVSIM_HD(long x) {
     const int page = static_cast<int>(x % max_pages), i = static_cast<int>(x / max_pages % Q), h = static_cast<int>(x / max_pages / Q);
@@ -55,12 +53,8 @@ QueryTimeOutputs quest_device_attention(Exec& exec, const WholeLayerOnDevice<Exe
   const int *positions = position_buffer.data(), *offsets = offset_buffer.data();
   float *probs = prob_buffer.data(), *out = out_buffer.data();
   double* lse = lse_buffer.data();
-  const auto q_values = L.q.floats(exec);  // float32 copy
-  const float* q = q_values.data();
-  const auto k_values = L.k.floats(exec);  // float32 copy
-  const float* k = k_values.data();
-  const auto v_values = L.v.floats(exec);  // float32 copy
-  const float* v = v_values.data();
+  const auto q_values = L.q.floats(exec), k_values = L.k.floats(exec), v_values = L.v.floats(exec);  // float32 copies
+  const float *q = q_values.data(), *k = k_values.data(), *v = v_values.data();
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   exec.for_each(rows, [=] KVSIM_HD(long r) {
     const long h = r / Q, i = r % Q;

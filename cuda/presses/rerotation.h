@@ -15,7 +15,7 @@ Compression rerotated_compression(Exec& exec, const DeviceLayer<Exec>& L, const 
   const int n = L.n, d = L.d, half = d / 2;
   typename Exec::template Buffer<float> keys(static_cast<std::size_t>(L.Hkv) * k * d);
   float* out = keys.data();
-  const auto source_values = L.k.floats(exec);  // float32 copy
+  const auto source_values = L.k.floats(exec);  // a float32 copy
   const float* source = source_values.data();
   const double* inv_freq = L.inv_freq.data();
   exec.for_each(static_cast<long>(L.Hkv) * k, [=] KVSIM_HD(long row) {

@@ -45,10 +45,8 @@ class ThinkDevice final : public Press {
     const int n = L.n, d = L.d, G = L.H / L.Hkv;
     typename Exec::template Buffer<double> buffer(static_cast<std::size_t>(L.Hkv) * d);
     double* score = buffer.data();
-    const auto q_values = L.q.floats(exec);  // float32 copy
-    const float* q = q_values.data();
-    const auto k_values = L.k.floats(exec);  // float32 copy
-    const float* k = k_values.data();
+    const auto q_values = L.q.floats(exec), k_values = L.k.floats(exec);  // float32 copies
+    const float *q = q_values.data(), *k = k_values.data();
     exec.for_each(static_cast<long>(L.Hkv) * d, [=] KVSIM_HD(long i) {
       const long g = i / d;
       const int ch = static_cast<int>(i % d);
@@ -62,7 +60,7 @@ class ThinkDevice final : public Press {
   // keys [Hkv, n, d] = the layer's keys with the unmasked channels zeroed.
   static void zero_channels(Exec& exec, const DeviceLayer<Exec>& L, const int* mask, float* keys) {
     const int n = L.n, d = L.d;
-    const auto k_values = L.k.floats(exec);  // float32 copy
+    const auto k_values = L.k.floats(exec);  // a float32 copy
     const float* k = k_values.data();
     exec.for_each(static_cast<long>(L.Hkv) * n * d, [=] KVSIM_HD(long i) { keys[i] = mask[i / (static_cast<long>(n) * d) * d + i % d] ? k[i] : 0.0f; });
   }
