@@ -112,10 +112,9 @@ class DeviceEvaluator final : public LayerEvaluator {
     const CacheRows rows{cnt, off, mk, mv, pos, key_rows_d.data(), value_rows_d.data(), C};
     float *ck = cache_k.data(), *cv = cache_v.data();
     with_storage(layer_.k, [&](const auto* lk) {
-      with_storage(layer_.v, [&](const auto* lv) { fill_cache(rows, lk, lv, cache_k.data(), cache_v.data()); });
+      with_storage(layer_.v, [&](const auto* lv) { fill_cache(rows, lk, lv, ck, cv); });
     });
     Outputs o{FloatBuffer(static_cast<std::size_t>(H) * S * d), FloatBuffer(static_cast<std::size_t>(H) * S)};
-
     FloatBuffer probs(static_cast<std::size_t>(H) * S * C);
     for (int s = 0; s < G; ++s)  // query head g * G + s reads KV head g
       exec_.gemm(StridedGemm<float>{.trans_b = true, .m = S, .n = C, .k = d, .alpha = 1.0f / std::sqrt(static_cast<float>(d)),
@@ -152,9 +151,8 @@ class DeviceEvaluator final : public LayerEvaluator {
   // cache [Hkv, C, d] of keys and values: each head's kept rows (merged rows or the layer's, read
   // in its storage dtype), then the S later tokens, then zeros (probability 0, and finite).
   template <typename K, typename V>
-  void fill_cache(const CacheRows& rows, const K* lk, const V* lv, float* ck, float* cv) const {
-    const int d = d_, n = n_, S = S_, C = rows.capacity;
-    const CacheRows c = rows;
+  void fill_cache(const CacheRows& c, const K* lk, const V* lv, float* ck, float* cv) const {
+    const int d = d_, n = n_, S = S_, C = c.capacity;
     const float *sk = k_suffix_.data(), *sv = v_suffix_.data();
     exec_.for_each(static_cast<long>(Hkv_) * C * d, [=] KVSIM_HD(long i) {
       const long g = i / (static_cast<long>(C) * d);
