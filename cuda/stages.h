@@ -31,6 +31,38 @@ void rows_as_double(Exec& exec, const DeviceTensor<Exec>& t, int first, double* 
   with_storage(t, [&](const auto* x) { rows_as_double_of(exec, x, heads, t.rows(), t.dim(), first, out); });
 }
 
+// Pre-RoPE rows [first, first + count) of each head of x [heads, n, d] (inverse RoPE at
+// position = row), rounded to float as the reference's InverseRopeTable does, into out
+// [heads, count, d] (float64). The table of cos and sin (the attention scaling's inverse folded
+// in, InverseRopeTable's formula) is made once per position and channel pair, not per head.
+template <typename Exec, typename T>
+void pre_rope_rows_of(Exec& exec, const DeviceLayer<Exec>& L, const T* x, int heads, int first, int count, double* out) {
+  const int n = L.n, d = L.d, half = d / 2;
+  const long pairs = static_cast<long>(count) * half;
+  const double gain = 1.0 / L.attention_scaling;
+  const double* inv_freq = L.inv_freq.data();
+  typename Exec::template Buffer<double> table(2 * static_cast<std::size_t>(pairs));
+  double* cs = table.data();
+  double* sn = cs + pairs;
+  exec.for_each(pairs, [=] KVSIM_HD(long i) {
+    const double angle = -static_cast<double>(first + i / half) * inv_freq[i % half];
+    cs[i] = gain * cos(angle);
+    sn[i] = gain * sin(angle);
+  });
+  exec.for_each(heads * pairs, [=] KVSIM_HD(long i) {
+    const long row = i / half, h = row / count, at = i % pairs;
+    const int c = static_cast<int>(i % half);
+    const T* src = x + (h * n + first + row % count) * d;
+    const double lo = static_cast<float>(src[c]), hi = static_cast<float>(src[c + half]);
+    out[row * d + c] = static_cast<float>(lo * cs[at] - hi * sn[at]);
+    out[row * d + c + half] = static_cast<float>(hi * cs[at] + lo * sn[at]);
+  });
+}
+template <typename Exec>
+void pre_rope_rows(Exec& exec, const DeviceLayer<Exec>& L, const DeviceTensor<Exec>& x, int first, int count, double* out) {
+  with_storage(x, [&](const auto* values) { pre_rope_rows_of(exec, L, values, x.heads(), first, count, out); });
+}
+
 // A device vector of `count` ones (the left operand of GEMMs that sum rows).
 template <typename Exec, typename T = float>
 typename Exec::template Buffer<T> device_ones(Exec& exec, long count) {

@@ -37,7 +37,7 @@ class CapDevice final : public DeviceScorer<Exec> {
     // The anchor: R times the mean pre-RoPE query after the sinks, normalised.
     DoubleBuffer vectors_buffer(static_cast<std::size_t>(rows) * d), mean_buffer(static_cast<std::size_t>(H) * d), anchor_buffer(mean_buffer.size());
     double* vectors = vectors_buffer.data();  // the pre-RoPE queries, then the scaled values, then A^{-1}-solves
-    pre_rope_queries(exec, L, sinks, vectors);
+    pre_rope_rows(exec, L, L.q, sinks, N, vectors);  // after the sinks
     const auto ones = device_ones<Exec, double>(exec, N);
     exec.gemm(StridedGemm<double>{.m = 1, .n = d, .k = N, .alpha = 1.0 / N, .a = ones.data(), .lda = N, .b = vectors, .ldb = d, .stride_b = Nd,
                                   .c = mean_buffer.data(), .ldc = d, .stride_c = d, .batch = H});

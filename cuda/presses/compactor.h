@@ -13,25 +13,6 @@
 
 namespace kvsim::cuda {
 
-// Pre-RoPE rows [first, first + count) of x [heads, n, d] (inverse RoPE at position = row),
-// rounded to float as the reference's InverseRopeTable does, into out [heads, count, d].
-template <typename Exec>
-void pre_rope_rows(Exec& exec, const DeviceLayer<Exec>& L, const float* x, int heads, int first, int count, double* out) {
-  const int n = L.n, d = L.d, half = d / 2;
-  const double gain = 1.0 / L.attention_scaling;
-  const double* inv_freq = L.inv_freq.data();
-  exec.for_each(static_cast<long>(heads) * count * half, [=] KVSIM_HD(long i) {
-    const long row = i / half, h = row / count;
-    const int c = static_cast<int>(i % half), p = first + static_cast<int>(row % count);
-    const float* src = x + (h * n + p) * d;
-    const double angle = -static_cast<double>(p) * inv_freq[c];
-    const double cs = gain * cos(angle), sn = gain * sin(angle);
-    const double lo = src[c], hi = src[c + half];
-    out[row * d + c] = static_cast<float>(lo * cs - hi * sn);
-    out[row * d + c + half] = static_cast<float>(hi * cs + lo * sn);
-  });
-}
-
 // kvpress LeverageScorePress.compute_leverage_scores on the tokens [first, first + count):
 // raw [Hkv, count].
 template <typename Exec>
@@ -50,7 +31,7 @@ void leverage_raw_scores(Exec& exec, const DeviceLayer<Exec>& L, int first, int 
   double* x = x_buffer.data();
   double* gram = gram_buffer.data();
   double* l = l_buffer.data();
-  pre_rope_rows(exec, L, L.k.floats(exec).data(), Hkv, first, count, keys);  // a float32 copy, kept while used
+  pre_rope_rows(exec, L, L.k, first, count, keys);
   const auto ones = device_ones<Exec, double>(exec, count);
   exec.gemm(StridedGemm<double>{.m = 1, .n = d, .k = count, .alpha = 1.0 / count, .a = ones.data(), .lda = count, .b = keys, .ldb = d,
                                 .stride_b = cd, .c = mean, .ldc = d, .stride_c = d, .batch = Hkv});

@@ -7,29 +7,6 @@
 
 namespace kvsim::cuda {
 
-// Pre-RoPE queries after the sinks, rounded to float as the reference does, stored as
-// float64 for the statistics: out [H, n - sinks, d].
-template <typename Exec, typename T>
-void pre_rope_queries_of(Exec& exec, const DeviceLayer<Exec>& L, const T* q, int sinks, double* out) {
-  const int n = L.n, d = L.d, N = n - sinks, half = d / 2;
-  const double a = L.attention_scaling;
-  const double* inv_freq = L.inv_freq.data();
-  exec.for_each(static_cast<long>(L.H) * N * half, [=] KVSIM_HD(long i) {
-    const long row = i / half, h = row / N;
-    const int c = static_cast<int>(i % half), p = sinks + static_cast<int>(row % N);
-    const T* x = q + (h * n + p) * d;
-    const double angle = -p * inv_freq[c];
-    const double cs = cos(angle) / a, sn = sin(angle) / a;
-    const double lo = x[c], hi = x[c + half];
-    out[row * d + c] = static_cast<float>(lo * cs - hi * sn);
-    out[row * d + c + half] = static_cast<float>(hi * cs + lo * sn);
-  });
-}
-template <typename Exec>
-void pre_rope_queries(Exec& exec, const DeviceLayer<Exec>& L, int sinks, double* out) {
-  with_storage(L.q, [&](const auto* q) { pre_rope_queries_of(exec, L, q, sinks, out); });
-}
-
 // grouped[g, i] = (grouped[g, i] + eps) |v_g[sinks + i]| for the N values after the sinks.
 template <typename Exec, typename T>
 void rescale_by_value_norms(Exec& exec, const DeviceLayer<Exec>& L, const T* v, int sinks, float eps, float* grouped) {
@@ -149,7 +126,7 @@ class ExpectedAttentionDevice final : public DeviceScorer<Exec> {
     // Statistics of the pre-RoPE queries: mean, then mu' = R mu and Sigma' = R Sigma R^T.
     DoubleBuffer pre_buffer(static_cast<std::size_t>(H) * N * d), mean_buffer(static_cast<std::size_t>(H) * d),
         mu_buffer(mean_buffer.size()), rotated_buffer(use_covariance_ ? static_cast<std::size_t>(H) * dd : 0);
-    pre_rope_queries(exec, L, sinks, pre_buffer.data());
+    pre_rope_rows(exec, L, L.q, sinks, N, pre_buffer.data());  // after the sinks
     const auto ones = device_ones<Exec, double>(exec, N);
     exec.gemm(StridedGemm<double>{.m = 1, .n = d, .k = N, .alpha = 1.0 / N, .a = ones.data(), .lda = N, .b = pre_buffer.data(), .ldb = d,
                                   .stride_b = static_cast<long>(N) * d, .c = mean_buffer.data(), .ldc = d, .stride_c = d, .batch = H});
