@@ -143,6 +143,24 @@ TEST(Conformance, MergedRowsDifferOnlyAsPairsOfNearTiedTokens) {
   EXPECT_EQ(check({1, 2, 3, 4.00001f, 5, 6}, scores).first_element, -1);  // within value_rtol
 }
 
+// A press compared stage by stage (SelectsFromInnerScores): the other backend's kept set must be
+// the reference's selection on its own inner scores, head by head; the tokens where it differs
+// from the reference's kept set are then counted, not violations. Worked by hand.
+TEST(Conformance, StagedSelectionsMustMatchTheSelectionOnTheOtherInnerScores) {
+  Compression ref, got;
+  ref.kept = {{0, 1, 2}, {4, 5}};
+  got.kept = {{0, 1, 3}, {4, 5}};  // token 2 for 3 in head 0: two tokens kept by one backend only
+  const StagedSelectionCheck same = check_staged_selection(ref, got, got);
+  EXPECT_EQ(same.differing_head, -1);
+  EXPECT_EQ(same.tolerated, 2);
+  Compression expected = got;
+  expected.kept[1] = {4, 6};  // the selection on the other scores keeps 6, the other backend 5
+  EXPECT_EQ(check_staged_selection(ref, got, expected).differing_head, 1);
+  expected.kept.pop_back();
+  EXPECT_EQ(check_staged_selection(ref, got, expected).differing_head, 0);  // heads missing
+  EXPECT_EQ(check_staged_selection(ref, ref, ref).tolerated, 0);
+}
+
 class Conformance : public ::testing::TestWithParam<std::string> {};
 
 // The grid's random layers (each with its predecessor, for cross-layer presses, and hidden

@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/registry.h"
+#include "core/selection_scores.h"
 #include "test_util.h"
 
 namespace kvsim {
@@ -165,6 +166,22 @@ TEST_P(Wrappers, EntropyGatedChunkKvTrimsImportantSpikyChunks) {
   EXPECT_TRUE(contains(build_error("entropy_gated_chunkkv(knorm):chunk_length=4,low_entropy_chunk_length=4"),
                        "needs chunk_length > low_entropy_chunk_length >= 1, got chunk_length=4, low_entropy_chunk_length=4"));
   EXPECT_TRUE(contains(build_error("entropy_gated_chunkkv(knorm):low_entropy_chunk_length=0"), "below its minimum"));
+}
+
+// The reference's selection on given inner scores (what the conformance harness runs on the
+// other backend's scores): the knorm scores give compress's result; the same scores with the
+// first two chunks swapped give the swapped selection, worked as above: chunk 0 (mean -2) whole,
+// chunk 1 (mean -4, spiky) trimmed to its best token 4, then chunk 2's best token 8.
+TEST(EntropyGatedChunkKv, SelectsFromGivenInnerScoresAsCompressDoes) {
+  const LayerTensors layer = layer_with_norms({{1, 5, 5, 5, 1, 1, 1, 5, 6, 6, 7, 7}});
+  const PressInput input{layer, layer.k.tokens, 1, kRope};
+  const auto press = Registry::instance().make("entropy_gated_chunkkv(knorm):chunk_length=4,low_entropy_chunk_length=1", Backend::reference);
+  const auto& staged = dynamic_cast<const SelectsFromInnerScores&>(*press);
+  const ScoreMatrix knorm = dynamic_cast<const ScorerPress&>(*Registry::instance().make("knorm", Backend::reference)).score(input, 0.5);
+  EXPECT_EQ(staged.select_from_inner_scores(input, 0.5, knorm).kept, press->compress(input, 0.5).kept);
+  ScoreMatrix swapped(1, 12);
+  swapped << -1, -1, -1, -5, -1, -5, -5, -5, -6, -6, -7, -7;
+  EXPECT_EQ(staged.select_from_inner_scores(input, 0.5, swapped).kept, (Kept{{0, 1, 2, 3, 4, 8}}));
 }
 
 // ---- block ----------------------------------------------------------------------------------

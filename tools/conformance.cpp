@@ -62,6 +62,24 @@ std::optional<ScoreMatrix> selection_scores(const Press& reference, const PressS
 
 }  // namespace
 
+StagedSelectionCheck check_staged_selection(const Compression& ref, const Compression& got, const Compression& expected) {
+  StagedSelectionCheck check;
+  if (got.kept.size() != expected.kept.size() || ref.kept.size() != got.kept.size()) {
+    check.differing_head = 0;
+    return check;
+  }
+  for (std::size_t g = 0; g < got.kept.size(); ++g) {
+    if (got.kept[g] != expected.kept[g]) {
+      check.differing_head = static_cast<int>(g);
+      return check;
+    }
+    std::vector<int> diff;
+    std::set_symmetric_difference(ref.kept[g].begin(), ref.kept[g].end(), got.kept[g].begin(), got.kept[g].end(), std::back_inserter(diff));
+    check.tolerated += static_cast<long>(diff.size());
+  }
+  return check;
+}
+
 MergedRowsCheck check_merged_rows(const std::vector<float>& a, const std::vector<float>& b, const std::vector<int>& kept,
                                   std::span<const float> scores, double value_rtol, double boundary_rtol) {
   MergedRowsCheck check;
@@ -172,6 +190,15 @@ class CaseComparer {
     }
   }
 
+  // Kept sets compared stage by stage (check_staged_selection).
+  void staged_selection(const std::string& where, const Compression& ref, const Compression& got, const Compression& expected) {
+    const StagedSelectionCheck check = check_staged_selection(ref, got, expected);
+    if (check.differing_head >= 0)
+      return violation(where, "kept set of head " + std::to_string(check.differing_head) + " differs from the reference's selection run on " +
+                                  backend_name(other_) + "'s own inner scores");
+    result_.near_boundary_diffs += check.tolerated;
+  }
+
   // Kept sets (differences tolerated near the reference selection's boundary, by `scores`)
   // and merged keys and values where both kept the same tokens of a head.
   void compressions(const std::string& where, const Compression& ref, const Compression& got, const std::optional<ScoreMatrix>& scores, int n) {
@@ -264,6 +291,18 @@ std::string inner_stage_note(const PressSpec& spec, Backend other, const PressIn
   }
 }
 
+// A SelectsFromInnerScores press (core/selection_scores.h): its inner scores on both backends
+// within the score tolerance, then its kept set against the reference's selection on the other
+// backend's inner scores.
+void compare_stages(const SelectsFromInnerScores& reference, const PressSpec& spec, Backend other, const PressInput& input, double ratio,
+                    const Compression& ref, const Compression& got, CaseComparer& compare, const std::string& where) {
+  const Registry& registry = Registry::instance();
+  const auto a = registry.make(*spec.inner, Backend::reference), b = registry.make(*spec.inner, other);
+  const ScoreMatrix ref_inner = dynamic_cast<const ScorerPress&>(*a).score(input, ratio), got_inner = dynamic_cast<const ScorerPress&>(*b).score(input, ratio);
+  compare.scores(where + " (inner scores)", ref_inner, got_inner);
+  compare.staged_selection(where, ref, got, reference.select_from_inner_scores(input, ratio, got_inner));
+}
+
 std::string case_label(const ConformanceInput& in, double ratio) {
   std::ostringstream where;
   where << in.label << " ratio " << ratio;
@@ -347,7 +386,10 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
         ref_scores = ref_scorer->score(input, ratio);
         compare.scores(where, *ref_scores, got_scorer->score(input, ratio));
       }
-      compare.compressions(where, *ref.compression, *got.compression, selection_scores(*reference, spec, input, ratio, ref_scores), in.n);
+      if (const auto* staged = dynamic_cast<const SelectsFromInnerScores*>(reference.get()); staged && spec.inner)
+        compare_stages(*staged, spec, other, input, ratio, *ref.compression, *got.compression, compare, where);
+      else
+        compare.compressions(where, *ref.compression, *got.compression, selection_scores(*reference, spec, input, ratio, ref_scores), in.n);
       if (ref.sparse && got.sparse) compare.sparse_outputs(where, *ref.sparse, *got.sparse);
       else if (ref.sparse || got.sparse) compare.violation(where, "only one backend's press is query-time");
       if (violations_before == 0 && result.violations > 0 && compare.first_at)

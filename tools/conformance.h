@@ -13,7 +13,11 @@
 //  * sparse attention outputs (query-time presses): per query, within output_rtol;
 //  * errors: a press that rejects an input must do so on both backends.
 // The first violation of a wrapper or list press also gives its token's score and rank under
-// the first inner scorer on both backends (an inner near-tie shows there).
+// the first inner scorer on both backends (an inner near-tie shows there). A press whose
+// selection jumps where no score boundary shows it (core/selection_scores.h,
+// SelectsFromInnerScores) is compared stage by stage instead: its inner scores within
+// score_rtol, then its kept set against the reference's selection run on the other backend's
+// inner scores, exactly (check_staged_selection).
 #include <span>
 #include <string>
 #include <vector>
@@ -62,6 +66,15 @@ struct MergedRowsCheck {
 };
 MergedRowsCheck check_merged_rows(const std::vector<float>& a, const std::vector<float>& b, const std::vector<int>& kept,
                                   std::span<const float> scores, double value_rtol, double boundary_rtol);
+
+// Kept sets of a press compared stage by stage: `expected` is the reference's selection run on
+// the other backend's inner scores and must equal `got` in every head; the tokens kept by one
+// backend only (ref against got) are then the inner scores' rounding and are counted.
+struct StagedSelectionCheck {
+  int differing_head = -1;  // the first head where got differs from expected, else -1
+  long tolerated = 0;       // tokens kept by one backend only, when none differs
+};
+StagedSelectionCheck check_staged_selection(const Compression& ref, const Compression& got, const Compression& expected);
 
 // 0-based rank of `token` in one head's scores under the selection's order (higher score first,
 // then the lower position): a two-stage press's first violation names its token's inner ranks.

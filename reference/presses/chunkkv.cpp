@@ -18,6 +18,7 @@
 #include "reference/chunkkv.h"
 
 #include "core/error.h"
+#include "core/selection_scores.h"
 #include "reference/scorer_press.h"
 #include "reference/select.h"
 
@@ -63,7 +64,7 @@ class ChunkKvPress final : public Press {
   int chunk_length_;
 };
 
-class EntropyGatedChunkKvPress final : public Press {
+class EntropyGatedChunkKvPress final : public Press, public SelectsFromInnerScores {
  public:
   explicit EntropyGatedChunkKvPress(const PressConfig& c)
       : inner_(make_inner_scorer(c)), chunk_length_(c.params.get_int("chunk_length")), low_length_(c.params.get_int("low_entropy_chunk_length")) {
@@ -74,7 +75,10 @@ class EntropyGatedChunkKvPress final : public Press {
 
   Compression compress(const PressInput& in, double ratio) const override {
     if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);
-    const Scores s = inner_->checked_score(in, ratio);
+    return select_from_inner_scores(in, ratio, inner_->checked_score(in, ratio));
+  }
+
+  Compression select_from_inner_scores(const PressInput& in, double ratio, const Scores& s) const override {
     const int n = in.n, length = chunk_length_, chunks = (n + length - 1) / length;
     const std::vector<float> token = head_summed(s);
     std::vector<float> chunk_scores(static_cast<std::size_t>(chunks)), entropy(chunk_scores.size());
