@@ -81,7 +81,7 @@ struct RowDots {
   long rows_per_y = 1;
 
   KVSIM_HD double term(long r, int c) const {
-    const double a = static_cast<float>(x[r * cols + c]);
+    const double a = static_cast<double>(x[r * cols + c]);
     return a * (y ? static_cast<double>(y[r / rows_per_y * cols + c]) : a);
   }
 };

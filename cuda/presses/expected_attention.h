@@ -36,22 +36,20 @@ void rotated_covariance(Exec& exec, double* pre, const double* mean, const doubl
 }
 
 // z[h, j] += k_j' Sigma'_h k_j / (2d): K Sigma' as one GEMM per position in the GQA group
-// (batched over KV heads), then a row-wise dot with K.
+// (batched over KV heads), then a warp-per-row dot with K (row_dots: coalesced, where a thread
+// per key would read its own 1 KB row).
 template <typename Exec>
 void add_quadratic_term(Exec& exec, const double* keys, const double* rotated, int H, int Hkv, int N, int d, double* z) {
   const int G = H / Hkv;
   const long dd = static_cast<long>(d) * d, Nd = static_cast<long>(N) * d;
-  typename Exec::template Buffer<double> product_buffer(static_cast<std::size_t>(Hkv) * Nd);
+  typename Exec::template Buffer<double> product_buffer(static_cast<std::size_t>(Hkv) * Nd), quad_buffer(static_cast<std::size_t>(Hkv) * N);
   double* product = product_buffer.data();
+  const double* quad = quad_buffer.data();
   for (int s = 0; s < G; ++s) {
     exec.gemm(StridedGemm<double>{.m = N, .n = d, .k = d, .a = keys, .lda = d, .stride_a = Nd, .b = rotated + s * dd, .ldb = d,
                                   .stride_b = G * dd, .c = product, .ldc = d, .stride_c = Nd, .batch = Hkv});
-    exec.for_each(static_cast<long>(Hkv) * N, [=] KVSIM_HD(long i) {
-      const long g = i / N;
-      double quad = 0.0;
-      for (int c = 0; c < d; ++c) quad += product[i * d + c] * keys[i * d + c];
-      z[(g * G + s) * N + i % N] += quad / (2.0 * d);
-    });
+    exec.row_dots(RowDots<double, double>{product, keys, static_cast<long>(Hkv) * N, d, 1}, quad_buffer.data());
+    exec.for_each(static_cast<long>(Hkv) * N, [=] KVSIM_HD(long i) { z[(i / N * G + s) * N + i % N] += quad[i] / (2.0 * d); });
   }
 }
 
@@ -83,13 +81,10 @@ void expected_attention_scores(Exec& exec, const DeviceLayer<Exec>& L, int sinks
   double* keys = keys_buffer.data();
   double* z = z_buffer.data();
   rows_as_double(exec, L.k, sinks, keys);
-  exec.for_each(static_cast<long>(H) * N, [=] KVSIM_HD(long i) {
-    const long h = i / N, g = h / G;
-    const double* key = keys + (g * N + i % N) * d;
-    double logit = 0.0;
-    for (int c = 0; c < d; ++c) logit += key[c] * mu[h * d + c];
-    z[i] = logit / sqrt(static_cast<double>(d));
-  });
+  // z [H, N]: per KV head, its G query heads' mu' [G, d] times its keys [N, d]^T, one batched GEMM.
+  exec.gemm(StridedGemm<double>{.trans_b = true, .m = G, .n = N, .k = d, .alpha = 1.0 / sqrt(static_cast<double>(d)), .a = mu, .lda = d,
+                                .stride_a = static_cast<long>(G) * d, .b = keys, .ldb = d, .stride_b = static_cast<long>(N) * d, .c = z,
+                                .ldc = N, .stride_c = static_cast<long>(G) * N, .batch = Hkv});
   if (rotated) add_quadratic_term(exec, keys, rotated, H, Hkv, N, d, z);
   FloatBuffer probs_buffer(static_cast<std::size_t>(H) * N), grouped_buffer(static_cast<std::size_t>(Hkv) * N);
   softmax_double_rows(exec, z, H, N, probs_buffer.data());
