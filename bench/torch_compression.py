@@ -4,7 +4,10 @@ score, torch.topk, gather of the kept keys and values — timed on a Llama-3-8B-
 (32 query heads, 8 KV heads, d=128) in the model dtype (bf16 by default), for comparison
 with bench_cuda's cuda/<press>/compress benchmarks. Every kvpress scorer press kvsim has is
 here except observed_attention, whose kvpress score reads the attention weights the model
-already computed (nothing to time on its own).
+already computed (nothing to time on its own), and the presses that need an artefact or the
+hidden states (qfilter, kvzap, fastkvzip, expected_attention_stats). Where kvpress recomputes
+queries or pre-RoPE keys from the hidden states (non_causal_attention, leverage_score,
+compactor), this takes the layer's queries and inverts RoPE on its keys, as kvsim does.
 
     python3 bench/torch_compression.py --tokens 32768 131072 --out bench/results/torch.json
 
@@ -107,14 +110,86 @@ def expected_attention_scores(q, k, window, kernel, v=None, n_sink=4, n_future=5
     return F.pad(p, (n_sink, 0), value=p.max().item() + 1)
 
 
+def inverse_rope(x, start=0, theta=500000.0):
+    # The rotation kvsim inverts (half-split pairs): the pre-RoPE rows of x at positions start, start + 1, ...
+    d, half = x.shape[-1], x.shape[-1] // 2
+    inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)
+    angle = torch.arange(start, start + x.shape[-2], device=x.device, dtype=torch.float32)[:, None] * inv_freq
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    lo, hi = x[..., :half], x[..., half:]
+    return torch.cat([lo * cos + hi * sin, hi * cos - lo * sin], dim=-1)
+
+
+def cur_scores(q, k, window, kernel, v=None, num_sinks=4, local_window=16):
+    # kvpress CURPress defaults (kv_product, local approximation): squared key and value norms,
+    # each normalised within windows of local_window tokens, multiplied, normalised per head.
+    def local(x2):
+        b, h, n = x2.shape
+        x2 = F.pad(x2, (0, -n % local_window)).reshape(b, h, -1, local_window)
+        return (x2 / x2.sum(dim=-1, keepdim=True)).reshape(b, h, -1)[:, :, :n]
+
+    scores = local((k ** 2).sum(dim=-1)) * local((v ** 2).sum(dim=-1))
+    scores = scores / scores.sum(dim=-1, keepdim=True)
+    scores[:, :, :num_sinks] = 1.0
+    return scores
+
+
+def non_causal_attention_scores(q, k, window, kernel, v=None, chunk=256):
+    # kvpress NonCausalAttnPress: unscaled attention within chunks of `chunk` queries and keys
+    # (the last chunk padded and masked), summed over queries, GQA-group mean, times |v|,
+    # avg-pooled 3, z-scored over all heads and tokens.
+    b, h, t, d = q.shape
+    hkv = k.shape[1]
+    pad = -t % chunk
+    chunks = (t + pad) // chunk
+    qc = F.pad(q, (0, 0, 0, pad)).view(b, h, chunks, chunk, d)
+    kc = F.pad(k.repeat_interleave(h // hkv, dim=1), (0, 0, 0, pad)).view(b, h, chunks, chunk, d)
+    dots = (qc @ kc.transpose(-1, -2)).float()
+    invalid = (torch.arange(t + pad, device=q.device) >= t).view(chunks, chunk)
+    dots.masked_fill_(invalid[:, None, :], torch.finfo(torch.float32).min)
+    attn = dots.softmax(dim=-1).masked_fill(invalid[:, :, None], 0)
+    received = attn.sum(dim=-2).view(b, h, -1)[..., :t].view(b, hkv, h // hkv, t).mean(dim=2)
+    scores = F.avg_pool1d(received * v.norm(dim=-1).float(), kernel_size=3, padding=1, stride=1)
+    return (scores - scores.mean()) / scores.std().clamp_min(1e-6)
+
+
+def leverage_scores(q, k, window, kernel, v=None, sketch=48, start=0):
+    # kvpress LeverageScorePress: a right Gaussian sketch of the centred pre-RoPE keys, leverage
+    # diag(X (X'X)^-1 X') through a Cholesky factor (jitter 1e-2, checked as kvpress does), z-scored.
+    b, hkv, t, d = k.shape
+    pre = inverse_rope(k, start)
+    phi = torch.randn(b, hkv, d, sketch, device=k.device, dtype=k.dtype) / math.sqrt(sketch)
+    x = ((pre - pre.mean(dim=-2, keepdim=True)) @ phi).float()
+    gram = x.transpose(-1, -2) @ x
+    eye = torch.eye(sketch, device=k.device, dtype=gram.dtype)
+    factor, info = torch.linalg.cholesky_ex(0.5 * (gram + gram.transpose(-1, -2)) + 1e-2 * eye)
+    assert bool((info == 0).all()), "Cholesky failed"
+    solved = torch.cholesky_solve(x.transpose(-1, -2), factor)
+    scores = (x * solved.transpose(-1, -2)).sum(dim=-1).clamp_min(0)
+    return (scores - scores.mean()) / scores.std().clamp_min(1e-6)
+
+
+def compactor_scores(q, k, window, kernel, v=None, ratio=0.5, sink_start=8, sink_end=4):
+    # kvpress CompactorPress: leverage and non-causal attention of the tokens between the sinks,
+    # blended as ratio * leverage + attention, the sinks padded with max + 1.
+    t = k.shape[2]
+    middle = slice(sink_start, t - sink_end)
+    scores = ratio * leverage_scores(q, k[:, :, middle], window, kernel, start=sink_start) + \
+        non_causal_attention_scores(q[:, :, middle], k[:, :, middle], window, kernel, v=v[:, :, middle])
+    return F.pad(scores, (sink_start, sink_end), value=scores.max().item() + 1)
+
+
 PRESSES = {"knorm": knorm_scores, "snapkv": snapkv_scores, "pyramidkv": snapkv_scores, "tova": tova_scores,
            "keydiff": keydiff_scores, "streaming_llm": streaming_llm_scores, "random": random_scores,
-           "lagkv": lagkv_scores, "expected_attention": expected_attention_scores}
-NEEDS_VALUES = {"lagkv", "expected_attention"}
+           "lagkv": lagkv_scores, "expected_attention": expected_attention_scores, "cur": cur_scores,
+           "non_causal_attention": non_causal_attention_scores, "leverage_score": leverage_scores, "compactor": compactor_scores}
+NEEDS_VALUES = {"lagkv", "expected_attention", "cur", "non_causal_attention", "compactor"}
 
 
 def compress(press, q, k, v, ratio, window=64, kernel=5):
-    if press in NEEDS_VALUES:
+    if press == "compactor":
+        scores = compactor_scores(q, k, window, kernel, v=v, ratio=ratio)
+    elif press in NEEDS_VALUES:
         scores = PRESSES[press](q, k, window, kernel, v=v)
     elif press == "streaming_llm":
         scores = streaming_llm_scores(q, k, window, kernel, ratio=ratio)
