@@ -93,6 +93,23 @@ TEST(CudaStages, NarrowingGivesBackEveryExactSixteenBitPattern) {
     ASSERT_TRUE(narrow_to_float16(&from_half, 1, &h)) << pattern;
     ASSERT_EQ(h.bits, bits) << pattern;
   }
+  // All of them in one array: blocks mixing zeros, subnormals, normals and infinities.
+  std::vector<float> halves, bfloats;
+  std::vector<uint16_t> half_bits;
+  for (uint32_t pattern = 0; pattern < 65536; ++pattern) {
+    bfloats.push_back(bf16_to_float(static_cast<uint16_t>(pattern)));
+    if (std::isnan(half_to_float(static_cast<uint16_t>(pattern)))) continue;
+    halves.push_back(half_to_float(static_cast<uint16_t>(pattern)));
+    half_bits.push_back(static_cast<uint16_t>(pattern));
+  }
+  std::vector<Float16> all_halves(halves.size());
+  std::vector<Bfloat16> all_bfloats(bfloats.size());
+  ASSERT_TRUE(narrow_to_float16(halves.data(), halves.size(), all_halves.data()));
+  ASSERT_TRUE(narrow_to_bfloat16(bfloats.data(), bfloats.size(), all_bfloats.data()));
+  for (std::size_t i = 0; i < all_halves.size(); ++i) ASSERT_EQ(all_halves[i].bits, half_bits[i]) << i;
+  for (std::size_t i = 0; i < all_bfloats.size(); ++i) ASSERT_EQ(all_bfloats[i].bits, i) << i;
+  halves[40000] = 1.0f + 1.0f / 4096;  // one value in the middle that float16 does not hold
+  EXPECT_FALSE(narrow_to_float16(halves.data(), halves.size(), all_halves.data()));
   // Values between neighbours, beyond the range, and below the smallest subnormal are refused.
   for (const float x : {1.0f + 1.0f / 4096, 65520.0f, 1e-8f, 3.0e-5f + 1e-9f}) {
     Float16 h{};
