@@ -163,4 +163,17 @@ decltype(auto) with_storage(const DeviceTensor<Exec>& t, F&& f) {
   }
 }
 
+// f(values...) with the tensors' values in their common storage type, or as float32 copies
+// widened on the device (kept until f returns) where their storages differ.
+template <typename Exec, typename F, typename... Rest>
+auto with_common_storage(Exec& exec, F&& f, const DeviceTensor<Exec>& first, const Rest&... rest) {
+  if (((rest.storage() == first.storage()) && ...)) {
+    return with_storage(first, [&](const auto* values) {
+      using T = std::remove_cv_t<std::remove_pointer_t<decltype(values)>>;
+      return f(values, rest.template as<T>()...);
+    });
+  }
+  return f(first.floats(exec).data(), rest.floats(exec).data()...);
+}
+
 }  // namespace kvsim::cuda

@@ -103,15 +103,7 @@ void attention_logits_of(Exec& exec, const DeviceLayer<Exec>& L, const T* q, con
 // float32 sums on cuBLAS), or from float32 copies where their storages differ.
 template <typename Exec>
 void attention_logits(Exec& exec, const DeviceLayer<Exec>& L, int first, int rows, int cols, float* out) {
-  if (L.q.storage() != L.k.storage()) {
-    const auto q = L.q.floats(exec), k = L.k.floats(exec);
-    attention_logits_of(exec, L, q.data(), k.data(), first, rows, cols, out);
-    return;
-  }
-  with_storage(L.q, [&](const auto* q) {
-    using T = std::remove_cv_t<std::remove_pointer_t<decltype(q)>>;
-    attention_logits_of(exec, L, q, L.k.template as<T>(), first, rows, cols, out);
-  });
+  with_common_storage(exec, [&](const auto* q, const auto* k) { attention_logits_of(exec, L, q, k, first, rows, cols, out); }, L.q, L.k);
 }
 
 // out [H, cols] (+)= sum over the `rows` rows of each head's probs [H, rows, probs_cols],

@@ -163,14 +163,17 @@ inline std::vector<int> minference_query_positions(int n, int stride) {
 
 inline int minference_last_q(int n) { return std::min(kMinferenceLastQ, n); }
 
-KVSIM_HD inline double minference_logit(const float* q, const float* k, int d) {
+// (X: float, or a 16-bit storage type read as float, cuda/device_tensor.h.)
+template <typename X>
+KVSIM_HD inline double minference_logit(const X* q, const X* k, int d) {
   double dot = 0.0;
-  for (int c = 0; c < d; ++c) dot += static_cast<double>(q[c]) * k[c];
+  for (int c = 0; c < d; ++c) dot += static_cast<double>(static_cast<float>(q[c])) * static_cast<float>(k[c]);
   return dot / sqrt(static_cast<double>(d));
 }
 
 // Softmax statistics of estimation row r (query position n - last_q + r over keys [0, pos]).
-KVSIM_HD inline void minference_row_stats(const float* q, const float* k, int n, int d, int r, double* max_out, double* sum_out) {
+template <typename X>
+KVSIM_HD inline void minference_row_stats(const X* q, const X* k, int n, int d, int r, double* max_out, double* sum_out) {
   const int last_q = n < kMinferenceLastQ ? n : kMinferenceLastQ, pos = n - last_q + r;
   double best = -INFINITY, sum = 0.0;
   for (int j = 0; j <= pos; ++j) best = fmax(best, minference_logit(q + static_cast<long>(pos) * d, k + static_cast<long>(j) * d, d));
@@ -180,20 +183,23 @@ KVSIM_HD inline void minference_row_stats(const float* q, const float* k, int n,
 }
 
 // Probability of estimation row r on key j (0 where causally masked).
-KVSIM_HD inline double minference_prob(const float* q, const float* k, int n, int d, const double* max, const double* sum, int r, int j) {
+template <typename X>
+KVSIM_HD inline double minference_prob(const X* q, const X* k, int n, int d, const double* max, const double* sum, int r, int j) {
   const int last_q = n < kMinferenceLastQ ? n : kMinferenceLastQ, pos = n - last_q + r;
   if (j > pos || j < 0) return 0.0;
   return exp(minference_logit(q + static_cast<long>(pos) * d, k + static_cast<long>(j) * d, d) - max[r]) / sum[r];
 }
 
 // Column j's vertical score, and diagonal o's slash score (sum_all_diagonal_matrix's entry).
-KVSIM_HD inline double minference_vertical_score(const float* q, const float* k, int n, int d, const double* max, const double* sum, int j) {
+template <typename X>
+KVSIM_HD inline double minference_vertical_score(const X* q, const X* k, int n, int d, const double* max, const double* sum, int j) {
   const int last_q = n < kMinferenceLastQ ? n : kMinferenceLastQ;
   double total = 0.0;
   for (int r = 0; r < last_q; ++r) total += minference_prob(q, k, n, d, max, sum, r, j);
   return total;
 }
-KVSIM_HD inline double minference_slash_score(const float* q, const float* k, int n, int d, const double* max, const double* sum, int o) {
+template <typename X>
+KVSIM_HD inline double minference_slash_score(const X* q, const X* k, int n, int d, const double* max, const double* sum, int o) {
   const int last_q = n < kMinferenceLastQ ? n : kMinferenceLastQ;
   double total = 0.0;
   for (int r = 0; r < last_q; ++r) total += minference_prob(q, k, n, d, max, sum, r, n - last_q + r - o);
@@ -204,10 +210,11 @@ KVSIM_HD inline double minference_slash_score(const float* q, const float* k, in
 inline int minference_padded_blocks(int n) { return n / kMinferenceBlock + 1; }
 
 // Channel c of the mean of rows [64 b, 64 b + 64) of x ([n, d]), rows past n zero.
-KVSIM_HD inline double minference_block_mean(const float* x, int n, int d, int b, int c) {
+template <typename X>
+KVSIM_HD inline double minference_block_mean(const X* x, int n, int d, int b, int c) {
   double total = 0.0;
   const int end = (b + 1) * kMinferenceBlock < n ? (b + 1) * kMinferenceBlock : n;
-  for (int t = b * kMinferenceBlock; t < end; ++t) total += x[static_cast<long>(t) * d + c];
+  for (int t = b * kMinferenceBlock; t < end; ++t) total += static_cast<float>(x[static_cast<long>(t) * d + c]);
   return total / kMinferenceBlock;
 }
 

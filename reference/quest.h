@@ -68,18 +68,20 @@ inline QuestPlan quest_plan(int first, int visible, const QuestParams& params, d
 }
 
 // Bound of q.k over page `page` of the prefix keys [0, prefix) (rows of d floats), in float64.
-KVSIM_HD inline double quest_page_bound(const float* q, const float* keys, int d, int prefix, int page_size, int page) {
+template <typename X>  // float, or a 16-bit storage type read as float (cuda/device_tensor.h)
+KVSIM_HD inline double quest_page_bound(const X* q, const X* keys, int d, int prefix, int page_size, int page) {
   const long first = static_cast<long>(page) * page_size;
   const long end = first + page_size < prefix ? first + page_size : prefix;
   double bound = 0.0;
   for (int c = 0; c < d; ++c) {
-    float low = keys[first * d + c], high = low;
+    float low = static_cast<float>(keys[first * d + c]), high = low;
     for (long t = first + 1; t < end; ++t) {
-      const float x = keys[t * d + c];
+      const float x = static_cast<float>(keys[t * d + c]);
       low = x < low ? x : low;
       high = x > high ? x : high;
     }
-    bound += static_cast<double>(q[c]) * (q[c] >= 0.0f ? high : low);
+    const float qc = static_cast<float>(q[c]);
+    bound += static_cast<double>(qc) * (qc >= 0.0f ? high : low);
   }
   return bound;
 }

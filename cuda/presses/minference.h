@@ -16,16 +16,15 @@
 
 namespace kvsim::cuda {
 
-template <typename Exec>
-ref::MinferenceScores minference_device_scores(Exec& exec, const WholeLayerOnDevice<Exec>& L, const std::vector<ref::MinferenceHead>& heads, int n) {
+template <typename Exec, typename X>
+ref::MinferenceScores minference_device_scores(Exec& exec, const WholeLayerOnDevice<Exec>& L, const X* q, const X* k,
+                                               const std::vector<ref::MinferenceHead>& heads, int n) {
   const int H = L.H, G = L.H / L.Hkv, T = L.T, d = L.d, last_q = ref::minference_last_q(n), B = ref::minference_padded_blocks(n);
   ref::MinferenceScores scores;  // each array only where a head's pattern needs it
   std::vector<int> wanted_host;  // per head: its pattern's code
   for (const ref::MinferenceHead& head : heads) wanted_host.push_back(static_cast<int>(head.pattern));
   const auto wanted_buffer = to_device<Exec>(wanted_host);
   const int* wanted = wanted_buffer.data();
-  const auto q_values = L.q.floats(exec), k_values = L.k.floats(exec);  // float32 copies
-  const float *q = q_values.data(), *k = k_values.data();
   constexpr int vertical_and_slash = static_cast<int>(ref::MinferencePattern::vertical_and_slash),
                 block_sparse = static_cast<int>(ref::MinferencePattern::block_sparse);
   if (ref::minference_any(heads, ref::MinferencePattern::vertical_and_slash)) {
@@ -43,7 +42,7 @@ ref::MinferenceScores minference_device_scores(Exec& exec, const WholeLayerOnDev
       const long h = x / n;
       const int j = static_cast<int>(x % n);
       if (wanted[h] != vertical_and_slash) return;
-      const float *qh = q + h * T * d, *kh = k + h / G * T * d;
+      const X *qh = q + h * T * d, *kh = k + h / G * T * d;
       vertical[x] = ref::minference_vertical_score(qh, kh, n, d, max + h * last_q, sum + h * last_q, j);
       slash[x] = ref::minference_slash_score(qh, kh, n, d, max + h * last_q, sum + h * last_q, j);
     });
@@ -78,9 +77,9 @@ ref::MinferenceScores minference_device_scores(Exec& exec, const WholeLayerOnDev
 // Each (query head, measured query) row's softmax over the keys its mask gives (logits scaled by
 // 1/sqrt(d), float32 as the reference's attention), in two passes over those keys: the row's
 // maximum, then the weights and the weighted values.
-template <typename Exec>
-std::vector<AttentionOutputs> minference_device_attention(Exec& exec, const WholeLayerOnDevice<Exec>& L, const ref::MinferenceMasks& masks,
-                                                          const std::vector<int>& positions, int sliding_window) {
+template <typename Exec, typename X>
+std::vector<AttentionOutputs> minference_device_attention(Exec& exec, const WholeLayerOnDevice<Exec>& L, const X* q, const X* k, const X* v,
+                                                          const ref::MinferenceMasks& masks, const std::vector<int>& positions, int sliding_window) {
   const int T = L.T, d = L.d, G = L.H / L.Hkv, Q = static_cast<int>(positions.size()), rows = L.H * Q;
   const auto position_buffer = to_device<Exec>(positions), window_buffer = to_device<Exec>(masks.window),
              range_offset_buffer = to_device<Exec>(masks.range_offsets), range_buffer = to_device<Exec>(masks.ranges),
@@ -92,17 +91,15 @@ std::vector<AttentionOutputs> minference_device_attention(Exec& exec, const Whol
   const int* position = position_buffer.data();
   float* out = out_buffer.data();
   double* lse = lse_buffer.data();
-  const auto q_values = L.q.floats(exec), k_values = L.k.floats(exec), v_values = L.v.floats(exec);  // float32 copies
-  const float *q = q_values.data(), *k = k_values.data(), *v = v_values.data();
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   exec.for_each(rows, [=] KVSIM_HD(long r) {
     const long h = r / Q;
     const int p = position[r % Q];
-    const float* query = q + (h * T + p) * d;
-    const float *keys = k + h / G * T * d, *values = v + h / G * T * d;
+    const X* query = q + (h * T + p) * d;
+    const X *keys = k + h / G * T * d, *values = v + h / G * T * d;
     const auto logit = [&](int j) {
       float dot = 0.0f;
-      for (int c = 0; c < d; ++c) dot += query[c] * keys[static_cast<long>(j) * d + c];
+      for (int c = 0; c < d; ++c) dot += static_cast<float>(query[c]) * static_cast<float>(keys[static_cast<long>(j) * d + c]);
       return dot * scale;
     };
     float best = -INFINITY;
@@ -116,7 +113,7 @@ std::vector<AttentionOutputs> minference_device_attention(Exec& exec, const Whol
       for (int j = start; j < end; ++j) {
         const float weight = expf(logit(j) - best);
         sum += weight;
-        for (int c = 0; c < d; ++c) row[c] += weight * values[static_cast<long>(j) * d + c];
+        for (int c = 0; c < d; ++c) row[c] += weight * static_cast<float>(values[static_cast<long>(j) * d + c]);
       }
     });
     for (int c = 0; c < d; ++c) row[c] /= sum;
@@ -145,9 +142,14 @@ class MinferenceDevice final : public QueryTimePress {
   QueryTimeOutputs outputs(const PressInput& in, double) const override {
     Exec exec;
     const WholeLayerOnDevice<Exec> layer(in.layer);
-    const auto scores = [&](const std::vector<ref::MinferenceHead>& heads) { return minference_device_scores(exec, layer, heads, in.n); };
+    const auto scores = [&](const std::vector<ref::MinferenceHead>& heads) {
+      return with_common_storage(
+          exec, [&](const auto* q, const auto* k) { return minference_device_scores(exec, layer, q, k, heads, in.n); }, layer.q, layer.k);
+    };
     const auto attend = [&](const ref::MinferenceMasks& masks, const std::vector<int>& positions) {
-      return minference_device_attention(exec, layer, masks, positions, in.sliding_window);
+      return with_common_storage(
+          exec, [&](const auto* q, const auto* k, const auto* v) { return minference_device_attention(exec, layer, q, k, v, masks, positions, in.sliding_window); },
+          layer.q, layer.k, layer.v);
     };
     return ref::minference_outputs(params_, table_ ? &*table_ : nullptr, in, scores, attend);
   }

@@ -18,17 +18,15 @@ namespace kvsim::cuda {
 // [H, Q, max_pages] page bounds of the evaluation queries (positions first_query + i) on the
 // device (0 past a query's pages). (Free functions: nvcc's device lambdas cannot live in
 // private members.)
-template <typename Exec>
-std::vector<double> quest_device_bounds(Exec& exec, const WholeLayerOnDevice<Exec>& L, const std::vector<ref::QuestPlan>& plans, int first_query,
-                                        int page_size) {
+template <typename Exec, typename X>
+std::vector<double> quest_device_bounds(Exec& exec, const WholeLayerOnDevice<Exec>& L, const X* q, const X* k, const std::vector<ref::QuestPlan>& plans,
+                                        int first_query, int page_size) {
   const int Q = static_cast<int>(plans.size()), max_pages = ref::quest_max_pages(plans), T = L.T, d = L.d, G = L.H / L.Hkv;
   std::vector<int> plan_host;  // first, prefix, pages per query
   for (const ref::QuestPlan& plan : plans) plan_host.insert(plan_host.end(), {plan.first, plan.prefix, plan.pages});
   const auto plan_buffer = to_device<Exec>(plan_host);
   typename Exec::template Buffer<double> bound_buffer(static_cast<std::size_t>(L.H) * Q * max_pages);
   const int* plan = plan_buffer.data();
-  const auto q_values = L.q.floats(exec), k_values = L.k.floats(exec);  // float32 copies
-  const float *q = q_values.data(), *k = k_values.data();
   double* bounds = bound_buffer.data();
   exec.for_each(static_cast<long>(L.H) * Q * max_pages, [=] KVSIM_HD(long x) {
     const int page = static_cast<int>(x % max_pages), i = static_cast<int>(x / max_pages % Q), h = static_cast<int>(x / max_pages / Q);
@@ -44,8 +42,9 @@ std::vector<double> quest_device_bounds(Exec& exec, const WholeLayerOnDevice<Exe
 
 // Each (query head, query) row's softmax over its selected keys (logits scaled by 1/sqrt(d),
 // float32 as the reference's attention), then the outputs per (row, channel).
-template <typename Exec>
-QueryTimeOutputs quest_device_attention(Exec& exec, const WholeLayerOnDevice<Exec>& L, const ref::QuestSelection& selection, int Q, int first_query) {
+template <typename Exec, typename X>
+QueryTimeOutputs quest_device_attention(Exec& exec, const WholeLayerOnDevice<Exec>& L, const X* q, const X* k, const X* v,
+                                        const ref::QuestSelection& selection, int Q, int first_query) {
   const int T = L.T, d = L.d, G = L.H / L.Hkv, rows = L.H * Q;
   const auto position_buffer = to_device<Exec>(selection.positions), offset_buffer = to_device<Exec>(selection.offsets);
   typename Exec::template Buffer<float> prob_buffer(selection.positions.size()), out_buffer(static_cast<std::size_t>(rows) * d);
@@ -53,17 +52,15 @@ QueryTimeOutputs quest_device_attention(Exec& exec, const WholeLayerOnDevice<Exe
   const int *positions = position_buffer.data(), *offsets = offset_buffer.data();
   float *probs = prob_buffer.data(), *out = out_buffer.data();
   double* lse = lse_buffer.data();
-  const auto q_values = L.q.floats(exec), k_values = L.k.floats(exec), v_values = L.v.floats(exec);  // float32 copies
-  const float *q = q_values.data(), *k = k_values.data(), *v = v_values.data();
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   exec.for_each(rows, [=] KVSIM_HD(long r) {
     const long h = r / Q, i = r % Q;
-    const float* query = q + (h * T + first_query + i) * d;
+    const X* query = q + (h * T + first_query + i) * d;
     float best = -INFINITY;
     for (int j = offsets[r]; j < offsets[r + 1]; ++j) {
-      const float* key = k + (h / G * T + positions[j]) * static_cast<long>(d);
+      const X* key = k + (h / G * T + positions[j]) * static_cast<long>(d);
       float dot = 0.0f;
-      for (int c = 0; c < d; ++c) dot += query[c] * key[c];
+      for (int c = 0; c < d; ++c) dot += static_cast<float>(query[c]) * static_cast<float>(key[c]);
       probs[j] = dot * scale;
       best = fmaxf(best, probs[j]);
     }
@@ -78,7 +75,7 @@ QueryTimeOutputs quest_device_attention(Exec& exec, const WholeLayerOnDevice<Exe
   exec.for_each(static_cast<long>(rows) * d, [=] KVSIM_HD(long x) {
     const long r = x / d, c = x % d, g = r / Q / G;
     float total = 0.0f;
-    for (int j = offsets[r]; j < offsets[r + 1]; ++j) total += probs[j] * v[(g * T + positions[j]) * d + c];
+    for (int j = offsets[r]; j < offsets[r + 1]; ++j) total += probs[j] * static_cast<float>(v[(g * T + positions[j]) * d + c]);
     out[x] = total;
   });
   std::vector<float> out_host(out_buffer.size());
@@ -104,9 +101,14 @@ class QuestDevice final : public QueryTimePress {
     const std::vector<ref::QuestPlan> plans = ref::quest_plans(input, params_, ratio);
     Exec exec;
     const WholeLayerOnDevice<Exec> layer(input.layer);
-    const std::vector<double> bounds = quest_device_bounds(exec, layer, plans, input.n, params_.page_size);
-    const ref::QuestSelection selection = ref::quest_select_all(plans, bounds, layer.H, layer.Hkv, params_.page_size);
-    return quest_device_attention(exec, layer, selection, static_cast<int>(plans.size()), input.n);
+    return with_common_storage(
+        exec,
+        [&](const auto* q, const auto* k, const auto* v) {
+          const std::vector<double> bounds = quest_device_bounds(exec, layer, q, k, plans, input.n, params_.page_size);
+          const ref::QuestSelection selection = ref::quest_select_all(plans, bounds, layer.H, layer.Hkv, params_.page_size);
+          return quest_device_attention(exec, layer, q, k, v, selection, static_cast<int>(plans.size()), input.n);
+        },
+        layer.q, layer.k, layer.v);
   }
 
  private:
