@@ -75,8 +75,9 @@ void z_normalise(Exec& exec, const double* raw, long count, double* z) {
 // [Hkv, count]. Per query head, one GEMM batched over the chunks gives every chunk's logits;
 // the padding of the last chunk (logit -1e-9 for padded keys, padded queries spreading
 // 1 / (real + padded e^{-1e-9}) over the real keys) is added analytically, as in the reference.
-template <typename Exec>
-void non_causal_raw_scores(Exec& exec, const DeviceLayer<Exec>& L, int first, int count, int chunk, double* raw) {
+template <typename Exec, typename X>
+void non_causal_raw_scores_of(Exec& exec, const DeviceLayer<Exec>& L, const X* q, const X* k, const X* v, int first, int count, int chunk,
+                              double* raw) {
   const int n = L.n, d = L.d, H = L.H, Hkv = L.Hkv, G = H / Hkv;
   const int chunks = (count + chunk - 1) / chunk, width = chunk < count ? chunk : count;  // width: rows of a stored chunk
   const int last_real = count - (chunks - 1) * chunk, last_padded = chunk - last_real;
@@ -90,8 +91,6 @@ void non_causal_raw_scores(Exec& exec, const DeviceLayer<Exec>& L, int first, in
   double* logits = logits_buffer.data();
   double* per_head = per_head_buffer.data();
   double* x = x_buffer.data();
-  const auto q_values = L.q.floats(exec), k_values = L.k.floats(exec), v_values = L.v.floats(exec);  // float32 copies
-  const float *q = q_values.data(), *k = k_values.data(), *v = v_values.data();
   // Queries and keys of the tokens, float64, zero rows past `count` (the last chunk's tail).
   exec.for_each(static_cast<long>(H) * rows * d, [=] KVSIM_HD(long i) {
     const long h = i / (rows * d), t = i / d % rows;
@@ -134,15 +133,22 @@ void non_causal_raw_scores(Exec& exec, const DeviceLayer<Exec>& L, int first, in
     const long g = i / count, t = i % count;
     double mean = 0.0;
     for (long h = g * G; h < (g + 1) * G; ++h) mean += per_head[h * count + t];
-    const float* value = v + (g * n + first + t) * d;
+    const X* value = v + (g * n + first + t) * d;
     double norm = 0.0;
-    for (int c = 0; c < d; ++c) norm += static_cast<double>(value[c]) * value[c];
+    for (int c = 0; c < d; ++c) norm += static_cast<double>(value[c]) * static_cast<double>(value[c]);
     x[i] = mean / G * sqrt(norm);
   });
   exec.for_each(static_cast<long>(Hkv) * count, [=] KVSIM_HD(long i) {
     const long t = i % count;
     raw[i] = ((t > 0 ? x[i - 1] : 0.0) + x[i] + (t + 1 < count ? x[i + 1] : 0.0)) / 3.0;
   });
+}
+// The same from the layer's queries, keys and values in their storage dtype.
+template <typename Exec>
+void non_causal_raw_scores(Exec& exec, const DeviceLayer<Exec>& L, int first, int count, int chunk, double* raw) {
+  with_common_storage(
+      exec, [&](const auto* q, const auto* k, const auto* v) { non_causal_raw_scores_of(exec, L, q, k, v, first, count, chunk, raw); }, L.q, L.k,
+      L.v);
 }
 
 template <typename Exec>

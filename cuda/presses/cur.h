@@ -8,23 +8,28 @@
 
 namespace kvsim::cuda {
 
-// Squared norms [rows] of the rows of x [rows, d], or of x G with G [d, r] when g is set.
-template <typename Exec>
-void squared_row_norms(Exec& exec, const float* x, long rows, int d, const double* g, int r, double* out) {
+// Squared norms [rows] of the rows of x [rows, d] (a warp per row), or of x G with G [d, r]
+// when g is set (a thread per row), x in its storage dtype.
+template <typename Exec, typename X>
+void squared_row_norms_of(Exec& exec, const X* x, long rows, int d, const double* g, int r, double* out) {
+  if (!g) {
+    exec.row_dots(RowDots<float, X>{x, nullptr, rows, d, 1}, out);
+    return;
+  }
   exec.for_each(rows, [=] KVSIM_HD(long i) {
-    const float* row = x + i * d;
+    const X* row = x + i * d;
     double total = 0.0;
-    if (g) {
-      for (int j = 0; j < r; ++j) {
-        double dot = 0.0;
-        for (int c = 0; c < d; ++c) dot += static_cast<double>(row[c]) * g[c * r + j];
-        total += dot * dot;
-      }
-    } else {
-      for (int c = 0; c < d; ++c) total += static_cast<double>(row[c]) * row[c];
+    for (int j = 0; j < r; ++j) {
+      double dot = 0.0;
+      for (int c = 0; c < d; ++c) dot += static_cast<double>(row[c]) * g[c * r + j];
+      total += dot * dot;
     }
     out[i] = total;
   });
+}
+template <typename Exec>
+void squared_row_norms(Exec& exec, const DeviceTensor<Exec>& t, long rows, int d, const double* g, int r, double* out) {
+  with_storage(t, [&](const auto* x) { squared_row_norms_of(exec, x, rows, d, g, r, out); });
 }
 
 // Each entry of x [rows, n] divided by the sum of its window of `w` tokens (from token 0).
@@ -69,8 +74,8 @@ class CurDevice final : public DeviceScorer<Exec> {
     }
     double* k2 = k2_buffer.data();
     double* v2 = v2_buffer.data();
-    squared_row_norms(exec, L.k.floats(exec).data(), count, d, projection, r, k2);  // float32 copies, each kept while used
-    squared_row_norms(exec, L.v.floats(exec).data(), count, d, projection, r, v2);
+    squared_row_norms(exec, L.k, count, d, projection, r, k2);
+    squared_row_norms(exec, L.v, count, d, projection, r, v2);
     if (local_) {
       window_normalise(exec, k2, Hkv, n, window_);
       window_normalise(exec, v2, Hkv, n, window_);
