@@ -92,8 +92,7 @@ typename Exec::template Buffer<double> upload_widened(const float* host, std::si
 template <typename Exec>
 typename Exec::template Buffer<double> widened_on_device(Exec& exec, const float* values, std::size_t count) {
   typename Exec::template Buffer<double> out(count);
-  double* wide = out.data();
-  exec.for_each(static_cast<long>(count), [=] KVSIM_HD(long i) { wide[i] = values[i]; });
+  widen_on_device(exec, values, out.data(), count);
   return out;
 }
 

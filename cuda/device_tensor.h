@@ -8,9 +8,9 @@
 // float32 sums in cuBLAS's 16-bit products on a GPU.
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 #include <utility>
-#include <vector>
 
 #include "core/half.h"
 #include "core/hd.h"
@@ -70,6 +70,12 @@ inline bool narrow_to_float16(const float* x, std::size_t count, Float16* out) {
   return true;
 }
 
+// out[i] = x[i] for i < count on the device, widened (float32 or float64 from a narrower type).
+template <typename Exec, typename From, typename To>
+void widen_on_device(Exec& exec, const From* x, To* out, std::size_t count) {
+  exec.for_each(static_cast<long>(count), [=] KVSIM_HD(long i) { out[i] = static_cast<To>(x[i]); });
+}
+
 // The float32 values of a DeviceTensor: the tensor's own buffer, or a widened copy it owns.
 template <typename Exec>
 class FloatValues {
@@ -121,27 +127,29 @@ class DeviceTensor {
   FloatValues<Exec> floats(Exec& exec) const {
     if (storage_ == Storage::float32) return FloatValues<Exec>(float32_.data());
     typename Exec::template Buffer<float> wide(count_);
-    if (storage_ == Storage::bfloat16) widen(exec, bfloat16_.data(), wide.data(), count_);
-    else widen(exec, float16_.data(), wide.data(), count_);
+    copy_floats(exec, wide.data());
     return FloatValues<Exec>(std::move(wide));
   }
 
-  // Public for nvcc's extended lambdas.
-  template <typename T>
-  static void widen(Exec& exec, const T* narrow, float* wide, std::size_t count) {
-    exec.for_each(static_cast<long>(count), [=] KVSIM_HD(long i) { wide[i] = narrow[i]; });
+  // The values as float32 into out [size()] on the device, for code that overwrites a copy.
+  void copy_floats(Exec& exec, float* out) const {
+    if (storage_ == Storage::bfloat16) widen_on_device(exec, bfloat16_.data(), out, count_);
+    else if (storage_ == Storage::float16) widen_on_device(exec, float16_.data(), out, count_);
+    else widen_on_device(exec, float32_.data(), out, count_);
   }
 
  private:
   // Narrows every head into one host staging array and uploads it, or returns false (nothing
-  // uploaded) at the first value the storage does not hold.
+  // uploaded) at the first value the storage does not hold. The staging array is left
+  // uninitialised: narrowing writes every element, and a float32 tensor is refused in its first
+  // block, so zeroing the whole array first would be most of the work.
   template <typename T, typename Narrow>
   bool upload_narrow(const HeadTensor& host, std::size_t per_head, typename Exec::template Buffer<T>& buffer, Narrow narrow) {
-    std::vector<T> staging(count_);
+    const std::unique_ptr<T[]> staging(new T[count_]);
     for (int h = 0; h < host.heads; ++h)
-      if (!narrow(host.head(h), per_head, staging.data() + h * per_head)) return false;
+      if (!narrow(host.head(h), per_head, staging.get() + h * per_head)) return false;
     buffer = typename Exec::template Buffer<T>(count_);
-    if (count_) buffer.upload(staging.data(), count_);
+    if (count_) buffer.upload(staging.get(), count_);
     return true;
   }
 

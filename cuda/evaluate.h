@@ -111,9 +111,7 @@ class DeviceEvaluator final : public LayerEvaluator {
     const int *cnt = count_d.data(), *off = offset_d.data(), *mk = mk_d.data(), *mv = mv_d.data(), *pos = positions_d.data();
     const CacheRows rows{cnt, off, mk, mv, pos, key_rows_d.data(), value_rows_d.data(), C};
     float *ck = cache_k.data(), *cv = cache_v.data();
-    with_storage(layer_.k, [&](const auto* lk) {
-      with_storage(layer_.v, [&](const auto* lv) { fill_cache(rows, lk, lv, ck, cv); });
-    });
+    with_common_storage(exec_, [&](const auto* lk, const auto* lv) { fill_cache(rows, lk, lv, ck, cv); }, layer_.k, layer_.v);
     Outputs o{FloatBuffer(static_cast<std::size_t>(H) * S * d), FloatBuffer(static_cast<std::size_t>(H) * S)};
     FloatBuffer probs(static_cast<std::size_t>(H) * S * C);
     for (int s = 0; s < G; ++s)  // query head g * G + s reads KV head g
@@ -150,8 +148,8 @@ class DeviceEvaluator final : public LayerEvaluator {
 
   // cache [Hkv, C, d] of keys and values: each head's kept rows (merged rows or the layer's, read
   // in its storage dtype), then the S later tokens, then zeros (probability 0, and finite).
-  template <typename K, typename V>
-  void fill_cache(const CacheRows& c, const K* lk, const V* lv, float* ck, float* cv) const {
+  template <typename X>
+  void fill_cache(const CacheRows& c, const X* lk, const X* lv, float* ck, float* cv) const {
     const int d = d_, n = n_, S = S_, C = c.capacity;
     const float *sk = k_suffix_.data(), *sv = v_suffix_.data();
     exec_.for_each(static_cast<long>(Hkv_) * C * d, [=] KVSIM_HD(long i) {

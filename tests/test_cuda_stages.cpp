@@ -257,15 +257,17 @@ TEST(CudaStages, EveryDeviceScorerScoresWhenCalledDirectly) {
   EXPECT_GE(checked, 15);
 }
 
-// sixteen_bit: keys in bfloat16 and values in float16, each read in its storage on the device.
-void expect_evaluator_matches_brute_force(bool sixteen_bit) {
-  SCOPED_TRACE(sixteen_bit ? "bfloat16 keys, float16 values" : "float32");
+// Keys and values stored as `keys` and `values` on the device: read in their storage when
+// they share it, from float32 copies when they do not.
+void expect_evaluator_matches_brute_force(Storage keys, Storage values) {
+  SCOPED_TRACE("keys " + std::to_string(static_cast<int>(keys)) + ", values " + std::to_string(static_cast<int>(values)));
   const int H = 4, Hkv = 2, T = 30, n = 24, d = 8, G = H / Hkv;
   LayerTensors layer = test::random_layer(H, Hkv, T, d, 11);
-  if (sixteen_bit) {
-    for (float& x : layer.k.data) x = round_to_bf16(x);
-    for (float& x : layer.v.data) x = round_to_half(x);
-  }
+  const auto store = [](std::vector<float>& data, Storage storage) {
+    for (float& x : data) x = storage == Storage::bfloat16 ? round_to_bf16(x) : storage == Storage::float16 ? round_to_half(x) : x;
+  };
+  store(layer.k.data, keys);
+  store(layer.v.data, values);
   const RopeConfig rope = RopeConfig::from_theta(10000.0, d);
   const PressInput input{layer, n, 1, rope};
   // Head 0 keeps 5 tokens, head 1 keeps 9 with its first two values merged (replaced).
@@ -314,8 +316,9 @@ void expect_evaluator_matches_brute_force(bool sixteen_bit) {
 }
 
 TEST(CudaStages, DeviceEvaluatorMatchesBruteForceAttentionAndMetrics) {
-  expect_evaluator_matches_brute_force(false);
-  expect_evaluator_matches_brute_force(true);
+  expect_evaluator_matches_brute_force(Storage::float32, Storage::float32);
+  expect_evaluator_matches_brute_force(Storage::bfloat16, Storage::bfloat16);
+  expect_evaluator_matches_brute_force(Storage::bfloat16, Storage::float16);
 }
 
 TEST(CudaStages, AttentionLogitsReadQueriesAndKeysInTheirStorages) {

@@ -267,18 +267,23 @@ class CaseComparer {
   const ConformanceTolerance& tol_;
 };
 
+// A scorer spec's scores on the reference and on `other`.
+std::pair<ScoreMatrix, ScoreMatrix> scores_on_both(const PressSpec& scorer, Backend other, const PressInput& input, double ratio) {
+  const Registry& registry = Registry::instance();
+  const auto a = registry.make(scorer, Backend::reference), b = registry.make(scorer, other);
+  return {dynamic_cast<const ScorerPress&>(*a).score(input, ratio), dynamic_cast<const ScorerPress&>(*b).score(input, ratio)};
+}
+
 // Where a two-stage press differs, whether its first inner scorer ranks the token on either side
 // of a near-tie is what tells a rounding difference from a defect: the token's inner scores and
 // ranks on both backends, for the first violation (the harness compares only the outer result).
 std::string inner_stage_note(const PressSpec& spec, Backend other, const PressInput& input, double ratio, std::pair<int, int> at) {
   const std::vector<std::shared_ptr<PressSpec>> inner = spec.presses();
   if (inner.empty()) return "";
-  const Registry& registry = Registry::instance();
-  const PressInfo* info = registry.find(inner.front()->name);
+  const PressInfo* info = Registry::instance().find(inner.front()->name);
   if (!info || !info->is_scorer) return "";
   try {
-    const auto a = registry.make(*inner.front(), Backend::reference), b = registry.make(*inner.front(), other);
-    const ScoreMatrix ref = dynamic_cast<const ScorerPress&>(*a).score(input, ratio), got = dynamic_cast<const ScorerPress&>(*b).score(input, ratio);
+    const auto [ref, got] = scores_on_both(*inner.front(), other, input, ratio);
     const auto [g, t] = at;
     if (g >= ref.rows() || t >= ref.cols() || got.rows() != ref.rows() || got.cols() != ref.cols()) return "";
     const auto row = [](const ScoreMatrix& m, int head) { return std::span<const float>(m.row(head).data(), static_cast<std::size_t>(m.cols())); };
@@ -296,9 +301,7 @@ std::string inner_stage_note(const PressSpec& spec, Backend other, const PressIn
 // backend's inner scores.
 void compare_stages(const SelectsFromInnerScores& reference, const PressSpec& spec, Backend other, const PressInput& input, double ratio,
                     const Compression& ref, const Compression& got, CaseComparer& compare, const std::string& where) {
-  const Registry& registry = Registry::instance();
-  const auto a = registry.make(*spec.inner, Backend::reference), b = registry.make(*spec.inner, other);
-  const ScoreMatrix ref_inner = dynamic_cast<const ScorerPress&>(*a).score(input, ratio), got_inner = dynamic_cast<const ScorerPress&>(*b).score(input, ratio);
+  const auto [ref_inner, got_inner] = scores_on_both(*spec.inner, other, input, ratio);
   compare.scores(where + " (inner scores)", ref_inner, got_inner);
   compare.staged_selection(where, ref, got, reference.select_from_inner_scores(input, ratio, got_inner));
 }

@@ -37,9 +37,7 @@ class CamKvcfDevice final : public Press {
     // Sequential merges, one thread per KV head, on a copy of the values.
     const std::size_t head_values = static_cast<std::size_t>(n) * d;
     float* values = value_buffer.data();
-    const auto original_values = layer.v.floats(exec);  // a float32 copy
-    const float* original = original_values.data();
-    exec.for_each(static_cast<long>(value_buffer.size()), [=] KVSIM_HD(long i) { values[i] = original[i]; });
+    layer.v.copy_floats(exec, values);
     const int first = static_cast<int>(std::ceil(start_ratio_ * n));
     const uint64_t seed = seed_;
     const uint32_t layer_index = static_cast<uint32_t>(layer.layer);

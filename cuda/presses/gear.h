@@ -56,13 +56,10 @@ class GearDevice final : public Press {
     float* kept = kept_buffer.data();
     float* negated = negated_buffer.data();
     unsigned char* outlier = outlier_buffer.data();
-    const auto k_values = layer.k.floats(exec), v_values = layer.v.floats(exec);  // float32 copies
-    const float *k = k_values.data(), *v = v_values.data();
     const long key_entries = Hkv * entries;
-    exec.for_each(all, [=] KVSIM_HD(long i) {  // matrices 0..Hkv-1 the keys, then the values
-      x[i] = i < key_entries ? k[i] : v[i - key_entries];
-      outlier[i] = 0;
-    });
+    layer.k.copy_floats(exec, x);  // matrices 0..Hkv-1 the keys, then the values
+    layer.v.copy_floats(exec, x + key_entries);
+    exec.for_each(all, [=] KVSIM_HD(long i) { outlier[i] = 0; });
     const auto order = sorted_positions(exec, x, matrices, entries);
     const int* place_of = order.data();
     exec.for_each(all, [=] KVSIM_HD(long i) {

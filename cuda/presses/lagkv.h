@@ -25,12 +25,12 @@ class LagKvDevice final : public DeviceScorer<Exec> {
       });
       return;
     }
-    with_storage(L.k, [&](const auto* k) { with_storage(L.v, [&](const auto* v) { score_partitions(exec, L, k, v, out); }); });
+    with_common_storage(exec, [&](const auto* k, const auto* v) { score_partitions(exec, L, k, v, out); }, L.k, L.v);
   }
 
-  // The partitioned scores, from the keys and values in their storage dtypes.
-  template <typename K, typename V>
-  void score_partitions(Exec& exec, const DeviceLayer<Exec>& L, const K* k, const V* v, float* out) const {
+  // The partitioned scores, from the keys and values in their storage dtype.
+  template <typename X>
+  void score_partitions(Exec& exec, const DeviceLayer<Exec>& L, const X* k, const X* v, float* out) const {
     const int n = L.n, d = L.d, Hkv = L.Hkv, sinks = n_sink_, lag = lag_;
     const int scored = (n - sinks) / lag - 1;  // partitions with a following reference partition
     const long tokens = static_cast<long>(Hkv) * scored * lag;
@@ -49,8 +49,8 @@ class LagKvDevice final : public DeviceScorer<Exec> {
       const long g = i / (static_cast<long>(scored) * d);
       const int p = static_cast<int>(i / d % scored), c = static_cast<int>(i % d);
       const int reference = sinks + (p + 1) * lag;
-      const K* kx = k + (g * n + reference) * d + c;
-      const V* vx = v + (g * n + reference) * d + c;
+      const X* kx = k + (g * n + reference) * d + c;
+      const X* vx = v + (g * n + reference) * d + c;
       float lk = kx[0], hk = kx[0], lv = vx[0], hv = vx[0];
       for (int u = 1; u < lag; ++u) {
         lk = fminf(lk, kx[static_cast<long>(u) * d]);

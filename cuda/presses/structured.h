@@ -60,9 +60,10 @@ class ThinkDevice final : public Press {
   // keys [Hkv, n, d] = the layer's keys with the unmasked channels zeroed.
   static void zero_channels(Exec& exec, const DeviceLayer<Exec>& L, const int* mask, float* keys) {
     const int n = L.n, d = L.d;
-    const auto k_values = L.k.floats(exec);  // a float32 copy
-    const float* k = k_values.data();
-    exec.for_each(static_cast<long>(L.Hkv) * n * d, [=] KVSIM_HD(long i) { keys[i] = mask[i / (static_cast<long>(n) * d) * d + i % d] ? k[i] : 0.0f; });
+    L.k.copy_floats(exec, keys);
+    exec.for_each(static_cast<long>(L.Hkv) * n * d, [=] KVSIM_HD(long i) {
+      if (!mask[i / (static_cast<long>(n) * d) * d + i % d]) keys[i] = 0.0f;
+    });
   }
 
  private:
