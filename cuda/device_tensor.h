@@ -33,7 +33,7 @@ struct Float16 {
 
 // The bits of `count` floats in 16-bit storage, into `out`: false when the storage does not
 // hold every value exactly (NaN included for float16). Blocks of values are narrowed without
-// branches, so the loops vectorise (about 11-15 GB/s on one AVX2 core, faster than the upload).
+// branches, so the loops vectorise.
 constexpr std::size_t kNarrowBlock = 4096;
 
 inline bool narrow_to_bfloat16(const float* x, std::size_t count, Bfloat16* out) {
