@@ -18,14 +18,12 @@ class KeyDiffPress final : public ScorerPress {
   Scores score(const PressInput& in, double) const override {
     Scores s(in.num_kv_heads(), in.n);
     parallel_for(in.num_kv_heads(), [&](int g) {
-      const Eigen::MatrixXd keys = head_rows(in.layer.k, g, in.n).cast<double>();
+      const RowMatrixD keys = head_rows(in.layer.k, g, in.n).cast<double>();  // row-major: each key one cache-friendly row
       const Eigen::VectorXd norms = keys.rowwise().norm();
-      Eigen::RowVectorXd anchor = Eigen::RowVectorXd::Zero(keys.cols());
-      for (int t = 0; t < in.n; ++t) anchor += keys.row(t) / std::max(norms[t], 1e-12);
-      anchor /= static_cast<double>(in.n);
+      const Eigen::RowVectorXd anchor = (norms.cwiseMax(1e-12).cwiseInverse().transpose() * keys) / static_cast<double>(in.n);
       const double anchor_norm = anchor.norm();
-      for (int t = 0; t < in.n; ++t)
-        s(g, t) = static_cast<float>(-keys.row(t).dot(anchor) / std::max(norms[t] * anchor_norm, 1e-8));
+      const Eigen::VectorXd dots = keys * anchor.transpose();
+      for (int t = 0; t < in.n; ++t) s(g, t) = static_cast<float>(-dots[t] / std::max(norms[t] * anchor_norm, 1e-8));
     });
     return s;
   }
