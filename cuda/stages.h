@@ -19,6 +19,14 @@ typename Exec::template Buffer<T> to_device(const std::vector<T>& host) {
   return buffer;
 }
 
+// Every head's kept positions (c.kept), concatenated, on the device.
+template <typename Exec>
+typename Exec::template Buffer<int> kept_on_device(const Compression& c) {
+  std::vector<int> host;
+  for (const auto& head : c.kept) host.insert(host.end(), head.begin(), head.end());
+  return to_device<Exec>(host);
+}
+
 // out [heads, n - first, d] (float64) = rows first .. n - 1 of each head of x [heads, n, d].
 template <typename Exec, typename T>
 void rows_as_double_of(Exec& exec, const T* x, long heads, int n, int d, int first, double* out) {

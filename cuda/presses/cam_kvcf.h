@@ -1,7 +1,8 @@
 #pragma once
 // Device twin of cam_kvcf (reference/presses/cam_kvcf.cpp): window attention per KV head,
-// then the sequential merges, one thread per KV head (each merge reads values the previous
-// ones wrote, so the order is the reference's), then selection.
+// selection, the Bernoulli draws in parallel, then the merges in the reference's order, one
+// thread per (KV head, channel) (a merge reads values the earlier ones wrote, but only in its
+// own channel), and the gather of the kept values.
 #include <cfloat>
 
 #include "cuda/device_registry.h"
@@ -34,20 +35,35 @@ class CamKvcfDevice final : public Press {
       scores[i] = i % n < n - w ? abar[i] * static_cast<float>(w) : FLT_MAX;  // the window is always kept
     });
     Compression c = select_topk_per_head(exec, scores, Hkv, n, budget);
-    // Sequential merges, one thread per KV head, on a copy of the values.
-    const std::size_t head_values = static_cast<std::size_t>(n) * d;
+    // The draws in parallel (they read only abar), then each (KV head, channel)'s merges in
+    // order on a thread of its own, on a copy of the values.
     float* values = value_buffer.data();
     layer.v.copy_floats(exec, values);
     const int first = static_cast<int>(std::ceil(start_ratio_ * n));
     const uint64_t seed = seed_;
     const uint32_t layer_index = static_cast<uint32_t>(layer.layer);
-    exec.for_each(Hkv, [=] KVSIM_HD(long g) {
-      ref::cam_kvcf_merge_head(values + g * static_cast<long>(n) * d, abar + g * n, n, d, w, first, seed, layer_index, static_cast<uint32_t>(g));
+    typename Exec::template Buffer<float> sink_max_buffer(static_cast<std::size_t>(Hkv));
+    typename Exec::template Buffer<unsigned char> merge_buffer(static_cast<std::size_t>(Hkv) * n);
+    float* sink_max = sink_max_buffer.data();
+    unsigned char* merges = merge_buffer.data();
+    exec.for_each(Hkv, [=] KVSIM_HD(long g) { sink_max[g] = ref::cam_kvcf_sink_max(abar + g * n, first); });
+    exec.for_each(static_cast<long>(Hkv) * n, [=] KVSIM_HD(long i) {
+      const long g = i / n;
+      const int p = static_cast<int>(i % n);
+      merges[i] = p >= first && p <= n - w - 1 && ref::cam_kvcf_merges(abar + g * n, sink_max[g], p, w, seed, layer_index, static_cast<uint32_t>(g));
     });
+    exec.for_each(static_cast<long>(Hkv) * d, [=] KVSIM_HD(long i) {
+      const long g = i / d;
+      const int x = static_cast<int>(i % d);
+      ref::cam_kvcf_merge_channels(values + g * n * d, merges + g * n, n, d, w, first, x, x + 1);
+    });
+    // The kept rows gathered on the device; only they come back.
+    const auto kept = kept_on_device<Exec>(c);
+    typename Exec::template Buffer<float> kept_values(static_cast<std::size_t>(Hkv) * budget * d);
+    gather_rows(exec, values, Hkv, n, d, kept.data(), budget, kept_values.data());
     for (int g = 0; g < Hkv; ++g) {
-      std::vector<float> host(head_values);
-      value_buffer.download(host.data(), head_values, g * head_values);
-      c.values.push_back(ref::kept_rows(host.data(), d, c.kept[g]));
+      c.values.emplace_back(static_cast<std::size_t>(budget) * d);
+      kept_values.download(c.values.back().data(), c.values.back().size(), static_cast<std::size_t>(g) * budget * d);
     }
     return c;
   }

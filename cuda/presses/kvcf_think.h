@@ -13,10 +13,7 @@ template <typename Exec>
 std::vector<double> kvcf_think_channel_scores(Exec& exec, const DeviceLayer<Exec>& L, const Compression& c, int channel_window,
                                               ref::KvcfGroupReduce reduce) {
   const int n = L.n, d = L.d, G = L.H / L.Hkv, count = static_cast<int>(c.kept[0].size()), queries = std::min(channel_window, L.n);
-  std::vector<int> kept_host;
-  for (const auto& head : c.kept) kept_host.insert(kept_host.end(), head.begin(), head.end());
-  typename Exec::template Buffer<int> kept_buffer(kept_host.size());
-  kept_buffer.upload(kept_host.data(), kept_host.size());
+  const auto kept_buffer = kept_on_device<Exec>(c);
   typename Exec::template Buffer<double> buffer(static_cast<std::size_t>(L.Hkv) * d);
   double* score = buffer.data();
   const int* kept = kept_buffer.data();

@@ -24,15 +24,6 @@ struct MergeSetup {
   typename Exec::template Buffer<float> similarity;
 };
 
-// rows [count, d] of x at `positions` (per head: [Hkv, per_head] positions into [Hkv, n, d]).
-template <typename Exec>
-void gather_rows(Exec& exec, const float* x, const int* positions, int Hkv, int per_head, int n, int d, float* out) {
-  exec.for_each(static_cast<long>(Hkv) * per_head * d, [=] KVSIM_HD(long i) {
-    const long row = i / d, g = row / per_head;
-    out[i] = x[(g * n + positions[row]) * d + i % d];
-  });
-}
-
 // Nearest kept token of every evicted one: similarities of unit keys as batched GEMMs over
 // blocks of evicted rows (bounded memory), then each row's first maximum.
 template <typename Exec>
@@ -49,8 +40,8 @@ void nearest_kept(Exec& exec, const DeviceLayer<Exec>& layer, MergeSetup<Exec>& 
     norm = fmaxf(sqrtf(norm), 1e-6f);
     for (int c = 0; c < d; ++c) unit[row * d + c] = k[row * d + c] / norm;
   });
-  gather_rows(exec, unit, s.kept.data(), Hkv, kept_count, n, d, kept_unit.data());
-  gather_rows(exec, unit, s.evicted.data(), Hkv, evicted_count, n, d, evicted_unit.data());
+  gather_rows(exec, unit, Hkv, n, d, s.kept.data(), kept_count, kept_unit.data());
+  gather_rows(exec, unit, Hkv, n, d, s.evicted.data(), evicted_count, evicted_unit.data());
   const int block = static_cast<int>(std::clamp<long>((1L << 28) / (static_cast<long>(Hkv) * kept_count), 1, evicted_count));
   typename Exec::template Buffer<float> sims(static_cast<std::size_t>(Hkv) * block * kept_count);
   typename Exec::template Buffer<int> block_target(static_cast<std::size_t>(Hkv) * block);
