@@ -53,23 +53,22 @@ class CapPress final : public ScorerPress {
     const Eigen::VectorXd mu = rotation * queries.colwise().mean().transpose();
     const Eigen::VectorXd anchor = mu / std::max(mu.norm(), 1e-12);
     const RowMatrixD keys = head_rows(in.layer.k, g, in.n).bottomRows(N).cast<double>();
-    const RowMatrixD values = head_rows(in.layer.v, g, in.n).bottomRows(N).cast<double>();
+    RowMatrixD values = head_rows(in.layer.v, g, in.n).bottomRows(N).cast<double>();
     Eigen::VectorXd logits(N);
     for (int t = 0; t < N; ++t)
       logits[t] = tau_ * std::clamp(keys.row(t).dot(anchor) / std::max(keys.row(t).norm(), 1e-12), -1.0, 1.0);
     const Eigen::VectorXd w = (logits.array() - logits.maxCoeff()).exp();
     const RowMatrixD scaled = (w.array() + epsilon_).sqrt().matrix().asDiagonal() * values;
-    RowMatrixD capacity = scaled.transpose() * scaled;
-    capacity.diagonal().array() += 1.0;
+    RowMatrixD capacity = RowMatrixD::Identity(d, d);  // I + scaled' scaled, half computed (symmetric rank update), half mirrored
+    capacity.selfadjointView<Eigen::Lower>().rankUpdate(scaled.transpose());
+    capacity.triangularView<Eigen::StrictlyUpper>() = capacity.transpose();
     RowMatrixD l(d, d);
     if (!cholesky_lower(capacity.data(), d, 0.0, l.data()))
       throw Error("press '" + name() + "': the capacity matrix of query head " + std::to_string(h) + " is not positive definite");
-    Eigen::RowVectorXd out(N);
-    Eigen::RowVectorXd v(d);
-    for (int t = 0; t < N; ++t) {
-      v = values.row(t);
-      out[t] = w[t] * inverse_quadratic_form(l.data(), d, v.data());
-    }
+    // v_t' A^{-1} v_t = |L^{-1} v_t|^2 for every t at once: one blocked triangular solve
+    // (x_t L' = v_t), not N forward substitutions.
+    Eigen::Map<const RowMatrixD>(l.data(), d, d).transpose().triangularView<Eigen::Upper>().solveInPlace<Eigen::OnTheRight>(values);
+    const Eigen::RowVectorXd out = w.cwiseProduct(values.rowwise().squaredNorm()).transpose();
     return out;
   }
 
