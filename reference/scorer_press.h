@@ -12,15 +12,28 @@ namespace kvsim::ref {
 
 class ScorerPress : public kvsim::ScorerPress {
  public:
-  explicit ScorerPress(std::string name) : name_(std::move(name)) {}
+  // How compress chooses: each head's top budget() tokens of score() (this class's compress),
+  // or the press's own compress (a subclass that overrides it must say so).
+  enum class Selection { top_budget, own };
+
+  explicit ScorerPress(std::string name, Selection selection = Selection::top_budget) : name_(std::move(name)), selection_(selection) {}
   const std::string& name() const { return name_; }
 
   // Checked scores: NaN is an error naming the press.
   Scores checked_score(const PressInput& input, double ratio) const;
   Compression compress(const PressInput& input, double ratio) const override;
 
+  // compress(input, ratio) from scores the caller already holds (score(input, ratio)), for a
+  // caller that needs both (the conformance harness at 64K tokens): the same checks and the
+  // same selection, without scoring twice. Only where selects_top_budget().
+  bool selects_top_budget() const { return selection_ == Selection::top_budget; }
+  Compression compress_scored(const PressInput& input, double ratio, const Scores& scores) const;
+
  private:
+  void check(const PressInput& input, const Scores& scores) const;  // shape, NaN
+
   std::string name_;
+  Selection selection_;
 };
 
 // Builds the inner scorer of a wrapper spec (e.g. the snapkv of adakv(snapkv)).

@@ -13,6 +13,7 @@
 #include "core/philox.h"
 #include "core/registry.h"
 #include "reference/merging.h"
+#include "reference/scorer_press.h"
 #include "reference/scoring.h"
 #include "test_util.h"
 #include "tools/synthetic_trace.h"
@@ -474,6 +475,16 @@ TEST_P(EveryPress, KeepsValidSetsOfTheRightSizeDeterministically) {
       EXPECT_EQ(c.total_kept(), static_cast<std::size_t>(Hkv * kvpress_budget(n, ratio)));
     }
     EXPECT_EQ(c.kept, run(spec, layer, n, ratio, 4, rope, &previous).kept) << "not deterministic";
+    // A scorer that says it keeps each head's top budget of its scores must compress exactly so:
+    // the conformance harness then selects from the scores it already has (compress_scored).
+    const auto press = Registry::instance().make(spec, Backend::reference);
+    if (const auto* scorer = dynamic_cast<const ref::ScorerPress*>(press.get()); scorer && scorer->selects_top_budget() && ratio > 0.0) {
+      const PressInput input{layer, n, 4, rope, &previous};
+      const Compression from_scores = scorer->compress_scored(input, ratio, scorer->score(input, ratio));
+      EXPECT_EQ(from_scores.kept, c.kept) << "selects_top_budget() but compress selects otherwise: construct with Selection::own";
+      EXPECT_EQ(from_scores.keys, c.keys);
+      EXPECT_EQ(from_scores.values, c.values);
+    }
   }
 }
 

@@ -10,6 +10,7 @@
 #include "core/model_wide.h"
 #include "core/query_time.h"
 #include "core/selection_scores.h"
+#include "reference/scorer_press.h"
 
 namespace kvsim {
 
@@ -27,6 +28,22 @@ Outcome run(const Press& press, const PressInput& input, double ratio) {
     out.compression = press.compress(input, ratio);
     if (const auto* query_time = dynamic_cast<const QueryTimePress*>(&press)) out.sparse = query_time->outputs(input, ratio);
   } catch (const Error& e) {
+    out.error = e.what();
+  }
+  return out;
+}
+
+// run() on the reference, which also hands back its scores where it is a scorer selecting
+// each head's top budget from them: scored once, not once to compress and again to compare.
+Outcome run_reference(const Press& press, const PressInput& input, double ratio, std::optional<ScoreMatrix>& scores) {
+  const auto* scorer = dynamic_cast<const ref::ScorerPress*>(&press);
+  if (!scorer || !scorer->selects_top_budget() || ratio == 0.0 || dynamic_cast<const QueryTimePress*>(&press)) return run(press, input, ratio);
+  Outcome out;
+  try {
+    scores = scorer->score(input, ratio);
+    out.compression = scorer->compress_scored(input, ratio, *scores);
+  } catch (const Error& e) {
+    scores.reset();
     out.error = e.what();
   }
   return out;
@@ -374,7 +391,8 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
       const std::string where = case_label(in, ratio);
       ++result.cases;
       const long violations_before = result.violations;
-      const Outcome ref = run(*reference, input, ratio), got = run(*candidate, input, ratio);
+      std::optional<ScoreMatrix> ref_scores;
+      const Outcome ref = run_reference(*reference, input, ratio, ref_scores), got = run(*candidate, input, ratio);
       if (!ref.error.empty() || !got.error.empty()) {
         if (ref.error != got.error)
           compare.violation(where, "errors differ: reference '" + ref.error + "', " + backend_name(other) + " '" + got.error + "'");
@@ -384,9 +402,8 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
       }
       const auto* ref_scorer = dynamic_cast<const ScorerPress*>(reference.get());
       const auto* got_scorer = dynamic_cast<const ScorerPress*>(candidate.get());
-      std::optional<ScoreMatrix> ref_scores;
       if (ref_scorer && got_scorer) {
-        ref_scores = ref_scorer->score(input, ratio);
+        if (!ref_scores) ref_scores = ref_scorer->score(input, ratio);
         compare.scores(where, *ref_scores, got_scorer->score(input, ratio));
       }
       if (const auto* staged = dynamic_cast<const SelectsFromInnerScores*>(reference.get()); staged && spec.inner)

@@ -25,7 +25,7 @@ namespace {
 class FastKvzipPress final : public ScorerPress, public ModelWidePress {
  public:
   explicit FastKvzipPress(const PressConfig& c)
-      : ScorerPress("fastkvzip"),
+      : ScorerPress("fastkvzip", Selection::own),
         n_sink_(c.params.get_int("n_sink")),
         window_size_(c.params.get_int("window_size")),
         window_ratio_(c.params.get("window_ratio")),

@@ -21,7 +21,7 @@ namespace {
 class FinchPress final : public ScorerPress {
  public:
   explicit FinchPress(const PressConfig& c)
-      : ScorerPress("finch"),
+      : ScorerPress("finch", Selection::own),
         window_(c.params.get_int("window_size")),
         chunk_(c.params.get_int("chunk_length")),
         normalize_(c.params.get_bool("normalize_scores")),

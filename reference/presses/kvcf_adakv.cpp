@@ -29,7 +29,7 @@ std::vector<ParamDef> kvcf_adakv_params() {
 class KvcfAdaKvPress final : public ScorerPress {
  public:
   explicit KvcfAdaKvPress(const PressConfig& c)
-      : ScorerPress("kvcf_adakv"),
+      : ScorerPress("kvcf_adakv", Selection::own),
         capacity_(c.params.get_int("max_capacity_prompt")),
         floor_(c.params.get("floor")),
         normalize_(c.params.get_bool("normalize")),

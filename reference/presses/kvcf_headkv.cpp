@@ -28,7 +28,7 @@ std::vector<ParamDef> kvcf_headkv_params() {
 class HeadKvPress final : public ScorerPress {
  public:
   explicit HeadKvPress(const PressConfig& c)
-      : ScorerPress("headkv"),
+      : ScorerPress("headkv", Selection::own),
         capacity_(c.params.get_int("max_capacity_prompt")),
         beta_(c.params.get("head_beta")),
         scoring_(KvcfScoring::from(c, true)),

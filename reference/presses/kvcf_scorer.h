@@ -15,7 +15,7 @@ namespace kvsim::ref {
 // A press keeping plan() tokens per KV head by its scores (top-k), or everything.
 class KvcfScorer : public ScorerPress {
  public:
-  using ScorerPress::ScorerPress;
+  explicit KvcfScorer(std::string name) : ScorerPress(std::move(name), Selection::own) {}
   virtual KvcfPlan plan(const PressInput& input, double ratio) const = 0;
   int budget(const PressInput& input, double ratio) const override;
   Compression compress(const PressInput& input, double ratio) const override;

@@ -20,7 +20,7 @@ namespace {
 
 class KvcomposePress final : public ScorerPress, public ModelWidePress {
  public:
-  explicit KvcomposePress(const PressConfig& c) : ScorerPress("kvcompose"), options_(kvcompose_options(c)) {}
+  explicit KvcomposePress(const PressConfig& c) : ScorerPress("kvcompose", Selection::own), options_(kvcompose_options(c)) {}
 
   Scores score(const PressInput& in, double) const override {
     require_kvcompose_pass(in);

@@ -23,7 +23,7 @@ namespace {
 class KvzipPress final : public ScorerPress, public ModelWidePress {
  public:
   explicit KvzipPress(const PressConfig& c)
-      : ScorerPress("kvzip"),
+      : ScorerPress("kvzip", Selection::own),
         n_sink_(c.params.get_int("n_sink")),
         plus_(c.params.get_bool("kvzip_plus_normalization")),
         layerwise_(c.params.get_bool("layerwise")) {}
