@@ -31,12 +31,13 @@ RowMatrixD non_causal_raw_scores(const PressInput& in, int first, int count, int
     per_head.row(h).setZero();
     for (int begin = 0; begin < count; begin += chunk) {
       const int real = std::min(chunk, count - begin), padded = chunk - real;  // padding: the last chunk only
-      const RowMatrixD logits = queries.middleRows(begin, real).cast<double>() * keys.middleRows(begin, real).cast<double>().transpose();
+      RowMatrixD logits = queries.middleRows(begin, real).cast<double>() * keys.middleRows(begin, real).cast<double>().transpose();
       for (int i = 0; i < real; ++i) {
         double best = logits.row(i).maxCoeff();
         if (padded) best = std::max(best, -1e-9);
-        const double total = (logits.row(i).array() - best).exp().sum() + padded * std::exp(-1e-9 - best);
-        per_head.row(h).segment(begin, real) += ((logits.row(i).array() - best).exp() / total).matrix();
+        logits.row(i) = (logits.row(i).array() - best).exp().matrix();  // exp once, then its sum and its shares
+        const double total = logits.row(i).sum() + padded * std::exp(-1e-9 - best);
+        per_head.row(h).segment(begin, real) += logits.row(i) / total;
       }
       if (padded) per_head.row(h).segment(begin, real).array() += padded / (real + padded * std::exp(-1e-9));
     }
