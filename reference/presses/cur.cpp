@@ -72,8 +72,8 @@ class CurPress final : public ScorerPress {
  private:
   // |x_t|^2 of every row, or |x_t G|^2 when G is given.
   static Eigen::VectorXd squared_norms(const ConstRowMap& x, const std::vector<double>& projection) {
-    const Eigen::MatrixXd rows = x.cast<double>();
-    if (projection.empty()) return rows.rowwise().squaredNorm();
+    if (projection.empty()) return x.cast<double>().rowwise().squaredNorm();  // row by row, no copy
+    const RowMatrixD rows = x.cast<double>();
     const Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> g(projection.data(), x.cols(),
                                                                                                       kCurProjectionRank);
     return (rows * g).rowwise().squaredNorm();
