@@ -44,6 +44,7 @@ KVSIM_HD static inline float minmax_dequantised(double x, double lo, double scal
 }
 
 // Quantises count values in[0], in[stride], ... into out (same offsets).
+// in may be out: every entry is read for the range before any is written.
 KVSIM_HD static inline void kivi_quantise_group(const float* in, float* out, long count, long stride, int bits) {
   double lo = in[0], hi = in[0];
   for (long i = 1; i < count; ++i) {

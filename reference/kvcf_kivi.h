@@ -22,6 +22,7 @@
 
 namespace kvsim::ref {
 
+// in may be out: every entry is read for the range before any is written.
 KVSIM_HD static inline void hqq_quantise_group(const float* in, float* out, long count, long stride, int bits) {
   double lo = in[0], hi = in[0];
   for (long i = 1; i < count; ++i) {

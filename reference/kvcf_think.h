@@ -30,10 +30,11 @@ struct KvcfThinkPruning {
   bool prunes(int d, int capacity) const { return pruned_channels(d) > 0 && capacity > recent_size; }
 };
 
-// Channel ch's score for KV head g: q holds the query heads, head h's n segment queries at
+// Channel ch's score for KV head g (T: float, or a device 16-bit storage type): q holds the query heads, head h's n segment queries at
 // q + h * q_head_stride (rows of d), of which the last `queries` count; k_head [>= n, d] is the
 // KV head's keys, read at the `count` kept positions.
-KVSIM_HD inline double kvcf_think_channel_score(const float* q, long q_head_stride, int n, int d, int G, int g, int queries, const float* k_head,
+template <typename T>
+KVSIM_HD inline double kvcf_think_channel_score(const T* q, long q_head_stride, int n, int d, int G, int g, int queries, const T* k_head,
                                                 const int* kept, int count, int ch, KvcfGroupReduce reduce) {
   double group = 0.0;
   for (int h = g * G; h < (g + 1) * G; ++h) {
@@ -43,7 +44,10 @@ KVSIM_HD inline double kvcf_think_channel_score(const float* q, long q_head_stri
   }
   if (reduce == KvcfGroupReduce::mean) group /= G;
   double keys = 0.0;
-  for (int i = 0; i < count; ++i) keys += static_cast<double>(k_head[static_cast<long>(kept[i]) * d + ch]) * k_head[static_cast<long>(kept[i]) * d + ch];
+  for (int i = 0; i < count; ++i) {
+    const double key = static_cast<float>(k_head[static_cast<long>(kept[i]) * d + ch]);
+    keys += key * key;
+  }
   return group * (keys / count);
 }
 

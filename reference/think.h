@@ -9,10 +9,15 @@
 
 namespace kvsim::ref {
 
-// Mean of x[t * d + c]^2 over `count` rows of a [rows, d] block.
-KVSIM_HD static inline double think_mean_square(const float* x, int count, int d, int c) {
+// Mean of x[t * d + c]^2 over `count` rows of a [rows, d] block (T: float, or a device
+// 16-bit storage type that converts to float).
+template <typename T>
+KVSIM_HD static inline double think_mean_square(const T* x, int count, int d, int c) {
   double sum = 0.0;
-  for (int t = 0; t < count; ++t) sum += static_cast<double>(x[static_cast<long>(t) * d + c]) * x[static_cast<long>(t) * d + c];
+  for (int t = 0; t < count; ++t) {
+    const double value = static_cast<float>(x[static_cast<long>(t) * d + c]);
+    sum += value * value;
+  }
   return sum / count;
 }
 

@@ -24,20 +24,19 @@ class KiviDevice final : public Press {
     typename Exec::template Buffer<float> keys(static_cast<std::size_t>(Hkv) * per_head), values(keys.size());
     float* kq = keys.data();
     float* vq = values.data();
-    const auto k_values = layer.k.floats(exec), v_values = layer.v.floats(exec);  // float32 copies
-    const float *k = k_values.data(), *v = v_values.data();
-    exec.for_each(Hkv * per_head, [=] KVSIM_HD(long i) {
-      kq[i] = k[i];
-      vq[i] = v[i];
-    });
+    // The layer widened straight into the outputs; each group is then quantised in place (the
+    // quantiser reads a group's entries for its range before it writes any) and the residual
+    // tokens stay as they are.
+    layer.k.copy_floats(exec, kq);
+    layer.v.copy_floats(exec, vq);
     const long key_groups = quantised_keys / G * d, value_groups = quantised_values * (d / G);
     exec.for_each(Hkv * key_groups, [=] KVSIM_HD(long i) {  // G tokens of one channel
       const long head = i / key_groups, j = i % key_groups, offset = head * per_head + j / d * G * d + j % d;
-      ref::kivi_quantise_group(k + offset, kq + offset, G, d, bits);
+      ref::kivi_quantise_group(kq + offset, kq + offset, G, d, bits);
     });
     exec.for_each(Hkv * value_groups, [=] KVSIM_HD(long i) {  // G channels of one token
       const long head = i / value_groups, j = i % value_groups, offset = head * per_head + j * G;
-      ref::kivi_quantise_group(v + offset, vq + offset, G, 1, bits);
+      ref::kivi_quantise_group(vq + offset, vq + offset, G, 1, bits);
     });
     return keep_all_with_new_entries(exec, keys.data(), values.data(), Hkv, n, d, ref::kivi_storage_fraction(n, d, bits_, G, residual_));
   }

@@ -21,13 +21,13 @@ class KvcfKiviDevice final : public Press {
     const LayerOnDevice<Exec> on_device(input);
     const DeviceLayer<Exec>& layer = *on_device;
     typename Exec::template Buffer<float> keys(static_cast<std::size_t>(all)), values(static_cast<std::size_t>(all));
-    const auto k_values = layer.k.floats(exec), v_values = layer.v.floats(exec);  // float32 copies
-    const float *k = k_values.data(), *v = v_values.data();
     float* kq = keys.data();
     float* vq = values.data();
+    layer.k.copy_floats(exec, kq);  // widened straight into the outputs, then quantised in place
+    layer.v.copy_floats(exec, vq);
     exec.for_each(groups, [=] KVSIM_HD(long j) {
-      ref::hqq_quantise_group(k + j * group, kq + j * group, group, 1, bits);
-      ref::hqq_quantise_group(v + j, vq + j, group, groups, bits);
+      ref::hqq_quantise_group(kq + j * group, kq + j * group, group, 1, bits);
+      ref::hqq_quantise_group(vq + j, vq + j, group, groups, bits);
     });
     return keep_all_with_new_entries(exec, keys.data(), values.data(), Hkv, n, d, ref::kvcf_kivi_storage_fraction(bits_, group_));
   }

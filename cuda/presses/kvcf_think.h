@@ -7,23 +7,31 @@
 
 namespace kvsim::cuda {
 
-// [Hkv, d] channel scores over each head's kept keys (every head keeps the same count). (A
-// free function: nvcc's device lambdas cannot live in private members.)
+// [Hkv, d] channel scores over each head's kept keys (every head keeps the same count), q and
+// k read in their storage (a free function: nvcc's device lambdas cannot live in private
+// members or generic lambdas).
+template <typename Exec, typename T>
+void kvcf_think_channel_scores_of(Exec& exec, const T* q, const T* k, int n, int d, int G, int Hkv, const int* kept, int count, int queries,
+                                  ref::KvcfGroupReduce reduce, double* score) {
+  exec.for_each(static_cast<long>(Hkv) * d, [=] KVSIM_HD(long i) {
+    const int g = static_cast<int>(i / d);
+    score[i] = ref::kvcf_think_channel_score(q, static_cast<long>(n) * d, n, d, G, g, queries, k + static_cast<long>(g) * n * d,
+                                             kept + static_cast<long>(g) * count, count, static_cast<int>(i % d), reduce);
+  });
+}
+
 template <typename Exec>
 std::vector<double> kvcf_think_channel_scores(Exec& exec, const DeviceLayer<Exec>& L, const Compression& c, int channel_window,
                                               ref::KvcfGroupReduce reduce) {
   const int n = L.n, d = L.d, G = L.H / L.Hkv, count = static_cast<int>(c.kept[0].size()), queries = std::min(channel_window, L.n);
   const auto kept_buffer = kept_on_device<Exec>(c);
   typename Exec::template Buffer<double> buffer(static_cast<std::size_t>(L.Hkv) * d);
-  double* score = buffer.data();
-  const int* kept = kept_buffer.data();
-  const auto q_values = L.q.floats(exec), k_values = L.k.floats(exec);  // float32 copies
-  const float *q = q_values.data(), *k = k_values.data();
-  exec.for_each(static_cast<long>(L.Hkv) * d, [=] KVSIM_HD(long i) {
-    const int g = static_cast<int>(i / d);
-    score[i] = ref::kvcf_think_channel_score(q, static_cast<long>(n) * d, n, d, G, g, queries, k + static_cast<long>(g) * n * d,
-                                             kept + static_cast<long>(g) * count, count, static_cast<int>(i % d), reduce);
-  });
+  with_common_storage(
+      exec,
+      [&](const auto* q, const auto* k) {
+        kvcf_think_channel_scores_of(exec, q, k, n, d, G, L.Hkv, kept_buffer.data(), count, queries, reduce, buffer.data());
+      },
+      L.q, L.k);
   std::vector<double> host(buffer.size());
   buffer.download(host.data(), host.size());
   return host;

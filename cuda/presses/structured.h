@@ -10,6 +10,20 @@
 
 namespace kvsim::cuda {
 
+// think's channel scores [Hkv, d]: the group's mean square of the last w queries times the
+// keys' mean square, per channel, one thread each (a free function: nvcc's device lambdas
+// cannot live in generic lambdas).
+template <typename Exec, typename T>
+void think_channel_scores_of(Exec& exec, const T* q, const T* k, int n, int d, int G, int Hkv, int w, double* score) {
+  exec.for_each(static_cast<long>(Hkv) * d, [=] KVSIM_HD(long i) {
+    const long g = i / d;
+    const int ch = static_cast<int>(i % d);
+    double queries = 0.0;
+    for (long h = g * G; h < (g + 1) * G; ++h) queries += ref::think_mean_square(q + (h * n + n - w) * d, w, d, ch);
+    score[i] = queries / G * ref::think_mean_square(k + g * n * d, n, d, ch);
+  });
+}
+
 template <typename Exec>
 class ThinkDevice final : public Press {
  public:
@@ -40,20 +54,12 @@ class ThinkDevice final : public Press {
     return c;
   }
 
-  // score [Hkv, d] on the host: the reference's channel statistics, one device thread each.
+  // score [Hkv, d] on the host: the reference's channel statistics, one device thread each,
+  // q and k read in their storage.
   static void channel_scores(Exec& exec, const DeviceLayer<Exec>& L, int w, double* host) {
-    const int n = L.n, d = L.d, G = L.H / L.Hkv;
-    typename Exec::template Buffer<double> buffer(static_cast<std::size_t>(L.Hkv) * d);
-    double* score = buffer.data();
-    const auto q_values = L.q.floats(exec), k_values = L.k.floats(exec);  // float32 copies
-    const float *q = q_values.data(), *k = k_values.data();
-    exec.for_each(static_cast<long>(L.Hkv) * d, [=] KVSIM_HD(long i) {
-      const long g = i / d;
-      const int ch = static_cast<int>(i % d);
-      double queries = 0.0;
-      for (long h = g * G; h < (g + 1) * G; ++h) queries += ref::think_mean_square(q + (h * n + n - w) * d, w, d, ch);
-      score[i] = queries / G * ref::think_mean_square(k + g * n * d, n, d, ch);
-    });
+    typename Exec::template Buffer<double> buffer(static_cast<std::size_t>(L.Hkv) * L.d);
+    with_common_storage(
+        exec, [&](const auto* q, const auto* k) { think_channel_scores_of(exec, q, k, L.n, L.d, L.H / L.Hkv, L.Hkv, w, buffer.data()); }, L.q, L.k);
     buffer.download(host, buffer.size());
   }
 
