@@ -6,28 +6,23 @@
 
 namespace kvsim::ref {
 
-void ScorerPress::check(const PressInput& input, const Scores& s) const {
+Scores ScorerPress::checked_score(const PressInput& input, double ratio) const {
+  Scores s = score(input, ratio);
   if (s.rows() != input.num_kv_heads() || s.cols() != input.n)
     throw Error("internal: press '" + name_ + "' returned scores of the wrong shape");
   check_scores(s, name_);
-}
-
-Scores ScorerPress::checked_score(const PressInput& input, double ratio) const {
-  Scores s = score(input, ratio);
-  check(input, s);
   return s;
 }
 
 Compression ScorerPress::compress(const PressInput& input, double ratio) const {
-  if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);  // kvpress: a zero ratio changes nothing
-  return select_topk_per_head(checked_score(input, ratio), budget(input, ratio));
+  std::optional<Scores> unused;
+  return compress_keeping_scores(input, ratio, unused);
 }
 
-Compression ScorerPress::compress_scored(const PressInput& input, double ratio, const Scores& scores) const {
-  if (!selects_top_budget()) throw Error("internal: press '" + name_ + "' selects by its own rule, not from its scores alone");
-  if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
-  check(input, scores);
-  return select_topk_per_head(scores, budget(input, ratio));
+Compression ScorerPress::compress_keeping_scores(const PressInput& input, double ratio, std::optional<Scores>& scores) const {
+  if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);  // kvpress: a zero ratio changes nothing
+  scores = checked_score(input, ratio);
+  return select_topk_per_head(*scores, budget(input, ratio));
 }
 
 std::unique_ptr<ScorerPress> make_inner_scorer(const PressConfig& config) {

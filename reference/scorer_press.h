@@ -2,6 +2,7 @@
 // The reference backend's scorer presses: kvsim::ScorerPress plus the reference selection
 // (each head keeps its `budget` best tokens). Wrappers (AdaKV, DMS) reuse the scores with
 // other selection rules.
+#include <optional>
 #include <string>
 
 #include "core/press.h"
@@ -12,28 +13,22 @@ namespace kvsim::ref {
 
 class ScorerPress : public kvsim::ScorerPress {
  public:
-  // How compress chooses: each head's top budget() tokens of score() (this class's compress),
-  // or the press's own compress (a subclass that overrides it must say so).
-  enum class Selection { top_budget, own };
-
-  explicit ScorerPress(std::string name, Selection selection = Selection::top_budget) : name_(std::move(name)), selection_(selection) {}
+  explicit ScorerPress(std::string name) : name_(std::move(name)) {}
   const std::string& name() const { return name_; }
 
   // Checked scores: NaN is an error naming the press.
   Scores checked_score(const PressInput& input, double ratio) const;
-  Compression compress(const PressInput& input, double ratio) const override;
-
-  // compress(input, ratio) from scores the caller already holds (score(input, ratio)), for a
-  // caller that needs both (the conformance harness at 64K tokens): the same checks and the
-  // same selection, without scoring twice. Only where selects_top_budget().
-  bool selects_top_budget() const { return selection_ == Selection::top_budget; }
-  Compression compress_scored(const PressInput& input, double ratio, const Scores& scores) const;
+  // Final: a press changes how it chooses by overriding compress_keeping_scores, so that a
+  // caller that needs the scores too (the conformance harness, at 64K tokens) gets the very
+  // scores compress chose from, without scoring twice.
+  Compression compress(const PressInput& input, double ratio) const final;
+  // compress, also handing back in `scores` the scores it selected from where it scored: here
+  // each head's top budget() tokens of score() (nothing at ratio 0); presses that choose
+  // otherwise override it and may leave `scores` empty.
+  virtual Compression compress_keeping_scores(const PressInput& input, double ratio, std::optional<Scores>& scores) const;
 
  private:
-  void check(const PressInput& input, const Scores& scores) const;  // shape, NaN
-
   std::string name_;
-  Selection selection_;
 };
 
 // Builds the inner scorer of a wrapper spec (e.g. the snapkv of adakv(snapkv)).

@@ -33,15 +33,15 @@ Outcome run(const Press& press, const PressInput& input, double ratio) {
   return out;
 }
 
-// run() on the reference, which also hands back its scores where it is a scorer selecting
-// each head's top budget from them: scored once, not once to compress and again to compare.
+// run() on the reference, also handing back the scores a scorer press selected from (where it
+// says: ref::ScorerPress::compress_keeping_scores): scored once, not once to compress and
+// again to compare.
 Outcome run_reference(const Press& press, const PressInput& input, double ratio, std::optional<ScoreMatrix>& scores) {
   const auto* scorer = dynamic_cast<const ref::ScorerPress*>(&press);
-  if (!scorer || !scorer->selects_top_budget() || ratio == 0.0 || dynamic_cast<const QueryTimePress*>(&press)) return run(press, input, ratio);
+  if (!scorer) return run(press, input, ratio);
   Outcome out;
   try {
-    scores = scorer->score(input, ratio);
-    out.compression = scorer->compress_scored(input, ratio, *scores);
+    out.compression = scorer->compress_keeping_scores(input, ratio, scores);
   } catch (const Error& e) {
     scores.reset();
     out.error = e.what();

@@ -61,7 +61,7 @@ void raise_top(Scores& s, const std::vector<int>& k) {
 class CriticalKvPress final : public ScorerPress {
  public:
   explicit CriticalKvPress(const PressConfig& c)
-      : ScorerPress("critical", Selection::own),
+      : ScorerPress("critical"),
         inner_(make_inner_scorer(c)),
         epsilon_(static_cast<float>(c.params.get("epsilon"))),
         first_stage_(c.params.get("first_stage_ratio")) {}

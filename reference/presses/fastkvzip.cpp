@@ -25,7 +25,7 @@ namespace {
 class FastKvzipPress final : public ScorerPress, public ModelWidePress {
  public:
   explicit FastKvzipPress(const PressConfig& c)
-      : ScorerPress("fastkvzip", Selection::own),
+      : ScorerPress("fastkvzip"),
         n_sink_(c.params.get_int("n_sink")),
         window_size_(c.params.get_int("window_size")),
         window_ratio_(c.params.get("window_ratio")),
@@ -62,7 +62,7 @@ class FastKvzipPress final : public ScorerPress, public ModelWidePress {
     return s;
   }
 
-  Compression compress(const PressInput& in, double ratio) const override {
+  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>&) const override {
     if (!layerwise_) refuse_single_layer("fastkvzip");
     if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);  // kvpress prunes only when compression_ratio > 0
     const long long entries = static_cast<long long>(in.num_kv_heads()) * in.n;

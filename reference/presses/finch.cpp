@@ -21,7 +21,7 @@ namespace {
 class FinchPress final : public ScorerPress {
  public:
   explicit FinchPress(const PressConfig& c)
-      : ScorerPress("finch", Selection::own),
+      : ScorerPress("finch"),
         window_(c.params.get_int("window_size")),
         chunk_(c.params.get_int("chunk_length")),
         normalize_(c.params.get_bool("normalize_scores")),
@@ -39,7 +39,7 @@ class FinchPress final : public ScorerPress {
     return pad_with_max_plus_one(group_mean(per_query_head, in.num_kv_heads()), 0, w);
   }
 
-  Compression compress(const PressInput& in, double ratio) const override {
+  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>&) const override {
     if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);
     const Scores s = checked_score(in, ratio);
     Compression c;

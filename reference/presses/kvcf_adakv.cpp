@@ -29,7 +29,7 @@ std::vector<ParamDef> kvcf_adakv_params() {
 class KvcfAdaKvPress final : public ScorerPress {
  public:
   explicit KvcfAdaKvPress(const PressConfig& c)
-      : ScorerPress("kvcf_adakv", Selection::own),
+      : ScorerPress("kvcf_adakv"),
         capacity_(c.params.get_int("max_capacity_prompt")),
         floor_(c.params.get("floor")),
         normalize_(c.params.get_bool("normalize")),
@@ -37,7 +37,7 @@ class KvcfAdaKvPress final : public ScorerPress {
 
   Scores score(const PressInput& in, double) const override { return kvcf_window_scores(in, scoring_, true, name()); }
 
-  Compression compress(const PressInput& in, double ratio) const override {
+  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>&) const override {
     const KvcfPlan base = kvcf_adakv_plan(name(), in.n, ratio, capacity_, scoring_.window);
     if (!base) return keep_all(in.num_kv_heads(), in.n);
     const Scores s = checked_score(in, ratio);

@@ -28,7 +28,7 @@ std::vector<ParamDef> kvcf_headkv_params() {
 class HeadKvPress final : public ScorerPress {
  public:
   explicit HeadKvPress(const PressConfig& c)
-      : ScorerPress("headkv", Selection::own),
+      : ScorerPress("headkv"),
         capacity_(c.params.get_int("max_capacity_prompt")),
         beta_(c.params.get("head_beta")),
         scoring_(KvcfScoring::from(c, true)),
@@ -36,7 +36,7 @@ class HeadKvPress final : public ScorerPress {
 
   Scores score(const PressInput& in, double) const override { return kvcf_window_scores(in, scoring_, true, name()); }
 
-  Compression compress(const PressInput& in, double ratio) const override {
+  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>&) const override {
     const KvcfPlan base = kvcf_adakv_plan(name(), in.n, ratio, capacity_, scoring_.window);
     if (!base) return keep_all(in.num_kv_heads(), in.n);
     const long long budget = *base + scoring_.window;

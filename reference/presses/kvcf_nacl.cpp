@@ -41,7 +41,7 @@ class KvcfNaclPress final : public KvcfScorer {
   }
   KvcfPlan plan(const PressInput& in, double ratio) const override { return kvcf_token_budget_plan(name(), in.n, ratio, capacity_); }
 
-  Compression compress(const PressInput& in, double ratio) const override {
+  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>&) const override {
     const KvcfPlan kept = plan(in, ratio);
     if (!kept) return keep_all(in.num_kv_heads(), in.n);
     const int budget = static_cast<int>(*kept);

@@ -15,10 +15,10 @@ namespace kvsim::ref {
 // A press keeping plan() tokens per KV head by its scores (top-k), or everything.
 class KvcfScorer : public ScorerPress {
  public:
-  explicit KvcfScorer(std::string name) : ScorerPress(std::move(name), Selection::own) {}
+  using ScorerPress::ScorerPress;
   virtual KvcfPlan plan(const PressInput& input, double ratio) const = 0;
   int budget(const PressInput& input, double ratio) const override;
-  Compression compress(const PressInput& input, double ratio) const override;
+  Compression compress_keeping_scores(const PressInput& input, double ratio, std::optional<Scores>& scores) const override;
 };
 
 // Head g keeps its top min(caps[g], n - w) earlier tokens by s (ties: lower position first)

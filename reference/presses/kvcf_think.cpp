@@ -25,7 +25,7 @@ class KvcfThinkPress final : public KvcfScorer {
     return kvcf_window_plan(name(), in.n, ratio, capacity_, scoring_.window);
   }
 
-  Compression compress(const PressInput& in, double ratio) const override {
+  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>&) const override {
     if (!plan(in, ratio)) return keep_all(in.num_kv_heads(), in.n);
     const Scores scores = checked_score(in, ratio);
     const int n = in.n, d = in.head_dim(), Hkv = in.num_kv_heads(), G = in.num_heads() / Hkv, capacity = budget(in, ratio);

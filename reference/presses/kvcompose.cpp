@@ -20,7 +20,7 @@ namespace {
 
 class KvcomposePress final : public ScorerPress, public ModelWidePress {
  public:
-  explicit KvcomposePress(const PressConfig& c) : ScorerPress("kvcompose", Selection::own), options_(kvcompose_options(c)) {}
+  explicit KvcomposePress(const PressConfig& c) : ScorerPress("kvcompose"), options_(kvcompose_options(c)) {}
 
   Scores score(const PressInput& in, double) const override {
     require_kvcompose_pass(in);
@@ -45,7 +45,7 @@ class KvcomposePress final : public ScorerPress, public ModelWidePress {
     return s;
   }
 
-  Compression compress(const PressInput&, double) const override { refuse_single_layer("kvcompose"); }
+  Compression compress_keeping_scores(const PressInput&, double, std::optional<Scores>&) const override { refuse_single_layer("kvcompose"); }
   LayerSurvey survey(const PressInput& in) const override { return {in.layer_index(), checked_score(in, 0.0), {}}; }
   std::vector<Compression> plan(const std::vector<LayerSurvey>& layers, double ratio, int) const override {
     return kvcompose_plan(layers, ratio, options_);

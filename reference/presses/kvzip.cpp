@@ -23,7 +23,7 @@ namespace {
 class KvzipPress final : public ScorerPress, public ModelWidePress {
  public:
   explicit KvzipPress(const PressConfig& c)
-      : ScorerPress("kvzip", Selection::own),
+      : ScorerPress("kvzip"),
         n_sink_(c.params.get_int("n_sink")),
         plus_(c.params.get_bool("kvzip_plus_normalization")),
         layerwise_(c.params.get_bool("layerwise")) {}
@@ -64,7 +64,7 @@ class KvzipPress final : public ScorerPress, public ModelWidePress {
     return s;
   }
 
-  Compression compress(const PressInput& in, double ratio) const override {
+  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>&) const override {
     if (!layerwise_) refuse_single_layer("kvzip");
     if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);  // kvpress prunes only when compression_ratio > 0
     const long long entries = static_cast<long long>(in.num_kv_heads()) * in.n;
