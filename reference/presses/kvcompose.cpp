@@ -10,7 +10,11 @@
 // Deviations, documented: attention in float64 over the stored queries and keys (kvpress: the
 // model dtype); add_v_norm uses the context's values (kvpress reads its cache after the second
 // pass, twice as long as the scores).
+#include <algorithm>
+#include <cmath>
+
 #include "core/model_wide.h"
+#include "reference/attention.h"
 #include "reference/kvcompose.h"
 #include "reference/parallel.h"
 #include "reference/scorer_press.h"
@@ -24,21 +28,16 @@ class KvcomposePress final : public ScorerPress, public ModelWidePress {
 
   Scores score(const PressInput& in, double) const override {
     require_kvcompose_pass(in);
-    const KvcomposePass& pass = in.layer.kvcompose;
     const int n = in.n, d = in.head_dim(), H = in.num_heads(), Hkv = in.num_kv_heads(), G = H / Hkv;
-    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-    std::vector<double> row_max(static_cast<std::size_t>(H) * n), row_sum(row_max.size());
-    parallel_for(H, [&](int h) {
-      for (int i = 0; i < n; ++i)
-        kvcompose_row_stats(pass.q.head(h) + static_cast<long>(i) * d, in.layer.k.head(h / G), n, pass.k.head(h / G), i, d, scale,
-                            &row_max[static_cast<std::size_t>(h) * n + i], &row_sum[static_cast<std::size_t>(h) * n + i]);
-    });
+    RowMatrixD per_head(H, n);  // agg_task of each query head's weights on the context keys
+    parallel_for(H, [&](int h) { per_head.row(h) = task_scores(in, h); });
     Scores s(Hkv, n);
-    parallel_for(Hkv, [&](int g) {
-      for (int j = 0; j < n; ++j)
-        s(g, j) = kvcompose_token_score(pass.q.data.data(), n, in.layer.k.head(g) + static_cast<long>(j) * d, row_max.data(), row_sum.data(), g,
-                                        G, d, scale, options_.task_max, options_.group_max);
-    });
+    for (int g = 0; g < Hkv; ++g)
+      for (int j = 0; j < n; ++j) {
+        double group = options_.group_max ? -INFINITY : 0.0;
+        for (int h = g * G; h < (g + 1) * G; ++h) group = options_.group_max ? std::max(group, per_head(h, j)) : group + per_head(h, j);
+        s(g, j) = static_cast<float>(options_.group_max ? group : group / G);
+      }
     for (int j = 0; j < n; ++j)
       kvcompose_enhance(s.data(), Hkv, n, j, in.layer.v.data.data(), static_cast<long>(in.layer.v.head_stride()), d, options_.add_v_norm,
                         options_.add_mean_across_heads);
@@ -46,6 +45,38 @@ class KvcomposePress final : public ScorerPress, public ModelWidePress {
   }
 
   Compression compress_keeping_scores(const PressInput&, double, std::optional<Scores>&) const override { refuse_single_layer("kvcompose"); }
+
+  // agg_task over the pass's rows i of query head h's weight on each context key j: the softmax
+  // of row i over the n context keys and, causally, the pass's keys 0..i, in float64. Blocks of
+  // rows as GEMMs (the same arithmetic as kvcompose_row_stats and kvcompose_token_score, which
+  // the device runs a thread per row or key, up to the order of each dot product's sum).
+  Eigen::RowVectorXd task_scores(const PressInput& in, int h) const {
+    constexpr int kRows = 64;
+    const KvcomposePass& pass = in.layer.kvcompose;
+    const int n = in.n, g = kv_head_of(h, in.num_heads(), in.num_kv_heads());
+    const double scale = 1.0 / std::sqrt(static_cast<double>(in.head_dim()));
+    const RowMatrixD queries = head_rows(pass.q, h, n).cast<double>() * scale;
+    const RowMatrixD keys = head_rows(in.layer.k, g, n).cast<double>(), pass_keys = head_rows(pass.k, g, n).cast<double>();
+    Eigen::RowVectorXd task = Eigen::RowVectorXd::Constant(n, options_.task_max ? -INFINITY : 0.0);
+    RowMatrixD context(kRows, n), own(kRows, n);
+    for (int begin = 0; begin < n; begin += kRows) {
+      const int rows = std::min(kRows, n - begin), seen = begin + rows;  // pass keys [0, seen) reach this block
+      context.topRows(rows).noalias() = queries.middleRows(begin, rows) * keys.transpose();
+      own.topLeftCorner(rows, seen).noalias() = queries.middleRows(begin, rows) * pass_keys.topRows(seen).transpose();
+      for (int r = 0; r < rows; ++r) {
+        const int i = begin + r;
+        auto weights = context.row(r).array();
+        const auto mine = own.row(r).head(i + 1).array();
+        const double top = std::max(weights.maxCoeff(), mine.maxCoeff());
+        weights = (weights - top).exp();
+        weights /= weights.sum() + (mine - top).exp().sum();
+        if (options_.task_max) task = task.cwiseMax(weights.matrix());
+        else task += weights.matrix();
+      }
+    }
+    if (!options_.task_max) task /= n;
+    return task;
+  }
   LayerSurvey survey(const PressInput& in) const override { return {in.layer_index(), checked_score(in, 0.0), {}}; }
   std::vector<Compression> plan(const std::vector<LayerSurvey>& layers, double ratio, int) const override {
     return kvcompose_plan(layers, ratio, options_);
