@@ -12,6 +12,7 @@
 // Deviation, documented: attention in float64 over the stored queries and keys (kvpress: the
 // model dtype).
 #include "core/model_wide.h"
+#include "reference/attention.h"
 #include "reference/kvzip.h"
 #include "reference/parallel.h"
 #include "reference/scorer_press.h"
@@ -30,35 +31,11 @@ class KvzipPress final : public ScorerPress, public ModelWidePress {
 
   Scores score(const PressInput& in, double) const override {
     require_kvzip_passes(in, plus_);
-    const KvzipPasses& passes = in.layer.kvzip;
-    const int n = in.n, d = in.head_dim(), H = in.num_heads(), Hkv = in.num_kv_heads(), G = H / Hkv;
-    const long R = passes.q.tokens;
-    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-    std::vector<float> output_norm;  // [H, n], KVzip+
-    if (plus_) {
-      output_norm.resize(static_cast<std::size_t>(H) * n);
-      parallel_for(H, [&](int h) {
-        for (int j = 0; j < n; ++j)
-          output_norm[static_cast<std::size_t>(h) * n + j] =
-              kvzip_output_norm(in.layer.o_proj.data(), in.layer.o_proj_rows, static_cast<long>(H) * d, h, in.layer.v.head(h / G) + static_cast<long>(j) * d, d);
-      });
-    }
-    std::vector<double> row_max(static_cast<std::size_t>(H) * R), row_sum(row_max.size());
-    Scores s = Scores::Zero(Hkv, n);
-    for (const KvzipChunk& chunk : passes.chunks) {
-      const int sink = std::min(n_sink_, chunk.context_begin);
-      parallel_for(H, [&](int h) {
-        for (int r = chunk.repeat_begin; r < chunk.repeat_begin + chunk.repeat_length; ++r)
-          kvzip_row_stats(passes.q.head(h) + r * d, in.layer.k.head(h / G), passes.k.head(h / G), sink, chunk.context_begin, chunk.context_end,
-                          chunk.repeat_begin, r, d, scale, &row_max[h * R + r], &row_sum[h * R + r]);
-      });
-      parallel_for(Hkv, [&](int g) {
-        for (int j = chunk.context_begin; j < chunk.context_end; ++j)
-          s(g, j) = kvzip_token_score(passes.q.data.data(), R, in.layer.k.head(g) + static_cast<long>(j) * d, row_max.data(), row_sum.data(), g, G,
-                                      chunk.repeat_begin, chunk.repeat_length, d, scale, plus_ ? output_norm.data() : nullptr, n,
-                                      j, passes.hidden_norm.data());
-      });
-    }
+    const int n = in.n, H = in.num_heads(), Hkv = in.num_kv_heads(), G = H / Hkv;
+    RowMatrixD best(H, n);  // each query head's largest weight on each context token
+    parallel_for(H, [&](int h) { best.row(h) = head_best_weights(in, h); });
+    Scores s(Hkv, n);
+    for (int g = 0; g < Hkv; ++g) s.row(g) = best.middleRows(g * G, G).colwise().maxCoeff().cast<float>();
     const float sink_score = s.maxCoeff() + 1.0f;
     s.leftCols(std::min(n_sink_, n)).setConstant(sink_score);
     return s;
@@ -78,6 +55,68 @@ class KvzipPress final : public ScorerPress, public ModelWidePress {
   }
 
  private:
+  // Query head h's largest weight on each context token j over the repeat rows of j's chunk
+  // (0 for a token no chunk covers): row r's softmax over the context keys [0, sink) and
+  // [begin, end) and, causally, the chunk's repeat keys up to r, in float64; with KVzip+ times
+  // ||W_o^(h) v_j|| / hidden_norm[r]. Blocks of rows as GEMMs (the arithmetic of kvzip_row_stats
+  // and kvzip_token_score, which the device runs a thread per row or token, up to the order of
+  // each sum).
+  Eigen::RowVectorXd head_best_weights(const PressInput& in, int h) const {
+    constexpr int kRows = 64;
+    const KvzipPasses& passes = in.layer.kvzip;
+    const int n = in.n, d = in.head_dim(), g = kv_head_of(h, in.num_heads(), in.num_kv_heads());
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    const Eigen::RowVectorXf output_norm = plus_ ? output_norms(in, h) : Eigen::RowVectorXf();
+    Eigen::RowVectorXd best = Eigen::RowVectorXd::Zero(n);
+    for (const KvzipChunk& chunk : passes.chunks) {
+      const int sink = std::min(n_sink_, chunk.context_begin), width = chunk.context_end - chunk.context_begin;
+      RowMatrixD keys(sink + width, d);  // the context keys the chunk's rows see: the sinks, then its own tokens
+      keys.topRows(sink) = head_rows(in.layer.k, g, sink).cast<double>();
+      keys.bottomRows(width) = head_rows(in.layer.k, g, chunk.context_end).bottomRows(width).cast<double>();
+      const RowMatrixD queries =
+          head_rows(passes.q, h, chunk.repeat_begin + chunk.repeat_length).bottomRows(chunk.repeat_length).cast<double>() * scale;
+      const RowMatrixD repeat_keys = head_rows(passes.k, g, chunk.repeat_begin + chunk.repeat_length).bottomRows(chunk.repeat_length).cast<double>();
+      RowMatrixD context(kRows, keys.rows()), own(kRows, chunk.repeat_length);
+      for (int begin = 0; begin < chunk.repeat_length; begin += kRows) {
+        const int rows = std::min(kRows, chunk.repeat_length - begin), seen = begin + rows;
+        context.topRows(rows).noalias() = queries.middleRows(begin, rows) * keys.transpose();
+        own.topLeftCorner(rows, seen).noalias() = queries.middleRows(begin, rows) * repeat_keys.topRows(seen).transpose();
+        for (int i = 0; i < rows; ++i) {
+          const int r = chunk.repeat_begin + begin + i;  // the row in the passes
+          auto weights = context.row(i).array();
+          const auto mine = own.row(i).head(begin + i + 1).array();
+          const double top = std::max(weights.maxCoeff(), mine.maxCoeff());
+          weights = (weights - top).exp();
+          weights /= weights.sum() + (mine - top).exp().sum();
+          auto mine_best = best.segment(chunk.context_begin, width).array();
+          for (int j = 0; j < width; ++j) {
+            double weight = weights[sink + j];
+            if (plus_) weight *= output_norm[chunk.context_begin + j] / passes.hidden_norm[static_cast<std::size_t>(r)];
+            mine_best[j] = std::max(mine_best[j], weight);
+          }
+        }
+      }
+    }
+    return best;
+  }
+
+  // KVzip+: ||W_o^(h) v_j|| for every context token j (o_proj [D, H d]; its columns of head h),
+  // by blocks of tokens as GEMMs.
+  Eigen::RowVectorXf output_norms(const PressInput& in, int h) const {
+    constexpr int kTokens = 1024;
+    const int n = in.n, d = in.head_dim(), D = in.layer.o_proj_rows, g = kv_head_of(h, in.num_heads(), in.num_kv_heads());
+    const Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>> columns(in.layer.o_proj.data() + static_cast<long>(h) * d, D, d,
+                                                                         Eigen::OuterStride<>(static_cast<long>(in.num_heads()) * d));
+    const RowMatrixD weights = columns.cast<double>();
+    Eigen::RowVectorXf norms(n);
+    for (int begin = 0; begin < n; begin += kTokens) {
+      const int count = std::min(kTokens, n - begin);
+      const RowMatrixD written = head_rows(in.layer.v, g, begin + count).bottomRows(count).cast<double>() * weights.transpose();
+      norms.segment(begin, count) = written.rowwise().norm().cast<float>().transpose();
+    }
+    return norms;
+  }
+
   int n_sink_;
   bool plus_, layerwise_;
 };
