@@ -1,6 +1,7 @@
 #pragma once
 // KVCompose (kvpress KVComposePress, arXiv 2509.05165), shared by the reference press and its
-// device twin. After the context prefill, kvpress feeds the context again after its own cache
+// device twin (the per-row and per-token score functions are the device's, a thread each; the
+// reference computes the same in blocks of GEMMs, reference/presses/kvcompose.cpp). After the context prefill, kvpress feeds the context again after its own cache
 // (the trace's second pass, core/tensor.h KvcomposePass) and reads, in every layer and query
 // head, the attention weight A[i, j] of each second-pass query i to each context token j: a
 // softmax over the context keys and, causally, the pass's own keys. The scores:

@@ -1,6 +1,7 @@
 #pragma once
-// KVzip's scores (kvpress KVzipPress.score_kvzip, arXiv 2505.23416), shared as KVSIM_HD
-// functions by the reference press and its device twin. After the context prefill, KVzip feeds
+// KVzip's scores (kvpress KVzipPress.score_kvzip, arXiv 2505.23416): the per-row and per-token
+// KVSIM_HD functions the device twin runs a thread each (the reference computes the same in
+// blocks of GEMMs, reference/presses/kvzip.cpp), and the budgets of both. After the context prefill, KVzip feeds
 // the model, chunk by chunk, a prompt asking it to repeat the chunk (the trace's extra passes,
 // core/tensor.h KvzipPasses). In every layer, each repeat query (all H query heads) attends,
 // for scoring only, to a restricted key set: the sinks K[0, min(n_sink, begin)), the chunk
