@@ -39,9 +39,10 @@ class FinchPress final : public ScorerPress {
     return pad_with_max_plus_one(group_mean(per_query_head, in.num_kv_heads()), 0, w);
   }
 
-  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>&) const override {
+  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>& scores) const override {
     if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);
-    const Scores s = checked_score(in, ratio);
+    scores = checked_score(in, ratio);
+    const Scores& s = *scores;
     Compression c;
     c.kept.resize(static_cast<std::size_t>(in.num_kv_heads()));
     for (const FinchChunk& chunk : finch_chunks(in.n, chunk_, ratio, finch_window("finch", window_, in.question_tokens, in.n))) {

@@ -37,10 +37,11 @@ class KvcfAdaKvPress final : public ScorerPress {
 
   Scores score(const PressInput& in, double) const override { return kvcf_window_scores(in, scoring_, true, name()); }
 
-  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>&) const override {
+  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>& scores) const override {
     const KvcfPlan base = kvcf_adakv_plan(name(), in.n, ratio, capacity_, scoring_.window);
     if (!base) return keep_all(in.num_kv_heads(), in.n);
-    const Scores s = checked_score(in, ratio);
+    scores = checked_score(in, ratio);
+    const Scores& s = *scores;
     const int heads = in.num_kv_heads(), past = in.n - scoring_.window;
     // Each head's scores in descending order, normalised, then the layer's top heads * B.
     Scores sorted(heads, past);

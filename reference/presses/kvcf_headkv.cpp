@@ -36,13 +36,14 @@ class HeadKvPress final : public ScorerPress {
 
   Scores score(const PressInput& in, double) const override { return kvcf_window_scores(in, scoring_, true, name()); }
 
-  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>&) const override {
+  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>& scores) const override {
     const KvcfPlan base = kvcf_adakv_plan(name(), in.n, ratio, capacity_, scoring_.window);
     if (!base) return keep_all(in.num_kv_heads(), in.n);
     const long long budget = *base + scoring_.window;
     const std::vector<long long> caps =
         table_.capacities(in.layer_index(), in.num_layers, in.num_heads(), in.num_kv_heads(), budget, beta_);
-    return kvcf_keep_top_past(checked_score(in, ratio), scoring_.window, caps);
+    scores = checked_score(in, ratio);
+    return kvcf_keep_top_past(*scores, scoring_.window, caps);
   }
 
  private:

@@ -41,19 +41,19 @@ class KvcfNaclPress final : public KvcfScorer {
   }
   KvcfPlan plan(const PressInput& in, double ratio) const override { return kvcf_token_budget_plan(name(), in.n, ratio, capacity_); }
 
-  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>&) const override {
+  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>& scores) const override {
     const KvcfPlan kept = plan(in, ratio);
     if (!kept) return keep_all(in.num_kv_heads(), in.n);
     const int budget = static_cast<int>(*kept);
     const int proxies = kvcf_protected_count(in.n, 0, proxies_);
     const int random = proxies >= budget ? 0 : std::min(random_budget_, budget - proxies);
-    const Scores scores = checked_score(in, ratio);
-    const Compression chosen = select_topk_per_head(scores, budget - random);
+    scores = checked_score(in, ratio);
+    const Compression chosen = select_topk_per_head(*scores, budget - random);
     if (random == 0) return chosen;
-    Scores keys(scores.rows(), scores.cols());
+    Scores keys(scores->rows(), scores->cols());
     parallel_for(in.num_kv_heads(), [&](int g) {
       for (int t = 0; t < in.n; ++t)
-        keys(g, t) = kvcf_gumbel_key(scores(g, t), temperature_, seed_, in.layer_index(), g, t);
+        keys(g, t) = kvcf_gumbel_key((*scores)(g, t), temperature_, seed_, in.layer_index(), g, t);
       for (int t : chosen.kept[g]) keys(g, t) = kKvcfAlreadyKept;
     });
     return select_topk_per_head(keys, budget);

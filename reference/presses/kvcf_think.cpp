@@ -25,11 +25,11 @@ class KvcfThinkPress final : public KvcfScorer {
     return kvcf_window_plan(name(), in.n, ratio, capacity_, scoring_.window);
   }
 
-  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>&) const override {
+  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>& scores) const override {
     if (!plan(in, ratio)) return keep_all(in.num_kv_heads(), in.n);
-    const Scores scores = checked_score(in, ratio);
+    scores = checked_score(in, ratio);
     const int n = in.n, d = in.head_dim(), Hkv = in.num_kv_heads(), G = in.num_heads() / Hkv, capacity = budget(in, ratio);
-    Compression c = select_topk_per_head(scores, capacity);
+    Compression c = select_topk_per_head(*scores, capacity);
     if (!pruning_.prunes(d, capacity)) return c;
     const int queries = std::min(pruning_.channel_window, n);
     const long q_stride = static_cast<long>(in.layer.q.head_stride());
@@ -40,7 +40,7 @@ class KvcfThinkPress final : public KvcfScorer {
         channel[static_cast<std::size_t>(g) * d + ch] = kvcf_think_channel_score(in.layer.q.head(0), q_stride, n, d, G, g, queries, in.layer.k.head(g),
                                                                                  kept.data(), static_cast<int>(kept.size()), ch, scoring_.reduce);
     });
-    kvcf_think_prune(c, in, scores.data(), channel.data(), scoring_.window, capacity, pruning_);
+    kvcf_think_prune(c, in, scores->data(), channel.data(), scoring_.window, capacity, pruning_);
     return c;
   }
 

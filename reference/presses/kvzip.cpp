@@ -41,11 +41,12 @@ class KvzipPress final : public ScorerPress, public ModelWidePress {
     return s;
   }
 
-  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>&) const override {
+  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>& scores) const override {
     if (!layerwise_) refuse_single_layer("kvzip");
     if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);  // kvpress prunes only when compression_ratio > 0
     const long long entries = static_cast<long long>(in.num_kv_heads()) * in.n;
-    return select_topk_global(checked_score(in, ratio), entries - kvzip_pruned(in.num_kv_heads(), in.n, ratio));
+    scores = checked_score(in, ratio);
+    return select_topk_global(*scores, entries - kvzip_pruned(in.num_kv_heads(), in.n, ratio));
   }
 
   bool is_model_wide() const override { return !layerwise_; }
