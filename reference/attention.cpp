@@ -92,4 +92,24 @@ Eigen::RowVectorXf causal_attention_column_sums(const LayerTensors& layer, int h
   return sums;
 }
 
+void prompt_weights_on_context(const RowMatrixD& queries, const RowMatrixD& keys, const RowMatrixD& own_keys,
+                               const std::function<void(int, const Eigen::Ref<const Eigen::RowVectorXd>&)>& visit) {
+  constexpr int kRows = 64;
+  const int count = static_cast<int>(queries.rows());
+  RowMatrixD context(kRows, keys.rows()), own(kRows, count);
+  for (int begin = 0; begin < count; begin += kRows) {
+    const int rows = std::min(kRows, count - begin), seen = begin + rows;  // own keys [0, seen) reach this block
+    context.topRows(rows).noalias() = queries.middleRows(begin, rows) * keys.transpose();
+    own.topLeftCorner(rows, seen).noalias() = queries.middleRows(begin, rows) * own_keys.topRows(seen).transpose();
+    for (int r = 0; r < rows; ++r) {
+      auto weights = context.row(r).array();
+      const auto mine = own.row(r).head(begin + r + 1).array();
+      const double top = std::max(weights.maxCoeff(), mine.maxCoeff());
+      weights = (weights - top).exp();
+      weights /= weights.sum() + (mine - top).exp().sum();
+      visit(begin + r, context.row(r));
+    }
+  }
+}
+
 }  // namespace kvsim::ref

@@ -2,7 +2,10 @@
 // sequence lengths, head dims, GQA ratios and storage dtypes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <random>
+#include <vector>
 
 #include "core/half.h"
 #include "reference/attention.h"
@@ -92,6 +95,33 @@ TEST(Attention, ProbabilitiesRespectTheMaskAndLogSumExp) {
   EXPECT_NEAR(p(1, 0), 1.0 / (1 + 2 * a), 1e-6);
   EXPECT_NEAR(p(1, 2), a / (1 + 2 * a), 1e-6);
   EXPECT_NEAR(lse[1], std::log(1 + 2 * a), 1e-6);
+}
+
+// A prompt after the context (KVzip, KVCompose): row i's weights on the context keys, from the
+// definition (exp of each logit over the sum over the context keys and own keys 0..i), for 150
+// rows (three blocks of the GEMM form) and the rows in order.
+TEST(Attention, PromptWeightsOnContextMatchTheDefinition) {
+  std::mt19937 rng(7);
+  std::normal_distribution<double> normal;
+  const auto draw = [&](int rows, int cols) {
+    ref::RowMatrixD m(rows, cols);
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = normal(rng);
+    return m;
+  };
+  const ref::RowMatrixD queries = draw(150, 8), keys = draw(40, 8), own = draw(150, 8);
+  int next_row = 0;
+  ref::prompt_weights_on_context(queries, keys, own, [&](int i, const Eigen::Ref<const Eigen::RowVectorXd>& weights) {
+    ASSERT_EQ(i, next_row++);
+    ASSERT_EQ(weights.size(), 40);
+    std::vector<double> logits;
+    for (int j = 0; j < 40; ++j) logits.push_back(queries.row(i).dot(keys.row(j)));
+    for (int r = 0; r <= i; ++r) logits.push_back(queries.row(i).dot(own.row(r)));
+    const double top = *std::max_element(logits.begin(), logits.end());
+    double sum = 0.0;
+    for (double l : logits) sum += std::exp(l - top);
+    for (int j = 0; j < 40; ++j) EXPECT_NEAR(weights[j], std::exp(logits[j] - top) / sum, 1e-12) << "row " << i << " key " << j;
+  });
+  EXPECT_EQ(next_row, 150);
 }
 
 }  // namespace

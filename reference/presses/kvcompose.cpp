@@ -47,33 +47,19 @@ class KvcomposePress final : public ScorerPress, public ModelWidePress {
   Compression compress_keeping_scores(const PressInput&, double, std::optional<Scores>&) const override { refuse_single_layer("kvcompose"); }
 
   // agg_task over the pass's rows i of query head h's weight on each context key j: the softmax
-  // of row i over the n context keys and, causally, the pass's keys 0..i, in float64. Blocks of
-  // rows as GEMMs (the same arithmetic as kvcompose_row_stats and kvcompose_token_score, which
-  // the device runs a thread per row or key, up to the order of each dot product's sum).
+  // of row i over the n context keys and, causally, the pass's keys 0..i, in float64 (the
+  // arithmetic of kvcompose_row_stats and kvcompose_token_score, which the device runs a thread
+  // per row or key, up to the order of each dot product's sum).
   Eigen::RowVectorXd task_scores(const PressInput& in, int h) const {
-    constexpr int kRows = 64;
     const KvcomposePass& pass = in.layer.kvcompose;
     const int n = in.n, g = kv_head_of(h, in.num_heads(), in.num_kv_heads());
     const double scale = 1.0 / std::sqrt(static_cast<double>(in.head_dim()));
-    const RowMatrixD queries = head_rows(pass.q, h, n).cast<double>() * scale;
-    const RowMatrixD keys = head_rows(in.layer.k, g, n).cast<double>(), pass_keys = head_rows(pass.k, g, n).cast<double>();
     Eigen::RowVectorXd task = Eigen::RowVectorXd::Constant(n, options_.task_max ? -INFINITY : 0.0);
-    RowMatrixD context(kRows, n), own(kRows, n);
-    for (int begin = 0; begin < n; begin += kRows) {
-      const int rows = std::min(kRows, n - begin), seen = begin + rows;  // pass keys [0, seen) reach this block
-      context.topRows(rows).noalias() = queries.middleRows(begin, rows) * keys.transpose();
-      own.topLeftCorner(rows, seen).noalias() = queries.middleRows(begin, rows) * pass_keys.topRows(seen).transpose();
-      for (int r = 0; r < rows; ++r) {
-        const int i = begin + r;
-        auto weights = context.row(r).array();
-        const auto mine = own.row(r).head(i + 1).array();
-        const double top = std::max(weights.maxCoeff(), mine.maxCoeff());
-        weights = (weights - top).exp();
-        weights /= weights.sum() + (mine - top).exp().sum();
-        if (options_.task_max) task = task.cwiseMax(weights.matrix());
-        else task += weights.matrix();
-      }
-    }
+    prompt_weights_on_context(head_rows(pass.q, h, n).cast<double>() * scale, head_rows(in.layer.k, g, n).cast<double>(),
+                              head_rows(pass.k, g, n).cast<double>(), [&](int, const Eigen::Ref<const Eigen::RowVectorXd>& weights) {
+                                if (options_.task_max) task = task.cwiseMax(weights);
+                                else task += weights;
+                              });
     if (!options_.task_max) task /= n;
     return task;
   }

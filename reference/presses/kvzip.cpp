@@ -59,11 +59,9 @@ class KvzipPress final : public ScorerPress, public ModelWidePress {
   // Query head h's largest weight on each context token j over the repeat rows of j's chunk
   // (0 for a token no chunk covers): row r's softmax over the context keys [0, sink) and
   // [begin, end) and, causally, the chunk's repeat keys up to r, in float64; with KVzip+ times
-  // ||W_o^(h) v_j|| / hidden_norm[r]. Blocks of rows as GEMMs (the arithmetic of kvzip_row_stats
-  // and kvzip_token_score, which the device runs a thread per row or token, up to the order of
-  // each sum).
+  // ||W_o^(h) v_j|| / hidden_norm[r] (the arithmetic of kvzip_row_stats and kvzip_token_score,
+  // which the device runs a thread per row or token, up to the order of each sum).
   Eigen::RowVectorXd head_best_weights(const PressInput& in, int h) const {
-    constexpr int kRows = 64;
     const KvzipPasses& passes = in.layer.kvzip;
     const int n = in.n, d = in.head_dim(), g = kv_head_of(h, in.num_heads(), in.num_kv_heads());
     const double scale = 1.0 / std::sqrt(static_cast<double>(d));
@@ -71,32 +69,21 @@ class KvzipPress final : public ScorerPress, public ModelWidePress {
     Eigen::RowVectorXd best = Eigen::RowVectorXd::Zero(n);
     for (const KvzipChunk& chunk : passes.chunks) {
       const int sink = std::min(n_sink_, chunk.context_begin), width = chunk.context_end - chunk.context_begin;
+      const int rows_end = chunk.repeat_begin + chunk.repeat_length;
       RowMatrixD keys(sink + width, d);  // the context keys the chunk's rows see: the sinks, then its own tokens
       keys.topRows(sink) = head_rows(in.layer.k, g, sink).cast<double>();
       keys.bottomRows(width) = head_rows(in.layer.k, g, chunk.context_end).bottomRows(width).cast<double>();
-      const RowMatrixD queries =
-          head_rows(passes.q, h, chunk.repeat_begin + chunk.repeat_length).bottomRows(chunk.repeat_length).cast<double>() * scale;
-      const RowMatrixD repeat_keys = head_rows(passes.k, g, chunk.repeat_begin + chunk.repeat_length).bottomRows(chunk.repeat_length).cast<double>();
-      RowMatrixD context(kRows, keys.rows()), own(kRows, chunk.repeat_length);
-      for (int begin = 0; begin < chunk.repeat_length; begin += kRows) {
-        const int rows = std::min(kRows, chunk.repeat_length - begin), seen = begin + rows;
-        context.topRows(rows).noalias() = queries.middleRows(begin, rows) * keys.transpose();
-        own.topLeftCorner(rows, seen).noalias() = queries.middleRows(begin, rows) * repeat_keys.topRows(seen).transpose();
-        for (int i = 0; i < rows; ++i) {
-          const int r = chunk.repeat_begin + begin + i;  // the row in the passes
-          auto weights = context.row(i).array();
-          const auto mine = own.row(i).head(begin + i + 1).array();
-          const double top = std::max(weights.maxCoeff(), mine.maxCoeff());
-          weights = (weights - top).exp();
-          weights /= weights.sum() + (mine - top).exp().sum();
-          auto mine_best = best.segment(chunk.context_begin, width).array();
-          for (int j = 0; j < width; ++j) {
-            double weight = weights[sink + j];
-            if (plus_) weight *= output_norm[chunk.context_begin + j] / passes.hidden_norm[static_cast<std::size_t>(r)];
-            mine_best[j] = std::max(mine_best[j], weight);
-          }
-        }
-      }
+      auto chunk_best = best.segment(chunk.context_begin, width).array();
+      prompt_weights_on_context(head_rows(passes.q, h, rows_end).bottomRows(chunk.repeat_length).cast<double>() * scale, keys,
+                                head_rows(passes.k, g, rows_end).bottomRows(chunk.repeat_length).cast<double>(),
+                                [&](int i, const Eigen::Ref<const Eigen::RowVectorXd>& weights) {
+                                  const float hidden_norm = plus_ ? passes.hidden_norm[static_cast<std::size_t>(chunk.repeat_begin + i)] : 1.0f;
+                                  for (int j = 0; j < width; ++j) {
+                                    double weight = weights[sink + j];
+                                    if (plus_) weight *= output_norm[chunk.context_begin + j] / hidden_norm;
+                                    chunk_best[j] = std::max(chunk_best[j], weight);
+                                  }
+                                });
     }
     return best;
   }
