@@ -22,28 +22,17 @@ struct Outcome {
   std::string error;
 };
 
-Outcome run(const Press& press, const PressInput& input, double ratio) {
+// The press's compression (and a query-time press's outputs). With `scores`, a reference scorer
+// press also hands back the scores it selected from (ref::ScorerPress::compress_keeping_scores),
+// so the caller compares them without scoring again.
+Outcome run(const Press& press, const PressInput& input, double ratio, std::optional<ScoreMatrix>* scores = nullptr) {
   Outcome out;
   try {
-    out.compression = press.compress(input, ratio);
+    const auto* scorer = scores ? dynamic_cast<const ref::ScorerPress*>(&press) : nullptr;
+    out.compression = scorer ? scorer->compress_keeping_scores(input, ratio, *scores) : press.compress(input, ratio);
     if (const auto* query_time = dynamic_cast<const QueryTimePress*>(&press)) out.sparse = query_time->outputs(input, ratio);
   } catch (const Error& e) {
-    out.error = e.what();
-  }
-  return out;
-}
-
-// run() on the reference, also handing back the scores a scorer press selected from (where it
-// says: ref::ScorerPress::compress_keeping_scores): scored once, not once to compress and
-// again to compare.
-Outcome run_reference(const Press& press, const PressInput& input, double ratio, std::optional<ScoreMatrix>& scores) {
-  const auto* scorer = dynamic_cast<const ref::ScorerPress*>(&press);
-  if (!scorer) return run(press, input, ratio);
-  Outcome out;
-  try {
-    out.compression = scorer->compress_keeping_scores(input, ratio, scores);
-  } catch (const Error& e) {
-    scores.reset();
+    if (scores) scores->reset();
     out.error = e.what();
   }
   return out;
@@ -392,7 +381,7 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
       ++result.cases;
       const long violations_before = result.violations;
       std::optional<ScoreMatrix> ref_scores;
-      const Outcome ref = run_reference(*reference, input, ratio, ref_scores), got = run(*candidate, input, ratio);
+      const Outcome ref = run(*reference, input, ratio, &ref_scores), got = run(*candidate, input, ratio);
       if (!ref.error.empty() || !got.error.empty()) {
         if (ref.error != got.error)
           compare.violation(where, "errors differ: reference '" + ref.error + "', " + backend_name(other) + " '" + got.error + "'");
