@@ -4,9 +4,15 @@
 //  * SelectsByScores: presses that keep each head's top entries of scores of their own which
 //    are no scorer's output (CriticalAdaKV's rescaled scores: it is no ScorerPress) name them;
 //  * SelectsFromInnerScores: presses whose kept set is a function of their inner scorer's
-//    scores alone, with jumps no boundary captures (entropy_gated_chunkkv: a chunk's gate
-//    flips at a median, and the budget it frees moves tokens elsewhere) run their selection on
-//    given inner scores, so the harness can compare the two stages one at a time.
+//    scores (and the layer), with jumps no boundary captures (entropy_gated_chunkkv: a chunk's
+//    gate flips at a median, and the budget it frees moves tokens elsewhere; CriticalKV: a
+//    token in or out of the first stage's set), run their selection on given inner scores, so
+//    the harness can compare the two stages one at a time. Where the last stage keeps the top
+//    entries of scores computed from the inner ones (CriticalKV's rescaling, float arithmetic
+//    of its own), the press names those too, and the harness tolerates that stage's rounding
+//    at its boundary; otherwise the kept set must follow exactly.
+#include <optional>
+
 #include "core/press.h"
 
 namespace kvsim {
@@ -23,6 +29,10 @@ class SelectsFromInnerScores {
   virtual ~SelectsFromInnerScores() = default;
   // What compress(input, ratio) keeps when its inner scorer's scores [Hkv, n] are `inner`.
   virtual Compression select_from_inner_scores(const PressInput& input, double ratio, const ScoreMatrix& inner) const = 0;
+  // [Hkv, n]: the scores whose top entries per KV head the last stage keeps, when the inner
+  // scores are `inner` (a scorer press: what score() returns); none where no float arithmetic
+  // follows the inner scores.
+  virtual std::optional<ScoreMatrix> selection_scores_from_inner_scores(const PressInput&, double, const ScoreMatrix&) const { return std::nullopt; }
 };
 
 }  // namespace kvsim

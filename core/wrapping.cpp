@@ -159,7 +159,7 @@ Compression block_compress(const PressInput& input, double ratio, int block_size
 }
 
 Compression composed_compress(const PressInput& input, const std::vector<const Press*>& presses, const std::vector<double>& ratios,
-                              const std::vector<std::string>& names, CarriedParts parts) {
+                              const std::vector<std::string>& names, CarriedParts parts, const StageObserver* observe) {
   const int Hkv = input.num_kv_heads();
   std::vector<std::vector<int>> positions(static_cast<std::size_t>(Hkv), std::vector<int>(static_cast<std::size_t>(input.n)));
   for (auto& head : positions) std::iota(head.begin(), head.end(), 0);  // indices into the input's tokens
@@ -176,6 +176,7 @@ Compression composed_compress(const PressInput& input, const std::vector<const P
           for (int& p : absolute[g]) p = (*input.positions)[g][p];
       stage_input.positions = &absolute;
     }
+    if (observe) (*observe)(i, stage_input, ratios[i]);
     stage = presses[i]->compress(stage_input, ratios[i]);
     for (int g = 0; g < Hkv; ++g) {
       std::vector<int> mapped;
@@ -272,11 +273,17 @@ ComposedPress::ComposedPress(const PressConfig& config) : ratios_(config.params.
   }
 }
 
-Compression ComposedPress::compress(const PressInput& input, double ratio) const {
+Compression ComposedPress::compress(const PressInput& input, double ratio) const { return compose(input, ratio, nullptr); }
+
+Compression ComposedPress::compress_observed(const PressInput& input, double ratio, const StageObserver& observe) const {
+  return compose(input, ratio, &observe);
+}
+
+Compression ComposedPress::compose(const PressInput& input, double ratio, const StageObserver* observe) const {
   std::vector<const Press*> presses;
   for (const auto& press : presses_) presses.push_back(press.get());
   const std::vector<double> ratios = ratios_.empty() ? std::vector<double>(presses.size(), ratio) : ratios_;
-  return composed_compress(input, presses, ratios, names_, parts_);
+  return composed_compress(input, presses, ratios, names_, parts_, observe);
 }
 
 }  // namespace kvsim

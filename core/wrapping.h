@@ -68,9 +68,11 @@ using BlockRank = std::function<std::vector<std::vector<int>>(const PressInput& 
 Compression block_compress(const PressInput& input, double ratio, int block_size, CarriedParts parts, const BlockRank& rank);
 
 // ComposedPress: runs `presses` in order, each on the previous one's survivors (their queries,
-// keys and values, merged rows included, in position order) at ratios[i].
+// keys and values, merged rows included, in position order) at ratios[i]. `observe`, where
+// given, sees each press's index, input and ratio just before the press runs.
+using StageObserver = std::function<void(std::size_t press, const PressInput& input, double ratio)>;
 Compression composed_compress(const PressInput& input, const std::vector<const Press*>& presses, const std::vector<double>& ratios,
-                              const std::vector<std::string>& names, CarriedParts parts);
+                              const std::vector<std::string>& names, CarriedParts parts, const StageObserver* observe = nullptr);
 
 // kvpress PerLayerCompressionPress: the inner scorer compresses layer l at
 // compression_ratios[l] (the run's ratio is ignored). Backend independent: the inner press is
@@ -92,8 +94,13 @@ class ComposedPress : public Press {
  public:
   explicit ComposedPress(const PressConfig& config);
   Compression compress(const PressInput& input, double ratio) const override;
+  // compress, showing `observe` each press's input (the conformance harness compares the
+  // presses one at a time on this backend's survivors: a near-tie in a later press's scores
+  // lies on no boundary of the first press's).
+  Compression compress_observed(const PressInput& input, double ratio, const StageObserver& observe) const;
 
  private:
+  Compression compose(const PressInput& input, double ratio, const StageObserver* observe) const;
   std::vector<std::unique_ptr<Press>> presses_;
   std::vector<std::string> names_;
   std::vector<double> ratios_;

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/registry.h"
 #include "core/selection_scores.h"
+#include "core/wrapping.h"
 #include "test_util.h"
 
 namespace kvsim {
@@ -270,6 +271,33 @@ TEST_P(Wrappers, ComposedRunsEachPressOnTheSurvivorsOfTheLast) {
   EXPECT_EQ(run("composed(knorm;dms(knorm):threshold=-1.5,sliding_window_size=0)", layer, 0.25).kept, (Kept{{1}, {0}}));
 }
 
+// What the conformance harness sees of a composition (compress_observed): each press's index,
+// ratio and input, the second press's being the first one's survivors (the case above: head 0
+// norms 5 1 7 2 8 3 6 4 -> tokens 1 3 5 7, norms 1 2 3 4), and the same result as compress.
+TEST_P(Wrappers, ComposedShowsEachPressItsInput) {
+  const LayerTensors layer = layer_with_norms({{5, 1, 7, 2, 8, 3, 6, 4}, {1, 2, 3, 4, 5, 6, 7, 8}});
+  const auto press = Registry::instance().make("composed(knorm;streaming_llm:n_sink=1):compression_ratios=0.5/0.25", GetParam());
+  const PressInput input{layer, 8, 1, kRope};
+  std::vector<std::size_t> indices;
+  std::vector<double> ratios;
+  std::vector<int> lengths;
+  std::vector<float> second_keys_norms;  // head 0's
+  const Compression observed =
+      dynamic_cast<const ComposedPress&>(*press).compress_observed(input, 0.9, [&](std::size_t i, const PressInput& in, double ratio) {
+        indices.push_back(i);
+        ratios.push_back(ratio);
+        lengths.push_back(in.n);
+        if (i == 1)
+          for (int t = 0; t < in.n; ++t) second_keys_norms.push_back(in.layer.k.head(0)[t * in.layer.k.dim]);  // keys (norm, 0)
+      });
+  EXPECT_EQ(indices, (std::vector<std::size_t>{0, 1}));
+  EXPECT_EQ(ratios, (std::vector<double>{0.5, 0.25}));
+  EXPECT_EQ(lengths, (std::vector<int>{8, 4}));
+  ASSERT_EQ(second_keys_norms.size(), 4u);
+  EXPECT_EQ(second_keys_norms, (std::vector<float>{1, 2, 3, 4}));
+  EXPECT_EQ(observed.kept, press->compress(input, 0.9).kept);
+}
+
 TEST_P(Wrappers, ComposedRefusesWhatCannotBeComposed) {
   EXPECT_TRUE(contains(build_error("composed(adakv(knorm);knorm)"), "cannot contain 'adakv'"));
   EXPECT_TRUE(contains(build_error("composed(knorm;adakv(knorm))"), "cannot contain 'adakv'"));
@@ -344,6 +372,59 @@ TEST_P(Wrappers, CriticalAdaKvSplitsHeadBudgetsThenRescales) {
   EXPECT_TRUE(contains(build_error("critical_adakv(knorm):alpha_safeguard=2"), "above its maximum"));
   EXPECT_TRUE(contains(build_error("critical_adakv(none)"), "is not one"));
   EXPECT_TRUE(contains(build_error("adakv(critical_adakv(knorm))"), "is not one"));
+}
+
+// The reference's last stage on given inner scores (what the conformance harness runs on the
+// other backend's inner scores, core/selection_scores.h): the knorm scores give what compress
+// and score give; a first-stage near-tie the other way round moves a token, worked by hand.
+TEST(CriticalKv, SelectsFromGivenInnerScoresAsCompressDoes) {
+  // The layer of CriticalRescalesByTheProjectedValueNorms: norms 1.5, 0.1, 2, 0.25.
+  LayerTensors layer = layer_with_norms({{1, 2, 4, 0.5f}}, 2);
+  const float values[4][2] = {{1, 0}, {0, 0.2f}, {1, 1}, {0, 0.5f}};
+  for (int t = 0; t < 4; ++t)
+    for (int c = 0; c < 2; ++c) layer.v.at(0, t, c) = values[t][c];
+  layer.o_proj = {1, 0, 2, 0, 0, 1, 0, 0};
+  layer.o_proj_rows = 2;
+  const PressInput input{layer, 4, 1, kRope};
+  const auto press = Registry::instance().make("critical(knorm)", Backend::reference);
+  const auto& staged = dynamic_cast<const SelectsFromInnerScores&>(*press);
+  const ScoreMatrix knorm = dynamic_cast<const ScorerPress&>(*Registry::instance().make("knorm", Backend::reference)).score(input, 0.5);
+  EXPECT_EQ(staged.select_from_inner_scores(input, 0.5, knorm).kept, press->compress(input, 0.5).kept);
+  EXPECT_EQ(*staged.selection_scores_from_inner_scores(input, 0.5, knorm), dynamic_cast<const ScorerPress&>(*press).score(input, 0.5));
+  // Token 0 at -0.49999 edges out token 3 (-0.5) for stage 1's one place: token 0 -> FLT_MAX,
+  // token 3 -> (-0.5 + 1e-4) 0.25 = -0.124975 beats token 1's (-2 + 1e-4) 0.1: {0, 3}, where
+  // knorm's own scores give {1, 3}.
+  ScoreMatrix tied(1, 4);
+  tied << -0.49999f, -2, -4, -0.5f;
+  EXPECT_EQ(staged.select_from_inner_scores(input, 0.5, tied).kept, (Kept{{0, 3}}));
+  const ScoreMatrix last = *staged.selection_scores_from_inner_scores(input, 0.5, tied);
+  EXPECT_EQ(last(0, 0), FLT_MAX);
+  EXPECT_NEAR(last(0, 3), (-0.5 + 1e-4) * 0.25, 1e-6);
+  EXPECT_EQ(staged.select_from_inner_scores(input, 0.0, tied).kept[0].size(), 4u);
+}
+
+TEST(CriticalAdaKv, SelectsFromGivenInnerScoresAsCompressDoes) {
+  // The layer of CriticalAdaKvSplitsHeadBudgetsThenRescales (|v|_1: head 0 all 1, head 1 1 1 100 1).
+  LayerTensors layer = layer_with_norms({{1, 2, 3, 4}, {1.5f, 2.5f, 1.8f, 40}});
+  layer.v.at(1, 2, 0) = 100;
+  layer.o_proj = {1, 0, 1, 0, 0, 1, 0, 1};
+  layer.o_proj_rows = 2;
+  const PressInput input{layer, 4, 1, kRope};
+  const auto press = Registry::instance().make("critical_adakv(knorm)", Backend::reference);
+  const auto& staged = dynamic_cast<const SelectsFromInnerScores&>(*press);
+  const ScoreMatrix knorm = dynamic_cast<const ScorerPress&>(*Registry::instance().make("knorm", Backend::reference)).score(input, 0.5);
+  for (double ratio : {0.25, 0.5}) {
+    EXPECT_EQ(staged.select_from_inner_scores(input, ratio, knorm).kept, press->compress(input, ratio).kept);
+    EXPECT_EQ(*staged.selection_scores_from_inner_scores(input, ratio, knorm),
+              dynamic_cast<const SelectsByScores&>(*press).selection_scores(input, ratio));
+  }
+  // Head 1's token 2 at -1.0 takes the safeguard from token 0 (-1.5): budgets stay 2 and 2
+  // (the layer's best 4: two FLT_MAX, -1.5, -2), stage 1 raises each head's safeguarded token,
+  // and head 1 keeps token 2 (FLT_MAX times 100: inf) and token 0 (-1.5 + 1e-4): {0, 2}.
+  ScoreMatrix moved = knorm;
+  moved(1, 2) = -1.0f;
+  EXPECT_EQ(staged.select_from_inner_scores(input, 0.5, moved).kept, (Kept{{0, 1}, {0, 2}}));
+  EXPECT_EQ((*staged.selection_scores_from_inner_scores(input, 0.5, moved))(1, 2), INFINITY);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, Wrappers, ::testing::Values(Backend::reference, Backend::cuda_emulated),

@@ -10,6 +10,7 @@
 #include "core/model_wide.h"
 #include "core/query_time.h"
 #include "core/selection_scores.h"
+#include "core/wrapping.h"
 #include "reference/scorer_press.h"
 
 namespace kvsim {
@@ -196,6 +197,9 @@ class CaseComparer {
     }
   }
 
+  // A case both backends refused with the same error.
+  void refused() { ++result_.refused; }
+
   // Kept sets compared stage by stage (check_staged_selection).
   void staged_selection(const std::string& where, const Compression& ref, const Compression& got, const Compression& expected) {
     const StagedSelectionCheck check = check_staged_selection(ref, got, expected);
@@ -303,13 +307,22 @@ std::string inner_stage_note(const PressSpec& spec, Backend other, const PressIn
 }
 
 // A SelectsFromInnerScores press (core/selection_scores.h): its inner scores on both backends
-// within the score tolerance, then its kept set against the reference's selection on the other
-// backend's inner scores.
+// within the score tolerance, then its kept set (and a scorer's scores, `got_scores`) against
+// the reference's last stage run on the other backend's inner scores: exactly, or where the
+// press names that stage's scores, within the score tolerance and near that stage's boundary.
+// The tokens the two backends' inner scores alone move (reference against that run) are counted.
 void compare_stages(const SelectsFromInnerScores& reference, const PressSpec& spec, Backend other, const PressInput& input, double ratio,
-                    const Compression& ref, const Compression& got, CaseComparer& compare, const std::string& where) {
+                    const Compression& ref, const Compression& got, const std::optional<ScoreMatrix>& got_scores, CaseComparer& compare,
+                    const std::string& where) {
   const auto [ref_inner, got_inner] = scores_on_both(*spec.inner, other, input, ratio);
   compare.scores(where + " (inner scores)", ref_inner, got_inner);
-  compare.staged_selection(where, ref, got, reference.select_from_inner_scores(input, ratio, got_inner));
+  const Compression expected = reference.select_from_inner_scores(input, ratio, got_inner);
+  const std::optional<ScoreMatrix> last_stage = reference.selection_scores_from_inner_scores(input, ratio, got_inner);
+  if (got_scores && !last_stage) throw Error("internal: staged scorer press '" + spec.name + "' names no scores of its last stage");
+  if (!last_stage) return compare.staged_selection(where, ref, got, expected);
+  if (got_scores) compare.scores(where, *last_stage, *got_scores);
+  compare.staged_selection(where, ref, expected, expected);  // counts the inner stage's moves
+  compare.compressions(where, expected, got, last_stage, input.n);
 }
 
 std::string case_label(const ConformanceInput& in, double ratio) {
@@ -353,6 +366,60 @@ void compare_model_wide(const ModelWidePress& reference, const ModelWidePress& c
   }
 }
 
+void compare_composition_stages(const ComposedPress& candidate, const PressSpec& spec, Backend other, const PressInput& input, double ratio,
+                                CaseComparer& compare, const std::string& where);
+
+// One case: both backends' results (or the same error), scores, kept sets, merged rows and a
+// query-time press's outputs; a press of SelectsFromInnerScores stage by stage, a composition
+// press by press.
+void compare_case(const Press& reference, const Press& candidate, const PressSpec& spec, Backend other, const PressInput& input, double ratio,
+                  CaseComparer& compare, const std::string& where) {
+  std::optional<ScoreMatrix> ref_scores;
+  const Outcome ref = run(reference, input, ratio, &ref_scores), got = run(candidate, input, ratio);
+  if (!ref.error.empty() || !got.error.empty()) {
+    if (ref.error != got.error)
+      compare.violation(where, "errors differ: reference '" + ref.error + "', " + backend_name(other) + " '" + got.error + "'");
+    else
+      compare.refused();
+    return;
+  }
+  if (const auto* composed = dynamic_cast<const ComposedPress*>(&candidate))
+    return compare_composition_stages(*composed, spec, other, input, ratio, compare, where);
+  const auto* ref_scorer = dynamic_cast<const ScorerPress*>(&reference);
+  const auto* got_scorer = dynamic_cast<const ScorerPress*>(&candidate);
+  const auto* staged = spec.inner ? dynamic_cast<const SelectsFromInnerScores*>(&reference) : nullptr;
+  std::optional<ScoreMatrix> got_scores;
+  if (ref_scorer && got_scorer) got_scores = got_scorer->score(input, ratio);
+  if (staged) {
+    compare_stages(*staged, spec, other, input, ratio, *ref.compression, *got.compression, got_scores, compare, where);
+  } else {
+    if (got_scores) {
+      if (!ref_scores) ref_scores = ref_scorer->score(input, ratio);
+      compare.scores(where, *ref_scores, *got_scores);
+    }
+    compare.compressions(where, *ref.compression, *got.compression, selection_scores(reference, spec, input, ratio, ref_scores), input.n);
+  }
+  if (ref.sparse && got.sparse) compare.sparse_outputs(where, *ref.sparse, *got.sparse);
+  else if (ref.sparse || got.sparse) compare.violation(where, "only one backend's press is query-time");
+}
+
+// A composition (kvpress ComposedPress), press by press: each of its presses on both backends
+// over the input the other backend's composition hands it (that backend's survivors of the
+// presses before), as a case of its own. The bookkeeping between the presses is host code
+// shared by the backends; comparing only the final kept sets would judge a near-tie in a later
+// press's scores by the first press's boundary.
+void compare_composition_stages(const ComposedPress& candidate, const PressSpec& spec, Backend other, const PressInput& input, double ratio,
+                                CaseComparer& compare, const std::string& where) {
+  const std::vector<std::shared_ptr<PressSpec>> stages = spec.presses();
+  const Registry& registry = Registry::instance();
+  candidate.compress_observed(input, ratio, [&](std::size_t i, const PressInput& stage_input, double stage_ratio) {
+    const auto reference = registry.make(*stages[i], Backend::reference), on_other = registry.make(*stages[i], other);
+    compare_case(*reference, *on_other, *stages[i], other, stage_input, stage_ratio, compare,
+                 where + " (press " + std::to_string(i + 1) + " of " + std::to_string(stages.size()) + ", on " + backend_name(other) +
+                     "'s survivors)");
+  });
+}
+
 }  // namespace
 
 PressConformance compare_backends(const std::string& spec_text, Backend other, const std::vector<ConformanceInput>& inputs,
@@ -380,27 +447,7 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
       const std::string where = case_label(in, ratio);
       ++result.cases;
       const long violations_before = result.violations;
-      std::optional<ScoreMatrix> ref_scores;
-      const Outcome ref = run(*reference, input, ratio, &ref_scores), got = run(*candidate, input, ratio);
-      if (!ref.error.empty() || !got.error.empty()) {
-        if (ref.error != got.error)
-          compare.violation(where, "errors differ: reference '" + ref.error + "', " + backend_name(other) + " '" + got.error + "'");
-        else
-          ++result.refused;
-        continue;
-      }
-      const auto* ref_scorer = dynamic_cast<const ScorerPress*>(reference.get());
-      const auto* got_scorer = dynamic_cast<const ScorerPress*>(candidate.get());
-      if (ref_scorer && got_scorer) {
-        if (!ref_scores) ref_scores = ref_scorer->score(input, ratio);
-        compare.scores(where, *ref_scores, got_scorer->score(input, ratio));
-      }
-      if (const auto* staged = dynamic_cast<const SelectsFromInnerScores*>(reference.get()); staged && spec.inner)
-        compare_stages(*staged, spec, other, input, ratio, *ref.compression, *got.compression, compare, where);
-      else
-        compare.compressions(where, *ref.compression, *got.compression, selection_scores(*reference, spec, input, ratio, ref_scores), in.n);
-      if (ref.sparse && got.sparse) compare.sparse_outputs(where, *ref.sparse, *got.sparse);
-      else if (ref.sparse || got.sparse) compare.violation(where, "only one backend's press is query-time");
+      compare_case(*reference, *candidate, spec, other, input, ratio, compare, where);
       if (violations_before == 0 && result.violations > 0 && compare.first_at)
         result.first_violation += inner_stage_note(spec, other, input, ratio, *compare.first_at);
     }

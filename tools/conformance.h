@@ -15,9 +15,11 @@
 // The first violation of a wrapper or list press also gives its token's score and rank under
 // the first inner scorer on both backends (an inner near-tie shows there). A press whose
 // selection jumps where no score boundary shows it (core/selection_scores.h,
-// SelectsFromInnerScores) is compared stage by stage instead: its inner scores within
-// score_rtol, then its kept set against the reference's selection run on the other backend's
-// inner scores, exactly (check_staged_selection).
+// SelectsFromInnerScores: entropy_gated_chunkkv, critical, critical_adakv) is compared stage by
+// stage instead: its inner scores within score_rtol, then its kept set (and a scorer's scores)
+// against the reference's last stage run on the other backend's inner scores — exactly
+// (check_staged_selection), or, where the press names the scores that stage selects by,
+// within score_rtol and boundary_rtol of them.
 #include <span>
 #include <string>
 #include <vector>

@@ -58,7 +58,7 @@ void raise_top(Scores& s, const std::vector<int>& k) {
     for (int t : ranked_positions(s.row(g).data(), static_cast<int>(s.cols()), k[g])) s(g, t) = FLT_MAX;
 }
 
-class CriticalKvPress final : public ScorerPress {
+class CriticalKvPress final : public ScorerPress, public SelectsFromInnerScores {
  public:
   explicit CriticalKvPress(const PressConfig& c)
       : ScorerPress("critical"),
@@ -68,7 +68,19 @@ class CriticalKvPress final : public ScorerPress {
 
   Scores score(const PressInput& in, double ratio) const override {
     require_o_proj(name(), in.layer);
-    Scores s = inner_->checked_score(in, ratio);
+    return from_inner(in, ratio, inner_->checked_score(in, ratio));
+  }
+
+  Compression select_from_inner_scores(const PressInput& in, double ratio, const Scores& inner) const override {
+    if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);
+    return select_topk_per_head(from_inner(in, ratio, inner), budget(in, ratio));
+  }
+  std::optional<ScoreMatrix> selection_scores_from_inner_scores(const PressInput& in, double ratio, const Scores& inner) const override {
+    return from_inner(in, ratio, inner);
+  }
+
+ private:
+  Scores from_inner(const PressInput& in, double ratio, Scores s) const {
     const int selected = criticalkv_first_stage(in.n, ratio, first_stage_);
     std::vector<std::vector<int>> stage1(static_cast<std::size_t>(s.rows()));
     for (int g = 0; g < s.rows(); ++g) stage1[g] = ranked_positions(s.row(g).data(), in.n, selected);
@@ -78,13 +90,12 @@ class CriticalKvPress final : public ScorerPress {
     return s;
   }
 
- private:
   std::unique_ptr<ScorerPress> inner_;
   float epsilon_;
   double first_stage_;
 };
 
-class CriticalAdaKvPress final : public Press, public SelectsByScores {
+class CriticalAdaKvPress final : public Press, public SelectsByScores, public SelectsFromInnerScores {
  public:
   explicit CriticalAdaKvPress(const PressConfig& c)
       : inner_(make_inner_scorer(c)),
@@ -94,14 +105,26 @@ class CriticalAdaKvPress final : public Press, public SelectsByScores {
 
   Compression compress(const PressInput& in, double ratio) const override {
     if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);
-    Stages stages = rescaled(in, ratio);
-    raise_top(stages.scores, stages.budgets);
-    return select_topk_global(stages.scores, stages.total);
+    require_o_proj("critical_adakv", in.layer);
+    return select_from_inner_scores(in, ratio, inner_->checked_score(in, ratio));
   }
 
   // Each head keeps its top b_g of the rescaled scores (the final raise makes the global cut
   // exactly that).
-  ScoreMatrix selection_scores(const PressInput& in, double ratio) const override { return rescaled(in, ratio).scores; }
+  ScoreMatrix selection_scores(const PressInput& in, double ratio) const override {
+    require_o_proj("critical_adakv", in.layer);
+    return rescaled(in, ratio, inner_->checked_score(in, ratio)).scores;
+  }
+
+  Compression select_from_inner_scores(const PressInput& in, double ratio, const Scores& inner) const override {
+    if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);
+    Stages stages = rescaled(in, ratio, inner);
+    raise_top(stages.scores, stages.budgets);
+    return select_topk_global(stages.scores, stages.total);
+  }
+  std::optional<ScoreMatrix> selection_scores_from_inner_scores(const PressInput& in, double ratio, const Scores& inner) const override {
+    return rescaled(in, ratio, inner).scores;
+  }
 
  private:
   struct Stages {
@@ -110,9 +133,8 @@ class CriticalAdaKvPress final : public Press, public SelectsByScores {
     long long total = 0;       // Hkv * n_kept
   };
 
-  Stages rescaled(const PressInput& in, double ratio) const {
-    require_o_proj("critical_adakv", in.layer);
-    Stages st{inner_->checked_score(in, ratio), {}, 0};
+  Stages rescaled(const PressInput& in, double ratio, const Scores& inner) const {
+    Stages st{inner, {}, 0};
     const int Hkv = in.num_kv_heads(), n_kept = kvpress_budget(in.n, ratio);
     raise_top(st.scores, std::vector<int>(static_cast<std::size_t>(Hkv), adakv_safeguard(n_kept, alpha_)));
     st.total = static_cast<long long>(Hkv) * n_kept;
@@ -127,7 +149,6 @@ class CriticalAdaKvPress final : public Press, public SelectsByScores {
     return st;
   }
 
- private:
   std::unique_ptr<ScorerPress> inner_;
   double alpha_;
   float epsilon_;
