@@ -71,6 +71,30 @@ void z_normalise(Exec& exec, const double* raw, long count, double* z) {
   exec.for_each(count, [=] KVSIM_HD(long i) { z[i] = ref::z_score(raw[i], stats[0], stats[1]); });
 }
 
+// Softmax of each row of the chunks' logits [chunks, width, width] over its chunk's real keys,
+// the last chunk's `last_padded` padded keys counted with logit -1e-9 (kvpress pads it; those
+// the rows store, past last_real, are set to -inf and added analytically, as are those they
+// do not store when the only chunk is shorter than a chunk). CUB's row reductions and
+// element-wise passes: every pass reads the rows coalesced.
+template <typename Exec>
+void chunk_softmax(Exec& exec, double* logits, int chunks, int width, int last_real, int last_padded) {
+  const long rows = static_cast<long>(chunks) * width, last_rows_from = rows - width;
+  if (last_real < width)
+    exec.for_each(static_cast<long>(width) * width, [=] KVSIM_HD(long i) {
+      if (i % width >= last_real) logits[last_rows_from * width + i] = -INFINITY;
+    });
+  typename Exec::template Buffer<double> best_buffer(static_cast<std::size_t>(rows)), total_buffer(best_buffer.size());
+  double* best = best_buffer.data();
+  double* total = total_buffer.data();
+  exec.row_reduce(logits, static_cast<int>(rows), width, best, Reduce::max);
+  if (last_padded) exec.for_each(width, [=] KVSIM_HD(long i) { best[last_rows_from + i] = fmax(best[last_rows_from + i], -1e-9); });
+  exec.for_each(rows * width, [=] KVSIM_HD(long i) { logits[i] = exp(logits[i] - best[i / width]); });
+  exec.row_reduce(logits, static_cast<int>(rows), width, total, Reduce::sum);
+  if (last_padded)
+    exec.for_each(width, [=] KVSIM_HD(long i) { total[last_rows_from + i] += last_padded * exp(-1e-9 - best[last_rows_from + i]); });
+  exec.for_each(rows * width, [=] KVSIM_HD(long i) { logits[i] /= total[i / width]; });
+}
+
 // kvpress NonCausalAttnPress before its z-score, on the tokens [first, first + count): raw
 // [Hkv, count]. Per query head, one GEMM batched over the chunks gives every chunk's logits;
 // the padding of the last chunk (logit -1e-9 for padded keys, padded queries spreading
@@ -104,19 +128,7 @@ void non_causal_raw_scores_of(Exec& exec, const DeviceLayer<Exec>& L, const X* q
     exec.gemm(StridedGemm<double>{.trans_b = true, .m = width, .n = width, .k = d, .a = qd + static_cast<long>(h) * rows * d, .lda = d,
                                   .stride_a = static_cast<long>(width) * d, .b = kd + static_cast<long>(h / G) * rows * d, .ldb = d,
                                   .stride_b = static_cast<long>(width) * d, .c = logits, .ldc = width, .stride_c = block, .batch = chunks});
-    // Softmax of each real query's row over the chunk's real keys and its padded ones.
-    exec.for_each(rows, [=] KVSIM_HD(long r) {
-      const int c = static_cast<int>(r / width), i = static_cast<int>(r % width);
-      const int real = c + 1 == chunks ? last_real : width, padded = c + 1 == chunks ? last_padded : 0;
-      if (i >= real) return;
-      double* row = logits + r * width;
-      double best = padded ? -1e-9 : row[0];
-      for (int j = 0; j < real; ++j) best = fmax(best, row[j]);
-      double total = 0.0;
-      for (int j = 0; j < real; ++j) total += exp(row[j] - best);
-      total += padded * exp(-1e-9 - best);
-      for (int j = 0; j < real; ++j) row[j] = exp(row[j] - best) / total;
-    });
+    chunk_softmax(exec, logits, chunks, width, last_real, last_padded);
     double* out = per_head + static_cast<long>(h) * count;
     exec.for_each(count, [=] KVSIM_HD(long t) {
       const int c = static_cast<int>(t / chunk), j = static_cast<int>(t % chunk);
