@@ -313,16 +313,34 @@ TEST_P(Wrappers, ComposedRefusesWhatCannotBeComposed) {
 
 // ---- critical, critical_adakv --------------------------------------------------------------
 
-TEST_P(Wrappers, CriticalRescalesByTheProjectedValueNorms) {
-  // H = 2 query heads on one KV head, d = D = 2. o_proj rows (1 0 2 0) (0 1 0 0): head 0's W_o
-  // is the identity (|v|_1), head 1's doubles v_0 into one output (2|v_0|); the group mean is
-  // (|v_0| + |v_1| + 2|v_0|) / 2: values (1,0) (0,0.2) (1,1) (0,0.5) -> 1.5, 0.1, 2, 0.25.
+// H = 2 query heads on one KV head, d = D = 2. o_proj rows (1 0 2 0) (0 1 0 0): head 0's W_o
+// is the identity (|v|_1), head 1's doubles v_0 into one output (2|v_0|); the group mean is
+// (|v_0| + |v_1| + 2|v_0|) / 2: values (1,0) (0,0.2) (1,1) (0,0.5) -> 1.5, 0.1, 2, 0.25.
+// knorm: -1 -2 -4 -0.5.
+LayerTensors critical_layer() {
   LayerTensors layer = layer_with_norms({{1, 2, 4, 0.5f}}, 2);
   const float values[4][2] = {{1, 0}, {0, 0.2f}, {1, 1}, {0, 0.5f}};
   for (int t = 0; t < 4; ++t)
     for (int c = 0; c < 2; ++c) layer.v.at(0, t, c) = values[t][c];
   layer.o_proj = {1, 0, 2, 0, 0, 1, 0, 0};
   layer.o_proj_rows = 2;
+  return layer;
+}
+
+// Two KV heads, one query head each, d = D = 2, o_proj rows (1 0 1 0) (0 1 0 1): the norm of
+// head g is |v|_1.
+//   head 0: knorm -1 -2 -3 -4,        |v| 1 1 1 1
+//   head 1: knorm -1.5 -2.5 -1.8 -40, |v| 1 1 100 1
+LayerTensors critical_adakv_layer() {
+  LayerTensors layer = layer_with_norms({{1, 2, 3, 4}, {1.5f, 2.5f, 1.8f, 40}});
+  layer.v.at(1, 2, 0) = 100;
+  layer.o_proj = {1, 0, 1, 0, 0, 1, 0, 1};
+  layer.o_proj_rows = 2;
+  return layer;
+}
+
+TEST_P(Wrappers, CriticalRescalesByTheProjectedValueNorms) {
+  LayerTensors layer = critical_layer();
   // Ratio 0.5: stage 1 keeps int(0.5 * 4 * 0.5) = 1 token by knorm alone (token 3, -0.5);
   // stage 2: (-1 + 1e-4) 1.5, (-2 + 1e-4) 0.1, (-4 + 1e-4) 2 -> tokens 3 and 1 (knorm: 3 and 0).
   EXPECT_EQ(run("critical(knorm)", layer, 0.5).kept, (Kept{{1, 3}}));
@@ -349,18 +367,12 @@ TEST_P(Wrappers, CriticalRescalesByTheProjectedValueNorms) {
 }
 
 TEST_P(Wrappers, CriticalAdaKvSplitsHeadBudgetsThenRescales) {
-  // Two KV heads, one query head each, d = D = 2, o_proj rows (1 0 1 0) (0 1 0 1): the norm of
-  // head g is |v|_1. Ratio 0.5: n_kept 2, safeguard max(1, int(2 * 0.2)) = 1.
-  //   head 0: knorm -1 -2 -3 -4,    |v| 1 1 1 1
-  //   head 1: knorm -1.5 -2.5 -1.8 -40, |v| 1 1 100 1
+  // critical_adakv_layer(). Ratio 0.5: n_kept 2, safeguard max(1, int(2 * 0.2)) = 1.
   // Safeguard: token 0 of each head -> FLT_MAX; the 4 best of the layer: both FLT_MAX, -1.8
   // (head 1), -2 (head 0): budgets 2 and 2. Stage 1: int(2 * 0.5) = 1 token each (token 0).
   // Stage 2: head 1's token 2 falls to (-1.8 + 1e-4) 100 = -180, below token 1 (-2.5): head 1
   // keeps {0, 1} where adakv(knorm) keeps {0, 2}.
-  LayerTensors layer = layer_with_norms({{1, 2, 3, 4}, {1.5f, 2.5f, 1.8f, 40}});
-  layer.v.at(1, 2, 0) = 100;
-  layer.o_proj = {1, 0, 1, 0, 0, 1, 0, 1};
-  layer.o_proj_rows = 2;
+  LayerTensors layer = critical_adakv_layer();
   EXPECT_EQ(run("critical_adakv(knorm)", layer, 0.5).kept, (Kept{{0, 1}, {0, 1}}));
   EXPECT_EQ(run("adakv(knorm)", layer, 0.5).kept, (Kept{{0, 1}, {0, 2}}));
   // Ratio 0.25: n_kept 3, safeguard 1; the 6 best: 2 FLT_MAX, -1.8, -2, -2.5, -3 -> budgets 3
@@ -378,13 +390,7 @@ TEST_P(Wrappers, CriticalAdaKvSplitsHeadBudgetsThenRescales) {
 // other backend's inner scores, core/selection_scores.h): the knorm scores give what compress
 // and score give; a first-stage near-tie the other way round moves a token, worked by hand.
 TEST(CriticalKv, SelectsFromGivenInnerScoresAsCompressDoes) {
-  // The layer of CriticalRescalesByTheProjectedValueNorms: norms 1.5, 0.1, 2, 0.25.
-  LayerTensors layer = layer_with_norms({{1, 2, 4, 0.5f}}, 2);
-  const float values[4][2] = {{1, 0}, {0, 0.2f}, {1, 1}, {0, 0.5f}};
-  for (int t = 0; t < 4; ++t)
-    for (int c = 0; c < 2; ++c) layer.v.at(0, t, c) = values[t][c];
-  layer.o_proj = {1, 0, 2, 0, 0, 1, 0, 0};
-  layer.o_proj_rows = 2;
+  const LayerTensors layer = critical_layer();
   const PressInput input{layer, 4, 1, kRope};
   const auto press = Registry::instance().make("critical(knorm)", Backend::reference);
   const auto& staged = dynamic_cast<const SelectsFromInnerScores&>(*press);
@@ -404,11 +410,7 @@ TEST(CriticalKv, SelectsFromGivenInnerScoresAsCompressDoes) {
 }
 
 TEST(CriticalAdaKv, SelectsFromGivenInnerScoresAsCompressDoes) {
-  // The layer of CriticalAdaKvSplitsHeadBudgetsThenRescales (|v|_1: head 0 all 1, head 1 1 1 100 1).
-  LayerTensors layer = layer_with_norms({{1, 2, 3, 4}, {1.5f, 2.5f, 1.8f, 40}});
-  layer.v.at(1, 2, 0) = 100;
-  layer.o_proj = {1, 0, 1, 0, 0, 1, 0, 1};
-  layer.o_proj_rows = 2;
+  const LayerTensors layer = critical_adakv_layer();
   const PressInput input{layer, 4, 1, kRope};
   const auto press = Registry::instance().make("critical_adakv(knorm)", Backend::reference);
   const auto& staged = dynamic_cast<const SelectsFromInnerScores&>(*press);
