@@ -95,9 +95,10 @@ void measure_press(benchmark::State& state, const std::string& spec, int T, Stag
   if (stage == Stage::compress) {
     time_on_device(state, [&] {
       scorer->score_on_device(exec, layer, ratio, scores.data());
-      check_no_nan(exec, scores.data(), kKvHeads, T, spec);
+      const auto nan_flag = launch_nan_check(exec, scores.data(), static_cast<long>(kKvHeads) * T);
       const auto kept = select_topk_on_device(exec, scores.data(), kKvHeads, T, kept_count);
       gather_kept(exec, layer, kept.data(), kept_count);
+      throw_if_nan(exec, nan_flag, scores.data(), kKvHeads, T, spec);
     });
     bytes = 2.0 * kKvHeads * T * kHeadDim * value_bytes;
   } else if (stage == Stage::select) {

@@ -104,18 +104,26 @@ ScoreMatrix download_scores(const typename Exec::template Buffer<float>& scores,
   return out;
 }
 
-// Throws naming the first NaN score. The check runs on the device; the scores come to the
-// host only when one is found, to say where.
+// The NaN check of scores, launched on the device: its flag is read by throw_if_nan once the
+// work that follows is enqueued, so the check adds no host round trip to the middle of a step.
 template <typename Exec>
-void check_no_nan(Exec& exec, const float* scores, int rows, int cols, const std::string& press) {
+typename Exec::template Buffer<int> launch_nan_check(Exec& exec, const float* scores, long count) {
   typename Exec::template Buffer<int> flag_buffer(1);
   int* flag = flag_buffer.data();
   exec.for_each(1, [=] KVSIM_HD(long) { *flag = 0; });
-  exec.for_each(static_cast<long>(rows) * cols, [=] KVSIM_HD(long i) {
+  exec.for_each(count, [=] KVSIM_HD(long i) {
     if (scores[i] != scores[i]) *flag = 1;  // every writer writes the same value
   });
+  return flag_buffer;
+}
+
+// Throws naming the first NaN score where launch_nan_check found one; the scores come to the
+// host only then, to say where.
+template <typename Exec>
+void throw_if_nan(Exec& exec, const typename Exec::template Buffer<int>& flag, const float* scores, int rows, int cols,
+                  const std::string& press) {
   int found = 0;
-  flag_buffer.download(&found, 1);
+  flag.download(&found, 1);
   if (!found) return;
   std::vector<float> host(static_cast<std::size_t>(rows) * cols);
   exec.download(scores, host.data(), host.size());
@@ -123,6 +131,11 @@ void check_no_nan(Exec& exec, const float* scores, int rows, int cols, const std
     if (std::isnan(host[i]))
       throw Error("press '" + press + "' produced a NaN score (head " + std::to_string(i / cols) + ", token " +
                   std::to_string(i % cols) + ")");
+}
+
+template <typename Exec>
+void check_no_nan(Exec& exec, const float* scores, int rows, int cols, const std::string& press) {
+  throw_if_nan(exec, launch_nan_check(exec, scores, static_cast<long>(rows) * cols), scores, rows, cols, press);
 }
 
 // Sorts each of `segments` rows of `length` scores descending, stably (equal scores keep
@@ -216,17 +229,22 @@ typename Exec::template Buffer<int> select_topk_on_device(Exec& exec, const floa
   return kept_buffer;
 }
 
-// Top `k` per row, ascending positions.
+// The kept positions [rows, k] select_topk_on_device gives, on the host.
 template <typename Exec>
-Compression select_topk_per_head(Exec& exec, const float* scores, int rows, int n, int k) {
-  k = std::clamp(k, 0, n);
-  const auto kept = select_topk_on_device(exec, scores, rows, n, k);
+Compression kept_on_host(const typename Exec::template Buffer<int>& kept, int rows, int k) {
   std::vector<int> host(kept.size());
   if (!host.empty()) kept.download(host.data(), host.size());
   Compression out;
   out.kept.resize(static_cast<std::size_t>(rows));
   for (int g = 0; g < rows; ++g) out.kept[g].assign(host.begin() + static_cast<long>(g) * k, host.begin() + static_cast<long>(g + 1) * k);
   return out;
+}
+
+// Top `k` per row, ascending positions.
+template <typename Exec>
+Compression select_topk_per_head(Exec& exec, const float* scores, int rows, int n, int k) {
+  k = std::clamp(k, 0, n);
+  return kept_on_host<Exec>(select_topk_on_device(exec, scores, rows, n, k), rows, k);
 }
 
 // Top `total` entries of the flattened [rows, n] scores (ties: lower flat index).
@@ -384,12 +402,19 @@ class DeviceScorer : public ScorerPress {
  protected:
   // Each head's budget(input, ratio) best tokens, at any ratio (presses with budgets of their
   // own, such as the kvcf_* ones, compress at ratio 0 too).
+  // The NaN check's flag is read once the selection is enqueued (a selection of NaN scores is
+  // thrown away with them).
   Compression select_by_scores(const PressInput& input, double ratio) const {
     Exec exec;
     const LayerOnDevice<Exec> on_device(input);
     const DeviceLayer<Exec>& layer = *on_device;
-    const FloatBuffer scores = device_scores(exec, layer, ratio);
-    return select_topk_per_head(exec, scores.data(), layer.Hkv, layer.n, budget(input, ratio));
+    FloatBuffer scores(static_cast<std::size_t>(layer.Hkv) * layer.n);
+    score_on_device(exec, layer, ratio, scores.data());
+    const auto nan_flag = launch_nan_check(exec, scores.data(), static_cast<long>(layer.Hkv) * layer.n);
+    const int k = std::clamp(budget(input, ratio), 0, layer.n);
+    const auto kept = select_topk_on_device(exec, scores.data(), layer.Hkv, layer.n, k);
+    throw_if_nan(exec, nan_flag, scores.data(), layer.Hkv, layer.n, name_);
+    return kept_on_host<Exec>(kept, layer.Hkv, k);
   }
 
   // The layer's entries ranked over all heads together and its `pruned` lowest dropped

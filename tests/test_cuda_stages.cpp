@@ -2,6 +2,8 @@
 // emulation executor and checked against plain host loops.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "core/half.h"
 #include "core/registry.h"
 #include "cuda/device_scorer.h"
@@ -143,6 +145,33 @@ TEST(CudaStages, SixteenBitGemmEqualsTheFloatGemmOfTheWidenedOperands) {
         for (int p = 0; p < k; ++p) sum += static_cast<double>(a32[2 + b * 18 + i * 6 + p]) * b32[j * k + p];
         EXPECT_NEAR(c16[(b * m + i) * n + j], 0.5 * sum, 1e-5);
       }
+}
+
+// A NaN score stops a device scorer's compression with the reference's one-line error naming
+// the first NaN (the check is read after the selection is enqueued: none of its result leaks).
+TEST(CudaStages, NanScoresStopTheCompressionWithTheReferenceError) {
+  LayerTensors layer = test::random_layer(4, 2, 20, 8, 5);
+  layer.k.at(1, 7, 3) = std::numeric_limits<float>::quiet_NaN();  // knorm of head 1, token 7
+  layer.k.at(1, 9, 0) = std::numeric_limits<float>::quiet_NaN();
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 8);
+  const PressInput input{layer, 20, 1, rope};
+  for (const Backend backend : {Backend::reference, Backend::cuda_emulated}) {
+    const auto press = Registry::instance().make("knorm", backend);
+    try {
+      press->compress(input, 0.5);
+      ADD_FAILURE() << backend_name(backend) << ": no error";
+    } catch (const Error& e) {
+      EXPECT_STREQ(e.what(), "press 'knorm' produced a NaN score (head 1, token 7)") << backend_name(backend);
+    }
+  }
+  HostExec exec;
+  std::vector<float> scores(12, 1.0f);
+  HostExec::Buffer<float> device(scores.size());
+  device.upload(scores.data(), scores.size());
+  EXPECT_NO_THROW(throw_if_nan(exec, launch_nan_check(exec, device.data(), 12), device.data(), 3, 4, "p"));
+  scores[6] = std::numeric_limits<float>::quiet_NaN();
+  device.upload(scores.data(), scores.size());
+  EXPECT_THROW(check_no_nan(exec, device.data(), 3, 4, "p"), Error);
 }
 
 TEST(CudaStages, SelectionFollowsTheReferenceTieRule) {
