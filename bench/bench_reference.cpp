@@ -8,6 +8,10 @@
 //    checksummed bfloat16 or float16 trace, into fresh memory or into the last read's.
 //  * replay_bundled_trace: the whole bundled trace through every registered press at
 //    four ratios; reports the process's peak resident memory.
+//  * upload_layer/T=32768/...: the host side of putting such a bfloat16 layer's q, k and v on
+//    a device, as `kvsim replay --backend cuda` does for every layer (cuda/device_tensor.h:
+//    the values narrowed to their 16-bit storage on every core, then copied), here into the
+//    CPU emulation's buffers.
 // Every label ends in threads=<n>: the reference's threads (default: every core, or
 // OMP_NUM_THREADS). The main presses at 4K (and expected_attention at 32K) and the 4K layer
 // replay also run on one thread, for the speed-up; times are wall-clock.
@@ -20,6 +24,8 @@
 #include "bench/bench_util.h"
 #include "core/press_checks.h"
 #include "core/registry.h"
+#include "cuda/device_tensor.h"
+#include "cuda/exec_host.h"
 #include "reference/parallel.h"
 #include "reference/replay.h"
 #include "traces/trace.h"
@@ -155,6 +161,16 @@ void replay_layer_benchmark(benchmark::State& state, int T, int threads) {
   std::filesystem::remove(path);
 }
 
+void upload_layer_benchmark(benchmark::State& state, int T) {
+  const LayerTensors layer = llama_layer(T, 1234, true);
+  for (auto _ : state) {
+    const cuda::DeviceTensor<cuda::HostExec> q(layer.q, T), k(layer.k, T), v(layer.v, T);
+    if (q.storage() != cuda::Storage::bfloat16) state.SkipWithError("the layer was not narrowed to bfloat16");
+    benchmark::DoNotOptimize(v.as<cuda::Bfloat16>());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * (kHeads + 2.0 * kKvHeads) * T * kHeadDim * sizeof(float)));
+}
+
 void bundled_trace_benchmark(benchmark::State& state) {
   const BenchThreads use(state, 0);
   const TraceReader trace(KVSIM_BUNDLED_TRACE);
@@ -225,6 +241,10 @@ int main(int argc, char** argv) {
           ->Unit(benchmark::kMillisecond)
           ->Iterations(5)
           ->UseRealTime();
+  benchmark::RegisterBenchmark("upload_layer/T=32768/h=32/hkv=8/d=128/bf16/emulated", [](benchmark::State& s) { upload_layer_benchmark(s, 32768); })
+      ->Unit(benchmark::kMillisecond)
+      ->Iterations(5)
+      ->UseRealTime();
   benchmark::RegisterBenchmark(("replay_bundled_trace/every_press/4_ratios/threads=" + std::to_string(all)).c_str(), bundled_trace_benchmark)
       ->Unit(benchmark::kMillisecond)
       ->Iterations(2)

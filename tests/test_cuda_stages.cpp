@@ -82,6 +82,25 @@ TEST(CudaStages, DeviceTensorsKeepTheNarrowestExactStorage) {
   EXPECT_EQ(DeviceTensor<HostExec>(one, 1).storage(), Storage::float32);
 }
 
+// Heads longer than one narrowing part (2^20 values, run on every core): every part is
+// narrowed into its own place, and one value past the first part that bfloat16 does not hold
+// (in the second head, beyond the rows read of the first) keeps the tensor wider.
+TEST(CudaStages, NarrowingSplitsLongHeadsIntoPartsOnEveryCore) {
+  const int rows = (1 << 20) / 64 + 3, dim = 128;  // 2^21 + 384 values a head: three parts
+  HeadTensor t(2, rows + 1, dim);
+  for (std::size_t i = 0; i < t.data.size(); ++i) t.data[i] = round_to_bf16(static_cast<float>(i % 4099) - 2049.0f);
+  t.at(0, rows, 5) = 0.1f;  // a row not read
+  HostExec exec;
+  const DeviceTensor<HostExec> narrow(t, rows);
+  ASSERT_EQ(narrow.storage(), Storage::bfloat16);
+  const auto wide = narrow.floats(exec);
+  for (int h = 0; h < 2; ++h)
+    for (const int r : {0, rows / 2, rows - 1})
+      for (const int c : {0, dim - 1}) EXPECT_EQ(wide.data()[(static_cast<std::size_t>(h) * rows + r) * dim + c], t.at(h, r, c));
+  t.at(1, rows - 2, 7) = 0.1f;  // in the third part of head 1
+  EXPECT_EQ(DeviceTensor<HostExec>(t, rows).storage(), Storage::float32);
+}
+
 TEST(CudaStages, NarrowingGivesBackEveryExactSixteenBitPattern) {
   for (uint32_t pattern = 0; pattern < 65536; ++pattern) {
     const uint16_t bits = static_cast<uint16_t>(pattern);

@@ -2,34 +2,16 @@
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cmath>
 #include <functional>
 #include <string>
-#include <system_error>
-#include <thread>
 
 #include "core/half.h"
+#include "core/parallel_tasks.h"
 
 namespace kvsim::trace_io {
 
 namespace {
-
-// Runs task(i) for every i in [0, count) on up to one thread per core, the caller's included.
-void parallel_tasks(std::size_t count, const std::function<void(std::size_t)>& task) {
-  std::atomic<std::size_t> next{0};
-  auto work = [&] {
-    for (std::size_t i = next++; i < count; i = next++) task(i);
-  };
-  const std::size_t threads = std::min<std::size_t>(count, std::max(1u, std::thread::hardware_concurrency()));
-  std::vector<std::thread> workers;
-  try {
-    for (std::size_t t = 1; t < threads; ++t) workers.emplace_back(work);
-  } catch (const std::system_error&) {  // fewer threads to be had: those started and this one do the work
-  }
-  work();
-  for (std::thread& worker : workers) worker.join();
-}
 
 // Widens n 16-bit floats to float32; false if any is infinite or NaN (exponent bits all set).
 // One branch-free pass, so that it vectorises.
