@@ -24,15 +24,19 @@ class SelectsByScores {
   virtual ScoreMatrix selection_scores(const PressInput& input, double ratio) const = 0;
 };
 
+// What a SelectsFromInnerScores press does with given inner scores.
+struct InnerStagedSelection {
+  Compression compression;  // what compress(input, ratio) keeps
+  // [Hkv, n]: the scores whose top entries per KV head its last stage keeps (a scorer press:
+  // what score() returns); none where no float arithmetic follows the inner scores.
+  std::optional<ScoreMatrix> last_stage_scores;
+};
+
 class SelectsFromInnerScores {
  public:
   virtual ~SelectsFromInnerScores() = default;
-  // What compress(input, ratio) keeps when its inner scorer's scores [Hkv, n] are `inner`.
-  virtual Compression select_from_inner_scores(const PressInput& input, double ratio, const ScoreMatrix& inner) const = 0;
-  // [Hkv, n]: the scores whose top entries per KV head the last stage keeps, when the inner
-  // scores are `inner` (a scorer press: what score() returns); none where no float arithmetic
-  // follows the inner scores.
-  virtual std::optional<ScoreMatrix> selection_scores_from_inner_scores(const PressInput&, double, const ScoreMatrix&) const { return std::nullopt; }
+  // The selection when the press's inner scorer's scores [Hkv, n] are `inner`.
+  virtual InnerStagedSelection select_from_inner_scores(const PressInput& input, double ratio, const ScoreMatrix& inner) const = 0;
 };
 
 }  // namespace kvsim

@@ -401,9 +401,8 @@ class DeviceScorer : public ScorerPress {
 
  protected:
   // Each head's budget(input, ratio) best tokens, at any ratio (presses with budgets of their
-  // own, such as the kvcf_* ones, compress at ratio 0 too).
-  // The NaN check's flag is read once the selection is enqueued (a selection of NaN scores is
-  // thrown away with them).
+  // own, such as the kvcf_* ones, compress at ratio 0 too). The NaN check's flag is read once
+  // the selection is enqueued (a selection of NaN scores is thrown away with them).
   Compression select_by_scores(const PressInput& input, double ratio) const {
     Exec exec;
     const LayerOnDevice<Exec> on_device(input);

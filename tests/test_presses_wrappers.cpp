@@ -173,16 +173,22 @@ TEST_P(Wrappers, EntropyGatedChunkKvTrimsImportantSpikyChunks) {
 // other backend's scores): the knorm scores give compress's result; the same scores with the
 // first two chunks swapped give the swapped selection, worked as above: chunk 0 (mean -2) whole,
 // chunk 1 (mean -4, spiky) trimmed to its best token 4, then chunk 2's best token 8.
+// knorm's scores of the input, on the reference: the inner scores the staged tests hand over.
+ScoreMatrix reference_knorm_scores(const PressInput& input) {
+  return dynamic_cast<const ScorerPress&>(*Registry::instance().make("knorm", Backend::reference)).score(input, 0.5);
+}
+
 TEST(EntropyGatedChunkKv, SelectsFromGivenInnerScoresAsCompressDoes) {
   const LayerTensors layer = layer_with_norms({{1, 5, 5, 5, 1, 1, 1, 5, 6, 6, 7, 7}});
   const PressInput input{layer, layer.k.tokens, 1, kRope};
   const auto press = Registry::instance().make("entropy_gated_chunkkv(knorm):chunk_length=4,low_entropy_chunk_length=1", Backend::reference);
   const auto& staged = dynamic_cast<const SelectsFromInnerScores&>(*press);
-  const ScoreMatrix knorm = dynamic_cast<const ScorerPress&>(*Registry::instance().make("knorm", Backend::reference)).score(input, 0.5);
-  EXPECT_EQ(staged.select_from_inner_scores(input, 0.5, knorm).kept, press->compress(input, 0.5).kept);
+  const InnerStagedSelection own = staged.select_from_inner_scores(input, 0.5, reference_knorm_scores(input));
+  EXPECT_EQ(own.compression.kept, press->compress(input, 0.5).kept);
+  EXPECT_FALSE(own.last_stage_scores);  // the kept set follows from the inner scores alone
   ScoreMatrix swapped(1, 12);
   swapped << -1, -1, -1, -5, -1, -5, -5, -5, -6, -6, -7, -7;
-  EXPECT_EQ(staged.select_from_inner_scores(input, 0.5, swapped).kept, (Kept{{0, 1, 2, 3, 4, 8}}));
+  EXPECT_EQ(staged.select_from_inner_scores(input, 0.5, swapped).compression.kept, (Kept{{0, 1, 2, 3, 4, 8}}));
 }
 
 // ---- block ----------------------------------------------------------------------------------
@@ -394,19 +400,19 @@ TEST(CriticalKv, SelectsFromGivenInnerScoresAsCompressDoes) {
   const PressInput input{layer, 4, 1, kRope};
   const auto press = Registry::instance().make("critical(knorm)", Backend::reference);
   const auto& staged = dynamic_cast<const SelectsFromInnerScores&>(*press);
-  const ScoreMatrix knorm = dynamic_cast<const ScorerPress&>(*Registry::instance().make("knorm", Backend::reference)).score(input, 0.5);
-  EXPECT_EQ(staged.select_from_inner_scores(input, 0.5, knorm).kept, press->compress(input, 0.5).kept);
-  EXPECT_EQ(*staged.selection_scores_from_inner_scores(input, 0.5, knorm), dynamic_cast<const ScorerPress&>(*press).score(input, 0.5));
+  const InnerStagedSelection own = staged.select_from_inner_scores(input, 0.5, reference_knorm_scores(input));
+  EXPECT_EQ(own.compression.kept, press->compress(input, 0.5).kept);
+  EXPECT_EQ(*own.last_stage_scores, dynamic_cast<const ScorerPress&>(*press).score(input, 0.5));
   // Token 0 at -0.49999 edges out token 3 (-0.5) for stage 1's one place: token 0 -> FLT_MAX,
   // token 3 -> (-0.5 + 1e-4) 0.25 = -0.124975 beats token 1's (-2 + 1e-4) 0.1: {0, 3}, where
   // knorm's own scores give {1, 3}.
   ScoreMatrix tied(1, 4);
   tied << -0.49999f, -2, -4, -0.5f;
-  EXPECT_EQ(staged.select_from_inner_scores(input, 0.5, tied).kept, (Kept{{0, 3}}));
-  const ScoreMatrix last = *staged.selection_scores_from_inner_scores(input, 0.5, tied);
-  EXPECT_EQ(last(0, 0), FLT_MAX);
-  EXPECT_NEAR(last(0, 3), (-0.5 + 1e-4) * 0.25, 1e-6);
-  EXPECT_EQ(staged.select_from_inner_scores(input, 0.0, tied).kept[0].size(), 4u);
+  const InnerStagedSelection moved = staged.select_from_inner_scores(input, 0.5, tied);
+  EXPECT_EQ(moved.compression.kept, (Kept{{0, 3}}));
+  EXPECT_EQ((*moved.last_stage_scores)(0, 0), FLT_MAX);
+  EXPECT_NEAR((*moved.last_stage_scores)(0, 3), (-0.5 + 1e-4) * 0.25, 1e-6);
+  EXPECT_EQ(staged.select_from_inner_scores(input, 0.0, tied).compression.kept[0].size(), 4u);
 }
 
 TEST(CriticalAdaKv, SelectsFromGivenInnerScoresAsCompressDoes) {
@@ -414,19 +420,20 @@ TEST(CriticalAdaKv, SelectsFromGivenInnerScoresAsCompressDoes) {
   const PressInput input{layer, 4, 1, kRope};
   const auto press = Registry::instance().make("critical_adakv(knorm)", Backend::reference);
   const auto& staged = dynamic_cast<const SelectsFromInnerScores&>(*press);
-  const ScoreMatrix knorm = dynamic_cast<const ScorerPress&>(*Registry::instance().make("knorm", Backend::reference)).score(input, 0.5);
+  const ScoreMatrix knorm = reference_knorm_scores(input);
   for (double ratio : {0.25, 0.5}) {
-    EXPECT_EQ(staged.select_from_inner_scores(input, ratio, knorm).kept, press->compress(input, ratio).kept);
-    EXPECT_EQ(*staged.selection_scores_from_inner_scores(input, ratio, knorm),
-              dynamic_cast<const SelectsByScores&>(*press).selection_scores(input, ratio));
+    const InnerStagedSelection own = staged.select_from_inner_scores(input, ratio, knorm);
+    EXPECT_EQ(own.compression.kept, press->compress(input, ratio).kept);
+    EXPECT_EQ(*own.last_stage_scores, dynamic_cast<const SelectsByScores&>(*press).selection_scores(input, ratio));
   }
   // Head 1's token 2 at -1.0 takes the safeguard from token 0 (-1.5): budgets stay 2 and 2
   // (the layer's best 4: two FLT_MAX, -1.5, -2), stage 1 raises each head's safeguarded token,
   // and head 1 keeps token 2 (FLT_MAX times 100: inf) and token 0 (-1.5 + 1e-4): {0, 2}.
   ScoreMatrix moved = knorm;
   moved(1, 2) = -1.0f;
-  EXPECT_EQ(staged.select_from_inner_scores(input, 0.5, moved).kept, (Kept{{0, 1}, {0, 2}}));
-  EXPECT_EQ((*staged.selection_scores_from_inner_scores(input, 0.5, moved))(1, 2), INFINITY);
+  const InnerStagedSelection selection = staged.select_from_inner_scores(input, 0.5, moved);
+  EXPECT_EQ(selection.compression.kept, (Kept{{0, 1}, {0, 2}}));
+  EXPECT_EQ((*selection.last_stage_scores)(1, 2), INFINITY);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, Wrappers, ::testing::Values(Backend::reference, Backend::cuda_emulated),

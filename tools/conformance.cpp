@@ -316,8 +316,7 @@ void compare_stages(const SelectsFromInnerScores& reference, const PressSpec& sp
                     const std::string& where) {
   const auto [ref_inner, got_inner] = scores_on_both(*spec.inner, other, input, ratio);
   compare.scores(where + " (inner scores)", ref_inner, got_inner);
-  const Compression expected = reference.select_from_inner_scores(input, ratio, got_inner);
-  const std::optional<ScoreMatrix> last_stage = reference.selection_scores_from_inner_scores(input, ratio, got_inner);
+  const auto [expected, last_stage] = reference.select_from_inner_scores(input, ratio, got_inner);
   if (got_scores && !last_stage) throw Error("internal: staged scorer press '" + spec.name + "' names no scores of its last stage");
   if (!last_stage) return compare.staged_selection(where, ref, got, expected);
   if (got_scores) compare.scores(where, *last_stage, *got_scores);

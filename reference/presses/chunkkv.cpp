@@ -75,10 +75,10 @@ class EntropyGatedChunkKvPress final : public Press, public SelectsFromInnerScor
 
   Compression compress(const PressInput& in, double ratio) const override {
     if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);
-    return select_from_inner_scores(in, ratio, inner_->checked_score(in, ratio));
+    return select_from_inner_scores(in, ratio, inner_->checked_score(in, ratio)).compression;
   }
 
-  Compression select_from_inner_scores(const PressInput& in, double ratio, const Scores& s) const override {
+  InnerStagedSelection select_from_inner_scores(const PressInput& in, double ratio, const Scores& s) const override {
     const int n = in.n, length = chunk_length_, chunks = (n + length - 1) / length;
     const std::vector<float> token = head_summed(s);
     std::vector<float> chunk_scores(static_cast<std::size_t>(chunks)), entropy(chunk_scores.size());
@@ -98,7 +98,7 @@ class EntropyGatedChunkKvPress final : public Press, public SelectsFromInnerScor
     std::vector<int> keep;
     for (int t = 0; t < n; ++t)
       if (flags[t]) keep.push_back(t);
-    return same_in_every_head(in.num_kv_heads(), keep);
+    return {same_in_every_head(in.num_kv_heads(), keep), std::nullopt};
   }
 
  private:

@@ -71,12 +71,10 @@ class CriticalKvPress final : public ScorerPress, public SelectsFromInnerScores 
     return from_inner(in, ratio, inner_->checked_score(in, ratio));
   }
 
-  Compression select_from_inner_scores(const PressInput& in, double ratio, const Scores& inner) const override {
-    if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);
-    return select_topk_per_head(from_inner(in, ratio, inner), budget(in, ratio));
-  }
-  std::optional<ScoreMatrix> selection_scores_from_inner_scores(const PressInput& in, double ratio, const Scores& inner) const override {
-    return from_inner(in, ratio, inner);
+  InnerStagedSelection select_from_inner_scores(const PressInput& in, double ratio, const Scores& inner) const override {
+    Scores s = from_inner(in, ratio, inner);
+    Compression kept = ratio == 0.0 ? keep_all(in.num_kv_heads(), in.n) : select_topk_per_head(s, budget(in, ratio));
+    return {std::move(kept), std::move(s)};
   }
 
  private:
@@ -106,7 +104,7 @@ class CriticalAdaKvPress final : public Press, public SelectsByScores, public Se
   Compression compress(const PressInput& in, double ratio) const override {
     if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);
     require_o_proj("critical_adakv", in.layer);
-    return select_from_inner_scores(in, ratio, inner_->checked_score(in, ratio));
+    return select_from_inner_scores(in, ratio, inner_->checked_score(in, ratio)).compression;
   }
 
   // Each head keeps its top b_g of the rescaled scores (the final raise makes the global cut
@@ -116,14 +114,12 @@ class CriticalAdaKvPress final : public Press, public SelectsByScores, public Se
     return rescaled(in, ratio, inner_->checked_score(in, ratio)).scores;
   }
 
-  Compression select_from_inner_scores(const PressInput& in, double ratio, const Scores& inner) const override {
-    if (ratio == 0.0) return keep_all(in.num_kv_heads(), in.n);
+  InnerStagedSelection select_from_inner_scores(const PressInput& in, double ratio, const Scores& inner) const override {
+    if (ratio == 0.0) return {keep_all(in.num_kv_heads(), in.n), std::nullopt};
     Stages stages = rescaled(in, ratio, inner);
-    raise_top(stages.scores, stages.budgets);
-    return select_topk_global(stages.scores, stages.total);
-  }
-  std::optional<ScoreMatrix> selection_scores_from_inner_scores(const PressInput& in, double ratio, const Scores& inner) const override {
-    return rescaled(in, ratio, inner).scores;
+    Scores raised = stages.scores;
+    raise_top(raised, stages.budgets);
+    return {select_topk_global(raised, stages.total), std::move(stages.scores)};
   }
 
  private:
