@@ -47,26 +47,26 @@ __global__ void for_each_kernel(long count, F body) {
 
 // One block per row: max, sum of exponentials, then the normalised probabilities. (A
 // template, so that every translation unit including this header may instantiate it.)
-template <int kSoftmaxThreads>
-__global__ void softmax_rows_kernel(float* x, SoftmaxRows s, float* lse) {
-  using BlockReduce = cub::BlockReduce<float, kSoftmaxThreads>;
+template <int kSoftmaxThreads, typename T>
+__global__ void softmax_rows_kernel(T* x, SoftmaxRows s, T* lse) {
+  using BlockReduce = cub::BlockReduce<T, kSoftmaxThreads>;
   __shared__ typename BlockReduce::TempStorage temp;
-  __shared__ float shared_max, shared_sum;
+  __shared__ T shared_max, shared_sum;
   const long r = blockIdx.x;
-  float* row = x + r * s.cols;
+  T* row = x + r * s.cols;
   const int valid = s.valid(r);
-  float local = -INFINITY;
-  for (int j = threadIdx.x; j < valid; j += kSoftmaxThreads) local = fmaxf(local, row[j]);
-  const float best = BlockReduce(temp).Reduce(local, ::cuda::maximum<float>{});
+  T local = -INFINITY;
+  for (int j = threadIdx.x; j < valid; j += kSoftmaxThreads) local = fmax(local, row[j]);
+  const T best = BlockReduce(temp).Reduce(local, ::cuda::maximum<T>{});
   if (threadIdx.x == 0) shared_max = best;
   __syncthreads();
-  float sum = 0.0f;
-  for (int j = threadIdx.x; j < valid; j += kSoftmaxThreads) sum += expf(row[j] - shared_max);
-  const float total = BlockReduce(temp).Sum(sum);
+  T sum = 0;
+  for (int j = threadIdx.x; j < valid; j += kSoftmaxThreads) sum += exp(row[j] - shared_max);
+  const T total = BlockReduce(temp).Sum(sum);
   if (threadIdx.x == 0) shared_sum = total;
   __syncthreads();
-  for (int j = threadIdx.x; j < s.cols; j += kSoftmaxThreads) row[j] = j < valid ? expf(row[j] - shared_max) / shared_sum : 0.0f;
-  if (lse && threadIdx.x == 0) lse[r] = shared_max + logf(shared_sum);
+  for (int j = threadIdx.x; j < s.cols; j += kSoftmaxThreads) row[j] = j < valid ? exp(row[j] - shared_max) / shared_sum : T(0);
+  if (lse && threadIdx.x == 0) lse[r] = shared_max + log(shared_sum);
 }
 
 // One radix-select pass over row r = blockIdx.y: each block counts its stride of the row in
@@ -264,12 +264,8 @@ struct CudaExec {
     if (status != CUBLAS_STATUS_SUCCESS) check_cublas(status, ("strided batched gemm (" + describe(g) + ")").c_str());
   }
 
-  void softmax_rows(float* x, const SoftmaxRows& s, float* lse) {
-    if (s.rows <= 0) return;
-    constexpr int kThreads = 256;
-    softmax_rows_kernel<kThreads><<<static_cast<unsigned>(s.rows), kThreads>>>(x, s, lse);
-    check_cuda(cudaGetLastError(), "softmax_rows launch");
-  }
+  void softmax_rows(float* x, const SoftmaxRows& s, float* lse) { launch_softmax_rows(x, s, lse); }
+  void softmax_rows(double* x, const SoftmaxRows& s, double* lse) { launch_softmax_rows(x, s, lse); }
 
   template <typename T>
   void row_reduce(const T* x, int rows, long cols, T* out, Reduce op) {
@@ -337,6 +333,14 @@ struct CudaExec {
   void synchronize() { check_cuda(cudaDeviceSynchronize(), "synchronize"); }
 
  private:
+  template <typename T>
+  static void launch_softmax_rows(T* x, const SoftmaxRows& s, T* lse) {
+    if (s.rows <= 0) return;
+    constexpr int kThreads = 256;
+    softmax_rows_kernel<kThreads, T><<<static_cast<unsigned>(s.rows), kThreads>>>(x, s, lse);
+    check_cuda(cudaGetLastError(), "softmax_rows launch");
+  }
+
   // One cuBLAS handle per thread, made on first use (creating one costs milliseconds).
   static cublasHandle_t handle() {
     thread_local struct Handle {

@@ -83,18 +83,8 @@ struct HostExec {
 
   // Softmax of each row over its valid prefix, in place; masked entries become 0. lse (may
   // be null) receives each row's log-sum-exp.
-  void softmax_rows(float* x, const SoftmaxRows& s, float* lse) {
-    for (long r = 0; r < s.rows; ++r) {
-      float* row = x + r * s.cols;
-      const int valid = s.valid(r);
-      float best = -std::numeric_limits<float>::infinity();
-      for (int j = 0; j < valid; ++j) best = std::max(best, row[j]);
-      float sum = 0.0f;
-      for (int j = 0; j < valid; ++j) sum += std::exp(row[j] - best);
-      for (int j = 0; j < s.cols; ++j) row[j] = j < valid ? std::exp(row[j] - best) / sum : 0.0f;
-      if (lse) lse[r] = best + std::log(sum);
-    }
-  }
+  void softmax_rows(float* x, const SoftmaxRows& s, float* lse) { softmax_rows_of(x, s, lse); }
+  void softmax_rows(double* x, const SoftmaxRows& s, double* lse) { softmax_rows_of(x, s, lse); }
 
   template <typename T>
   void row_reduce(const T* x, int rows, long cols, T* out, Reduce op) {
@@ -172,6 +162,21 @@ struct HostExec {
   }
 
   void synchronize() {}
+
+ private:
+  template <typename T>
+  static void softmax_rows_of(T* x, const SoftmaxRows& s, T* lse) {
+    for (long r = 0; r < s.rows; ++r) {
+      T* row = x + r * s.cols;
+      const int valid = s.valid(r);
+      T best = -std::numeric_limits<T>::infinity();
+      for (int j = 0; j < valid; ++j) best = std::max(best, row[j]);
+      T sum = 0;
+      for (int j = 0; j < valid; ++j) sum += std::exp(row[j] - best);
+      for (int j = 0; j < s.cols; ++j) row[j] = j < valid ? std::exp(row[j] - best) / sum : T(0);
+      if (lse) lse[r] = best + std::log(sum);
+    }
+  }
 };
 
 }  // namespace kvsim::cuda

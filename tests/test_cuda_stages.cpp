@@ -233,6 +233,20 @@ TEST(CudaStages, SoftmaxRowsMasksEachRowBeyondItsValidPrefix) {
   EXPECT_NEAR(lse[3], 1.0f + std::log(2.0f), 1e-6);
 }
 
+TEST(CudaStages, SoftmaxRowsInFloat64KeepItsPrecision) {
+  HostExec exec;
+  // Logits 1e-9 apart (kvpress's padded keys): float32 would round them together.
+  std::vector<double> x = {0.0, -1e-9, 30.0, 30.0 - std::log(3.0)};
+  std::vector<double> lse(2);
+  exec.softmax_rows(x.data(), SoftmaxRows{2, 2, 1, 2}, lse.data());
+  const double e = std::exp(-1e-9);
+  EXPECT_NEAR(x[0], 1.0 / (1.0 + e), 1e-15);
+  EXPECT_NEAR(x[1], e / (1.0 + e), 1e-15);
+  EXPECT_NEAR(x[2], 0.75, 1e-15);
+  EXPECT_NEAR(x[3], 0.25, 1e-15);
+  EXPECT_NEAR(lse[1], 30.0 + std::log(4.0 / 3.0), 1e-13);
+}
+
 TEST(CudaStages, GemmFollowsTheRowMajorConvention) {
   HostExec exec;
   // Two batches; A [2, 3] shared (stride 0), B stored transposed [2, 3] per batch.

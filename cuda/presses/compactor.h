@@ -1,9 +1,9 @@
 #pragma once
 // Device twins of leverage_score, non_causal_attention and compactor
-// (reference/presses/leverage_score.cpp, non_causal_attention.cpp, compactor.cpp), in
-// float64. The Philox sketch, the Cholesky factor (with kvpress' jitter schedule) and the
-// leverage of each row are the reference's own functions (reference/leverage.h), run one
-// head or one token per thread.
+// (reference/presses/leverage_score.cpp, non_causal_attention.cpp, compactor.cpp). The
+// leverage is float64: the Philox sketch, the Cholesky factor (with kvpress' jitter schedule)
+// and the leverage of each row are the reference's own functions (reference/leverage.h), run
+// one head or one token per thread. The non-causal attention is float64 too (see below).
 #include <string>
 
 #include "core/press_checks.h"
@@ -71,80 +71,76 @@ void z_normalise(Exec& exec, const double* raw, long count, double* z) {
   exec.for_each(count, [=] KVSIM_HD(long i) { z[i] = ref::z_score(raw[i], stats[0], stats[1]); });
 }
 
-// Softmax of each row of the chunks' logits [chunks, width, width] over its chunk's real keys,
-// the last chunk's `last_padded` padded keys counted with logit -1e-9 (kvpress pads it; those
-// the rows store, past last_real, are set to -inf and added analytically, as are those they
-// do not store when the only chunk is shorter than a chunk). CUB's row reductions and
-// element-wise passes: every pass reads the rows coalesced.
+// The chunks' logits [chunks, chunk, chunk] of one query head, from its queries and its KV
+// head's keys ([count, d] each): one GEMM batched over the full chunks, one for the last
+// chunk when it is shorter. Its padded keys (columns past last_real) get kvpress's logit
+// -1e-9; its padded queries (rows past last_real) are zero here: the caller adds their share.
 template <typename Exec>
-void chunk_softmax(Exec& exec, double* logits, int chunks, int width, int last_real, int last_padded) {
-  const long rows = static_cast<long>(chunks) * width, last_rows_from = rows - width;
-  if (last_real < width)
-    exec.for_each(static_cast<long>(width) * width, [=] KVSIM_HD(long i) {
-      if (i % width >= last_real) logits[last_rows_from * width + i] = -INFINITY;
-    });
-  typename Exec::template Buffer<double> best_buffer(static_cast<std::size_t>(rows)), total_buffer(best_buffer.size());
-  double* best = best_buffer.data();
-  double* total = total_buffer.data();
-  exec.row_reduce(logits, static_cast<int>(rows), width, best, Reduce::max);
-  if (last_padded) exec.for_each(width, [=] KVSIM_HD(long i) { best[last_rows_from + i] = fmax(best[last_rows_from + i], -1e-9); });
-  exec.for_each(rows * width, [=] KVSIM_HD(long i) { logits[i] = exp(logits[i] - best[i / width]); });
-  exec.row_reduce(logits, static_cast<int>(rows), width, total, Reduce::sum);
-  if (last_padded)
-    exec.for_each(width, [=] KVSIM_HD(long i) { total[last_rows_from + i] += last_padded * exp(-1e-9 - best[last_rows_from + i]); });
-  exec.for_each(rows * width, [=] KVSIM_HD(long i) { logits[i] /= total[i / width]; });
+void chunk_logits(Exec& exec, const double* queries, const double* keys, int d, int count, int chunk, double* logits) {
+  const int full = count / chunk, last_real = count - full * chunk;
+  const long block = static_cast<long>(chunk) * chunk;
+  auto product = [&](int size, long offset, int batch) {
+    exec.gemm(StridedGemm<double>{.trans_b = true, .m = size, .n = size, .k = d, .a = queries + offset * d, .lda = d,
+                                  .stride_a = static_cast<long>(chunk) * d, .b = keys + offset * d, .ldb = d,
+                                  .stride_b = static_cast<long>(chunk) * d, .c = logits + offset * chunk, .ldc = chunk,
+                                  .stride_c = block, .batch = batch});
+  };
+  if (full) product(chunk, 0, full);
+  if (!last_real) return;
+  product(last_real, static_cast<long>(full) * chunk, 1);
+  double* last = logits + full * block;
+  exec.for_each(block, [=] KVSIM_HD(long i) {
+    const long row = i / chunk, column = i % chunk;
+    if (row >= last_real || column >= last_real) last[i] = row >= last_real ? 0.0 : -1e-9;
+  });
+}
+
+// Rows [first, first + count) of head `head` of a [heads, n, d] tensor, in float64.
+template <typename Exec, typename X>
+void head_rows_in_double(Exec& exec, const X* x, int head, int n, int d, int first, int count, double* out) {
+  const X* from = x + (static_cast<long>(head) * n + first) * d;
+  exec.for_each(static_cast<long>(count) * d, [=] KVSIM_HD(long i) { out[i] = static_cast<double>(from[i]); });
 }
 
 // kvpress NonCausalAttnPress before its z-score, on the tokens [first, first + count): raw
-// [Hkv, count]. Per query head, one GEMM batched over the chunks gives every chunk's logits;
-// the padding of the last chunk (logit -1e-9 for padded keys, padded queries spreading
-// 1 / (real + padded e^{-1e-9}) over the real keys) is added analytically, as in the reference.
+// [Hkv, count]. Per query head: every chunk's logits (chunk_logits), a row softmax, the padded
+// queries' rows zeroed, and the attention each key receives summed over its chunk's queries
+// (a GEMM with a row of ones); the padded queries' share, 1 / (real + padded e^{-1e-9}) on
+// every real key of the last chunk, is added with the group mean. Then |v| and the pooling.
+// float64, the reference's precision: in float32 (kvpress's), the z-score of a layer whose
+// raw scores are near one another magnifies the logits' rounding past the tolerance (tried:
+// 1.4x the score tolerance at n = 2 on the grid).
 template <typename Exec, typename X>
 void non_causal_raw_scores_of(Exec& exec, const DeviceLayer<Exec>& L, const X* q, const X* k, const X* v, int first, int count, int chunk,
                               double* raw) {
   const int n = L.n, d = L.d, H = L.H, Hkv = L.Hkv, G = H / Hkv;
-  const int chunks = (count + chunk - 1) / chunk, width = chunk < count ? chunk : count;  // width: rows of a stored chunk
-  const int last_real = count - (chunks - 1) * chunk, last_padded = chunk - last_real;
-  const long rows = static_cast<long>(chunks) * width, block = static_cast<long>(width) * width;
+  const int chunks = (count + chunk - 1) / chunk, last_real = count - (chunks - 1) * chunk, last_padded = chunk - last_real;
+  const double padded_share = last_padded / (last_real + last_padded * exp(-1e-9));
+  const long padded_count = static_cast<long>(chunks) * chunk, last_from = padded_count - chunk;
   using DoubleBuffer = typename Exec::template Buffer<double>;
-  DoubleBuffer q_buffer(static_cast<std::size_t>(H) * rows * d), k_buffer(static_cast<std::size_t>(Hkv) * rows * d),
-      logits_buffer(static_cast<std::size_t>(chunks) * block), per_head_buffer(static_cast<std::size_t>(H) * count),
+  DoubleBuffer queries_buffer(static_cast<std::size_t>(count) * d), keys_buffer(queries_buffer.size()),
+      logits_buffer(static_cast<std::size_t>(padded_count * chunk)), received_buffer(static_cast<std::size_t>(H * padded_count)),
       x_buffer(static_cast<std::size_t>(Hkv) * count);
-  double* qd = q_buffer.data();
-  double* kd = k_buffer.data();
+  const auto ones = device_ones<Exec, double>(exec, chunk);
   double* logits = logits_buffer.data();
-  double* per_head = per_head_buffer.data();
+  double* received = received_buffer.data();
   double* x = x_buffer.data();
-  // Queries and keys of the tokens, float64, zero rows past `count` (the last chunk's tail).
-  exec.for_each(static_cast<long>(H) * rows * d, [=] KVSIM_HD(long i) {
-    const long h = i / (rows * d), t = i / d % rows;
-    qd[i] = t < count ? static_cast<double>(q[(h * n + first + t) * d + i % d]) : 0.0;
-  });
-  exec.for_each(static_cast<long>(Hkv) * rows * d, [=] KVSIM_HD(long i) {
-    const long g = i / (rows * d), t = i / d % rows;
-    kd[i] = t < count ? static_cast<double>(k[(g * n + first + t) * d + i % d]) : 0.0;
-  });
   for (int h = 0; h < H; ++h) {
-    exec.gemm(StridedGemm<double>{.trans_b = true, .m = width, .n = width, .k = d, .a = qd + static_cast<long>(h) * rows * d, .lda = d,
-                                  .stride_a = static_cast<long>(width) * d, .b = kd + static_cast<long>(h / G) * rows * d, .ldb = d,
-                                  .stride_b = static_cast<long>(width) * d, .c = logits, .ldc = width, .stride_c = block, .batch = chunks});
-    chunk_softmax(exec, logits, chunks, width, last_real, last_padded);
-    double* out = per_head + static_cast<long>(h) * count;
-    exec.for_each(count, [=] KVSIM_HD(long t) {
-      const int c = static_cast<int>(t / chunk), j = static_cast<int>(t % chunk);
-      const int real = c + 1 == chunks ? last_real : width, padded = c + 1 == chunks ? last_padded : 0;
-      const double* column = logits + c * block + j;
-      double sum = 0.0;
-      for (int i = 0; i < real; ++i) sum += column[static_cast<long>(i) * width];
-      if (padded) sum += padded / (real + padded * exp(-1e-9));
-      out[t] = sum;
-    });
+    if (h % G == 0) head_rows_in_double(exec, k, h / G, n, d, first, count, keys_buffer.data());
+    head_rows_in_double(exec, q, h, n, d, first, count, queries_buffer.data());
+    chunk_logits(exec, queries_buffer.data(), keys_buffer.data(), d, count, chunk, logits);
+    exec.softmax_rows(logits, SoftmaxRows{.rows = padded_count, .cols = chunk, .rows_per_group = 1, .first_valid = chunk}, nullptr);
+    if (last_padded)
+      exec.for_each(static_cast<long>(last_padded) * chunk, [=] KVSIM_HD(long i) { logits[(padded_count - last_padded) * chunk + i] = 0.0; });
+    exec.gemm(StridedGemm<double>{.m = 1, .n = chunk, .k = chunk, .a = ones.data(), .lda = chunk, .b = logits, .ldb = chunk,
+                                  .stride_b = static_cast<long>(chunk) * chunk, .c = received + h * padded_count, .ldc = chunk,
+                                  .stride_c = chunk, .batch = chunks});
   }
   // Group mean, times |v|, then avg_pool1d(3) with the zero padding counted.
   exec.for_each(static_cast<long>(Hkv) * count, [=] KVSIM_HD(long i) {
     const long g = i / count, t = i % count;
-    double mean = 0.0;
-    for (long h = g * G; h < (g + 1) * G; ++h) mean += per_head[h * count + t];
+    double mean = t >= last_from ? G * padded_share : 0.0;
+    for (long h = g * G; h < (g + 1) * G; ++h) mean += received[h * padded_count + t];
     const X* value = v + (g * n + first + t) * d;
     double norm = 0.0;
     for (int c = 0; c < d; ++c) norm += static_cast<double>(value[c]) * static_cast<double>(value[c]);
