@@ -1,9 +1,9 @@
 #pragma once
 // Device twins of leverage_score, non_causal_attention and compactor
-// (reference/presses/leverage_score.cpp, non_causal_attention.cpp, compactor.cpp). The
-// leverage is float64: the Philox sketch, the Cholesky factor (with kvpress' jitter schedule)
-// and the leverage of each row are the reference's own functions (reference/leverage.h), run
-// one head or one token per thread. The non-causal attention is float64 too (see below).
+// (reference/presses/leverage_score.cpp, non_causal_attention.cpp, compactor.cpp), in
+// float64 as the reference. The Philox sketch and the Cholesky factor (with kvpress' jitter
+// schedule) are the reference's own functions (reference/leverage.h), run one entry or one
+// head per thread; the rest are GEMMs, reductions and element-wise passes.
 #include <string>
 
 #include "core/press_checks.h"
@@ -12,6 +12,16 @@
 #include "reference/leverage.h"
 
 namespace kvsim::cuda {
+
+// Column j of L^{-1} (L lower triangular, row-major m x m) into inverse: forward
+// substitution of L y = e_j.
+KVSIM_HD inline void lower_inverse_column(const double* l, int m, int j, double* inverse) {
+  for (int i = 0; i < m; ++i) {
+    double sum = i == j ? 1.0 : 0.0;
+    for (int p = j; p < i; ++p) sum -= l[i * m + p] * inverse[p * m + j];
+    inverse[i * m + j] = i < j ? 0.0 : sum / l[i * m + i];
+  }
+}
 
 // kvpress LeverageScorePress.compute_leverage_scores on the tokens [first, first + count):
 // raw [Hkv, count].
@@ -23,14 +33,16 @@ void leverage_raw_scores(Exec& exec, const DeviceLayer<Exec>& L, int first, int 
              dk = static_cast<long>(d) * k, kk = static_cast<long>(k) * k;
   using DoubleBuffer = typename Exec::template Buffer<double>;
   DoubleBuffer keys_buffer(static_cast<std::size_t>(rows) * d), mean_buffer(static_cast<std::size_t>(Hkv) * d),
-      phi_buffer(static_cast<std::size_t>(Hkv) * dk), x_buffer(static_cast<std::size_t>(rows) * k), gram_buffer(static_cast<std::size_t>(Hkv) * kk),
-      l_buffer(gram_buffer.size());
+      phi_buffer(static_cast<std::size_t>(Hkv) * dk), x_buffer(static_cast<std::size_t>(rows) * k), solved_buffer(x_buffer.size()), gram_buffer(static_cast<std::size_t>(Hkv) * kk),
+      l_buffer(gram_buffer.size()), inverse_buffer(gram_buffer.size());
   double* keys = keys_buffer.data();
   double* mean = mean_buffer.data();
   double* phi = phi_buffer.data();
   double* x = x_buffer.data();
+  double* solved = solved_buffer.data();
   double* gram = gram_buffer.data();
   double* l = l_buffer.data();
+  double* inverse = inverse_buffer.data();
   pre_rope_rows(exec, L, L.k, first, count, keys);
   const auto ones = device_ones<Exec, double>(exec, count);
   exec.gemm(StridedGemm<double>{.m = 1, .n = d, .k = count, .alpha = 1.0 / count, .a = ones.data(), .lda = count, .b = keys, .ldb = d,
@@ -55,7 +67,13 @@ void leverage_raw_scores(Exec& exec, const DeviceLayer<Exec>& L, int first, int 
   for (int g = 0; g < Hkv; ++g)
     if (!host_ok[static_cast<std::size_t>(g)])
       throw Error("press '" + press + "': Cholesky of the sketched keys' Gram matrix failed after 5 tries (KV head " + std::to_string(g) + ")");
-  exec.for_each(rows, [=] KVSIM_HD(long i) { raw[i] = fmax(0.0, ref::inverse_quadratic_form(l + i / count * kk, k, x + i * k)); });
+  // |L^{-1} x_t|^2 for every t at once: L^{-1} one column per thread, then x_t L^{-T} by one
+  // GEMM and the squared norms of its rows (the reference's blocked triangular solve).
+  exec.for_each(Hkv * k, [=] KVSIM_HD(long i) { lower_inverse_column(l + i / k * kk, k, static_cast<int>(i % k), inverse + i / k * kk); });
+  exec.gemm(StridedGemm<double>{.trans_b = true, .m = count, .n = k, .k = k, .a = x, .lda = k, .stride_a = ck, .b = inverse, .ldb = k,
+                                .stride_b = kk, .c = solved, .ldc = k, .stride_c = ck, .batch = Hkv});
+  exec.row_dots(RowDots<double, double>{.x = solved, .rows = rows, .cols = k}, raw);
+  exec.for_each(rows, [=] KVSIM_HD(long i) { raw[i] = fmax(0.0, raw[i]); });
 }
 
 // z[i] = (raw[i] - mean) / max(std, 1e-6) over all `count` entries (std unbiased).
