@@ -70,10 +70,17 @@ class LagKvDevice final : public DeviceScorer<Exec> {
       key_spread[i] = ref::lagkv_spread(k + (g * n + t) * d, lo_k + range, hi_k + range, d);
       value_spread[i] = ref::lagkv_spread(v + (g * n + t) * d, lo_v + range, hi_v + range, d);
     });
-    exec.for_each(tokens, [=] KVSIM_HD(long i) {  // each token recomputes its partition's softmax, in the reference's order
-      const long first = i - i % lag;
-      const ref::LagKvSoftmax keys = ref::lagkv_softmax(key_spread + first, lag), values = ref::lagkv_softmax(value_spread + first, lag);
-      raw[i] = ref::lagkv_raw_score(key_spread[i], keys, value_spread[i], values);
+    // Each partition's softmax once (one thread, in the reference's order), then every token's score.
+    const long partitions = static_cast<long>(Hkv) * scored;
+    typename Exec::template Buffer<ref::LagKvSoftmax> softmax_buffer(static_cast<std::size_t>(2 * partitions));
+    ref::LagKvSoftmax* key_softmax = softmax_buffer.data();
+    ref::LagKvSoftmax* value_softmax = key_softmax + partitions;
+    exec.for_each(partitions, [=] KVSIM_HD(long p) {
+      key_softmax[p] = ref::lagkv_softmax(key_spread + p * lag, lag);
+      value_softmax[p] = ref::lagkv_softmax(value_spread + p * lag, lag);
+    });
+    exec.for_each(tokens, [=] KVSIM_HD(long i) {
+      raw[i] = ref::lagkv_raw_score(key_spread[i], key_softmax[i / lag], value_spread[i], value_softmax[i / lag]);
     });
     // Sinks, the last full partition and the remainder score 1.
     const bool cross = cross_scoring_;
