@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, in short runs, from the stage that
 # scripts/stage_gpu_check.sh builds (this script is copied into it):
-#   bash gpu-stage/gpu_check.sh OUT_DIR [BUDGET_SECONDS, default 540] [PART: all | checks | speed]
+#   bash gpu-stage/gpu_check.sh OUT_DIR [BUDGET_SECONDS, default 540] [PART: all | checks | speed | profile]
 # PART splits the work between two device calls where one cannot hold it: `checks` is every
 # correctness check, the random grid included, `speed` the benchmarks, the PyTorch comparison
 # and the timed replay; `all` runs the speed part, then the checks while the random grid runs
-# with the time that is left.
+# with the time that is left. `profile` (not part of `all`) writes profile.txt: the device
+# time of each kernel in the compression step of the presses PROFILE names (default: those
+# under 2x PyTorch on the H200), from Nsight Systems, to find where their time goes.
 # GRID (press-name globs separated by ':' for each shard, shards separated by spaces) picks the
 # presses of the random shape grid; the default is every press, in three shards that run at
 # once (each with a third of the cores but one for the reference).
@@ -22,6 +24,7 @@
 #   grid.txt            the random shape grid to 64K, shard after shard         (checks)
 #   bench_cuda.json     Google Benchmark JSON: compress / select / gather      (speed)
 #   torch.json          kvpress-style PyTorch compression step, same layer     (speed)
+#   profile.txt         per press, its kernels' device time (nsys)           (profile)
 #   log.txt             everything printed, with the timed replays of a synthetic Llama-3-8B-
 #                       shaped trace (REPLAY_LAYERS layers, default 32, of 32K context, 64
 #                       question and 64 generated tokens, bf16) through snapkv at 4 ratios on the
@@ -31,7 +34,7 @@ stage=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out=${1:?usage: gpu_check.sh OUT_DIR [BUDGET_SECONDS]}
 budget=${2:-540}
 part=${3:-all}
-case "$part" in all|checks|speed) ;; *) echo "gpu_check.sh: PART is all, checks or speed, not '$part'" >&2; exit 2 ;; esac
+case "$part" in all|checks|speed|profile) ;; *) echo "gpu_check.sh: PART is all, checks, speed or profile, not '$part'" >&2; exit 2 ;; esac
 mkdir -p "$out"
 exec > >(tee "$out/log.txt") 2>&1
 export LD_LIBRARY_PATH="$stage/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
@@ -136,9 +139,35 @@ run_speed() {
   rm -f "$synthetic"
 }
 
+# Nsight Systems' kernel summary of each press's 32K compression step (bench_cuda, a short
+# run): which kernels, how many launches, how much device time each.
+run_profile() {
+  if ! command -v nsys > /dev/null; then
+    echo "profile: no nsys here" | tee -a "$info"
+    status=1
+    return
+  fi
+  local press report dir
+  dir=$(mktemp -d)
+  for press in ${PROFILE:-expected_attention lagkv leverage_score non_causal_attention compactor knorm}; do
+    report=$dir/$press
+    step "profile_$press" 60 nsys profile --force-overwrite true -o "$report" "$bin/bench_cuda" \
+      --benchmark_filter="cuda/$press/compress/T=32768/" > /dev/null
+    { echo "=== $press (bench_cuda cuda/$press/compress/T=32768, every iteration)"
+      # The report's name before Nsight Systems 2023: gpukernsum.
+      { nsys stats --report cuda_gpu_kern_sum --format csv "$report.nsys-rep" 2> /dev/null ||
+          nsys stats --report gpukernsum --format csv "$report.nsys-rep" 2> /dev/null; } | cut -c1-300 | head -25; } >> "$out/profile.txt"
+  done
+  rm -rf "$dir"
+}
+
 # `all` times the kernels first, alone on the machine; then the checks run while the grid's
 # shards load the other cores (on the H200 one after the other they took 113 s and 240 s or
 # more; the grid takes what time is left).
+if [[ $part == profile ]]; then
+  run_profile
+  exit $status
+fi
 [[ $part == checks ]] || run_speed
 [[ $part == speed ]] || run_grid_during run_checks
 exit $status

@@ -365,25 +365,30 @@ void compare_model_wide(const ModelWidePress& reference, const ModelWidePress& c
   }
 }
 
-void compare_composition_stages(const ComposedPress& candidate, const PressSpec& spec, Backend other, const PressInput& input, double ratio,
-                                CaseComparer& compare, const std::string& where);
+bool compare_composition_stages(const Press& reference, const ComposedPress& candidate, const PressSpec& spec, Backend other,
+                                const PressInput& input, double ratio, CaseComparer& compare, const std::string& where);
+
+// Both backends' errors, when either has one: the same message, or a violation.
+void compare_errors(const std::string& ref_error, const std::string& got_error, Backend other, CaseComparer& compare, const std::string& where) {
+  if (ref_error != got_error)
+    compare.violation(where, "errors differ: reference '" + ref_error + "', " + backend_name(other) + " '" + got_error + "'");
+  else
+    compare.refused();
+}
 
 // One case: both backends' results (or the same error), scores, kept sets, merged rows and a
 // query-time press's outputs; a press of SelectsFromInnerScores stage by stage, a composition
-// press by press.
-void compare_case(const Press& reference, const Press& candidate, const PressSpec& spec, Backend other, const PressInput& input, double ratio,
+// press by press. Returns whether either backend refused the case.
+bool compare_case(const Press& reference, const Press& candidate, const PressSpec& spec, Backend other, const PressInput& input, double ratio,
                   CaseComparer& compare, const std::string& where) {
+  if (const auto* composed = dynamic_cast<const ComposedPress*>(&candidate))
+    return compare_composition_stages(reference, *composed, spec, other, input, ratio, compare, where);
   std::optional<ScoreMatrix> ref_scores;
   const Outcome ref = run(reference, input, ratio, &ref_scores), got = run(candidate, input, ratio);
   if (!ref.error.empty() || !got.error.empty()) {
-    if (ref.error != got.error)
-      compare.violation(where, "errors differ: reference '" + ref.error + "', " + backend_name(other) + " '" + got.error + "'");
-    else
-      compare.refused();
-    return;
+    compare_errors(ref.error, got.error, other, compare, where);
+    return true;
   }
-  if (const auto* composed = dynamic_cast<const ComposedPress*>(&candidate))
-    return compare_composition_stages(*composed, spec, other, input, ratio, compare, where);
   const auto* ref_scorer = dynamic_cast<const ScorerPress*>(&reference);
   const auto* got_scorer = dynamic_cast<const ScorerPress*>(&candidate);
   const auto* staged = spec.inner ? dynamic_cast<const SelectsFromInnerScores*>(&reference) : nullptr;
@@ -400,23 +405,33 @@ void compare_case(const Press& reference, const Press& candidate, const PressSpe
   }
   if (ref.sparse && got.sparse) compare.sparse_outputs(where, *ref.sparse, *got.sparse);
   else if (ref.sparse || got.sparse) compare.violation(where, "only one backend's press is query-time");
+  return false;
 }
 
 // A composition (kvpress ComposedPress), press by press: each of its presses on both backends
 // over the input the other backend's composition hands it (that backend's survivors of the
 // presses before), as a case of its own. The bookkeeping between the presses is host code
 // shared by the backends; comparing only the final kept sets would judge a near-tie in a later
-// press's scores by the first press's boundary.
-void compare_composition_stages(const ComposedPress& candidate, const PressSpec& spec, Backend other, const PressInput& input, double ratio,
-                                CaseComparer& compare, const std::string& where) {
+// press's scores by the first press's boundary. The compositions are not also run whole: an
+// error of a press was compared at its stage, and only one of the bookkeeping (raised between
+// stages) runs the reference composition, for its message.
+bool compare_composition_stages(const Press& reference, const ComposedPress& candidate, const PressSpec& spec, Backend other,
+                                const PressInput& input, double ratio, CaseComparer& compare, const std::string& where) {
   const std::vector<std::shared_ptr<PressSpec>> stages = spec.presses();
   const Registry& registry = Registry::instance();
-  candidate.compress_observed(input, ratio, [&](std::size_t i, const PressInput& stage_input, double stage_ratio) {
-    const auto reference = registry.make(*stages[i], Backend::reference), on_other = registry.make(*stages[i], other);
-    compare_case(*reference, *on_other, *stages[i], other, stage_input, stage_ratio, compare,
-                 where + " (press " + std::to_string(i + 1) + " of " + std::to_string(stages.size()) + ", on " + backend_name(other) +
-                     "'s survivors)");
-  });
+  bool stage_refused = false;
+  try {
+    candidate.compress_observed(input, ratio, [&](std::size_t i, const PressInput& stage_input, double stage_ratio) {
+      const auto on_reference = registry.make(*stages[i], Backend::reference), on_other = registry.make(*stages[i], other);
+      stage_refused = compare_case(*on_reference, *on_other, *stages[i], other, stage_input, stage_ratio, compare,
+                                   where + " (press " + std::to_string(i + 1) + " of " + std::to_string(stages.size()) + ", on " +
+                                       backend_name(other) + "'s survivors)");
+    });
+  } catch (const Error& e) {
+    if (!stage_refused) compare_errors(run(reference, input, ratio).error, e.what(), other, compare, where);
+    return true;
+  }
+  return false;
 }
 
 }  // namespace
