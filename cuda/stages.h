@@ -41,10 +41,11 @@ void rows_as_double(Exec& exec, const DeviceTensor<Exec>& t, int first, double* 
 
 // Pre-RoPE rows [first, first + count) of each head of x [heads, n, d] (inverse RoPE at
 // position = row), rounded to float as the reference's InverseRopeTable does, into out
-// [heads, count, d] (float64). The table of cos and sin (the attention scaling's inverse folded
-// in, InverseRopeTable's formula) is made once per position and channel pair, not per head.
+// [heads, count, d] (float64; rows `stride` >= d apart, the columns past d left as they are).
+// The table of cos and sin (the attention scaling's inverse folded in, InverseRopeTable's
+// formula) is made once per position and channel pair, not per head.
 template <typename Exec, typename T>
-void pre_rope_rows_of(Exec& exec, const DeviceLayer<Exec>& L, const T* x, int heads, int first, int count, double* out) {
+void pre_rope_rows_of(Exec& exec, const DeviceLayer<Exec>& L, const T* x, int heads, int first, int count, double* out, int stride) {
   const int n = L.n, d = L.d, half = d / 2;
   const long pairs = static_cast<long>(count) * half;
   const double gain = 1.0 / L.attention_scaling;
@@ -62,13 +63,13 @@ void pre_rope_rows_of(Exec& exec, const DeviceLayer<Exec>& L, const T* x, int he
     const int c = static_cast<int>(i % half);
     const T* src = x + (h * n + first + row % count) * d;
     const double lo = static_cast<float>(src[c]), hi = static_cast<float>(src[c + half]);
-    out[row * d + c] = static_cast<float>(lo * cs[at] - hi * sn[at]);
-    out[row * d + c + half] = static_cast<float>(hi * cs[at] + lo * sn[at]);
+    out[row * stride + c] = static_cast<float>(lo * cs[at] - hi * sn[at]);
+    out[row * stride + c + half] = static_cast<float>(hi * cs[at] + lo * sn[at]);
   });
 }
 template <typename Exec>
-void pre_rope_rows(Exec& exec, const DeviceLayer<Exec>& L, const DeviceTensor<Exec>& x, int first, int count, double* out) {
-  with_storage(x, [&](const auto* values) { pre_rope_rows_of(exec, L, values, x.heads(), first, count, out); });
+void pre_rope_rows(Exec& exec, const DeviceLayer<Exec>& L, const DeviceTensor<Exec>& x, int first, int count, double* out, int stride = 0) {
+  with_storage(x, [&](const auto* values) { pre_rope_rows_of(exec, L, values, x.heads(), first, count, out, stride ? stride : L.d); });
 }
 
 // A device vector of `count` ones (the left operand of GEMMs that sum rows).

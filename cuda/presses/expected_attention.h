@@ -20,16 +20,38 @@ void rescale_by_value_norms(Exec& exec, const DeviceLayer<Exec>& L, const T* v, 
   });
 }
 
-// Sigma' = R Sigma R^T per head, Sigma the biased covariance of pre [H, N, d] (centred in
-// place): three strided batched float64 GEMMs.
+// The mean [H, d] and, where cov is set, the biased covariance [H, d, d] of each head's N
+// rows of pre [H, N, d + 1], whose last column holds ones: one GEMM gives pre' pre / N, whose
+// last row is the mean, and Sigma = pre' pre / N - mean mean'. One pass over the rows where
+// centring them first took two more; in float64 the difference's rounding stays near 1e-16
+// of |mean|^2, far inside the score tolerance.
 template <typename Exec>
-void rotated_covariance(Exec& exec, double* pre, const double* mean, const double* R, int H, int N, int d, double* rotated) {
-  const long dd = static_cast<long>(d) * d, Nd = static_cast<long>(N) * d;
-  exec.for_each(H * Nd, [=] KVSIM_HD(long i) { pre[i] -= mean[i / Nd * d + i % d]; });
-  typename Exec::template Buffer<double> cov(static_cast<std::size_t>(H) * dd), tmp(cov.size());
-  exec.gemm(StridedGemm<double>{.trans_a = true, .m = d, .n = d, .k = N, .alpha = 1.0 / N, .a = pre, .lda = d, .stride_a = Nd, .b = pre,
-                                .ldb = d, .stride_b = Nd, .c = cov.data(), .ldc = d, .stride_c = dd, .batch = H});
-  exec.gemm(StridedGemm<double>{.trans_b = true, .m = d, .n = d, .k = d, .a = cov.data(), .lda = d, .stride_a = dd, .b = R, .ldb = d,
+void query_statistics(Exec& exec, const double* pre, int H, int N, int d, double* mean, double* cov) {
+  const int w = d + 1;
+  const long ww = static_cast<long>(w) * w, dd = static_cast<long>(d) * d, Nw = static_cast<long>(N) * w;
+  if (!cov) {
+    const auto ones = device_ones<Exec, double>(exec, N);
+    exec.gemm(StridedGemm<double>{.m = 1, .n = d, .k = N, .alpha = 1.0 / N, .a = ones.data(), .lda = N, .b = pre, .ldb = w, .stride_b = Nw,
+                                  .c = mean, .ldc = d, .stride_c = d, .batch = H});
+    return;
+  }
+  typename Exec::template Buffer<double> moments_buffer(static_cast<std::size_t>(H) * ww);
+  const double* moments = moments_buffer.data();
+  exec.gemm(StridedGemm<double>{.trans_a = true, .m = w, .n = w, .k = N, .alpha = 1.0 / N, .a = pre, .lda = w, .stride_a = Nw, .b = pre,
+                                .ldb = w, .stride_b = Nw, .c = moments_buffer.data(), .ldc = w, .stride_c = ww, .batch = H});
+  exec.for_each(static_cast<long>(H) * d, [=] KVSIM_HD(long i) { mean[i] = moments[i / d * ww + static_cast<long>(d) * w + i % d]; });
+  exec.for_each(H * dd, [=] KVSIM_HD(long i) {
+    const long h = i / dd, r = i / d % d, c = i % d;
+    cov[i] = moments[h * ww + r * w + c] - mean[h * d + r] * mean[h * d + c];
+  });
+}
+
+// Sigma' = R Sigma R^T per head: two strided batched float64 GEMMs (cov is overwritten).
+template <typename Exec>
+void rotate_covariance(Exec& exec, double* cov, const double* R, int H, int d, double* rotated) {
+  const long dd = static_cast<long>(d) * d;
+  typename Exec::template Buffer<double> tmp(static_cast<std::size_t>(H) * dd);
+  exec.gemm(StridedGemm<double>{.trans_b = true, .m = d, .n = d, .k = d, .a = cov, .lda = d, .stride_a = dd, .b = R, .ldb = d,
                                 .c = tmp.data(), .ldc = d, .stride_c = dd, .batch = H});
   exec.gemm(StridedGemm<double>{.m = d, .n = d, .k = d, .a = R, .lda = d, .b = tmp.data(), .ldb = d, .stride_b = dd, .c = rotated, .ldc = d,
                                 .stride_c = dd, .batch = H});
@@ -118,16 +140,19 @@ class ExpectedAttentionDevice final : public DeviceScorer<Exec> {
     const double* R = rotation_buffer.data();
     const long dd = static_cast<long>(d) * d;
 
-    // Statistics of the pre-RoPE queries: mean, then mu' = R mu and Sigma' = R Sigma R^T.
-    DoubleBuffer pre_buffer(static_cast<std::size_t>(H) * N * d), mean_buffer(static_cast<std::size_t>(H) * d),
-        mu_buffer(mean_buffer.size()), rotated_buffer(use_covariance_ ? static_cast<std::size_t>(H) * dd : 0);
-    pre_rope_rows(exec, L, L.q, sinks, N, pre_buffer.data());  // after the sinks
-    const auto ones = device_ones<Exec, double>(exec, N);
-    exec.gemm(StridedGemm<double>{.m = 1, .n = d, .k = N, .alpha = 1.0 / N, .a = ones.data(), .lda = N, .b = pre_buffer.data(), .ldb = d,
-                                  .stride_b = static_cast<long>(N) * d, .c = mean_buffer.data(), .ldc = d, .stride_c = d, .batch = H});
+    // Statistics of the pre-RoPE queries (after the sinks, each row followed by a 1): mean and
+    // covariance, then mu' = R mu and Sigma' = R Sigma R^T.
+    const int w = d + 1;
+    DoubleBuffer pre_buffer(static_cast<std::size_t>(H) * N * w), mean_buffer(static_cast<std::size_t>(H) * d),
+        mu_buffer(mean_buffer.size()), cov_buffer(use_covariance_ ? static_cast<std::size_t>(H) * dd : 0),
+        rotated_buffer(cov_buffer.size());
+    double* pre = pre_buffer.data();
+    pre_rope_rows(exec, L, L.q, sinks, N, pre, w);
+    exec.for_each(static_cast<long>(H) * N, [=] KVSIM_HD(long row) { pre[row * w + w - 1] = 1.0; });
+    query_statistics(exec, pre, H, N, d, mean_buffer.data(), use_covariance_ ? cov_buffer.data() : nullptr);
     exec.gemm(StridedGemm<double>{.trans_b = true, .m = 1, .n = d, .k = d, .a = mean_buffer.data(), .lda = d, .stride_a = d, .b = R, .ldb = d,
                                   .c = mu_buffer.data(), .ldc = d, .stride_c = d, .batch = H});
-    if (use_covariance_) rotated_covariance(exec, pre_buffer.data(), mean_buffer.data(), R, H, N, d, rotated_buffer.data());
+    if (use_covariance_) rotate_covariance(exec, cov_buffer.data(), R, H, d, rotated_buffer.data());
 
     expected_attention_scores(exec, L, sinks, mu_buffer.data(), use_covariance_ ? rotated_buffer.data() : nullptr, use_vnorm_, epsilon_, out);
   }
