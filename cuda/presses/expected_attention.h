@@ -20,15 +20,20 @@ void rescale_by_value_norms(Exec& exec, const DeviceLayer<Exec>& L, const T* v, 
   });
 }
 
+// Rows of the queries with their column of ones, padded to a multiple of 8 doubles (64
+// bytes): cuBLAS's fastest float64 kernels want aligned leading dimensions.
+inline int moments_stride(int d) { return (d + 1 + 7) / 8 * 8; }
+
 // The mean [H, d] and, where cov is set, the biased covariance [H, d, d] of each head's N
-// rows of pre [H, N, d + 1], whose last column holds ones: one GEMM gives pre' pre / N, whose
-// last row is the mean, and Sigma = pre' pre / N - mean mean'. One pass over the rows where
-// centring them first took two more; in float64 the difference's rounding stays near 1e-16
-// of |mean|^2, far inside the score tolerance.
+// rows of pre [H, N, moments_stride(d)], whose column d holds ones: one GEMM gives
+// pre' pre / N over the first d + 1 columns, whose last row is the mean, and
+// Sigma = pre' pre / N - mean mean'. One pass over the rows where centring them first took two
+// more; in float64 the difference's rounding stays near 1e-16 of |mean|^2, far inside the
+// score tolerance.
 template <typename Exec>
 void query_statistics(Exec& exec, const double* pre, int H, int N, int d, double* mean, double* cov) {
-  const int w = d + 1;
-  const long ww = static_cast<long>(w) * w, dd = static_cast<long>(d) * d, Nw = static_cast<long>(N) * w;
+  const int w = moments_stride(d);
+  const long ww = static_cast<long>(w) * (d + 1), dd = static_cast<long>(d) * d, Nw = static_cast<long>(N) * w;
   if (!cov) {
     const auto ones = device_ones<Exec, double>(exec, N);
     exec.gemm(StridedGemm<double>{.m = 1, .n = d, .k = N, .alpha = 1.0 / N, .a = ones.data(), .lda = N, .b = pre, .ldb = w, .stride_b = Nw,
@@ -37,7 +42,7 @@ void query_statistics(Exec& exec, const double* pre, int H, int N, int d, double
   }
   typename Exec::template Buffer<double> moments_buffer(static_cast<std::size_t>(H) * ww);
   const double* moments = moments_buffer.data();
-  exec.gemm(StridedGemm<double>{.trans_a = true, .m = w, .n = w, .k = N, .alpha = 1.0 / N, .a = pre, .lda = w, .stride_a = Nw, .b = pre,
+  exec.gemm(StridedGemm<double>{.trans_a = true, .m = d + 1, .n = d + 1, .k = N, .alpha = 1.0 / N, .a = pre, .lda = w, .stride_a = Nw, .b = pre,
                                 .ldb = w, .stride_b = Nw, .c = moments_buffer.data(), .ldc = w, .stride_c = ww, .batch = H});
   exec.for_each(static_cast<long>(H) * d, [=] KVSIM_HD(long i) { mean[i] = moments[i / d * ww + static_cast<long>(d) * w + i % d]; });
   exec.for_each(H * dd, [=] KVSIM_HD(long i) {
@@ -142,13 +147,13 @@ class ExpectedAttentionDevice final : public DeviceScorer<Exec> {
 
     // Statistics of the pre-RoPE queries (after the sinks, each row followed by a 1): mean and
     // covariance, then mu' = R mu and Sigma' = R Sigma R^T.
-    const int w = d + 1;
+    const int w = moments_stride(d);
     DoubleBuffer pre_buffer(static_cast<std::size_t>(H) * N * w), mean_buffer(static_cast<std::size_t>(H) * d),
         mu_buffer(mean_buffer.size()), cov_buffer(use_covariance_ ? static_cast<std::size_t>(H) * dd : 0),
         rotated_buffer(cov_buffer.size());
     double* pre = pre_buffer.data();
     pre_rope_rows(exec, L, L.q, sinks, N, pre, w);
-    exec.for_each(static_cast<long>(H) * N, [=] KVSIM_HD(long row) { pre[row * w + w - 1] = 1.0; });
+    exec.for_each(static_cast<long>(H) * N, [=] KVSIM_HD(long row) { pre[row * w + d] = 1.0; });
     query_statistics(exec, pre, H, N, d, mean_buffer.data(), use_covariance_ ? cov_buffer.data() : nullptr);
     exec.gemm(StridedGemm<double>{.trans_b = true, .m = 1, .n = d, .k = d, .a = mean_buffer.data(), .lda = d, .stride_a = d, .b = R, .ldb = d,
                                   .c = mu_buffer.data(), .ldc = d, .stride_c = d, .batch = H});
