@@ -8,6 +8,8 @@
 //  * cuda/<press>/score/...: the scoring alone;
 //  * cuda/<press>/select/...: the per-head top-k of the scores (a radix select of each
 //    head's threshold, then mark-and-scan compaction), positions left on the device;
+//  * cuda/<press>/select_shared/...: the same in one launch, a block per head with its scores
+//    in shared memory, where they fit (select_topk_shared_on_device; not yet the default);
 //  * cuda/<press>/gather/...: compaction of the kept keys and values.
 // Bytes counted are the layer's keys and values (bfloat16) for scoring and compression, the
 // scores read once for selection, the kept rows read and written for the gather (bfloat16 to
@@ -74,7 +76,7 @@ void time_on_device(benchmark::State& state, Body body) {
   cudaEventDestroy(stop);
 }
 
-enum class Stage { compress, score, select, gather };
+enum class Stage { compress, score, select, select_shared, gather };
 
 void measure_press(benchmark::State& state, const std::string& spec, int T, Stage stage) {
   static std::map<int, LayerTensors> layers;
@@ -104,6 +106,9 @@ void measure_press(benchmark::State& state, const std::string& spec, int T, Stag
   } else if (stage == Stage::select) {
     time_on_device(state, [&] { select_topk_on_device(exec, scores.data(), kKvHeads, T, kept_count); });
     bytes = static_cast<double>(kKvHeads) * T * 4.0;  // the scores, once
+  } else if (stage == Stage::select_shared) {
+    time_on_device(state, [&] { select_topk_shared_on_device(exec, scores.data(), kKvHeads, T, kept_count); });
+    bytes = static_cast<double>(kKvHeads) * T * 4.0;
   } else if (stage == Stage::gather) {
     const auto kept = select_topk_on_device(exec, scores.data(), kKvHeads, T, kept_count);
     time_on_device(state, [&] { gather_kept(exec, layer, kept.data(), kept_count); });
@@ -150,7 +155,7 @@ int main(int argc, char** argv) {
     for (int T : {4096, 32768, 131072}) {
       if (info->quadratic && T > 32768) continue;  // O(T^2) scoring
       for (const auto& named : {std::pair{kc::Stage::compress, "compress"}, {kc::Stage::score, "score"}, {kc::Stage::select, "select"},
-                                {kc::Stage::gather, "gather"}}) {
+                                {kc::Stage::select_shared, "select_shared"}, {kc::Stage::gather, "gather"}}) {
         const kc::Stage stage = named.first;
         const std::string label = "cuda/" + info->name + "/" + named.second + "/T=" + std::to_string(T) + "/hkv=8/d=128/r=0.5/bf16";
         benchmark::RegisterBenchmark(label.c_str(), [name = info->name, T, stage](benchmark::State& s) {

@@ -116,6 +116,86 @@ __global__ void radix_select_pass_kernel(const float* scores, long n, int shift,
   }
 }
 
+// The whole top-k of one row per block, its ordered keys in shared memory (a pad word after
+// every 32 keys, so that a thread's run of consecutive keys falls in distinct banks): the
+// radix select's four passes as block histograms, the digit found by warp 0 (a shuffle scan
+// from the highest digit), then select_topk_on_device's compaction — entries above the
+// threshold and the first `ties` equal to it, in position order — from one block scan of
+// packed counts. One launch where the generic path takes about ten.
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) topk_row_in_shared_kernel(const float* scores, int n, int k, int* kept) {
+  constexpr int kDigits = 1 << kRadixBits, kDigitsPerLane = kDigits / 32;
+  extern __shared__ uint32_t topk_keys[];  // n + n / 32 words
+  __shared__ unsigned bins[kDigits];
+  __shared__ uint32_t prefix;
+  __shared__ int wanted;
+  using Scan = cub::BlockScan<unsigned long long, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  const auto at = [](int i) { return i + i / 32; };
+  const float* row = scores + static_cast<long>(blockIdx.x) * n;
+  for (int i = threadIdx.x; i < n; i += kThreads) topk_keys[at(i)] = ordered_bits(row[i]);
+  if (threadIdx.x == 0) {
+    prefix = 0;
+    wanted = k;
+  }
+  for (int pass = 0; pass < kRadixPasses; ++pass) {
+    const int shift = 32 - kRadixBits * (pass + 1);
+    for (int b = threadIdx.x; b < kDigits; b += kThreads) bins[b] = 0;
+    __syncthreads();
+    const uint32_t chosen = prefix;
+    for (int i = threadIdx.x; i < n; i += kThreads) {
+      const uint32_t key = topk_keys[at(i)];
+      if (radix_prefix_matches(key, chosen, shift)) atomicAdd(&bins[(key >> shift) & (kDigits - 1)], 1u);
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {  // lane l holds digits kDigits - 1 - l * kDigitsPerLane - j, from the top
+      const int lane = threadIdx.x;
+      const unsigned still = static_cast<unsigned>(wanted);
+      const int top = kDigits - 1 - lane * kDigitsPerLane;
+      unsigned lane_total = 0;
+      for (int j = 0; j < kDigitsPerLane; ++j) lane_total += bins[top - j];
+      __syncwarp();  // every lane has read `wanted` before one lane writes it
+      unsigned inclusive = lane_total;
+      for (int offset = 1; offset < 32; offset *= 2) {
+        const unsigned below = __shfl_up_sync(0xffffffffu, inclusive, offset);
+        if (lane >= offset) inclusive += below;
+      }
+      unsigned above = inclusive - lane_total;
+      for (int j = 0; j < kDigitsPerLane; ++j) {
+        const unsigned in_digit = bins[top - j];
+        if (radix_digit_reached(above, in_digit, still)) {
+          prefix = chosen | (static_cast<uint32_t>(top - j) << shift);
+          wanted = static_cast<int>(still - above);
+        }
+        above += in_digit;
+      }
+    }
+    __syncthreads();
+  }
+  const uint32_t threshold = prefix;
+  const unsigned long long ties = static_cast<unsigned long long>(wanted);
+  const int per_thread = (n + kThreads - 1) / kThreads, begin = min(n, static_cast<int>(threadIdx.x) * per_thread),
+            end = min(n, begin + per_thread);
+  unsigned long long counts = 0;  // ties in the high half, entries above in the low
+  for (int i = begin; i < end; ++i) {
+    const uint32_t key = topk_keys[at(i)];
+    counts += key > threshold ? 1ull : key == threshold ? 1ull << 32 : 0ull;
+  }
+  Scan(scan_storage).ExclusiveSum(counts, counts);
+  unsigned long long above = counts & 0xffffffffull, ties_before = counts >> 32;
+  int* out = kept + static_cast<long>(blockIdx.x) * k;
+  for (int i = begin; i < end; ++i) {
+    const uint32_t key = topk_keys[at(i)];
+    if (key > threshold) {
+      out[above + (ties_before < ties ? ties_before : ties)] = i;
+      ++above;
+    } else if (key == threshold) {
+      if (ties_before < ties) out[above + ties_before] = i;
+      ++ties_before;
+    }
+  }
+}
+
 // A warp per row (RowDots): lanes take the row's columns in coalesced strides, then a
 // shuffle reduction sums their float64 partial sums.
 template <typename Y, typename X>
@@ -313,6 +393,19 @@ struct CudaExec {
     check_cuda(cudaGetLastError(), "radix_select_pass launch");
   }
 
+  // select_topk_on_device's kept positions [rows, k] (0 < k < n) in one launch
+  // (topk_row_in_shared_kernel) where a row's keys fit in one block's shared memory; false,
+  // with nothing launched, where they do not.
+  bool topk_rows_in_shared(const float* scores, int rows, int n, int k, int* kept) {
+    constexpr int kThreads = 1024;
+    static const long limit = shared_topk_bytes<kThreads>();
+    const long bytes = (static_cast<long>(n) + n / 32 + 1) * static_cast<long>(sizeof(uint32_t));
+    if (rows <= 0 || rows > 65535 || bytes > limit) return false;
+    topk_row_in_shared_kernel<kThreads><<<static_cast<unsigned>(rows), kThreads, static_cast<std::size_t>(bytes)>>>(scores, n, k, kept);
+    check_cuda(cudaGetLastError(), "topk_rows_in_shared launch");
+    return true;
+  }
+
   template <typename Y, typename X>
   void row_dots(const RowDots<Y, X>& dots, double* out) {
     if (dots.rows <= 0) return;
@@ -333,6 +426,21 @@ struct CudaExec {
   void synchronize() { check_cuda(cudaDeviceSynchronize(), "synchronize"); }
 
  private:
+  // The dynamic shared memory topk_row_in_shared_kernel may take on this device (its opt-in
+  // maximum less its static part), granted to it once.
+  template <int kThreads>
+  static long shared_topk_bytes() {
+    int device = 0, optin = 0;
+    check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+    check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "shared memory limit");
+    cudaFuncAttributes attributes{};
+    check_cuda(cudaFuncGetAttributes(&attributes, topk_row_in_shared_kernel<kThreads>), "top-k kernel attributes");
+    const int dynamic = optin - static_cast<int>(attributes.sharedSizeBytes);
+    check_cuda(cudaFuncSetAttribute(topk_row_in_shared_kernel<kThreads>, cudaFuncAttributeMaxDynamicSharedMemorySize, dynamic),
+               "top-k kernel shared memory");
+    return dynamic;
+  }
+
   template <typename T>
   static void launch_softmax_rows(T* x, const SoftmaxRows& s, T* lse) {
     if (s.rows <= 0) return;

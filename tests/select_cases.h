@@ -5,6 +5,7 @@
 // where the radix select's digits all matter.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -48,6 +49,23 @@ void expect_selection_matches_reference() {
     EXPECT_EQ(cuda::select_topk_per_head(exec, device.data(), c.rows, c.n, c.k).kept, ref::select_topk_per_head(scores, c.k).kept);
     const long total = static_cast<long>(c.rows) * c.k;
     EXPECT_EQ(cuda::select_topk_global(exec, device.data(), c.rows, c.n, total).kept, ref::select_topk_global(scores, total).kept);
+  }
+}
+
+// The same per row through select_topk_shared_on_device (one block per row where it fits).
+template <typename Exec>
+void expect_shared_selection_matches_reference() {
+  Exec exec;
+  for (const SelectCase& c : selection_cases()) {
+    const std::vector<float> host = selection_scores(c);
+    typename Exec::template Buffer<float> device(host.size());
+    device.upload(host.data(), host.size());
+    const ref::Scores scores = Eigen::Map<const ref::Scores>(host.data(), c.rows, c.n);
+    SCOPED_TRACE("rows=" + std::to_string(c.rows) + " n=" + std::to_string(c.n) + " k=" + std::to_string(c.k) +
+                 " distinct=" + std::to_string(c.distinct));
+    const int k = std::clamp(c.k, 0, c.n);
+    EXPECT_EQ(cuda::kept_on_host<Exec>(cuda::select_topk_shared_on_device(exec, device.data(), c.rows, c.n, k), c.rows, k).kept,
+              ref::select_topk_per_head(scores, c.k).kept);
   }
 }
 

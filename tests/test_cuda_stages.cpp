@@ -209,6 +209,9 @@ TEST(CudaStages, RadixSelectMatchesTheReferenceSortOnTiesAndWideRows) {
   test::expect_selection_matches_reference<HostExec>();
 }
 
+// The CPU has no block shared memory: the one-launch top-k's wrapper takes the generic path.
+TEST(CudaStages, SharedMemorySelectionFallsBackOnTheCpu) { test::expect_shared_selection_matches_reference<HostExec>(); }
+
 TEST(CudaStages, RowArgmaxTakesTheFirstMaximum) {
   HostExec exec;
   const std::vector<float> x = {1, 3, 3, 2, -INFINITY, -INFINITY, -INFINITY, -INFINITY, 0, -1, 5, 5};

@@ -12,5 +12,11 @@ TEST(SelectGpu, RadixSelectMatchesTheReferenceSortOnTiesAndWideRows) {
   test::expect_selection_matches_reference<CudaExec>();
 }
 
+// The one-launch top-k (topk_row_in_shared_kernel) where the rows fit, the generic path beyond.
+TEST(SelectGpu, SharedMemoryTopKMatchesTheReferenceSort) {
+  if (const DeviceStatus status = device_status(); status.count == 0) GTEST_SKIP() << "no CUDA device: " << status.reason;
+  test::expect_shared_selection_matches_reference<CudaExec>();
+}
+
 }  // namespace
 }  // namespace kvsim::cuda
