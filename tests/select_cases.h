@@ -35,9 +35,10 @@ inline std::vector<SelectCase> selection_cases() {
           {8, 4096, 2048, 0, 6}, {4, 65536, 30000, 0, 7}, {1, 300000, 150000, 5, 8}, {5, 777, 776, 1, 9}, {8, 20000, 77, 0, 10}};
 }
 
-// Runs every case through `Exec` and compares with the reference, per row and globally.
-template <typename Exec>
-void expect_selection_matches_reference() {
+// Calls check(exec, device scores, case, reference scores) for every case, its scores on
+// `Exec`'s side.
+template <typename Exec, typename Check>
+void for_every_selection_case(Check check) {
   Exec exec;
   for (const SelectCase& c : selection_cases()) {
     const std::vector<float> host = selection_scores(c);
@@ -46,27 +47,28 @@ void expect_selection_matches_reference() {
     const ref::Scores scores = Eigen::Map<const ref::Scores>(host.data(), c.rows, c.n);
     SCOPED_TRACE("rows=" + std::to_string(c.rows) + " n=" + std::to_string(c.n) + " k=" + std::to_string(c.k) +
                  " distinct=" + std::to_string(c.distinct));
-    EXPECT_EQ(cuda::select_topk_per_head(exec, device.data(), c.rows, c.n, c.k).kept, ref::select_topk_per_head(scores, c.k).kept);
-    const long total = static_cast<long>(c.rows) * c.k;
-    EXPECT_EQ(cuda::select_topk_global(exec, device.data(), c.rows, c.n, total).kept, ref::select_topk_global(scores, total).kept);
+    check(exec, device.data(), c, scores);
   }
+}
+
+// Runs every case through `Exec` and compares with the reference, per row and globally.
+template <typename Exec>
+void expect_selection_matches_reference() {
+  for_every_selection_case<Exec>([](Exec& exec, const float* device, const SelectCase& c, const ref::Scores& scores) {
+    EXPECT_EQ(cuda::select_topk_per_head(exec, device, c.rows, c.n, c.k).kept, ref::select_topk_per_head(scores, c.k).kept);
+    const long total = static_cast<long>(c.rows) * c.k;
+    EXPECT_EQ(cuda::select_topk_global(exec, device, c.rows, c.n, total).kept, ref::select_topk_global(scores, total).kept);
+  });
 }
 
 // The same per row through select_topk_shared_on_device (one block per row where it fits).
 template <typename Exec>
 void expect_shared_selection_matches_reference() {
-  Exec exec;
-  for (const SelectCase& c : selection_cases()) {
-    const std::vector<float> host = selection_scores(c);
-    typename Exec::template Buffer<float> device(host.size());
-    device.upload(host.data(), host.size());
-    const ref::Scores scores = Eigen::Map<const ref::Scores>(host.data(), c.rows, c.n);
-    SCOPED_TRACE("rows=" + std::to_string(c.rows) + " n=" + std::to_string(c.n) + " k=" + std::to_string(c.k) +
-                 " distinct=" + std::to_string(c.distinct));
+  for_every_selection_case<Exec>([](Exec& exec, const float* device, const SelectCase& c, const ref::Scores& scores) {
     const int k = std::clamp(c.k, 0, c.n);
-    EXPECT_EQ(cuda::kept_on_host<Exec>(cuda::select_topk_shared_on_device(exec, device.data(), c.rows, c.n, k), c.rows, k).kept,
+    EXPECT_EQ(cuda::kept_on_host<Exec>(cuda::select_topk_shared_on_device(exec, device, c.rows, c.n, k), c.rows, k).kept,
               ref::select_topk_per_head(scores, c.k).kept);
-  }
+  });
 }
 
 }  // namespace kvsim::test
