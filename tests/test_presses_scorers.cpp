@@ -277,6 +277,20 @@ TEST_P(Scorers, NonCausalAttentionMatchesTheLiterallyPaddedChunks) {
   }
 }
 
+// kvpress pads the one chunk to chunk_size: a size far beyond the tokens weighs its padded keys
+// in, without the logits of chunk_size^2 entries (2^40 here) being stored; scores as the
+// reference's (its own tests above).
+TEST_P(Scorers, NonCausalAttentionWithAChunkFarBeyondTheTokens) {
+  const LayerTensors layer = test::random_layer(4, 2, 9, 4, 23);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 4);
+  const std::string spec = "non_causal_attention:chunk_size=1048576";
+  const auto reference = Registry::instance().make(spec, Backend::reference);
+  const ScoreMatrix expected = dynamic_cast<const ScorerPress&>(*reference).score(PressInput{layer, 9, 1, rope}, 0.5);
+  std::vector<std::vector<double>> rows(static_cast<std::size_t>(expected.rows()));
+  for (Eigen::Index g = 0; g < expected.rows(); ++g) rows[g].assign(expected.row(g).begin(), expected.row(g).end());
+  expect_scores(scores(spec, layer, 9, rope), rows);
+}
+
 // ------------------------------------------------------------------------------------ cap
 
 TEST_P(Scorers, CapWeighsValueLeverageByQueryAlignmentByHand) {

@@ -89,27 +89,40 @@ void z_normalise(Exec& exec, const double* raw, long count, double* z) {
   exec.for_each(count, [=] KVSIM_HD(long i) { z[i] = ref::z_score(raw[i], stats[0], stats[1]); });
 }
 
-// The chunks' logits [chunks, chunk, chunk] of one query head, from its queries and its KV
-// head's keys ([count, d] each): one GEMM batched over the full chunks, one for the last
-// chunk when it is shorter. Its padded keys (columns past last_real) get kvpress's logit
-// -1e-9; its padded queries (rows past last_real) are zero here: the caller adds their share.
+// Where kvpress pads the last chunk with chunk - last_real keys of logit -1e-9, chunk_logits
+// stores one column of logit -1e-9 + log(padded): the same share of each row's softmax
+// (padded e^{-1e-9 - max}), where a chunk_size beyond the tokens would otherwise store
+// chunk_size^2 logits.
+KVSIM_HD inline double padded_keys_logit(int padded) { return padded ? -1e-9 + log(static_cast<double>(padded)) : -INFINITY; }
+
+// The chunks' logits of one query head, from its queries and its KV head's keys ([count, d]
+// each): [chunks, width, width + 1], width = min(chunk, count) rows and real-key columns per
+// chunk, then the padded keys' column. One GEMM batched over the full chunks, one for the last
+// chunk when it is shorter. In the last chunk the columns past last_real are -inf (its padded
+// keys are in the extra column) and its padded queries' rows (past last_real) are zero: the
+// caller adds their share.
 template <typename Exec>
 void chunk_logits(Exec& exec, const double* queries, const double* keys, int d, int count, int chunk, double* logits) {
-  const int full = count / chunk, last_real = count - full * chunk;
-  const long block = static_cast<long>(chunk) * chunk;
-  auto product = [&](int size, long offset, int batch) {
-    exec.gemm(StridedGemm<double>{.trans_b = true, .m = size, .n = size, .k = d, .a = queries + offset * d, .lda = d,
-                                  .stride_a = static_cast<long>(chunk) * d, .b = keys + offset * d, .ldb = d,
-                                  .stride_b = static_cast<long>(chunk) * d, .c = logits + offset * chunk, .ldc = chunk,
+  const int width = chunk < count ? chunk : count, stride = width + 1, chunks = (count + chunk - 1) / chunk;
+  const int full = count / chunk, last_real = count - (chunks - 1) * chunk, last_padded = chunk - last_real;
+  const long block = static_cast<long>(width) * stride;
+  auto product = [&](int size, int first_chunk, int batch) {
+    const long offset = static_cast<long>(first_chunk) * chunk * d;
+    exec.gemm(StridedGemm<double>{.trans_b = true, .m = size, .n = size, .k = d, .a = queries + offset, .lda = d,
+                                  .stride_a = static_cast<long>(chunk) * d, .b = keys + offset, .ldb = d,
+                                  .stride_b = static_cast<long>(chunk) * d, .c = logits + first_chunk * block, .ldc = stride,
                                   .stride_c = block, .batch = batch});
   };
   if (full) product(chunk, 0, full);
-  if (!last_real) return;
-  product(last_real, static_cast<long>(full) * chunk, 1);
-  double* last = logits + full * block;
+  if (full < chunks) product(last_real, full, 1);
+  const double padded_logit = padded_keys_logit(last_padded);
+  double* last = logits + (chunks - 1) * block;
+  exec.for_each(static_cast<long>(chunks) * width, [=] KVSIM_HD(long row) { logits[row * stride + width] = -INFINITY; });
   exec.for_each(block, [=] KVSIM_HD(long i) {
-    const long row = i / chunk, column = i % chunk;
-    if (row >= last_real || column >= last_real) last[i] = row >= last_real ? 0.0 : -1e-9;
+    const long row = i / stride, column = i % stride;
+    if (row >= last_real) last[i] = 0.0;
+    else if (column == width) last[i] = padded_logit;
+    else if (column >= last_real) last[i] = -INFINITY;
   });
 }
 
@@ -121,8 +134,8 @@ void head_rows_in_double(Exec& exec, const X* x, int head, int n, int d, int fir
 }
 
 // kvpress NonCausalAttnPress before its z-score, on the tokens [first, first + count): raw
-// [Hkv, count]. Per query head: every chunk's logits (chunk_logits), a row softmax, the padded
-// queries' rows zeroed, and the attention each key receives summed over its chunk's queries
+// [Hkv, count]. Per query head: every chunk's logits (chunk_logits), a row softmax over them
+// and the padded keys' column, the padded queries' rows zeroed, and the attention each key receives summed over its chunk's queries
 // (a GEMM with a row of ones); the padded queries' share, 1 / (real + padded e^{-1e-9}) on
 // every real key of the last chunk, is added with the group mean. Then |v| and the pooling.
 // float64, the reference's precision: in float32 (kvpress's), the z-score of a layer whose
@@ -132,14 +145,15 @@ template <typename Exec, typename X>
 void non_causal_raw_scores_of(Exec& exec, const DeviceLayer<Exec>& L, const X* q, const X* k, const X* v, int first, int count, int chunk,
                               double* raw) {
   const int n = L.n, d = L.d, H = L.H, Hkv = L.Hkv, G = H / Hkv;
-  const int chunks = (count + chunk - 1) / chunk, last_real = count - (chunks - 1) * chunk, last_padded = chunk - last_real;
+  const int width = chunk < count ? chunk : count, stride = width + 1, chunks = (count + chunk - 1) / chunk;
+  const int last_real = count - (chunks - 1) * chunk, last_padded = chunk - last_real;
   const double padded_share = last_padded / (last_real + last_padded * exp(-1e-9));
-  const long padded_count = static_cast<long>(chunks) * chunk, last_from = padded_count - chunk;
+  const long rows = static_cast<long>(chunks) * width, block = static_cast<long>(width) * stride, last_from = rows - width;
   using DoubleBuffer = typename Exec::template Buffer<double>;
   DoubleBuffer queries_buffer(static_cast<std::size_t>(count) * d), keys_buffer(queries_buffer.size()),
-      logits_buffer(static_cast<std::size_t>(padded_count * chunk)), received_buffer(static_cast<std::size_t>(H * padded_count)),
+      logits_buffer(static_cast<std::size_t>(chunks * block)), received_buffer(static_cast<std::size_t>(H * rows)),
       x_buffer(static_cast<std::size_t>(Hkv) * count);
-  const auto ones = device_ones<Exec, double>(exec, chunk);
+  const auto ones = device_ones<Exec, double>(exec, width);
   double* logits = logits_buffer.data();
   double* received = received_buffer.data();
   double* x = x_buffer.data();
@@ -147,18 +161,17 @@ void non_causal_raw_scores_of(Exec& exec, const DeviceLayer<Exec>& L, const X* q
     if (h % G == 0) head_rows_in_double(exec, k, h / G, n, d, first, count, keys_buffer.data());
     head_rows_in_double(exec, q, h, n, d, first, count, queries_buffer.data());
     chunk_logits(exec, queries_buffer.data(), keys_buffer.data(), d, count, chunk, logits);
-    exec.softmax_rows(logits, SoftmaxRows{.rows = padded_count, .cols = chunk, .rows_per_group = 1, .first_valid = chunk}, nullptr);
-    if (last_padded)
-      exec.for_each(static_cast<long>(last_padded) * chunk, [=] KVSIM_HD(long i) { logits[(padded_count - last_padded) * chunk + i] = 0.0; });
-    exec.gemm(StridedGemm<double>{.m = 1, .n = chunk, .k = chunk, .a = ones.data(), .lda = chunk, .b = logits, .ldb = chunk,
-                                  .stride_b = static_cast<long>(chunk) * chunk, .c = received + h * padded_count, .ldc = chunk,
-                                  .stride_c = chunk, .batch = chunks});
+    exec.softmax_rows(logits, SoftmaxRows{.rows = rows, .cols = stride, .rows_per_group = 1, .first_valid = stride}, nullptr);
+    if (last_real < width)  // the padded queries' rows: their share is added below
+      exec.for_each(static_cast<long>(width - last_real) * stride, [=] KVSIM_HD(long i) { logits[(rows - width + last_real) * stride + i] = 0.0; });
+    exec.gemm(StridedGemm<double>{.m = 1, .n = width, .k = width, .a = ones.data(), .lda = width, .b = logits, .ldb = stride,
+                                  .stride_b = block, .c = received + h * rows, .ldc = width, .stride_c = width, .batch = chunks});
   }
   // Group mean, times |v|, then avg_pool1d(3) with the zero padding counted.
   exec.for_each(static_cast<long>(Hkv) * count, [=] KVSIM_HD(long i) {
     const long g = i / count, t = i % count;
     double mean = t >= last_from ? G * padded_share : 0.0;
-    for (long h = g * G; h < (g + 1) * G; ++h) mean += received[h * padded_count + t];
+    for (long h = g * G; h < (g + 1) * G; ++h) mean += received[h * rows + t];
     const X* value = v + (g * n + first + t) * d;
     double norm = 0.0;
     for (int c = 0; c < d; ++c) norm += static_cast<double>(value[c]) * static_cast<double>(value[c]);
