@@ -27,16 +27,16 @@ typename Exec::template Buffer<int> kept_on_device(const Compression& c) {
   return to_device<Exec>(host);
 }
 
-// out [heads, n - first, d] (float64) = rows first .. n - 1 of each head of x [heads, n, d].
+// out [heads, count, d] (float64) = rows first .. first + count - 1 of each head of x [heads, n, d].
 template <typename Exec, typename T>
-void rows_as_double_of(Exec& exec, const T* x, long heads, int n, int d, int first, double* out) {
-  const long per_head = static_cast<long>(n - first) * d;
+void rows_as_double_of(Exec& exec, const T* x, long heads, int n, int d, int first, int count, double* out) {
+  const long per_head = static_cast<long>(count) * d;
   exec.for_each(heads * per_head, [=] KVSIM_HD(long i) { out[i] = static_cast<float>(x[(i / per_head * n + first) * d + i % per_head]); });
 }
 template <typename Exec>
 void rows_as_double(Exec& exec, const DeviceTensor<Exec>& t, int first, double* out) {
   const long heads = static_cast<long>(t.heads());
-  with_storage(t, [&](const auto* x) { rows_as_double_of(exec, x, heads, t.rows(), t.dim(), first, out); });
+  with_storage(t, [&](const auto* x) { rows_as_double_of(exec, x, heads, t.rows(), t.dim(), first, t.rows() - first, out); });
 }
 
 // Pre-RoPE rows [first, first + count) of each head of x [heads, n, d] (inverse RoPE at

@@ -169,15 +169,15 @@ TEST_P(Wrappers, EntropyGatedChunkKvTrimsImportantSpikyChunks) {
   EXPECT_TRUE(contains(build_error("entropy_gated_chunkkv(knorm):low_entropy_chunk_length=0"), "below its minimum"));
 }
 
-// The reference's selection on given inner scores (what the conformance harness runs on the
-// other backend's scores): the knorm scores give compress's result; the same scores with the
-// first two chunks swapped give the swapped selection, worked as above: chunk 0 (mean -2) whole,
-// chunk 1 (mean -4, spiky) trimmed to its best token 4, then chunk 2's best token 8.
 // knorm's scores of the input, on the reference: the inner scores the staged tests hand over.
 ScoreMatrix reference_knorm_scores(const PressInput& input) {
   return dynamic_cast<const ScorerPress&>(*Registry::instance().make("knorm", Backend::reference)).score(input, 0.5);
 }
 
+// The reference's selection on given inner scores (what the conformance harness runs on the
+// other backend's scores): the knorm scores give compress's result; the same scores with the
+// first two chunks swapped give the swapped selection, worked as above: chunk 0 (mean -2) whole,
+// chunk 1 (mean -4, spiky) trimmed to its best token 4, then chunk 2's best token 8.
 TEST(EntropyGatedChunkKv, SelectsFromGivenInnerScoresAsCompressDoes) {
   const LayerTensors layer = layer_with_norms({{1, 5, 5, 5, 1, 1, 1, 5, 6, 6, 7, 7}});
   const PressInput input{layer, layer.k.tokens, 1, kRope};

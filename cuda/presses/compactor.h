@@ -33,8 +33,8 @@ void leverage_raw_scores(Exec& exec, const DeviceLayer<Exec>& L, int first, int 
              dk = static_cast<long>(d) * k, kk = static_cast<long>(k) * k;
   using DoubleBuffer = typename Exec::template Buffer<double>;
   DoubleBuffer keys_buffer(static_cast<std::size_t>(rows) * d), mean_buffer(static_cast<std::size_t>(Hkv) * d),
-      phi_buffer(static_cast<std::size_t>(Hkv) * dk), x_buffer(static_cast<std::size_t>(rows) * k), solved_buffer(x_buffer.size()), gram_buffer(static_cast<std::size_t>(Hkv) * kk),
-      l_buffer(gram_buffer.size()), inverse_buffer(gram_buffer.size());
+      phi_buffer(static_cast<std::size_t>(Hkv) * dk), x_buffer(static_cast<std::size_t>(rows) * k), solved_buffer(x_buffer.size()),
+      gram_buffer(static_cast<std::size_t>(Hkv) * kk), l_buffer(gram_buffer.size()), inverse_buffer(gram_buffer.size());
   double* keys = keys_buffer.data();
   double* mean = mean_buffer.data();
   double* phi = phi_buffer.data();
@@ -126,18 +126,12 @@ void chunk_logits(Exec& exec, const double* queries, const double* keys, int d, 
   });
 }
 
-// Rows [first, first + count) of head `head` of a [heads, n, d] tensor, in float64.
-template <typename Exec, typename X>
-void head_rows_in_double(Exec& exec, const X* x, int head, int n, int d, int first, int count, double* out) {
-  const X* from = x + (static_cast<long>(head) * n + first) * d;
-  exec.for_each(static_cast<long>(count) * d, [=] KVSIM_HD(long i) { out[i] = static_cast<double>(from[i]); });
-}
-
 // kvpress NonCausalAttnPress before its z-score, on the tokens [first, first + count): raw
-// [Hkv, count]. Per query head: every chunk's logits (chunk_logits), a row softmax over them
-// and the padded keys' column, the padded queries' rows zeroed, and the attention each key receives summed over its chunk's queries
-// (a GEMM with a row of ones); the padded queries' share, 1 / (real + padded e^{-1e-9}) on
-// every real key of the last chunk, is added with the group mean. Then |v| and the pooling.
+// [Hkv, count]. Per query head (its rows and its KV head's in float64): every chunk's logits
+// (chunk_logits), a row softmax over them and the padded keys' column, the padded queries'
+// rows zeroed, and the attention each key receives summed over its chunk's queries (a GEMM
+// with a row of ones); the padded queries' share, 1 / (real + padded e^{-1e-9}) on every real
+// key of the last chunk, is added with the group mean. Then |v| and the pooling.
 // float64, the reference's precision: in float32 (kvpress's), the z-score of a layer whose
 // raw scores are near one another magnifies the logits' rounding past the tolerance (tried:
 // 1.4x the score tolerance at n = 2 on the grid).
@@ -158,8 +152,8 @@ void non_causal_raw_scores_of(Exec& exec, const DeviceLayer<Exec>& L, const X* q
   double* received = received_buffer.data();
   double* x = x_buffer.data();
   for (int h = 0; h < H; ++h) {
-    if (h % G == 0) head_rows_in_double(exec, k, h / G, n, d, first, count, keys_buffer.data());
-    head_rows_in_double(exec, q, h, n, d, first, count, queries_buffer.data());
+    if (h % G == 0) rows_as_double_of(exec, k + static_cast<long>(h / G) * n * d, 1, n, d, first, count, keys_buffer.data());
+    rows_as_double_of(exec, q + static_cast<long>(h) * n * d, 1, n, d, first, count, queries_buffer.data());
     chunk_logits(exec, queries_buffer.data(), keys_buffer.data(), d, count, chunk, logits);
     exec.softmax_rows(logits, SoftmaxRows{.rows = rows, .cols = stride, .rows_per_group = 1, .first_valid = stride}, nullptr);
     if (last_real < width)  // the padded queries' rows: their share is added below

@@ -51,9 +51,9 @@ void query_statistics(Exec& exec, const double* pre, int H, int N, int d, double
   });
 }
 
-// Sigma' = R Sigma R^T per head: two strided batched float64 GEMMs (cov is overwritten).
+// Sigma' = R Sigma R^T per head: two strided batched float64 GEMMs.
 template <typename Exec>
-void rotate_covariance(Exec& exec, double* cov, const double* R, int H, int d, double* rotated) {
+void rotate_covariance(Exec& exec, const double* cov, const double* R, int H, int d, double* rotated) {
   const long dd = static_cast<long>(d) * d;
   typename Exec::template Buffer<double> tmp(static_cast<std::size_t>(H) * dd);
   exec.gemm(StridedGemm<double>{.trans_b = true, .m = d, .n = d, .k = d, .a = cov, .lda = d, .stride_a = dd, .b = R, .ldb = d,
