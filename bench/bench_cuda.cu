@@ -17,10 +17,12 @@
 // share_of_copy_bw is that traffic per second over the device's copy bandwidth, measured at
 // start-up with a 1 GiB device-to-device cudaMemcpy.
 // Without a GPU the binary prints why and exits 0 with no benchmark run.
-#include <algorithm>
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <map>
+#include <memory>
 
 #include "bench/bench_util.h"
 #include "core/registry.h"
@@ -78,15 +80,28 @@ void time_on_device(benchmark::State& state, Body body) {
 
 enum class Stage { compress, score, select, select_shared, gather };
 
+// The layer of T tokens on the host and on the device, made once and shared by every press's
+// benchmarks (a 128K layer takes seconds to draw, narrow and upload).
+struct BenchLayer {
+  LayerTensors host;
+  RopeConfig rope = RopeConfig::from_theta(500000.0, kHeadDim);
+  PressInput input{host, host.k.tokens, 32, rope};
+  DeviceLayer<CudaExec> device{input};
+  explicit BenchLayer(int T) : host(llama_layer(T, 1234, true)) {}
+};
+
+const DeviceLayer<CudaExec>& bench_layer(int T) {
+  static std::map<int, std::unique_ptr<BenchLayer>> layers;
+  auto& layer = layers[T];
+  if (!layer) layer = std::make_unique<BenchLayer>(T);
+  return layer->device;
+}
+
 void measure_press(benchmark::State& state, const std::string& spec, int T, Stage stage) {
-  static std::map<int, LayerTensors> layers;
-  if (!layers.count(T)) layers.emplace(T, llama_layer(T, 1234, true));
-  const RopeConfig rope = RopeConfig::from_theta(500000.0, kHeadDim);
-  const PressInput input{layers.at(T), T, 32, rope};
+  const DeviceLayer<CudaExec>& layer = bench_layer(T);
   const auto press = Registry::instance().make(spec, Backend::cuda);
   const auto* scorer = dynamic_cast<const DeviceScorer<CudaExec>*>(press.get());
   CudaExec exec;
-  const DeviceLayer<CudaExec> layer(input);
   CudaExec::Buffer<float> scores(static_cast<std::size_t>(kKvHeads) * T);
   const double ratio = 0.5;
   scorer->score_on_device(exec, layer, ratio, scores.data());
