@@ -7,9 +7,10 @@
 // the rule of the reference, reference/select.h) and stays on the device: only the kept
 // positions come back to the host.
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
-#include <climits>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -131,12 +132,39 @@ void throw_if_nan(Exec& exec, const typename Exec::template Buffer<int>& flag, c
     if (std::isnan(host[i]))
       throw Error("press '" + press + "' produced a NaN score (head " + std::to_string(i / cols) + ", token " +
                   std::to_string(i % cols) + ")");
+  throw Error("press '" + press + "' produced a NaN score");  // since overwritten where the check found it
 }
 
 template <typename Exec>
 void check_no_nan(Exec& exec, const float* scores, int rows, int cols, const std::string& press) {
   throw_if_nan(exec, launch_nan_check(exec, scores, static_cast<long>(rows) * cols), scores, rows, cols, press);
 }
+
+// A scorer's scores [rows, cols] on the device with their NaN check launched but not yet read:
+// the caller reads it (throw_if_nan) once it has enqueued its work on them, so the check costs
+// no host round trip in the middle of that work.
+template <typename Exec>
+class CheckedScores {
+ public:
+  CheckedScores(Exec& exec, typename Exec::template Buffer<float> values, int rows, int cols, std::string press)
+      : values_(std::move(values)),
+        nan_flag_(launch_nan_check(exec, values_.data(), static_cast<long>(rows) * cols)),
+        rows_(rows),
+        cols_(cols),
+        press_(std::move(press)) {}
+
+  float* data() { return values_.data(); }
+  const float* data() const { return values_.data(); }
+  const typename Exec::template Buffer<float>& buffer() const { return values_; }
+  // Throws the reference's error naming the first NaN score, if there is one.
+  void throw_if_nan(Exec& exec) const { cuda::throw_if_nan(exec, nan_flag_, values_.data(), rows_, cols_, press_); }
+
+ private:
+  typename Exec::template Buffer<float> values_;
+  typename Exec::template Buffer<int> nan_flag_;
+  int rows_, cols_;
+  std::string press_;
+};
 
 // Sorts each of `segments` rows of `length` scores descending, stably (equal scores keep
 // the lower position first), returning the sorted positions within the row. One radix sort
@@ -236,10 +264,8 @@ typename Exec::template Buffer<int> select_topk_on_device(Exec& exec, const floa
 template <typename Exec>
 typename Exec::template Buffer<int> select_topk_shared_on_device(Exec& exec, const float* scores, int rows, int n, int k) {
   k = std::clamp(k, 0, n);
-  if (k > 0 && k < n) {
-    typename Exec::template Buffer<int> kept(static_cast<std::size_t>(rows) * k);
-    if (exec.topk_rows_in_shared(scores, rows, n, k, kept.data())) return kept;
-  }
+  typename Exec::template Buffer<int> kept;
+  if (k > 0 && k < n && exec.topk_rows_in_shared(scores, rows, n, k, kept)) return kept;
   return select_topk_on_device(exec, scores, rows, n, k);
 }
 
@@ -255,25 +281,39 @@ Compression kept_on_host(const typename Exec::template Buffer<int>& kept, int ro
 }
 
 // Top `k` per row, ascending positions.
+// (before_download runs once the selection is enqueued: checked scores read their NaN check there.)
 template <typename Exec>
-Compression select_topk_per_head(Exec& exec, const float* scores, int rows, int n, int k) {
+Compression select_topk_per_head(Exec& exec, const float* scores, int rows, int n, int k, const std::function<void()>& before_download = [] {}) {
   k = std::clamp(k, 0, n);
-  return kept_on_host<Exec>(select_topk_on_device(exec, scores, rows, n, k), rows, k);
+  const auto kept = select_topk_on_device(exec, scores, rows, n, k);
+  before_download();
+  return kept_on_host<Exec>(kept, rows, k);
+}
+
+template <typename Exec>
+Compression select_topk_per_head(Exec& exec, const CheckedScores<Exec>& scores, int rows, int n, int k) {
+  return select_topk_per_head(exec, scores.data(), rows, n, k, [&] { scores.throw_if_nan(exec); });
 }
 
 // Top `total` entries of the flattened [rows, n] scores (ties: lower flat index).
 template <typename Exec>
-Compression select_topk_global(Exec& exec, const float* scores, int rows, int n, long total) {
+Compression select_topk_global(Exec& exec, const float* scores, int rows, int n, long total, const std::function<void()>& before_download = [] {}) {
   const long count = static_cast<long>(rows) * n;
   total = std::clamp<long>(total, 0, count);
   if (count > INT_MAX) throw Error("global selection over " + std::to_string(count) + " entries exceeds the device's int positions");
   const auto kept = select_topk_on_device(exec, scores, 1, static_cast<int>(count), static_cast<int>(total));
+  before_download();
   std::vector<int> flat(static_cast<std::size_t>(total));
   if (total) kept.download(flat.data(), flat.size());
   Compression out;
   out.kept.resize(static_cast<std::size_t>(rows));
   for (int f : flat) out.kept[static_cast<std::size_t>(f / n)].push_back(f % n);  // ascending already
   return out;
+}
+
+template <typename Exec>
+Compression select_topk_global(Exec& exec, const CheckedScores<Exec>& scores, int rows, int n, long total) {
+  return select_topk_global(exec, scores.data(), rows, n, total, [&] { scores.throw_if_nan(exec); });
 }
 
 // The first counts[g] entries of each row g of `order` [rows, n] (each row a permutation of
@@ -392,11 +432,12 @@ class DeviceScorer : public ScorerPress {
   // Writes the scores of layer.n tokens per KV head into out [Hkv, n] (device memory).
   virtual void score_on_device(Exec& exec, const DeviceLayer<Exec>& layer, double ratio, float* out) const = 0;
 
-  FloatBuffer device_scores(Exec& exec, const DeviceLayer<Exec>& layer, double ratio) const {
+  // The scores with their NaN check pending: call throw_if_nan on them once the work that
+  // uses them is enqueued, and before any of its results are returned.
+  CheckedScores<Exec> device_scores(Exec& exec, const DeviceLayer<Exec>& layer, double ratio) const {
     FloatBuffer scores(static_cast<std::size_t>(layer.Hkv) * layer.n);
     score_on_device(exec, layer, ratio, scores.data());
-    check_no_nan(exec, scores.data(), layer.Hkv, layer.n, name_);
-    return scores;
+    return CheckedScores<Exec>(exec, std::move(scores), layer.Hkv, layer.n, name_);
   }
 
   ScoreMatrix score(const PressInput& input, double ratio) const override {
@@ -421,12 +462,10 @@ class DeviceScorer : public ScorerPress {
     Exec exec;
     const LayerOnDevice<Exec> on_device(input);
     const DeviceLayer<Exec>& layer = *on_device;
-    FloatBuffer scores(static_cast<std::size_t>(layer.Hkv) * layer.n);
-    score_on_device(exec, layer, ratio, scores.data());
-    const auto nan_flag = launch_nan_check(exec, scores.data(), static_cast<long>(layer.Hkv) * layer.n);
+    const auto scores = device_scores(exec, layer, ratio);
     const int k = std::clamp(budget(input, ratio), 0, layer.n);
     const auto kept = select_topk_on_device(exec, scores.data(), layer.Hkv, layer.n, k);
-    throw_if_nan(exec, nan_flag, scores.data(), layer.Hkv, layer.n, name_);
+    scores.throw_if_nan(exec);
     return kept_on_host<Exec>(kept, layer.Hkv, k);
   }
 
@@ -436,8 +475,8 @@ class DeviceScorer : public ScorerPress {
     Exec exec;
     const LayerOnDevice<Exec> on_device(input);
     const DeviceLayer<Exec>& layer = *on_device;
-    const FloatBuffer scores = device_scores(exec, layer, ratio);
-    return select_topk_global(exec, scores.data(), layer.Hkv, layer.n, static_cast<long>(layer.Hkv) * layer.n - pruned);
+    const auto scores = device_scores(exec, layer, ratio);
+    return select_topk_global(exec, scores, layer.Hkv, layer.n, static_cast<long>(layer.Hkv) * layer.n - pruned);
   }
 
   // A model-wide press's survey of one layer (core/model_wide.h): its NaN-checked scores, on the host.
@@ -445,7 +484,9 @@ class DeviceScorer : public ScorerPress {
     Exec exec;
     const LayerOnDevice<Exec> on_device(input);
     const DeviceLayer<Exec>& layer = *on_device;
-    return {input.layer_index(), download_scores<Exec>(device_scores(exec, layer, 0.0), layer.Hkv, layer.n), {}};
+    const auto scores = device_scores(exec, layer, 0.0);
+    scores.throw_if_nan(exec);
+    return {input.layer_index(), download_scores<Exec>(scores.buffer(), layer.Hkv, layer.n), {}};
   }
 
  private:

@@ -393,15 +393,17 @@ struct CudaExec {
     check_cuda(cudaGetLastError(), "radix_select_pass launch");
   }
 
-  // select_topk_on_device's kept positions [rows, k] (0 < k < n) in one launch
-  // (topk_row_in_shared_kernel) where a row's keys fit in one block's shared memory; false,
-  // with nothing launched, where they do not.
-  bool topk_rows_in_shared(const float* scores, int rows, int n, int k, int* kept) {
+  // select_topk_on_device's kept positions [rows, k] (0 < k < n), into kept (allocated here),
+  // in one launch (topk_row_in_shared_kernel) where a row's keys fit in one block's shared
+  // memory; false, with nothing allocated or launched, where they do not.
+  bool topk_rows_in_shared(const float* scores, int rows, int n, int k, Buffer<int>& kept) {
     constexpr int kThreads = 1024;
     static const long limit = shared_topk_bytes<kThreads>();
     const long bytes = (static_cast<long>(n) + n / 32 + 1) * static_cast<long>(sizeof(uint32_t));
     if (rows <= 0 || rows > 65535 || bytes > limit) return false;
-    topk_row_in_shared_kernel<kThreads><<<static_cast<unsigned>(rows), kThreads, static_cast<std::size_t>(bytes)>>>(scores, n, k, kept);
+    kept = Buffer<int>(static_cast<std::size_t>(rows) * k);
+    topk_row_in_shared_kernel<kThreads>
+        <<<static_cast<unsigned>(rows), kThreads, static_cast<std::size_t>(bytes)>>>(scores, n, k, kept.data());
     check_cuda(cudaGetLastError(), "topk_rows_in_shared launch");
     return true;
   }

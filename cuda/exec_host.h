@@ -123,7 +123,7 @@ struct HostExec {
   }
 
   // The CPU has no block shared memory: select_topk_shared_on_device takes the generic path.
-  bool topk_rows_in_shared(const float*, int, int, int, int*) { return false; }
+  bool topk_rows_in_shared(const float*, int, int, int, Buffer<int>&) { return false; }
 
   void radix_select_pass(const float* scores, int rows, long n, int shift, const RadixSelectPass& pass) {
     constexpr int kDigits = 1 << kRadixBits;

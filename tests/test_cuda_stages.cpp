@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <limits>
+#include <map>
 
 #include "core/half.h"
 #include "core/registry.h"
@@ -191,6 +192,37 @@ TEST(CudaStages, NanScoresStopTheCompressionWithTheReferenceError) {
   scores[6] = std::numeric_limits<float>::quiet_NaN();
   device.upload(scores.data(), scores.size());
   EXPECT_THROW(check_no_nan(exec, device.data(), 3, 4, "p"), Error);
+  // A NaN the check saw but the scores no longer hold (overwritten since) still throws.
+  const auto flag = launch_nan_check(exec, device.data(), 12);
+  scores[6] = 1.0f;
+  device.upload(scores.data(), scores.size());
+  EXPECT_EQ(test::error_of([&] { throw_if_nan(exec, flag, device.data(), 3, 4, "p"); }), "press 'p' produced a NaN score");
+}
+
+// The same inside every wrapper of a scorer: a NaN in its inner scores ends the compression with
+// the reference's error on the device backend too (each wrapper reads its inner scores' NaN
+// check itself, after enqueuing the work on them).
+TEST(CudaStages, NanInnerScoresStopEveryWrapperWithTheReferenceError) {
+  LayerTensors layer = test::random_layer(4, 2, 40, 8, 6);
+  layer.k.at(1, 7, 3) = std::numeric_limits<float>::quiet_NaN();
+  layer.o_proj_rows = test::kTestHiddenSize;  // for CriticalKV: W_o [D, H * d]
+  layer.o_proj.assign(static_cast<std::size_t>(test::kTestHiddenSize) * 4 * 8, 0.5f);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 8);
+  const PressInput input{layer, 40, 1, rope};
+  const std::map<std::string, std::string> required = {{"dms", ":threshold=0.5"}, {"per_layer", ":compression_ratios=0.5"}};
+  const std::string nan_error = "press 'knorm' produced a NaN score (head 1, token 7)";
+  int stopped = 0;
+  for (const PressInfo* info : Registry::instance().presses()) {
+    if (!info->wraps_scorer) continue;
+    const std::string spec = info->name + "(knorm)" + (required.count(info->name) ? required.at(info->name) : "");
+    const auto error_on = [&](Backend backend) {
+      return test::error_of([&] { Registry::instance().make(spec, backend)->compress(input, 0.5); });
+    };
+    const std::string expected = error_on(Backend::reference);
+    EXPECT_EQ(error_on(Backend::cuda_emulated), expected) << spec;
+    stopped += expected == nan_error;
+  }
+  EXPECT_GE(stopped, 13);  // every wrapper that scores at prefill on one layer (not lukv: an artefact)
 }
 
 TEST(CudaStages, SelectionFollowsTheReferenceTieRule) {

@@ -16,15 +16,17 @@
 namespace kvsim::cuda {
 
 // Each row's top k positions in score order (higher first, ties: lower position), on the
-// host: the ranking of block's kept tokens.
+// host: the ranking of block's kept tokens. (Here and below, the scores' NaN check is read
+// once the work on them is enqueued.)
 template <typename Exec>
-std::vector<std::vector<int>> ranked_top_on_device(Exec& exec, const float* scores, int rows, int n, int k) {
+std::vector<std::vector<int>> ranked_top_on_device(Exec& exec, const CheckedScores<Exec>& scores, int rows, int n, int k) {
   k = std::clamp(k, 0, n);
-  const auto order = sorted_positions(exec, scores, rows, n);
+  const auto order = sorted_positions(exec, scores.data(), rows, n);
   typename Exec::template Buffer<int> top_buffer(static_cast<std::size_t>(rows) * k);
   int* top = top_buffer.data();
   const int* sorted = order.data();
   exec.for_each(static_cast<long>(rows) * k, [=] KVSIM_HD(long i) { top[i] = sorted[(i / k) * n + i % k]; });
+  scores.throw_if_nan(exec);
   std::vector<int> host(top_buffer.size());
   if (!host.empty()) top_buffer.download(host.data(), host.size());
   std::vector<std::vector<int>> out(static_cast<std::size_t>(rows));
@@ -72,14 +74,15 @@ typename Exec::template Buffer<int> chunk_sorted_tokens(Exec& exec, const float*
 // entropy_gated_chunkkv's selection on the device (one thread runs the greedy pass); flags of
 // the kept tokens, on the host.
 template <typename Exec>
-std::vector<int> egc_select_on_device(Exec& exec, const float* scores, int rows, int n, int length, int low_length, int budget) {
+std::vector<int> egc_select_on_device(Exec& exec, const CheckedScores<Exec>& scores, int rows, int n, int length, int low_length,
+                                      int budget) {
   using FloatBuffer = typename Exec::template Buffer<float>;
   const int chunks = (n + length - 1) / length;
   FloatBuffer token_buffer(n), mean_buffer(chunks), entropy_buffer(chunks);
   float* token = token_buffer.data();
   float* mean = mean_buffer.data();
   float* entropy = entropy_buffer.data();
-  head_sum_on_device(exec, scores, rows, n, token);
+  head_sum_on_device(exec, scores.data(), rows, n, token);
   chunk_stats_on_device(exec, token, n, length, mean, entropy);
   const auto chunk_order = sorted_positions(exec, mean, 1, chunks);
   const auto entropy_order = sorted_positions(exec, entropy, 1, chunks);
@@ -94,6 +97,7 @@ std::vector<int> egc_select_on_device(Exec& exec, const float* scores, int rows,
   exec.for_each(1, [=] KVSIM_HD(long) {
     ref::egc_select(mean, entropy, by_chunk, by_entropy, within, by_token, n, length, low_length, budget, keep);
   });
+  scores.throw_if_nan(exec);
   std::vector<int> flags(static_cast<std::size_t>(n));
   keep_buffer.download(flags.data(), flags.size());
   return flags;
@@ -101,12 +105,12 @@ std::vector<int> egc_select_on_device(Exec& exec, const float* scores, int rows,
 
 // chunkkv's kept chunks (ascending), on the host.
 template <typename Exec>
-std::vector<int> chunkkv_select_on_device(Exec& exec, const float* scores, int rows, int n, int length, int n_chunks_kept) {
+std::vector<int> chunkkv_select_on_device(Exec& exec, const CheckedScores<Exec>& scores, int rows, int n, int length, int n_chunks_kept) {
   const int chunks = (n + length - 1) / length;
   typename Exec::template Buffer<float> token_buffer(n), mean_buffer(chunks);
-  head_sum_on_device(exec, scores, rows, n, token_buffer.data());
+  head_sum_on_device(exec, scores.data(), rows, n, token_buffer.data());
   chunk_stats_on_device(exec, token_buffer.data(), n, length, mean_buffer.data(), static_cast<float*>(nullptr));
-  return select_topk_per_head(exec, mean_buffer.data(), 1, chunks, n_chunks_kept).kept[0];
+  return select_topk_per_head(exec, mean_buffer.data(), 1, chunks, n_chunks_kept, [&] { scores.throw_if_nan(exec); }).kept[0];
 }
 
 template <typename Exec>
@@ -125,7 +129,7 @@ class ChunkDevice final : public Press {
       const LayerOnDevice<Exec> on_device(chunk);
       const DeviceLayer<Exec>& layer = *on_device;
       const auto scores = inner_->device_scores(exec, layer, ratio);
-      return select_topk_per_head(exec, scores.data(), layer.Hkv, layer.n, n_kept).kept;
+      return select_topk_per_head(exec, scores, layer.Hkv, layer.n, n_kept).kept;
     });
   }
 
@@ -150,7 +154,7 @@ class BlockDevice final : public Press {
       const LayerOnDevice<Exec> on_device(sequence);
       const DeviceLayer<Exec>& layer = *on_device;
       const auto scores = inner_->device_scores(exec, layer, ratio);
-      return ranked_top_on_device(exec, scores.data(), layer.Hkv, layer.n, n_kept);
+      return ranked_top_on_device(exec, scores, layer.Hkv, layer.n, n_kept);
     });
   }
 
@@ -172,10 +176,13 @@ class ChunkKvDevice final : public Press {
     const DeviceLayer<Exec>& layer = *on_device;
     const auto scores = inner_->device_scores(exec, layer, ratio);
     const int n = layer.n, length = chunk_length_;
-    if (n / length == 0) return inner_->compress(input, ratio);
+    if (n / length == 0) {
+      scores.throw_if_nan(exec);
+      return inner_->compress(input, ratio);
+    }
     const int chunks = (n + length - 1) / length;
     std::vector<int> keep;
-    for (int c : chunkkv_select_on_device(exec, scores.data(), layer.Hkv, n, length, kvpress_budget(chunks, ratio)))
+    for (int c : chunkkv_select_on_device(exec, scores, layer.Hkv, n, length, kvpress_budget(chunks, ratio)))
       for (int t = c * length; t < std::min(n, (c + 1) * length); ++t) keep.push_back(t);
     Compression out;
     out.kept.assign(static_cast<std::size_t>(layer.Hkv), keep);
@@ -206,7 +213,7 @@ class EntropyGatedChunkKvDevice final : public Press {
     const DeviceLayer<Exec>& layer = *on_device;
     const auto scores = inner_->device_scores(exec, layer, ratio);
     const std::vector<int> flags =
-        egc_select_on_device(exec, scores.data(), layer.Hkv, layer.n, chunk_length_, low_length_, kvpress_budget(layer.n, ratio));
+        egc_select_on_device(exec, scores, layer.Hkv, layer.n, chunk_length_, low_length_, kvpress_budget(layer.n, ratio));
     std::vector<int> keep;
     for (int t = 0; t < layer.n; ++t)
       if (flags[t]) keep.push_back(t);

@@ -89,6 +89,7 @@ class CriticalKvDevice final : public DeviceScorer<Exec> {
     exec.for_each(count, [=] KVSIM_HD(long i) { out[i] = s[i]; });
     criticalkv_rescale_on_device(exec, out, norms.data(), count, epsilon_);
     raise_top_on_device(exec, inner.data(), out, layer.Hkv, layer.n, ref::criticalkv_first_stage(layer.n, ratio, first_stage_));
+    inner.throw_if_nan(exec);
   }
 
  private:
@@ -113,6 +114,7 @@ class CriticalAdaKvDevice final : public Press {
     const LayerOnDevice<Exec> on_device(input);
     const DeviceLayer<Exec>& layer = *on_device;
     auto scores = inner_->device_scores(exec, layer, ratio);
+    scores.throw_if_nan(exec);  // before the scores are overwritten below
     float* s = scores.data();
     const int Hkv = layer.Hkv, n = layer.n, n_kept = kvpress_budget(n, ratio);
     raise_top_on_device(exec, s, s, Hkv, n, adakv_safeguard(n_kept, alpha_));

@@ -237,6 +237,7 @@ class KvcfAdaKvDevice final : public DeviceScorer<Exec> {
     const long count = static_cast<long>(heads) * past;
     // Each head's scores in descending order, normalised, then the layer's top heads * B.
     const KvcfRankedPast<Exec> ranked = kvcf_rank_past(exec, scores.data(), heads, n, past);
+    scores.throw_if_nan(exec);
     typename Exec::template Buffer<float> sorted_buffer(static_cast<std::size_t>(count));
     float* sorted = sorted_buffer.data();
     const float* past_scores = ranked.scores.data();

@@ -97,7 +97,7 @@ class KvcfNaclDevice final : public KvcfDeviceScorer<Exec> {
     typename Exec::template Buffer<float> keys(static_cast<std::size_t>(layer.Hkv) * layer.n);
     kvcf_random_keys(exec, scores.data(), layer.Hkv, layer.n, chosen.data(), budget - random, temperature_, seed_,
                      input.layer_index(), keys.data());
-    return select_topk_per_head(exec, keys.data(), layer.Hkv, layer.n, budget);
+    return select_topk_per_head(exec, keys.data(), layer.Hkv, layer.n, budget, [&] { scores.throw_if_nan(exec); });
   }
 
  private:

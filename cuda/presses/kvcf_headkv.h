@@ -31,6 +31,7 @@ class HeadKvDevice final : public DeviceScorer<Exec> {
     const DeviceLayer<Exec>& layer = *on_device;
     const auto scores = this->device_scores(exec, layer, ratio);
     const KvcfRankedPast<Exec> ranked = kvcf_rank_past(exec, scores.data(), layer.Hkv, layer.n, layer.n - scoring_.window);
+    scores.throw_if_nan(exec);
     return kvcf_keep_ranked_past(exec, ranked, layer.n, caps);
   }
 

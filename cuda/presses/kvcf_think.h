@@ -59,10 +59,10 @@ class KvcfThinkDevice final : public KvcfDeviceScorer<Exec> {
     const LayerOnDevice<Exec> on_device(input);
     const DeviceLayer<Exec>& layer = *on_device;
     const auto scores = this->device_scores(exec, layer, ratio);
-    Compression c = select_topk_per_head(exec, scores.data(), layer.Hkv, layer.n, capacity);
+    Compression c = select_topk_per_head(exec, scores, layer.Hkv, layer.n, capacity);
     if (!pruning_.prunes(layer.d, capacity)) return c;
     const std::vector<double> channel = kvcf_think_channel_scores(exec, layer, c, pruning_.channel_window, scoring_.reduce);
-    const ScoreMatrix host_scores = download_scores<Exec>(scores, layer.Hkv, layer.n);
+    const ScoreMatrix host_scores = download_scores<Exec>(scores.buffer(), layer.Hkv, layer.n);
     ref::kvcf_think_prune(c, input, host_scores.data(), channel.data(), scoring_.window, capacity, pruning_);
     return c;
   }

@@ -25,8 +25,9 @@ class LukvDevice final : public Press {
     const LayerOnDevice<Exec> on_device(input);
     const DeviceLayer<Exec>& layer = *on_device;
     const auto scores = inner_->device_scores(exec, layer, ratio);
-    std::vector<float> host(scores.size());
-    scores.download(host.data(), host.size());
+    scores.throw_if_nan(exec);
+    std::vector<float> host(scores.buffer().size());
+    scores.buffer().download(host.data(), host.size());
     return ref::lukv_select(std::move(host), layer.Hkv, layer.n, keep, sink_, window_);
   }
 

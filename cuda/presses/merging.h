@@ -134,7 +134,7 @@ MergeSelection<Exec> select_for_merging(Exec& exec, const DeviceLayer<Exec>& lay
   MergeSelection<Exec> s;
   s.kept_count = std::clamp(kvpress_budget(layer.n, ratio), 0, layer.n);
   s.evicted_count = layer.n - s.kept_count;
-  s.compression = select_topk_per_head(exec, scores.data(), layer.Hkv, layer.n, s.kept_count);
+  s.compression = select_topk_per_head(exec, scores, layer.Hkv, layer.n, s.kept_count);
   if (s.evicted_count > 0 && s.kept_count > 0) s.setup.emplace(merge_setup(exec, layer, s.compression));
   return s;
 }

@@ -48,6 +48,7 @@ class KeyRerotationDevice final : public Press {
     const auto scores = inner_->device_scores(exec, layer, ratio);
     const int k = std::clamp(kvpress_budget(layer.n, ratio), 0, layer.n);
     const auto kept = select_topk_on_device(exec, scores.data(), layer.Hkv, layer.n, k);
+    scores.throw_if_nan(exec);
     return rerotated_compression(exec, layer, kept.data(), k, true);
   }
 
@@ -96,6 +97,7 @@ class FinchDevice final : public DeviceScorer<Exec> {
       place_chunk(exec, part.data(), layer.Hkv, chunk.kept, chunk.first, offset, k, kept.data());
       offset += chunk.kept;
     }
+    scores.throw_if_nan(exec);
     return rerotated_compression(exec, layer, kept.data(), k, rerotate_);
   }
 

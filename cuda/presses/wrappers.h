@@ -20,16 +20,17 @@ class AdaKvDevice final : public Press {
     const DeviceLayer<Exec>& layer = *on_device;
     auto scores = inner_->device_scores(exec, layer, ratio);
     const int n = layer.n, n_kept = kvpress_budget(n, ratio), n_safe = adakv_safeguard(n_kept, alpha_);
-    if (n_safe > 0) {  // each head's top n_safe become FLT_MAX
-      const auto order = sorted_positions(exec, scores.data(), layer.Hkv, n);
-      const int* sorted = order.data();
-      float* s = scores.data();
-      exec.for_each(static_cast<long>(layer.Hkv) * n_safe, [=] KVSIM_HD(long i) {
-        const long g = i / n_safe;
-        s[g * n + sorted[g * n + i % n_safe]] = FLT_MAX;
-      });
-    }
-    return select_topk_global(exec, scores.data(), layer.Hkv, n, static_cast<long>(layer.Hkv) * n_kept);
+    if (n_safe == 0) return select_topk_global(exec, scores, layer.Hkv, n, static_cast<long>(layer.Hkv) * n_kept);
+    // Each head's top n_safe become FLT_MAX (the NaN check read first: they may overwrite a NaN).
+    const auto order = sorted_positions(exec, scores.data(), layer.Hkv, n);
+    scores.throw_if_nan(exec);
+    const int* sorted = order.data();
+    float* s = scores.data();
+    exec.for_each(static_cast<long>(layer.Hkv) * n_safe, [=] KVSIM_HD(long i) {
+      const long g = i / n_safe;
+      s[g * n + sorted[g * n + i % n_safe]] = FLT_MAX;
+    });
+    return select_topk_global(exec, s, layer.Hkv, n, static_cast<long>(layer.Hkv) * n_kept);
   }
 
  private:
@@ -58,6 +59,7 @@ class DmsDevice final : public Press {
     exec.for_each(static_cast<long>(layer.Hkv) * n, [=] KVSIM_HD(long i) {
       keep[i] = (i % n >= n - window || s[i] >= threshold) ? 1 : 0;
     });
+    scores.throw_if_nan(exec);
     std::vector<int> flags(keep_buffer.size());
     keep_buffer.download(flags.data(), flags.size());
     Compression out;

@@ -52,9 +52,10 @@ class ZigzagDevice final : public Press, public ModelWidePress {
     Exec exec;
     const LayerOnDevice<Exec> on_device(input);
     const DeviceLayer<Exec>& layer = *on_device;
-    const FloatBuffer scores = inner_->device_scores(exec, layer, 0.0);
+    const auto scores = inner_->device_scores(exec, layer, 0.0);
+    scores.throw_if_nan(exec);  // before the minimum budget is read on the host
     const double lmba = zigzag_minimum_budget_on_device(exec, layer, scores.data(), settings_);
-    return {input.layer_index(), download_scores<Exec>(scores, layer.Hkv, layer.n), {lmba}};
+    return {input.layer_index(), download_scores<Exec>(scores.buffer(), layer.Hkv, layer.n), {lmba}};
   }
 
   std::vector<Compression> plan(const std::vector<LayerSurvey>& layers, double ratio, int) const override {
