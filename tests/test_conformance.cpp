@@ -9,10 +9,12 @@
 #include <array>
 #include <cstdlib>
 #include <future>
+#include <iomanip>
 #include <limits>
 #include <string_view>
 #include <filesystem>
 #include <random>
+#include <sstream>
 
 #include "core/half.h"
 #include "core/press_checks.h"
@@ -244,6 +246,13 @@ const GridInputs& grid_inputs(bool extra_passes, bool quadratic) {
   return plain;
 }
 
+// Seconds to a tenth, for the report.
+std::string seconds(double s) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(1) << s;
+  return out.str();
+}
+
 TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
   if (const std::string why = missing_device(); !why.empty()) GTEST_SKIP() << why;
   const std::string spec = GetParam();
@@ -265,7 +274,8 @@ TEST_P(Conformance, RandomInputsOverTheShapeGrid) {
     const PressConformance c = compare_backends(run_spec, kBackend, run_inputs, {0.1, 0.5, 0.9});
     EXPECT_TRUE(c.ok()) << c.violations << " violations; first: " << c.first_violation;
     std::cout << "[ conformance ] " << run_spec << ": " << c.cases << " cases (" << c.refused << " refused by both), max score error "
-              << c.max_score_error << " x tol, " << c.near_boundary_diffs << " near-boundary differences\n";
+              << c.max_score_error << " x tol, " << c.near_boundary_diffs << " near-boundary differences; " << seconds(c.seconds) << " s, "
+              << seconds(c.other_seconds) << " s of it on " << backend_name(kBackend) << "\n";
   }
 }
 

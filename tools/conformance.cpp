@@ -1,6 +1,7 @@
 #include "tools/conformance.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <optional>
 #include <sstream>
@@ -16,6 +17,17 @@
 namespace kvsim {
 
 namespace {
+
+// Returns f(), adding its wall time to `seconds` (whether it returns or throws).
+template <typename F>
+auto timed(double& seconds, F&& f) {
+  struct AddElapsed {
+    double& seconds;
+    std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+    ~AddElapsed() { seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); }
+  } add{seconds};
+  return f();
+}
 
 struct Outcome {
   std::optional<Compression> compression;
@@ -139,6 +151,9 @@ class CaseComparer {
   CaseComparer(PressConformance& result, Backend other, const ConformanceTolerance& tol) : result_(result), other_(other), tol_(tol) {}
 
   std::optional<std::pair<int, int>> first_at;  // the (KV head, token) of the first violation, where it is about one
+
+  // The time spent in the other backend's press calls, which the comparison adds to.
+  double& other_seconds() { return result_.other_seconds; }
 
   // `at`: the (KV head, token) the violation is about, where it is about one.
   void violation(const std::string& where, const std::string& what, std::optional<std::pair<int, int>> at = std::nullopt) {
@@ -277,11 +292,13 @@ class CaseComparer {
   const ConformanceTolerance& tol_;
 };
 
-// A scorer spec's scores on the reference and on `other`.
-std::pair<ScoreMatrix, ScoreMatrix> scores_on_both(const PressSpec& scorer, Backend other, const PressInput& input, double ratio) {
+// A scorer spec's scores on the reference and on `other` (its time added to other_seconds).
+std::pair<ScoreMatrix, ScoreMatrix> scores_on_both(const PressSpec& scorer, Backend other, const PressInput& input, double ratio,
+                                                   double& other_seconds) {
   const Registry& registry = Registry::instance();
   const auto a = registry.make(scorer, Backend::reference), b = registry.make(scorer, other);
-  return {dynamic_cast<const ScorerPress&>(*a).score(input, ratio), dynamic_cast<const ScorerPress&>(*b).score(input, ratio)};
+  ScoreMatrix on_reference = dynamic_cast<const ScorerPress&>(*a).score(input, ratio);
+  return {std::move(on_reference), timed(other_seconds, [&] { return dynamic_cast<const ScorerPress&>(*b).score(input, ratio); })};
 }
 
 // Where a two-stage press differs, whether its first inner scorer ranks the token on either side
@@ -293,7 +310,8 @@ std::string inner_stage_note(const PressSpec& spec, Backend other, const PressIn
   const PressInfo* info = Registry::instance().find(inner.front()->name);
   if (!info || !info->is_scorer) return "";
   try {
-    const auto [ref, got] = scores_on_both(*inner.front(), other, input, ratio);
+    double untimed = 0;  // a diagnostic's time is not the comparison's
+    const auto [ref, got] = scores_on_both(*inner.front(), other, input, ratio, untimed);
     const auto [g, t] = at;
     if (g >= ref.rows() || t >= ref.cols() || got.rows() != ref.rows() || got.cols() != ref.cols()) return "";
     const auto row = [](const ScoreMatrix& m, int head) { return std::span<const float>(m.row(head).data(), static_cast<std::size_t>(m.cols())); };
@@ -314,7 +332,7 @@ std::string inner_stage_note(const PressSpec& spec, Backend other, const PressIn
 void compare_stages(const SelectsFromInnerScores& reference, const PressSpec& spec, Backend other, const PressInput& input, double ratio,
                     const Compression& ref, const Compression& got, const std::optional<ScoreMatrix>& got_scores, CaseComparer& compare,
                     const std::string& where) {
-  const auto [ref_inner, got_inner] = scores_on_both(*spec.inner, other, input, ratio);
+  const auto [ref_inner, got_inner] = scores_on_both(*spec.inner, other, input, ratio, compare.other_seconds());
   compare.scores(where + " (inner scores)", ref_inner, got_inner);
   const auto [expected, last_stage] = reference.select_from_inner_scores(input, ratio, got_inner);
   if (got_scores && !last_stage) throw Error("internal: staged scorer press '" + spec.name + "' names no scores of its last stage");
@@ -343,7 +361,7 @@ void compare_model_wide(const ModelWidePress& reference, const ModelWidePress& c
     ref_error = e.what();
   }
   try {
-    b = candidate.survey(input);
+    b = timed(compare.other_seconds(), [&] { return candidate.survey(input); });
   } catch (const Error& e) {
     got_error = e.what();
   }
@@ -360,7 +378,8 @@ void compare_model_wide(const ModelWidePress& reference, const ModelWidePress& c
   compare.statistics(where, a->statistics, b->statistics);
   for (double ratio : ratios) {
     ++result.cases;
-    const Compression ref = reference.plan({*a}, ratio, in.num_layers).front(), got = candidate.plan({*b}, ratio, in.num_layers).front();
+    const Compression ref = reference.plan({*a}, ratio, in.num_layers).front();
+    const Compression got = timed(compare.other_seconds(), [&] { return candidate.plan({*b}, ratio, in.num_layers).front(); });
     compare.compressions(case_label(in, ratio), ref, got, a->scores, in.n);
   }
 }
@@ -384,7 +403,8 @@ bool compare_case(const Press& reference, const Press& candidate, const PressSpe
   if (const auto* composed = dynamic_cast<const ComposedPress*>(&candidate))
     return compare_composition_stages(reference, *composed, spec, other, input, ratio, compare, where);
   std::optional<ScoreMatrix> ref_scores;
-  const Outcome ref = run(reference, input, ratio, &ref_scores), got = run(candidate, input, ratio);
+  const Outcome ref = run(reference, input, ratio, &ref_scores);
+  const Outcome got = timed(compare.other_seconds(), [&] { return run(candidate, input, ratio); });
   if (!ref.error.empty() || !got.error.empty()) {
     compare_errors(ref.error, got.error, other, compare, where);
     return true;
@@ -393,7 +413,7 @@ bool compare_case(const Press& reference, const Press& candidate, const PressSpe
   const auto* got_scorer = dynamic_cast<const ScorerPress*>(&candidate);
   const auto* staged = spec.inner ? dynamic_cast<const SelectsFromInnerScores*>(&reference) : nullptr;
   std::optional<ScoreMatrix> got_scores;
-  if (ref_scorer && got_scorer) got_scores = got_scorer->score(input, ratio);
+  if (ref_scorer && got_scorer) got_scores = timed(compare.other_seconds(), [&] { return got_scorer->score(input, ratio); });
   if (staged) {
     compare_stages(*staged, spec, other, input, ratio, *ref.compression, *got.compression, got_scores, compare, where);
   } else {
@@ -447,6 +467,7 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
 
   PressConformance result;
   result.press = spec_text;
+  const auto start = std::chrono::steady_clock::now();
   CaseComparer compare(result, other, tol);
   const ModelWidePress* ref_wide = as_model_wide(*reference);
   const ModelWidePress* got_wide = as_model_wide(*candidate);
@@ -466,6 +487,7 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
         result.first_violation += inner_stage_note(spec, other, input, ratio, *compare.first_at);
     }
   }
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
 }
 

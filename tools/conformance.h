@@ -53,6 +53,8 @@ struct PressConformance {
   long violations = 0;            // kept-set differences away from the boundary, score or error mismatches
   int refused = 0;                // cases both backends refused with the same error (nothing else compared)
   std::string first_violation;    // where and what, for the report
+  double seconds = 0;             // the comparison's wall time
+  double other_seconds = 0;       // ...of it in the other backend's press calls (not its compositions' own runs)
   bool ok() const { return violations == 0; }
 };
 
