@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
+
+#include <Eigen/Eigenvalues>
 
 #include "core/error.h"
 #include "core/registry.h"
@@ -174,6 +177,29 @@ TEST(GearLowRank, ApproximatesAResidualOfKnownRank) {
   EXPECT_LT((ref::best_low_rank(e, 2) - e).cwiseAbs().maxCoeff(), 1e-12);
   EXPECT_LT((ref::best_low_rank(e, 3) - e).cwiseAbs().maxCoeff(), 1e-12);
   EXPECT_EQ(ref::best_low_rank(e, 0).cwiseAbs().maxCoeff(), 0.0);
+}
+
+// The round-robin Jacobi solver against Eigen's own eigensolver, on random symmetric matrices
+// of odd and even sizes (a player sits out each round where m is odd) and a rank-deficient
+// Gram matrix (zero eigenvalues, as E'E has for n < d): the same eigenvalues, and orthonormal
+// eigenvectors with A v = lambda v.
+TEST(GearLowRank, JacobiSolverMatchesEigensSelfAdjointSolver) {
+  std::mt19937 rng(11);
+  std::normal_distribution<double> normal;
+  for (const int m : {1, 2, 3, 5, 8, 17, 64, 33}) {
+    ref::RowMatrixD x(m == 33 ? 9 : m, m);
+    for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = normal(rng);
+    const ref::RowMatrixD a = m == 33 ? ref::RowMatrixD(x.transpose() * x) : ref::RowMatrixD(x + x.transpose());
+    ref::RowMatrixD diagonalised = a, vectors(m, m);
+    ref::jacobi_eigen(diagonalised.data(), vectors.data(), m);
+    Eigen::VectorXd values = diagonalised.diagonal();
+    const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> expected(a);
+    std::sort(values.data(), values.data() + m);
+    const double scale = expected.eigenvalues().cwiseAbs().maxCoeff();
+    EXPECT_LT((values - expected.eigenvalues()).cwiseAbs().maxCoeff(), 1e-12 * scale) << "m = " << m;
+    EXPECT_LT((vectors.transpose() * vectors - ref::RowMatrixD::Identity(m, m)).cwiseAbs().maxCoeff(), 1e-12) << "m = " << m;
+    EXPECT_LT((a * vectors - vectors * diagonalised.diagonal().asDiagonal()).cwiseAbs().maxCoeff(), 1e-11 * scale) << "m = " << m;
+  }
 }
 
 // Defaults at n = 64, d = 8 (N = 512): 5 outliers per end (512 x 0.02 / 2 = 5.12), rank 4:

@@ -3,7 +3,8 @@
 // 2 Hkv matrices at once: the outliers from one stable radix sort of all matrices
 // (sorted_positions), the minimum and maximum of the rest by row reductions, the quantiser
 // of reference/kivi.h per entry, E'E and the low-rank products by batched gemm, and the
-// reference's own Jacobi solver (reference/symmetric_eigen.h) one matrix per thread.
+// reference's own Jacobi solver (reference/symmetric_eigen.h), each round of every matrix's
+// rotations in three launches.
 #include "cuda/device_registry.h"
 #include "cuda/stages.h"
 #include "reference/gear.h"
@@ -11,6 +12,44 @@
 #include "reference/symmetric_eigen.h"
 
 namespace kvsim::cuda {
+
+// ref::jacobi_eigen of `matrices` symmetric m x m matrices at once ([matrices, m, m] each):
+// a round's rotations for every matrix in one launch, then their columns, then their rows,
+// m/2 x m threads a matrix. A matrix that has converged at the start of a sweep is left as it
+// is, as the reference stops there; the sweeps end when every matrix has converged.
+template <typename Exec>
+void jacobi_eigen_on_device(Exec& exec, double* a, double* vectors, int matrices, int m) {
+  const long mm = static_cast<long>(m) * m;
+  const int pairs = ref::jacobi_pairs(m);
+  typename Exec::template Buffer<ref::JacobiRotation> rotation_buffer(static_cast<std::size_t>(matrices) * pairs);
+  ref::JacobiRotation* rotations = rotation_buffer.data();
+  exec.for_each(matrices * mm, [=] KVSIM_HD(long i) { vectors[i] = i % mm / m == i % m ? 1.0 : 0.0; });
+  std::vector<int> converged(static_cast<std::size_t>(matrices), 0);  // per matrix, at the start of a sweep
+  typename Exec::template Buffer<int> converged_buffer(converged.size());
+  int* done = converged_buffer.data();
+  for (int sweep = 0; sweep < ref::kJacobiMaxSweeps; ++sweep) {
+    exec.for_each(matrices, [=] KVSIM_HD(long x) { done[x] = ref::jacobi_converged(a + x * mm, m) ? 1 : 0; });
+    converged_buffer.download(converged.data(), converged.size());
+    if (std::count(converged.begin(), converged.end(), 0) == 0) return;
+    for (int round = 0; round < ref::jacobi_rounds(m); ++round) {
+      exec.for_each(static_cast<long>(matrices) * pairs, [=] KVSIM_HD(long i) {
+        const long x = i / pairs;
+        rotations[i] = done[x] ? ref::JacobiRotation{} : ref::jacobi_rotation(a + x * mm, m, round, static_cast<int>(i % pairs));
+      });
+      // Entries (matrix, row k, pair) for the columns, so that neighbouring threads read one row,
+      // and (matrix, pair, column k) for the rows. (int indices: fewer than 2^31 entries here,
+      // and 64-bit division is most of the emulator's cost.)
+      exec.for_each(static_cast<long>(matrices) * pairs * m, [=] KVSIM_HD(long entry) {
+        const int i = static_cast<int>(entry), row = i / pairs, x = row / m;
+        ref::jacobi_rotate_columns(a + x * mm, vectors + x * mm, m, rotations[x * pairs + i - row * pairs], row - x * m);
+      });
+      exec.for_each(static_cast<long>(matrices) * pairs * m, [=] KVSIM_HD(long entry) {
+        const int i = static_cast<int>(entry), rotation = i / m, x = rotation / pairs;
+        ref::jacobi_rotate_rows(a + x * mm, m, rotations[rotation], i - rotation * m);
+      });
+    }
+  }
+}
 
 // out += E V_r V_r' per matrix, V_r the top eigenvectors of E'E (E = residual, [matrices, n, d]).
 template <typename Exec>
@@ -25,7 +64,8 @@ void gear_add_low_rank(Exec& exec, const double* residual, int matrices, int n, 
   double* low_rank = low_rank_buffer.data();
   exec.gemm(StridedGemm<double>{.trans_a = true, .m = d, .n = d, .k = n, .a = residual, .lda = d, .stride_a = nd, .b = residual, .ldb = d,
                                 .stride_b = nd, .c = gram, .ldc = d, .stride_c = dd, .batch = matrices});
-  exec.for_each(matrices, [=] KVSIM_HD(long m) { ref::top_eigenvectors(gram + m * dd, vectors + m * dd, d, rank, top + m * dr); });
+  jacobi_eigen_on_device(exec, gram, vectors, matrices, d);
+  exec.for_each(matrices, [=] KVSIM_HD(long m) { ref::take_top_eigenvectors(gram + m * dd, vectors + m * dd, d, rank, top + m * dr); });
   exec.gemm(StridedGemm<double>{.m = n, .n = rank, .k = d, .a = residual, .lda = d, .stride_a = nd, .b = top, .ldb = rank, .stride_b = dr,
                                 .c = projected_buffer.data(), .ldc = rank, .stride_c = nr, .batch = matrices});
   exec.gemm(StridedGemm<double>{.trans_b = true, .m = n, .n = d, .k = rank, .a = projected_buffer.data(), .lda = rank, .stride_a = nr,
