@@ -283,7 +283,8 @@ Compression kept_on_host(const typename Exec::template Buffer<int>& kept, int ro
 // Top `k` per row, ascending positions.
 // (before_download runs once the selection is enqueued: checked scores read their NaN check there.)
 template <typename Exec>
-Compression select_topk_per_head(Exec& exec, const float* scores, int rows, int n, int k, const std::function<void()>& before_download = [] {}) {
+Compression select_topk_per_head(Exec& exec, const float* scores, int rows, int n, int k,
+                                 const std::function<void()>& before_download = [] {}) {
   k = std::clamp(k, 0, n);
   const auto kept = select_topk_on_device(exec, scores, rows, n, k);
   before_download();
@@ -297,7 +298,8 @@ Compression select_topk_per_head(Exec& exec, const CheckedScores<Exec>& scores, 
 
 // Top `total` entries of the flattened [rows, n] scores (ties: lower flat index).
 template <typename Exec>
-Compression select_topk_global(Exec& exec, const float* scores, int rows, int n, long total, const std::function<void()>& before_download = [] {}) {
+Compression select_topk_global(Exec& exec, const float* scores, int rows, int n, long total,
+                               const std::function<void()>& before_download = [] {}) {
   const long count = static_cast<long>(rows) * n;
   total = std::clamp<long>(total, 0, count);
   if (count > INT_MAX) throw Error("global selection over " + std::to_string(count) + " entries exceeds the device's int positions");

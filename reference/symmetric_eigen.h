@@ -104,13 +104,15 @@ inline void jacobi_eigen(double* a, double* vectors, int m) {
 // the eigenvalues, overwritten; vectors its eigenvectors as columns) as the columns of top
 // (m x rank), largest first (equal eigenvalues: the lower index first).
 KVSIM_HD inline void take_top_eigenvectors(double* diagonalised, const double* vectors, int m, int rank, double* top) {
+  double* eigenvalues = diagonalised;  // with stride m + 1
+  const int step = m + 1;
   for (int k = 0; k < rank; ++k) {
     int best = -1;
     for (int i = 0; i < m; ++i)
-      if (diagonalised[i * m + i] == diagonalised[i * m + i] && (best < 0 || diagonalised[i * m + i] > diagonalised[best * m + best])) best = i;
+      if (eigenvalues[i * step] == eigenvalues[i * step] && (best < 0 || eigenvalues[i * step] > eigenvalues[best * step])) best = i;
     if (best < 0) best = k;  // a NaN matrix: any column, the output is NaN anyway
     for (int i = 0; i < m; ++i) top[i * rank + k] = vectors[i * m + best];
-    diagonalised[best * m + best] = -HUGE_VAL;  // taken
+    eigenvalues[best * step] = -HUGE_VAL;  // taken
   }
 }
 
