@@ -135,11 +135,6 @@ void throw_if_nan(Exec& exec, const typename Exec::template Buffer<int>& flag, c
   throw Error("press '" + press + "' produced a NaN score");  // since overwritten where the check found it
 }
 
-template <typename Exec>
-void check_no_nan(Exec& exec, const float* scores, int rows, int cols, const std::string& press) {
-  throw_if_nan(exec, launch_nan_check(exec, scores, static_cast<long>(rows) * cols), scores, rows, cols, press);
-}
-
 // A scorer's scores [rows, cols] on the device with their NaN check launched but not yet read:
 // the caller reads it (throw_if_nan) once it has enqueued its work on them, so the check costs
 // no host round trip in the middle of that work.

@@ -191,7 +191,8 @@ TEST(CudaStages, NanScoresStopTheCompressionWithTheReferenceError) {
   EXPECT_NO_THROW(throw_if_nan(exec, launch_nan_check(exec, device.data(), 12), device.data(), 3, 4, "p"));
   scores[6] = std::numeric_limits<float>::quiet_NaN();
   device.upload(scores.data(), scores.size());
-  EXPECT_THROW(check_no_nan(exec, device.data(), 3, 4, "p"), Error);
+  EXPECT_EQ(test::error_of([&] { throw_if_nan(exec, launch_nan_check(exec, device.data(), 12), device.data(), 3, 4, "p"); }),
+            "press 'p' produced a NaN score (head 1, token 2)");
   // A NaN the check saw but the scores no longer hold (overwritten since) still throws.
   const auto flag = launch_nan_check(exec, device.data(), 12);
   scores[6] = 1.0f;
