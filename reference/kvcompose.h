@@ -1,8 +1,9 @@
 #pragma once
-// KVCompose (kvpress KVComposePress, arXiv 2509.05165), shared by the reference press and its
-// device twin (the per-row and per-token score functions are the device's, a thread each; the
-// reference computes the same in blocks of GEMMs, reference/presses/kvcompose.cpp). After the context prefill, kvpress feeds the context again after its own cache
-// (the trace's second pass, core/tensor.h KvcomposePass) and reads, in every layer and query
+// KVCompose (kvpress KVComposePress, arXiv 2509.05165), what the reference press
+// (reference/presses/kvcompose.cpp) and its device twin share: the scores' last step, the
+// budgets and the checks of the trace's pass. After the context prefill, kvpress feeds the
+// context again after its own cache (the trace's second pass, core/tensor.h KvcomposePass)
+// and reads, in every layer and query
 // head, the attention weight A[i, j] of each second-pass query i to each context token j: a
 // softmax over the context keys and, causally, the pass's own keys. The scores:
 //   task:  per query head, max (agg_task=max) or mean over the pass's queries of A[., j];
@@ -55,38 +56,6 @@ KVSIM_HD inline double kvcompose_dot(const float* a, const float* b, int d) {
   double sum = 0.0;
   for (int c = 0; c < d; ++c) sum += static_cast<double>(a[c]) * b[c];
   return sum;
-}
-
-// The softmax statistics (maximum logit, sum of exponentials) of second-pass query `q` at pass
-// row `row`: it sees the n context keys and the pass's keys 0..row.
-KVSIM_HD inline void kvcompose_row_stats(const float* q, const float* keys, int n, const float* pass_keys, int row, int d, double scale,
-                                         double* row_max, double* row_sum) {
-  double top = -INFINITY;
-  for (int j = 0; j < n; ++j) top = fmax(top, kvcompose_dot(q, keys + static_cast<long>(j) * d, d) * scale);
-  for (int r = 0; r <= row; ++r) top = fmax(top, kvcompose_dot(q, pass_keys + static_cast<long>(r) * d, d) * scale);
-  double sum = 0.0;
-  for (int j = 0; j < n; ++j) sum += exp(kvcompose_dot(q, keys + static_cast<long>(j) * d, d) * scale - top);
-  for (int r = 0; r <= row; ++r) sum += exp(kvcompose_dot(q, pass_keys + static_cast<long>(r) * d, d) * scale - top);
-  *row_max = top;
-  *row_sum = sum;
-}
-
-// The group score of context key `key` for KV head g: agg_task over the R pass rows of each of
-// its G query heads' weights, then agg_group over the heads. pass_q [H, R, d]; row statistics [H, R].
-KVSIM_HD inline float kvcompose_token_score(const float* pass_q, int R, const float* key, const double* row_max, const double* row_sum, int g,
-                                            int G, int d, double scale, bool task_max, bool group_max) {
-  double group = group_max ? -INFINITY : 0.0;
-  for (int h = g * G; h < (g + 1) * G; ++h) {
-    double task = task_max ? -INFINITY : 0.0;
-    for (int i = 0; i < R; ++i) {
-      const long hr = static_cast<long>(h) * R + i;
-      const double weight = exp(kvcompose_dot(pass_q + hr * d, key, d) * scale - row_max[hr]) / row_sum[hr];
-      task = task_max ? fmax(task, weight) : task + weight;
-    }
-    if (!task_max) task /= R;
-    group = group_max ? fmax(group, task) : group + task;
-  }
-  return static_cast<float>(group_max ? group : group / G);
 }
 
 // add_v_norm and add_mean_across_heads for token j of a layer's scores [Hkv, n] (values: Hkv

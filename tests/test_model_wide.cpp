@@ -18,6 +18,7 @@
 
 #include "core/model_wide.h"
 #include "core/registry.h"
+#include "cuda/presses/prompt_attention.h"
 #include "reference/kvcompose.h"
 #include "reference/kvzip.h"
 #include "reference/replay.h"
@@ -219,6 +220,13 @@ TEST(Kvcompose, ScoresMatchABruteForceSoftmax) {
       for (Eigen::Index i = 0; i < expected.size(); ++i)
         EXPECT_NEAR(got.scores.data()[i], expected.data()[i], 1e-5 * std::abs(expected.data()[i]) + 1e-7) << c.spec << " " << backend_name(b) << " " << i;
     }
+    // The device folds the pass's rows in by blocks that fit its budget (large layers, on a
+    // GPU); with a budget of one entry, one row per block.
+    const test::ScopedValue one_row_per_pass(cuda::prompt_weights_budget(), 1L);
+    const auto press = Registry::instance().make(c.spec, Backend::cuda_emulated);
+    const LayerSurvey got = dynamic_cast<const ModelWidePress&>(*press).survey(input);
+    for (Eigen::Index i = 0; i < expected.size(); ++i)
+      EXPECT_NEAR(got.scores.data()[i], expected.data()[i], 1e-5 * std::abs(expected.data()[i]) + 1e-7) << c.spec << " by rows " << i;
   }
 }
 

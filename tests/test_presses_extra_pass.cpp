@@ -10,6 +10,7 @@
 #include <map>
 
 #include "core/registry.h"
+#include "cuda/presses/prompt_attention.h"
 #include "reference/kvzip.h"
 #include "reference/replay.h"
 #include "test_util.h"
@@ -160,6 +161,25 @@ TEST(Kvzip, MultiChunkLayersMatchABruteForceSoftmax) {
   }
   EXPECT_EQ(ref::kvzip_pruned(8, 1000, 0.3), 2400);
   EXPECT_EQ(ref::kvzip_pruned(3, 7, 0.5), 10);  // int(10.5)
+}
+
+// The device cuts a chunk's weights into slices of KV heads, and KVzip+'s norms into blocks of
+// tokens, where a pass would exceed its budget (large layers, on a GPU). With a budget of one
+// entry every pass holds one KV head or one token: the scores are the brute force's still.
+TEST(Kvzip, DevicePassesSlicedToTheirBudgetGiveTheSameScores) {
+  const test::ScopedValue one_unit_per_pass(cuda::prompt_weights_budget(), 1L);
+  for (const auto& [H, Hkv, n, prefix, chunk, n_sink] : {std::tuple{4, 2, 40, 3, 16, 4}, {6, 3, 25, 0, 7, 2}}) {
+    LayerTensors layer = test::random_layer(H, Hkv, n + 3, 8, 11u * n + H, 2);
+    layer.kvzip = synthetic_kvzip_passes(layer, n, prefix, chunk, 3);
+    const ScoreMatrix expected = brute_force_scores(layer, n, n_sink);
+    const ScoreMatrix got = scores_of("kvzip:layerwise=true,n_sink=" + std::to_string(n_sink), layer, n, Backend::cuda_emulated);
+    for (int g = 0; g < Hkv; ++g)
+      for (int t = 0; t < n; ++t) EXPECT_NEAR(got(g, t), expected(g, t), 1e-5 * std::abs(expected(g, t)) + 1e-7) << "n=" << n << " head " << g << " token " << t;
+  }
+  const ScoreMatrix plus = scores_of("kvzip:layerwise=true,n_sink=1,kvzip_plus_normalization=true", hand_layer(), 4, Backend::cuda_emulated);
+  EXPECT_NEAR(plus(0, 1), 0.5, 1e-6);  // as in HandWorkedKvzipPlus
+  EXPECT_NEAR(plus(0, 2), 0.2, 1e-6);
+  EXPECT_NEAR(plus(0, 3), 0.2, 1e-6);
 }
 
 TEST(Kvzip, RefusesWhatItCannotReplay) {

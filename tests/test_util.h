@@ -87,6 +87,20 @@ inline LayerTensors random_layer(int H, int Hkv, int T, int d, unsigned seed, in
   return layer;
 }
 
+// Holds `variable` at `value` for its own lifetime, then restores it.
+template <typename T>
+class ScopedValue {
+ public:
+  ScopedValue(T& variable, T value) : variable_(variable), saved_(variable) { variable_ = value; }
+  ~ScopedValue() { variable_ = saved_; }
+  ScopedValue(const ScopedValue&) = delete;
+  ScopedValue& operator=(const ScopedValue&) = delete;
+
+ private:
+  T& variable_;
+  T saved_;
+};
+
 // A fresh directory under the system temp dir, removed at destruction.
 class TempDir {
  public:

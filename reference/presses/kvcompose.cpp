@@ -48,8 +48,7 @@ class KvcomposePress final : public ScorerPress, public ModelWidePress {
 
   // agg_task over the pass's rows i of query head h's weight on each context key j: the softmax
   // of row i over the n context keys and, causally, the pass's keys 0..i, in float64 (the
-  // arithmetic of kvcompose_row_stats and kvcompose_token_score, which the device runs a thread
-  // per row or key, up to the order of each dot product's sum).
+  // device twin computes the same with other GEMM blocks, cuda/presses/kvcompose.h).
   Eigen::RowVectorXd task_scores(const PressInput& in, int h) const {
     const KvcomposePass& pass = in.layer.kvcompose;
     const int n = in.n, g = kv_head_of(h, in.num_heads(), in.num_kv_heads());

@@ -59,8 +59,8 @@ class KvzipPress final : public ScorerPress, public ModelWidePress {
   // Query head h's largest weight on each context token j over the repeat rows of j's chunk
   // (0 for a token no chunk covers): row r's softmax over the context keys [0, sink) and
   // [begin, end) and, causally, the chunk's repeat keys up to r, in float64; with KVzip+ times
-  // ||W_o^(h) v_j|| / hidden_norm[r] (the arithmetic of kvzip_row_stats and kvzip_token_score,
-  // which the device runs a thread per row or token, up to the order of each sum).
+  // ||W_o^(h) v_j|| / hidden_norm[r] (the device twin computes the same with other GEMM blocks,
+  // cuda/presses/kvzip.h).
   Eigen::RowVectorXd head_best_weights(const PressInput& in, int h) const {
     const KvzipPasses& passes = in.layer.kvzip;
     const int n = in.n, d = in.head_dim(), g = kv_head_of(h, in.num_heads(), in.num_kv_heads());
