@@ -255,7 +255,7 @@ typename Exec::template Buffer<int> select_topk_on_device(Exec& exec, const floa
 // select_topk_on_device's result in one launch where each row's keys fit in one block's
 // shared memory (Exec::topk_rows_in_shared: up to about 55K scores a row on an H100), else
 // select_topk_on_device itself. Not yet the default: not yet run on a GPU; bench_cuda's
-// select_shared and test_select_gpu compare it with the generic path and the reference.
+// select_shared and test_primitives_gpu compare it with the generic path and the reference.
 template <typename Exec>
 typename Exec::template Buffer<int> select_topk_shared_on_device(Exec& exec, const float* scores, int rows, int n, int k) {
   k = std::clamp(k, 0, n);

@@ -2,8 +2,8 @@
 // CudaExec: the CUDA side of the execution interface shared with HostExec (exec_host.h):
 // device buffers, for_each as a grid of one thread per index, and the primitives of
 // primitives.h on cuBLAS (gemm), CUB (reductions, radix sort, scan) and kernels of our own
-// where CUB has no match: the masked row softmax, the first maximum of each row, warp-per-row
-// dot products, and the radix-select pass (CUB's radix sort orders everything where a top-k
+// where CUB has no match: the masked row softmax (a block per row, or a warp per short row),
+// the first maximum of each row, warp-per-row dot products, and the radix-select pass (CUB's radix sort orders everything where a top-k
 // needs one threshold per row). Everything runs on the default stream in order; nothing
 // here copies to the host. Compiled by nvcc only.
 #include <cublas_v2.h>
@@ -67,6 +67,29 @@ __global__ void softmax_rows_kernel(T* x, SoftmaxRows s, T* lse) {
   __syncthreads();
   for (int j = threadIdx.x; j < s.cols; j += kSoftmaxThreads) row[j] = j < valid ? exp(row[j] - shared_max) / shared_sum : T(0);
   if (lse && threadIdx.x == 0) lse[r] = shared_max + log(shared_sum);
+}
+
+// A warp per row, for rows of at most kShortSoftmaxRow columns: a block per row would spend
+// more on its two block-wide reductions than on the row (non_causal_attention's rows are its
+// chunk plus one wide, a million of them at 32K tokens). Butterfly shuffles leave each
+// reduction's result in every lane.
+inline constexpr int kShortSoftmaxRow = 1024;
+
+template <typename T>
+__global__ void softmax_short_rows_kernel(T* x, SoftmaxRows s, T* lse) {
+  const long r = (static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (r >= s.rows) return;  // whole warps leave together: blockDim is a multiple of 32
+  T* row = x + r * s.cols;
+  const int valid = s.valid(r);
+  T best = -INFINITY;
+  for (int j = lane; j < valid; j += 32) best = fmax(best, row[j]);
+  for (int offset = 16; offset > 0; offset /= 2) best = fmax(best, __shfl_xor_sync(0xffffffffu, best, offset));
+  T sum = 0;
+  for (int j = lane; j < valid; j += 32) sum += exp(row[j] - best);
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  for (int j = lane; j < s.cols; j += 32) row[j] = j < valid ? exp(row[j] - best) / sum : T(0);
+  if (lse && lane == 0) lse[r] = best + log(sum);
 }
 
 // One radix-select pass over row r = blockIdx.y: each block counts its stride of the row in
@@ -447,7 +470,10 @@ struct CudaExec {
   static void launch_softmax_rows(T* x, const SoftmaxRows& s, T* lse) {
     if (s.rows <= 0) return;
     constexpr int kThreads = 256;
-    softmax_rows_kernel<kThreads, T><<<static_cast<unsigned>(s.rows), kThreads>>>(x, s, lse);
+    if (s.cols <= kShortSoftmaxRow)
+      softmax_short_rows_kernel<T><<<static_cast<unsigned>((s.rows * 32 + kThreads - 1) / kThreads), kThreads>>>(x, s, lse);
+    else
+      softmax_rows_kernel<kThreads, T><<<static_cast<unsigned>(s.rows), kThreads>>>(x, s, lse);
     check_cuda(cudaGetLastError(), "softmax_rows launch");
   }
 

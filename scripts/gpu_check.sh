@@ -93,7 +93,7 @@ run_checks() {
       --press snapkv knorm observed_attention "merging(knorm)"
   } > "$out/sanitizer.txt" 2>&1
   {
-    step select_gpu 30 "$bin/test_select_gpu"
+    step primitives_gpu 30 "$bin/test_primitives_gpu"
     step conformance_trace 120 "$bin/test_conformance_gpu" --gtest_filter='*Bundled*:*EveryReferencePress*'
   } > "$out/conformance.txt" 2>&1
 }

@@ -22,7 +22,7 @@ with_trace=1
 KVSIM_CUDA=ON BUILD_DIR="$build" bash "$root/scripts/setup.sh" build
 rm -rf "$stage"
 mkdir -p "$stage/bin" "$stage/lib"
-binaries=("$build/tools/kvsim" "$build/tests/test_conformance_gpu" "$build/tests/test_select_gpu" "$build/bench/bench_cuda")
+binaries=("$build/tools/kvsim" "$build/tests/test_conformance_gpu" "$build/tests/test_primitives_gpu" "$build/bench/bench_cuda")
 cp "${binaries[@]}" "$stage/bin/"
 strip --strip-unneeded "$stage"/bin/* 2>/dev/null || true
 

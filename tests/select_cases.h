@@ -1,5 +1,5 @@
 #pragma once
-// Selection cases shared by the emulated (test_cuda_stages) and GPU (test_select_gpu) tests:
+// Selection cases shared by the emulated (test_cuda_stages) and GPU (test_primitives_gpu) tests:
 // the device top-k against the reference's sort-based selection (reference/select.h), on
 // scores built to tie — few distinct values, -0 beside +0, infinities — and on wide rows
 // where the radix select's digits all matter.

@@ -1,0 +1,71 @@
+// The primitives that are kernels of our own, on the GPU: the top-k (radix_select_pass's
+// kernel under the shared radix select, and the one-launch top-k) against the reference's
+// sort, on the cases of select_cases.h; the masked row softmax against HostExec's serial one.
+// Skipped, with the reason, without a GPU.
+#include <cmath>
+#include <random>
+#include <type_traits>
+#include <vector>
+
+#include "cuda/device.h"
+#include "cuda/exec_cuda.cuh"
+#include "cuda/exec_host.h"
+#include "select_cases.h"
+
+namespace kvsim::cuda {
+namespace {
+
+TEST(SelectGpu, RadixSelectMatchesTheReferenceSortOnTiesAndWideRows) {
+  if (const DeviceStatus status = device_status(); status.count == 0) GTEST_SKIP() << "no CUDA device: " << status.reason;
+  test::expect_selection_matches_reference<CudaExec>();
+}
+
+// The one-launch top-k (topk_row_in_shared_kernel) where the rows fit, the generic path beyond.
+TEST(SelectGpu, SharedMemoryTopKMatchesTheReferenceSort) {
+  if (const DeviceStatus status = device_status(); status.count == 0) GTEST_SKIP() << "no CUDA device: " << status.reason;
+  test::expect_shared_selection_matches_reference<CudaExec>();
+}
+
+// One softmax on both executors: normal logits (sd 3), rows masked as `s` says.
+template <typename T>
+void expect_softmax_matches_host(const SoftmaxRows& s) {
+  std::mt19937 rng(static_cast<unsigned>(s.rows * 131 + s.cols));
+  std::normal_distribution<double> normal(0.0, 3.0);
+  std::vector<T> logits(static_cast<std::size_t>(s.rows) * s.cols);
+  for (T& x : logits) x = static_cast<T>(normal(rng));
+  std::vector<T> expected = logits, expected_lse(static_cast<std::size_t>(s.rows));
+  HostExec host;
+  host.softmax_rows(expected.data(), s, expected_lse.data());
+  CudaExec exec;
+  CudaExec::Buffer<T> device(logits.size()), device_lse(expected_lse.size());
+  device.upload(logits.data(), logits.size());
+  exec.softmax_rows(device.data(), s, device_lse.data());
+  std::vector<T> got(logits.size()), got_lse(expected_lse.size());
+  device.download(got.data(), got.size());
+  device_lse.download(got_lse.data(), got_lse.size());
+  const double tolerance = std::is_same_v<T, double> ? 1e-13 : 1e-6;
+  const std::string shape = " rows=" + std::to_string(s.rows) + " cols=" + std::to_string(s.cols);
+  for (std::size_t i = 0; i < got.size(); ++i)
+    ASSERT_NEAR(got[i], expected[i], tolerance * (expected[i] + 1e-3)) << "entry " << i << shape;
+  for (std::size_t r = 0; r < got_lse.size(); ++r)
+    if (std::isinf(expected_lse[r])) EXPECT_EQ(got_lse[r], expected_lse[r]) << "row " << r << shape;  // a fully masked row
+    else EXPECT_NEAR(got_lse[r], expected_lse[r], tolerance * (std::abs(expected_lse[r]) + 1)) << "row " << r << shape;
+}
+
+// A warp per row up to kShortSoftmaxRow columns, a block per row beyond: rows on either side of
+// the switch, causal groups with a fully masked first row, unmasked chunk rows as
+// non_causal_attention's, and a long causal window as snapkv's.
+TEST(PrimitivesGpu, SoftmaxRowsMatchTheHostOnShortAndLongRows) {
+  if (const DeviceStatus status = device_status(); status.count == 0) GTEST_SKIP() << "no CUDA device: " << status.reason;
+  for (const SoftmaxRows& s : {SoftmaxRows{.rows = 1000, .cols = 257, .rows_per_group = 1, .first_valid = 257},
+                               SoftmaxRows{.rows = 3 * 64, .cols = 300, .rows_per_group = 64, .first_valid = 300 - 64 + 1},
+                               SoftmaxRows{.rows = 7, .cols = kShortSoftmaxRow, .rows_per_group = 7, .first_valid = 0},
+                               SoftmaxRows{.rows = 7, .cols = kShortSoftmaxRow + 1, .rows_per_group = 7, .first_valid = 0},
+                               SoftmaxRows{.rows = 6, .cols = 40000, .rows_per_group = 3, .first_valid = 39998}}) {
+    expect_softmax_matches_host<float>(s);
+    expect_softmax_matches_host<double>(s);
+  }
+}
+
+}  // namespace
+}  // namespace kvsim::cuda
