@@ -71,24 +71,41 @@ __global__ void softmax_rows_kernel(T* x, SoftmaxRows s, T* lse) {
 
 // A warp per row, for rows of at most kShortSoftmaxRow columns: a block per row would spend
 // more on its two block-wide reductions than on the row (non_causal_attention's rows are its
-// chunk plus one wide, a million of them at 32K tokens). Butterfly shuffles leave each
-// reduction's result in every lane.
+// chunk plus one wide, a million of them at 32K tokens). Each lane holds its entries in
+// registers, so the row is read once and each exponential taken once; butterfly shuffles
+// leave each reduction's result in every lane.
 inline constexpr int kShortSoftmaxRow = 1024;
 
 template <typename T>
 __global__ void softmax_short_rows_kernel(T* x, SoftmaxRows s, T* lse) {
+  constexpr int kPerLane = kShortSoftmaxRow / 32;
   const long r = (static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= s.rows) return;  // whole warps leave together: blockDim is a multiple of 32
   T* row = x + r * s.cols;
   const int valid = s.valid(r);
+  T entries[kPerLane];
   T best = -INFINITY;
-  for (int j = lane; j < valid; j += 32) best = fmax(best, row[j]);
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int j = lane + 32 * i;
+    entries[i] = j < valid ? row[j] : T(0);
+    if (j < valid) best = fmax(best, entries[i]);
+  }
   for (int offset = 16; offset > 0; offset /= 2) best = fmax(best, __shfl_xor_sync(0xffffffffu, best, offset));
   T sum = 0;
-  for (int j = lane; j < valid; j += 32) sum += exp(row[j] - best);
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int j = lane + 32 * i;
+    entries[i] = j < valid ? exp(entries[i] - best) : T(0);
+    sum += entries[i];
+  }
   for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-  for (int j = lane; j < s.cols; j += 32) row[j] = j < valid ? exp(row[j] - best) / sum : T(0);
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int j = lane + 32 * i;
+    if (j < s.cols) row[j] = j < valid ? entries[i] / sum : T(0);
+  }
   if (lse && lane == 0) lse[r] = best + log(sum);
 }
 
