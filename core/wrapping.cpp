@@ -5,6 +5,7 @@
 #include <tuple>
 
 #include "core/error.h"
+#include "core/parallel_tasks.h"
 
 namespace kvsim {
 
@@ -12,32 +13,41 @@ CarriedParts carried_parts(const Registry& registry, const PressSpec& spec) {
   return {.o_proj = spec_needs(registry, spec, "o_proj"), .hidden_states = spec_needs(registry, spec, "hidden_states")};
 }
 
-LayerTensors gather_layer(const LayerTensors& layer, const std::vector<std::vector<int>>& tokens, CarriedParts parts) {
+void gather_layer_into(const LayerTensors& layer, const std::vector<std::vector<int>>& tokens, CarriedParts parts, LayerTensors& out) {
   const int Hkv = layer.k.heads, H = layer.q.heads, d = layer.k.dim;
   if (static_cast<int>(tokens.size()) != Hkv) throw Error("internal: gather_layer needs one token list per KV head");
   const int m = tokens.empty() ? 0 : static_cast<int>(tokens[0].size());
   for (const auto& head : tokens)
     if (static_cast<int>(head.size()) != m) throw Error("internal: gather_layer needs the same number of tokens in every head");
-  LayerTensors out;
+  // Every value is overwritten below: a tensor of the same size keeps its memory (block()
+  // gathers a sequence of one size for every block, and fresh pages cost more than the copy).
+  auto reshape = [](HeadTensor& t, int heads, int rows, int dim) {
+    t.heads = heads;
+    t.tokens = rows;
+    t.dim = dim;
+    t.data.resize(static_cast<std::size_t>(heads) * rows * dim);
+  };
   out.layer_index = layer.layer_index;
-  out.q = HeadTensor(H, m, layer.q.dim);
-  out.k = HeadTensor(Hkv, m, d);
-  out.v = HeadTensor(Hkv, m, layer.v.dim);
+  reshape(out.q, H, m, layer.q.dim);
+  reshape(out.k, Hkv, m, d);
+  reshape(out.v, Hkv, m, layer.v.dim);
   const int group = Hkv > 0 ? H / Hkv : 1;
   auto copy_rows = [](const HeadTensor& from, int head, const std::vector<int>& rows, HeadTensor& to, int to_head) {
     for (std::size_t j = 0; j < rows.size(); ++j)
       std::copy_n(from.head(head) + static_cast<std::size_t>(rows[j]) * from.dim, from.dim,
                   to.head(to_head) + j * static_cast<std::size_t>(to.dim));
   };
-  for (int g = 0; g < Hkv; ++g) {
-    copy_rows(layer.k, g, tokens[g], out.k, g);
-    copy_rows(layer.v, g, tokens[g], out.v, g);
-  }
-  for (int h = 0; h < H; ++h) copy_rows(layer.q, h, tokens[h / group], out.q, h);
-  if (parts.o_proj) {
-    out.o_proj = layer.o_proj;
-    out.o_proj_rows = layer.o_proj_rows;
-  }
+  // One task per head of each tensor: block() gathers its whole kept sequence for every block.
+  parallel_tasks(static_cast<std::size_t>(H + 2 * Hkv), [&](std::size_t task) {
+    const int i = static_cast<int>(task);
+    if (i < H) copy_rows(layer.q, i, tokens[i / group], out.q, i);
+    else if (i < H + Hkv) copy_rows(layer.k, i - H, tokens[i - H], out.k, i - H);
+    else copy_rows(layer.v, i - H - Hkv, tokens[i - H - Hkv], out.v, i - H - Hkv);
+  });
+  out.o_proj = parts.o_proj ? layer.o_proj : std::vector<float>();
+  out.o_proj_rows = parts.o_proj ? layer.o_proj_rows : 0;
+  out.hidden_size = 0;
+  out.hidden_states.clear();
   if (parts.hidden_states && !layer.hidden_states.empty() && !tokens.empty()) {
     for (const auto& head : tokens)
       if (head != tokens[0]) throw Error("internal: gather_layer can carry hidden states only when every head takes the same tokens");
@@ -46,6 +56,11 @@ LayerTensors gather_layer(const LayerTensors& layer, const std::vector<std::vect
     out.hidden_states.resize(static_cast<std::size_t>(m) * D);
     for (int j = 0; j < m; ++j) std::copy_n(layer.hidden_row(tokens[0][j]), D, out.hidden_states.data() + j * D);
   }
+}
+
+LayerTensors gather_layer(const LayerTensors& layer, const std::vector<std::vector<int>>& tokens, CarriedParts parts) {
+  LayerTensors out;
+  gather_layer_into(layer, tokens, parts, out);
   return out;
 }
 
@@ -142,12 +157,13 @@ Compression block_compress(const PressInput& input, double ratio, int block_size
   std::vector<int> first(static_cast<std::size_t>(n_kept));
   std::iota(first.begin(), first.end(), 0);
   std::vector<std::vector<int>> kept(static_cast<std::size_t>(Hkv), first);
+  LayerTensors gathered;  // each block's sequence, in the same memory
   for (int start = n_kept; start < n; start += block) {
     const int end = std::min(start + block, n);
     std::vector<std::vector<int>> sequence = kept;  // kept tokens (in score order), then the block
     for (auto& head : sequence)
       for (int t = start; t < end; ++t) head.push_back(t);
-    const LayerTensors gathered = gather_layer(input.layer, sequence, parts);
+    gather_layer_into(input.layer, sequence, parts, gathered);
     const std::vector<std::vector<int>> best = rank(sub_input(input, gathered), n_kept);
     for (int g = 0; g < Hkv; ++g)
       for (int j = 0; j < n_kept; ++j) kept[g][j] = sequence[g][best[g][j]];

@@ -25,6 +25,8 @@ CarriedParts carried_parts(const Registry& registry, const PressSpec& spec);
 // attn_out stays empty; o_proj and hidden_states are copied as `parts` asks (hidden states
 // are one row per token, so only when every head takes the same tokens).
 LayerTensors gather_layer(const LayerTensors& layer, const std::vector<std::vector<int>>& tokens, CarriedParts parts);
+// The same into `out`, whose tensors keep their memory where the size repeats.
+void gather_layer_into(const LayerTensors& layer, const std::vector<std::vector<int>>& tokens, CarriedParts parts, LayerTensors& out);
 // Tokens [start, start + count) of every head.
 LayerTensors slice_layer(const LayerTensors& layer, int start, int count, CarriedParts parts);
 // The input of an inner press run on `sub` (all of its tokens): the outer input's RoPE and
