@@ -54,6 +54,20 @@ struct DeviceLayer : ResidentLayer {
     if (D) hidden.upload(in.layer.hidden_states.data(), hidden.size());
   }
 
+  // Tokens [Hkv, count] of `from` gathered on the device, per KV head (its query heads take
+  // the same), as a layer of their own: what a wrapper hands its inner press (sub_input),
+  // without hidden states. `source` stays from's host layer, whose per-token tensors are not
+  // this layer's: the wrappers refuse inner presses that read them.
+  DeviceLayer(Exec& exec, const DeviceLayer& from, const int* tokens, int count)
+      : q(from.q.gathered(exec, tokens, count, from.H / from.Hkv)),
+        k(from.k.gathered(exec, tokens, count, 1)),
+        v(from.v.gathered(exec, tokens, count, 1)),
+        inv_freq(from.rope->inv_freq.size()),
+        H(from.H), Hkv(from.Hkv), n(count), d(from.d), layer(from.layer), num_layers(from.num_layers),
+        attention_scaling(from.attention_scaling), source(from.source), rope(from.rope) {
+    if (!from.rope->inv_freq.empty()) inv_freq.upload(from.rope->inv_freq.data(), from.rope->inv_freq.size());
+  }
+
  private:
   // n * D when the layer carries hidden states of at least n tokens, else 0 (nothing uploaded;
   // the presses that need them say so: require_hidden_states).
@@ -349,35 +363,6 @@ Compression first_of_each_order(Exec& exec, const int* order, int rows, int n, c
     offset += clamped[g];
   }
   return out;
-}
-
-// Sixteen bytes of values moved as one access (the gather's rows are 16-byte aligned when a
-// row's bytes are a multiple of 16).
-template <typename T>
-struct alignas(16) SixteenBytes {
-  T x[16 / sizeof(T)];
-};
-
-// Rows `kept` [heads, k] (positions per head, on the device) of x [heads, n, d] copied into
-// out [heads, k, d], one thread per 16 bytes where the rows allow (wide loads reach the copy
-// bandwidth, single values do not), else per value. Public for nvcc's extended lambdas.
-template <typename Exec, typename T>
-void gather_rows(Exec& exec, const T* x, int heads, int n, int d, const int* kept, int k, T* out) {
-  constexpr int kLanes = 16 / sizeof(T);
-  if (d % kLanes == 0) {
-    const auto* from = reinterpret_cast<const SixteenBytes<T>*>(x);
-    auto* to = reinterpret_cast<SixteenBytes<T>*>(out);
-    const int width = d / kLanes;
-    exec.for_each(static_cast<long>(heads) * k * width, [=] KVSIM_HD(long i) {
-      const long row = i / width, g = row / k;
-      to[i] = from[(g * n + kept[row]) * width + i % width];
-    });
-    return;
-  }
-  exec.for_each(static_cast<long>(heads) * k * d, [=] KVSIM_HD(long i) {
-    const long row = i / d, g = row / k;
-    out[i] = x[(g * n + kept[row]) * d + i % d];
-  });
 }
 
 // The kept keys and values [Hkv, k, d], each in its tensor's storage dtype (kvpress gathers

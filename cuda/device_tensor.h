@@ -92,6 +92,36 @@ class FloatValues {
   const float* data_ = nullptr;
 };
 
+// Sixteen bytes of values moved as one access (the gather's rows are 16-byte aligned when a
+// row's bytes are a multiple of 16).
+template <typename T>
+struct alignas(16) SixteenBytes {
+  T x[16 / sizeof(T)];
+};
+
+// Rows `kept` [heads / group, k] (positions per head, on the device) of x [heads, n, d] copied
+// into out [heads, k, d] (head h takes the rows of kept's row h / group), one thread per 16
+// bytes where the rows allow (wide loads reach the copy bandwidth, single values do not),
+// else per value. Public for nvcc's extended lambdas.
+template <typename Exec, typename T>
+void gather_rows(Exec& exec, const T* x, int heads, long n, int d, const int* kept, int k, T* out, int group = 1) {
+  constexpr int kLanes = 16 / sizeof(T);
+  if (d % kLanes == 0) {
+    const auto* from = reinterpret_cast<const SixteenBytes<T>*>(x);
+    auto* to = reinterpret_cast<SixteenBytes<T>*>(out);
+    const int width = d / kLanes;
+    exec.for_each(static_cast<long>(heads) * k * width, [=] KVSIM_HD(long i) {
+      const long row = i / width, h = row / k, source = group == 1 ? h : h / group;  // no division in the common case
+      to[i] = from[(h * n + kept[source * k + row - h * k]) * width + i % width];
+    });
+    return;
+  }
+  exec.for_each(static_cast<long>(heads) * k * d, [=] KVSIM_HD(long i) {
+    const long row = i / d, h = row / k, source = group == 1 ? h : h / group;
+    out[i] = x[(h * n + kept[source * k + row - h * k]) * d + i % d];
+  });
+}
+
 template <typename Exec>
 class DeviceTensor {
  public:
@@ -108,6 +138,25 @@ class DeviceTensor {
       float32_ = typename Exec::template Buffer<float>(count_);
       for (int h = 0; h < host.heads; ++h) float32_.upload(host.head(h), per_head, h * per_head);
     }
+  }
+
+  // Rows gathered on the device, in the same storage: head h's row j is this tensor's row
+  // rows[(h / group) count + j] of head h (rows: device memory, [heads / group, count]).
+  DeviceTensor gathered(Exec& exec, const int* rows, int count, int group) const {
+    DeviceTensor out;
+    out.heads_ = heads_;
+    out.rows_ = count;
+    out.dim_ = dim_;
+    out.count_ = static_cast<std::size_t>(heads_) * count * dim_;
+    out.storage_ = storage_;
+    auto gather = [&](const auto& from, auto& to) {
+      to = std::remove_reference_t<decltype(to)>(out.count_);
+      gather_rows(exec, from.data(), heads_, rows_, dim_, rows, count, to.data(), group);
+    };
+    if (storage_ == Storage::bfloat16) gather(bfloat16_, out.bfloat16_);
+    else if (storage_ == Storage::float16) gather(float16_, out.float16_);
+    else gather(float32_, out.float32_);
+    return out;
   }
 
   Storage storage() const { return storage_; }

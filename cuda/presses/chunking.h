@@ -2,9 +2,9 @@
 // Device twins of the chunk and block wrappers: chunk(<scorer>), chunkkv(<scorer>),
 // entropy_gated_chunkkv(<scorer>) and block(<scorer>) (formulas and deviations in
 // reference/presses/chunk.cpp, chunkkv.cpp, block.cpp). The inner scorer scores on the device
-// and the selections run there; chunk and block hand their sub-segments to the inner scorer
-// through the host loops of core/wrapping.h (the same loops as the reference), which upload
-// each sub-segment.
+// and the selections run there; chunk hands its chunks to the inner scorer through the host
+// loop of core/wrapping.h (the reference's), which uploads each chunk once; block gathers each
+// block's sequence from the layer on the device (block_compress_on_device).
 #include <algorithm>
 
 #include "core/error.h"
@@ -14,25 +14,6 @@
 #include "reference/chunkkv.h"
 
 namespace kvsim::cuda {
-
-// Each row's top k positions in score order (higher first, ties: lower position), on the
-// host: the ranking of block's kept tokens. (Here and below, the scores' NaN check is read
-// once the work on them is enqueued.)
-template <typename Exec>
-std::vector<std::vector<int>> ranked_top_on_device(Exec& exec, const CheckedScores<Exec>& scores, int rows, int n, int k) {
-  k = std::clamp(k, 0, n);
-  const auto order = sorted_positions(exec, scores.data(), rows, n);
-  typename Exec::template Buffer<int> top_buffer(static_cast<std::size_t>(rows) * k);
-  int* top = top_buffer.data();
-  const int* sorted = order.data();
-  exec.for_each(static_cast<long>(rows) * k, [=] KVSIM_HD(long i) { top[i] = sorted[(i / k) * n + i % k]; });
-  scores.throw_if_nan(exec);
-  std::vector<int> host(top_buffer.size());
-  if (!host.empty()) top_buffer.download(host.data(), host.size());
-  std::vector<std::vector<int>> out(static_cast<std::size_t>(rows));
-  for (int g = 0; g < rows; ++g) out[g].assign(host.begin() + static_cast<long>(g) * k, host.begin() + static_cast<long>(g + 1) * k);
-  return out;
-}
 
 // The scores [rows, n] summed over rows, per token, into token [n].
 template <typename Exec>
@@ -139,29 +120,67 @@ class ChunkDevice final : public Press {
   CarriedParts parts_;
 };
 
+// block_compress (core/wrapping.h) with the layer on the device: each block's sequence (the
+// kept tokens in score order, then the block) is gathered, scored and ranked there, the kept
+// tokens mapped back to positions there; per block only the NaN check's flag comes to the host
+// (the reference's error names the block's token), and the kept positions at the end.
+template <typename Exec>
+Compression block_compress_on_device(Exec& exec, const DeviceLayer<Exec>& layer, const DeviceScorer<Exec>& inner, double ratio,
+                                     int block_size) {
+  const int Hkv = layer.Hkv, n = layer.n, block = std::min(block_size, n), n_kept = kvpress_budget(n, ratio);
+  using IntBuffer = typename Exec::template Buffer<int>;
+  IntBuffer first_buffer(static_cast<std::size_t>(Hkv) * n_kept), second_buffer(first_buffer.size()),
+      sequence_buffer(static_cast<std::size_t>(Hkv) * (n_kept + block));
+  int* kept = first_buffer.data();
+  int* next = second_buffer.data();
+  int* sequence = sequence_buffer.data();
+  exec.for_each(static_cast<long>(Hkv) * n_kept, [=] KVSIM_HD(long i) { kept[i] = static_cast<int>(i % n_kept); });
+  for (int start = n_kept; start < n; start += block) {
+    const int m = n_kept + std::min(block, n - start);
+    exec.for_each(static_cast<long>(Hkv) * m, [=] KVSIM_HD(long i) {
+      const long g = i / m, j = i % m;
+      sequence[i] = j < n_kept ? kept[g * n_kept + j] : start + static_cast<int>(j) - n_kept;
+    });
+    const DeviceLayer<Exec> gathered(exec, layer, sequence, m);
+    const auto scores = inner.device_scores(exec, gathered, ratio);
+    const auto order = sorted_positions(exec, scores.data(), Hkv, m);
+    const int* sorted = order.data();
+    exec.for_each(static_cast<long>(Hkv) * n_kept, [=] KVSIM_HD(long i) {
+      const long g = i / n_kept;
+      next[i] = sequence[g * m + sorted[g * m + i % n_kept]];
+    });
+    scores.throw_if_nan(exec);
+    std::swap(kept, next);
+  }
+  std::vector<int> host(static_cast<std::size_t>(Hkv) * n_kept);
+  if (!host.empty()) exec.download(kept, host.data(), host.size());
+  Compression out;
+  for (int g = 0; g < Hkv; ++g) {
+    out.kept.emplace_back(host.begin() + static_cast<long>(g) * n_kept, host.begin() + static_cast<long>(g + 1) * n_kept);
+    std::sort(out.kept.back().begin(), out.kept.back().end());
+  }
+  return out;
+}
+
 template <typename Exec>
 class BlockDevice final : public Press {
  public:
   explicit BlockDevice(const PressConfig& c)
-      : inner_(make_inner_device_scorer<Exec>(c)), block_size_(c.params.get_int("block_size")), parts_(carried_parts(c.registry, *c.inner)) {
+      : inner_(make_inner_device_scorer<Exec>(c)), block_size_(c.params.get_int("block_size")) {
     refuse_absolute_positions(c, *c.inner, "block hands it the kept tokens followed by each block");
     refuse_hidden_states(c, *c.inner, "block hands each KV head its own kept tokens (kvpress cuts each token's hidden state into KV-head slices)");
   }
 
   Compression compress(const PressInput& input, double ratio) const override {
-    return block_compress(input, ratio, block_size_, parts_, [&](const PressInput& sequence, int n_kept) {
-      Exec exec;
-      const LayerOnDevice<Exec> on_device(sequence);
-      const DeviceLayer<Exec>& layer = *on_device;
-      const auto scores = inner_->device_scores(exec, layer, ratio);
-      return ranked_top_on_device(exec, scores, layer.Hkv, layer.n, n_kept);
-    });
+    if (ratio == 0.0) return keep_all(input.num_kv_heads(), input.n);
+    Exec exec;
+    const LayerOnDevice<Exec> on_device(input);
+    return block_compress_on_device(exec, *on_device, *inner_, ratio, block_size_);
   }
 
  private:
   std::unique_ptr<DeviceScorer<Exec>> inner_;
   int block_size_;
-  CarriedParts parts_;
 };
 
 template <typename Exec>
