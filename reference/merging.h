@@ -89,15 +89,14 @@ MergePlan<Scalar> nearest_survivors(const Scalar* keys, int n, int d, const std:
     Rows similarity(static_cast<Eigen::Index>(rows), kept_keys.rows());
     similarity.noalias() = evicted_keys * kept_keys.transpose();
     for (Eigen::Index r = 0; r < similarity.rows(); ++r) {
-      Scalar best = -std::numeric_limits<Scalar>::infinity();
-      int best_index = 0;
-      for (Eigen::Index j = 0; j < similarity.cols(); ++j)
-        if (similarity(r, j) > best) {  // first maximum wins
-          best = similarity(r, j);
-          best_index = static_cast<int>(j);
-        }
-      plan.target[first + r] = best_index;
-      plan.similarity[first + r] = best;
+      // The first maximum: the row's maximum (a vectorised pass, NaN ignored), then where it
+      // first occurs (one branchy pass over every entry took a quarter of the merge's time).
+      const auto row = similarity.row(r);
+      const Scalar best = row.template maxCoeff<Eigen::PropagateNumbers>();
+      const auto* found = std::find(row.data(), row.data() + row.size(), best);
+      const bool none = found == row.data() + row.size();  // every entry NaN
+      plan.target[first + r] = none ? 0 : static_cast<int>(found - row.data());
+      plan.similarity[first + r] = none ? -std::numeric_limits<Scalar>::infinity() : best;
     }
   });
   return plan;

@@ -327,6 +327,20 @@ TEST(Merging, FoldsAnEvictedValueIntoItsMostSimilarSurvivor) {
   EXPECT_EQ(gated.values[0], (std::vector<float>{1, 0, 5, 5}));
 }
 
+// Each evicted token goes to its most key-similar survivor, the first of equals (torch.argmax):
+// survivors 0, 2, 3 with unit keys (1, 0), (0, 1), (1, 0); evicted 1 (cosines .707 to all
+// three) and 4 (0, -1, 0) take survivor index 0, evicted 5 (0, 1, 0) index 1.
+TEST(Merging, NearestSurvivorIsTheFirstOfEquals) {
+  const std::vector<float> keys = {1, 0, 1, 1, 0, 1, 3, 0, 0, -1, 0, 2};
+  const ref::MergePlan<float> plan = ref::nearest_survivors(keys.data(), 6, 2, {0, 2, 3});
+  EXPECT_EQ(plan.evicted, (std::vector<int>{1, 4, 5}));
+  EXPECT_EQ(plan.target, (std::vector<int>{0, 0, 1}));
+  ASSERT_EQ(plan.similarity.size(), 3u);
+  EXPECT_FLOAT_EQ(plan.similarity[0], 1.0f / std::sqrt(2.0f));
+  EXPECT_FLOAT_EQ(plan.similarity[1], 0.0f);
+  EXPECT_FLOAT_EQ(plan.similarity[2], 1.0f);
+}
+
 // torch.quantile interpolates with ATen's lerp: between -inf (a token that failed the
 // similarity threshold) and a finite similarity, weights >= 0.5 give -inf (every passing
 // token merges), smaller ones NaN (none does), exact positions the order statistic.
