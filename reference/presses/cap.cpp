@@ -48,15 +48,24 @@ class CapPress final : public ScorerPress {
  private:
   Eigen::RowVectorXd head_scores(const PressInput& in, int h, const RowMatrixD& rotation, const InverseRopeTable& table) const {
     const int d = in.head_dim(), N = table.count(), g = kv_head_of(h, in.num_heads(), in.num_kv_heads());
-    RowMatrixD queries(N, d);
-    pre_rope_rows(in.layer.q, h, table, n_sink_, N, queries);
-    const Eigen::VectorXd mu = rotation * queries.colwise().mean().transpose();
+    // The queries' mean and the keys' cosines row by row: N x d float64 copies of them cost
+    // more in fresh pages than the arithmetic.
+    Eigen::VectorXd query_sum = Eigen::VectorXd::Zero(d);
+    Eigen::RowVectorXf query(d);
+    for (int t = 0; t < N; ++t) {
+      table.apply(in.layer.q.head(h) + static_cast<std::size_t>(n_sink_ + t) * d, query.data(), n_sink_ + t);
+      query_sum += query.cast<double>().transpose();
+    }
+    const Eigen::VectorXd mu = rotation * (query_sum / N);
     const Eigen::VectorXd anchor = mu / std::max(mu.norm(), 1e-12);
-    const RowMatrixD keys = head_rows(in.layer.k, g, in.n).bottomRows(N).cast<double>();
-    RowMatrixD values = head_rows(in.layer.v, g, in.n).bottomRows(N).cast<double>();
+    const auto keys = head_rows(in.layer.k, g, in.n).bottomRows(N);
     Eigen::VectorXd logits(N);
-    for (int t = 0; t < N; ++t)
-      logits[t] = tau_ * std::clamp(keys.row(t).dot(anchor) / std::max(keys.row(t).norm(), 1e-12), -1.0, 1.0);
+    Eigen::RowVectorXd key(d);
+    for (int t = 0; t < N; ++t) {
+      key = keys.row(t).cast<double>();
+      logits[t] = tau_ * std::clamp(key.dot(anchor) / std::max(key.norm(), 1e-12), -1.0, 1.0);
+    }
+    RowMatrixD values = head_rows(in.layer.v, g, in.n).bottomRows(N).cast<double>();
     const Eigen::VectorXd w = (logits.array() - logits.maxCoeff()).exp();
     const RowMatrixD scaled = (w.array() + epsilon_).sqrt().matrix().asDiagonal() * values;
     RowMatrixD capacity = RowMatrixD::Identity(d, d);  // I + scaled' scaled, half computed (symmetric rank update), half mirrored
