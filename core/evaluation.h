@@ -37,4 +37,11 @@ using EvaluatorFactory = std::function<std::unique_ptr<LayerEvaluator>(const Pre
 void register_evaluator(Backend backend, EvaluatorFactory factory);
 const EvaluatorFactory* find_evaluator(Backend backend);
 
+// A backend's own copy of the input's layer (PressInput::resident), for callers that run many
+// presses or ratios on one input without an evaluation (the conformance harness): the layer
+// crosses to the device once, not once per press call. Registered like the evaluators.
+using ResidentFactory = std::function<std::unique_ptr<ResidentLayer>(const PressInput& input)>;
+void register_resident_layer(Backend backend, ResidentFactory factory);
+const ResidentFactory* find_resident_layer(Backend backend);
+
 }  // namespace kvsim

@@ -62,10 +62,10 @@ struct DeviceLayer : ResidentLayer {
       : q(from.q.gathered(exec, tokens, count, from.H / from.Hkv)),
         k(from.k.gathered(exec, tokens, count, 1)),
         v(from.v.gathered(exec, tokens, count, 1)),
-        inv_freq(from.rope->inv_freq.size()),
+        inv_freq(from.inv_freq.size()),
         H(from.H), Hkv(from.Hkv), n(count), d(from.d), layer(from.layer), num_layers(from.num_layers),
         attention_scaling(from.attention_scaling), source(from.source), rope(from.rope) {
-    if (!from.rope->inv_freq.empty()) inv_freq.upload(from.rope->inv_freq.data(), from.rope->inv_freq.size());
+    widen_on_device(exec, from.inv_freq.data(), inv_freq.data(), inv_freq.size());  // a device copy: no host transfer per block
   }
 
  private:

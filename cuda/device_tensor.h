@@ -73,7 +73,8 @@ inline bool narrow_to_float16(const float* x, std::size_t count, Float16* out) {
   return true;
 }
 
-// out[i] = x[i] for i < count on the device, widened (float32 or float64 from a narrower type).
+// out[i] = x[i] for i < count on the device, widened (float32 or float64 from a narrower type)
+// or copied (the same type).
 template <typename Exec, typename From, typename To>
 void widen_on_device(Exec& exec, const From* x, To* out, std::size_t count) {
   exec.for_each(static_cast<long>(count), [=] KVSIM_HD(long i) { out[i] = static_cast<To>(x[i]); });

@@ -14,6 +14,9 @@ const bool registered = (register_decoding_presses(Backend::cuda),  // schedule 
                          register_evaluator(Backend::cuda, [](const PressInput& input) -> std::unique_ptr<LayerEvaluator> {
                            return std::make_unique<DeviceEvaluator<CudaExec>>(input);
                          }),
+                         register_resident_layer(Backend::cuda, [](const PressInput& input) -> std::unique_ptr<ResidentLayer> {
+                           return std::make_unique<DeviceLayer<CudaExec>>(input);
+                         }),
                          true);
 
 }  // namespace

@@ -14,6 +14,9 @@ const bool registered = (register_decoding_presses(Backend::cuda_emulated),  // 
                          register_evaluator(Backend::cuda_emulated, [](const PressInput& input) -> std::unique_ptr<LayerEvaluator> {
                            return std::make_unique<DeviceEvaluator<HostExec>>(input);
                          }),
+                         register_resident_layer(Backend::cuda_emulated, [](const PressInput& input) -> std::unique_ptr<ResidentLayer> {
+                           return std::make_unique<DeviceLayer<HostExec>>(input);
+                         }),
                          true);
 
 }  // namespace

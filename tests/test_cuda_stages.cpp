@@ -5,6 +5,7 @@
 #include <limits>
 #include <map>
 
+#include "core/evaluation.h"
 #include "core/half.h"
 #include "core/registry.h"
 #include "cuda/device_scorer.h"
@@ -410,6 +411,39 @@ void expect_evaluator_matches_brute_force(Storage keys, Storage values) {
       EXPECT_NEAR(got.cosine[at], dot / std::sqrt(norm_full * norm_comp), 1e-5) << "head " << h << " query " << i;
       EXPECT_NEAR(got.recall[at], std::min(1.0, std::exp(lse_comp - lse_full)), 1e-5) << "head " << h << " query " << i;
     }
+  }
+}
+
+// The backend's registered resident copy (the conformance harness makes one per input) is
+// what its presses read, and only for the input it was made from: after the host keys change,
+// a press handed the copy still keeps what the old keys gave; handed it with another segment
+// length, it copies the changed layer itself.
+TEST(CudaStages, PressesReadTheRegisteredResidentLayerOnlyForItsOwnInput) {
+  const ResidentFactory* make_resident = find_resident_layer(Backend::cuda_emulated);
+  ASSERT_NE(make_resident, nullptr);
+  LayerTensors layer = test::random_layer(4, 2, 40, 8, 11);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 8);
+  PressInput input{layer, 32, 1, rope};
+  const std::unique_ptr<ResidentLayer> resident = (*make_resident)(input);
+  ASSERT_NE(dynamic_cast<const DeviceLayer<HostExec>*>(resident.get()), nullptr);
+  for (const std::string spec : {"knorm", "snapkv:window_size=4", "block(knorm):block_size=8"}) {
+    SCOPED_TRACE(spec);
+    const auto press = Registry::instance().make(spec, Backend::cuda_emulated);
+    const LayerTensors original = layer;
+    const std::vector<std::vector<int>> before = press->compress(input, 0.5).kept;
+    for (int g = 0; g < 2; ++g)  // later tokens' keys grow: knorm keeps the first half
+      for (int t = 0; t < 40; ++t)
+        for (int c = 0; c < 8; ++c) layer.k.at(g, t, c) *= static_cast<float>(1 + 4 * t);
+    const std::vector<std::vector<int>> changed = press->compress(input, 0.5).kept;
+    ASSERT_NE(before, changed) << "the change of keys must move the selection";
+    input.resident = resident.get();
+    EXPECT_EQ(press->compress(input, 0.5).kept, before);
+    PressInput shorter{layer, 24, 1, rope};
+    shorter.resident = resident.get();
+    PressInput shorter_fresh{layer, 24, 1, rope};
+    EXPECT_EQ(press->compress(shorter, 0.5).kept, press->compress(shorter_fresh, 0.5).kept);
+    input.resident = nullptr;
+    layer = original;
   }
 }
 

@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "core/error.h"
+#include "core/evaluation.h"
 #include "core/model_wide.h"
 #include "core/query_time.h"
 #include "core/selection_scores.h"
@@ -454,6 +455,18 @@ bool compare_composition_stages(const Press& reference, const ComposedPress& can
   return false;
 }
 
+// `backend`'s own copy of the input's layer (core/evaluation.h), or null where it keeps none
+// or cannot make one: its presses then copy the layer themselves and report what fails.
+std::unique_ptr<ResidentLayer> resident_copy(Backend backend, const PressInput& input) {
+  const ResidentFactory* make = find_resident_layer(backend);
+  if (!make) return nullptr;
+  try {
+    return (*make)(input);
+  } catch (const Error&) {
+    return nullptr;
+  }
+}
+
 }  // namespace
 
 PressConformance compare_backends(const std::string& spec_text, Backend other, const std::vector<ConformanceInput>& inputs,
@@ -473,7 +486,11 @@ PressConformance compare_backends(const std::string& spec_text, Backend other, c
   const ModelWidePress* got_wide = as_model_wide(*candidate);
   if (!ref_wide != !got_wide) throw Error("internal: press '" + spec_text + "' is model-wide on one backend only");
   for (const ConformanceInput& in : inputs) {
-    const PressInput input{*in.layer, in.n, in.num_layers, *in.rope, in.previous};
+    PressInput input{*in.layer, in.n, in.num_layers, *in.rope, in.previous};
+    // The candidate's copy of the layer, made once for all of its calls on this input (the
+    // reference's presses ignore it); the copy's time is the candidate's.
+    const auto resident = timed(compare.other_seconds(), [&] { return resident_copy(other, input); });
+    input.resident = resident.get();
     if (ref_wide) {
       compare_model_wide(*ref_wide, *got_wide, in, input, ratios, compare, result, other);
       continue;

@@ -84,6 +84,9 @@ StagedSelectionCheck check_staged_selection(const Compression& ref, const Compre
 // then the lower position): a two-stage press's first violation names its token's inner ranks.
 int score_rank(std::span<const float> scores, int token);
 
+// `spec` on the reference and on `other` over every input at every ratio. The other backend's
+// presses read one copy of each input's layer on its device, made once for all their calls
+// (core/evaluation.h, ResidentFactory), as the replay's do.
 PressConformance compare_backends(const std::string& spec, Backend other, const std::vector<ConformanceInput>& inputs,
                                   const std::vector<double>& ratios, const ConformanceTolerance& tolerance = {});
 

@@ -68,10 +68,9 @@ void kvzip_output_norms(Exec& exec, const DeviceLayer<Exec>& L, float* norms) {
   const std::vector<float>& o_proj = L.source->o_proj;
   typename Exec::template Buffer<float> o_proj_floats(o_proj.size());
   o_proj_floats.upload(o_proj.data(), o_proj.size());
-  DoubleBuffer w_buffer(o_proj.size());
-  const float* w_floats = o_proj_floats.data();
-  double* w = w_buffer.data();
-  exec.for_each(static_cast<long>(o_proj.size()), [=] KVSIM_HD(long i) { w[i] = w_floats[i]; });
+  // Widened on the device: half the bytes of a float64 upload for a model-sized matrix.
+  const DoubleBuffer w_buffer = widened_on_device(exec, o_proj_floats.data(), o_proj.size());
+  const double* w = w_buffer.data();
   const auto v_values = L.v.floats(exec);  // a float32 copy
   const float* v = v_values.data();
   const int tokens = prompt_units_per_pass(n, static_cast<long>(G) * D);
@@ -82,7 +81,7 @@ void kvzip_output_norms(Exec& exec, const DeviceLayer<Exec>& L, float* norms) {
   for (int g = 0; g < L.Hkv; ++g)
     for (int t0 = 0; t0 < n; t0 += tokens) {
       const int count = std::min(tokens, n - t0);
-      exec.for_each(static_cast<long>(count) * d, [=] KVSIM_HD(long i) { values[i] = v[(static_cast<long>(g) * n + t0) * d + i]; });
+      widen_on_device(exec, v + (static_cast<long>(g) * n + t0) * d, values, static_cast<std::size_t>(count) * d);
       exec.gemm(StridedGemm<double>{.trans_b = true, .m = count, .n = D, .k = d, .a = values, .lda = d, .b = w + static_cast<long>(g) * G * d,
                                     .ldb = o_proj_cols, .stride_b = d, .c = written_buffer.data(), .ldc = D,
                                     .stride_c = static_cast<long>(count) * D, .batch = G});
@@ -118,8 +117,8 @@ class KvzipDevice final : public DeviceScorer<Exec>, public ModelWidePress {
     const auto k_values = L.k.floats(exec);  // a float32 copy
     exec.for_each(static_cast<long>(L.Hkv) * n, [=] KVSIM_HD(long i) { out[i] = 0.0f; });  // tokens no chunk covers
     for (const KvzipChunk& chunk : passes.chunks)
-      kvzip_chunk_scores(exec, L, chunk, n_sink_, k_values.data(), repeat_q.data(), repeat_k.data(), hidden_norm.data(), plus_ ? output_norm.data() : nullptr,
-                  out);
+      kvzip_chunk_scores(exec, L, chunk, n_sink_, k_values.data(), repeat_q.data(), repeat_k.data(), hidden_norm.data(),
+                         plus_ ? output_norm.data() : nullptr, out);
     FloatBuffer layer_max(1);
     exec.row_reduce(out, 1, static_cast<long>(L.Hkv) * n, layer_max.data(), Reduce::max);
     const float* top = layer_max.data();
