@@ -17,6 +17,7 @@
 #include "core/half.h"
 #include "core/hd.h"
 #include "core/parallel_tasks.h"
+#include "cuda/primitives.h"
 #include "core/tensor.h"
 
 namespace kvsim::cuda {
@@ -93,34 +94,18 @@ class FloatValues {
   const float* data_ = nullptr;
 };
 
-// Sixteen bytes of values moved as one access (the gather's rows are 16-byte aligned when a
-// row's bytes are a multiple of 16).
+// Sixteen bytes of values moved as one access (CudaExec::gather_rows: a row whose bytes are
+// a multiple of 16 is 16-byte aligned in a device array of such rows).
 template <typename T>
 struct alignas(16) SixteenBytes {
   T x[16 / sizeof(T)];
 };
 
 // Rows `kept` [heads / group, k] (positions per head, on the device) of x [heads, n, d] copied
-// into out [heads, k, d] (head h takes the rows of kept's row h / group), one thread per 16
-// bytes where the rows allow (wide loads reach the copy bandwidth, single values do not),
-// else per value. Public for nvcc's extended lambdas.
+// into out [heads, k, d]; head h takes the rows of kept's row h / group (GatherRows).
 template <typename Exec, typename T>
 void gather_rows(Exec& exec, const T* x, int heads, long n, int d, const int* kept, int k, T* out, int group = 1) {
-  constexpr int kLanes = 16 / sizeof(T);
-  if (d % kLanes == 0) {
-    const auto* from = reinterpret_cast<const SixteenBytes<T>*>(x);
-    auto* to = reinterpret_cast<SixteenBytes<T>*>(out);
-    const int width = d / kLanes;
-    exec.for_each(static_cast<long>(heads) * k * width, [=] KVSIM_HD(long i) {
-      const long row = i / width, h = row / k, source = group == 1 ? h : h / group;  // no division in the common case
-      to[i] = from[(h * n + kept[source * k + row - h * k]) * width + i % width];
-    });
-    return;
-  }
-  exec.for_each(static_cast<long>(heads) * k * d, [=] KVSIM_HD(long i) {
-    const long row = i / d, h = row / k, source = group == 1 ? h : h / group;
-    out[i] = x[(h * n + kept[source * k + row - h * k]) * d + i % d];
-  });
+  exec.gather_rows(GatherRows<T>{.x = x, .heads = heads, .n = n, .d = d, .kept = kept, .k = k, .out = out, .group = group});
 }
 
 template <typename Exec>

@@ -249,6 +249,16 @@ __global__ void row_dots_kernel(RowDots<Y, X> dots, double* out) {
   if (lane == 0) out[r] = sum;
 }
 
+// One thread per Unit of the gathered rows (`width` units a row): 16 bytes where a row's
+// bytes are a multiple of 16 (wide loads reach the copy bandwidth, single values do not),
+// else one value.
+template <typename Unit, typename T>
+__global__ void gather_rows_kernel(GatherRows<T> g, int width) {
+  const long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= g.rows() * width) return;
+  reinterpret_cast<Unit*>(g.out)[i] = reinterpret_cast<const Unit*>(g.x)[g.source_row(i / width) * width + i % width];
+}
+
 // A candidate maximum: on equal values the lower index wins, so a row's first maximum does.
 struct ArgMaxCandidate {
   float value;
@@ -463,6 +473,18 @@ struct CudaExec {
     check_cuda(cub::DeviceScan::ExclusiveSum(nullptr, bytes, in, out, count), "scan (sizing)");
     Buffer<char> temp(bytes);
     check_cuda(cub::DeviceScan::ExclusiveSum(temp.data(), bytes, in, out, count), "scan");
+  }
+
+  template <typename T>
+  void gather_rows(const GatherRows<T>& g) {
+    if (g.rows() <= 0 || g.d <= 0) return;
+    constexpr int kLanes = 16 / sizeof(T), kThreads = 256;
+    const bool wide = g.d % kLanes == 0;
+    const int width = wide ? g.d / kLanes : g.d;
+    const auto blocks = static_cast<unsigned>((g.rows() * width + kThreads - 1) / kThreads);
+    if (wide) gather_rows_kernel<SixteenBytes<T>><<<blocks, kThreads>>>(g, width);
+    else gather_rows_kernel<T><<<blocks, kThreads>>>(g, width);
+    check_cuda(cudaGetLastError(), "gather_rows launch");
   }
 
   void synchronize() { check_cuda(cudaDeviceSynchronize(), "synchronize"); }

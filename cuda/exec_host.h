@@ -164,6 +164,11 @@ struct HostExec {
     }
   }
 
+  template <typename T>
+  void gather_rows(const GatherRows<T>& g) {
+    for (long row = 0; row < g.rows(); ++row) std::copy_n(g.x + g.source_row(row) * g.d, g.d, g.out + row * g.d);
+  }
+
   void synchronize() {}
 
  private:

@@ -11,6 +11,7 @@
 //                        where the top k falls (one pass of a radix select)
 //   row_dots             float64 dot product of each row with a row of another matrix (or itself)
 //   exclusive_scan       prefix sums of ints or 64-bit unsigned ints
+//   gather_rows          rows of every head copied by position, per head or per group of heads
 // Selection, gathers and every press's own arithmetic are built on these (device_scorer.h).
 #include <climits>
 #include <cstdint>
@@ -66,6 +67,28 @@ void check_gemm_shape(const StridedGemm<T, In>& g) {
 }
 
 enum class Reduce { sum, max };
+
+// gather_rows: row j of head h of out [heads, k, d] is row kept[h / group, j] of head h of
+// x [heads, n, d]; kept [heads / group, k] holds positions, on the device. T is any storage
+// type (device_tensor.h): rows are copied as bytes.
+template <typename T>
+struct GatherRows {
+  const T* x = nullptr;
+  int heads = 0;
+  long n = 0;
+  int d = 0;
+  const int* kept = nullptr;
+  int k = 0;
+  T* out = nullptr;
+  int group = 1;
+
+  KVSIM_HD long rows() const { return static_cast<long>(heads) * k; }
+  // The row of x that output row `row` (h k + j) copies.
+  KVSIM_HD long source_row(long row) const {
+    const long h = row / k, source = group == 1 ? h : h / group;  // no division in the common case
+    return h * n + kept[source * k + row - h * k];
+  }
+};
 
 // row_dots: out[r] = sum_c x[r, c] * y[r / rows_per_y, c] for r < rows, accumulated in
 // float64 (so the order of the sum is immaterial), x and y row-major with `cols` columns;

@@ -3,6 +3,7 @@
 // sort, on the cases of select_cases.h; the masked row softmax against HostExec's serial one.
 // Skipped, with the reason, without a GPU.
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <type_traits>
 #include <vector>
@@ -65,6 +66,45 @@ TEST(PrimitivesGpu, SoftmaxRowsMatchTheHostOnShortAndLongRows) {
     expect_softmax_matches_host<float>(s);
     expect_softmax_matches_host<double>(s);
   }
+}
+
+// One gather on the device against a plain loop: rows drawn at random (repeats included),
+// head h taking the rows of kept's row h / group.
+template <typename T>
+void expect_gather_matches_loop(int heads, int group, long n, int d, int k) {
+  std::mt19937 rng(static_cast<unsigned>(heads * 1000 + group * 100 + d));
+  std::vector<T> x(static_cast<std::size_t>(heads) * n * d);
+  for (std::size_t i = 0; i < x.size(); ++i) std::memcpy(&x[i], &i, sizeof(T));  // distinct low bits
+  std::vector<int> kept(static_cast<std::size_t>(heads / group) * k);
+  std::uniform_int_distribution<int> position(0, static_cast<int>(n) - 1);
+  for (int& p : kept) p = position(rng);
+  CudaExec exec;
+  CudaExec::Buffer<T> device_x(x.size()), device_out(static_cast<std::size_t>(heads) * k * d);
+  CudaExec::Buffer<int> device_kept(kept.size());
+  device_x.upload(x.data(), x.size());
+  device_kept.upload(kept.data(), kept.size());
+  exec.gather_rows(GatherRows<T>{.x = device_x.data(), .heads = heads, .n = n, .d = d, .kept = device_kept.data(), .k = k,
+                                 .out = device_out.data(), .group = group});
+  std::vector<T> got(device_out.size());
+  device_out.download(got.data(), got.size());
+  for (int h = 0; h < heads; ++h)
+    for (int j = 0; j < k; ++j)
+      for (int c = 0; c < d; ++c) {
+        const T& want = x[(static_cast<std::size_t>(h) * n + kept[static_cast<std::size_t>(h / group) * k + j]) * d + c];
+        const T& have = got[(static_cast<std::size_t>(h) * k + j) * d + c];
+        ASSERT_EQ(std::memcmp(&want, &have, sizeof(T)), 0) << "head " << h << " row " << j << " value " << c << " (d=" << d << ")";
+      }
+}
+
+// Sixteen bytes a thread where a row's bytes are a multiple of 16 (d = 128 in 16 bits, d = 4
+// in float32), one value where they are not (d = 6, d = 12 in 16 bits).
+TEST(PrimitivesGpu, GatherRowsCopiesTheKeptRowsOfEveryHead) {
+  if (const DeviceStatus status = device_status(); status.count == 0) GTEST_SKIP() << "no CUDA device: " << status.reason;
+  expect_gather_matches_loop<Bfloat16>(8, 1, 1000, 128, 300);
+  expect_gather_matches_loop<Bfloat16>(32, 4, 1000, 128, 300);
+  expect_gather_matches_loop<Float16>(4, 2, 50, 12, 17);
+  expect_gather_matches_loop<float>(4, 1, 50, 4, 17);
+  expect_gather_matches_loop<float>(6, 3, 50, 6, 17);
 }
 
 }  // namespace
