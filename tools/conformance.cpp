@@ -385,6 +385,18 @@ void compare_model_wide(const ModelWidePress& reference, const ModelWidePress& c
   }
 }
 
+// `backend`'s own copy of the input's layer (core/evaluation.h), or null where it keeps none
+// or cannot make one: its presses then copy the layer themselves and report what fails.
+std::unique_ptr<ResidentLayer> resident_copy(Backend backend, const PressInput& input) {
+  const ResidentFactory* make = find_resident_layer(backend);
+  if (!make) return nullptr;
+  try {
+    return (*make)(input);
+  } catch (const Error&) {
+    return nullptr;
+  }
+}
+
 bool compare_composition_stages(const Press& reference, const ComposedPress& candidate, const PressSpec& spec, Backend other,
                                 const PressInput& input, double ratio, CaseComparer& compare, const std::string& where);
 
@@ -444,7 +456,12 @@ bool compare_composition_stages(const Press& reference, const ComposedPress& can
   try {
     candidate.compress_observed(input, ratio, [&](std::size_t i, const PressInput& stage_input, double stage_ratio) {
       const auto on_reference = registry.make(*stages[i], Backend::reference), on_other = registry.make(*stages[i], other);
-      stage_refused = compare_case(*on_reference, *on_other, *stages[i], other, stage_input, stage_ratio, compare,
+      // The survivors of the presses before, copied to the device once for this stage's calls
+      // (the first press's input is the case's, which has its copy).
+      PressInput staged = stage_input;
+      const auto resident = i == 0 ? nullptr : timed(compare.other_seconds(), [&] { return resident_copy(other, staged); });
+      if (resident) staged.resident = resident.get();
+      stage_refused = compare_case(*on_reference, *on_other, *stages[i], other, staged, stage_ratio, compare,
                                    where + " (press " + std::to_string(i + 1) + " of " + std::to_string(stages.size()) + ", on " +
                                        backend_name(other) + "'s survivors)");
     });
@@ -453,18 +470,6 @@ bool compare_composition_stages(const Press& reference, const ComposedPress& can
     return true;
   }
   return false;
-}
-
-// `backend`'s own copy of the input's layer (core/evaluation.h), or null where it keeps none
-// or cannot make one: its presses then copy the layer themselves and report what fails.
-std::unique_ptr<ResidentLayer> resident_copy(Backend backend, const PressInput& input) {
-  const ResidentFactory* make = find_resident_layer(backend);
-  if (!make) return nullptr;
-  try {
-    return (*make)(input);
-  } catch (const Error&) {
-    return nullptr;
-  }
 }
 
 }  // namespace
