@@ -17,8 +17,8 @@
 #include "core/half.h"
 #include "core/hd.h"
 #include "core/parallel_tasks.h"
-#include "cuda/primitives.h"
 #include "core/tensor.h"
+#include "cuda/primitives.h"
 
 namespace kvsim::cuda {
 
