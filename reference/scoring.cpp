@@ -55,4 +55,14 @@ void pre_rope_rows(const HeadTensor& t, int head, const InverseRopeTable& table,
   }
 }
 
+Eigen::RowVectorXd pre_rope_mean(const HeadTensor& t, int head, const InverseRopeTable& table, int first, int count) {
+  Eigen::RowVectorXf row(t.dim);
+  Eigen::RowVectorXd sum = Eigen::RowVectorXd::Zero(t.dim);
+  for (int i = 0; i < count; ++i) {
+    table.apply(t.head(head) + static_cast<std::size_t>(first + i) * t.dim, row.data(), first + i);
+    sum += row.cast<double>();
+  }
+  return sum / static_cast<double>(count);
+}
+
 }  // namespace kvsim::ref

@@ -27,5 +27,8 @@ Scores pad_with_max_plus_one(const Scores& s, int before, int after);
 // table's range), rounded to float as the device twin does, widened to float64 into the top
 // `count` rows of `out`.
 void pre_rope_rows(const HeadTensor& t, int head, const InverseRopeTable& table, int first, int count, RowMatrixD& out);
+// The mean of those rows (as pre_rope_rows gives them), summed in float64 row by row in
+// position order: no count x d copy (its fresh pages cost more than the arithmetic).
+Eigen::RowVectorXd pre_rope_mean(const HeadTensor& t, int head, const InverseRopeTable& table, int first, int count);
 
 }  // namespace kvsim::ref

@@ -50,13 +50,7 @@ class CapPress final : public ScorerPress {
     const int d = in.head_dim(), N = table.count(), g = kv_head_of(h, in.num_heads(), in.num_kv_heads());
     // The queries' mean and the keys' cosines row by row: N x d float64 copies of them cost
     // more in fresh pages than the arithmetic.
-    Eigen::VectorXd query_sum = Eigen::VectorXd::Zero(d);
-    Eigen::RowVectorXf query(d);
-    for (int t = 0; t < N; ++t) {
-      table.apply(in.layer.q.head(h) + static_cast<std::size_t>(n_sink_ + t) * d, query.data(), n_sink_ + t);
-      query_sum += query.cast<double>().transpose();
-    }
-    const Eigen::VectorXd mu = rotation * (query_sum / N);
+    const Eigen::VectorXd mu = rotation * pre_rope_mean(in.layer.q, h, table, table.first(), N).transpose();
     const Eigen::VectorXd anchor = mu / std::max(mu.norm(), 1e-12);
     const auto keys = head_rows(in.layer.k, g, in.n).bottomRows(N);
     Eigen::VectorXd logits(N);

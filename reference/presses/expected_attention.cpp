@@ -47,13 +47,7 @@ class ExpectedAttentionPress final : public ScorerPress {
     const int d = in.head_dim(), first = table.first(), N = table.count();
     RowMatrixD rows(std::min(kChunk, N), d);
     // Mean of the pre-RoPE queries, then the Gram matrix of the centred ones (two passes).
-    Eigen::RowVectorXd mean = Eigen::RowVectorXd::Zero(d);
-    for (int c = 0; c < N; c += kChunk) {
-      const int count = std::min(kChunk, N - c);
-      pre_rope_rows(in.layer.q, h, table, first + c, count, rows);
-      for (int i = 0; i < count; ++i) mean += rows.row(i);
-    }
-    mean /= static_cast<double>(N);
+    const Eigen::RowVectorXd mean = pre_rope_mean(in.layer.q, h, table, first, N);
     RowMatrixD cov;
     if (use_covariance_) {
       RowMatrixD gram = RowMatrixD::Zero(d, d);
