@@ -4,10 +4,12 @@
 
 #include <limits>
 #include <map>
+#include <numeric>
 
 #include "core/evaluation.h"
 #include "core/half.h"
 #include "core/registry.h"
+#include "core/wrapping.h"
 #include "cuda/device_scorer.h"
 #include "cuda/stages.h"
 #include "cuda/evaluate.h"
@@ -445,6 +447,38 @@ TEST(CudaStages, PressesReadTheRegisteredResidentLayerOnlyForItsOwnInput) {
     input.resident = nullptr;
     layer = original;
   }
+}
+
+// A composition's later press reads the device copy its observer hands it (the conformance
+// harness's copy of the survivors, made once for the stage): here a copy of the survivors whose
+// key norms fall with position, so knorm (which keeps the smallest norms) keeps the last half
+// of them, where the survivors themselves give another selection.
+TEST(CudaStages, ComposedPressesReadTheCopyTheObserverHandsThem) {
+  const ResidentFactory* make_resident = find_resident_layer(Backend::cuda_emulated);
+  ASSERT_NE(make_resident, nullptr);
+  const LayerTensors layer = test::random_layer(4, 2, 40, 8, 12);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 8);
+  const PressInput input{layer, 40, 1, rope};
+  const auto press = Registry::instance().make("composed(streaming_llm:n_sink=2;knorm)", Backend::cuda_emulated);
+  const auto& composed = dynamic_cast<const ComposedPress&>(*press);
+  LayerTensors scaled;
+  std::unique_ptr<ResidentLayer> handed;
+  const Compression observed = composed.compress_observed(input, 0.5, [&](std::size_t i, PressInput& in, double) {
+    if (i == 0) return;
+    scaled = in.layer;
+    for (int g = 0; g < 2; ++g)
+      for (int t = 0; t < in.n; ++t)
+        for (int c = 0; c < 8; ++c) scaled.k.at(g, t, c) = c == 0 ? static_cast<float>(in.n - t) : 0.0f;
+    handed = (*make_resident)(PressInput{scaled, in.n, in.num_layers, in.rope});
+    dynamic_cast<DeviceLayer<HostExec>&>(*handed).source = &in.layer;  // as if made from the survivors
+    in.resident = handed.get();
+  });
+  // streaming_llm keeps tokens 0, 1 and 22..39 (20); knorm then keeps the 10 of them with the
+  // smallest handed key norms: the last 10, tokens 30..39.
+  std::vector<int> last_ten(10);
+  std::iota(last_ten.begin(), last_ten.end(), 30);
+  EXPECT_EQ(observed.kept, (std::vector<std::vector<int>>{last_ten, last_ten}));
+  EXPECT_NE(press->compress(input, 0.5).kept, observed.kept) << "the survivors' own keys must give another selection";
 }
 
 TEST(CudaStages, DeviceEvaluatorMatchesBruteForceAttentionAndMetrics) {

@@ -289,7 +289,7 @@ TEST_P(Wrappers, ComposedShowsEachPressItsInput) {
   std::vector<int> lengths;
   std::vector<float> second_keys_norms;  // head 0's
   const Compression observed =
-      dynamic_cast<const ComposedPress&>(*press).compress_observed(input, 0.9, [&](std::size_t i, const PressInput& in, double ratio) {
+      dynamic_cast<const ComposedPress&>(*press).compress_observed(input, 0.9, [&](std::size_t i, PressInput& in, double ratio) {
         indices.push_back(i);
         ratios.push_back(ratio);
         lengths.push_back(in.n);

@@ -453,15 +453,18 @@ bool compare_composition_stages(const Press& reference, const ComposedPress& can
   const std::vector<std::shared_ptr<PressSpec>> stages = spec.presses();
   const Registry& registry = Registry::instance();
   bool stage_refused = false;
+  std::unique_ptr<ResidentLayer> survivors;  // the stage's copy, alive while the composition's press runs
   try {
-    candidate.compress_observed(input, ratio, [&](std::size_t i, const PressInput& stage_input, double stage_ratio) {
+    candidate.compress_observed(input, ratio, [&](std::size_t i, PressInput& stage_input, double stage_ratio) {
       const auto on_reference = registry.make(*stages[i], Backend::reference), on_other = registry.make(*stages[i], other);
       // The survivors of the presses before, copied to the device once for this stage's calls
-      // (the first press's input is the case's, which has its copy).
-      PressInput staged = stage_input;
-      const auto resident = i == 0 ? nullptr : timed(compare.other_seconds(), [&] { return resident_copy(other, staged); });
-      if (resident) staged.resident = resident.get();
-      stage_refused = compare_case(*on_reference, *on_other, *stages[i], other, staged, stage_ratio, compare,
+      // and the composition's own (the first press's input is the case's, which has its copy).
+      if (i > 0) {
+        survivors.reset();
+        survivors = timed(compare.other_seconds(), [&] { return resident_copy(other, stage_input); });
+        stage_input.resident = survivors.get();
+      }
+      stage_refused = compare_case(*on_reference, *on_other, *stages[i], other, stage_input, stage_ratio, compare,
                                    where + " (press " + std::to_string(i + 1) + " of " + std::to_string(stages.size()) + ", on " +
                                        backend_name(other) + "'s survivors)");
     });
