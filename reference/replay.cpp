@@ -391,6 +391,179 @@ void stream_layers(const std::vector<int>& layers, const Read& read, ReplayResul
   }
 }
 
+bool is_recorded(const TraceInfo& info, int layer) {
+  return std::find(info.recorded_layers.begin(), info.recorded_layers.end(), layer) != info.recorded_layers.end();
+}
+
+void check_ratios(const std::vector<double>& ratios) {
+  if (ratios.empty()) throw Error("no ratio given");
+  for (double r : ratios)
+    if (!(r >= 0.0 && r < 1.0)) throw Error("ratio " + std::to_string(r) + " is outside [0, 1)");
+}
+
+// The layers to replay, each recorded and, for a cross-layer press, one at least with its predecessor.
+std::vector<int> checked_layers(const TraceReader& trace, const ReplayOptions& options, const ReplayPresses& replayed) {
+  const TraceInfo& info = trace.info();
+  std::vector<int> layers = options.layers.empty() ? info.recorded_layers : options.layers;
+  for (int l : layers)
+    if (!is_recorded(info, l)) throw Error("layer " + std::to_string(l) + " is not recorded in trace " + trace.path());
+  // Cross-layer presses run on the replayed layers whose predecessor is recorded (all but
+  // layer 0 of a fully recorded trace); one with no such layer is refused here.
+  for (std::size_t p = 0; p < replayed.presses.size(); ++p)
+    if (replayed.infos[p]->needs_previous_layer && std::ranges::none_of(layers, [&](int l) { return is_recorded(info, l - 1); }))
+      throw Error("press '" + options.presses[p] + "' merges each layer with the one before, and no replayed layer of " + trace.path() +
+                  " has its predecessor recorded (choose layers with --layers)");
+  return layers;
+}
+
+// One run per (press, ratio); a press that ignores the ratio runs once (ratio NaN).
+struct RunSlot {
+  std::size_t press;
+  double ratio;
+};
+
+std::vector<RunSlot> run_slots(const ReplayPresses& replayed, const std::vector<double>& ratios) {
+  std::vector<RunSlot> slots;
+  for (std::size_t p = 0; p < replayed.presses.size(); ++p) {
+    if (!replayed.infos[p]->uses_ratio) {
+      slots.push_back({p, std::numeric_limits<double>::quiet_NaN()});
+      continue;
+    }
+    for (double r : ratios) slots.push_back({p, r});
+  }
+  return slots;
+}
+
+// What one run does to one layer: the compressed outputs and their comparison with the full cache's.
+struct LayerRun {
+  CompressedRun outputs;
+  LayerComparison comparison;
+  bool segment_queries = false;  // a sparse prefill: measured on the segment's queries, which hold no answer positions
+};
+
+// The runs on one replayed layer. One-shot presses are evaluated by the backend's own
+// evaluator where it has one (on its device, sharing the presses' copy of the layer); the
+// rest on the host, built on demand.
+class LayerRunner {
+ public:
+  LayerRunner(const PreparedLayer& layer, const TraceInfo& info, const LayerEvaluator* on_device)
+      : layer_(layer), info_(info), on_device_(on_device), span_weights_(span_attention(layer.tensors(), info, layer.offset, layer.window)) {}
+
+  // `planned`: a model-wide press's compression of this layer, from the survey pass.
+  LayerRun run(const Press& press, const std::string& name, const PressInput& input, double ratio, const Compression* planned) const {
+    if (const auto* decoding = dynamic_cast<const DecodingPress*>(&press)) return decoded(decode_layer(*decoding, layer_.tensors(), layer_.n, info_, name));
+    if (const auto* pair = dynamic_cast<const PrefillDecodingPress*>(&press)) {
+      const Compression prefill = pair->compress(input, ratio);
+      check_compression(prefill, name, layer_.n, info_.num_key_value_heads);
+      const auto order = pair->cache_order(input, ratio, prefill);
+      return decoded(decode_layer(pair->decoding(), layer_.tensors(), layer_.n, info_, name, &prefill, &order));
+    }
+    if (const auto* query_time = dynamic_cast<const QueryTimePress*>(&press)) return sparse(query_time->outputs(input, ratio));
+    return one_shot(planned ? *planned : press.compress(input, ratio), name);
+  }
+
+ private:
+  const HostEvaluator& host() const { return host_ ? *host_ : host_.emplace(layer_.tensors(), layer_.n, layer_.window); }
+
+  LayerRun decoded(CompressedRun outputs) const {
+    LayerRun out{std::move(outputs), {}, false};
+    out.comparison = host().compare_outputs(out.outputs.outputs);
+    return out;
+  }
+
+  // Nothing evicted: the run's kept fraction is the share of visible keys the queries attend to.
+  LayerRun sparse(QueryTimeOutputs outputs) const {
+    LayerRun out;
+    out.outputs.outputs = std::move(outputs.heads);
+    out.outputs.kept_fraction = std::move(outputs.attended_fraction);
+    out.segment_queries = !outputs.query_positions.empty();
+    out.comparison = out.segment_queries ? host().compare_segment_outputs(outputs.query_positions, out.outputs.outputs)
+                                         : host().compare_outputs(out.outputs.outputs);
+    return out;
+  }
+
+  LayerRun one_shot(const Compression& c, const std::string& name) const {
+    const int Hkv = info_.num_key_value_heads;
+    check_compression(c, name, layer_.n, Hkv);
+    LayerRun out;
+    for (int g = 0; g < Hkv; ++g)  // pruned key channels count as that share of half an entry, quantised entries as their storage
+      out.outputs.kept_fraction.push_back(static_cast<double>(c.kept[g].size()) / layer_.n * (1.0 - c.key_channels_removed / 2.0) *
+                                          c.storage_fraction);
+    out.comparison = on_device_ ? on_device_->compare(c) : host().compare(c);
+    if (!span_weights_.empty()) out.outputs.span_retention = span_retention(span_weights_, c, Hkv);
+    return out;
+  }
+
+  const PreparedLayer& layer_;
+  const TraceInfo& info_;
+  const LayerEvaluator* on_device_;
+  const SpanAttention span_weights_;
+  mutable std::optional<HostEvaluator> host_;
+};
+
+// Reads a layer for stream_layers: the recorded outputs are checked where `check`; a
+// cross-layer press's layer comes with the one before where `previous` and it is recorded.
+auto layer_reader(const TraceReader& trace, const LayerParts& parts, bool check, bool previous) {
+  return [&trace, parts, check, previous](int layer, LayerTensors done) {
+    const auto start = std::chrono::steady_clock::now();
+    LoadedLayer loaded;
+    loaded.tensors = trace.read_layer(layer, parts, std::move(done));
+    if (check) check_recorded_outputs(trace, loaded.tensors);
+    if (previous && is_recorded(trace.info(), layer - 1)) loaded.previous = trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false});
+    loaded.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return loaded;
+  };
+}
+
+// Model-wide presses (core/model_wide.h), each layer read once: every such press surveys each
+// layer it runs on, then every run of it is planned over the model; planned[s][li] is run s's
+// compression of layers[li] (planned[s] is empty for other presses' runs).
+using Plans = std::vector<std::vector<std::optional<Compression>>>;
+template <typename Read, typename LayerDone>
+Plans plan_model_wide(const ReplayPresses& replayed, const std::vector<RunSlot>& slots, const std::vector<int>& layers, const Read& read,
+                      const TraceInfo& info, int n, int question_tokens, ReplayResult& result, const LayerDone& layer_done) {
+  const auto& presses = replayed.presses;
+  std::vector<std::vector<LayerSurvey>> surveys(presses.size());
+  std::vector<std::vector<std::size_t>> surveyed(presses.size());  // their indices into `layers`
+  stream_layers(layers, read, result, [&](std::size_t li, const LoadedLayer& loaded) {
+    const PreparedLayer layer(loaded, info, n);
+    const PressInput input = layer.input(info, question_tokens);
+    for (std::size_t p = 0; p < presses.size(); ++p) {
+      const ModelWidePress* wide = as_model_wide(*presses[p]);
+      if (!wide || replayed.skips(p, layer, input)) continue;
+      surveys[p].push_back(wide->survey(input));
+      surveyed[p].push_back(li);
+    }
+    layer_done(layer.layer);
+  });
+  Plans planned(slots.size());
+  for (std::size_t s = 0; s < slots.size(); ++s) {
+    const std::size_t p = slots[s].press;
+    const ModelWidePress* wide = as_model_wide(*presses[p]);
+    if (!wide) continue;
+    std::vector<Compression> plan = wide->plan(surveys[p], slots[s].ratio, info.num_hidden_layers);
+    planned[s].resize(layers.size());
+    for (std::size_t i = 0; i < plan.size(); ++i) planned[s][surveyed[p][i]] = std::move(plan[i]);
+  }
+  return planned;
+}
+
+// Each run's summaries over every layer it ran on.
+void summarize_runs(std::vector<RunAccumulator>& acc, ReplayResult& result) {
+  for (std::size_t s = 0; s < acc.size(); ++s) {
+    RunResult& run = result.runs[s];
+    run.rel_err = summarize(acc[s].rel_err);
+    run.cosine = summarize(acc[s].cosine);
+    run.recall = summarize(acc[s].recall);
+    run.oproj_rel_err = summarize(acc[s].oproj);
+    run.span_retention = summarize(acc[s].span_retention);
+    run.answer_rel_err = summarize(acc[s].answer_err);
+    run.achieved_ratio = 1.0 - acc[s].kept_fraction_sum / acc[s].kept_fraction_count;
+    run.steps = acc[s].steps;
+    for (std::size_t i = 0; i < run.steps.size(); ++i) run.steps[i].rel_err = summarize(acc[s].step_err[static_cast<int>(i)]);
+  }
+}
+
 }  // namespace
 
 LayerParts layer_parts_for(const std::vector<std::string>& presses) {
@@ -407,33 +580,12 @@ LayerParts layer_parts_for(const std::vector<std::string>& presses) {
 
 ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, const std::function<void(const ReplayProgress&)>& progress) {
   const TraceInfo& info = trace.info();
-
-  // Validate everything up front: no work (and no output) on bad arguments.
+  // Everything is checked up front: no work (and no output) on bad arguments.
   if (options.presses.empty()) throw Error("no press given");
-  if (options.ratios.empty()) throw Error("no ratio given");
-  for (double r : options.ratios)
-    if (!(r >= 0.0 && r < 1.0)) throw Error("ratio " + std::to_string(r) + " is outside [0, 1)");
+  check_ratios(options.ratios);
   const ReplayPresses replayed(options.presses, options.backend);
-  const auto& press_infos = replayed.infos;
-  const auto& presses = replayed.presses;
-  std::vector<int> layers = options.layers.empty() ? info.recorded_layers : options.layers;
-  for (int l : layers)
-    if (std::find(info.recorded_layers.begin(), info.recorded_layers.end(), l) == info.recorded_layers.end())
-      throw Error("layer " + std::to_string(l) + " is not recorded in trace " + trace.path());
-
-  // Cross-layer presses run on the replayed layers whose predecessor is recorded (all but
-  // layer 0 of a fully recorded trace); one with no such layer is refused here.
-  auto has_predecessor = [&](int l) {
-    return std::find(info.recorded_layers.begin(), info.recorded_layers.end(), l - 1) != info.recorded_layers.end();
-  };
-  for (std::size_t p = 0; p < presses.size(); ++p)
-    if (press_infos[p]->needs_previous_layer && std::none_of(layers.begin(), layers.end(), has_predecessor))
-      throw Error("press '" + options.presses[p] + "' merges each layer with the one before, and no replayed layer of " + trace.path() +
-                  " has its predecessor recorded (choose layers with --layers)");
-
-  const int T = info.total_tokens();
-  const int n = info.n_context + (options.query_aware ? info.n_question : 0);
-  const int n_queries = T - n;
+  const std::vector<int> layers = checked_layers(trace, options, replayed);
+  const int n = info.n_context + (options.query_aware ? info.n_question : 0), n_queries = info.total_tokens() - n;
   if (n_queries < 1)
     throw Error("trace " + trace.path() + ": no evaluation queries after the compressed segment (" +
                 std::string(options.query_aware ? "query-aware mode needs generated tokens" : "the trace has no question or generated tokens") + ")");
@@ -446,20 +598,8 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
   result.answer_metrics = info.has_answer_spans();
   result.kv_heads = info.num_key_value_heads;
   result.head_dim = info.head_dim;
-  const std::vector<int> answer_query_indices = answer_queries(info, n);
-  // One run per (press, ratio); presses that ignore the ratio run once.
-  struct RunSlot {
-    std::size_t press;
-    double ratio;
-  };
-  std::vector<RunSlot> slots;
-  for (std::size_t p = 0; p < presses.size(); ++p) {
-    if (!press_infos[p]->uses_ratio) {
-      slots.push_back({p, std::numeric_limits<double>::quiet_NaN()});
-      continue;
-    }
-    for (double r : options.ratios) slots.push_back({p, r});
-  }
+  const std::vector<int> answer_query_indices = answer_queries(info, n), no_queries;
+  const std::vector<RunSlot> slots = run_slots(replayed, options.ratios);
   std::vector<RunAccumulator> acc(slots.size());
   result.runs.resize(slots.size());
   for (std::size_t s = 0; s < slots.size(); ++s) {
@@ -467,130 +607,46 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     result.runs[s].ratio = slots[s].ratio;
   }
 
-  bool needs_previous_layer = false, model_wide = false;
-  for (const PressInfo* p : press_infos) needs_previous_layer = needs_previous_layer || p->needs_previous_layer;
+  const bool needs_previous_layer = std::ranges::any_of(replayed.infos, [](const PressInfo* p) { return p->needs_previous_layer; });
+  const bool model_wide = std::ranges::any_of(replayed.presses, [](const auto& press) { return as_model_wide(*press) != nullptr; });
   const LayerParts parts = layer_parts_for(options.presses);
-  for (const auto& press : presses) model_wide = model_wide || as_model_wide(*press);
-  const int Hkv = info.num_key_value_heads;
   const EvaluatorFactory* device_evaluator = find_evaluator(options.backend);
   const int passes = model_wide ? 2 : 1;
   int layers_done = 0;
-
-  // Layers are read one ahead (stream_layers). The recorded outputs are checked once, in the
-  // first pass; cross-layer presses (MiniCache) also get the layer before, in the evaluation pass.
-  auto reader = [&](bool survey) {
-    const bool check = options.check_trace && survey == model_wide, previous = needs_previous_layer && !survey;
-    return [&, check, previous](int layer, LayerTensors done) {
-      const auto start = std::chrono::steady_clock::now();
-      LoadedLayer loaded;
-      loaded.tensors = trace.read_layer(layer, parts, std::move(done));
-      if (check) check_recorded_outputs(trace, loaded.tensors);
-      if (previous && has_predecessor(layer)) loaded.previous = trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false});
-      loaded.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      return loaded;
-    };
+  const auto layer_done = [&](int layer) {
+    if (progress) progress({layer, ++layers_done, passes * static_cast<int>(layers.size())});
   };
   const auto replay_start = std::chrono::steady_clock::now();
 
-  // Pass 1, only with model-wide presses (core/model_wide.h): survey every layer each runs on,
-  // then plan every (press, ratio) run; planned[s][li] is run s's compression of layers[li].
-  std::vector<std::vector<std::optional<Compression>>> planned(slots.size());
-  if (model_wide) {
-    std::vector<std::vector<LayerSurvey>> surveys(presses.size());
-    std::vector<std::vector<std::size_t>> surveyed(presses.size());  // their indices into `layers`
-    stream_layers(layers, reader(true), result, [&](std::size_t li, const LoadedLayer& loaded) {
-      const PreparedLayer layer(loaded, info, n);
-      const PressInput input = layer.input(info, question_tokens);
-      for (std::size_t p = 0; p < presses.size(); ++p) {
-        const ModelWidePress* wide = as_model_wide(*presses[p]);
-        if (!wide || replayed.skips(p, layer, input)) continue;
-        surveys[p].push_back(wide->survey(input));
-        surveyed[p].push_back(li);
-      }
-      if (progress) progress({layer.layer, ++layers_done, passes * static_cast<int>(layers.size())});
-    });
-    for (std::size_t s = 0; s < slots.size(); ++s) {
-      const ModelWidePress* wide = as_model_wide(*presses[slots[s].press]);
-      if (!wide) continue;
-      const std::size_t p = slots[s].press;
-      std::vector<Compression> plan = wide->plan(surveys[p], slots[s].ratio, info.num_hidden_layers);
-      planned[s].resize(layers.size());
-      for (std::size_t i = 0; i < plan.size(); ++i) planned[s][surveyed[p][i]] = std::move(plan[i]);
-    }
-  }
-
-  // The evaluation pass.
-  stream_layers(layers, reader(false), result, [&](std::size_t li, const LoadedLayer& loaded) {
-    const PreparedLayer layer(loaded, info, n);
-    const LayerTensors& tensors = layer.tensors();
-    const int n_layer = layer.n;
-    PressInput input = layer.input(info, question_tokens);
-    // One-shot presses are evaluated by the backend's own evaluator where it has one (on its
-    // device, sharing the presses' copy of the layer); the rest on the host, built on demand.
-    const std::unique_ptr<LayerEvaluator> on_device = device_evaluator ? (*device_evaluator)(input) : nullptr;
-    if (on_device) input.resident = on_device->resident();
-    const SpanAttention span_weights = span_attention(tensors, info, layer.offset, layer.window);
-    std::optional<HostEvaluator> on_host;
-    auto host = [&]() -> const HostEvaluator& { return on_host ? *on_host : on_host.emplace(tensors, n_layer, layer.window); };
-    for (std::size_t s = 0; s < slots.size(); ++s) {
-      if (replayed.skips(slots[s].press, layer, input)) {
-        result.runs[s].skipped_layers.push_back(layer.layer);
-        continue;
-      }
-      const double ratio = std::isnan(slots[s].ratio) ? 0.0 : slots[s].ratio;
-      const Press& press = *presses[slots[s].press];
-      const std::string& name = options.presses[slots[s].press];
-      const auto* decoding = dynamic_cast<const DecodingPress*>(&press);
-      const auto* pair = dynamic_cast<const PrefillDecodingPress*>(&press);
-      CompressedRun run_outputs;
-      LayerComparison comparison;
-      bool segment_queries = false;  // a sparse prefill: measured on the segment's queries, which hold no answer positions
-      if (decoding || pair) {
-        if (decoding) {
-          run_outputs = decode_layer(*decoding, tensors, n_layer, info, name);
-        } else {
-          const Compression prefill = pair->compress(input, ratio);
-          check_compression(prefill, name, n_layer, Hkv);
-          const auto order = pair->cache_order(input, ratio, prefill);
-          run_outputs = decode_layer(pair->decoding(), tensors, n_layer, info, name, &prefill, &order);
-        }
-        comparison = host().compare_outputs(run_outputs.outputs);
-      } else if (const auto* query_time = dynamic_cast<const QueryTimePress*>(&press)) {
-        // Nothing evicted: the run's kept fraction is the share of visible keys the queries attend to.
-        QueryTimeOutputs sparse = query_time->outputs(input, ratio);
-        run_outputs.outputs = std::move(sparse.heads);
-        run_outputs.kept_fraction = std::move(sparse.attended_fraction);
-        segment_queries = !sparse.query_positions.empty();
-        comparison = segment_queries ? host().compare_segment_outputs(sparse.query_positions, run_outputs.outputs)
-                                     : host().compare_outputs(run_outputs.outputs);
-        result.runs[s].segment_queries = segment_queries;
-      } else {
-        const Compression c = planned[s].empty() ? press.compress(input, ratio) : *planned[s][li];
-        check_compression(c, name, n_layer, Hkv);
-        for (int g = 0; g < Hkv; ++g)  // pruned key channels count as that share of half an entry, quantised entries as their storage
-          run_outputs.kept_fraction.push_back(static_cast<double>(c.kept[g].size()) / n_layer * (1.0 - c.key_channels_removed / 2.0) *
-                                              c.storage_fraction);
-        comparison = on_device ? on_device->compare(c) : host().compare(c);
-        if (!span_weights.empty()) run_outputs.span_retention = span_retention(span_weights, c, Hkv);
-      }
-      const std::vector<int> none;
-      accumulate(comparison, run_outputs, segment_queries ? none : answer_query_indices, layer.layer, acc[s], result.runs[s]);
-    }
-    if (progress) progress({layer.layer, ++layers_done, passes * static_cast<int>(layers.size())});
-  });
+  // Layers are read one ahead (stream_layers). The recorded outputs are checked once, in the
+  // first pass; cross-layer presses (MiniCache) get the layer before in the evaluation pass.
+  const Plans planned = model_wide ? plan_model_wide(replayed, slots, layers, layer_reader(trace, parts, options.check_trace, false), info, n,
+                                                     question_tokens, result, layer_done)
+                                   : Plans(slots.size());
+  stream_layers(layers, layer_reader(trace, parts, options.check_trace && !model_wide, needs_previous_layer), result,
+                [&](std::size_t li, const LoadedLayer& loaded) {
+                  const PreparedLayer layer(loaded, info, n);
+                  PressInput input = layer.input(info, question_tokens);
+                  const std::unique_ptr<LayerEvaluator> on_device = device_evaluator ? (*device_evaluator)(input) : nullptr;
+                  if (on_device) input.resident = on_device->resident();
+                  const LayerRunner runner(layer, info, on_device.get());
+                  for (std::size_t s = 0; s < slots.size(); ++s) {
+                    const std::size_t p = slots[s].press;
+                    if (replayed.skips(p, layer, input)) {
+                      result.runs[s].skipped_layers.push_back(layer.layer);
+                      continue;
+                    }
+                    const double ratio = std::isnan(slots[s].ratio) ? 0.0 : slots[s].ratio;
+                    const LayerRun run = runner.run(*replayed.presses[p], options.presses[p], input, ratio,
+                                                    planned[s].empty() ? nullptr : &*planned[s][li]);
+                    result.runs[s].segment_queries = result.runs[s].segment_queries || run.segment_queries;
+                    accumulate(run.comparison, run.outputs, run.segment_queries ? no_queries : answer_query_indices, layer.layer, acc[s],
+                               result.runs[s]);
+                  }
+                  layer_done(layer.layer);
+                });
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - replay_start).count();
-  for (std::size_t s = 0; s < slots.size(); ++s) {
-    RunResult& run = result.runs[s];
-    run.rel_err = summarize(acc[s].rel_err);
-    run.cosine = summarize(acc[s].cosine);
-    run.recall = summarize(acc[s].recall);
-    run.oproj_rel_err = summarize(acc[s].oproj);
-    run.span_retention = summarize(acc[s].span_retention);
-    run.answer_rel_err = summarize(acc[s].answer_err);
-    run.achieved_ratio = 1.0 - acc[s].kept_fraction_sum / acc[s].kept_fraction_count;
-    run.steps = acc[s].steps;
-    for (std::size_t i = 0; i < run.steps.size(); ++i) run.steps[i].rel_err = summarize(acc[s].step_err[i]);
-  }
+  summarize_runs(acc, result);
   return result;
 }
 
