@@ -367,6 +367,11 @@ TEST_F(Sweep, ProgressGoesToStderrAndCsvStdoutStaysClean) {
   }
   EXPECT_NE(replay.err.find("kvsim replay: layer 0: 1/2 layers (50%)"), std::string::npos) << replay.err;
   EXPECT_NE(replay.err.find("kvsim replay: layer 1: 2/2 layers (100%) in "), std::string::npos) << replay.err;
+  // A model-wide press reads every layer twice: a survey pass, then the evaluation.
+  const Outcome wide = run("replay --trace " + trace_ + " --press 'zigzag(snapkv:window_size=8):window_size=8' --ratio 0.5 --format csv");
+  ASSERT_EQ(wide.status, 0) << wide.err;
+  EXPECT_NE(wide.err.find("kvsim replay: survey pass, layer 0: 1/4 layers (25%)"), std::string::npos) << wide.err;
+  EXPECT_NE(wide.err.find("kvsim replay: evaluation pass, layer 1: 4/4 layers (100%) in "), std::string::npos) << wide.err;
 
   const Outcome bounds = run("check-bounds --trace " + trace_ + " --queries 1 --tokens-per-head 4 --format csv");
   ASSERT_EQ(bounds.status, 0) << bounds.err;

@@ -60,7 +60,11 @@ int replay_command(const Args& args) {
   const std::size_t layer_count = options.layers.empty() ? trace.info().recorded_layers.size() : options.layers.size();
   Progress progress("kvsim replay", "layers", static_cast<double>(layer_count), quiet);
   const ref::ReplayResult result = ref::replay(trace, options, [&](const ref::ReplayProgress& p) {
-    progress.update(p.done, "layer " + std::to_string(p.layer));
+    // With model-wide presses every layer is read twice: a survey pass, then the evaluation.
+    const bool two_passes = p.total > static_cast<int>(layer_count);
+    progress.set_total(p.total);
+    progress.update(p.done, std::string(two_passes ? (p.done <= p.total / 2 ? "survey pass, " : "evaluation pass, ") : "") + "layer " +
+                                std::to_string(p.layer));
   });
   if (!quiet) {
     char line[200];

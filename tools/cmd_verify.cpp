@@ -77,11 +77,11 @@ int verify_command(const Args& args) {
   const double replay_steps = static_cast<double>(layers.size());
   Progress progress("kvsim verify", "steps", 2 * replay_steps + static_cast<double>(options.presses.size()), vm["quiet"].as<bool>());
   const ref::ReplayResult expected = ref::replay(trace, options, [&](const ref::ReplayProgress& p) {
-    progress.update(p.done, "reference replay, layer " + std::to_string(p.layer));
+    progress.update(replay_steps * p.done / p.total, "reference replay, layer " + std::to_string(p.layer));  // done/total: passes
   });
   options.backend = backend;
   const ref::ReplayResult got = ref::replay(trace, options, [&](const ref::ReplayProgress& p) {
-    progress.update(replay_steps + p.done, backend_name(backend) + " replay, layer " + std::to_string(p.layer));
+    progress.update(replay_steps + replay_steps * p.done / p.total, backend_name(backend) + " replay, layer " + std::to_string(p.layer));
   });
 
   std::cout << "| press | cases | max score err (x tol) | near-boundary diffs | violations | max metric diff (x 1e-4 rel) | verdict |\n"
