@@ -451,7 +451,8 @@ class LayerRunner {
 
   // `planned`: a model-wide press's compression of this layer, from the survey pass.
   LayerRun run(const Press& press, const std::string& name, const PressInput& input, double ratio, const Compression* planned) const {
-    if (const auto* decoding = dynamic_cast<const DecodingPress*>(&press)) return decoded(decode_layer(*decoding, layer_.tensors(), layer_.n, info_, name));
+    if (const auto* decoding = dynamic_cast<const DecodingPress*>(&press))
+      return decoded(decode_layer(*decoding, layer_.tensors(), layer_.n, info_, name));
     if (const auto* pair = dynamic_cast<const PrefillDecodingPress*>(&press)) {
       const Compression prefill = pair->compress(input, ratio);
       check_compression(prefill, name, layer_.n, info_.num_key_value_heads);
@@ -623,28 +624,29 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
   const Plans planned = model_wide ? plan_model_wide(replayed, slots, layers, layer_reader(trace, parts, options.check_trace, false), info, n,
                                                      question_tokens, result, layer_done)
                                    : Plans(slots.size());
-  stream_layers(layers, layer_reader(trace, parts, options.check_trace && !model_wide, needs_previous_layer), result,
-                [&](std::size_t li, const LoadedLayer& loaded) {
-                  const PreparedLayer layer(loaded, info, n);
-                  PressInput input = layer.input(info, question_tokens);
-                  const std::unique_ptr<LayerEvaluator> on_device = device_evaluator ? (*device_evaluator)(input) : nullptr;
-                  if (on_device) input.resident = on_device->resident();
-                  const LayerRunner runner(layer, info, on_device.get());
-                  for (std::size_t s = 0; s < slots.size(); ++s) {
-                    const std::size_t p = slots[s].press;
-                    if (replayed.skips(p, layer, input)) {
-                      result.runs[s].skipped_layers.push_back(layer.layer);
-                      continue;
-                    }
-                    const double ratio = std::isnan(slots[s].ratio) ? 0.0 : slots[s].ratio;
-                    const LayerRun run = runner.run(*replayed.presses[p], options.presses[p], input, ratio,
-                                                    planned[s].empty() ? nullptr : &*planned[s][li]);
-                    result.runs[s].segment_queries = result.runs[s].segment_queries || run.segment_queries;
-                    accumulate(run.comparison, run.outputs, run.segment_queries ? no_queries : answer_query_indices, layer.layer, acc[s],
-                               result.runs[s]);
-                  }
-                  layer_done(layer.layer);
-                });
+  // The evaluation pass: every run on each layer.
+  const auto evaluate_layer = [&](std::size_t li, const LoadedLayer& loaded) {
+    const PreparedLayer layer(loaded, info, n);
+    PressInput input = layer.input(info, question_tokens);
+    const std::unique_ptr<LayerEvaluator> on_device = device_evaluator ? (*device_evaluator)(input) : nullptr;
+    if (on_device) input.resident = on_device->resident();
+    const LayerRunner runner(layer, info, on_device.get());
+    for (std::size_t s = 0; s < slots.size(); ++s) {
+      const std::size_t p = slots[s].press;
+      if (replayed.skips(p, layer, input)) {
+        result.runs[s].skipped_layers.push_back(layer.layer);
+        continue;
+      }
+      const double ratio = std::isnan(slots[s].ratio) ? 0.0 : slots[s].ratio;
+      const LayerRun run = runner.run(*replayed.presses[p], options.presses[p], input, ratio,
+                                      planned[s].empty() ? nullptr : &*planned[s][li]);
+      result.runs[s].segment_queries = result.runs[s].segment_queries || run.segment_queries;
+      accumulate(run.comparison, run.outputs, run.segment_queries ? no_queries : answer_query_indices, layer.layer, acc[s],
+                 result.runs[s]);
+    }
+    layer_done(layer.layer);
+  };
+  stream_layers(layers, layer_reader(trace, parts, options.check_trace && !model_wide, needs_previous_layer), result, evaluate_layer);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - replay_start).count();
   summarize_runs(acc, result);
   return result;
