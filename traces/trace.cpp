@@ -277,98 +277,115 @@ TraceReader::TraceReader(const std::string& path) : path_(path), impl_(std::make
     return 0;
   });
   with_hdf5_errors(path, "read the root attributes", [&] {
-    const H5::Group root = impl_->file.openGroup("/");
-    const int version = Impl::read_int_attr(path, root, "kvsim_format_version");
-    if (version != kTraceFormatVersion)
-      Impl::fail(path, "format version " + std::to_string(version) + " is not supported (this kvsim reads version " +
-                           std::to_string(kTraceFormatVersion) + ")");
-    TraceInfo& info = info_;
-    info.model_name = Impl::read_string_attr(path, root, "model_name", true);
-    info.num_hidden_layers = Impl::read_int_attr(path, root, "num_hidden_layers");
-    info.num_attention_heads = Impl::read_int_attr(path, root, "num_attention_heads");
-    info.num_key_value_heads = Impl::read_int_attr(path, root, "num_key_value_heads");
-    info.head_dim = Impl::read_int_attr(path, root, "head_dim");
-    info.hidden_size = root.attrExists("hidden_size") ? Impl::read_int_attr(path, root, "hidden_size") : 0;
-    info.rope_theta = Impl::read_scalar_attr<double>(path, root, "rope_theta", true);
-    info.rope_scaling = Impl::read_string_attr(path, root, "rope_scaling", false);
-    info.rope.attention_scaling = Impl::read_scalar_attr<double>(path, root, "attention_scaling", true);
-    info.dtype = parse_dtype(Impl::read_string_attr(path, root, "dtype", true));
-    info.n_context = Impl::read_int_attr(path, root, "n_context");
-    info.n_question = Impl::read_int_attr(path, root, "n_question");
-    info.n_generated = Impl::read_int_attr(path, root, "n_generated");
-
-    if (info.num_hidden_layers < 1 || info.num_attention_heads < 1 || info.num_key_value_heads < 1)
-      Impl::fail(path, "num_hidden_layers, num_attention_heads and num_key_value_heads must be positive");
-    if (info.num_attention_heads % info.num_key_value_heads != 0)
-      Impl::fail(path, "num_attention_heads (" + std::to_string(info.num_attention_heads) +
-                           ") is not a multiple of num_key_value_heads (" + std::to_string(info.num_key_value_heads) + ")");
-    if (info.head_dim < 2 || info.head_dim % 2 != 0) Impl::fail(path, "head_dim must be a positive even number");
-    if (info.n_context < 1) Impl::fail(path, "n_context must be at least 1");
-    constexpr int kMaxSegment = 1 << 28;  // keeps n_context + n_question + n_generated inside int
-    for (const auto& [name, value] : {std::pair{"n_context", info.n_context}, {"n_question", info.n_question}, {"n_generated", info.n_generated}})
-      if (value < 0 || value > kMaxSegment) Impl::fail(path, std::string(name) + " = " + std::to_string(value) + " is outside [0, 2^28]");
-    if (!(info.rope.attention_scaling > 0) || !std::isfinite(info.rope.attention_scaling))
-      Impl::fail(path, "attention_scaling must be positive and finite");
-    if (!(info.rope_theta > 0) || !std::isfinite(info.rope_theta)) Impl::fail(path, "rope_theta must be positive and finite");
-
-    const auto layers = Impl::read_int_array(path, impl_->open_dataset(path, "/recorded_layers"), "/recorded_layers");
-    if (layers.empty()) Impl::fail(path, "recorded_layers is empty");
-    for (long long l : layers) {
-      if (l < 0 || l >= info.num_hidden_layers)
-        Impl::fail(path, "recorded layer " + std::to_string(l) + " is outside [0, num_hidden_layers=" +
-                             std::to_string(info.num_hidden_layers) + ")");
-      if (std::find(info.recorded_layers.begin(), info.recorded_layers.end(), static_cast<int>(l)) != info.recorded_layers.end())
-        Impl::fail(path, "recorded layer " + std::to_string(l) + " is listed twice in /recorded_layers");
-      info.recorded_layers.push_back(static_cast<int>(l));
-    }
-
-    const auto tokens = Impl::read_int_array(path, impl_->open_dataset(path, "/tokens"), "/tokens");
-    if (static_cast<int>(tokens.size()) != info.total_tokens())
-      Impl::fail(path, "dataset /tokens has " + std::to_string(tokens.size()) + " entries, expected n_context + n_question + n_generated = " +
-                           std::to_string(info.total_tokens()));
-    info.tokens.assign(tokens.begin(), tokens.end());
-
-    // Checksummed traces carry Fletcher32 on their tensors; older ones read, unverified.
-    const std::string first_keys = layer_group(info.recorded_layers.front()) + "/k";
-    if (impl_->file.nameExists("/layers") && impl_->file.nameExists(layer_group(info.recorded_layers.front())) &&
-        impl_->file.nameExists(first_keys)) {
-      const H5::DSetCreatPropList props = impl_->file.openDataSet(first_keys).getCreatePlist();
-      for (int i = 0; i < props.getNfilters(); ++i) {
-        unsigned flags = 0, config = 0;
-        size_t values = 0;
-        char filter_name[32];
-        info.checksummed = info.checksummed || props.getFilter(i, flags, values, nullptr, sizeof filter_name, filter_name, config) == H5Z_FILTER_FLETCHER32;
-      }
-    }
-
+    read_model_attributes();
+    read_recorded_layers();
+    read_tokens();
+    note_checksums();
     read_answer();
-
-    const H5::DataSet inv_freq = impl_->open_dataset(path, "/rope_inv_freq");
-    Impl::check_float_shape(path, inv_freq, "/rope_inv_freq", {static_cast<hsize_t>(info.head_dim / 2)});
-    info.rope.inv_freq.resize(static_cast<std::size_t>(info.head_dim / 2));
-    inv_freq.read(info.rope.inv_freq.data(), H5::PredType::NATIVE_DOUBLE);
-    for (double f : info.rope.inv_freq)
-      if (!std::isfinite(f)) Impl::fail(path, "dataset /rope_inv_freq holds a non-finite value");
-
-    for (int l : info.recorded_layers) read_layer_attention(l);
+    read_rope_frequencies();
+    for (int l : info_.recorded_layers) read_layer_attention(l);
     read_kvzip_chunks();
-
-    if (impl_->file.nameExists("/text")) {
-      const H5::DataSet text = impl_->file.openDataSet("/text");
-      if (text.getTypeClass() != H5T_STRING) Impl::fail(path, "dataset /text is not a string");
-      if (text.getSpace().getSimpleExtentType() != H5S_SCALAR) Impl::fail(path, "dataset /text is not a single (scalar) string");
-      const H5::StrType type = text.getStrType();
-      if (type.isVariableStr()) {
-        char* raw = nullptr;
-        text.read(&raw, type);
-        info.text = raw ? raw : "";
-        if (raw) H5free_memory(raw);
-      } else {
-        info.text = Impl::read_fixed_string(path, type, "dataset /text", [&](void* buffer) { text.read(buffer, type); });
-      }
-    }
+    read_text();
     return 0;
   });
+}
+
+// The model and segment attributes of the root group, checked.
+void TraceReader::read_model_attributes() {
+  const H5::Group root = impl_->file.openGroup("/");
+  const int version = Impl::read_int_attr(path_, root, "kvsim_format_version");
+  if (version != kTraceFormatVersion)
+    Impl::fail(path_, "format version " + std::to_string(version) + " is not supported (this kvsim reads version " +
+                          std::to_string(kTraceFormatVersion) + ")");
+  TraceInfo& info = info_;
+  info.model_name = Impl::read_string_attr(path_, root, "model_name", true);
+  info.num_hidden_layers = Impl::read_int_attr(path_, root, "num_hidden_layers");
+  info.num_attention_heads = Impl::read_int_attr(path_, root, "num_attention_heads");
+  info.num_key_value_heads = Impl::read_int_attr(path_, root, "num_key_value_heads");
+  info.head_dim = Impl::read_int_attr(path_, root, "head_dim");
+  info.hidden_size = root.attrExists("hidden_size") ? Impl::read_int_attr(path_, root, "hidden_size") : 0;
+  info.rope_theta = Impl::read_scalar_attr<double>(path_, root, "rope_theta", true);
+  info.rope_scaling = Impl::read_string_attr(path_, root, "rope_scaling", false);
+  info.rope.attention_scaling = Impl::read_scalar_attr<double>(path_, root, "attention_scaling", true);
+  info.dtype = parse_dtype(Impl::read_string_attr(path_, root, "dtype", true));
+  info.n_context = Impl::read_int_attr(path_, root, "n_context");
+  info.n_question = Impl::read_int_attr(path_, root, "n_question");
+  info.n_generated = Impl::read_int_attr(path_, root, "n_generated");
+
+  if (info.num_hidden_layers < 1 || info.num_attention_heads < 1 || info.num_key_value_heads < 1)
+    Impl::fail(path_, "num_hidden_layers, num_attention_heads and num_key_value_heads must be positive");
+  if (info.num_attention_heads % info.num_key_value_heads != 0)
+    Impl::fail(path_, "num_attention_heads (" + std::to_string(info.num_attention_heads) +
+                         ") is not a multiple of num_key_value_heads (" + std::to_string(info.num_key_value_heads) + ")");
+  if (info.head_dim < 2 || info.head_dim % 2 != 0) Impl::fail(path_, "head_dim must be a positive even number");
+  if (info.n_context < 1) Impl::fail(path_, "n_context must be at least 1");
+  constexpr int kMaxSegment = 1 << 28;  // keeps n_context + n_question + n_generated inside int
+  for (const auto& [name, value] : {std::pair{"n_context", info.n_context}, {"n_question", info.n_question}, {"n_generated", info.n_generated}})
+    if (value < 0 || value > kMaxSegment) Impl::fail(path_, std::string(name) + " = " + std::to_string(value) + " is outside [0, 2^28]");
+  if (!(info.rope.attention_scaling > 0) || !std::isfinite(info.rope.attention_scaling))
+    Impl::fail(path_, "attention_scaling must be positive and finite");
+  if (!(info.rope_theta > 0) || !std::isfinite(info.rope_theta)) Impl::fail(path_, "rope_theta must be positive and finite");
+}
+
+void TraceReader::read_recorded_layers() {
+  const auto layers = Impl::read_int_array(path_, impl_->open_dataset(path_, "/recorded_layers"), "/recorded_layers");
+  if (layers.empty()) Impl::fail(path_, "recorded_layers is empty");
+  for (long long l : layers) {
+    if (l < 0 || l >= info_.num_hidden_layers)
+      Impl::fail(path_, "recorded layer " + std::to_string(l) + " is outside [0, num_hidden_layers=" +
+                            std::to_string(info_.num_hidden_layers) + ")");
+    if (std::find(info_.recorded_layers.begin(), info_.recorded_layers.end(), static_cast<int>(l)) != info_.recorded_layers.end())
+      Impl::fail(path_, "recorded layer " + std::to_string(l) + " is listed twice in /recorded_layers");
+    info_.recorded_layers.push_back(static_cast<int>(l));
+  }
+}
+
+void TraceReader::read_tokens() {
+  const auto tokens = Impl::read_int_array(path_, impl_->open_dataset(path_, "/tokens"), "/tokens");
+  if (static_cast<int>(tokens.size()) != info_.total_tokens())
+    Impl::fail(path_, "dataset /tokens has " + std::to_string(tokens.size()) + " entries, expected n_context + n_question + n_generated = " +
+                          std::to_string(info_.total_tokens()));
+  info_.tokens.assign(tokens.begin(), tokens.end());
+}
+
+// Checksummed traces carry Fletcher32 on their tensors; older ones read, unverified.
+void TraceReader::note_checksums() {
+  const std::string first_layer = layer_group(info_.recorded_layers.front()), first_keys = first_layer + "/k";
+  if (!impl_->file.nameExists("/layers") || !impl_->file.nameExists(first_layer) || !impl_->file.nameExists(first_keys)) return;
+  const H5::DSetCreatPropList props = impl_->file.openDataSet(first_keys).getCreatePlist();
+  for (int i = 0; i < props.getNfilters(); ++i) {
+    unsigned flags = 0, config = 0;
+    size_t values = 0;
+    char filter_name[32];
+    info_.checksummed =
+        info_.checksummed || props.getFilter(i, flags, values, nullptr, sizeof filter_name, filter_name, config) == H5Z_FILTER_FLETCHER32;
+  }
+}
+
+void TraceReader::read_rope_frequencies() {
+  const H5::DataSet inv_freq = impl_->open_dataset(path_, "/rope_inv_freq");
+  Impl::check_float_shape(path_, inv_freq, "/rope_inv_freq", {static_cast<hsize_t>(info_.head_dim / 2)});
+  info_.rope.inv_freq.resize(static_cast<std::size_t>(info_.head_dim / 2));
+  inv_freq.read(info_.rope.inv_freq.data(), H5::PredType::NATIVE_DOUBLE);
+  for (double f : info_.rope.inv_freq)
+    if (!std::isfinite(f)) Impl::fail(path_, "dataset /rope_inv_freq holds a non-finite value");
+}
+
+// /text, when present: the recorded prompt and answer as text.
+void TraceReader::read_text() {
+  if (!impl_->file.nameExists("/text")) return;
+  const H5::DataSet text = impl_->file.openDataSet("/text");
+  if (text.getTypeClass() != H5T_STRING) Impl::fail(path_, "dataset /text is not a string");
+  if (text.getSpace().getSimpleExtentType() != H5S_SCALAR) Impl::fail(path_, "dataset /text is not a single (scalar) string");
+  const H5::StrType type = text.getStrType();
+  if (!type.isVariableStr()) {
+    info_.text = Impl::read_fixed_string(path_, type, "dataset /text", [&](void* buffer) { text.read(buffer, type); });
+    return;
+  }
+  char* raw = nullptr;
+  text.read(&raw, type);
+  info_.text = raw ? raw : "";
+  if (raw) H5free_memory(raw);
 }
 
 // A recorded layer's own attention pattern: its sliding window and RoPE where they differ

@@ -105,6 +105,13 @@ class TraceReader {
   HeadTensor read_heads(int layer, const std::string& name, int head_begin, int head_count, int tokens, HeadTensor storage = {}) const;
 
  private:
+  // The constructor's steps, in order.
+  void read_model_attributes();
+  void read_recorded_layers();           // /recorded_layers
+  void read_tokens();                    // /tokens
+  void note_checksums();
+  void read_rope_frequencies();          // /rope_inv_freq
+  void read_text();                      // /text, when present
   void read_layer_attention(int layer);  // sliding window and RoPE of one recorded layer
   void read_answer();  // answer spans and attributes (RULER-style traces)
   void read_kvzip_chunks();              // /kvzip_chunks, when present
