@@ -77,7 +77,7 @@ int verify_command(const Args& args) {
   const double replay_steps = static_cast<double>(layers.size());
   Progress progress("kvsim verify", "steps", 2 * replay_steps + static_cast<double>(options.presses.size()), vm["quiet"].as<bool>());
   const ref::ReplayResult expected = ref::replay(trace, options, [&](const ref::ReplayProgress& p) {
-    progress.update(replay_steps * p.done / p.total, "reference replay, layer " + std::to_string(p.layer));  // done/total: passes
+    progress.update(replay_steps * p.done / p.total, "reference replay, layer " + std::to_string(p.layer));  // p.total: both passes with model-wide presses
   });
   options.backend = backend;
   const ref::ReplayResult got = ref::replay(trace, options, [&](const ref::ReplayProgress& p) {
