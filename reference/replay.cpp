@@ -14,6 +14,7 @@
 #include "core/evaluation.h"
 #include "core/model_wide.h"
 #include "core/philox.h"
+#include "core/press_checks.h"
 #include "core/query_time.h"
 #include "core/wrapping.h"
 #include "reference/answer_metrics.h"
@@ -410,7 +411,7 @@ std::vector<int> checked_layers(const TraceReader& trace, const ReplayOptions& o
   // Cross-layer presses run on the replayed layers whose predecessor is recorded (all but
   // layer 0 of a fully recorded trace); one with no such layer is refused here.
   for (std::size_t p = 0; p < replayed.presses.size(); ++p)
-    if (replayed.infos[p]->needs_previous_layer && std::ranges::none_of(layers, [&](int l) { return is_recorded(info, l - 1); }))
+    if (!runs_on_layers(*replayed.infos[p], layers, info.recorded_layers))
       throw Error("press '" + options.presses[p] + "' merges each layer with the one before, and no replayed layer of " + trace.path() +
                   " has its predecessor recorded (choose layers with --layers)");
   return layers;
