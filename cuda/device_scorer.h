@@ -385,6 +385,18 @@ KeptCache<Exec> gather_kept(Exec& exec, const DeviceLayer<Exec>& layer, const in
   return cache;
 }
 
+// Host copies of a [heads, per_head] device array, one vector a head (as Compression holds
+// new keys and values).
+template <typename Buffer>
+std::vector<std::vector<float>> download_heads(const Buffer& rows, int heads, std::size_t per_head) {
+  std::vector<std::vector<float>> out;
+  for (int g = 0; g < heads; ++g) {
+    out.emplace_back(per_head);
+    rows.download(out.back().data(), per_head, static_cast<std::size_t>(g) * per_head);
+  }
+  return out;
+}
+
 // Every token kept with new keys and values (the quantisers): [Hkv, n, d] device arrays copied
 // to the host per head, stored at `storage_fraction` of float16.
 template <typename Exec>

@@ -61,10 +61,7 @@ class CamKvcfDevice final : public Press {
     const auto kept = kept_on_device<Exec>(c);
     typename Exec::template Buffer<float> kept_values(static_cast<std::size_t>(Hkv) * budget * d);
     gather_rows(exec, values, Hkv, n, d, kept.data(), budget, kept_values.data());
-    for (int g = 0; g < Hkv; ++g) {
-      c.values.emplace_back(static_cast<std::size_t>(budget) * d);
-      kept_values.download(c.values.back().data(), c.values.back().size(), static_cast<std::size_t>(g) * budget * d);
-    }
+    c.values = download_heads(kept_values, Hkv, static_cast<std::size_t>(budget) * d);
     return c;
   }
 

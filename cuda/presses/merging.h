@@ -139,6 +139,89 @@ MergeSelection<Exec> select_for_merging(Exec& exec, const DeviceLayer<Exec>& lay
   return s;
 }
 
+// Per head, the similarity an evicted token must reach to be merged: the merge_fraction
+// quantile of the similarities at or above the threshold (-inf where merge_fraction is 1 or
+// none pass; host, a few numbers per head; NaN blocks all, as torch).
+template <typename Exec>
+std::vector<float> merge_cutoffs(const MergeSelection<Exec>& selection, int Hkv, float threshold, double fraction) {
+  std::vector<float> cutoff(static_cast<std::size_t>(Hkv), -INFINITY);
+  if (fraction >= 1.0) return cutoff;
+  const int evicted_count = selection.evicted_count;
+  std::vector<float> sims(selection.setup->similarity.size());
+  selection.setup->similarity.download(sims.data(), sims.size());
+  for (int g = 0; g < Hkv; ++g) {
+    std::vector<float> masked(sims.begin() + static_cast<long>(g) * evicted_count, sims.begin() + static_cast<long>(g + 1) * evicted_count);
+    bool any = false;
+    for (float& s : masked) {
+      any = any || s >= threshold;
+      if (!(s >= threshold)) s = -INFINITY;
+    }
+    if (any) cutoff[g] = ref::linear_quantile(masked, 1.0 - fraction);
+  }
+  return cutoff;
+}
+
+// Each evicted token's merge weight: max(similarity, 0) |v_e| / (|v_e| + |v_target| + 1e-6)
+// where it passes its head's gates, else 0.
+template <typename Exec>
+typename Exec::template Buffer<float> merge_weights(Exec& exec, const DeviceLayer<Exec>& layer, const MergeSelection<Exec>& selection,
+                                                    const float* v, float threshold, const std::vector<float>& cutoff) {
+  const int n = layer.n, d = layer.d, kept_count = selection.kept_count, evicted_count = selection.evicted_count;
+  const MergeSetup<Exec>& setup = *selection.setup;
+  typename Exec::template Buffer<float> weight_buffer(setup.similarity.size()), cutoff_buffer(cutoff.size());
+  cutoff_buffer.upload(cutoff.data(), cutoff.size());
+  const int* kept = setup.kept.data();
+  const int* evicted = setup.evicted.data();
+  const int* target = setup.target.data();
+  const float* sim = setup.similarity.data();
+  const float* cut = cutoff_buffer.data();
+  float* weight = weight_buffer.data();
+  exec.for_each(static_cast<long>(layer.Hkv) * evicted_count, [=] KVSIM_HD(long i) {
+    const long g = i / evicted_count;
+    const bool ok = sim[i] >= threshold && sim[i] >= cut[g];
+    const float* ve = v + (g * n + evicted[i]) * d;
+    const float* vt = v + (g * n + kept[g * kept_count + target[i]]) * d;
+    float ne = 0.0f, nt = 0.0f;
+    for (int c = 0; c < d; ++c) {
+      ne += ve[c] * ve[c];
+      nt += vt[c] * vt[c];
+    }
+    ne = sqrtf(ne);
+    nt = sqrtf(nt);
+    weight[i] = ok ? fmaxf(sim[i], 0.0f) * ne / (ne + nt + 1e-6f) : 0.0f;
+  });
+  return weight_buffer;
+}
+
+// Each kept value merged with the evicted ones that chose it: (v_u + sum w v_e) / (1 + sum w),
+// [Hkv, kept_count, d], one thread per element.
+template <typename Exec>
+typename Exec::template Buffer<float> merged_values(Exec& exec, const DeviceLayer<Exec>& layer, const MergeSelection<Exec>& selection,
+                                                    const float* v, const float* weight) {
+  const int n = layer.n, d = layer.d, kept_count = selection.kept_count;
+  const MergeSetup<Exec>& setup = *selection.setup;
+  typename Exec::template Buffer<float> merged_buffer(static_cast<std::size_t>(layer.Hkv) * kept_count * d);
+  const int* kept = setup.kept.data();
+  const int* evicted = setup.evicted.data();
+  const int* order = setup.order.data();
+  const int* group_begin = setup.group_begin.data();
+  const int* group_end = setup.group_end.data();
+  float* merged = merged_buffer.data();
+  exec.for_each(static_cast<long>(layer.Hkv) * kept_count * d, [=] KVSIM_HD(long i) {
+    const long g = i / (static_cast<long>(kept_count) * d), u = i / d;
+    const int j = static_cast<int>(u % kept_count), c = static_cast<int>(i % d);
+    float total = 0.0f, accum = 0.0f;
+    for (int member = group_begin[u]; member < group_end[u]; ++member) {  // the evicted tokens that chose u, in order
+      const long slot = order[member];
+      total += weight[slot];
+      accum += weight[slot] * v[(g * n + evicted[slot]) * d + c];
+    }
+    const float value = v[(g * n + kept[g * kept_count + j]) * d + c];
+    merged[i] = total > 0.0f ? (value + accum) / (1.0f + total) : value;
+  });
+  return merged_buffer;
+}
+
 template <typename Exec>
 class MergingDevice final : public Press {
  public:
@@ -153,72 +236,13 @@ class MergingDevice final : public Press {
     const LayerOnDevice<Exec> on_device(input);
     const DeviceLayer<Exec>& layer = *on_device;
     MergeSelection<Exec> selection = select_for_merging(exec, layer, *inner_, ratio);
-    Compression& c = selection.compression;
-    if (!selection.setup) return c;
-    const int n = layer.n, d = layer.d, Hkv = layer.Hkv, kept_count = selection.kept_count, evicted_count = selection.evicted_count;
-    const MergeSetup<Exec>& setup = *selection.setup;
-    const int* kept = setup.kept.data();
-    const int* evicted = setup.evicted.data();
-    const int* target = setup.target.data();
-    const float* sim = setup.similarity.data();
-    typename Exec::template Buffer<float> weight_buffer(setup.similarity.size()),
-        merged_buffer(static_cast<std::size_t>(Hkv) * kept_count * d);
-    float* weight = weight_buffer.data();
-    float* merged = merged_buffer.data();
-    const auto v_values = layer.v.floats(exec);  // a float32 copy
-    const float* v = v_values.data();
-    const long evicted_total = static_cast<long>(Hkv) * evicted_count;
-    // Gates, per head: the threshold, then the merge_fraction quantile (host; NaN blocks all, as torch).
-    std::vector<float> sims(setup.similarity.size()), cutoff(static_cast<std::size_t>(Hkv), -INFINITY);
-    setup.similarity.download(sims.data(), sims.size());
+    if (!selection.setup) return std::move(selection.compression);
     const float threshold = static_cast<float>(threshold_);
-    for (int g = 0; g < Hkv; ++g) {
-      if (fraction_ >= 1.0) continue;
-      std::vector<float> masked(sims.begin() + static_cast<long>(g) * evicted_count, sims.begin() + static_cast<long>(g + 1) * evicted_count);
-      bool any = false;
-      for (float& s : masked) {
-        any = any || s >= threshold;
-        if (!(s >= threshold)) s = -INFINITY;
-      }
-      if (any) cutoff[g] = ref::linear_quantile(masked, 1.0 - fraction_);
-    }
-    typename Exec::template Buffer<float> cutoff_buffer(cutoff.size());
-    cutoff_buffer.upload(cutoff.data(), cutoff.size());
-    const float* cut = cutoff_buffer.data();
-    exec.for_each(evicted_total, [=] KVSIM_HD(long i) {
-      const long g = i / evicted_count;
-      const bool ok = sim[i] >= threshold && sim[i] >= cut[g];
-      const float* ve = v + (g * n + evicted[i]) * d;
-      const float* vt = v + (g * n + kept[g * kept_count + target[i]]) * d;
-      float ne = 0.0f, nt = 0.0f;
-      for (int c2 = 0; c2 < d; ++c2) {
-        ne += ve[c2] * ve[c2];
-        nt += vt[c2] * vt[c2];
-      }
-      ne = sqrtf(ne);
-      nt = sqrtf(nt);
-      weight[i] = ok ? fmaxf(sim[i], 0.0f) * ne / (ne + nt + 1e-6f) : 0.0f;
-    });
-    const int* order = setup.order.data();
-    const int* group_begin = setup.group_begin.data();
-    const int* group_end = setup.group_end.data();
-    exec.for_each(static_cast<long>(Hkv) * kept_count * d, [=] KVSIM_HD(long i) {  // (v_u + sum w v_e) / (1 + sum w)
-      const long g = i / (static_cast<long>(kept_count) * d), u = i / d;
-      const int j = static_cast<int>(u % kept_count), c2 = static_cast<int>(i % d);
-      float total = 0.0f, accum = 0.0f;
-      for (int member = group_begin[u]; member < group_end[u]; ++member) {  // the evicted tokens that chose u, in order
-        const long slot = order[member];
-        total += weight[slot];
-        accum += weight[slot] * v[(g * n + evicted[slot]) * d + c2];
-      }
-      const float value = v[(g * n + kept[g * kept_count + j]) * d + c2];
-      merged[i] = total > 0.0f ? (value + accum) / (1.0f + total) : value;
-    });
-    for (int g = 0; g < Hkv; ++g) {
-      c.values.emplace_back(static_cast<std::size_t>(kept_count) * d);
-      merged_buffer.download(c.values.back().data(), c.values.back().size(), static_cast<std::size_t>(g) * kept_count * d);
-    }
-    return std::move(c);
+    const auto v = layer.v.floats(exec);  // a float32 copy
+    const auto weight = merge_weights(exec, layer, selection, v.data(), threshold, merge_cutoffs(selection, layer.Hkv, threshold, fraction_));
+    const auto merged = merged_values(exec, layer, selection, v.data(), weight.data());
+    selection.compression.values = download_heads(merged, layer.Hkv, static_cast<std::size_t>(selection.kept_count) * layer.d);
+    return std::move(selection.compression);
   }
 
  private:
@@ -271,11 +295,7 @@ struct KvcfMergeDevice {
           }
           merged[i] = (self + accum) / (1.0f + total);
         });
-        auto& out = x == keys.data() ? c.keys : c.values;
-        for (int g = 0; g < Hkv; ++g) {
-          out.emplace_back(static_cast<std::size_t>(kept_count) * d);
-          merged_buffer.download(out.back().data(), out.back().size(), static_cast<std::size_t>(g) * kept_count * d);
-        }
+        (x == keys.data() ? c.keys : c.values) = download_heads(merged_buffer, Hkv, static_cast<std::size_t>(kept_count) * d);
       }
       return std::move(c);
     }

@@ -37,16 +37,13 @@ class MiniCacheDevice final : public Press {
     });
     const Compression retained = select_topk_per_head(exec, distance.data(), Hkv, n, static_cast<int>(std::ceil(retention_ * n)));
     Compression c = keep_all(Hkv, n);
-    for (int g = 0; g < Hkv; ++g) {
-      c.keys.emplace_back(static_cast<std::size_t>(n) * d);
-      c.values.emplace_back(static_cast<std::size_t>(n) * d);
-      keys.download(c.keys.back().data(), c.keys.back().size(), static_cast<std::size_t>(g) * n * d);
-      values.download(c.values.back().data(), c.values.back().size(), static_cast<std::size_t>(g) * n * d);
+    c.keys = download_heads(keys, Hkv, static_cast<std::size_t>(n) * d);
+    c.values = download_heads(values, Hkv, static_cast<std::size_t>(n) * d);
+    for (int g = 0; g < Hkv; ++g)
       for (int tok : retained.kept[g]) {  // retained tokens stay exact
-        std::copy_n(input.layer.k.head(g) + static_cast<std::size_t>(tok) * d, d, c.keys.back().data() + static_cast<std::size_t>(tok) * d);
-        std::copy_n(input.layer.v.head(g) + static_cast<std::size_t>(tok) * d, d, c.values.back().data() + static_cast<std::size_t>(tok) * d);
+        std::copy_n(input.layer.k.head(g) + static_cast<std::size_t>(tok) * d, d, c.keys[g].data() + static_cast<std::size_t>(tok) * d);
+        std::copy_n(input.layer.v.head(g) + static_cast<std::size_t>(tok) * d, d, c.values[g].data() + static_cast<std::size_t>(tok) * d);
       }
-    }
     return c;
   }
 

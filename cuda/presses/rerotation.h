@@ -26,12 +26,9 @@ Compression rerotated_compression(Exec& exec, const DeviceLayer<Exec>& L, const 
   std::vector<int> positions(static_cast<std::size_t>(L.Hkv) * k);
   if (!positions.empty()) exec.download(kept, positions.data(), positions.size());
   Compression c;
-  for (int g = 0; g < L.Hkv; ++g) {
+  for (int g = 0; g < L.Hkv; ++g)
     c.kept.emplace_back(positions.begin() + static_cast<long>(g) * k, positions.begin() + static_cast<long>(g + 1) * k);
-    if (!rerotate) continue;
-    c.keys.emplace_back(static_cast<std::size_t>(k) * d);
-    keys.download(c.keys.back().data(), c.keys.back().size(), static_cast<std::size_t>(g) * k * d);
-  }
+  if (rerotate) c.keys = download_heads(keys, L.Hkv, static_cast<std::size_t>(k) * d);
   return c;
 }
 

@@ -47,10 +47,7 @@ class ThinkDevice final : public Press {
     typename Exec::template Buffer<float> keys(static_cast<std::size_t>(Hkv) * n * d);
     zero_channels(exec, layer, mask_buffer.data(), keys.data());
     c.key_channels_removed = static_cast<double>(n_pruned) / d;
-    for (int g = 0; g < Hkv; ++g) {
-      c.keys.emplace_back(static_cast<std::size_t>(n) * d);
-      keys.download(c.keys.back().data(), c.keys.back().size(), static_cast<std::size_t>(g) * n * d);
-    }
+    c.keys = download_heads(keys, Hkv, static_cast<std::size_t>(n) * d);
     return c;
   }
 
