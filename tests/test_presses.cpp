@@ -27,9 +27,9 @@ const RopeConfig kRope = RopeConfig::from_theta(10000.0, 2);
 
 // One layer compressed; a model-wide press (core/model_wide.h) as a model of that one layer.
 Compression run(const std::string& spec, const LayerTensors& layer, int n, double ratio, int num_layers = 1,
-                const RopeConfig& rope = kRope, const LayerTensors* previous = nullptr) {
+                const RopeConfig& rope = kRope, const LayerTensors* previous = nullptr, Backend backend = Backend::reference) {
   const PressInput input{layer, n, num_layers, rope, previous};
-  const auto press = Registry::instance().make(spec, Backend::reference);
+  const auto press = Registry::instance().make(spec, backend);
   if (const ModelWidePress* wide = as_model_wide(*press)) return wide->plan({wide->survey(input)}, ratio, num_layers).front();
   return press->compress(input, ratio);
 }
@@ -306,10 +306,19 @@ TEST(Dms, EvictsLowScoresOutsideTheSlidingWindow) {
   EXPECT_EQ(run("dms(knorm):threshold=-2.5,sliding_window_size=6", layer, 6, 0.0).kept, (Kept{{0, 1, 2, 3, 4, 5}}));
 }
 
+// The merging presses' hand-worked cases, on the reference and on cuda-emu (the device code).
+class Mergers : public ::testing::TestWithParam<Backend> {
+ protected:
+  Compression run(const std::string& spec, const LayerTensors& layer, int n, double ratio, int num_layers = 1,
+                  const LayerTensors* previous = nullptr) const {
+    return kvsim::run(spec, layer, n, ratio, num_layers, kRope, previous, GetParam());
+  }
+};
+
 // knorm keeps tokens 0 and 2 (norm 1 each) and evicts token 1, whose key (1, 0.1) is most
 // similar to token 0's: cos = 1/|(1, 0.1)|. Weight = cos |v1| / (|v1| + |v0| + 1e-6) with
 // v0 = (1, 0), v1 = (0, 2); token 0's value becomes (v0 + w v1) / (1 + w). Keys unchanged.
-TEST(Merging, FoldsAnEvictedValueIntoItsMostSimilarSurvivor) {
+TEST_P(Mergers, FoldsAnEvictedValueIntoItsMostSimilarSurvivor) {
   LayerTensors layer = layer_with_keys({{{1, 0}, {1, 0.1f}, {0, 1}}});
   const float values[3][2] = {{1, 0}, {0, 2}, {5, 5}};
   for (int t = 0; t < 3; ++t)
@@ -353,7 +362,7 @@ TEST(Merging, QuantileInterpolatesAsATen) {
   EXPECT_FLOAT_EQ(ref::linear_quantile<float>({0.0f, 1.0f, 2.0f, 4.0f}, 0.9), 2.0f + 0.7f * 2.0f);
 }
 
-TEST(Merging, MergeFractionKeepsOnlyTheMostSimilarEvictedTokens) {
+TEST_P(Mergers, MergeFractionKeepsOnlyTheMostSimilarEvictedTokens) {
   // Keep token 0 (lowest norm); evicted 1 (cos 0.99) and 2 (cos 0.6): with merge_fraction 0.5
   // the 0.5-quantile of (0.6, 0.99) is 0.795, so only token 1 merges.
   LayerTensors layer = layer_with_keys({{{0.1f, 0}, {0.99f, 0.141067f}, {0.6f, 0.8f}}});
@@ -374,7 +383,7 @@ TEST(Merging, MergeFractionKeepsOnlyTheMostSimilarEvictedTokens) {
 // KVCache-Factory merges on the same case: token 1 (key (1, 0.1)) goes to token 0.
 // pivot:    x_0 <- (x_0 + (x_1 + x_0) / 2) / 2, for keys and values;
 // weighted: x_0 <- (x_0 + w x_1) / (1 + w), w = (cos + 1) / 2.
-TEST(KvcfMerge, PivotAndWeightedMergeKeysAndValues) {
+TEST_P(Mergers, KvcfPivotAndWeightedMergeKeysAndValues) {
   LayerTensors layer = layer_with_keys({{{1, 0}, {1, 0.1f}, {0, 1}}});
   const float values[3][2] = {{1, 0}, {0, 2}, {5, 5}};
   for (int t = 0; t < 3; ++t)
@@ -398,7 +407,7 @@ TEST(KvcfMerge, PivotAndWeightedMergeKeysAndValues) {
 // 4, 5) attend uniformly, abar = 11/60 for j <= 4 and 1/12 for j = 5, so every merge from
 // p = ceil(0.1 * 6) = 1 to n - w - 1 = 3 has probability 1: in order, v[p+1..p+2] += v[p] / 2.
 // int(6 * 0.7) = 4 kept: the window {4, 5} and, among equal past scores, {0, 1}.
-TEST(CamKvcf, MergesEveryTokenIntoTheNextWindowThenSelects) {
+TEST_P(Mergers, CamKvcfMergesEveryTokenIntoTheNextWindowThenSelects) {
   LayerTensors layer = test::random_layer(2, 1, 6, 2, 21);
   layer.q.data.assign(layer.q.data.size(), 0.0f);
   const Compression c = run("cam_kvcf:window_size=2", layer, 6, 0.3);
@@ -418,20 +427,23 @@ TEST(CamKvcf, MergesEveryTokenIntoTheNextWindowThenSelects) {
 // keeps it: restored exactly); token 1 has orthogonal keys (1, 0) and (0, 2): Omega = pi/2, the
 // shared direction is (1, 1)/sqrt2 and layer l's key becomes |x| (1, 1)/sqrt2. With retention
 // 0.5 (one token) the most distant token, 1, stays exact instead.
-TEST(MiniCache, SlerpsAdjacentLayersAndRetainsTheMostDistantTokens) {
+TEST_P(Mergers, MiniCacheSlerpsAdjacentLayersAndRetainsTheMostDistantTokens) {
   LayerTensors layer = layer_with_keys({{{3, 4}, {1, 0}}}), previous = layer_with_keys({{{6, 8}, {0, 2}}});
   layer.layer_index = 1;
-  const Compression merged = run("minicache:interpolation=0.5,retention_ratio=0", layer, 2, 0.0, 2, kRope, &previous);
+  const Compression merged = run("minicache:interpolation=0.5,retention_ratio=0", layer, 2, 0.0, 2, &previous);
   EXPECT_EQ(merged.kept, (Kept{{0, 1}}));
   EXPECT_NEAR(merged.keys[0][0], 3.0, 1e-5);
   EXPECT_NEAR(merged.keys[0][1], 4.0, 1e-5);
   EXPECT_NEAR(merged.keys[0][2], 1.0 / std::sqrt(2.0), 1e-5);
   EXPECT_NEAR(merged.keys[0][3], 1.0 / std::sqrt(2.0), 1e-5);
-  const Compression retained = run("minicache:interpolation=0.5,retention_ratio=0.5", layer, 2, 0.0, 2, kRope, &previous);
+  const Compression retained = run("minicache:interpolation=0.5,retention_ratio=0.5", layer, 2, 0.0, 2, &previous);
   EXPECT_EQ(retained.keys[0][2], 1.0f);
   EXPECT_EQ(retained.keys[0][3], 0.0f);
   EXPECT_THROW(run("minicache", layer, 2, 0.0), Error);  // no previous layer
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, Mergers, ::testing::Values(Backend::reference, Backend::cuda_emulated),
+                         [](const auto& info) { return info.param == Backend::reference ? std::string("reference") : std::string("cuda_emu"); });
 
 // ---------------------------------------------------------------------------------------
 // Invariants over the whole registry.
@@ -497,7 +509,9 @@ TEST_P(EveryPress, KeepsValidSetsOfTheRightSizeDeterministically) {
       const PressInput input{layer, n, 4, rope, &previous};
       std::optional<ScoreMatrix> scores;
       EXPECT_EQ(scorer->compress_keeping_scores(input, ratio, scores).kept, c.kept);
-      if (scores) EXPECT_EQ(*scores, scorer->score(input, ratio));
+      if (scores) {
+        EXPECT_EQ(*scores, scorer->score(input, ratio));
+      }
     }
   }
 }
