@@ -453,8 +453,7 @@ KvzipPasses TraceReader::read_kvzip(int layer) const {
   if (info_.kvzip_chunks.empty()) Impl::fail(path_, "dataset " + group + "/kvzip_q needs the root dataset /kvzip_chunks, which the trace lacks");
   KvzipPasses out;
   out.chunks = info_.kvzip_chunks;
-  const KvzipChunk& last = out.chunks.back();
-  const hsize_t R = static_cast<hsize_t>(last.repeat_begin + last.repeat_length), d = static_cast<hsize_t>(info_.head_dim);
+  const hsize_t R = static_cast<hsize_t>(info_.kvzip_repeat_tokens()), d = static_cast<hsize_t>(info_.head_dim);
   with_hdf5_errors(path_, "read " + group + "/kvzip_*", [&] {
     for (auto [name, heads, tensor] : {std::tuple{"kvzip_q", info_.num_attention_heads, &out.q}, {"kvzip_k", info_.num_key_value_heads, &out.k}}) {
       const std::string ds_name = group + "/" + name;
@@ -825,14 +824,24 @@ TraceWriter::~TraceWriter() {
 }
 
 void TraceWriter::write_layer(const LayerTensors& layer) {
+  check_layer(layer);
+  const std::string group = layer_group(layer.layer_index);
+  with_hdf5_errors(path_, "write " + group, [&] {
+    impl_->file->createGroup(group);
+    write_attention_tensors(layer, group);
+    write_layer_extras(layer, group);
+    return 0;
+  });
+}
+
+void TraceWriter::check_layer(const LayerTensors& layer) const {
   const TraceInfo& info = info_;
   const int T = info.total_tokens();
-  const std::string group = layer_group(layer.layer_index);
+  const std::string where = "trace " + path_ + ": layer " + std::to_string(layer.layer_index);
   auto check = [&](const HeadTensor& t, int heads, const char* name) {
     if (t.heads != heads || t.tokens != T || t.dim != info.head_dim)
-      throw Error("trace " + path_ + ": layer " + std::to_string(layer.layer_index) + " " + name + " has shape [" +
-                  std::to_string(t.heads) + "," + std::to_string(t.tokens) + "," + std::to_string(t.dim) + "], expected [" +
-                  std::to_string(heads) + "," + std::to_string(T) + "," + std::to_string(info.head_dim) + "]");
+      throw Error(where + " " + name + " has shape [" + std::to_string(t.heads) + "," + std::to_string(t.tokens) + "," + std::to_string(t.dim) +
+                  "], expected [" + std::to_string(heads) + "," + std::to_string(T) + "," + std::to_string(info.head_dim) + "]");
   };
   check(layer.q, info.num_attention_heads, "q");
   check(layer.k, info.num_key_value_heads, "k");
@@ -841,70 +850,69 @@ void TraceWriter::write_layer(const LayerTensors& layer) {
   if (!layer.hidden_states.empty() &&
       (info.hidden_size < 1 || layer.hidden_size != info.hidden_size ||
        layer.hidden_states.size() != static_cast<std::size_t>(T) * static_cast<std::size_t>(info.hidden_size)))
-    throw Error("trace " + path_ + ": layer " + std::to_string(layer.layer_index) + " hidden_states hold " +
-                std::to_string(layer.hidden_states.size()) + " values of width " + std::to_string(layer.hidden_size) +
-                ", expected [T, hidden_size] = [" + std::to_string(T) + "," + std::to_string(info.hidden_size) + "]" +
-                (info.hidden_size < 1 ? " (set TraceInfo::hidden_size)" : ""));
-  const int repeat_tokens = info.kvzip_chunks.empty() ? 0 : info.kvzip_chunks.back().repeat_begin + info.kvzip_chunks.back().repeat_length;
+    throw Error(where + " hidden_states hold " + std::to_string(layer.hidden_states.size()) + " values of width " +
+                std::to_string(layer.hidden_size) + ", expected [T, hidden_size] = [" + std::to_string(T) + "," +
+                std::to_string(info.hidden_size) + "]" + (info.hidden_size < 1 ? " (set TraceInfo::hidden_size)" : ""));
+  const int repeat_tokens = info.kvzip_repeat_tokens();
   if (!layer.kvzip.empty() && (info.kvzip_chunks.empty() || layer.kvzip.q.heads != info.num_attention_heads || layer.kvzip.q.tokens != repeat_tokens ||
                                layer.kvzip.k.heads != info.num_key_value_heads || layer.kvzip.k.tokens != repeat_tokens ||
                                layer.kvzip.q.dim != info.head_dim || layer.kvzip.k.dim != info.head_dim ||
                                layer.kvzip.hidden_norm.size() != static_cast<std::size_t>(repeat_tokens)))
-    throw Error("trace " + path_ + ": layer " + std::to_string(layer.layer_index) + " kvzip passes do not match TraceInfo::kvzip_chunks (" +
-                std::to_string(repeat_tokens) + " repeat tokens)");
+    throw Error(where + " kvzip passes do not match TraceInfo::kvzip_chunks (" + std::to_string(repeat_tokens) + " repeat tokens)");
   if (!layer.kvcompose.empty() &&
       (layer.kvcompose.q.heads != info.num_attention_heads || layer.kvcompose.k.heads != info.num_key_value_heads ||
        layer.kvcompose.q.tokens != info.n_context || layer.kvcompose.k.tokens != info.n_context || layer.kvcompose.q.dim != info.head_dim ||
        layer.kvcompose.k.dim != info.head_dim))
-    throw Error("trace " + path_ + ": layer " + std::to_string(layer.layer_index) + " kvcompose pass is not [H or Hkv, n_context, head_dim]");
-  with_hdf5_errors(path_, "write " + group, [&] {
-    impl_->file->createGroup(group);
-    // One chunk = one head x up to 1024 tokens: reading one head of one layer touches
-    // only that head's chunks.
-    const hsize_t chunk_tokens = static_cast<hsize_t>(std::min(T, 1024));
-    const hsize_t d = static_cast<hsize_t>(info.head_dim);
-    auto write3 = [&](const HeadTensor& t, const char* name) {
-      impl_->write_float(group + "/" + name, {static_cast<hsize_t>(t.heads), static_cast<hsize_t>(T), d}, t.data.data(),
-                         info.dtype, {1, chunk_tokens, d});
-    };
-    write3(layer.q, "q");
-    write3(layer.k, "k");
-    write3(layer.v, "v");
-    if (!layer.attn_out.empty()) write3(layer.attn_out, "attn_out");
-    H5::Group written = impl_->file->openGroup(group);
-    if (const int window = info.sliding_window(layer.layer_index)) write_int_attr(written, "sliding_window", window);
-    if (const auto rope = info.layer_ropes.find(layer.layer_index); rope != info.layer_ropes.end()) {
-      const hsize_t half = rope->second.inv_freq.size();
-      impl_->file->createDataSet(group + "/rope_inv_freq", H5::PredType::IEEE_F64LE, H5::DataSpace(1, &half))
-          .write(rope->second.inv_freq.data(), H5::PredType::NATIVE_DOUBLE);
-      write_double_attr(written, "attention_scaling", rope->second.attention_scaling);
-    }
-    if (!layer.o_proj.empty()) {
-      const hsize_t rows = static_cast<hsize_t>(layer.o_proj_rows);
-      const hsize_t cols = static_cast<hsize_t>(info.num_attention_heads) * d;
-      if (rows * cols != layer.o_proj.size()) throw Error("trace " + path_ + ": o_proj has the wrong size");
-      impl_->write_float(group + "/o_proj_weight", {rows, cols}, layer.o_proj.data(), info.dtype, {rows, cols});
-    }
-    if (!layer.hidden_states.empty()) {
-      const hsize_t width = static_cast<hsize_t>(info.hidden_size);
-      impl_->write_float(group + "/hidden_states", {static_cast<hsize_t>(T), width}, layer.hidden_states.data(), info.dtype,
-                         {chunk_tokens, width});
-    }
-    if (!layer.kvzip.empty()) {
-      const hsize_t R = static_cast<hsize_t>(repeat_tokens), repeat_chunk = std::min<hsize_t>(R, 1024);
-      impl_->write_float(group + "/kvzip_q", {static_cast<hsize_t>(info.num_attention_heads), R, d}, layer.kvzip.q.data.data(), info.dtype,
-                         {1, repeat_chunk, d});
-      impl_->write_float(group + "/kvzip_k", {static_cast<hsize_t>(info.num_key_value_heads), R, d}, layer.kvzip.k.data.data(), info.dtype,
-                         {1, repeat_chunk, d});
-      impl_->write_float(group + "/kvzip_hidden_norm", {R}, layer.kvzip.hidden_norm.data(), StorageDtype::float32, {R});
-    }
-    if (!layer.kvcompose.empty()) {
-      const hsize_t n = static_cast<hsize_t>(info.n_context), pass_chunk = std::min<hsize_t>(std::max<hsize_t>(n, 1), 1024);
-      for (auto [name, tensor] : {std::pair{"/kvcompose_q", &layer.kvcompose.q}, {"/kvcompose_k", &layer.kvcompose.k}})
-        impl_->write_float(group + name, {static_cast<hsize_t>(tensor->heads), n, d}, tensor->data.data(), info.dtype, {1, pass_chunk, d});
-    }
-    return 0;
-  });
+    throw Error(where + " kvcompose pass is not [H or Hkv, n_context, head_dim]");
+  if (!layer.o_proj.empty() &&
+      static_cast<std::size_t>(layer.o_proj_rows) * static_cast<std::size_t>(info.num_attention_heads) * info.head_dim != layer.o_proj.size())
+    throw Error("trace " + path_ + ": o_proj has the wrong size");
+}
+
+// One chunk = one head x up to 1024 tokens: reading one head of one layer touches only that
+// head's chunks.
+void TraceWriter::write_attention_tensors(const LayerTensors& layer, const std::string& group) {
+  const int T = info_.total_tokens();
+  const hsize_t chunk_tokens = static_cast<hsize_t>(std::min(T, 1024)), d = static_cast<hsize_t>(info_.head_dim);
+  for (auto [name, tensor] : {std::pair{"q", &layer.q}, {"k", &layer.k}, {"v", &layer.v}, {"attn_out", &layer.attn_out}}) {
+    if (tensor == &layer.attn_out && tensor->empty()) continue;  // optional
+    impl_->write_float(group + "/" + name, {static_cast<hsize_t>(tensor->heads), static_cast<hsize_t>(T), d}, tensor->data.data(), info_.dtype,
+                       {1, chunk_tokens, d});
+  }
+  H5::Group written = impl_->file->openGroup(group);
+  if (const int window = info_.sliding_window(layer.layer_index)) write_int_attr(written, "sliding_window", window);
+  if (const auto rope = info_.layer_ropes.find(layer.layer_index); rope != info_.layer_ropes.end()) {
+    const hsize_t half = rope->second.inv_freq.size();
+    impl_->file->createDataSet(group + "/rope_inv_freq", H5::PredType::IEEE_F64LE, H5::DataSpace(1, &half))
+        .write(rope->second.inv_freq.data(), H5::PredType::NATIVE_DOUBLE);
+    write_double_attr(written, "attention_scaling", rope->second.attention_scaling);
+  }
+}
+
+void TraceWriter::write_layer_extras(const LayerTensors& layer, const std::string& group) {
+  const TraceInfo& info = info_;
+  const hsize_t d = static_cast<hsize_t>(info.head_dim);
+  if (!layer.o_proj.empty()) {
+    const hsize_t rows = static_cast<hsize_t>(layer.o_proj_rows), cols = static_cast<hsize_t>(info.num_attention_heads) * d;
+    impl_->write_float(group + "/o_proj_weight", {rows, cols}, layer.o_proj.data(), info.dtype, {rows, cols});
+  }
+  if (!layer.hidden_states.empty()) {
+    const hsize_t T = static_cast<hsize_t>(info.total_tokens()), width = static_cast<hsize_t>(info.hidden_size);
+    impl_->write_float(group + "/hidden_states", {T, width}, layer.hidden_states.data(), info.dtype, {std::min<hsize_t>(T, 1024), width});
+  }
+  if (!layer.kvzip.empty()) {
+    const hsize_t R = static_cast<hsize_t>(info.kvzip_repeat_tokens()), repeat_chunk = std::min<hsize_t>(R, 1024);
+    impl_->write_float(group + "/kvzip_q", {static_cast<hsize_t>(info.num_attention_heads), R, d}, layer.kvzip.q.data.data(), info.dtype,
+                       {1, repeat_chunk, d});
+    impl_->write_float(group + "/kvzip_k", {static_cast<hsize_t>(info.num_key_value_heads), R, d}, layer.kvzip.k.data.data(), info.dtype,
+                       {1, repeat_chunk, d});
+    impl_->write_float(group + "/kvzip_hidden_norm", {R}, layer.kvzip.hidden_norm.data(), StorageDtype::float32, {R});
+  }
+  if (!layer.kvcompose.empty()) {
+    const hsize_t n = static_cast<hsize_t>(info.n_context), pass_chunk = std::min<hsize_t>(std::max<hsize_t>(n, 1), 1024);
+    for (auto [name, tensor] : {std::pair{"/kvcompose_q", &layer.kvcompose.q}, {"/kvcompose_k", &layer.kvcompose.k}})
+      impl_->write_float(group + name, {static_cast<hsize_t>(tensor->heads), n, d}, tensor->data.data(), info.dtype, {1, pass_chunk, d});
+  }
 }
 
 void TraceWriter::finish() {

@@ -62,6 +62,8 @@ struct TraceInfo {
   std::vector<KvzipChunk> kvzip_chunks;
 
   int total_tokens() const { return n_context + n_question + n_generated; }
+  // Rows of a layer's KVzip passes: every chunk's repeat (0 without passes).
+  int kvzip_repeat_tokens() const { return kvzip_chunks.empty() ? 0 : kvzip_chunks.back().repeat_begin + kvzip_chunks.back().repeat_length; }
   int sliding_window(int layer) const {
     const auto it = sliding_windows.find(layer);
     return it == sliding_windows.end() ? 0 : it->second;
@@ -142,6 +144,10 @@ class TraceWriter {
   void finish();
 
  private:
+  void check_layer(const LayerTensors& layer) const;                                  // shapes against info_
+  void write_attention_tensors(const LayerTensors& layer, const std::string& group);  // q, k, v, attn_out, window, RoPE
+  void write_layer_extras(const LayerTensors& layer, const std::string& group);       // o_proj, hidden states, extra passes
+
   struct Impl;
   std::string path_;
   TraceInfo info_;
