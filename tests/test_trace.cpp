@@ -247,6 +247,20 @@ TEST(TraceWriter, RefusesHiddenStatesOfTheWrongShape) {
   EXPECT_FALSE(std::filesystem::exists(dir.file("b.h5")));
 }
 
+TEST(TraceWriter, RefusesAnOutputProjectionOfTheWrongSize) {
+  test::TempDir dir;
+  const TraceInfo info = test::trace_info(2, 1, 4, 6, 2, 0, {0});
+  LayerTensors layer = test::random_layer(2, 1, 8, 4, 3);
+  layer.o_proj_rows = 3;
+  layer.o_proj.assign(3 * 8 - 1, 0.5f);  // [3, H x d] = [3, 8] less one value
+  EXPECT_TRUE(mentions(error_of([&] { test::write_trace(dir.file("o.h5"), info, {layer}); }),
+                       {"o.h5", "layer 0 o_proj_weight holds 23 values, expected [o_proj_rows, H x head_dim] = [3,8]"}));
+  EXPECT_FALSE(std::filesystem::exists(dir.file("o.h5")));
+  layer.o_proj.push_back(0.5f);
+  test::write_trace(dir.file("o.h5"), info, {layer});
+  EXPECT_EQ(TraceReader(dir.file("o.h5")).read_layer(0).o_proj.size(), 24u);
+}
+
 TEST_F(BadTrace, MissingAttribute) {
   H5::H5File(path_, H5F_ACC_RDWR).openGroup("/").removeAttr("head_dim");
   EXPECT_TRUE(mentions(read_error(), {"bad.h5", "missing root attribute 'head_dim'"}));

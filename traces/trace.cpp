@@ -864,9 +864,10 @@ void TraceWriter::check_layer(const LayerTensors& layer) const {
        layer.kvcompose.q.tokens != info.n_context || layer.kvcompose.k.tokens != info.n_context || layer.kvcompose.q.dim != info.head_dim ||
        layer.kvcompose.k.dim != info.head_dim))
     throw Error(where + " kvcompose pass is not [H or Hkv, n_context, head_dim]");
-  if (!layer.o_proj.empty() &&
-      static_cast<std::size_t>(layer.o_proj_rows) * static_cast<std::size_t>(info.num_attention_heads) * info.head_dim != layer.o_proj.size())
-    throw Error("trace " + path_ + ": o_proj has the wrong size");
+  const std::size_t o_proj_columns = static_cast<std::size_t>(info.num_attention_heads) * static_cast<std::size_t>(info.head_dim);
+  if (!layer.o_proj.empty() && (layer.o_proj_rows < 1 || static_cast<std::size_t>(layer.o_proj_rows) * o_proj_columns != layer.o_proj.size()))
+    throw Error(where + " o_proj_weight holds " + std::to_string(layer.o_proj.size()) + " values, expected [o_proj_rows, H x head_dim] = [" +
+                std::to_string(layer.o_proj_rows) + "," + std::to_string(o_proj_columns) + "]");
 }
 
 // One chunk = one head x up to 1024 tokens: reading one head of one layer touches only that
