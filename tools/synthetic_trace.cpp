@@ -49,13 +49,10 @@ enum Stream : uint32_t {
   kSinkDir = 1, kNeedleDir = 1000, kLocal = 2000, kKeyNoise = 3000, kQueryNoise = 4000, kValue = 5000, kOproj = 9000, kHidden = 10000
 };
 
-}  // namespace
+constexpr int kKvzipPromptTokens = 6;
 
-void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& s) {
-  if (s.num_kv_heads < 1 || s.num_heads % s.num_kv_heads || s.head_dim % 2 || s.n_context < 1 ||
-      s.needle_start + s.needle_length > s.n_context || s.recorded_layers < 1 || s.recorded_layers > s.num_hidden_layers)
-    throw Error("synthetic trace: inconsistent shape parameters");
-  const int T = s.n_context + s.n_question + s.n_generated, d = s.head_dim, G = s.num_heads / s.num_kv_heads;
+TraceInfo synthetic_info(const SyntheticTraceSpec& s) {
+  const int T = s.n_context + s.n_question + s.n_generated, d = s.head_dim;
   TraceInfo info;
   info.model_name = "kvsim-synthetic (SmolLM2-135M-shaped, seed " + std::to_string(s.seed) + ")";
   info.num_hidden_layers = s.num_hidden_layers;
@@ -73,66 +70,87 @@ void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& s)
   for (int t = 0; t < T; ++t) info.tokens.push_back(static_cast<int32_t>(philox_uniform(s.seed, 1u << 20, 7, t) * 49152.0f));
   info.text = "synthetic trace: sinks, locality and a needle at [" + std::to_string(s.needle_start) + ", " +
               std::to_string(s.needle_start + s.needle_length) + ") that question and generated queries look for";
-
-  constexpr int kKvzipPromptTokens = 6;
   if (s.kvzip_chunk_size > 0) info.kvzip_chunks = synthetic_kvzip_chunks(s.n_context, 0, s.kvzip_chunk_size, kKvzipPromptTokens);
-  TraceWriter writer(path, info);
-  // Logit scales (q.k / sqrt(d)): noise ~ 1, sink ~ +5, needle ~ +4 for later queries,
-  // locality ~ +2 between nearby tokens.
+  return info;
+}
+
+// One layer's q, k and v, rounded to the trace's dtype. Logit scales (q.k / sqrt(d)): noise
+// ~ 1, sink ~ +5, needle ~ +4 for later queries, locality ~ +2 between nearby tokens.
+LayerTensors synthetic_attention_tensors(const SyntheticTraceSpec& s, const TraceInfo& info, const Normal& normal, int layer) {
   const float query_sink = 4.0f, key_sink = 10.0f, needle_key = 4.0f, needle_query = 8.0f, locality = 0.5f;
+  const int T = info.total_tokens(), d = s.head_dim, G = s.num_heads / s.num_kv_heads;
+  LayerTensors tensors;
+  tensors.layer_index = layer;
+  tensors.q = HeadTensor(s.num_heads, T, d);
+  tensors.k = HeadTensor(s.num_kv_heads, T, d);
+  tensors.v = HeadTensor(s.num_kv_heads, T, d);
+  // KV groups in parallel: each draws from its own Philox streams and writes only its heads.
+  ref::parallel_for(s.num_kv_heads, [&](int g) {
+    const auto sink_dir = unit_vector(normal, kSinkDir + g, d);
+    const auto needle_dir = unit_vector(normal, kNeedleDir + g, d);
+    // AR(1) locality signal shared by the queries and keys of the group.
+    std::vector<float> local(static_cast<std::size_t>(d), 0.0f);
+    for (int t = 0; t < T; ++t) {
+      for (int c = 0; c < d; ++c) local[c] = 0.98f * local[c] + 0.2f * normal(kLocal + g, static_cast<uint32_t>(t * d + c));
+      const bool needle = t >= s.needle_start && t < s.needle_start + s.needle_length;
+      std::vector<float> key(d), value(d);
+      for (int c = 0; c < d; ++c) {
+        key[c] = normal(kKeyNoise + g, static_cast<uint32_t>(t * d + c)) + locality * local[c] +
+                 (t == 0 ? key_sink * sink_dir[c] : 0.0f) + (needle ? needle_key * needle_dir[c] : 0.0f);
+        value[c] = normal(kValue + g, static_cast<uint32_t>(t * d + c));
+      }
+      apply_rope(key.data(), &tensors.k.at(g, t, 0), t, info.rope);
+      for (int c = 0; c < d; ++c) tensors.v.at(g, t, c) = value[c];
+      for (int h = g * G; h < (g + 1) * G; ++h) {
+        std::vector<float> query(d);
+        const bool asks = t >= s.n_context;  // question and generated tokens look for the needle
+        for (int c = 0; c < d; ++c)
+          query[c] = normal(kQueryNoise + h, static_cast<uint32_t>(t * d + c)) + locality * local[c] + query_sink * sink_dir[c] +
+                     (asks ? needle_query * needle_dir[c] : 0.0f);
+        apply_rope(query.data(), &tensors.q.at(h, t, 0), t, info.rope);
+      }
+    }
+  });
+  for (HeadTensor* t : {&tensors.q, &tensors.k, &tensors.v})
+    for (float& x : t->data) x = round_to(s.dtype, x);
+  return tensors;
+}
+
+// The output projection and hidden states: plain N(0, 1) draws (the projection scaled by
+// 1/sqrt(H d)), one stream per token for the hidden states; nothing in them relates to q, k or v.
+void add_synthetic_model_tensors(LayerTensors& tensors, const SyntheticTraceSpec& s, const TraceInfo& info, const Normal& normal) {
+  const int T = info.total_tokens();
+  if (s.with_o_proj) {
+    const int in = s.num_heads * s.head_dim;
+    tensors.o_proj_rows = info.hidden_size;
+    tensors.o_proj.resize(static_cast<std::size_t>(info.hidden_size) * in);
+    for (std::size_t i = 0; i < tensors.o_proj.size(); ++i)
+      tensors.o_proj[i] = round_to(s.dtype, normal(kOproj, static_cast<uint32_t>(i)) / std::sqrt(static_cast<float>(in)));
+  }
+  if (s.with_hidden_states) {
+    tensors.hidden_size = info.hidden_size;
+    tensors.hidden_states.resize(static_cast<std::size_t>(T) * info.hidden_size);
+    for (int t = 0; t < T; ++t)
+      for (int c = 0; c < info.hidden_size; ++c)
+        tensors.hidden_states[static_cast<std::size_t>(t) * info.hidden_size + c] =
+            round_to(s.dtype, normal(kHidden + static_cast<uint32_t>(t), static_cast<uint32_t>(c)));
+  }
+}
+
+}  // namespace
+
+void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& s) {
+  if (s.num_kv_heads < 1 || s.num_heads % s.num_kv_heads || s.head_dim % 2 || s.n_context < 1 ||
+      s.needle_start + s.needle_length > s.n_context || s.recorded_layers < 1 || s.recorded_layers > s.num_hidden_layers)
+    throw Error("synthetic trace: inconsistent shape parameters");
+  const TraceInfo info = synthetic_info(s);
+  TraceWriter writer(path, info);
   for (int layer = 0; layer < s.recorded_layers; ++layer) {
     const Normal normal(s.seed, layer);
-    LayerTensors tensors;
-    tensors.layer_index = layer;
-    tensors.q = HeadTensor(s.num_heads, T, d);
-    tensors.k = HeadTensor(s.num_kv_heads, T, d);
-    tensors.v = HeadTensor(s.num_kv_heads, T, d);
-    // KV groups in parallel: each draws from its own Philox streams and writes only its heads.
-    ref::parallel_for(s.num_kv_heads, [&](int g) {
-      const auto sink_dir = unit_vector(normal, kSinkDir + g, d);
-      const auto needle_dir = unit_vector(normal, kNeedleDir + g, d);
-      // AR(1) locality signal shared by the queries and keys of the group.
-      std::vector<float> local(static_cast<std::size_t>(d), 0.0f);
-      for (int t = 0; t < T; ++t) {
-        for (int c = 0; c < d; ++c) local[c] = 0.98f * local[c] + 0.2f * normal(kLocal + g, static_cast<uint32_t>(t * d + c));
-        const bool needle = t >= s.needle_start && t < s.needle_start + s.needle_length;
-        std::vector<float> key(d), value(d);
-        for (int c = 0; c < d; ++c) {
-          key[c] = normal(kKeyNoise + g, static_cast<uint32_t>(t * d + c)) + locality * local[c] +
-                   (t == 0 ? key_sink * sink_dir[c] : 0.0f) + (needle ? needle_key * needle_dir[c] : 0.0f);
-          value[c] = normal(kValue + g, static_cast<uint32_t>(t * d + c));
-        }
-        apply_rope(key.data(), &tensors.k.at(g, t, 0), t, info.rope);
-        for (int c = 0; c < d; ++c) tensors.v.at(g, t, c) = value[c];
-        for (int h = g * G; h < (g + 1) * G; ++h) {
-          std::vector<float> query(d);
-          const bool asks = t >= s.n_context;  // question and generated tokens look for the needle
-          for (int c = 0; c < d; ++c)
-            query[c] = normal(kQueryNoise + h, static_cast<uint32_t>(t * d + c)) + locality * local[c] +
-                       query_sink * sink_dir[c] + (asks ? needle_query * needle_dir[c] : 0.0f);
-          apply_rope(query.data(), &tensors.q.at(h, t, 0), t, info.rope);
-        }
-      }
-    });
-    // Store what the file will hold, then compute the attention output from it.
-    for (HeadTensor* t : {&tensors.q, &tensors.k, &tensors.v})
-      for (float& x : t->data) x = round_to(s.dtype, x);
-    if (s.with_attn_out) tensors.attn_out = ref::causal_attention(tensors, T);
-    if (s.with_o_proj) {
-      const int in = s.num_heads * d;
-      tensors.o_proj_rows = info.hidden_size;
-      tensors.o_proj.resize(static_cast<std::size_t>(info.hidden_size) * in);
-      for (std::size_t i = 0; i < tensors.o_proj.size(); ++i)
-        tensors.o_proj[i] = round_to(s.dtype, normal(kOproj, static_cast<uint32_t>(i)) / std::sqrt(static_cast<float>(in)));
-    }
-    if (s.with_hidden_states) {  // plain N(0, 1) draws, one stream per token: nothing in them relates to q, k or v
-      tensors.hidden_size = info.hidden_size;
-      tensors.hidden_states.resize(static_cast<std::size_t>(T) * info.hidden_size);
-      for (int t = 0; t < T; ++t)
-        for (int c = 0; c < info.hidden_size; ++c)
-          tensors.hidden_states[static_cast<std::size_t>(t) * info.hidden_size + c] =
-              round_to(s.dtype, normal(kHidden + static_cast<uint32_t>(t), static_cast<uint32_t>(c)));
-    }
+    LayerTensors tensors = synthetic_attention_tensors(s, info, normal, layer);
+    // The attention output of what the file holds.
+    if (s.with_attn_out) tensors.attn_out = ref::causal_attention(tensors, info.total_tokens());
+    add_synthetic_model_tensors(tensors, s, info, normal);
     if (s.kvzip_chunk_size > 0) tensors.kvzip = synthetic_kvzip_passes(tensors, s.n_context, 0, s.kvzip_chunk_size, kKvzipPromptTokens);
     if (s.with_kvcompose_pass) tensors.kvcompose = synthetic_kvcompose_pass(tensors, s.n_context);
     writer.write_layer(tensors);
