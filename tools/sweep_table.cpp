@@ -241,35 +241,49 @@ SweepTable::~SweepTable() {
 void SweepTable::load(const std::string& content) {
   const std::size_t last_newline = content.rfind('\n');
   const std::size_t complete = last_newline == std::string::npos ? 0 : last_newline + 1;
-  const std::string not_a_table = path_ + " is not a kvsim sweep table in " + (format_ == TableFormat::csv ? "CSV" : "JSON Lines");
-  std::size_t pos = 0;
-  int line_number = 1;
+  const std::optional<std::size_t> first_row = rows_begin(content, complete);
+  if (!first_row) {  // a CSV table that is empty, or a header cut short
+    needs_header_ = true;
+    if (!content.empty()) repaired_ = "dropped a half-written header";
+    return;
+  }
+  load_rows(content, *first_row, complete);
+  if (complete < content.size()) repaired_ += std::string(repaired_.empty() ? "dropped" : " and") + " a half-written last line";
+}
+
+std::string SweepTable::not_a_table() const {
+  return path_ + " is not a kvsim sweep table in " + (format_ == TableFormat::csv ? "CSV" : "JSON Lines");
+}
+
+// Where the rows start (after the CSV header), checking that the file begins as one of our
+// tables; none for a CSV table with no whole header. `complete`: the bytes up to the last newline.
+std::optional<std::size_t> SweepTable::rows_begin(const std::string& content, std::size_t complete) const {
   if (format_ == TableFormat::csv) {
     const std::string header = csv_header();
-    if (complete == 0 && header.compare(0, content.size(), content) == 0) {  // empty, or a header cut short
-      needs_header_ = true;
-      if (!content.empty()) repaired_ = "dropped a half-written header";
-      return;
-    }
+    if (complete == 0 && header.compare(0, content.size(), content) == 0) return std::nullopt;
     if (content.compare(0, header.size(), header) != 0)
-      throw Error(not_a_table + " (its first line is not the header " + header.substr(0, header.size() - 1) + "); nothing was changed");
-    pos = header.size();
-    ++line_number;
-  } else if (complete == 0) {  // nothing but a partial first line: it must look like one of our rows
-    const std::string start = "{\"trace\":";
-    if (content.compare(0, start.size(), start, 0, std::min(start.size(), content.size())) != 0)
-      throw Error(not_a_table + " (it does not start with " + start + "); nothing was changed");
+      throw Error(not_a_table() + " (its first line is not the header " + header.substr(0, header.size() - 1) + "); nothing was changed");
+    return header.size();
   }
+  const std::string start = "{\"trace\":";
+  if (complete == 0 && content.compare(0, start.size(), start, 0, std::min(start.size(), content.size())) != 0)
+    throw Error(not_a_table() + " (it does not start with " + start + "); nothing was changed");  // a partial first line must look like a row
+  return 0;
+}
+
+// The whole lines from `pos` to `complete`: each cell's rows must be contiguous; a cell
+// without its last row may only end the file, and is dropped.
+void SweepTable::load_rows(const std::string& content, std::size_t pos, std::size_t complete) {
   bool open = false;  // rows of a cell whose last row has not come yet
   CellKey open_key;
   std::size_t open_start = 0, open_rows = 0;
-  for (; pos < complete; ++line_number) {
+  for (int line_number = format_ == TableFormat::csv ? 2 : 1; pos < complete; ++line_number) {
     const std::size_t end = content.find('\n', pos);
     SweepRow row;
     try {
       row = decode_row(content.substr(pos, end - pos), format_);
     } catch (const Error& e) {
-      throw Error(not_a_table + " (line " + std::to_string(line_number) + ": " + e.what() + "); nothing was changed");
+      throw Error(not_a_table() + " (line " + std::to_string(line_number) + ": " + e.what() + "); nothing was changed");
     }
     const CellKey key = cell_of(row);
     if (open && key != open_key)
@@ -293,7 +307,6 @@ void SweepTable::load(const std::string& content) {
   if (open)
     repaired_ = "dropped the " + std::to_string(open_rows) + " rows of an unfinished cell (" + open_key.trace + ", " + open_key.press +
                 ", ratio " + open_key.ratio + ")";
-  if (complete < content.size()) repaired_ += std::string(repaired_.empty() ? "dropped" : " and") + " a half-written last line";
 }
 
 void SweepTable::write_all(const std::string& text) {

@@ -4,6 +4,7 @@
 // cell (the rows of one trace x press x ratio) at a time, so an interrupted sweep keeps what it
 // finished and a re-run skips it.
 #include <compare>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -56,6 +57,9 @@ class SweepTable {
 
  private:
   void load(const std::string& content);
+  std::string not_a_table() const;
+  std::optional<std::size_t> rows_begin(const std::string& content, std::size_t complete) const;
+  void load_rows(const std::string& content, std::size_t pos, std::size_t complete);
   void write_all(const std::string& text);
 
   std::string path_;
