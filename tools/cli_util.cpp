@@ -10,6 +10,7 @@
 #include "core/press_checks.h"
 #if KVSIM_WITH_CUDA
 #include "cuda/device.h"
+#include "reference/parallel.h"
 #endif
 #include "tools/commands.h"
 
@@ -83,6 +84,13 @@ void require_backend_usable(Backend backend) {
 #else
   throw Error("this kvsim was built without CUDA (nvcc was not found when it was configured); use --backend reference or cuda-emu");
 #endif
+}
+
+void apply_threads_option(const boost::program_options::variables_map& vm) {
+  if (!vm.count("threads")) return;
+  const int threads = vm["threads"].as<int>();
+  if (threads < 1) throw Error("--threads must be at least 1 (got " + std::to_string(threads) + ")");
+  ref::set_threads(threads);
 }
 
 void note_unchecksummed(const TraceReader& trace) {

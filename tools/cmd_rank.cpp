@@ -4,7 +4,6 @@
 #include <iostream>
 
 #include "core/error.h"
-#include "reference/parallel.h"
 #include "reference/replay.h"
 #include "tools/commands.h"
 #include "tools/progress.h"
@@ -47,11 +46,7 @@ int rank_command(const Args& args) {
   rank_options.confidence = vm["confidence"].as<double>();
   if (!(rank_options.confidence > 0 && rank_options.confidence < 1)) throw Error("--confidence must be in (0, 1)");
   const ReportFormat format = parse_report_format(vm["format"].as<std::string>());
-  if (vm.count("threads")) {
-    const int threads = vm["threads"].as<int>();
-    if (threads < 1) throw Error("--threads must be at least 1 (got " + std::to_string(threads) + ")");
-    ref::set_threads(threads);
-  }
+  apply_threads_option(vm);
   ref::ReplayOptions options;
   options.presses = vm["press"].as<std::vector<std::string>>();
   options.ratios = vm.count("ratio") ? vm["ratio"].as<std::vector<double>>() : std::vector<double>{0.25, 0.5, 0.75};

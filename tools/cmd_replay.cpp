@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 #include "core/registry.h"
-#include "reference/parallel.h"
+#include "core/text.h"
 #include "reference/replay.h"
 #include "tools/commands.h"
 #include "tools/progress.h"
@@ -16,7 +16,9 @@ namespace po = boost::program_options;
 
 namespace kvsim::cli {
 
-int replay_command(const Args& args) {
+namespace {
+
+po::options_description replay_options_description() {
   po::options_description desc(
       "kvsim replay: compress each recorded layer's context with every press and ratio, and measure how much the\n"
       "attention outputs of the later queries (question, generated tokens) move. Options");
@@ -36,8 +38,11 @@ int replay_command(const Args& args) {
       ("threads", po::value<int>(), "CPU threads of the reference backend (default: OMP_NUM_THREADS, else every core)")
       ("no-check-trace", po::bool_switch(), "skip recomputing a sample of the recorded attention outputs of each layer before replaying it")
       ("quiet,q", po::bool_switch(), "no progress lines on stderr");
-  po::variables_map vm;
-  if (!parse_options(args, desc, vm)) return 0;
+  return desc;
+}
+
+// Everything but the presses, which default to what the trace supports.
+ref::ReplayOptions replay_options(const po::variables_map& vm) {
   ref::ReplayOptions options;
   options.ratios = vm.count("ratio") ? vm["ratio"].as<std::vector<double>>() : std::vector<double>{0.25, 0.5, 0.75};
   if (vm.count("layers")) options.layers = parse_layer_list(vm["layers"].as<std::string>());
@@ -45,14 +50,42 @@ int replay_command(const Args& args) {
   options.check_trace = !vm["no-check-trace"].as<bool>();
   options.backend = parse_backend(vm["backend"].as<std::string>());
   require_backend_usable(options.backend);
+  return options;
+}
+
+// The time taken and, once per press, what its figures cover: skipped layers, and for a
+// query-time press what its ratio means.
+void note_replay(const ref::ReplayResult& result) {
+  char line[200];
+  std::snprintf(line, sizeof line, "%.2f s; reading the trace %.2f s (on its own thread), of which %.2f s not overlapped with work (%.0f%%)",
+                result.seconds, result.read_seconds, result.read_wait_seconds,
+                result.seconds > 0 ? 100.0 * result.read_wait_seconds / result.seconds : 0.0);
+  std::cerr << "kvsim replay: " << line << "\n";
+  std::set<std::string> noted;  // one note per press, not per ratio
+  for (const auto& run : result.runs)
+    if (!run.skipped_layers.empty() && noted.insert(run.press).second)
+      std::cerr << "kvsim replay: note: '" << run.press << "' skipped layer(s) " << join_ints(run.skipped_layers)
+                << " (a cross-layer press without the layer before; on a sliding-window layer, a press reading absolute "
+                   "positions or a decoding schedule); its figures cover the other layers\n";
+  for (const auto& run : result.runs)
+    if (Registry::instance().find(parse_press_spec(run.press).name)->query_time && noted.insert(run.press + " (query time)").second)
+      std::cerr << "kvsim replay: note: '" << run.press << "' compresses nothing (the cache is unchanged); its achieved ratio is the mean share, "
+                << (run.segment_queries ? "over the segment's own queries (a sparse prefill: the evaluation queries attend densely)"
+                                        : "over evaluation queries")
+                << " and heads, of the visible keys a query does not attend to (its KV bytes/token: those a query reads)\n";
+}
+
+}  // namespace
+
+int replay_command(const Args& args) {
+  const po::options_description desc = replay_options_description();
+  po::variables_map vm;
+  if (!parse_options(args, desc, vm)) return 0;
+  ref::ReplayOptions options = replay_options(vm);
   const ReportFormat format = parse_report_format(vm["format"].as<std::string>());
   const ReportDetail detail = parse_report_detail(vm["detail"].as<std::string>());
   const bool quiet = vm["quiet"].as<bool>();
-  if (vm.count("threads")) {
-    const int threads = vm["threads"].as<int>();
-    if (threads < 1) throw Error("--threads must be at least 1 (got " + std::to_string(threads) + ")");
-    ref::set_threads(threads);
-  }
+  apply_threads_option(vm);
 
   const TraceReader trace(vm.count("trace") ? vm["trace"].as<std::string>() : default_trace_path());
   if (!quiet) note_unchecksummed(trace);
@@ -66,31 +99,7 @@ int replay_command(const Args& args) {
     progress.update(p.done, std::string(two_passes ? (p.done <= p.total / 2 ? "survey pass, " : "evaluation pass, ") : "") + "layer " +
                                 std::to_string(p.layer));
   });
-  if (!quiet) {
-    char line[200];
-    std::snprintf(line, sizeof line, "%.2f s; reading the trace %.2f s (on its own thread), of which %.2f s not overlapped with work (%.0f%%)",
-                  result.seconds, result.read_seconds, result.read_wait_seconds,
-                  result.seconds > 0 ? 100.0 * result.read_wait_seconds / result.seconds : 0.0);
-    std::cerr << "kvsim replay: " << line << "\n";
-    std::set<std::string> noted;  // one note per press, not per ratio
-    for (const auto& run : result.runs)
-      if (!run.skipped_layers.empty() && noted.insert(run.press).second) {
-        std::string skipped;
-        for (int l : run.skipped_layers) {
-          if (!skipped.empty()) skipped += ',';
-          skipped += std::to_string(l);
-        }
-        std::cerr << "kvsim replay: note: '" << run.press << "' skipped layer(s) " << skipped
-                  << " (a cross-layer press without the layer before; on a sliding-window layer, a press reading absolute "
-                     "positions or a decoding schedule); its figures cover the other layers\n";
-      }
-    for (const auto& run : result.runs)
-      if (Registry::instance().find(parse_press_spec(run.press).name)->query_time && noted.insert(run.press + " (query time)").second)
-        std::cerr << "kvsim replay: note: '" << run.press << "' compresses nothing (the cache is unchanged); its achieved ratio is the mean share, "
-                  << (run.segment_queries ? "over the segment's own queries (a sparse prefill: the evaluation queries attend densely)"
-                                          : "over evaluation queries")
-                  << " and heads, of the visible keys a query does not attend to (its KV bytes/token: those a query reads)\n";
-  }
+  if (!quiet) note_replay(result);
   write_output(vm.count("output") ? vm["output"].as<std::string>() : "", format_replay(result, format, detail));
   return 0;
 }

@@ -3,7 +3,6 @@
 #include <iostream>
 
 #include "core/error.h"
-#include "reference/parallel.h"
 #include "tools/commands.h"
 #include "tools/sweep.h"
 
@@ -52,11 +51,7 @@ int sweep_command(const Args& args) {
   const bool jsonl_name = options.output.size() >= 6 && options.output.compare(options.output.size() - 6, 6, ".jsonl") == 0;
   options.format = parse_table_format(vm.count("format") ? vm["format"].as<std::string>() : jsonl_name ? "jsonl" : "csv");
   options.quiet = vm["quiet"].as<bool>();
-  if (vm.count("threads")) {
-    const int threads = vm["threads"].as<int>();
-    if (threads < 1) throw Error("--threads must be at least 1 (got " + std::to_string(threads) + ")");
-    ref::set_threads(threads);
-  }
+  apply_threads_option(vm);
   const SweepOutcome outcome = run_sweep(options);
   std::cout << options.output << ": " << outcome.cells_written << " cells (" << outcome.rows_written << " rows) added, "
             << outcome.cells_before << " were already there\n";

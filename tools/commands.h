@@ -37,6 +37,9 @@ bool parse_options(const Args& args, const boost::program_options::options_descr
                    boost::program_options::variables_map& vm, int positional_traces = 0,
                    const std::string& help_footer = "");
 
+// --threads, when given: the reference backend's thread count (at least 1).
+void apply_threads_option(const boost::program_options::variables_map& vm);
+
 // The bundled trace used when --trace is not given (KVSIM_TRACE overrides it).
 std::string default_trace_path();
 // A note on stderr when the trace carries no checksums (traces/FORMAT.md).
