@@ -1,6 +1,6 @@
 #pragma once
 // Decoding-time presses (kvpress DecodingPress, CompressionRatioDecodingPress;
-// shared/PRESSES.md §A.5): nothing happens at prefill; during generation, every
+// kvpress/presses/decoding_press.py): nothing happens at prefill; during generation, every
 // `compression_interval` steps (or when one step brings at least `target` tokens) the whole
 // cache is re-compressed to `target` tokens by an inner scorer press. The replay engine
 // drives the schedule step by step (reference/replay.cpp); the inner press runs on the
@@ -42,7 +42,7 @@ class DecodingPress : public Press {
   double target_ratio_ = -1;      // compression_ratio_decoding (>= 0 when used)
 };
 
-// kvpress CAMPress (shared/PRESSES.md §A.5.4) on the DecodingPress schedule: compresses only
+// kvpress CAMPress (kvpress/presses/cam_press.py) on the DecodingPress schedule: compresses only
 // when the cache exceeds the target; the inner scores are averaged over KV heads, so every
 // head evicts the same tokens; the `steps since the last compression` best-scoring evicted
 // tokens are merged, each into the next `merge_budget` kept tokens, with probability

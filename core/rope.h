@@ -1,6 +1,6 @@
 #pragma once
 // Rotary position embedding in the Hugging Face "rotate_half" convention
-// (shared/PRESSES.md §0.2). inv_freq already includes any rope_scaling (llama3, linear,
+// (transformers' apply_rotary_pos_emb). inv_freq already includes any rope_scaling (llama3, linear,
 // ...); attention_scaling multiplies cos and sin (1 for default RoPE).
 #include <vector>
 
@@ -36,7 +36,7 @@ class InverseRopeTable {
 
 // Mean over positions [start, start + count) of the RoPE matrices
 // R(p) = diag(cos p) + diag(sin p) P (attention_scaling folded in), row-major d x d in
-// float64 — Expected Attention's average future rotation (shared/PRESSES.md §A.2.5).
+// float64 — Expected Attention's average future rotation (kvpress/presses/expected_attention_press.py).
 std::vector<double> average_rope_rotation(const RopeConfig& rope, int start, int count);
 
 }  // namespace kvsim

@@ -1,5 +1,5 @@
 #pragma once
-// kvpress MergingPress.merge (shared/PRESSES.md §A.4.11), for one KV head, templated on the
+// kvpress MergingPress.merge (kvpress/presses/merging_press.py), for one KV head, templated on the
 // scalar type: float for the press (kvpress accumulates in fp32), double for the bound
 // checks of kvsim check-bounds (shared/MERGE_BOUNDS.md §5).
 //
@@ -148,7 +148,7 @@ std::vector<Scalar> apply_merges(const Scalar* values, int d, const std::vector<
 
 namespace kvsim::ref {
 
-// KVCache-Factory's merge_kv (shared/PRESSES.md §B.19), applied to keys and values alike, for
+// KVCache-Factory's merge_kv (pyramidkv/pyramidkv_utils.py; LOOK-M arXiv 2406.18139, KVMerger arXiv 2407.08454), applied to keys and values alike, for
 // one KV head, after nearest_survivors:
 //   pivot:    x_u <- (x_u + sum_{tgt[e]=u} (x_e + x_u) / 2) / (1 + n_u)   (scatter mean with self)
 //   weighted: x_u <- (x_u + sum w_e x_e) / (1 + sum w_e), w_e = max((sim_e + 1) / 2, 1e-6)

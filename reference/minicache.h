@@ -1,5 +1,5 @@
 #pragma once
-// MiniCache's per-token merge of layer l with layer l - 1 (shared/PRESSES.md §B.8), shared by
+// MiniCache's per-token merge of layer l with layer l - 1 (KVCache-Factory pyramidkv/minicache.py), shared by
 // the reference press and the bound of its restoration: SLERP of the unit directions at
 // interpolation t, each layer restored as its own norm times the shared direction.
 #include <algorithm>

@@ -1,5 +1,7 @@
 #pragma once
-// Building blocks shared by the reference scorers (shared/PRESSES.md §0.3).
+// Building blocks shared by the reference scorers, as kvpress computes them (window attention
+// and pooling: kvpress/presses/snapkv_press.py; the max + 1 padding of protected tokens; GQA
+// group means; queries and keys before RoPE).
 #include "core/press.h"
 #include "reference/eigen.h"
 

@@ -1,4 +1,4 @@
-// cam_kvcf(<ratio>) — KVCache-Factory's prefill CaM (CAMKVCluster, shared/PRESSES.md §B.9), in
+// cam_kvcf(<ratio>) — KVCache-Factory's prefill CaM (CAMKVCluster, pyramidkv/pyramidkv_utils.py), in
 // its kv_head granularity (attention averaged over each GQA group; KVCF's default gives every
 // query head its own cache, which a per-KV-head cache cannot hold). With window w and
 // abar[j] = mean over the last w queries of their causal softmax attention to j:

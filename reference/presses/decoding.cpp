@@ -1,5 +1,5 @@
 // decoding(<scorer>) and compression_ratio_decoding(<scorer>) — kvpress DecodingPress and
-// CompressionRatioDecodingPress (shared/PRESSES.md §A.5.1-2): periodic re-compression of the
+// CompressionRatioDecodingPress (kvpress/presses/decoding_press.py, compression_ratio_decoding_press.py): periodic re-compression of the
 // whole cache during generation, replayed step by step by the replay engine (core/decoding.h).
 // Defaults: compression_interval=512, target_size=2048 / target_compression_ratio=0.5.
 #include "core/decoding.h"

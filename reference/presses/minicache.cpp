@@ -1,4 +1,4 @@
-// minicache — KVCache-Factory's MiniCache (arXiv 2405.14366, shared/PRESSES.md §B.8): layer l's
+// minicache — KVCache-Factory's MiniCache (arXiv 2405.14366, pyramidkv/minicache.py): layer l's
 // keys and values are merged with layer l - 1's, token by token (SLERP of the unit directions
 // at `interpolation`, each restored with its own norm, reference/minicache.h), except the
 // ceil(retention_ratio * n) tokens per KV head whose keys are the farthest apart (angular
