@@ -293,6 +293,61 @@ CheckBoundsResult check_bounds_random(const RandomOptions& options) {
   return c.result("random generators, " + std::to_string(options.trials) + " trials each, seed " + std::to_string(options.seed));
 }
 
+namespace {
+
+// Per-token claims at one query: each sampled evicted token merged alone into its target,
+// everything else kept (the closed forms of §1.2, which P10/P11 check against brute force).
+void trace_single_merges(Collector& c, const std::string& group, const Instance& x, const ref::MergePlan<double>& plan,
+                         const std::vector<int>& kept_context, int tokens_per_head, const std::string& where) {
+  const Vec a = bounds::attention(x.q, x.K), O = bounds::output(a, x.V);
+  const std::size_t stride = std::max<std::size_t>(1, plan.evicted.size() / static_cast<std::size_t>(tokens_per_head));
+  for (std::size_t e = 0; e < plan.evicted.size(); e += stride) {
+    if (plan.weight[e] <= 0) continue;  // gated out: the press evicts it
+    const int i = plan.evicted[e], j = kept_context[plan.target[e]];
+    const double lambda = plan.weight[e], mu = lambda / (1 + lambda), kept_mass = a.sum() - a[i], w = plan.similarity[e];
+    const Vec vi = x.V.row(i), vj = x.V.row(j);
+    const Vec dE = a[i] / kept_mass * (O - vi), dM = dE + mu * a[j] / kept_mass * (vi - vj);
+    const std::string token = where + " token " + std::to_string(i) + " -> " + std::to_string(j);
+    const std::map<std::string, double> diag = {{"w", w}, {"lambda", lambda}, {"mu", mu}, {"a_i", a[i]},
+                                                {"a_j", a[j]}, {"|dE|", dE.norm()}, {"|dM|", dM.norm()}};
+    c.bound(group, "pr_bound_w", dE.norm(), dM.norm(), 1.0 / (1.0 + w), w, token, diag);
+    c.bound(group, "pr_bound_lambda", dE.norm(), dM.norm(), 1.0 / (1.0 + lambda), w, token, diag);
+    c.bound(group, "merge_no_worse", dE.norm(), dM.norm(), 1.0, w, token, diag);
+  }
+}
+
+// The whole press at query position t: the context's kept set with its merged values, plus
+// every token after the context (n) up to t; min w over the tokens that merged.
+void trace_whole_press(Collector& c, const std::string& group, const Instance& x, const ref::MergePlan<double>& plan,
+                       const std::vector<int>& kept_context, int n, int t, const std::string& where) {
+  const int d = static_cast<int>(x.V.cols());
+  std::vector<int> kept = kept_context;
+  for (int u = n; u <= t; ++u) kept.push_back(u);
+  const std::vector<double> merged_context = ref::apply_merges(x.V.data(), d, kept_context, plan);
+  Mat merged(static_cast<Eigen::Index>(kept.size()), d);
+  for (std::size_t r = 0; r < kept.size(); ++r)
+    merged.row(r) = r < kept_context.size() ? Vec(Eigen::Map<const Vec>(merged_context.data() + r * d, d)) : Vec(x.V.row(kept[r]));
+  double min_w = 1;
+  bool any = false;
+  for (std::size_t e = 0; e < plan.weight.size(); ++e)
+    if (plan.weight[e] > 0) {
+      min_w = std::min(min_w, plan.similarity[e]);
+      any = true;
+    }
+  full_press_instance(c, group + ", whole press", x, kept, merged, any ? min_w : 0.0, where);
+}
+
+// The last context query ("the scoring query" of window scorers) and `queries` later ones, spread evenly.
+std::vector<int> bound_query_positions(const TraceInfo& info, int queries) {
+  const int n = info.n_context, T = info.total_tokens();
+  std::vector<int> positions = {n - 1};
+  for (int k = 0; k < queries && n + k < T; ++k)
+    positions.push_back(n + static_cast<int>(static_cast<long>(k) * (T - n) / std::max(1, queries)));
+  return positions;
+}
+
+}  // namespace
+
 CheckBoundsResult check_bounds_trace(const TraceReader& trace, const TraceOptions& options) {
   const TraceInfo& info = trace.info();
   const Registry& registry = Registry::instance();
@@ -306,9 +361,7 @@ CheckBoundsResult check_bounds_trace(const TraceReader& trace, const TraceOption
   Collector c(options.bounds);
   const std::vector<int> layers = options.layers.empty() ? info.recorded_layers : options.layers;
   const int n = info.n_context, T = info.total_tokens(), H = info.num_attention_heads, Hkv = info.num_key_value_heads, d = info.head_dim;
-  std::vector<int> query_positions = {n - 1};  // the last context query ("the scoring query" of window scorers)
-  for (int k = 0; k < options.queries && n + k < T; ++k)
-    query_positions.push_back(n + static_cast<int>(static_cast<long>(k) * (T - n) / std::max(1, options.queries)));
+  const std::vector<int> query_positions = bound_query_positions(info, options.queries);
   for (int layer : layers)
     if (std::find(info.recorded_layers.begin(), info.recorded_layers.end(), layer) == info.recorded_layers.end())
       throw Error("layer " + std::to_string(layer) + " is not recorded in trace " + trace.path());
@@ -322,49 +375,17 @@ CheckBoundsResult check_bounds_trace(const TraceReader& trace, const TraceOption
       // The MergingPress plan of this head in float64, from the trace's keys and values.
       const Mat K = ref::head_rows(tensors.k, g, T).cast<double>(), V = ref::head_rows(tensors.v, g, T).cast<double>();
       const ref::MergePlan<double> plan = ref::plan_merges(K.data(), V.data(), n, d, kept_context, threshold, fraction);
-      for (int h = g * (H / Hkv); h < (g + 1) * (H / Hkv); ++h) {
+      for (int h = g * (H / Hkv); h < (g + 1) * (H / Hkv); ++h)
         for (int t : query_positions) {
           Instance x;
           x.q = ref::head_rows(tensors.q, h, T).row(t).cast<double>().transpose();
           x.K = K.topRows(t + 1);
           x.V = V.topRows(t + 1);
-          const Vec a = bounds::attention(x.q, x.K), O = bounds::output(a, x.V);
           const std::string group = "layer " + std::to_string(layer) + (t < n ? " scoring query" : " later queries");
-          // Per-token claims: one evicted token merged into its target, everything else kept
-          // (closed forms of §1.2, which P10/P11 check against brute force).
-          const std::size_t stride = std::max<std::size_t>(1, plan.evicted.size() / static_cast<std::size_t>(options.tokens_per_head));
-          for (std::size_t e = 0; e < plan.evicted.size(); e += stride) {
-            if (plan.weight[e] <= 0) continue;  // gated out: the press evicts it
-            const int i = plan.evicted[e], j = kept_context[plan.target[e]];
-            const double lambda = plan.weight[e], mu = lambda / (1 + lambda), kept_mass = a.sum() - a[i];
-            const Vec vi = x.V.row(i), vj = x.V.row(j);
-            const Vec dE = a[i] / kept_mass * (O - vi), dM = dE + mu * a[j] / kept_mass * (vi - vj);
-            const std::string where = "layer " + std::to_string(layer) + " head " + std::to_string(h) + " query " + std::to_string(t) +
-                                      " token " + std::to_string(i) + " -> " + std::to_string(j);
-            const std::map<std::string, double> diag = {{"w", plan.similarity[e]}, {"lambda", lambda}, {"mu", mu}, {"a_i", a[i]},
-                                                        {"a_j", a[j]}, {"|dE|", dE.norm()}, {"|dM|", dM.norm()}};
-            c.bound(group, "pr_bound_w", dE.norm(), dM.norm(), 1.0 / (1.0 + plan.similarity[e]), plan.similarity[e], where, diag);
-            c.bound(group, "pr_bound_lambda", dE.norm(), dM.norm(), 1.0 / (1.0 + lambda), plan.similarity[e], where, diag);
-            c.bound(group, "merge_no_worse", dE.norm(), dM.norm(), 1.0, plan.similarity[e], where, diag);
-          }
-          // The whole press: context kept set plus every token after the context.
-          std::vector<int> kept = kept_context;
-          for (int u = n; u <= t; ++u) kept.push_back(u);
-          const std::vector<double> merged_context = ref::apply_merges(V.data(), d, kept_context, plan);
-          Mat merged(static_cast<Eigen::Index>(kept.size()), d);
-          for (std::size_t r = 0; r < kept.size(); ++r)
-            merged.row(r) = r < kept_context.size() ? Vec(Eigen::Map<const Vec>(merged_context.data() + r * d, d)) : Vec(V.row(kept[r]));
-          double min_w = 1;
-          bool any = false;
-          for (std::size_t e = 0; e < plan.weight.size(); ++e)
-            if (plan.weight[e] > 0) {
-              min_w = std::min(min_w, plan.similarity[e]);
-              any = true;
-            }
-          full_press_instance(c, group + ", whole press", x, kept, merged, any ? min_w : 0.0,
-                              "layer " + std::to_string(layer) + " head " + std::to_string(h) + " query " + std::to_string(t));
+          const std::string where = "layer " + std::to_string(layer) + " head " + std::to_string(h) + " query " + std::to_string(t);
+          trace_single_merges(c, group, x, plan, kept_context, options.tokens_per_head, where);
+          trace_whole_press(c, group, x, plan, kept_context, n, t, where);
         }
-      }
       if (options.progress)
         options.progress(++heads_done, static_cast<double>(layers.size()) * Hkv, "layer " + std::to_string(layer) + ", KV head " + std::to_string(g));
     }
