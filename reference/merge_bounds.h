@@ -1,8 +1,8 @@
 #pragma once
-// The algebra of merging (shared/MERGE_BOUNDS.md), in float64, for one query: exact
+// The algebra of merging (docs/merge_bounds.md), in float64, for one query: exact
 // outputs of evicted and merged caches, the closed forms of the perturbations, the exact
 // criteria for the claimed bounds, the CaM linear model, and the instance generators of
-// MERGE_BOUNDS §3. Used by the property tests and by `kvsim check-bounds`.
+// its §3. Used by the property tests and by `kvsim check-bounds`.
 #include <Eigen/Dense>
 #include <cstdint>
 #include <random>
@@ -68,7 +68,7 @@ struct CamMerge {
 };
 CamMerge cam_merge(const Instance& x, int i, const std::vector<int>& window, double c);
 
-// ---- generators (MERGE_BOUNDS §3); d = 16, T = 32 by default -------------------------
+// ---- generators (docs/merge_bounds.md §3); d = 16, T = 32 by default -------------------------
 enum class Generator { iid, iid_peaked, controlled, controlled_values, offset, duplicate, exact_evict, tight };
 std::string generator_name(Generator g);
 Generator parse_generator(const std::string& name);  // kvsim::Error on unknown names

@@ -1,7 +1,7 @@
 #pragma once
 // kvpress MergingPress.merge (kvpress/presses/merging_press.py), for one KV head, templated on the
 // scalar type: float for the press (kvpress accumulates in fp32), double for the bound
-// checks of kvsim check-bounds (shared/MERGE_BOUNDS.md §5).
+// checks of kvsim check-bounds (docs/merge_bounds.md §5).
 //
 // Evicted token e (the complement of the kept set, in position order) goes to the kept
 // token with the highest key cosine similarity (k / max(|k|, 1e-6)); ties go to the first

@@ -222,7 +222,7 @@ namespace {
 TEST(CliCheckBounds, RandomExperimentsReproduceTheDocumentedRates) {
   const Result r = kvsim("check-bounds -q --random E1 E2 full_knorm --trials 3000 --seed 1 --format csv");
   ASSERT_EQ(r.status, 0) << r.output;
-  // Every row of a documented experiment lies within reach of MERGE_BOUNDS §4 (CI overlap).
+  // Every row of a documented experiment lies within reach of its reference rate (docs/merge_bounds.md §4; CI overlap).
   std::istringstream lines(r.output);
   std::string line;
   std::getline(lines, line);

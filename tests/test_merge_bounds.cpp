@@ -1,9 +1,9 @@
-// Merge bounds (shared/MERGE_BOUNDS.md), in float64.
+// Merge bounds (docs/merge_bounds.md), in float64.
 //  * §3A: every "must hold" property as a RapidCheck property over small instances whose
 //    entries are multiples of 0.1 (failures shrink to a minimal instance, printed with
 //    its seed), plus the generators of §3 where a property is about them.
 //  * §3B: every documented non-property is shown false by a deterministic counterexample
-//    of §1.4 (the numbers of the table are asserted too).
+//    of docs/merge_bounds.md §1.4 (the numbers of the table are asserted too).
 #include <gtest/gtest.h>
 #include <rapidcheck/gtest.h>
 
@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "reference/merge_bounds.h"
+#include "reference/merging.h"
 
 namespace kvsim::bounds {
 namespace {
@@ -55,6 +56,23 @@ bool unique_target(const Instance& x, int i) {
   return sims.size() < 2 || sims[0] - sims[1] > 1e-9;
 }
 
+// Every other token kept (0, 2, 4, ...), and the press's merge plan for them
+// (reference/merging.h, as kvpress MergingPress plans it).
+std::vector<int> every_other_token(int tokens) {
+  std::vector<int> kept;
+  for (int t = 0; t < tokens; t += 2) kept.push_back(t);
+  return kept;
+}
+
+ref::MergePlan<double> press_plan(const Instance& x, const std::vector<int>& kept, double threshold = 0.0) {
+  return ref::plan_merges(x.K.data(), x.V.data(), x.tokens(), static_cast<int>(x.K.cols()), kept, threshold, 1.0);
+}
+
+Mat merged_values(const Instance& x, const std::vector<int>& kept, const ref::MergePlan<double>& plan) {
+  const std::vector<double> values = ref::apply_merges(x.V.data(), static_cast<int>(x.V.cols()), kept, plan);
+  return Eigen::Map<const Mat>(values.data(), static_cast<Eigen::Index>(kept.size()), x.V.cols());
+}
+
 // ---- §3A: must hold -------------------------------------------------------------------
 
 RC_GTEST_PROP(MustHold, P01_zero_weight_merge_equals_eviction, ()) {
@@ -83,14 +101,40 @@ RC_GTEST_PROP(MustHold, P03_permutation_invariance, ()) {
   RC_ASSERT(close(a.dM, b.dM, 1e-10));
 }
 
+// A similarity threshold above every cosine gates every merge out: the press evicts, bit for bit.
+RC_GTEST_PROP(MustHold, P01b_threshold_gate_blocks_all, ()) {
+  const Instance x = arbitrary_instance();
+  const std::vector<int> kept = every_other_token(x.tokens());
+  const ref::MergePlan<double> plan = press_plan(x, kept, 1.5);  // cosines are at most 1
+  for (double w : plan.weight) RC_ASSERT(w == 0.0);
+  const Mat merged = merged_values(x, kept, plan);
+  RC_ASSERT(kept_output(x, kept, &merged) == kept_output(x, kept));
+}
+
+// Compression ratio 0 keeps every token: nothing to merge, the values unchanged bit for bit,
+// and the output the full cache's (up to the rounding of a second summation).
+RC_GTEST_PROP(MustHold, P02_compression_ratio_zero_identity, ()) {
+  const Instance x = arbitrary_instance();
+  const std::vector<int> kept = all_but(x.tokens(), {});
+  const ref::MergePlan<double> plan = press_plan(x, kept);
+  RC_ASSERT(plan.evicted.empty());
+  const Mat merged = merged_values(x, kept, plan);
+  RC_ASSERT(merged == x.V);
+  RC_ASSERT(close(kept_output(x, kept, &merged), output(attention(x.q, x.K), x.V)));
+}
+
+// Each merged value lies in the convex hull of its survivor and the tokens merged into it:
+// |v_j'| <= max(|v_j|, max over i -> j of |v_i|).
 RC_GTEST_PROP(MustHold, P05_merged_values_in_convex_hull, ()) {
   const Instance x = arbitrary_instance();
-  std::vector<int> kept;
-  for (int t = 0; t < x.tokens(); t += 2) kept.push_back(t);
-  const FullMerge f = merging_press_full(x, kept);
-  double max_norm = 0;
-  for (int t = 0; t < x.tokens(); ++t) max_norm = std::max(max_norm, x.V.row(t).norm());
-  for (Eigen::Index r = 0; r < f.merged_values.rows(); ++r) RC_ASSERT(f.merged_values.row(r).norm() <= max_norm * (1 + 1e-12));
+  const std::vector<int> kept = every_other_token(x.tokens());
+  const ref::MergePlan<double> plan = press_plan(x, kept);
+  std::vector<double> bound(kept.size());
+  for (std::size_t r = 0; r < kept.size(); ++r) bound[r] = x.V.row(kept[r]).norm();
+  for (std::size_t e = 0; e < plan.evicted.size(); ++e)
+    if (plan.weight[e] > 0) bound[plan.target[e]] = std::max(bound[plan.target[e]], x.V.row(plan.evicted[e]).norm());
+  const Mat merged = merged_values(x, kept, plan);
+  for (std::size_t r = 0; r < kept.size(); ++r) RC_ASSERT(merged.row(static_cast<Eigen::Index>(r)).norm() <= bound[r] * (1 + 1e-12));
 }
 
 RC_GTEST_PROP(MustHold, P07_value_scale_equivariance, ()) {

@@ -331,6 +331,11 @@ TEST_P(Mergers, FoldsAnEvictedValueIntoItsMostSimilarSurvivor) {
   EXPECT_NEAR(c.values[0][1], 2.0 * w / (1 + w), 1e-6);
   EXPECT_FLOAT_EQ(c.values[0][2], 5.0f);  // token 2 received nothing
   EXPECT_FLOAT_EQ(c.values[0][3], 5.0f);
+  EXPECT_TRUE(c.keys.empty());  // the kept keys are the cache's (merging moves values only)
+  // At ratio 0 every token stays, nothing merges (merge-bound properties P02 and P04).
+  const Compression whole = run("merging(knorm)", layer, 3, 0.0);
+  EXPECT_EQ(whole.kept, (Kept{{0, 1, 2}}));
+  EXPECT_TRUE(whole.values.empty() && whole.keys.empty());
   // Above the similarity threshold nothing merges: values stay as they were.
   const Compression gated = run("merging(knorm):similarity_threshold=0.999", layer, 3, 0.3);
   EXPECT_EQ(gated.values[0], (std::vector<float>{1, 0, 5, 5}));

@@ -39,7 +39,7 @@ bool CheckBoundsResult::all_must_hold() const {
 
 namespace {
 
-// MERGE_BOUNDS §4 (N = 10,000 each): violation rates of the bounds per experiment.
+// The reference violation rates of docs/merge_bounds.md §4 (N = 10,000 trials each).
 const std::map<std::string, std::map<std::string, double>> kExpected = {
     {"E1", {{"pr_bound_w", .901}, {"pr_bound_lambda", .682}, {"merge_no_worse", .056}}},
     {"E1a", {{"pr_bound_w", .841}, {"pr_bound_lambda", .573}, {"merge_no_worse", .306}}},
@@ -114,7 +114,10 @@ class Collector {
     if (!held && m.violations++ == 0) m.first_violation = where;
   }
 
-  CheckBoundsResult result(const std::string& source) {
+  // `trials` per experiment (0 on a trace): the reference ran 10,000, so its instance count,
+  // behind its interval, is this run's scaled by 10,000 / trials (the CaM rates count only
+  // the trials where their premise holds).
+  CheckBoundsResult result(const std::string& source, long trials) {
     CheckBoundsResult r;
     r.source = source;
     for (auto& [key, t] : order_) {
@@ -122,7 +125,8 @@ class Collector {
       auto e = kExpected.find(t.group);
       if (e != kExpected.end() && e->second.count(t.bound)) {
         t.expected_rate = e->second.at(t.bound);
-        t.expected_interval = bounds::wilson_interval(std::lround(t.expected_rate * 10000), 10000);
+        const long reference_instances = trials > 0 ? std::max(1L, std::lround(t.instances * 10000.0 / static_cast<double>(trials))) : 10000;
+        t.expected_interval = bounds::wilson_interval(std::lround(t.expected_rate * static_cast<double>(reference_instances)), reference_instances);
       }
       r.bounds.push_back(t);
     }
@@ -228,7 +232,7 @@ CheckBoundsResult check_bounds_random(const RandomOptions& options) {
   using bounds::Generator;
   Collector c(options.bounds);
   if (options.trials < 1) throw Error("--trials must be at least 1");
-  // Generator names of MERGE_BOUNDS §3 stand for the experiment built on them.
+  // Generator names (docs/merge_bounds.md §3) stand for the experiment built on them.
   const std::map<std::string, std::string> aliases = {{"iid", "E1"}, {"iid_peaked", "E1p"}, {"offset", "E1m"}, {"controlled", "E2"},
                                                       {"controlled_values", "E2v"}, {"duplicate", "dup"}};
   std::vector<std::string> names = options.experiments.empty() ? all_experiment_names() : options.experiments;
@@ -290,7 +294,7 @@ CheckBoundsResult check_bounds_random(const RandomOptions& options) {
     }
     if (options.progress) options.progress(trials_done, total_trials, name);
   }
-  return c.result("random generators, " + std::to_string(options.trials) + " trials each, seed " + std::to_string(options.seed));
+  return c.result("random generators, " + std::to_string(options.trials) + " trials each, seed " + std::to_string(options.seed), options.trials);
 }
 
 namespace {
@@ -390,7 +394,7 @@ CheckBoundsResult check_bounds_trace(const TraceReader& trace, const TraceOption
         options.progress(++heads_done, static_cast<double>(layers.size()) * Hkv, "layer " + std::to_string(layer) + ", KV head " + std::to_string(g));
     }
   }
-  return c.result("trace " + trace.path() + ", press " + options.press + " at ratio " + std::to_string(options.ratio));
+  return c.result("trace " + trace.path() + ", press " + options.press + " at ratio " + std::to_string(options.ratio), 0);
 }
 
 namespace {
@@ -442,7 +446,7 @@ std::string format_check_bounds(const CheckBoundsResult& r, const std::string& f
   }
   if (format != "table") throw Error("unknown --format '" + format + "' (table, csv or json)");
   out << "source: " << r.source << "\n\n"
-      << "| group | bound | instances | violated | 95% CI | MERGE_BOUNDS §4 | |dM|/|dE| median | p90 | max |\n"
+      << "| group | bound | instances | violated | 95% CI | reference (docs/merge_bounds.md §4) | |dM|/|dE| median | p90 | max |\n"
       << "|:--|:--|--:|--:|:--|:--|--:|--:|--:|\n";
   for (const BoundTally& t : r.bounds) {
     const auto [lo, hi] = bounds::wilson_interval(t.violations, t.instances);
@@ -478,7 +482,7 @@ std::string format_check_bounds(const CheckBoundsResult& r, const std::string& f
     for (const auto& [k, v] : t.worst.diagnostics) out << "; " << k << "=" << v;
     out << "\n";
   }
-  out << "\nMust-hold properties (MERGE_BOUNDS §3A) on these instances:\n\n| property | checked | violated |\n|:--|--:|--:|\n";
+  out << "\nMust-hold properties (docs/merge_bounds.md §3A) on these instances:\n\n| property | checked | violated |\n|:--|--:|--:|\n";
   for (const MustHoldTally& m : r.must_hold) out << "| " << m.property << " | " << m.checked << " | " << m.violations << " |\n";
   return out.str();
 }

@@ -1,5 +1,5 @@
 #pragma once
-// kvsim check-bounds: evaluates merge bounds (shared/MERGE_BOUNDS.md) on instances from the
+// kvsim check-bounds: evaluates merge bounds (docs/merge_bounds.md) on instances from the
 // §3 generators (the §4 experiments) or from a real trace, and checks the must-hold
 // properties of §3A on every instance it builds.
 #include <cstdint>
@@ -35,7 +35,7 @@ struct BoundTally {
   std::vector<double> ratios;  // |dM| / |dE| of the finite cases
   std::map<std::string, std::pair<long, long>> by_similarity;  // w bin -> (violations, instances)
   WorstInstance worst;
-  double expected_rate = -1;  // MERGE_BOUNDS §4, when the experiment is one of it
+  double expected_rate = -1;  // the reference rate of docs/merge_bounds.md §4, when the experiment has one
   std::pair<double, double> expected_interval{-1, -1};
 };
 

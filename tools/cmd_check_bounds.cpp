@@ -14,10 +14,11 @@ namespace kvsim::cli {
 int check_bounds_command(const Args& args) {
   po::options_description desc(
       "kvsim check-bounds: how often the bounds claimed for merging presses hold, on random instances (--random) or a trace\n"
-      "(default: the bundled trace). Exits 1 if any must-hold property of MERGE_BOUNDS §3A failed. Options");
+      "(default: the bundled trace). Exits 1 if any must-hold property (docs/merge_bounds.md §3A) failed. Options");
   desc.add_options()("help,h", "show this help")
       ("random", po::value<std::vector<std::string>>()->multitoken()->composing(),
-       "experiments of MERGE_BOUNDS §4: E1 E1a E1p E1m E2 E2v dup exact_evict tight full_random full_attention full_knorm, or all")
+       "experiments (docs/merge_bounds.md §4): E1 E1a E1p E1m E2 E2v dup exact_evict tight full_random full_attention full_knorm\n"
+       "cam_iid cam_offset, or all")
       ("trace", po::value<std::string>(), "trace file (default: the bundled trace, when --random is not given)")
       ("press", po::value<std::string>()->default_value("merging(knorm)"), "trace mode: the merging press, e.g. merging(snapkv)")
       ("ratio", po::value<double>()->default_value(0.5), "trace mode: compression ratio")
@@ -25,7 +26,7 @@ int check_bounds_command(const Args& args) {
       ("queries", po::value<int>()->default_value(8), "trace mode: later queries per head, besides the scoring query")
       ("tokens-per-head", po::value<int>()->default_value(32), "trace mode: evicted tokens per head and query for per-token bounds")
       ("bound", po::value<std::vector<std::string>>()->multitoken()->composing(),
-       "bounds: pr_bound_w pr_bound_lambda merge_no_worse pr_bound_lenient (default: all)")
+       "bounds: pr_bound_w pr_bound_lambda merge_no_worse pr_bound_lenient cam_dominance cam_dominance_converse (default: all)")
       ("trials", po::value<long>()->default_value(10000), "random mode: instances per experiment")
       ("seed", po::value<long long>()->default_value(0), "random mode: seed, >= 0")
       ("format", po::value<std::string>()->default_value("table"), "table (Markdown), csv or json")

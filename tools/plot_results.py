@@ -14,7 +14,8 @@ the table holds several):
   decoding-steps.FMT     rel_err mean per decoding step of the decoding presses, a marker where
                          the cache was compressed (only when the table has step rows)
   bounds.FMT             with --bounds (check-bounds --format csv or json): the violation rate
-                         of each bound per group, with its 95% interval and MERGE_BOUNDS' rate
+                         of each bound per group, with its 95% interval and the reference rate
+                         (docs/merge_bounds.md §4)
   ranking.FMT            with --ranking (kvsim rank --format csv or json): per compression ratio,
                          each press's mean metric over the suite with its bootstrap interval,
                          best first
@@ -210,7 +211,7 @@ def plot_bounds(plt, bounds, source, out_dir, fmt, written):
     ax.barh(y, rates, xerr=[low, high], color=colors, alpha=0.8, error_kw={"linewidth": 0.8})
     expected = [(yy, 100 * b["expected_rate"]) for yy, b in zip(y, bounds) if b["expected_rate"] is not None]
     if expected:
-        ax.plot([e[1] for e in expected], [e[0] for e in expected], "k|", markersize=10, label="MERGE_BOUNDS §4")
+        ax.plot([e[1] for e in expected], [e[0] for e in expected], "k|", markersize=10, label="reference rate (docs/merge_bounds.md §4)")
         ax.legend(fontsize=7, loc="lower right")
     ax.set_yticks(y, labels, fontsize=7)
     ax.set_xlim(0, 100)
