@@ -413,38 +413,42 @@ std::string num(double x) {
 
 }  // namespace
 
-std::string format_check_bounds(const CheckBoundsResult& r, const std::string& format) {
-  if (format == "json") {
-    nlohmann::json doc = {{"source", r.source}, {"all_must_hold", r.all_must_hold()}};
-    for (const BoundTally& t : r.bounds) {
-      const auto [lo, hi] = bounds::wilson_interval(t.violations, t.instances);
-      nlohmann::json bins = nlohmann::json::object();
-      for (const auto& [bin, counts] : t.by_similarity) bins[bin] = {{"violations", counts.first}, {"instances", counts.second}};
-      nlohmann::json diag = t.worst.diagnostics;
-      doc["bounds"].push_back({{"group", t.group}, {"bound", t.bound}, {"instances", t.instances}, {"violations", t.violations},
-                               {"rate", t.instances ? double(t.violations) / t.instances : 0.0}, {"ci95", {lo, hi}},
-                               {"expected_rate", t.expected_rate < 0 ? nlohmann::json(nullptr) : nlohmann::json(t.expected_rate)},
-                               {"ratio_median", percentile(t.ratios, 50)}, {"ratio_p90", percentile(t.ratios, 90)},
-                               {"ratio_max", t.ratios.empty() ? 0.0 : *std::max_element(t.ratios.begin(), t.ratios.end())},
-                               {"by_similarity", bins}, {"worst", {{"where", t.worst.where}, {"excess", t.worst.excess}, {"diagnostics", diag}}}});
-    }
-    for (const MustHoldTally& m : r.must_hold)
-      doc["must_hold"].push_back({{"property", m.property}, {"checked", m.checked}, {"violations", m.violations}, {"first_violation", m.first_violation}});
-    return doc.dump(2) + "\n";
+namespace {
+
+std::string bounds_json(const CheckBoundsResult& r) {
+  nlohmann::json doc = {{"source", r.source}, {"all_must_hold", r.all_must_hold()}};
+  for (const BoundTally& t : r.bounds) {
+    const auto [lo, hi] = bounds::wilson_interval(t.violations, t.instances);
+    nlohmann::json bins = nlohmann::json::object();
+    for (const auto& [bin, counts] : t.by_similarity) bins[bin] = {{"violations", counts.first}, {"instances", counts.second}};
+    nlohmann::json diag = t.worst.diagnostics;
+    doc["bounds"].push_back({{"group", t.group}, {"bound", t.bound}, {"instances", t.instances}, {"violations", t.violations},
+                             {"rate", t.instances ? double(t.violations) / t.instances : 0.0}, {"ci95", {lo, hi}},
+                             {"expected_rate", t.expected_rate < 0 ? nlohmann::json(nullptr) : nlohmann::json(t.expected_rate)},
+                             {"ratio_median", percentile(t.ratios, 50)}, {"ratio_p90", percentile(t.ratios, 90)},
+                             {"ratio_max", t.ratios.empty() ? 0.0 : *std::max_element(t.ratios.begin(), t.ratios.end())},
+                             {"by_similarity", bins}, {"worst", {{"where", t.worst.where}, {"excess", t.worst.excess}, {"diagnostics", diag}}}});
   }
+  for (const MustHoldTally& m : r.must_hold)
+    doc["must_hold"].push_back({{"property", m.property}, {"checked", m.checked}, {"violations", m.violations}, {"first_violation", m.first_violation}});
+  return doc.dump(2) + "\n";
+}
+
+std::string bounds_csv(const CheckBoundsResult& r) {
   std::ostringstream out;
-  if (format == "csv") {
-    out << "group,bound,instances,violations,rate,ci95_low,ci95_high,expected_rate,ratio_median,ratio_p90,ratio_max\n";
-    for (const BoundTally& t : r.bounds) {
-      const auto [lo, hi] = bounds::wilson_interval(t.violations, t.instances);
-      out << '"' << t.group << "\"," << t.bound << "," << t.instances << "," << t.violations << "," << (t.instances ? double(t.violations) / t.instances : 0.0)
-          << "," << lo << "," << hi << "," << (t.expected_rate < 0 ? std::string() : std::to_string(t.expected_rate)) << ","
-          << percentile(t.ratios, 50) << "," << percentile(t.ratios, 90) << ","
-          << (t.ratios.empty() ? 0.0 : *std::max_element(t.ratios.begin(), t.ratios.end())) << "\n";
-    }
-    return out.str();
+  out << "group,bound,instances,violations,rate,ci95_low,ci95_high,expected_rate,ratio_median,ratio_p90,ratio_max\n";
+  for (const BoundTally& t : r.bounds) {
+    const auto [lo, hi] = bounds::wilson_interval(t.violations, t.instances);
+    out << '"' << t.group << "\"," << t.bound << "," << t.instances << "," << t.violations << "," << (t.instances ? double(t.violations) / t.instances : 0.0)
+        << "," << lo << "," << hi << "," << (t.expected_rate < 0 ? std::string() : std::to_string(t.expected_rate)) << ","
+        << percentile(t.ratios, 50) << "," << percentile(t.ratios, 90) << ","
+        << (t.ratios.empty() ? 0.0 : *std::max_element(t.ratios.begin(), t.ratios.end())) << "\n";
   }
-  if (format != "table") throw Error("unknown --format '" + format + "' (table, csv or json)");
+  return out.str();
+}
+
+std::string bounds_table(const CheckBoundsResult& r) {
+  std::ostringstream out;
   out << "source: " << r.source << "\n\n"
       << "| group | bound | instances | violated | 95% CI | reference (docs/merge_bounds.md §4) | |dM|/|dE| median | p90 | max |\n"
       << "|:--|:--|--:|--:|:--|:--|--:|--:|--:|\n";
@@ -485,6 +489,15 @@ std::string format_check_bounds(const CheckBoundsResult& r, const std::string& f
   out << "\nMust-hold properties (docs/merge_bounds.md §3A) on these instances:\n\n| property | checked | violated |\n|:--|--:|--:|\n";
   for (const MustHoldTally& m : r.must_hold) out << "| " << m.property << " | " << m.checked << " | " << m.violations << " |\n";
   return out.str();
+}
+
+}  // namespace
+
+std::string format_check_bounds(const CheckBoundsResult& r, const std::string& format) {
+  if (format == "json") return bounds_json(r);
+  if (format == "csv") return bounds_csv(r);
+  if (format != "table") throw Error("unknown --format '" + format + "' (table, csv or json)");
+  return bounds_table(r);
 }
 
 }  // namespace kvsim
