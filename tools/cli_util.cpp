@@ -10,8 +10,8 @@
 #include "core/press_checks.h"
 #if KVSIM_WITH_CUDA
 #include "cuda/device.h"
-#include "reference/parallel.h"
 #endif
+#include "reference/parallel.h"
 #include "tools/commands.h"
 
 namespace kvsim::cli {
