@@ -392,10 +392,6 @@ void stream_layers(const std::vector<int>& layers, const Read& read, ReplayResul
   }
 }
 
-bool is_recorded(const TraceInfo& info, int layer) {
-  return std::find(info.recorded_layers.begin(), info.recorded_layers.end(), layer) != info.recorded_layers.end();
-}
-
 void check_ratios(const std::vector<double>& ratios) {
   if (ratios.empty()) throw Error("no ratio given");
   for (double r : ratios)
@@ -407,7 +403,7 @@ std::vector<int> checked_layers(const TraceReader& trace, const ReplayOptions& o
   const TraceInfo& info = trace.info();
   std::vector<int> layers = options.layers.empty() ? info.recorded_layers : options.layers;
   for (int l : layers)
-    if (!is_recorded(info, l)) throw Error("layer " + std::to_string(l) + " is not recorded in trace " + trace.path());
+    if (!info.records(l)) throw Error("layer " + std::to_string(l) + " is not recorded in trace " + trace.path());
   // Cross-layer presses run on the replayed layers whose predecessor is recorded (all but
   // layer 0 of a fully recorded trace); one with no such layer is refused here.
   for (std::size_t p = 0; p < replayed.presses.size(); ++p)
@@ -511,7 +507,7 @@ auto layer_reader(const TraceReader& trace, const LayerParts& parts, bool check,
     LoadedLayer loaded;
     loaded.tensors = trace.read_layer(layer, parts, std::move(done));
     if (check) check_recorded_outputs(trace, loaded.tensors);
-    if (previous && is_recorded(trace.info(), layer - 1)) loaded.previous = trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false});
+    if (previous && trace.info().records(layer - 1)) loaded.previous = trace.read_layer(layer - 1, {.attn_out = false, .o_proj = false});
     loaded.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return loaded;
   };

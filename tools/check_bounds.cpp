@@ -367,7 +367,7 @@ CheckBoundsResult check_bounds_trace(const TraceReader& trace, const TraceOption
   const int n = info.n_context, T = info.total_tokens(), H = info.num_attention_heads, Hkv = info.num_key_value_heads, d = info.head_dim;
   const std::vector<int> query_positions = bound_query_positions(info, options.queries);
   for (int layer : layers)
-    if (std::find(info.recorded_layers.begin(), info.recorded_layers.end(), layer) == info.recorded_layers.end())
+    if (!info.records(layer))
       throw Error("layer " + std::to_string(layer) + " is not recorded in trace " + trace.path());
   double heads_done = 0;
   for (int layer : layers) {

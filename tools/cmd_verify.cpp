@@ -66,7 +66,7 @@ int verify_command(const Args& args) {
   std::map<int, LayerTensors> tensors;  // the replayed layers and, for cross-layer presses, their predecessors
   for (int l : layers)
     for (int read : {l - 1, l})
-      if (!tensors.count(read) && std::find(info.recorded_layers.begin(), info.recorded_layers.end(), read) != info.recorded_layers.end())
+      if (!tensors.count(read) && info.records(read))
         tensors.emplace(read, trace.read_layer(read, parts));
   std::vector<ConformanceInput> inputs;
   for (int l : layers)

@@ -334,7 +334,7 @@ void TraceReader::read_recorded_layers() {
     if (l < 0 || l >= info_.num_hidden_layers)
       Impl::fail(path_, "recorded layer " + std::to_string(l) + " is outside [0, num_hidden_layers=" +
                             std::to_string(info_.num_hidden_layers) + ")");
-    if (std::find(info_.recorded_layers.begin(), info_.recorded_layers.end(), static_cast<int>(l)) != info_.recorded_layers.end())
+    if (info_.records(static_cast<int>(l)))
       Impl::fail(path_, "recorded layer " + std::to_string(l) + " is listed twice in /recorded_layers");
     info_.recorded_layers.push_back(static_cast<int>(l));
   }

@@ -4,6 +4,7 @@
 // its input hidden states and its o_proj weight. The reader loads one layer at a time with
 // hyperslab reads, converts the storage dtype to float32, and validates shapes, dtypes and
 // finiteness; every problem is a kvsim::Error naming the file and the dataset.
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <map>
@@ -62,6 +63,7 @@ struct TraceInfo {
   std::vector<KvzipChunk> kvzip_chunks;
 
   int total_tokens() const { return n_context + n_question + n_generated; }
+  bool records(int layer) const { return std::find(recorded_layers.begin(), recorded_layers.end(), layer) != recorded_layers.end(); }
   // Rows of a layer's KVzip passes: every chunk's repeat (0 without passes).
   int kvzip_repeat_tokens() const { return kvzip_chunks.empty() ? 0 : kvzip_chunks.back().repeat_begin + kvzip_chunks.back().repeat_length; }
   int sliding_window(int layer) const {
