@@ -19,6 +19,7 @@
 #include "core/wrapping.h"
 #include "reference/answer_metrics.h"
 #include "reference/attention.h"
+#include "reference/cam_decoding_merge.h"
 #include "reference/host_evaluator.h"
 #include "reference/parallel.h"
 #include "reference/select.h"
@@ -193,7 +194,7 @@ LayerTensors cache_view(const LayerTensors& tensors, const std::vector<HeadCache
 
 // CaM's compression (kvpress CAMPress.compress): one evicted set for every head from the
 // inner scores averaged over heads, then Bernoulli merges of the best `candidates` evicted
-// tokens into the next merge_budget kept tokens; all merges read the pre-merge values.
+// tokens into the next merge_budget kept tokens (reference/cam_decoding_merge.h).
 void cam_compress(const CamPress& press, const PressInput& input, std::vector<HeadCache>& cache, int target, int candidates) {
   const int len = input.n, Hkv = static_cast<int>(cache.size());
   const ScoreMatrix scores = press.scorer().score(input, DecodingPress::ratio_for(len, target));
@@ -212,25 +213,9 @@ void cam_compress(const CamPress& press, const PressInput& input, std::vector<He
   std::sort(order.begin(), order.end());
   for (int g = 0; g < Hkv; ++g) {
     HeadCache& c = cache[g];
-    std::vector<std::vector<float>> delta(c.values.size(), std::vector<float>(c.values[0].size(), 0.0f));
-    for (int e : order) {
-      const auto first = std::upper_bound(kept.begin(), kept.end(), e);
-      const std::size_t count = std::min<std::size_t>(static_cast<std::size_t>(kept.end() - first), static_cast<std::size_t>(press.merge_budget()));
-      if (count == 0) continue;
-      double window_attention = 0;
-      for (std::size_t w = 0; w < count; ++w) window_attention += c.attention[first[w]];
-      window_attention /= static_cast<double>(count);
-      double p = c.attention[e] / window_attention;
-      if (std::isnan(p)) p = 0;
-      p = std::clamp(p, 0.0, 1.0);  // inf -> 1
-      const float draw = philox_uniform(press.seed(), static_cast<uint32_t>(input.layer_index()), static_cast<uint32_t>(g),
-                                        static_cast<uint32_t>(c.positions[e]));
-      if (!(draw < p)) continue;
-      for (std::size_t w = 0; w < count; ++w)
-        for (std::size_t x = 0; x < delta[first[w]].size(); ++x) delta[first[w]][x] += c.values[e][x] / static_cast<float>(count);
-    }
-    for (std::size_t i = 0; i < c.values.size(); ++i)
-      for (std::size_t x = 0; x < delta[i].size(); ++x) c.values[i][x] += delta[i][x];
+    cam_merge_into_next_kept(c.values, c.attention, kept, order, press.merge_budget(), [&](int e) {
+      return philox_uniform(press.seed(), static_cast<uint32_t>(input.layer_index()), static_cast<uint32_t>(g), static_cast<uint32_t>(c.positions[e]));
+    });
     c.keep(kept);
   }
 }

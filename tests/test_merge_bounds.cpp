@@ -10,6 +10,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "reference/cam_decoding_merge.h"
 #include "reference/merge_bounds.h"
 #include "reference/merging.h"
 
@@ -334,6 +335,67 @@ RC_GTEST_PROP(MustHold, P22_cam_exact_residual_merge, ()) {
     if (kept[r] == 1 || kept[r] == 2) values.row(r) += (a[0] / S_W) * (x.V.row(0) - O.transpose());
   }
   RC_ASSERT(close(kept_output(x, kept, &values), O, 1e-10));
+}
+
+// P24, on kvsim's cam(<scorer>) merge step (reference/cam_decoding_merge.h) against the rule
+// restated from the receiving side: kept u gains v_e / m_e from every candidate e whose window
+// (the next m_e = min(m, kept after e) kept tokens) holds u and whose draw falls below
+// p_e = min(1, A_e / mean_W A) (0 when A_e = 0, 1 when only the window's A is 0); evicted
+// rows stay as they were. Windows cut by the end of the cache, b = 0 and b = 1 all occur.
+RC_GTEST_PROP(MustHold, P24_campress_merge_rule, ()) {
+  const int len = *rc::gen::inRange(2, 13), d = *rc::gen::inRange(1, 4), budget = *rc::gen::inRange(1, 5);
+  auto role = *rc::gen::container<std::vector<int>>(static_cast<std::size_t>(len), rc::gen::inRange(0, 3));  // 0 kept, 1 evicted, 2 candidate
+  const int some_kept = *rc::gen::inRange(0, len), some_candidate = (some_kept + *rc::gen::inRange(1, len)) % len;
+  role[some_kept] = 0;
+  role[some_candidate] = 2;
+  const auto attention_steps = *rc::gen::container<std::vector<int>>(static_cast<std::size_t>(len), rc::gen::inRange(0, 9));
+  const auto draw_tenths = *rc::gen::container<std::vector<int>>(static_cast<std::size_t>(len), rc::gen::inRange(0, 10));
+  const auto entries = *rc::gen::container<std::vector<int>>(static_cast<std::size_t>(len * d), rc::gen::inRange(-30, 31));
+  std::vector<int> kept, candidates;
+  for (int t = 0; t < len; ++t) {
+    if (role[t] == 0) kept.push_back(t);
+    if (role[t] == 2) candidates.push_back(t);
+  }
+  std::vector<double> attention(static_cast<std::size_t>(len));
+  std::vector<std::vector<float>> values(static_cast<std::size_t>(len), std::vector<float>(static_cast<std::size_t>(d)));
+  for (int t = 0; t < len; ++t) {
+    attention[t] = attention_steps[t] / 4.0;  // 0, 0.25, ..., 2
+    for (int c = 0; c < d; ++c) values[t][c] = static_cast<float>(entries[t * d + c] / 10.0);
+  }
+  const auto draw = [&](int e) { return static_cast<float>(draw_tenths[e] / 10.0); };
+  std::vector<std::vector<float>> merged = values;
+  ref::cam_merge_into_next_kept(merged, attention, kept, candidates, budget, draw);
+
+  const auto original = [&](int t) -> Vec { return Eigen::Map<const Eigen::VectorXf>(values[t].data(), d).cast<double>(); };
+  std::vector<Vec> expected(static_cast<std::size_t>(len));
+  for (int t = 0; t < len; ++t) expected[t] = original(t);
+  bool truncated = false, skipped = false;
+  for (int e : candidates) {
+    std::vector<int> window;
+    for (int u : kept)
+      if (u > e && static_cast<int>(window.size()) < budget) window.push_back(u);
+    if (window.empty()) continue;
+    truncated |= static_cast<int>(window.size()) < budget;
+    double window_sum = 0;
+    for (int u : window) window_sum += attention[u];
+    const double window_mean = window_sum / static_cast<double>(window.size());
+    const double p = attention[e] == 0 ? 0.0 : window_mean == 0 ? 1.0 : std::min(1.0, attention[e] / window_mean);
+    if (!(draw(e) < p)) {
+      skipped = true;
+      continue;
+    }
+    for (int u : window) expected[u] += original(e) / static_cast<double>(window.size());
+  }
+  RC_CLASSIFY(truncated, "a window cut by the end of the cache");
+  RC_CLASSIFY(skipped, "a candidate not merged (b = 0)");
+  for (int t = 0; t < len; ++t) {
+    const bool is_kept = std::binary_search(kept.begin(), kept.end(), t);
+    if (!is_kept) {
+      RC_ASSERT(merged[t] == values[t]);  // bit for bit: only kept rows receive merges
+      continue;
+    }
+    for (int c = 0; c < d; ++c) RC_ASSERT(std::abs(merged[t][c] - expected[t][c]) <= 1e-5 * (1 + std::abs(expected[t][c])));
+  }
 }
 
 // ---- §3B: documented non-properties, each shown false by a counterexample of §1.4 ------
