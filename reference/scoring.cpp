@@ -65,4 +65,12 @@ Eigen::RowVectorXd pre_rope_mean(const HeadTensor& t, int head, const InverseRop
   return sum / static_cast<double>(count);
 }
 
+Eigen::VectorXd inverse_quadratic_forms(const RowMatrixD& rows, const double* l) {
+  const Eigen::Index m = rows.cols();
+  RowMatrixD l_inverse = RowMatrixD::Identity(m, m);
+  Eigen::Map<const RowMatrixD>(l, m, m).triangularView<Eigen::Lower>().solveInPlace(l_inverse);
+  const RowMatrixD solved = rows * l_inverse.transpose();
+  return solved.rowwise().squaredNorm();
+}
+
 }  // namespace kvsim::ref

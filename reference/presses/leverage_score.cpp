@@ -22,26 +22,34 @@
 namespace kvsim::ref {
 
 RowMatrixD leverage_raw_scores(const PressInput& in, int first, int count, int k, uint64_t seed, const std::string& press) {
+  constexpr int kBlockRows = 256;  // pre-RoPE keys per block: stays in cache for the GEMM
   const int d = in.head_dim();
   RowMatrixD raw(in.num_kv_heads(), count);
   const InverseRopeTable table(in.rope, first, count);
   parallel_for(in.num_kv_heads(), [&](int g) {
-    RowMatrixD keys(count, d);
-    pre_rope_rows(in.layer.k, g, table, first, count, keys);
-    keys.rowwise() -= keys.colwise().mean();
     RowMatrixD phi(d, k);
     for (int c = 0; c < d; ++c)
       for (int j = 0; j < k; ++j)
         phi(c, j) = sketch_entry(seed, static_cast<uint32_t>(in.layer_index()), static_cast<uint32_t>(g), c, j, k, kLeverageSketchStream,
                                  1.0 / std::sqrt(static_cast<double>(k)));
-    RowMatrixD x = keys * phi;
-    const RowMatrixD gram = x.transpose() * x;
+    // X = (K - 1 mean) Phi, as K Phi - 1 (mean Phi) with K's pre-RoPE rows made a block at a
+    // time: a count x d float64 copy of K and a centring pass over it cost more than the GEMM.
+    RowMatrixD x(count, k), keys(std::min(kBlockRows, count), d);
+    Eigen::RowVectorXd sum = Eigen::RowVectorXd::Zero(d);  // row by row, in position order
+    for (int start = 0; start < count; start += kBlockRows) {
+      const int rows = std::min(kBlockRows, count - start);
+      pre_rope_rows(in.layer.k, g, table, first + start, rows, keys);
+      for (int t = 0; t < rows; ++t) sum += keys.row(t);
+      x.middleRows(start, rows).noalias() = keys.topRows(rows) * phi;
+    }
+    x.rowwise() -= (sum / static_cast<double>(count)) * phi;
+    RowMatrixD gram = RowMatrixD::Zero(k, k);
+    gram.selfadjointView<Eigen::Lower>().rankUpdate(x.transpose());  // X'X, lower half
+    gram.triangularView<Eigen::StrictlyUpper>() = gram.transpose();
     RowMatrixD l(k, k);
     if (!cholesky_with_jitter(gram.data(), k, 1e-2, 5, l.data()))
       throw Error("press '" + press + "': Cholesky of the sketched keys' Gram matrix failed after 5 tries (KV head " + std::to_string(g) + ")");
-    // x_t (LL')^{-1} x_t' = |L^{-1} x_t'|^2 for every t at once (one blocked triangular solve).
-    Eigen::Map<const RowMatrixD>(l.data(), k, k).transpose().triangularView<Eigen::Upper>().solveInPlace<Eigen::OnTheRight>(x);
-    raw.row(g) = x.rowwise().squaredNorm().transpose();
+    raw.row(g) = inverse_quadratic_forms(x, l.data()).transpose();
   });
   return raw;
 }
