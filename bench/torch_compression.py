@@ -3,9 +3,12 @@
 score, torch.topk, gather of the kept keys and values — timed on a Llama-3-8B-shaped layer
 (32 query heads, 8 KV heads, d=128) in the model dtype (bf16 by default), for comparison
 with bench_cuda's cuda/<press>/compress benchmarks. Every kvpress scorer press kvsim has is
-here except observed_attention, whose kvpress score reads the attention weights the model
-already computed (nothing to time on its own), and the presses that need an artefact or the
-hidden states (qfilter, kvzap, fastkvzip, expected_attention_stats). Where kvpress recomputes
+here except the presses that need an artefact or the hidden states (qfilter, kvzap, fastkvzip,
+expected_attention_stats). kvpress's observed_attention score reads the attention weights of the
+model's eager attention; its step here includes making them the way transformers' eager
+attention does (full q.k^T, causal mask, float32 softmax, cast to the model dtype), which is
+what kvsim's score has to compute too. Those weights take T^2 entries per head (64 GiB at 32K
+in bf16), so it runs only when named with --presses. Where kvpress recomputes
 queries or pre-RoPE keys from the hidden states (non_causal_attention, leverage_score,
 compactor), this takes the layer's queries and inverts RoPE on its keys, as kvsim does.
 
@@ -47,6 +50,19 @@ def tova_scores(q, k, window, kernel):
     attn = (q[:, :, -1:] @ keys.transpose(-1, -2) / math.sqrt(d)).softmax(dim=-1, dtype=torch.float32)[..., :-1]
     scores = attn.mean(dim=1).repeat(1, k.shape[1], 1)
     return F.pad(scores, (0, 1), value=scores.max().item() + 1)
+
+
+def observed_attention_scores(q, k, window, kernel):
+    # transformers' eager attention weights, then kvpress ObservedAttentionPress.score: each
+    # key's weight summed over the queries, divided by the number of queries that see it,
+    # averaged over each GQA group.
+    b, h, t, d = q.shape
+    group = h // k.shape[1]
+    logits = q @ k.repeat_interleave(group, dim=1).transpose(-1, -2) / math.sqrt(d)
+    mask = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+    weights = logits.masked_fill(mask, float("-inf")).softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+    scores = weights.sum(dim=2) / torch.arange(t, 0, -1, device=q.device)
+    return scores.view(b, k.shape[1], group, t).mean(dim=2)
 
 
 def keydiff_scores(q, k, window, kernel):
@@ -182,7 +198,9 @@ def compactor_scores(q, k, window, kernel, v=None, ratio=0.5, sink_start=8, sink
 PRESSES = {"knorm": knorm_scores, "snapkv": snapkv_scores, "pyramidkv": snapkv_scores, "tova": tova_scores,
            "keydiff": keydiff_scores, "streaming_llm": streaming_llm_scores, "random": random_scores,
            "lagkv": lagkv_scores, "expected_attention": expected_attention_scores, "cur": cur_scores,
-           "non_causal_attention": non_causal_attention_scores, "leverage_score": leverage_scores, "compactor": compactor_scores}
+           "non_causal_attention": non_causal_attention_scores, "leverage_score": leverage_scores, "compactor": compactor_scores,
+           "observed_attention": observed_attention_scores}
+DEFAULT_PRESSES = [name for name in PRESSES if name != "observed_attention"]  # T^2 weights: opt-in
 NEEDS_VALUES = {"lagkv", "expected_attention", "cur", "non_causal_attention", "compactor"}
 
 
@@ -224,7 +242,7 @@ def time_step(fn, device, iterations):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, nargs="+", default=[4096, 32768])
-    p.add_argument("--presses", nargs="+", default=list(PRESSES), choices=list(PRESSES))
+    p.add_argument("--presses", nargs="+", default=DEFAULT_PRESSES, choices=list(PRESSES))
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--iterations", type=int, default=10)
