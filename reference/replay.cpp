@@ -547,6 +547,25 @@ void summarize_runs(std::vector<RunAccumulator>& acc, ReplayResult& result) {
   }
 }
 
+// The result before any layer: the trace's shape and an empty run per (press, ratio) slot.
+ReplayResult empty_result(const TraceReader& trace, const std::vector<std::string>& presses, const std::vector<RunSlot>& slots, int n,
+                          int n_queries) {
+  const TraceInfo& info = trace.info();
+  ReplayResult result;
+  result.trace = trace.path();
+  result.n_compressed = n;
+  result.n_queries = n_queries;
+  result.answer_metrics = info.has_answer_spans();
+  result.kv_heads = info.num_key_value_heads;
+  result.head_dim = info.head_dim;
+  result.runs.resize(slots.size());
+  for (std::size_t s = 0; s < slots.size(); ++s) {
+    result.runs[s].press = presses[slots[s].press];
+    result.runs[s].ratio = slots[s].ratio;
+  }
+  return result;
+}
+
 }  // namespace
 
 LayerParts layer_parts_for(const std::vector<std::string>& presses) {
@@ -574,21 +593,10 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
                 std::string(options.query_aware ? "query-aware mode needs generated tokens" : "the trace has no question or generated tokens") + ")");
   const int question_tokens = options.query_aware ? info.n_question : 0;
 
-  ReplayResult result;
-  result.trace = trace.path();
-  result.n_compressed = n;
-  result.n_queries = n_queries;
-  result.answer_metrics = info.has_answer_spans();
-  result.kv_heads = info.num_key_value_heads;
-  result.head_dim = info.head_dim;
-  const std::vector<int> answer_query_indices = answer_queries(info, n), no_queries;
   const std::vector<RunSlot> slots = run_slots(replayed, options.ratios);
+  ReplayResult result = empty_result(trace, options.presses, slots, n, n_queries);
+  const std::vector<int> answer_query_indices = answer_queries(info, n), no_queries;
   std::vector<RunAccumulator> acc(slots.size());
-  result.runs.resize(slots.size());
-  for (std::size_t s = 0; s < slots.size(); ++s) {
-    result.runs[s].press = options.presses[slots[s].press];
-    result.runs[s].ratio = slots[s].ratio;
-  }
 
   const bool needs_previous_layer = std::ranges::any_of(replayed.infos, [](const PressInfo* p) { return p->needs_previous_layer; });
   const bool model_wide = std::ranges::any_of(replayed.presses, [](const auto& press) { return as_model_wide(*press) != nullptr; });
