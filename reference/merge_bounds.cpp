@@ -122,7 +122,16 @@ FullMerge merging_press_full(const Instance& x, const std::vector<int>& kept) {
   if (!merged_any) f.min_w = 0;
   const std::vector<double> values = ref::apply_merges(x.V.data(), d, kept, plan);
   f.merged_values = Eigen::Map<const Mat>(values.data(), static_cast<Eigen::Index>(kept.size()), d);
+  f.hull_norms = merged_hull_norms(x, kept, plan);
   return f;
+}
+
+std::vector<double> merged_hull_norms(const Instance& x, const std::vector<int>& kept, const ref::MergePlan<double>& plan) {
+  std::vector<double> bound(kept.size());
+  for (std::size_t r = 0; r < kept.size(); ++r) bound[r] = x.V.row(kept[r]).norm();
+  for (std::size_t e = 0; e < plan.evicted.size(); ++e)
+    if (plan.weight[e] > 0) bound[plan.target[e]] = std::max(bound[plan.target[e]], x.V.row(plan.evicted[e]).norm());
+  return bound;
 }
 
 CamMerge cam_merge(const Instance& x, int i, const std::vector<int>& window, double c) {

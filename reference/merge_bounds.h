@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "reference/merging.h"
+
 namespace kvsim::bounds {
 
 using Vec = Eigen::VectorXd;
@@ -57,8 +59,13 @@ struct FullMerge {
   std::vector<int> kept;
   double min_w = 1;  // smallest key cosine among the performed merges
   Mat merged_values;  // [kept.size(), d]
+  std::vector<double> hull_norms;  // P05's bound per kept row (merged_hull_norms)
 };
 FullMerge merging_press_full(const Instance& x, const std::vector<int>& kept);
+// P05's bound for each row of `kept` after the merges of `plan` (its targets index the first
+// rows of `kept`): max(|v_j|, max over the tokens i merged into j of |v_i|), the largest
+// norm of the convex hull row j's merged value lies in.
+std::vector<double> merged_hull_norms(const Instance& x, const std::vector<int>& kept, const ref::MergePlan<double>& plan);
 
 // CaM (§2): evicted i, window W of kept tokens, additive v_t += c v_i on W.
 struct CamMerge {

@@ -181,24 +181,29 @@ void single_merge_instance(Collector& c, const std::string& group, const Instanc
   const double crit = bounds::criterion_bound_lambda(closed);
   const double lhs = closed.dM.squaredNorm() - (1 - m.mu) * (1 - m.mu) * closed.dE.squaredNorm();
   if (std::abs(crit) > 1e-9 * scale && std::abs(lhs) > 1e-9 * scale) c.must_hold(2, (lhs <= 0) == (crit <= 0), where);
+  const double nw = bounds::criterion_no_worse(closed, x), nw_lhs = closed.dM.squaredNorm() - closed.dE.squaredNorm();
+  if (std::abs(nw) > 1e-9 * scale && std::abs(nw_lhs) > 1e-9 * scale) c.must_hold(2, (nw_lhs <= 0) == (nw >= 0), where);
   const double slack = 1e-9 * (1 + m.dE.norm() + m.F.norm());
   c.must_hold(3, m.dM.norm() <= (1 - m.mu) * m.dE.norm() + m.mu * m.F.norm() + slack, where);
+  c.must_hold(3, m.dM.norm() <= dE + m.mu * m.a_j_evicted * (x.V.row(m.i) - x.V.row(m.j)).norm() + slack, where);
   if (dE > 1e-9) c.must_hold(4, m.ratio() >= bounds::sin_floor(m, x) - 1e-7, where);
+  // P14's equality: the weight mu* = <dE, D> / |D|^2 reaches the floor.
+  const double mu_star = m.D.squaredNorm() > 1e-18 ? m.dE.dot(m.D) / m.D.squaredNorm() : 0.0;
+  if (dE > 1e-9 && mu_star > 0 && mu_star < 0.999)
+    c.must_hold(4, std::abs(bounds::single_merge(x, m.i, m.j, mu_star / (1 - mu_star)).ratio() - bounds::sin_floor(m, x)) < 1e-7, where);
 }
 
 // Full MergingPress (all evicted tokens merged) for one query.
 void full_press_instance(Collector& c, const std::string& group, const Instance& x, const std::vector<int>& kept, const Mat& merged,
-                         double min_w, const std::string& where) {
+                         const std::vector<double>& hull_norms, double min_w, const std::string& where) {
   const Vec O = bounds::output(bounds::attention(x.q, x.K), x.V);
   const double dE = (bounds::kept_output(x, kept) - O).norm();
   const double dM = (bounds::kept_output(x, kept, &merged) - O).norm();
   const std::map<std::string, double> diag = {{"min_w", min_w}, {"|dE|", dE}, {"|dM|", dM}};
   c.bound(group, "pr_bound_lenient", dE, dM, 1.0 / (1.0 + min_w), min_w, where, diag);
   c.bound(group, "merge_no_worse", dE, dM, 1.0, min_w, where, diag);
-  double max_norm = 0;
-  for (Eigen::Index t = 0; t < x.V.rows(); ++t) max_norm = std::max(max_norm, x.V.row(t).norm());
-  bool hull = true;
-  for (Eigen::Index r = 0; r < merged.rows(); ++r) hull = hull && merged.row(r).norm() <= max_norm * (1 + 1e-12);
+  bool hull = true;  // each merged value within its own survivor's and merged tokens' hull
+  for (Eigen::Index r = 0; r < merged.rows(); ++r) hull = hull && merged.row(r).norm() <= hull_norms[r] * (1 + 1e-12);
   c.must_hold(5, hull, where);
 }
 
@@ -287,10 +292,10 @@ CheckBoundsResult check_bounds_random(const RandomOptions& options) {
       std::vector<int> kept(order.begin(), order.begin() + T / 2);
       std::sort(kept.begin(), kept.end());
       const bounds::FullMerge f = bounds::merging_press_full(s.x, kept);
-      full_press_instance(c, name + "/q", s.x, kept, f.merged_values, f.min_w, where + " query q");
+      full_press_instance(c, name + "/q", s.x, kept, f.merged_values, f.hull_norms, f.min_w, where + " query q");
       Instance later = s.x;
       later.q = s.q2;
-      full_press_instance(c, name + "/q2", later, kept, f.merged_values, f.min_w, where + " query q2");
+      full_press_instance(c, name + "/q2", later, kept, f.merged_values, f.hull_norms, f.min_w, where + " query q2");
     }
     if (options.progress) options.progress(trials_done, total_trials, name);
   }
@@ -338,7 +343,7 @@ void trace_whole_press(Collector& c, const std::string& group, const Instance& x
       min_w = std::min(min_w, plan.similarity[e]);
       any = true;
     }
-  full_press_instance(c, group + ", whole press", x, kept, merged, any ? min_w : 0.0, where);
+  full_press_instance(c, group + ", whole press", x, kept, merged, bounds::merged_hull_norms(x, kept, plan), any ? min_w : 0.0, where);
 }
 
 // The last context query ("the scoring query" of window scorers) and `queries` later ones, spread evenly.
