@@ -231,10 +231,45 @@ void cam_instance(Collector& c, const std::string& group, const Instance& x, int
   c.must_hold(7, (bridge - merge.dM_exact).norm() <= 1e-9 * std::max(1.0, bridge.norm()), where);
 }
 
+// The generator (docs/merge_bounds.md §3) behind an experiment.
+bounds::Generator generator_of(const std::string& experiment) {
+  using bounds::Generator;
+  if (experiment == "E1p") return Generator::iid_peaked;
+  if (experiment == "E1m" || experiment == "cam_offset") return Generator::offset;
+  if (experiment == "E2") return Generator::controlled;
+  if (experiment == "E2v") return Generator::controlled_values;
+  if (experiment == "dup") return Generator::duplicate;
+  if (experiment == "exact_evict") return Generator::exact_evict;
+  if (experiment == "tight") return Generator::tight;
+  return Generator::iid;
+}
+
+// One trial of a full_* experiment: the whole press at compression 0.5 (16 of 32 kept by the
+// experiment's chooser, every evicted token merged), at the sample's query and a later one.
+void full_press_trial(Collector& c, const std::string& name, const bounds::Sample& s, std::mt19937_64& rng, const std::string& where) {
+  const int T = s.x.tokens();
+  std::vector<int> order(static_cast<std::size_t>(T));
+  std::iota(order.begin(), order.end(), 0);
+  if (name == "full_random") {
+    std::shuffle(order.begin(), order.end(), rng);
+  } else if (name == "full_attention") {
+    const Vec a = bounds::attention(s.x.q, s.x.K);
+    std::stable_sort(order.begin(), order.end(), [&](int u, int v) { return a[u] > a[v]; });
+  } else {
+    std::stable_sort(order.begin(), order.end(), [&](int u, int v) { return s.x.K.row(u).norm() < s.x.K.row(v).norm(); });
+  }
+  std::vector<int> kept(order.begin(), order.begin() + T / 2);
+  std::sort(kept.begin(), kept.end());
+  const bounds::FullMerge f = bounds::merging_press_full(s.x, kept);
+  full_press_instance(c, name + "/q", s.x, kept, f.merged_values, f.hull_norms, f.min_w, where + " query q");
+  Instance later = s.x;
+  later.q = s.q2;
+  full_press_instance(c, name + "/q2", later, kept, f.merged_values, f.hull_norms, f.min_w, where + " query q2");
+}
+
 }  // namespace
 
 CheckBoundsResult check_bounds_random(const RandomOptions& options) {
-  using bounds::Generator;
   Collector c(options.bounds);
   if (options.trials < 1) throw Error("--trials must be at least 1");
   // Generator names (docs/merge_bounds.md §3) stand for the experiment built on them.
@@ -252,14 +287,7 @@ CheckBoundsResult check_bounds_random(const RandomOptions& options) {
       throw Error("unknown experiment '" + name + "' for --random (E1, E1a, E1p, E1m, E2, E2v, dup, exact_evict, tight, full_random, "
                   "full_attention, full_knorm, cam_iid, cam_offset, a generator name, or all)");
     std::mt19937_64 rng(options.seed * 1000003ULL + static_cast<uint64_t>(index - known.begin()));
-    const Generator gen = name == "E1p"            ? Generator::iid_peaked
-                          : name == "E1m" || name == "cam_offset" ? Generator::offset
-                          : name == "E2"           ? Generator::controlled
-                          : name == "E2v"          ? Generator::controlled_values
-                          : name == "dup"          ? Generator::duplicate
-                          : name == "exact_evict"  ? Generator::exact_evict
-                          : name == "tight"        ? Generator::tight
-                                                   : Generator::iid;
+    const bounds::Generator gen = generator_of(name);
     for (long trial = 0; trial < options.trials; ++trial, ++trials_done) {
       if (options.progress && trial % 1000 == 0 && trial > 0) options.progress(trials_done, total_trials, name);
       const bounds::Sample s = bounds::generate(gen, rng);
@@ -277,25 +305,7 @@ CheckBoundsResult check_bounds_random(const RandomOptions& options) {
         single_merge_instance(c, name, s.x, i, where);
         continue;
       }
-      // Full press at compression 0.5: 16 of 32 kept by the chooser, every evicted token merged.
-      const int T = s.x.tokens();
-      std::vector<int> order(static_cast<std::size_t>(T));
-      std::iota(order.begin(), order.end(), 0);
-      if (name == "full_random") {
-        std::shuffle(order.begin(), order.end(), rng);
-      } else if (name == "full_attention") {
-        const Vec a = bounds::attention(s.x.q, s.x.K);
-        std::stable_sort(order.begin(), order.end(), [&](int u, int v) { return a[u] > a[v]; });
-      } else {
-        std::stable_sort(order.begin(), order.end(), [&](int u, int v) { return s.x.K.row(u).norm() < s.x.K.row(v).norm(); });
-      }
-      std::vector<int> kept(order.begin(), order.begin() + T / 2);
-      std::sort(kept.begin(), kept.end());
-      const bounds::FullMerge f = bounds::merging_press_full(s.x, kept);
-      full_press_instance(c, name + "/q", s.x, kept, f.merged_values, f.hull_norms, f.min_w, where + " query q");
-      Instance later = s.x;
-      later.q = s.q2;
-      full_press_instance(c, name + "/q2", later, kept, f.merged_values, f.hull_norms, f.min_w, where + " query q2");
+      full_press_trial(c, name, s, rng, where);
     }
     if (options.progress) options.progress(trials_done, total_trials, name);
   }
