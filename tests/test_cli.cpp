@@ -150,6 +150,7 @@ TEST_F(Cli, BadInputFailsCleanlyAndWritesNoOutputFile) {
   expect_clean_failure(kvsim(base + "--press snapkv:window_size=abc"), {"window_size", "abc"});
   expect_clean_failure(kvsim(base + "--press 'dms(knorm)'"), {"threshold", "required"});
   expect_clean_failure(kvsim(base + "--press knorm --layers 7"), {"layer 7 is not recorded"});
+  expect_clean_failure(kvsim("verify -q --backend cuda-emu --trace " + trace_ + " --press knorm --layers 7"), {"layer 7 is not recorded"});
   expect_clean_failure(kvsim(base + "--press knorm --format xml"), {"--format", "xml"});
   expect_clean_failure(kvsim(base + "--press knorm --backend tpu"), {"unknown backend 'tpu'"});
   expect_clean_failure(kvsim(base + "--press knorm --bogus"), {"bogus"});

@@ -34,6 +34,26 @@ double metric_difference(const ref::RunResult& a, const ref::RunResult& b) {
   return worst;
 }
 
+// The replayed layers and, for cross-layer presses, their recorded predecessors, with the
+// parts the replays read. A replayed layer that is not recorded is refused by the reader.
+std::map<int, LayerTensors> read_layers(const TraceReader& trace, const std::vector<int>& layers, const LayerParts& parts) {
+  std::map<int, LayerTensors> tensors;
+  for (int l : layers)
+    for (int read : {l - 1, l})
+      if (!tensors.count(read) && (read == l || trace.info().records(read))) tensors.emplace(read, trace.read_layer(read, parts));
+  return tensors;
+}
+
+// One conformance case per replayed layer.
+std::vector<ConformanceInput> conformance_inputs(const TraceInfo& info, const std::vector<int>& layers,
+                                                 const std::map<int, LayerTensors>& tensors) {
+  std::vector<ConformanceInput> inputs;
+  for (int l : layers)
+    inputs.push_back({"layer " + std::to_string(l), &tensors.at(l), info.n_context, info.num_hidden_layers, &info.rope,
+                      tensors.count(l - 1) ? &tensors.at(l - 1) : nullptr});
+  return inputs;
+}
+
 }  // namespace
 
 int verify_command(const Args& args) {
@@ -62,16 +82,8 @@ int verify_command(const Args& args) {
   options.presses = vm.count("press") ? vm["press"].as<std::vector<std::string>>() : default_press_specs(trace, options.layers);
   const std::vector<int> layers = options.layers.empty() ? info.recorded_layers : options.layers;
 
-  const LayerParts parts = ref::layer_parts_for(options.presses);  // what the replays read, for the same presses
-  std::map<int, LayerTensors> tensors;  // the replayed layers and, for cross-layer presses, their predecessors
-  for (int l : layers)
-    for (int read : {l - 1, l})
-      if (!tensors.count(read) && info.records(read))
-        tensors.emplace(read, trace.read_layer(read, parts));
-  std::vector<ConformanceInput> inputs;
-  for (int l : layers)
-    inputs.push_back({"layer " + std::to_string(l), &tensors.at(l), info.n_context, info.num_hidden_layers, &info.rope,
-                      tensors.count(l - 1) ? &tensors.at(l - 1) : nullptr});
+  const std::map<int, LayerTensors> tensors = read_layers(trace, layers, ref::layer_parts_for(options.presses));
+  const std::vector<ConformanceInput> inputs = conformance_inputs(info, layers, tensors);
 
   // Progress in steps: each layer of the two replays, then each press's conformance check.
   const double replay_steps = static_cast<double>(layers.size());
