@@ -149,6 +149,9 @@ TEST_F(Cli, BadInputFailsCleanlyAndWritesNoOutputFile) {
   expect_clean_failure(kvsim(base + "--press knorm --ratio abc"), {"--ratio"});
   expect_clean_failure(kvsim(base + "--press snapkv:window_size=abc"), {"window_size", "abc"});
   expect_clean_failure(kvsim(base + "--press 'dms(knorm)'"), {"threshold", "required"});
+  // Sizes that would exhaust memory (a k x k Gram matrix) or run for hours are refused by name.
+  expect_clean_failure(kvsim(base + "--press leverage_score:sketch_dimension=100000"), {"sketch_dimension", "above its maximum 1024"});
+  expect_clean_failure(kvsim(base + "--press expected_attention:n_future_positions=100000000"), {"n_future_positions", "above its maximum"});
   expect_clean_failure(kvsim(base + "--press knorm --layers 7"), {"layer 7 is not recorded"});
   expect_clean_failure(kvsim("verify -q --backend cuda-emu --trace " + trace_ + " --press knorm --layers 7"), {"layer 7 is not recorded"});
   expect_clean_failure(kvsim(base + "--press knorm --format xml"), {"--format", "xml"});

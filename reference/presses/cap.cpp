@@ -83,7 +83,7 @@ class CapPress final : public ScorerPress {
 const Registrar registered({.name = "cap",
                             .summary = "query-weighted value leverage against a capacity matrix (CAPKV, arXiv 2604.25975)",
                             .params = {{"tau", ParamType::Float, 5.0, {}, {}, "temperature of the query-key alignment weights"},
-                                       {"n_future_positions", ParamType::Int, 512.0, 1.0, {}, "future positions averaged by RoPE"},
+                                       {"n_future_positions", ParamType::Int, 512.0, 1.0, 1048576.0, "future positions averaged by RoPE (at most 2^20)"},
                                        {"n_sink", ParamType::Int, 4.0, 0.0, {}, "initial tokens always kept"},
                                        {"epsilon", ParamType::Float, 1e-6, 0.0, {}, "added to the weights inside the capacity matrix"}},
                             .is_scorer = true,

@@ -71,7 +71,7 @@ class ExpectedAttentionPress final : public ScorerPress {
 
 const Registrar registered({.name = "expected_attention",
                             .summary = "attention expected from future queries' Gaussian statistics (arXiv 2510.00636)",
-                            .params = {{"n_future_positions", ParamType::Int, 512.0, 1.0, {}, "future positions averaged by RoPE"},
+                            .params = {{"n_future_positions", ParamType::Int, 512.0, 1.0, 1048576.0, "future positions averaged by RoPE (at most 2^20)"},
                                        {"n_sink", ParamType::Int, 4.0, 0.0, {}, "initial tokens always kept"},
                                        {"use_covariance", ParamType::Bool, 1.0, {}, {}, "include the query covariance term"},
                                        {"use_vnorm", ParamType::Bool, 1.0, {}, {}, "rescale by value norms"},

@@ -67,7 +67,7 @@ class ExpectedAttentionStatsPress final : public ScorerPress {
 const Registrar registered({.name = "expected_attention_stats",
                             .summary = "expected_attention with precomputed per-layer query statistics from an artefact",
                             .params = {{"artefact", ParamType::Path, {}, {}, {}, "query statistics file: query_mean [L, H, d], query_cov [L, H, d, d]"},
-                                       {"n_future_positions", ParamType::Int, 512.0, 1.0, {}, "future positions averaged by RoPE"},
+                                       {"n_future_positions", ParamType::Int, 512.0, 1.0, 1048576.0, "future positions averaged by RoPE (at most 2^20)"},
                                        {"n_sink", ParamType::Int, 4.0, 0.0, {}, "initial tokens always kept"},
                                        {"use_covariance", ParamType::Bool, 1.0, {}, {}, "include the query covariance term"},
                                        {"use_vnorm", ParamType::Bool, 1.0, {}, {}, "rescale by value norms"},
