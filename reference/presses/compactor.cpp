@@ -54,7 +54,7 @@ std::vector<ParamDef> compactor_params() {
   return {{"sink_size_start", ParamType::Int, 8.0, 0.0, {}, "initial tokens always kept"},
           {"sink_size_end", ParamType::Int, 4.0, 0.0, {}, "most recent tokens always kept"},
           {"chunk_size", ParamType::Int, 256.0, 1.0, {}, "tokens per chunk of the non-causal attention"},
-          {"sketch_dimension", ParamType::Int, 48.0, 1.0, 1024.0, "columns of the leverage's Gaussian sketch (more than the head dimension change nothing)"},
+          {"sketch_dimension", ParamType::Int, 48.0, 1.0, 1024.0, "columns of the leverage's Gaussian sketch (columns beyond the head dimension add no information)"},
           blending,
           {"seed", ParamType::Int, 0.0, 0.0, 4294967295.0, "Philox seed of the sketch (kvsim; kvpress uses torch's generator)"}};
 }

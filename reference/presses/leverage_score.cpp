@@ -80,7 +80,7 @@ class LeverageScorePress final : public ScorerPress {
 
 const Registrar registered({.name = "leverage_score",
                             .summary = "approximate leverage of the sketched pre-RoPE keys, z-scored (Compactor, arXiv 2507.08143)",
-                            .params = {{"sketch_dimension", ParamType::Int, 48.0, 1.0, 1024.0, "columns of the Gaussian sketch (more than the head dimension change nothing)"},
+                            .params = {{"sketch_dimension", ParamType::Int, 48.0, 1.0, 1024.0, "columns of the Gaussian sketch (columns beyond the head dimension add no information)"},
                                        {"seed", ParamType::Int, 0.0, 0.0, 4294967295.0,
                                         "Philox seed of the sketch (kvsim; kvpress uses torch's generator)"}},
                             .is_scorer = true,
