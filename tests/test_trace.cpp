@@ -472,6 +472,16 @@ TEST(TraceWriter, RemovesItsPartialFileOnSigterm) {
   EXPECT_FALSE(std::filesystem::exists(path));
 }
 
+// A trace that cannot be created is refused naming the file and the likely cause (not as an
+// invalid or truncated trace, which is what a reader's failure means).
+TEST(TraceWriter, ACreateFailureNamesTheFileAndItsFolder) {
+  test::TempDir dir;
+  const std::string path = dir.file("no-such-folder/t.h5");
+  const std::string message = error_of([&] { TraceWriter writer(path, test::trace_info(2, 1, 4, 6, 2, 0, {0})); });
+  EXPECT_TRUE(mentions(message, {path.c_str(), "cannot create the file", "does its folder exist"}));
+  EXPECT_EQ(message.find("truncated"), std::string::npos) << message;
+}
+
 TEST(TraceWriter, LeavesNoFileWhenNotFinished) {
   test::TempDir dir;
   const std::string path = dir.file("half.h5");

@@ -254,15 +254,20 @@ struct TraceReader::Impl {
 
 namespace {
 
-// Runs fn, turning HDF5 library exceptions into one-line kvsim errors naming the file.
+constexpr const char* kReadFailure = "the file is not a valid HDF5 trace or is truncated";
+constexpr const char* kCreateFailure = "does its folder exist, and is it writable?";
+constexpr const char* kWriteFailure = "is the disk full, or the folder no longer writable?";
+
+// Runs fn, turning HDF5 library exceptions into one-line kvsim errors naming the file and
+// the likely cause.
 template <typename Fn>
-auto with_hdf5_errors(const std::string& path, const std::string& doing, Fn&& fn) -> decltype(fn()) {
+auto with_hdf5_errors(const std::string& path, const std::string& doing, Fn&& fn, const char* cause = kReadFailure) -> decltype(fn()) {
   try {
     return fn();
   } catch (const H5::Exception& e) {
     std::string detail = e.getDetailMsg();
     if (detail.empty()) detail = "HDF5 error";
-    throw Error("trace " + path + ": cannot " + doing + " (" + detail + "): the file is not a valid HDF5 trace or is truncated");
+    throw Error("trace " + path + ": cannot " + doing + " (" + detail + "): " + cause);
   }
 }
 
@@ -808,7 +813,7 @@ TraceWriter::TraceWriter(const std::string& path, const TraceInfo& info, bool ch
     }
     impl_->file->createGroup("/layers");
     return 0;
-  });
+  }, kCreateFailure);
 }
 
 TraceWriter::~TraceWriter() {
@@ -831,7 +836,7 @@ void TraceWriter::write_layer(const LayerTensors& layer) {
     write_attention_tensors(layer, group);
     write_layer_extras(layer, group);
     return 0;
-  });
+  }, kWriteFailure);
 }
 
 void TraceWriter::check_layer(const LayerTensors& layer) const {
@@ -920,7 +925,7 @@ void TraceWriter::finish() {
   with_hdf5_errors(path_, "finish the file", [&] {
     impl_->file->close();
     return 0;
-  });
+  }, kWriteFailure);
   std::error_code ec;
   std::filesystem::rename(impl_->partial, path_, ec);
   if (ec) throw Error("trace " + path_ + ": cannot rename " + impl_->partial + " into place: " + ec.message());
