@@ -387,8 +387,7 @@ void check_ratios(const std::vector<double>& ratios) {
 std::vector<int> checked_layers(const TraceReader& trace, const ReplayOptions& options, const ReplayPresses& replayed) {
   const TraceInfo& info = trace.info();
   std::vector<int> layers = options.layers.empty() ? info.recorded_layers : options.layers;
-  for (int l : layers)
-    if (!info.records(l)) throw Error("layer " + std::to_string(l) + " is not recorded in trace " + trace.path());
+  trace.require_recorded(layers);
   // Cross-layer presses run on the replayed layers whose predecessor is recorded (all but
   // layer 0 of a fully recorded trace); one with no such layer is refused here.
   for (std::size_t p = 0; p < replayed.presses.size(); ++p)

@@ -23,8 +23,7 @@ struct Result {
   std::string output;
 };
 
-Result kvsim(const std::string& args) {
-  const std::string command = std::string(KVSIM_BINARY) + " " + args + " 2>&1";
+Result shell(const std::string& command) {
   FILE* pipe = popen(command.c_str(), "r");
   Result r{-1, ""};
   if (!pipe) return r;
@@ -34,6 +33,8 @@ Result kvsim(const std::string& args) {
   r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
   return r;
 }
+
+Result kvsim(const std::string& args) { return shell(std::string(KVSIM_BINARY) + " " + args + " 2>&1"); }
 
 // Non-zero exit (not a crash) and a single error line containing every part.
 void expect_clean_failure(const Result& r, std::initializer_list<std::string> parts) {
@@ -152,7 +153,7 @@ TEST_F(Cli, BadInputFailsCleanlyAndWritesNoOutputFile) {
   // Sizes that would exhaust memory (a k x k Gram matrix) or run for hours are refused by name.
   expect_clean_failure(kvsim(base + "--press leverage_score:sketch_dimension=100000"), {"sketch_dimension", "above its maximum 1024"});
   expect_clean_failure(kvsim(base + "--press expected_attention:n_future_positions=100000000"), {"n_future_positions", "above its maximum"});
-  expect_clean_failure(kvsim(base + "--press knorm --layers 7"), {"layer 7 is not recorded"});
+  expect_clean_failure(kvsim(base + "--press knorm --layers 7"), {"layer 7 is not recorded", "recorded layers"});
   expect_clean_failure(kvsim("verify -q --backend cuda-emu --trace " + trace_ + " --press knorm --layers 7"), {"layer 7 is not recorded"});
   expect_clean_failure(kvsim(base + "--press knorm --format xml"), {"--format", "xml"});
   expect_clean_failure(kvsim(base + "--press knorm --backend tpu"), {"unknown backend 'tpu'"});
@@ -191,6 +192,26 @@ TEST(CliSynth, WritesADeterministicTraceThatVerifies) {
   EXPECT_TRUE(ra.has_dataset(1, "attn_out"));
   EXPECT_FALSE(rc.has_dataset(1, "attn_out"));
   EXPECT_EQ(kvsim("replay -q --press knorm --trace " + c).status, 0);
+}
+
+// Results that cannot be written (standard output redirected to a full disk) are an error,
+// not a silent success.
+TEST(CliOutput, AFullStandardOutputIsAnError) {
+  if (!std::filesystem::exists("/dev/full")) GTEST_SKIP() << "no /dev/full on this system";
+  for (const char* command : {"list", "check-bounds -q --random E1 --trials 10"})
+    expect_clean_failure(shell(std::string(KVSIM_BINARY) + " " + command + " 2>&1 >/dev/full"), {"cannot write to standard output"});
+}
+
+// A disk that fills while a trace is written (here a file-size limit): one line naming the
+// likely cause, no crash (HDF5 1.10 crashes at exit after a failed write unless kvsim ends
+// with _Exit), and no file left, partial or final.
+TEST(CliSynth, AFullDiskFailsCleanlyAndLeavesNoFile) {
+  test::TempDir dir;
+  const std::string out = dir.file("big.h5");
+  const Result r = shell("trap '' XFSZ; ulimit -f 512; " + std::string(KVSIM_BINARY) + " synth-trace --layers 2 --context 4000 -o " + out + " 2>&1");
+  expect_clean_failure(r, {out, "is the disk full"});
+  EXPECT_FALSE(std::filesystem::exists(out));
+  EXPECT_FALSE(std::filesystem::exists(out + ".partial"));
 }
 
 // --with-hidden-states adds hidden_states [T, heads x head_dim] and changes nothing else; kvzap
@@ -260,6 +281,7 @@ TEST(CliCheckBounds, BadArgumentsFailCleanly) {
   expect_clean_failure(kvsim("check-bounds --press snapkv"), {"must be a merging press"});
   expect_clean_failure(kvsim("check-bounds --ratio 0"), {"--ratio"});
   expect_clean_failure(kvsim("check-bounds --random E1 --trials 0"), {"--trials"});
+  expect_clean_failure(kvsim("check-bounds --layers 7"), {"layer 7 is not recorded", "recorded layers"});
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // each a clear kvsim::Error naming the file and the dataset, never a crash.
 #include <gtest/gtest.h>
 #include <csignal>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -480,6 +481,48 @@ TEST(TraceWriter, ACreateFailureNamesTheFileAndItsFolder) {
   const std::string message = error_of([&] { TraceWriter writer(path, test::trace_info(2, 1, 4, 6, 2, 0, {0})); });
   EXPECT_TRUE(mentions(message, {path.c_str(), "cannot create the file", "does its folder exist"}));
   EXPECT_EQ(message.find("truncated"), std::string::npos) << message;
+  EXPECT_FALSE(hdf5_file_abandoned());  // no file was opened: nothing for HDF5 to crash on
+}
+
+// A write that fails part-way (here a file-size limit, as a full disk would) is reported with
+// its likely cause and leaves no file, partial or final. HDF5 1.10 then cannot close the file
+// (a crash, at the latest in its clean-up at exit): the writer abandons it and says so, and
+// the child running it ends with _Exit.
+TEST(TraceWriter, AWriteFailureNamesTheCauseAndLeavesNoFile) {
+  test::TempDir dir;
+  const std::string path = dir.file("full.h5");
+  int channel[2];
+  ASSERT_EQ(::pipe(channel), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(channel[0]);
+    std::signal(SIGXFSZ, SIG_IGN);  // EFBIG instead of the signal
+    rlimit limit{};
+    ::getrlimit(RLIMIT_FSIZE, &limit);
+    limit.rlim_cur = 256 * 1024;
+    ::setrlimit(RLIMIT_FSIZE, &limit);
+    const std::string message = error_of([&] {
+      TraceWriter writer(path, test::trace_info(8, 2, 64, 1000, 24, 0, {0}));
+      writer.write_layer(test::random_layer(8, 2, 1024, 64, 5));  // ~3 MiB of float32
+      writer.finish();
+    });
+    const std::string report = (hdf5_file_abandoned() ? "abandoned " : "kept ") + message;
+    (void)!::write(channel[1], report.data(), report.size());
+    std::_Exit(0);
+  }
+  ::close(channel[1]);
+  std::string report;
+  char buffer[512];
+  for (ssize_t n; (n = ::read(channel[0], buffer, sizeof buffer)) > 0;) report.append(buffer, static_cast<std::size_t>(n));
+  ::close(channel[0]);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  EXPECT_TRUE(mentions(report, {"abandoned ", path.c_str(), "is the disk full"})) << report;
+  EXPECT_EQ(report.find("truncated"), std::string::npos) << report;
+  EXPECT_FALSE(std::filesystem::exists(path));
+  EXPECT_FALSE(std::filesystem::exists(path + ".partial"));
 }
 
 TEST(TraceWriter, LeavesNoFileWhenNotFinished) {

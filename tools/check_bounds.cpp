@@ -186,11 +186,13 @@ void single_merge_instance(Collector& c, const std::string& group, const Instanc
   const double slack = 1e-9 * (1 + m.dE.norm() + m.F.norm());
   c.must_hold(3, m.dM.norm() <= (1 - m.mu) * m.dE.norm() + m.mu * m.F.norm() + slack, where);
   c.must_hold(3, m.dM.norm() <= dE + m.mu * m.a_j_evicted * (x.V.row(m.i) - x.V.row(m.j)).norm() + slack, where);
-  if (dE > 1e-9) c.must_hold(4, m.ratio() >= bounds::sin_floor(m, x) - 1e-7, where);
+  if (dE <= 1e-9) return;
+  const double floor = bounds::sin_floor(m, x);
+  c.must_hold(4, m.ratio() >= floor - 1e-7, where);
   // P14's equality: the weight mu* = <dE, D> / |D|^2 reaches the floor.
   const double mu_star = m.D.squaredNorm() > 1e-18 ? m.dE.dot(m.D) / m.D.squaredNorm() : 0.0;
-  if (dE > 1e-9 && mu_star > 0 && mu_star < 0.999)
-    c.must_hold(4, std::abs(bounds::single_merge(x, m.i, m.j, mu_star / (1 - mu_star)).ratio() - bounds::sin_floor(m, x)) < 1e-7, where);
+  if (mu_star > 0 && mu_star < 0.999)
+    c.must_hold(4, std::abs(bounds::single_merge(x, m.i, m.j, mu_star / (1 - mu_star)).ratio() - floor) < 1e-7, where);
 }
 
 // Full MergingPress (all evicted tokens merged) for one query.
@@ -381,9 +383,7 @@ CheckBoundsResult check_bounds_trace(const TraceReader& trace, const TraceOption
   const std::vector<int> layers = options.layers.empty() ? info.recorded_layers : options.layers;
   const int n = info.n_context, T = info.total_tokens(), H = info.num_attention_heads, Hkv = info.num_key_value_heads, d = info.head_dim;
   const std::vector<int> query_positions = bound_query_positions(info, options.queries);
-  for (int layer : layers)
-    if (!info.records(layer))
-      throw Error("layer " + std::to_string(layer) + " is not recorded in trace " + trace.path());
+  trace.require_recorded(layers);
   double heads_done = 0;
   for (int layer : layers) {
     const LayerTensors tensors = trace.read_layer(layer, {.attn_out = false, .o_proj = false});

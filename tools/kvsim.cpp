@@ -1,11 +1,13 @@
 // kvsim: replay KV-cache compression presses on recorded attention traces.
 #include <boost/program_options/errors.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <map>
 
 #include "core/error.h"
 #include "tools/commands.h"
+#include "traces/trace.h"
 
 namespace {
 
@@ -22,6 +24,21 @@ const char* kUsage =
     "  rank          rank presses per ratio by a metric over a suite of traces, with bootstrap intervals\n"
     "  check-bounds  how often the bounds claimed for merging presses hold (random instances or a trace)\n"
     "  synth-trace   write a synthetic trace (sinks, locality, a needle)\n";
+
+int run_command(const std::string& name, int (*command)(const kvsim::cli::Args&), const kvsim::cli::Args& args) {
+  try {
+    return command(args);
+  } catch (const kvsim::Error& e) {
+    std::cerr << "kvsim " << name << ": error: " << e.what() << "\n";
+    return 1;
+  } catch (const boost::program_options::error& e) {
+    std::cerr << "kvsim " << name << ": error: " << e.what() << " (see kvsim " << name << " --help)\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "kvsim " << name << ": error: " << e.what() << "\n";
+    return 1;
+  }
+}
 
 }  // namespace
 
@@ -45,16 +62,17 @@ int main(int argc, char** argv) {
     std::cerr << "kvsim: error: unknown command '" << argv[1] << "' (commands: list, info, replay, sweep, rank, verify-trace, verify, check-bounds, synth-trace)\n";
     return 2;
   }
-  try {
-    return it->second(Args(argv + 2, argv + argc));
-  } catch (const kvsim::Error& e) {
-    std::cerr << "kvsim " << argv[1] << ": error: " << e.what() << "\n";
-    return 1;
-  } catch (const boost::program_options::error& e) {
-    std::cerr << "kvsim " << argv[1] << ": error: " << e.what() << " (see kvsim " << argv[1] << " --help)\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "kvsim " << argv[1] << ": error: " << e.what() << "\n";
-    return 1;
+  int status = run_command(argv[1], it->second, Args(argv + 2, argv + argc));
+  // Output that could not be written (a full disk behind a redirection) is an error, not a
+  // silent success.
+  std::cout.flush();
+  if (std::fflush(stdout) != 0 || !std::cout || std::ferror(stdout)) {
+    std::cerr << "kvsim " << argv[1] << ": error: cannot write to standard output (is the disk full?)\n";
+    status = 1;
   }
+  if (kvsim::hdf5_file_abandoned()) {  // HDF5's clean-up at exit would crash on it
+    std::cerr.flush();
+    std::_Exit(status);
+  }
+  return status;
 }

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <tuple>
@@ -258,16 +259,20 @@ constexpr const char* kReadFailure = "the file is not a valid HDF5 trace or is t
 constexpr const char* kCreateFailure = "does its folder exist, and is it writable?";
 constexpr const char* kWriteFailure = "is the disk full, or the folder no longer writable?";
 
-// Runs fn, turning HDF5 library exceptions into one-line kvsim errors naming the file and
-// the likely cause.
+// An HDF5 library exception as a one-line kvsim error naming the file and the likely cause.
+Error hdf5_failure(const std::string& path, const std::string& doing, const H5::Exception& e, const char* cause) {
+  std::string detail = e.getDetailMsg();
+  if (detail.empty()) detail = "HDF5 error";
+  return Error("trace " + path + ": cannot " + doing + " (" + detail + "): " + cause);
+}
+
+// Runs fn, turning HDF5 library exceptions into hdf5_failure errors.
 template <typename Fn>
 auto with_hdf5_errors(const std::string& path, const std::string& doing, Fn&& fn, const char* cause = kReadFailure) -> decltype(fn()) {
   try {
     return fn();
   } catch (const H5::Exception& e) {
-    std::string detail = e.getDetailMsg();
-    if (detail.empty()) detail = "HDF5 error";
-    throw Error("trace " + path + ": cannot " + doing + " (" + detail + "): " + cause);
+    throw hdf5_failure(path, doing, e, cause);
   }
 }
 
@@ -542,13 +547,15 @@ void TraceReader::read_answer() {
   }
 }
 
+void TraceReader::require_recorded(const std::vector<int>& layers) const {
+  for (int layer : layers)
+    if (!info_.records(layer))
+      Impl::fail(path_, "layer " + std::to_string(layer) + " is not recorded (recorded layers: " + join_ints(info_.recorded_layers) + ")");
+}
+
 HeadTensor TraceReader::read_heads(int layer, const std::string& name, int head_begin, int head_count, int tokens, HeadTensor storage) const {
   const TraceInfo& info = info_;
-  bool recorded = false;
-  for (int l : info.recorded_layers) recorded = recorded || l == layer;
-  if (!recorded) {
-    Impl::fail(path_, "layer " + std::to_string(layer) + " is not recorded (recorded layers: " + join_ints(info.recorded_layers) + ")");
-  }
+  require_recorded({layer});
   const int heads = (name == "k" || name == "v") ? info.num_key_value_heads : info.num_attention_heads;
   if (head_begin < 0 || head_count < 1 || head_begin + head_count > heads || tokens < 0 || tokens > info.total_tokens())
     Impl::fail(path_, "requested heads [" + std::to_string(head_begin) + ", " + std::to_string(head_begin + head_count) +
@@ -684,20 +691,66 @@ int register_partial(const std::string& path) {
 void unregister_partial(int slot) {
   if (slot >= 0) g_partial_used[slot] = 0;
 }
+
+// Files whose writing failed inside HDF5, kept reachable and never closed (see
+// hdf5_file_abandoned).
+std::mutex g_abandoned_mutex;
+std::vector<std::unique_ptr<H5::H5File>>* g_abandoned_files = nullptr;
 }  // namespace
+
+bool hdf5_file_abandoned() {
+  const std::lock_guard lock(g_abandoned_mutex);
+  return g_abandoned_files != nullptr;
+}
 
 struct TraceWriter::Impl {
   int partial_slot = -1;  // in the signal handler's list
-  std::unique_ptr<H5::H5File> file;
+  std::unique_ptr<H5::H5File> file;  // null once abandoned
   bool finished = false;
   bool checksums = true;
   std::string partial;
+
+  ~Impl() {
+    unregister_partial(partial_slot);
+    if (finished) return;
+    if (file) {
+      try {
+        file->close();
+      } catch (const H5::Exception&) {
+        abandon();
+      }
+    }
+    std::error_code ignored;
+    std::filesystem::remove(partial, ignored);
+  }
+
+  void abandon() {
+    if (!file) return;
+    const std::lock_guard lock(g_abandoned_mutex);
+    if (!g_abandoned_files) g_abandoned_files = new std::vector<std::unique_ptr<H5::H5File>>;
+    g_abandoned_files->push_back(std::move(file));
+  }
+
+  // One HDF5 step of writing `path`: a failure abandons the file and is reported with its
+  // likely cause.
+  template <typename Fn>
+  void run(const std::string& path, const std::string& doing, Fn&& fn, const char* cause) {
+    if (!file) throw Error("trace " + path + ": cannot " + doing + ": an earlier write to it failed");
+    try {
+      fn();
+    } catch (const H5::Exception& e) {
+      abandon();
+      throw hdf5_failure(path, doing, e, cause);
+    }
+  }
 
   H5::DataType storage_type(StorageDtype dtype) const {
     if (dtype == StorageDtype::float32) return H5::PredType::IEEE_F32LE;
     return make_16bit_float(dtype);
   }
 
+  // The dataset through the C API: after a failed write HDF5 cannot close it, and the C++
+  // wrapper's destructor would print that to stderr.
   void write_float(const std::string& name, const std::vector<hsize_t>& dims, const float* data, StorageDtype dtype,
                    const std::vector<hsize_t>& chunk) {
     H5::DataSpace space(static_cast<int>(dims.size()), dims.data());
@@ -707,18 +760,18 @@ struct TraceWriter::Impl {
     if (chunkable) props.setChunk(static_cast<int>(chunk.size()), chunk.data());
     if (chunkable && checksums) props.setFletcher32();
     const H5::DataType type = storage_type(dtype);
-    H5::DataSet ds = file->createDataSet(name, type, space, props);
     hsize_t total = 1;
     for (hsize_t d : dims) total *= d;
-    if (total == 0) return;
-    if (dtype == StorageDtype::float32) {
-      ds.write(data, H5::PredType::NATIVE_FLOAT);
-    } else {
-      std::vector<uint16_t> raw(total);
-      for (hsize_t i = 0; i < total; ++i)
-        raw[i] = dtype == StorageDtype::float16 ? float_to_half(data[i]) : float_to_bf16(data[i]);
-      ds.write(raw.data(), type);
-    }
+    std::vector<uint16_t> raw(dtype == StorageDtype::float32 ? 0 : total);
+    for (hsize_t i = 0; i < raw.size(); ++i) raw[i] = dtype == StorageDtype::float16 ? float_to_half(data[i]) : float_to_bf16(data[i]);
+    const hid_t ds = H5Dcreate2(file->getId(), name.c_str(), type.getId(), space.getId(), H5P_DEFAULT, props.getId(), H5P_DEFAULT);
+    if (ds < 0) throw H5::DataSetIException("H5Dcreate2", "H5Dcreate2 failed");
+    herr_t written = 0;
+    if (total > 0)
+      written = dtype == StorageDtype::float32 ? H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data)
+                                               : H5Dwrite(ds, type.getId(), H5S_ALL, H5S_ALL, H5P_DEFAULT, raw.data());
+    const herr_t closed = H5Dclose(ds);
+    if (written < 0 || closed < 0) throw H5::DataSetIException("H5Dwrite", "H5Dwrite failed");
   }
 };
 
@@ -746,6 +799,9 @@ void write_string_attr(H5::H5Object& object, const std::string& name, const std:
   object.createAttribute(name, type, H5::DataSpace(H5S_SCALAR)).write(type, value.empty() ? std::string(1, '\0') : value);
 }
 
+// Tokens per chunk of a [.., tokens, ..] dataset: up to 1024, at least 1 (HDF5 refuses 0).
+hsize_t tokens_per_chunk(hsize_t tokens) { return std::clamp<hsize_t>(tokens, 1, 1024); }
+
 }  // namespace
 
 TraceWriter::TraceWriter(const std::string& path, const TraceInfo& info, bool checksums)
@@ -765,77 +821,74 @@ TraceWriter::TraceWriter(const std::string& path, const TraceInfo& info, bool ch
     H5::FileAccPropList access;
     if (checksums) access.setLibverBounds(H5F_LIBVER_V110, H5F_LIBVER_V110);  // object headers v2, superblock v3: checksummed
     impl_->file = std::make_unique<H5::H5File>(impl_->partial, H5F_ACC_TRUNC, H5::FileCreatPropList::DEFAULT, access);
-    H5::Group root = impl_->file->openGroup("/");
-    write_int_attr(root, "kvsim_format_version", kTraceFormatVersion);
-    write_string_attr(root, "model_name", info.model_name);
-    write_int_attr(root, "num_hidden_layers", info.num_hidden_layers);
-    write_int_attr(root, "num_attention_heads", info.num_attention_heads);
-    write_int_attr(root, "num_key_value_heads", info.num_key_value_heads);
-    write_int_attr(root, "head_dim", info.head_dim);
-    if (info.hidden_size) write_int_attr(root, "hidden_size", info.hidden_size);
-    write_double_attr(root, "rope_theta", info.rope_theta);
-    write_string_attr(root, "rope_scaling", info.rope_scaling);
-    write_double_attr(root, "attention_scaling", info.rope.attention_scaling);
-    write_string_attr(root, "dtype", dtype_name(info.dtype));
-    write_int_attr(root, "n_context", info.n_context);
-    write_int_attr(root, "n_question", info.n_question);
-    write_int_attr(root, "n_generated", info.n_generated);
-
-    const hsize_t n_layers = info.recorded_layers.size();
-    std::vector<int32_t> layers(info.recorded_layers.begin(), info.recorded_layers.end());
-    impl_->file->createDataSet("/recorded_layers", H5::PredType::STD_I32LE, H5::DataSpace(1, &n_layers))
-        .write(layers.data(), H5::PredType::NATIVE_INT32);
-    const hsize_t n_tokens = info.tokens.size();
-    H5::DataSet tokens = impl_->file->createDataSet("/tokens", H5::PredType::STD_I32LE, H5::DataSpace(1, &n_tokens));
-    if (n_tokens) tokens.write(info.tokens.data(), H5::PredType::NATIVE_INT32);
-    const hsize_t half = info.rope.inv_freq.size();
-    impl_->file->createDataSet("/rope_inv_freq", H5::PredType::IEEE_F64LE, H5::DataSpace(1, &half))
-        .write(info.rope.inv_freq.data(), H5::PredType::NATIVE_DOUBLE);
-    if (!info.text.empty()) {
-      const H5::StrType type = fixed_string_type(info.text);
-      impl_->file->createDataSet("/text", type, H5::DataSpace(H5S_SCALAR)).write(info.text, type);
-    }
-    if (info.has_answer_spans()) {
-      std::vector<int32_t> bounds;
-      for (const auto& span : info.answer_spans) bounds.insert(bounds.end(), {span.first, span.end});
-      const hsize_t dims[2] = {info.answer_spans.size(), 2};
-      impl_->file->createDataSet("/answer_spans", H5::PredType::STD_I32LE, H5::DataSpace(2, dims)).write(bounds.data(), H5::PredType::NATIVE_INT32);
-    }
-    if (!info.task.empty()) write_string_attr(root, "task", info.task);
-    if (!info.expected_answers.empty()) write_string_attr(root, "expected_answers", info.expected_answers);
-    if (info.answer_tokens >= 0) write_int_attr(root, "answer_tokens", info.answer_tokens);
-    if (!std::isnan(info.answer_score)) write_double_attr(root, "answer_score", info.answer_score);
-    if (!info.kvzip_chunks.empty()) {
-      std::vector<int32_t> rows;
-      for (const KvzipChunk& c : info.kvzip_chunks) rows.insert(rows.end(), {c.context_begin, c.context_end, c.repeat_length});
-      const hsize_t dims[2] = {info.kvzip_chunks.size(), 3};
-      impl_->file->createDataSet("/kvzip_chunks", H5::PredType::STD_I32LE, H5::DataSpace(2, dims)).write(rows.data(), H5::PredType::NATIVE_INT32);
-    }
-    impl_->file->createGroup("/layers");
     return 0;
   }, kCreateFailure);
+  impl_->run(path, "write the header", [&] {
+    write_header();
+    impl_->file->createGroup("/layers");
+  }, kWriteFailure);
 }
 
-TraceWriter::~TraceWriter() {
-  unregister_partial(impl_->partial_slot);
-  if (!impl_->finished) {
-    try {
-      if (impl_->file) impl_->file->close();
-    } catch (...) {
-    }
-    std::error_code ignored;
-    std::filesystem::remove(impl_->partial, ignored);
+// The root's attributes and datasets: everything but the layers.
+void TraceWriter::write_header() {
+  const TraceInfo& info = info_;
+  H5::Group root = impl_->file->openGroup("/");
+  write_int_attr(root, "kvsim_format_version", kTraceFormatVersion);
+  write_string_attr(root, "model_name", info.model_name);
+  write_int_attr(root, "num_hidden_layers", info.num_hidden_layers);
+  write_int_attr(root, "num_attention_heads", info.num_attention_heads);
+  write_int_attr(root, "num_key_value_heads", info.num_key_value_heads);
+  write_int_attr(root, "head_dim", info.head_dim);
+  if (info.hidden_size) write_int_attr(root, "hidden_size", info.hidden_size);
+  write_double_attr(root, "rope_theta", info.rope_theta);
+  write_string_attr(root, "rope_scaling", info.rope_scaling);
+  write_double_attr(root, "attention_scaling", info.rope.attention_scaling);
+  write_string_attr(root, "dtype", dtype_name(info.dtype));
+  write_int_attr(root, "n_context", info.n_context);
+  write_int_attr(root, "n_question", info.n_question);
+  write_int_attr(root, "n_generated", info.n_generated);
+
+  const hsize_t n_layers = info.recorded_layers.size();
+  std::vector<int32_t> layers(info.recorded_layers.begin(), info.recorded_layers.end());
+  impl_->file->createDataSet("/recorded_layers", H5::PredType::STD_I32LE, H5::DataSpace(1, &n_layers))
+      .write(layers.data(), H5::PredType::NATIVE_INT32);
+  const hsize_t n_tokens = info.tokens.size();
+  H5::DataSet tokens = impl_->file->createDataSet("/tokens", H5::PredType::STD_I32LE, H5::DataSpace(1, &n_tokens));
+  if (n_tokens) tokens.write(info.tokens.data(), H5::PredType::NATIVE_INT32);
+  const hsize_t half = info.rope.inv_freq.size();
+  impl_->file->createDataSet("/rope_inv_freq", H5::PredType::IEEE_F64LE, H5::DataSpace(1, &half))
+      .write(info.rope.inv_freq.data(), H5::PredType::NATIVE_DOUBLE);
+  if (!info.text.empty()) {
+    const H5::StrType type = fixed_string_type(info.text);
+    impl_->file->createDataSet("/text", type, H5::DataSpace(H5S_SCALAR)).write(info.text, type);
+  }
+  if (info.has_answer_spans()) {
+    std::vector<int32_t> bounds;
+    for (const auto& span : info.answer_spans) bounds.insert(bounds.end(), {span.first, span.end});
+    const hsize_t dims[2] = {info.answer_spans.size(), 2};
+    impl_->file->createDataSet("/answer_spans", H5::PredType::STD_I32LE, H5::DataSpace(2, dims)).write(bounds.data(), H5::PredType::NATIVE_INT32);
+  }
+  if (!info.task.empty()) write_string_attr(root, "task", info.task);
+  if (!info.expected_answers.empty()) write_string_attr(root, "expected_answers", info.expected_answers);
+  if (info.answer_tokens >= 0) write_int_attr(root, "answer_tokens", info.answer_tokens);
+  if (!std::isnan(info.answer_score)) write_double_attr(root, "answer_score", info.answer_score);
+  if (!info.kvzip_chunks.empty()) {
+    std::vector<int32_t> rows;
+    for (const KvzipChunk& c : info.kvzip_chunks) rows.insert(rows.end(), {c.context_begin, c.context_end, c.repeat_length});
+    const hsize_t dims[2] = {info.kvzip_chunks.size(), 3};
+    impl_->file->createDataSet("/kvzip_chunks", H5::PredType::STD_I32LE, H5::DataSpace(2, dims)).write(rows.data(), H5::PredType::NATIVE_INT32);
   }
 }
+
+TraceWriter::~TraceWriter() = default;  // Impl removes an unfinished partial file
 
 void TraceWriter::write_layer(const LayerTensors& layer) {
   check_layer(layer);
   const std::string group = layer_group(layer.layer_index);
-  with_hdf5_errors(path_, "write " + group, [&] {
+  impl_->run(path_, "write " + group, [&] {
     impl_->file->createGroup(group);
     write_attention_tensors(layer, group);
     write_layer_extras(layer, group);
-    return 0;
   }, kWriteFailure);
 }
 
@@ -879,7 +932,7 @@ void TraceWriter::check_layer(const LayerTensors& layer) const {
 // head's chunks.
 void TraceWriter::write_attention_tensors(const LayerTensors& layer, const std::string& group) {
   const int T = info_.total_tokens();
-  const hsize_t chunk_tokens = static_cast<hsize_t>(std::min(T, 1024)), d = static_cast<hsize_t>(info_.head_dim);
+  const hsize_t chunk_tokens = tokens_per_chunk(T), d = static_cast<hsize_t>(info_.head_dim);
   for (auto [name, tensor] : {std::pair{"q", &layer.q}, {"k", &layer.k}, {"v", &layer.v}, {"attn_out", &layer.attn_out}}) {
     if (tensor == &layer.attn_out && tensor->empty()) continue;  // optional
     impl_->write_float(group + "/" + name, {static_cast<hsize_t>(tensor->heads), static_cast<hsize_t>(T), d}, tensor->data.data(), info_.dtype,
@@ -904,10 +957,10 @@ void TraceWriter::write_layer_extras(const LayerTensors& layer, const std::strin
   }
   if (!layer.hidden_states.empty()) {
     const hsize_t T = static_cast<hsize_t>(info.total_tokens()), width = static_cast<hsize_t>(info.hidden_size);
-    impl_->write_float(group + "/hidden_states", {T, width}, layer.hidden_states.data(), info.dtype, {std::min<hsize_t>(T, 1024), width});
+    impl_->write_float(group + "/hidden_states", {T, width}, layer.hidden_states.data(), info.dtype, {tokens_per_chunk(T), width});
   }
   if (!layer.kvzip.empty()) {
-    const hsize_t R = static_cast<hsize_t>(info.kvzip_repeat_tokens()), repeat_chunk = std::min<hsize_t>(R, 1024);
+    const hsize_t R = static_cast<hsize_t>(info.kvzip_repeat_tokens()), repeat_chunk = tokens_per_chunk(R);
     impl_->write_float(group + "/kvzip_q", {static_cast<hsize_t>(info.num_attention_heads), R, d}, layer.kvzip.q.data.data(), info.dtype,
                        {1, repeat_chunk, d});
     impl_->write_float(group + "/kvzip_k", {static_cast<hsize_t>(info.num_key_value_heads), R, d}, layer.kvzip.k.data.data(), info.dtype,
@@ -915,17 +968,14 @@ void TraceWriter::write_layer_extras(const LayerTensors& layer, const std::strin
     impl_->write_float(group + "/kvzip_hidden_norm", {R}, layer.kvzip.hidden_norm.data(), StorageDtype::float32, {R});
   }
   if (!layer.kvcompose.empty()) {
-    const hsize_t n = static_cast<hsize_t>(info.n_context), pass_chunk = std::min<hsize_t>(std::max<hsize_t>(n, 1), 1024);
+    const hsize_t n = static_cast<hsize_t>(info.n_context), pass_chunk = tokens_per_chunk(n);
     for (auto [name, tensor] : {std::pair{"/kvcompose_q", &layer.kvcompose.q}, {"/kvcompose_k", &layer.kvcompose.k}})
       impl_->write_float(group + name, {static_cast<hsize_t>(tensor->heads), n, d}, tensor->data.data(), info.dtype, {1, pass_chunk, d});
   }
 }
 
 void TraceWriter::finish() {
-  with_hdf5_errors(path_, "finish the file", [&] {
-    impl_->file->close();
-    return 0;
-  }, kWriteFailure);
+  impl_->run(path_, "finish the file", [&] { impl_->file->close(); }, kWriteFailure);
   std::error_code ec;
   std::filesystem::rename(impl_->partial, path_, ec);
   if (ec) throw Error("trace " + path_ + ": cannot rename " + impl_->partial + " into place: " + ec.message());

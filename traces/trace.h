@@ -97,6 +97,8 @@ class TraceReader {
   const std::string& path() const { return path_; }
   const TraceInfo& info() const { return info_; }
   bool has_dataset(int layer, const std::string& name) const;  // e.g. "attn_out"
+  // Refuses, naming the trace and its recorded layers, any of `layers` it does not record.
+  void require_recorded(const std::vector<int>& layers) const;
 
   // Loads a recorded layer (float32). attn_out / o_proj / hidden_states are left empty when
   // the trace lacks them or `parts` skips them. `recycled`: a layer the caller is done with,
@@ -147,6 +149,7 @@ class TraceWriter {
 
  private:
   void check_layer(const LayerTensors& layer) const;                                  // shapes against info_
+  void write_header();  // root attributes and datasets
   void write_attention_tensors(const LayerTensors& layer, const std::string& group);  // q, k, v, attn_out, window, RoPE
   void write_layer_extras(const LayerTensors& layer, const std::string& group);       // o_proj, hidden states, extra passes
 
@@ -155,5 +158,11 @@ class TraceWriter {
   TraceInfo info_;
   std::unique_ptr<Impl> impl_;
 };
+
+// True once HDF5 failed to write a trace this process was writing (a full disk). HDF5 1.10
+// cannot close such a file: closing it again, or the library's own clean-up at exit, crashes
+// (HDFGroup/hdf5#2291, fixed in 1.14). The writer abandons it, never closed; a program that
+// sees this must end with std::_Exit, not exit or a return from main.
+bool hdf5_file_abandoned();
 
 }  // namespace kvsim
