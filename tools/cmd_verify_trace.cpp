@@ -1,6 +1,7 @@
 // kvsim verify-trace: recompute every recorded attention output from the trace's Q/K/V
 // with the reference engine and compare with the recorded attn_out, per layer.
 #include <boost/program_options.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <iostream>
@@ -15,6 +16,34 @@
 namespace po = boost::program_options;
 
 namespace kvsim::cli {
+namespace {
+
+// Per-token relative error |computed - recorded| / |recorded| of [heads, tokens, d] outputs.
+struct OutputErrors {
+  double max = 0, mean = 0;
+  int worst_head = 0, worst_token = 0;
+};
+
+OutputErrors output_errors(const HeadTensor& recorded, const HeadTensor& computed) {
+  OutputErrors e;
+  double sum = 0;
+  for (int h = 0; h < recorded.heads; ++h)
+    for (int t = 0; t < recorded.tokens; ++t) {
+      double diff = 0, norm = 0;
+      for (int c = 0; c < recorded.dim; ++c) {
+        const double theirs = recorded.at(h, t, c), mine = computed.at(h, t, c);
+        diff += (mine - theirs) * (mine - theirs);
+        norm += theirs * theirs;
+      }
+      const double err = std::sqrt(diff) / std::max(std::sqrt(norm), 1e-6);
+      sum += err;
+      if (err > e.max) e = {err, 0, h, t};
+    }
+  e.mean = sum / (static_cast<double>(recorded.heads) * recorded.tokens);
+  return e;
+}
+
+}  // namespace
 
 int verify_trace_command(const Args& args) {
   po::options_description desc("kvsim verify-trace [TRACE]: check recorded attention outputs against the trace's Q/K/V. Options");
@@ -27,7 +56,7 @@ int verify_trace_command(const Args& args) {
   const TraceInfo& info = trace.info();
   const double tolerance = vm.count("tolerance") ? vm["tolerance"].as<double>() : ref::attn_out_tolerance(info.dtype);
   if (!(tolerance > 0)) throw Error("--tolerance must be positive");
-  const int T = info.total_tokens(), d = info.head_dim;
+  const int T = info.total_tokens();
   std::cout << "| layer | max rel_err | mean rel_err | worst head | worst token | verdict |\n|--:|--:|--:|--:|--:|:--|\n";
   std::vector<std::string> failures;
   int checked = 0;
@@ -41,35 +70,17 @@ int verify_trace_command(const Args& args) {
     }
     const LayerTensors tensors = trace.read_layer(layer, {.attn_out = true, .o_proj = false});
     const HeadTensor computed = ref::causal_attention(tensors, T, info.sliding_window(layer));
-    double max_err = 0, sum_err = 0;
-    int worst_head = 0, worst_token = 0;
-    for (int h = 0; h < info.num_attention_heads; ++h)
-      for (int t = 0; t < T; ++t) {
-        double diff = 0, norm = 0;
-        for (int c = 0; c < d; ++c) {
-          const double recorded = tensors.attn_out.at(h, t, c), mine = computed.at(h, t, c);
-          diff += (mine - recorded) * (mine - recorded);
-          norm += recorded * recorded;
-        }
-        const double err = std::sqrt(diff) / std::max(std::sqrt(norm), 1e-6);
-        sum_err += err;
-        if (err > max_err) {
-          max_err = err;
-          worst_head = h;
-          worst_token = t;
-        }
-      }
-    const bool ok = max_err <= tolerance;
+    const OutputErrors e = output_errors(tensors.attn_out, computed);
+    const bool ok = e.max <= tolerance;
     char line[256];
-    std::snprintf(line, sizeof line, "| %d | %.3e | %.3e | %d | %d | %s |\n", layer, max_err,
-                  sum_err / (static_cast<double>(info.num_attention_heads) * T), worst_head, worst_token, ok ? "ok" : "FAIL");
+    std::snprintf(line, sizeof line, "| %d | %.3e | %.3e | %d | %d | %s |\n", layer, e.max, e.mean, e.worst_head, e.worst_token, ok ? "ok" : "FAIL");
     std::cout << line << std::flush;
     progress.update(static_cast<double>(li + 1), "layer " + std::to_string(layer));
     ++checked;
     if (!ok) {
       char why[256];
-      std::snprintf(why, sizeof why, "layer %d: max relative error %.3e (head %d, token %d) exceeds %.1e", layer, max_err,
-                    worst_head, worst_token, tolerance);
+      std::snprintf(why, sizeof why, "layer %d: max relative error %.3e (head %d, token %d) exceeds %.1e", layer, e.max, e.worst_head,
+                    e.worst_token, tolerance);
       failures.push_back(why);
     }
   }

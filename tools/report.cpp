@@ -79,6 +79,35 @@ std::vector<Row> rows_of(const ref::ReplayResult& result, ReportDetail detail) {
 // entries, quantisers' metadata included: ref::kv_bytes_per_token).
 double bytes_per_token(const ref::ReplayResult& result, const Row& r) { return ref::kv_bytes_per_token(r.achieved, r.kv_heads, result.head_dim); }
 
+// A markdown table padded so that its columns line up in plain text too: the first column
+// left-aligned, the numbers right-aligned.
+std::string aligned_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& cells) {
+  std::vector<std::size_t> width(header.size());
+  for (std::size_t c = 0; c < header.size(); ++c) {
+    width[c] = header[c].size();
+    for (const auto& line : cells) width[c] = std::max(width[c], line[c].size());
+  }
+  std::ostringstream out;
+  auto emit = [&](const std::vector<std::string>& line) {
+    out << "|";
+    for (std::size_t c = 0; c < line.size(); ++c) {
+      const bool left = c == 0;
+      const std::string pad(width[c] - line[c].size(), ' ');
+      out << ' ' << (left ? line[c] + pad : pad + line[c]) << " |";
+    }
+    out << "\n";
+  };
+  emit(header);
+  out << "|";
+  for (std::size_t c = 0; c < header.size(); ++c) {
+    const std::string dashes(width[c] - 1, '-');
+    out << ' ' << (c == 0 ? ":" + dashes : dashes + ":") << " |";
+  }
+  out << "\n";
+  for (const auto& line : cells) emit(line);
+  return out.str();
+}
+
 std::string markdown(const ref::ReplayResult& result, const std::vector<Row>& rows, ReportDetail detail) {
   bool has_oproj = false;
   for (const Row& r : rows) has_oproj = has_oproj || r.oproj.count > 0;
@@ -107,11 +136,6 @@ std::string markdown(const ref::ReplayResult& result, const std::vector<Row>& ro
     }
     cells.push_back(line);
   }
-  std::vector<std::size_t> width(header.size());
-  for (std::size_t c = 0; c < header.size(); ++c) {
-    width[c] = header[c].size();
-    for (const auto& line : cells) width[c] = std::max(width[c], line[c].size());
-  }
   std::ostringstream out;
   out << "trace: " << result.trace << "  (compressed segment: " << result.n_compressed << " tokens; "
       << result.n_queries << " evaluation queries per layer and head)\n";
@@ -124,24 +148,7 @@ std::string markdown(const ref::ReplayResult& result, const std::vector<Row>& ro
   if (answers)
     out << "answer spans: span retention = share of the question's attention to the answer-span tokens on kept tokens;\n"
            "answer rel_err = rel_err at the question and answer positions only\n";
-  out << "\n";
-  auto emit = [&](const std::vector<std::string>& line) {
-    out << "|";
-    for (std::size_t c = 0; c < line.size(); ++c) {
-      const bool left = c == 0;
-      const std::string pad(width[c] - line[c].size(), ' ');
-      out << ' ' << (left ? line[c] + pad : pad + line[c]) << " |";
-    }
-    out << "\n";
-  };
-  emit(header);
-  out << "|";
-  for (std::size_t c = 0; c < header.size(); ++c) {  // first column left-aligned, numbers right-aligned
-    const std::string dashes(width[c] - 1, '-');
-    out << ' ' << (c == 0 ? ":" + dashes : dashes + ":") << " |";
-  }
-  out << "\n";
-  for (const auto& line : cells) emit(line);
+  out << "\n" << aligned_table(header, cells);
   return out.str();
 }
 
