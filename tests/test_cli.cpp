@@ -182,6 +182,11 @@ TEST(CliSynth, WritesADeterministicTraceThatVerifies) {
   EXPECT_EQ(kvsim("verify-trace " + a).status, 0);
   expect_clean_failure(kvsim("synth-trace"), {"output"});
   expect_clean_failure(kvsim("synth-trace --layers 31 --context 64 -o " + dir.file("x.h5")), {"--model-layers (30)"});
+  expect_clean_failure(kvsim("synth-trace --heads 8 --kv-heads 3 -o " + dir.file("x.h5")), {"--heads (8) must be a multiple of --kv-heads (3)"});
+  expect_clean_failure(kvsim("synth-trace --head-dim 7 -o " + dir.file("x.h5")), {"--head-dim must be even"});
+  // A layer larger than the machine's memory is refused before anything is allocated or written.
+  expect_clean_failure(kvsim("synth-trace --context 100000000 -o " + dir.file("x.h5")), {"one layer needs", "MiB of memory available"});
+  EXPECT_FALSE(std::filesystem::exists(dir.file("x.h5")));
   ASSERT_EQ(kvsim("synth-trace --layers 32 --model-layers 32 --context 64 --question 2 --generated 2 --heads 2 --kv-heads 1 "
                   "--head-dim 8 --no-attn-out -o " + dir.file("y.h5")).status, 0);
   // Without attention outputs: the same q, k, v, no attn_out dataset, and it still replays.

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "core/memory.h"
 #include "core/philox.h"
 #include "reference/parallel.h"
 #include "reference/attention.h"
@@ -137,6 +138,17 @@ void add_synthetic_model_tensors(LayerTensors& tensors, const SyntheticTraceSpec
   }
 }
 
+// The memory one layer takes while it is made and written: q, k, v, attention outputs and
+// hidden states as float32, the output projection, and the writer's 16-bit copy of the
+// largest dataset. Extra KVzip / KVCompose passes are left out (a few rows per token).
+double layer_bytes(const SyntheticTraceSpec& s, int T) {
+  const double head_tokens = static_cast<double>(T) * s.head_dim;
+  const double width = static_cast<double>(s.num_heads) * s.head_dim;
+  const double floats = (s.num_heads * (1.0 + s.with_attn_out + s.with_hidden_states) + 2.0 * s.num_kv_heads) * head_tokens +
+                        (s.with_o_proj ? width * width : 0.0);
+  return 4.0 * floats + 2.0 * std::max(s.num_heads * head_tokens, s.with_o_proj ? width * width : 0.0);
+}
+
 }  // namespace
 
 void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& s) {
@@ -144,6 +156,7 @@ void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& s)
       s.needle_start + s.needle_length > s.n_context || s.recorded_layers < 1 || s.recorded_layers > s.num_hidden_layers)
     throw Error("synthetic trace: inconsistent shape parameters");
   const TraceInfo info = synthetic_info(s);
+  require_memory(layer_bytes(s, info.total_tokens()), "synthetic trace " + path + ": one layer", "reduce --context, --heads or --head-dim");
   TraceWriter writer(path, info);
   for (int layer = 0; layer < s.recorded_layers; ++layer) {
     const Normal normal(s.seed, layer);

@@ -17,6 +17,7 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "core/memory.h"
 #include "core/text.h"
 #include "traces/fast_read.h"
 
@@ -579,23 +580,6 @@ HeadTensor TraceReader::read_heads(int layer, const std::string& name, int head_
   });
 }
 
-namespace {
-
-// Memory the kernel could give this process now (MemAvailable: free plus reclaimable cache),
-// or the machine's physical memory where /proc/meminfo is not readable.
-double available_memory_bytes() {
-  std::ifstream meminfo("/proc/meminfo");
-  std::string key;
-  double kib = 0;
-  while (meminfo >> key >> kib) {
-    if (key == "MemAvailable:") return kib * 1024.0;
-    meminfo.ignore(256, '\n');
-  }
-  return static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
-}
-
-}  // namespace
-
 LayerTensors TraceReader::read_layer(int layer, LayerParts parts, LayerTensors recycled) const {
   const TraceInfo& info = info_;
   const int T = info.total_tokens();
@@ -604,11 +588,7 @@ LayerTensors TraceReader::read_layer(int layer, LayerParts parts, LayerTensors r
   const double heads = info.num_attention_heads * (parts.attn_out ? 2.0 : 1.0) + 2.0 * info.num_key_value_heads;  // q (attn_out), k, v
   const bool hidden_states = parts.hidden_states && has_dataset(layer, "hidden_states");
   const double needed = (heads * info.head_dim + (hidden_states ? info.hidden_size : 0)) * T * sizeof(float);
-  const double available = available_memory_bytes();
-  if (available > 0 && needed > available)
-    Impl::fail(path_, "layer " + std::to_string(layer) + " needs " + std::to_string(static_cast<long long>(needed / (1 << 20))) +
-                    " MiB as float32, more than the " + std::to_string(static_cast<long long>(available / (1 << 20))) +
-                    " MiB of memory available");
+  require_memory(needed, "trace " + path_ + ": layer " + std::to_string(layer) + " as float32");
   LayerTensors out;
   out.layer_index = layer;
   out.q = read_heads(layer, "q", 0, info.num_attention_heads, T, std::move(recycled.q));
