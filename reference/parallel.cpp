@@ -1,5 +1,6 @@
 #include "reference/parallel.h"
 
+#include <algorithm>
 #include <atomic>
 #include <exception>
 #include <vector>
@@ -16,7 +17,7 @@ std::atomic<int> thread_override{0};
 int threads() {
 #ifdef _OPENMP
   const int count = thread_override.load();
-  return count > 0 ? count : omp_get_max_threads();
+  return std::min(count > 0 ? count : omp_get_max_threads(), kMaxThreads);
 #else
   return 1;
 #endif

@@ -6,10 +6,15 @@
 
 namespace kvsim::ref {
 
+// The most threads a parallel_for starts: far more than any machine's cores, and far fewer
+// than the tens of thousands at which starting an OpenMP team crashes.
+constexpr int kMaxThreads = 1024;
+
 // Threads a parallel_for uses: set_threads' count, else OpenMP's default (OMP_NUM_THREADS,
-// else every core); 1 when built without OpenMP.
+// else every core), at most kMaxThreads; 1 when built without OpenMP.
 int threads();
-// Sets the thread count of later parallel_for calls (count >= 1); 0 restores the default.
+// Sets the thread count of later parallel_for calls (1 <= count <= kMaxThreads); 0 restores
+// the default.
 void set_threads(int count);
 
 // Runs body(i) for every i in [0, count). Nested calls (from inside a parallel_for) run

@@ -137,5 +137,16 @@ TEST(Threads, ParallelForRethrowsTheFirstFailingIterationAndRunsNestedLoopsOnThe
   EXPECT_EQ(inner_on_outer_thread, std::vector<char>(4, 1));
 }
 
+// Tens of thousands of threads crash OpenMP when the team starts: a larger count, set or from
+// OMP_NUM_THREADS, is capped.
+TEST(Threads, CountsAreCappedAtTheMaximum) {
+  if (!threads_available()) GTEST_SKIP() << "built without OpenMP: the reference runs on one thread";
+  ThreadCount reset;
+  ref::set_threads(100000);
+  EXPECT_EQ(ref::threads(), ref::kMaxThreads);
+  ref::set_threads(3);
+  EXPECT_EQ(ref::threads(), 3);
+}
+
 }  // namespace
 }  // namespace kvsim

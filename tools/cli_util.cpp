@@ -89,7 +89,8 @@ void require_backend_usable(Backend backend) {
 void apply_threads_option(const boost::program_options::variables_map& vm) {
   if (!vm.count("threads")) return;
   const int threads = vm["threads"].as<int>();
-  if (threads < 1) throw Error("--threads must be at least 1 (got " + std::to_string(threads) + ")");
+  if (threads < 1 || threads > ref::kMaxThreads)
+    throw Error("--threads must be in [1, " + std::to_string(ref::kMaxThreads) + "] (got " + std::to_string(threads) + ")");
   ref::set_threads(threads);
 }
 
