@@ -101,10 +101,19 @@ inline std::vector<int> quest_select(const QuestPlan& plan, const double* bounds
     std::iota(pages.begin(), pages.end(), 0);
     std::partial_sort(pages.begin(), pages.begin() + plan.page_budget, pages.end(),
                       [&](int a, int b) { return bounds[a] > bounds[b] || (bounds[a] == bounds[b] && a < b); });
-    for (int i = 0; i < plan.page_budget; ++i)
-      for (int offset = 0; offset < page_size; ++offset) keys.push_back(std::min(pages[i] * page_size + offset, plan.prefix));
+    // A selected page's keys; the part of the last page beyond the prefix counts as copies of
+    // position `prefix`, which sort after every key and fill the budget only where the pages
+    // fall short (as kvpress, without looping over page_size, which may be huge).
+    long past_prefix = 0;
+    for (int i = 0; i < plan.page_budget; ++i) {
+      const long first = static_cast<long>(pages[i]) * page_size, end = std::min(first + page_size, static_cast<long>(plan.prefix));
+      for (long t = first; t < end; ++t) keys.push_back(static_cast<int>(t));
+      past_prefix += page_size - (end - first);
+    }
     std::sort(keys.begin(), keys.end());
-    keys.resize(static_cast<std::size_t>(plan.prefix_budget));
+    const std::size_t budget = static_cast<std::size_t>(plan.prefix_budget);
+    if (keys.size() < budget) keys.resize(std::min(budget, keys.size() + static_cast<std::size_t>(past_prefix)), plan.prefix);
+    keys.resize(std::min(keys.size(), budget));
   }
   for (int t = plan.prefix; t < plan.visible; ++t) keys.push_back(t);
   return keys;

@@ -136,7 +136,7 @@ TEST_P(Quest, MatchesABruteForceSelectionOnRandomLayers) {
   struct Case {
     int budget, page_size, recent_size;
   };
-  for (const Case c : {Case{5, 4, 0}, Case{17, 4, 3}, Case{33, 16, 0}, Case{20, 16, 7}, Case{9, 5, 9}, Case{1, 16, 0}}) {
+  for (const Case c : {Case{5, 4, 0}, Case{17, 4, 3}, Case{33, 16, 0}, Case{20, 16, 7}, Case{9, 5, 9}, Case{1, 16, 0}, Case{20, 64, 3}}) {
     const std::string spec = "quest:token_budget=" + std::to_string(c.budget) + ",page_size=" + std::to_string(c.page_size) +
                              ",recent_size=" + std::to_string(c.recent_size);
     SCOPED_TRACE(spec);
@@ -151,6 +151,15 @@ TEST_P(Quest, MatchesABruteForceSelectionOnRandomLayers) {
   // token_budget = 0: int((p + 1)(1 - ratio)) per query.
   const QueryTimeOutputs got = run("quest:page_size=4", layer, n, 0.7);
   expect_outputs(got, layer, n, [&](int h, int p) { return brute_force_selection(layer, h, h / 2, p, std::max(1, static_cast<int>((p + 1) * (1.0 - 0.7))), 4, 0); });
+}
+
+// A page at least as long as the prefix is one page over it, whatever its size: a page_size of
+// 10^9 selects as one of 70 (the brute force pads pages slot by slot, so it runs the latter), and
+// promptly (the selection used to loop over every slot of the page).
+TEST_P(Quest, AHugePageSelectsAsOnePageOverThePrefix) {
+  const LayerTensors layer = test::random_layer(4, 2, 70, 8, 13);
+  const QueryTimeOutputs got = run("quest:token_budget=20,page_size=1000000000,recent_size=3", layer, 45);
+  expect_outputs(got, layer, 45, [&](int h, int p) { return brute_force_selection(layer, h, h / 2, p, 20, 70, 3); });
 }
 
 // A sliding window W: query p sees keys (p - W, p], and its pages start at the first of them.
