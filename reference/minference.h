@@ -141,8 +141,11 @@ inline std::vector<ParamDef> minference_params() {
 inline MinferenceHead minference_head(const MinferenceParams& params, const MinferenceTable* table, int layer, int h, int num_heads, int n) {
   if (layer < params.starting_layer) return {MinferencePattern::dense, 0, 0};
   MinferenceHead head = table ? table->at(layer, h, num_heads) : params.uniform;
-  head.vertical_size = static_cast<int>(head.vertical_size * params.minference_ratio);
-  head.slash_size = static_cast<int>(head.slash_size * params.minference_ratio);
+  // int(size * ratio), capped at 1e9 (longer than any segment) so that a large ratio cannot
+  // overflow the cast.
+  auto scaled = [&](int size) { return static_cast<int>(std::min(size * params.minference_ratio, 1e9)); };
+  head.vertical_size = scaled(head.vertical_size);
+  head.slash_size = scaled(head.slash_size);
   if (head.pattern == MinferencePattern::vertical_and_slash) {
     head.vertical_size = std::min(n, std::max(head.vertical_size, 30));
     head.slash_size = std::min(n, std::max(head.slash_size, 50));

@@ -137,6 +137,25 @@ TEST(MinferenceIndexes, EstimationScoresAreColumnAndDiagonalSums) {
   }
 }
 
+// minference_ratio scales both sizes, int(size * ratio), and vertical_and_slash clamps them to
+// [30, n] and [50, n]. A huge ratio gives n, not the wrapped value of an overflowing cast.
+TEST(MinferenceHeads, RatioScalesTheSizesAndAHugeOneGivesEveryToken) {
+  ref::MinferenceParams params;
+  params.uniform = {ref::MinferencePattern::vertical_and_slash, 100, 200};
+  params.minference_ratio = 0.5;
+  ref::MinferenceHead head = ref::minference_head(params, nullptr, 0, 0, 4, 1000);
+  EXPECT_EQ(head.vertical_size, 50);
+  EXPECT_EQ(head.slash_size, 100);
+  params.minference_ratio = 0.1;  // 10 and 20: raised to the minimums
+  head = ref::minference_head(params, nullptr, 0, 0, 4, 1000);
+  EXPECT_EQ(head.vertical_size, 30);
+  EXPECT_EQ(head.slash_size, 50);
+  params.minference_ratio = 1e9;
+  head = ref::minference_head(params, nullptr, 0, 0, 4, 1000);
+  EXPECT_EQ(head.vertical_size, 1000);
+  EXPECT_EQ(head.slash_size, 1000);
+}
+
 // stream_llm (n_init 2, n_local 3) on 10 tokens: query p attends to keys j <= p with p - j < 3
 // or j < 2 — p = 0..4: all of its p + 1 keys; p >= 5: {0, 1} and {p - 2, p - 1, p}.
 TEST_P(Minference, StreamLlmWorkedByHand) {
