@@ -410,6 +410,8 @@ TEST_P(Kvcf, L2NormKeepsTheLowestNormKeysOutsideSkippedLayers) {
   EXPECT_EQ(kept("kvcf_l2norm:max_capacity_prompt=3,skip_layers=5", layer, 6, 0.5), Kept(1, {1, 3, 5}));
   EXPECT_EQ(kept("kvcf_l2norm:skip_layers=5", layer, 6, 0.4), Kept(1, {1, 3, 4, 5}));  // round(3.6) = 4
   EXPECT_NE(test::error_of([&] { make("kvcf_l2norm:skip_layers=0.5"); }).find("'skip_layers' holds layer indices"), std::string::npos);
+  // An index beyond the int range (an undefined conversion) is refused, as integer parameters are.
+  EXPECT_NE(test::error_of([&] { make("kvcf_l2norm:skip_layers=1e15"); }).find("is above its maximum 1e+09"), std::string::npos);
   EXPECT_EQ(error("kvcf_l2norm:skip_layers=5", layer, 1, 0.9), "press 'kvcf_l2norm': max_capacity_prompt = round(n (1 - ratio)) = 0 keeps no token");
 }
 

@@ -34,7 +34,7 @@ class KvcfL2NormPress final : public KvcfScorer {
 };
 
 std::vector<ParamDef> l2norm_params() {
-  ParamDef skip{"skip_layers", ParamType::FloatList, {}, 0.0, {}, "layers left uncompressed, '/'-separated (a layer the model lacks skips nothing)"};
+  ParamDef skip{"skip_layers", ParamType::FloatList, {}, 0.0, 1e9, "layers left uncompressed, '/'-separated (a layer the model lacks skips nothing)"};
   skip.default_list = std::vector<double>{0.0, 1.0};
   return {kvcf_capacity_param(), skip};
 }
