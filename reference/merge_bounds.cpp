@@ -115,15 +115,22 @@ FullMerge merging_press_full(const Instance& x, const std::vector<int>& kept) {
   const ref::MergePlan<double> plan = ref::plan_merges(x.K.data(), x.V.data(), x.tokens(), d, kept, 0.0, 1.0);
   FullMerge f;
   f.kept = kept;
-  for (std::size_t e = 0; e < plan.weight.size(); ++e)
-    if (plan.similarity[e] >= 0) f.min_w = std::min(f.min_w, plan.similarity[e]);
-  bool merged_any = false;
-  for (double w : plan.weight) merged_any = merged_any || w > 0;
-  if (!merged_any) f.min_w = 0;
+  f.min_w = min_merged_similarity(plan);
   const std::vector<double> values = ref::apply_merges(x.V.data(), d, kept, plan);
   f.merged_values = Eigen::Map<const Mat>(values.data(), static_cast<Eigen::Index>(kept.size()), d);
   f.hull_norms = merged_hull_norms(x, kept, plan);
   return f;
+}
+
+double min_merged_similarity(const ref::MergePlan<double>& plan) {
+  double min_w = 1;
+  bool any = false;
+  for (std::size_t e = 0; e < plan.weight.size(); ++e)
+    if (plan.weight[e] > 0) {
+      min_w = std::min(min_w, plan.similarity[e]);
+      any = true;
+    }
+  return any ? min_w : 0.0;
 }
 
 std::vector<double> merged_hull_norms(const Instance& x, const std::vector<int>& kept, const ref::MergePlan<double>& plan) {

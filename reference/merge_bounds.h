@@ -66,6 +66,8 @@ FullMerge merging_press_full(const Instance& x, const std::vector<int>& kept);
 // rows of `kept`): max(|v_j|, max over the tokens i merged into j of |v_i|), the largest
 // norm of the convex hull row j's merged value lies in.
 std::vector<double> merged_hull_norms(const Instance& x, const std::vector<int>& kept, const ref::MergePlan<double>& plan);
+// The smallest key cosine among the merges `plan` performs (weight > 0); 0 if it performs none.
+double min_merged_similarity(const ref::MergePlan<double>& plan);
 
 // CaM (§2): evicted i, window W of kept tokens, additive v_t += c v_i on W.
 struct CamMerge {

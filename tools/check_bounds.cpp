@@ -348,14 +348,8 @@ void trace_whole_press(Collector& c, const std::string& group, const Instance& x
   Mat merged(static_cast<Eigen::Index>(kept.size()), d);
   for (std::size_t r = 0; r < kept.size(); ++r)
     merged.row(r) = r < kept_context.size() ? Vec(Eigen::Map<const Vec>(merged_context.data() + r * d, d)) : Vec(x.V.row(kept[r]));
-  double min_w = 1;
-  bool any = false;
-  for (std::size_t e = 0; e < plan.weight.size(); ++e)
-    if (plan.weight[e] > 0) {
-      min_w = std::min(min_w, plan.similarity[e]);
-      any = true;
-    }
-  full_press_instance(c, group + ", whole press", x, kept, merged, bounds::merged_hull_norms(x, kept, plan), any ? min_w : 0.0, where);
+  full_press_instance(c, group + ", whole press", x, kept, merged, bounds::merged_hull_norms(x, kept, plan), bounds::min_merged_similarity(plan),
+                      where);
 }
 
 // The last context query ("the scoring query" of window scorers) and `queries` later ones, spread evenly.
