@@ -154,6 +154,7 @@ TEST_F(Cli, BadInputFailsCleanlyAndWritesNoOutputFile) {
   expect_clean_failure(kvsim(base + "--press leverage_score:sketch_dimension=100000"), {"sketch_dimension", "above its maximum 1024"});
   expect_clean_failure(kvsim(base + "--press expected_attention:n_future_positions=100000000"), {"n_future_positions", "above its maximum"});
   expect_clean_failure(kvsim(base + "--press knorm --layers 7"), {"layer 7 is not recorded", "recorded layers"});
+  expect_clean_failure(kvsim(base + "--press knorm --layers 0,1,0-1"), {"--layers '0,1,0-1': layer 0 is listed twice"});
   expect_clean_failure(kvsim("verify -q --backend cuda-emu --trace " + trace_ + " --press knorm --layers 7"), {"layer 7 is not recorded"});
   expect_clean_failure(kvsim(base + "--press knorm --format xml"), {"--format", "xml"});
   expect_clean_failure(kvsim(base + "--press knorm --backend tpu"), {"unknown backend 'tpu'"});

@@ -156,6 +156,11 @@ std::vector<int> parse_layer_list(const std::string& text) {
     }
   }
   if (layers.empty()) fail();
+  // Listed twice, a layer would count twice in every summary over layers.
+  std::vector<int> sorted = layers;
+  std::sort(sorted.begin(), sorted.end());
+  if (const auto twice = std::adjacent_find(sorted.begin(), sorted.end()); twice != sorted.end())
+    throw Error("bad --layers '" + text + "': layer " + std::to_string(*twice) + " is listed twice");
   return layers;
 }
 
