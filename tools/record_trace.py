@@ -268,6 +268,10 @@ class TraceFile:
         self.path, self.partial = path, path + ".partial"
         # HDF5 1.10 formats checksum the metadata; Fletcher32 below checksums every chunk.
         self.file = h5py.File(self.partial, "w", libver=("v110", "v110"))
+        # Set when HDF5 failed to write (a full disk). libhdf5 1.10 cannot close such a file:
+        # closing it again, or its clean-up at exit, crashes (HDFGroup/hdf5#2291).
+        self.failed = False
+        self.unclosable = []
         self.storage_dtype = storage_dtype
         self.compress = compress
         if storage_dtype == "bfloat16":  # HDF5 custom float: sign 15, exponent 7..14, mantissa 0..6
@@ -277,6 +281,13 @@ class TraceFile:
             self.bf16.set_ebias(127)
 
     def create(self, name, shape):
+        try:
+            return self._create(name, shape)
+        except (OSError, RuntimeError):  # h5py's errors
+            self.failed = True
+            raise
+
+    def _create(self, name, shape):
         chunks = (1, min(shape[1], 1024), shape[2]) if len(shape) == 3 else tuple(shape)
         options = {"compression": "gzip", "shuffle": True} if self.compress else {}
         # Per-token datasets can shrink to the tokens actually generated (stop at end of turn).
@@ -298,6 +309,26 @@ class TraceFile:
 
     def write(self, dataset, tensor, start):
         """Writes tensor ([heads, n, d] or [rows, cols]) at token offset `start` (dim 1 for 3-D)."""
+        try:
+            self._write(dataset, tensor, start)
+        except (OSError, RuntimeError):  # h5py's errors
+            self.failed = True
+            self.unclosable.append(dataset)  # never deallocated: closing it would fail again
+            raise
+
+    def write_whole(self, name, tensor):
+        """A dataset written at once. Flushed, so that a failed write surfaces here and not when
+        the dataset is deallocated, where h5py can only print it."""
+        dataset = self.create(name, tuple(tensor.shape))
+        self.write(dataset, tensor, 0)
+        try:
+            dataset.flush()
+        except (OSError, RuntimeError):
+            self.failed = True
+            self.unclosable.append(dataset)
+            raise
+
+    def _write(self, dataset, tensor, start):
         torch_tensor = tensor.detach().cpu()
         if self.storage_dtype != "bfloat16":
             array = torch_tensor.float().numpy().astype(self.storage_dtype)
@@ -314,15 +345,32 @@ class TraceFile:
         dataset.id.write(self.h5py.h5s.create_simple(raw.shape), file_space, raw, mtype=self.bf16)
 
     def close(self):
-        self.file.close()
+        hook, sys.unraisablehook = sys.unraisablehook, lambda _: None  # h5py's own reports of the same failure
+        try:
+            self.file.close()
+        except Exception:
+            self.failed = True
+            raise
+        finally:
+            sys.unraisablehook = hook
         os.replace(self.partial, self.path)
 
     def abandon(self):
+        """Removes the partial file; after a failed write the file is left unclosed (see failed)."""
         try:
-            self.file.close()
+            if not self.failed:
+                self.file.close()
         finally:
             if os.path.exists(self.partial):
                 os.remove(self.partial)
+
+
+def fail_writing(path, error):
+    """After HDF5 failed to write the trace (TraceFile.failed): one line, and an exit that skips
+    libhdf5's clean-up at exit, which would crash on the file it cannot close."""
+    detail = " ".join(str(error).split())  # HDF5's messages span lines
+    print(f"record_trace: error: cannot write {path} ({detail}): is the disk full?", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 class Recorder:
@@ -418,7 +466,7 @@ def record_kvzip_passes(args, torch, np, model, tokenizer, trace, recorder, past
         queries = torch.cat([q for q, _ in captured[layer]], dim=1)
         keys = torch.cat([k for _, k in captured[layer]], dim=1)
         for name, tensor in (("kvzip_q", queries), ("kvzip_k", keys)):
-            trace.write(trace.create(f"layers/{layer}/{name}", tuple(tensor.shape)), tensor, 0)
+            trace.write_whole(f"layers/{layer}/{name}", tensor)
         trace.file.create_dataset(f"layers/{layer}/kvzip_hidden_norm", data=torch.cat(norms[layer]).numpy().astype(np.float32),
                                   fletcher32=True)
 
@@ -453,7 +501,7 @@ def record_kvcompose_pass(args, torch, model, trace, recorder, past, context_ids
     for layer in layers:
         for name, index in (("kvcompose_q", 0), ("kvcompose_k", 1)):
             tensor = torch.cat([pair[index] for pair in captured[layer]], dim=1)
-            trace.write(trace.create(f"layers/{layer}/{name}", tuple(tensor.shape)), tensor, 0)
+            trace.write_whole(f"layers/{layer}/{name}", tensor)
 
 
 def exit_on_sigterm(signum, _frame):
@@ -543,7 +591,7 @@ def main(argv):
                 group.attrs["attention_scaling"] = layer_scaling
             if args.with_oproj:
                 weight = attention.o_proj.weight
-                trace.write(trace.create(f"layers/{layer}/o_proj_weight", tuple(weight.shape)), weight, 0)
+                trace.write_whole(f"layers/{layer}/o_proj_weight", weight)
 
         recorder = Recorder(trace, layers, datasets, sys.modules)
         AttentionInterface.register(ATTENTION_NAME, recorder)
@@ -594,7 +642,7 @@ def main(argv):
         if args.with_hidden_states:
             for layer in layers:
                 states = torch.cat(hidden[layer], dim=0)
-                trace.write(trace.create(f"layers/{layer}/hidden_states", tuple(states.shape)), states, 0)
+                trace.write_whole(f"layers/{layer}/hidden_states", states)
         if "kvzip" in args.extra_passes:
             record_kvzip_passes(args, torch, np, model, tokenizer, trace, recorder, past, context_ids, layers, device)
         if "kvcompose" in args.extra_passes:
@@ -605,8 +653,10 @@ def main(argv):
             generated = tokens[n_context + n_question:]
             score = record_answer(f, fixed, np, sample, spans, generated_text, answer_tokens(tokenizer, generated, sample["answers"]))
         trace.close()
-    except BaseException:
+    except BaseException as e:
         trace.abandon()
+        if trace.failed:
+            fail_writing(args.output, e)
         raise
     print(f"record_trace: wrote {args.output}: {len(layers)} layers, {n_context} context + {n_question} question + "
           f"{n_generated} generated tokens; generated: {generated_text!r}", file=sys.stderr)
