@@ -8,6 +8,8 @@ usage: test_recorder.py KVSIM_BINARY
 """
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -204,6 +206,22 @@ def check_sigterm_removes_partial(tmp, base):
           f"SIGTERM removes the partial trace (exit {process.returncode}, partial left: {os.path.exists(out + '.partial')})")
 
 
+def check_full_disk(tmp, base):
+    """A disk that fills while the trace is written (a file-size limit here): one error line, exit
+    1, no crash (libhdf5 cannot close the file and would crash at exit), no file left."""
+    out = os.path.join(tmp, "full.h5")
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, resource.RLIM_INFINITY))
+
+    r = subprocess.run(base + ["--dtype", "float32", "-o", out], capture_output=True, text=True, preexec_fn=limit_file_size)
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    check(r.returncode == 1 and len(errors) == 1 and "is the disk full?" in errors[0] and "Traceback" not in r.stderr
+          and not os.path.exists(out) and not os.path.exists(out + ".partial"),
+          f"a full disk: one-line error, no file left (exit {r.returncode}: {r.stderr.strip()[-300:]})")
+
+
 def pass_attention(q, context_keys, pass_keys):
     """The softmax rows of an extra pass's queries q [H, m, d] over [context keys; the pass's keys]
     (causal within the pass; the tiny model: query head h reads KV head h // 2, d = 16)."""
@@ -335,6 +353,7 @@ def main():
         check(r.returncode == 1 and "layer 1" in r.stderr, "verify-trace names the layer with swapped KV heads")
 
         check_sigterm_removes_partial(tmp, base)
+        check_full_disk(tmp, base)
         check_kvzip_passes(tmp, model_dir, base)
         check_kvcompose_pass(tmp, model_dir, base)
         check_stop_at_end_of_turn(tmp, model_dir, base)
