@@ -46,10 +46,6 @@ int synth_trace_command(const Args& args) {
   if (spec.n_context > kMaxSegment || spec.n_question > kMaxSegment || spec.n_generated > kMaxSegment || spec.num_heads > 4096 ||
       spec.head_dim > 4096)
     throw Error("synth-trace: --context, --question and --generated must be at most 2^28, --heads and --head-dim at most 4096");
-  if (spec.num_heads % spec.num_kv_heads)
-    throw Error("synth-trace: --heads (" + std::to_string(spec.num_heads) + ") must be a multiple of --kv-heads (" +
-                std::to_string(spec.num_kv_heads) + ")");
-  if (spec.head_dim % 2) throw Error("synth-trace: --head-dim must be even (RoPE rotates pairs; got " + std::to_string(spec.head_dim) + ")");
   if (seed < 0) throw Error("synth-trace: --seed must be >= 0 (got " + std::to_string(seed) + ")");
   spec.seed = static_cast<uint64_t>(seed);
   spec.needle_start = spec.n_context * 2 / 5;

@@ -152,8 +152,11 @@ double layer_bytes(const SyntheticTraceSpec& s, int T) {
 }  // namespace
 
 void write_synthetic_trace(const std::string& path, const SyntheticTraceSpec& s) {
-  if (s.num_kv_heads < 1 || s.num_heads % s.num_kv_heads || s.head_dim % 2 || s.n_context < 1 ||
-      s.needle_start + s.needle_length > s.n_context || s.recorded_layers < 1 || s.recorded_layers > s.num_hidden_layers)
+  if (s.num_kv_heads < 1 || s.num_heads % s.num_kv_heads)
+    throw Error("synthetic trace: --heads (" + std::to_string(s.num_heads) + ") must be a multiple of --kv-heads (" +
+                std::to_string(s.num_kv_heads) + ")");
+  if (s.head_dim % 2) throw Error("synthetic trace: --head-dim must be even (RoPE rotates pairs; got " + std::to_string(s.head_dim) + ")");
+  if (s.n_context < 1 || s.needle_start + s.needle_length > s.n_context || s.recorded_layers < 1 || s.recorded_layers > s.num_hidden_layers)
     throw Error("synthetic trace: inconsistent shape parameters");
   const TraceInfo info = synthetic_info(s);
   require_memory(layer_bytes(s, info.total_tokens()), "synthetic trace " + path + ": one layer", "reduce --context, --heads or --head-dim");
