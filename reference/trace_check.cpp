@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <limits>
 #include <set>
+#include <vector>
 
 #include "core/error.h"
 
@@ -41,15 +42,10 @@ void check_recorded_outputs(const TraceReader& trace, const LayerTensors& layer)
       const double best = *std::max_element(logits.begin(), logits.end());
       double sum = 0;
       for (double& x : logits) sum += (x = std::exp(x - best));
-      double diff = 0, norm = 0;
-      for (int c = 0; c < d; ++c) {
-        double mine = 0;
-        for (int j = first; j <= t; ++j) mine += logits[j] / sum * layer.v.at(g, j, c);
-        const double theirs = recorded.at(0, t, c);
-        diff += (mine - theirs) * (mine - theirs);
-        norm += theirs * theirs;
-      }
-      const double err = std::sqrt(diff) / std::max(std::sqrt(norm), 1e-6);
+      std::vector<double> mine(static_cast<std::size_t>(d), 0.0);
+      for (int c = 0; c < d; ++c)
+        for (int j = first; j <= t; ++j) mine[c] += logits[j] / sum * layer.v.at(g, j, c);
+      const double err = token_relative_error(mine.data(), recorded.head(0) + static_cast<std::size_t>(t) * d, d);
       if (err > tolerance) {
         char what[200];
         std::snprintf(what, sizeof what, "layer %d head %d token %d: recorded attention output is %.2e off softmax(QK^T/sqrt d)V (tolerance %.0e)",

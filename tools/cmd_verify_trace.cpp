@@ -1,8 +1,6 @@
 // kvsim verify-trace: recompute every recorded attention output from the trace's Q/K/V
 // with the reference engine and compare with the recorded attn_out, per layer.
 #include <boost/program_options.hpp>
-#include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <iostream>
 
@@ -29,13 +27,8 @@ OutputErrors output_errors(const HeadTensor& recorded, const HeadTensor& compute
   double sum = 0;
   for (int h = 0; h < recorded.heads; ++h)
     for (int t = 0; t < recorded.tokens; ++t) {
-      double diff = 0, norm = 0;
-      for (int c = 0; c < recorded.dim; ++c) {
-        const double theirs = recorded.at(h, t, c), mine = computed.at(h, t, c);
-        diff += (mine - theirs) * (mine - theirs);
-        norm += theirs * theirs;
-      }
-      const double err = std::sqrt(diff) / std::max(std::sqrt(norm), 1e-6);
+      const std::size_t row = static_cast<std::size_t>(t) * recorded.dim;
+      const double err = ref::token_relative_error(computed.head(h) + row, recorded.head(h) + row, recorded.dim);
       sum += err;
       if (err > e.max) e = {err, 0, h, t};
     }
