@@ -22,8 +22,8 @@ except ImportError as e:
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 
-# Writes one [8, tokens, 64] dataset as the recorder does (whole, or in token slices), under a
-# file-size limit, and fails the way the recorder's main() does.
+# Writes one [8, tokens, 64] dataset as the recorder does (whole, in token slices, or as a numpy
+# array in its own dtype), under a file-size limit, and fails the way the recorder's main() does.
 CHILD = r"""
 import os, resource, signal, sys
 sys.path.insert(0, sys.argv[1])
@@ -37,19 +37,21 @@ class Tensor:  # what TraceFile.write calls on a torch tensor
     def float(self): return self
     def numpy(self): return self.array
 
-path, tokens, limit, steps = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "steps"
+path, tokens, limit, how = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 if limit:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
 trace = record_trace.TraceFile(h5py, np, path, "float16", False)
 try:
     data = np.linspace(-1, 1, 8 * tokens * 64, dtype=np.float32).reshape(8, tokens, 64)
-    if steps:  # as the recorder writes q/k/v/attn_out: token slices into a dataset it keeps
+    if how == "steps":  # as the recorder writes q/k/v/attn_out: token slices into a dataset it keeps
         dataset = trace.create("layers/0/q", data.shape)
         for start in range(0, tokens, 256):
             trace.write(dataset, Tensor(data[:, start:start + 256]), start)
-    else:  # as it writes o_proj, hidden states and extra passes
+    elif how == "whole":  # as it writes o_proj, hidden states and extra passes
         trace.write_whole("layers/0/q", Tensor(data))
+    else:  # as it writes KVzip's hidden-state norms
+        trace.write_array("layers/0/q", data)
     trace.close()
 except BaseException as e:
     trace.abandon()
@@ -69,7 +71,7 @@ def main():
         path = os.path.join(folder, "t.h5")
         # Small data stays in HDF5's chunk cache until the dataset is flushed; large data fails in
         # the write itself. Both must end the same way.
-        for how in ("whole", "steps"):
+        for how in ("whole", "steps", "array"):
             for tokens in (4096, 65536):
                 out = run(path, tokens, 256 * 1024, how)
                 lines = out.stderr.strip().splitlines()

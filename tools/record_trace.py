@@ -15,6 +15,7 @@ GGUF support). Errors are one line on stderr and a non-zero exit; the output fil
 written under a temporary name and renamed only when complete.
 """
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -280,12 +281,21 @@ class TraceFile:
             self.bf16.set_size(2)
             self.bf16.set_ebias(127)
 
-    def create(self, name, shape):
+    @contextlib.contextmanager
+    def _failing_marks(self, dataset=None):
+        """An h5py error inside marks the file failed, and the dataset, if any, unclosable: it is
+        kept and never deallocated, since closing it would fail again."""
         try:
-            return self._create(name, shape)
+            yield
         except (OSError, RuntimeError):  # h5py's errors
             self.failed = True
+            if dataset is not None:
+                self.unclosable.append(dataset)
             raise
+
+    def create(self, name, shape):
+        with self._failing_marks():
+            return self._create(name, shape)
 
     def _create(self, name, shape):
         chunks = (1, min(shape[1], 1024), shape[2]) if len(shape) == 3 else tuple(shape)
@@ -309,24 +319,25 @@ class TraceFile:
 
     def write(self, dataset, tensor, start):
         """Writes tensor ([heads, n, d] or [rows, cols]) at token offset `start` (dim 1 for 3-D)."""
-        try:
+        with self._failing_marks(dataset):
             self._write(dataset, tensor, start)
-        except (OSError, RuntimeError):  # h5py's errors
-            self.failed = True
-            self.unclosable.append(dataset)  # never deallocated: closing it would fail again
-            raise
 
     def write_whole(self, name, tensor):
         """A dataset written at once. Flushed, so that a failed write surfaces here and not when
         the dataset is deallocated, where h5py can only print it."""
         dataset = self.create(name, tuple(tensor.shape))
-        self.write(dataset, tensor, 0)
-        try:
+        with self._failing_marks(dataset):
+            self._write(dataset, tensor, 0)
             dataset.flush()
-        except (OSError, RuntimeError):
-            self.failed = True
-            self.unclosable.append(dataset)
-            raise
+
+    def write_array(self, name, array):
+        """A numpy array stored in its own dtype (not the trace's), checksummed, written at once
+        and flushed as write_whole."""
+        with self._failing_marks():
+            dataset = self.file.create_dataset(name, shape=array.shape, dtype=array.dtype, fletcher32=True)
+        with self._failing_marks(dataset):
+            dataset[...] = array
+            dataset.flush()
 
     def _write(self, dataset, tensor, start):
         torch_tensor = tensor.detach().cpu()
@@ -467,8 +478,7 @@ def record_kvzip_passes(args, torch, np, model, tokenizer, trace, recorder, past
         keys = torch.cat([k for _, k in captured[layer]], dim=1)
         for name, tensor in (("kvzip_q", queries), ("kvzip_k", keys)):
             trace.write_whole(f"layers/{layer}/{name}", tensor)
-        trace.file.create_dataset(f"layers/{layer}/kvzip_hidden_norm", data=torch.cat(norms[layer]).numpy().astype(np.float32),
-                                  fletcher32=True)
+        trace.write_array(f"layers/{layer}/kvzip_hidden_norm", torch.cat(norms[layer]).numpy().astype(np.float32))
 
 
 def crop_to_context(past, n_context):
