@@ -138,15 +138,6 @@ void measure_press(benchmark::State& state, const std::string& spec, int T, Stag
   state.counters["copy_GBps"] = g_copy_bandwidth / 1e9;
 }
 
-// A press that fails is reported as this benchmark's error and the others still run.
-void press_benchmark(benchmark::State& state, const std::string& spec, int T, Stage stage) {
-  try {
-    measure_press(state, spec, T, stage);
-  } catch (const std::exception& e) {
-    state.SkipWithError(e.what());
-  }
-}
-
 }  // namespace
 }  // namespace kvsim::cuda
 
@@ -173,8 +164,8 @@ int main(int argc, char** argv) {
                                 {kc::Stage::select_shared, "select_shared"}, {kc::Stage::gather, "gather"}}) {
         const kc::Stage stage = named.first;
         const std::string label = "cuda/" + info->name + "/" + named.second + "/T=" + std::to_string(T) + "/hkv=8/d=128/r=0.5/bf16";
-        benchmark::RegisterBenchmark(label.c_str(), [name = info->name, T, stage](benchmark::State& s) {
-          kc::press_benchmark(s, name, T, stage);
+        kvsim::bench::register_reporting_errors(label, [name = info->name, T, stage](benchmark::State& s) {
+          kc::measure_press(s, name, T, stage);
         })->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(0.2);
       }
     }

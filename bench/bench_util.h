@@ -2,7 +2,11 @@
 // Shared by the benchmarks: a Llama-3-8B-shaped layer (32 query heads, 8 KV heads, d = 128)
 // of T tokens with N(0, 1) entries from a fixed seed, optionally rounded to bfloat16 (a model's
 // dtype: the device keeps such a layer in bfloat16, cuda/device_tensor.h).
+#include <benchmark/benchmark.h>
+
+#include <exception>
 #include <random>
+#include <string>
 
 #include "core/half.h"
 #include "core/parallel_tasks.h"
@@ -31,6 +35,19 @@ inline LayerTensors llama_layer(int T, unsigned seed = 1234, bool bfloat16 = fal
       values[i] = bfloat16 ? round_to_bf16(normal(rng)) : normal(rng);
   });
   return layer;
+}
+
+// Registers a benchmark whose errors (a press that cannot run here, a trace that cannot be
+// written on a full disk) are reported as that benchmark's error while the others still run.
+template <typename Body>
+benchmark::internal::Benchmark* register_reporting_errors(const std::string& name, Body body) {
+  return benchmark::RegisterBenchmark(name.c_str(), [body](benchmark::State& state) {
+    try {
+      body(state);
+    } catch (const std::exception& e) {
+      state.SkipWithError(e.what());
+    }
+  });
 }
 
 }  // namespace kvsim::bench
