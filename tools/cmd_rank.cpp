@@ -26,7 +26,7 @@ int rank_command(const Args& args) {
        "rel_err, answer_rel_err (question and answer positions), span_retention, recall, cosine or oproj_rel_err (means)")
       ("resamples", po::value<int>()->default_value(1000), "bootstrap resamples of the traces")
       ("seed", po::value<long long>()->default_value(0), "bootstrap seed (Philox; the same seed gives the same intervals)")
-      ("confidence", po::value<double>()->default_value(0.95), "interval coverage in (0, 1)")
+      ("confidence", po::value<double>()->default_value(0.95, "0.95"), "interval coverage in (0, 1)")
       ("query-aware", po::bool_switch(), "the press also sees the question (as kvsim replay)")
       ("format", po::value<std::string>()->default_value("table"), "table (Markdown), csv or json")
       ("output,o", po::value<std::string>(), "write the ranking to this file (atomically) instead of stdout")
