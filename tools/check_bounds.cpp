@@ -337,14 +337,15 @@ void trace_single_merges(Collector& c, const std::string& group, const Instance&
   }
 }
 
-// The whole press at query position t: the context's kept set with its merged values, plus
-// every token after the context (n) up to t; min w over the tokens that merged.
+// The whole press at query position t: the context's kept set with its merged values
+// (merged_context: apply_merges of the head's plan), plus every token after the context (n) up
+// to t; min w over the tokens that merged.
 void trace_whole_press(Collector& c, const std::string& group, const Instance& x, const ref::MergePlan<double>& plan,
-                       const std::vector<int>& kept_context, int n, int t, const std::string& where) {
+                       const std::vector<int>& kept_context, const std::vector<double>& merged_context, int n, int t,
+                       const std::string& where) {
   const int d = static_cast<int>(x.V.cols());
   std::vector<int> kept = kept_context;
   for (int u = n; u <= t; ++u) kept.push_back(u);
-  const std::vector<double> merged_context = ref::apply_merges(x.V.data(), d, kept_context, plan);
   Mat merged(static_cast<Eigen::Index>(kept.size()), d);
   for (std::size_t r = 0; r < kept.size(); ++r)
     merged.row(r) = r < kept_context.size() ? Vec(Eigen::Map<const Vec>(merged_context.data() + r * d, d)) : Vec(x.V.row(kept[r]));
@@ -388,6 +389,7 @@ CheckBoundsResult check_bounds_trace(const TraceReader& trace, const TraceOption
       // The MergingPress plan of this head in float64, from the trace's keys and values.
       const Mat K = ref::head_rows(tensors.k, g, T).cast<double>(), V = ref::head_rows(tensors.v, g, T).cast<double>();
       const ref::MergePlan<double> plan = ref::plan_merges(K.data(), V.data(), n, d, kept_context, threshold, fraction);
+      const std::vector<double> merged_context = ref::apply_merges(V.data(), d, kept_context, plan);  // the same for every query
       for (int h = g * (H / Hkv); h < (g + 1) * (H / Hkv); ++h)
         for (int t : query_positions) {
           Instance x;
@@ -397,7 +399,7 @@ CheckBoundsResult check_bounds_trace(const TraceReader& trace, const TraceOption
           const std::string group = "layer " + std::to_string(layer) + (t < n ? " scoring query" : " later queries");
           const std::string where = "layer " + std::to_string(layer) + " head " + std::to_string(h) + " query " + std::to_string(t);
           trace_single_merges(c, group, x, plan, kept_context, options.tokens_per_head, where);
-          trace_whole_press(c, group, x, plan, kept_context, n, t, where);
+          trace_whole_press(c, group, x, plan, kept_context, merged_context, n, t, where);
         }
       if (options.progress)
         options.progress(++heads_done, static_cast<double>(layers.size()) * Hkv, "layer " + std::to_string(layer) + ", KV head " + std::to_string(g));
