@@ -397,6 +397,17 @@ std::vector<std::vector<float>> download_heads(const Buffer& rows, int heads, st
   return out;
 }
 
+// The same from a device pointer.
+template <typename Exec>
+std::vector<std::vector<float>> download_heads(Exec& exec, const float* rows, int heads, std::size_t per_head) {
+  std::vector<std::vector<float>> out;
+  for (int g = 0; g < heads; ++g) {
+    out.emplace_back(per_head);
+    exec.download(rows + static_cast<std::size_t>(g) * per_head, out.back().data(), per_head);
+  }
+  return out;
+}
+
 // Every token kept with new keys and values (the quantisers): [Hkv, n, d] device arrays copied
 // to the host per head, stored at `storage_fraction` of float16.
 template <typename Exec>
@@ -405,12 +416,8 @@ Compression keep_all_with_new_entries(Exec& exec, const float* keys, const float
   Compression c = keep_all(Hkv, n);
   c.storage_fraction = storage_fraction;
   const std::size_t per_head = static_cast<std::size_t>(n) * d;
-  for (int g = 0; g < Hkv; ++g) {
-    c.keys.emplace_back(per_head);
-    c.values.emplace_back(per_head);
-    exec.download(keys + g * per_head, c.keys.back().data(), per_head);
-    exec.download(values + g * per_head, c.values.back().data(), per_head);
-  }
+  c.keys = download_heads(exec, keys, Hkv, per_head);
+  c.values = download_heads(exec, values, Hkv, per_head);
   return c;
 }
 
