@@ -78,27 +78,40 @@ MergePlan<Scalar> nearest_survivors(const Scalar* keys, int n, int d, const std:
   };
   const std::vector<Scalar> kept_unit = unit_rows(kept), evicted_unit = unit_rows(plan.evicted);
   using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  const Eigen::Map<const Rows> kept_keys(kept_unit.data(), static_cast<Eigen::Index>(kept.size()), d);
-  // Blocks of evicted rows (bounded memory), in parallel: each writes only its own rows.
+  const Eigen::Index kept_count = static_cast<Eigen::Index>(kept.size());
+  const Eigen::Map<const Rows> kept_keys(kept_unit.data(), kept_count, d);
+  // Blocks of evicted rows, in parallel (each writes only its own rows), against tiles of kept
+  // keys: a block's similarities to one tile (256 x 2048, 2 MiB in float) stay in cache for the
+  // maximum that reads them, where a whole row of tens of thousands went out to memory.
   constexpr std::size_t kBlock = 256;
-  plan.target.resize(plan.evicted.size());
-  plan.similarity.resize(plan.evicted.size());
+  constexpr Eigen::Index kTile = 2048;
+  plan.target.assign(plan.evicted.size(), -1);
+  plan.similarity.assign(plan.evicted.size(), -std::numeric_limits<Scalar>::infinity());
   parallel_for(static_cast<int>((plan.evicted.size() + kBlock - 1) / kBlock), [&](int block) {
     const std::size_t first = static_cast<std::size_t>(block) * kBlock, rows = std::min(kBlock, plan.evicted.size() - first);
     const Eigen::Map<const Rows> evicted_keys(evicted_unit.data() + first * d, static_cast<Eigen::Index>(rows), d);
-    Rows similarity(static_cast<Eigen::Index>(rows), kept_keys.rows());
-    similarity.noalias() = evicted_keys * kept_keys.transpose();
-    for (Eigen::Index r = 0; r < similarity.rows(); ++r) {
-      // The first maximum: the row's maximum (a vectorised pass, NaN ignored), then where it
-      // first occurs (one branchy pass over every entry took a quarter of the merge's time).
-      const auto row = similarity.row(r);
-      const Scalar best = row.template maxCoeff<Eigen::PropagateNumbers>();
-      const auto* found = std::find(row.data(), row.data() + row.size(), best);
-      const bool none = found == row.data() + row.size();  // every entry NaN
-      plan.target[first + r] = none ? 0 : static_cast<int>(found - row.data());
-      plan.similarity[first + r] = none ? -std::numeric_limits<Scalar>::infinity() : best;
+    std::vector<Scalar> tile_buffer(rows * static_cast<std::size_t>(std::min(kTile, kept_count)));
+    for (Eigen::Index start = 0; start < kept_count; start += kTile) {
+      const Eigen::Index width = std::min(kTile, kept_count - start);
+      Eigen::Map<Rows> similarity(tile_buffer.data(), static_cast<Eigen::Index>(rows), width);
+      similarity.noalias() = evicted_keys * kept_keys.middleRows(start, width).transpose();
+      for (Eigen::Index r = 0; r < similarity.rows(); ++r) {
+        // The first maximum: the tile row's maximum (a vectorised pass, NaN ignored), then
+        // where it first occurs (one branchy pass over every entry took a quarter of the
+        // merge's time); a later tile replaces it only with a larger one.
+        const auto row = similarity.row(r);
+        const Scalar best = row.template maxCoeff<Eigen::PropagateNumbers>();
+        const auto* found = std::find(row.data(), row.data() + width, best);
+        if (found == row.data() + width) continue;  // every entry NaN
+        int& target = plan.target[first + r];
+        if (target < 0 || best > plan.similarity[first + r]) {
+          target = static_cast<int>(start + (found - row.data()));
+          plan.similarity[first + r] = best;
+        }
+      }
     }
   });
+  for (int& target : plan.target) target = std::max(target, 0);  // a row of NaN only: the first kept token, at -inf
   return plan;
 }
 

@@ -355,6 +355,27 @@ TEST(Merging, NearestSurvivorIsTheFirstOfEquals) {
   EXPECT_FLOAT_EQ(plan.similarity[2], 1.0f);
 }
 
+// The same rule where the survivors span several of nearest_survivors' tiles of 2048 kept keys:
+// 3000 survivors (positions 0-2999) with key e1 = (1, 0), except e2 = (0, 1) at 2100 and 2500
+// (second tile only) and -e2 at 500 and 2700 (one in each tile); all cosines exact (0, +-1).
+// Evicted e2 goes to 2100 (the first of equals, all in the later tile), -e2 to 500 (a tie
+// across tiles: the earlier), -e1 (cosine 0 to e2 and -e2, -1 to e1) to 500, e1 to 0.
+TEST(Merging, NearestSurvivorIsTheFirstOfEqualsAcrossTiles) {
+  const int survivors = 3000;
+  std::vector<float> keys;
+  for (int t = 0; t < survivors; ++t) {
+    const float e2 = t == 2100 || t == 2500 ? 1.0f : t == 500 || t == 2700 ? -1.0f : 0.0f;
+    keys.insert(keys.end(), {e2 == 0.0f ? 1.0f : 0.0f, e2});
+  }
+  keys.insert(keys.end(), {0, 1, 0, -1, -1, 0, 1, 0});  // evicted 3000-3003: e2, -e2, -e1, e1
+  std::vector<int> kept(survivors);
+  for (int t = 0; t < survivors; ++t) kept[t] = t;
+  const ref::MergePlan<float> plan = ref::nearest_survivors(keys.data(), survivors + 4, 2, kept);
+  EXPECT_EQ(plan.evicted, (std::vector<int>{3000, 3001, 3002, 3003}));
+  EXPECT_EQ(plan.target, (std::vector<int>{2100, 500, 500, 0}));
+  EXPECT_EQ(plan.similarity, (std::vector<float>{1, 1, 0, 1}));
+}
+
 // torch.quantile interpolates with ATen's lerp: between -inf (a token that failed the
 // similarity threshold) and a finite similarity, weights >= 0.5 give -inf (every passing
 // token merges), smaller ones NaN (none does), exact positions the order statistic.
