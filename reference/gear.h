@@ -20,7 +20,10 @@
 // heads ([n, H d]); the rank is a count (KVCache-Factory's `rank`) rather than a share of
 // min(n, H d); s = 0 quantises everything (the research code's slice would quantise nothing);
 // step and minimum stay float64.
+#include <algorithm>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "core/hd.h"
@@ -38,6 +41,33 @@ inline int gear_rank(int n, int d, int rank) { return rank < n ? (rank < d ? ran
 // Whether the entry at `place` in the descending order of N entries is an outlier.
 KVSIM_HD static inline bool gear_is_outlier(long place, long entries, long per_end) {
   return place < per_end || place >= entries - per_end;
+}
+
+// The outliers of N finite entries x, as a mask: the first and the last per_end places of
+// their stable descending order (value descending, equal values by index). Found from the two
+// boundary values (two partial selections over a copy of the values, O(N), where selecting
+// places over an index array reads x at random): every entry beyond a boundary, then as many
+// entries equal to it as its end still needs, the lowest indices at the top, the highest at
+// the bottom.
+inline std::vector<char> gear_outlier_mask(const float* x, long entries, long per_end) {
+  std::vector<char> outlier(static_cast<std::size_t>(entries), 0);
+  if (per_end == 0) return outlier;
+  std::vector<float> values(x, x + entries);
+  std::nth_element(values.begin(), values.begin() + (per_end - 1), values.end(), std::greater<float>());
+  const float high = values[static_cast<std::size_t>(per_end - 1)];
+  // The places from per_end on hold the rest, in any order: the bottom boundary is among them.
+  std::nth_element(values.begin() + per_end, values.end() - per_end, values.end(), std::greater<float>());
+  const float low = values[static_cast<std::size_t>(entries - per_end)];
+  long high_ties = per_end, low_ties = per_end;  // equal entries each end takes
+  for (long i = 0; i < entries; ++i) {
+    if (x[i] > high) outlier[i] = 1, --high_ties;
+    if (x[i] < low) outlier[i] = 1, --low_ties;
+  }
+  for (long i = 0; i < entries && high_ties > 0; ++i)
+    if (x[i] == high && !outlier[i]) outlier[i] = 1, --high_ties;
+  for (long i = entries - 1; i >= 0 && low_ties > 0; --i)
+    if (x[i] == low && !outlier[i]) outlier[i] = 1, --low_ties;
+  return outlier;
 }
 
 inline double gear_storage_fraction(long n, int d, int bits, double outlier_ratio, int rank) {

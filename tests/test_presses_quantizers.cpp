@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <random>
+#include <vector>
 
 #include <Eigen/Eigenvalues>
 
@@ -143,6 +145,30 @@ TEST_P(Quantisers, GearQuantisesAroundExactOutliersAsWorkedByHand) {
   EXPECT_EQ(c.keys[0], expected_keys);
   for (int i = 0; i < 8; ++i) EXPECT_NEAR(c.values[0][i], expected_values[i], 1e-6) << i;
   EXPECT_DOUBLE_EQ(c.storage_fraction, 1.125);
+}
+
+// The outlier mask against its definition computed the slow way: a stable sort of the entries
+// (value descending, equal values by index), its first and last per_end places. Values drawn
+// from a few levels (ties at both boundaries, +0 and -0 among them), per_end from none to half
+// of an odd and an even count, and all-equal entries (both ends take from one tie).
+TEST(GearOutliers, MaskIsTheFirstAndLastPlacesOfTheStableDescendingOrder) {
+  std::mt19937 rng(5);
+  const float levels[] = {-2.0f, -0.0f, 0.0f, 0.5f, 0.5f, 3.0f, 7.0f};
+  for (const long entries : {1L, 2L, 9L, 64L, 257L}) {
+    for (const bool all_equal : {false, true}) {
+      std::vector<float> x(static_cast<std::size_t>(entries));
+      for (float& v : x) v = all_equal ? 1.5f : levels[rng() % 7];
+      std::vector<long> order(x.size());
+      std::iota(order.begin(), order.end(), 0L);
+      std::stable_sort(order.begin(), order.end(), [&](long a, long b) { return x[a] > x[b]; });
+      for (long per_end = 0; per_end <= entries / 2; ++per_end) {
+        std::vector<char> expected(x.size(), 0);
+        for (long place = 0; place < entries; ++place) expected[order[place]] = ref::gear_is_outlier(place, entries, per_end);
+        EXPECT_EQ(ref::gear_outlier_mask(x.data(), entries, per_end), expected)
+            << "entries " << entries << ", per_end " << per_end << (all_equal ? ", all equal" : "");
+      }
+    }
+  }
 }
 
 // With the rank at min(n, d) the low-rank term is the whole quantisation error: the matrix

@@ -4,7 +4,7 @@
 // kept; the achieved ratio is the storage saved against float16, metadata included. --ratio
 // does not apply; to evict first and quantise the survivors, compose: composed(snapkv;gear).
 #include <algorithm>
-#include <numeric>
+#include <cmath>
 
 #include "core/registry.h"
 #include "reference/gear.h"
@@ -19,16 +19,7 @@ namespace {
 // X^ = D^ + S + L of one n x d matrix x, into out.
 void gear_matrix(const float* x, int n, int d, int bits, double outlier_ratio, int rank, float* out) {
   const long entries = static_cast<long>(n) * d, per_end = gear_outliers_per_end(entries, outlier_ratio);
-  // Only which entries are among the first and the last per_end of the order matters, not
-  // their order: two partial selections (O(N)) instead of a sort. The order is a stable sort's
-  // (value descending, equal values by index), and the trace's values are finite.
-  std::vector<long> order(static_cast<std::size_t>(entries));
-  std::iota(order.begin(), order.end(), 0L);
-  const auto before = [x](long a, long b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
-  std::nth_element(order.begin(), order.begin() + per_end, order.end(), before);
-  std::nth_element(order.begin() + per_end, order.end() - per_end, order.end(), before);
-  std::vector<char> outlier(static_cast<std::size_t>(entries), 0);
-  for (long place = 0; place < entries; ++place) outlier[order[place]] = gear_is_outlier(place, entries, per_end);
+  const std::vector<char> outlier = gear_outlier_mask(x, entries, per_end);
   double lo = HUGE_VAL, hi = -HUGE_VAL;
   for (long i = 0; i < entries; ++i)
     if (!outlier[i]) lo = std::min(lo, static_cast<double>(x[i])), hi = std::max(hi, static_cast<double>(x[i]));
