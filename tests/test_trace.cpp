@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <limits>
 
 #include <H5Cpp.h>
@@ -18,6 +19,7 @@
 #include "core/half.h"
 #include "test_util.h"
 #include "traces/fast_read.h"
+#include "traces/isolated_read.h"
 
 namespace kvsim {
 namespace {
@@ -716,6 +718,28 @@ TEST(TraceFastRead, ChecksumIsHdf5sFletcher32) {
   ASSERT_GE(H5Dread_chunk(ds.getId(), H5P_DEFAULT, chunk_offset, &skipped_filters, chunk.data()), 0);
   const uint32_t stored = chunk[stored_bytes - 4] | chunk[stored_bytes - 3] << 8 | chunk[stored_bytes - 2] << 16 | static_cast<uint32_t>(chunk[stored_bytes - 1]) << 24;
   EXPECT_EQ(trace_io::hdf5_fletcher32(chunk.data(), stored_bytes - 4), stored);
+}
+
+// The isolated read of a variable-length string (traces/isolated_read.h), each way a child can
+// end: its text, its error's message, death by a signal, an exit before it replied, and a hang
+// past the timeout (killed). What the child changes stays in the child.
+TEST(IsolatedRead, ReturnsTheTextOrTurnsTheChildsEndIntoAnError) {
+  int touched = 0;
+  EXPECT_EQ(read_in_child([&] { return ++touched, std::string("model\0name", 10); }, "x"), std::string("model\0name", 10));
+  EXPECT_EQ(touched, 0);
+  EXPECT_EQ(read_in_child([] { return std::string(); }, "x"), "");
+  EXPECT_EQ(read_in_child([] { return std::string(300000, 'a'); }, "x").size(), 300000u);  // more than a pipe holds
+  EXPECT_TRUE(mentions(error_of([] { read_in_child([]() -> std::string { throw Error("cannot read it"); }, "trace t: attribute 'a'"); }),
+                       {"trace t: attribute 'a': cannot read it"}));
+  EXPECT_TRUE(mentions(error_of([] { read_in_child([]() -> std::string { std::raise(SIGSEGV); return "x"; }, "trace t: dataset /text"); }),
+                       {"trace t: dataset /text: libhdf5 crashed reading it (signal 11", "damaged"}));
+  EXPECT_TRUE(mentions(error_of([] { read_in_child([]() -> std::string { _exit(3); }, "w"); }), {"w: libhdf5 crashed", "exit status 3"}));
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(mentions(error_of([] {
+                         read_in_child([]() -> std::string { for (;;) pause(); }, "w", 1.0);
+                       }),
+                       {"w: libhdf5 had not finished reading it after 1 s"}));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "core/memory.h"
 #include "core/text.h"
 #include "traces/fast_read.h"
+#include "traces/isolated_read.h"
 
 namespace kvsim {
 
@@ -118,14 +119,29 @@ struct TraceReader::Impl {
     if (attr.getTypeClass() != H5T_STRING) fail(path, "root attribute '" + name + "' is not a string");
     if (attr.getSpace().getSimpleExtentType() != H5S_SCALAR) fail(path, "root attribute '" + name + "' is not a single (scalar) string");
     const H5::StrType type = attr.getStrType();
-    if (type.isVariableStr()) {  // read the pointer ourselves: HDF5's std::string overload crashes on a NULL string
-      char* raw = nullptr;
-      attr.read(type, &raw);
-      const std::string value = raw ? raw : "";
-      if (raw) H5free_memory(raw);
-      return value;
-    }
+    if (type.isVariableStr())
+      return read_variable_string(path, "root attribute '" + name + "'", [&](char** raw) { attr.read(type, raw); });
     return read_fixed_string(path, type, "root attribute '" + name + "'", [&](void* buffer) { attr.read(type, buffer); });
+  }
+
+  // A variable-length string, read by `read` into a pointer in a child process
+  // (traces/isolated_read.h): a damaged global heap crashes or hangs libhdf5 there, not here.
+  // The pointer is read ourselves: HDF5's std::string overload crashes on a NULL string.
+  template <typename Read>
+  static std::string read_variable_string(const std::string& path, const std::string& what, Read read) {
+    return read_in_child(
+        [&] {
+          char* raw = nullptr;
+          try {
+            read(&raw);
+          } catch (const H5::Exception& e) {
+            throw Error("cannot read it (" + e.getDetailMsg() + ")");
+          }
+          const std::string value = raw ? raw : "";
+          if (raw) H5free_memory(raw);
+          return value;
+        },
+        "trace " + path + ": " + what);
   }
 
   // A fixed-length string of at most 1 MiB, read by `read` into a buffer of its size.
@@ -393,10 +409,7 @@ void TraceReader::read_text() {
     info_.text = Impl::read_fixed_string(path_, type, "dataset /text", [&](void* buffer) { text.read(buffer, type); });
     return;
   }
-  char* raw = nullptr;
-  text.read(&raw, type);
-  info_.text = raw ? raw : "";
-  if (raw) H5free_memory(raw);
+  info_.text = Impl::read_variable_string(path_, "dataset /text", [&](char** raw) { text.read(raw, type); });
 }
 
 // A recorded layer's own attention pattern: its sliding window and RoPE where they differ
