@@ -23,6 +23,7 @@
 #include <set>
 
 #include "bench/bench_util.h"
+#include "core/allocator.h"
 #include "core/press_checks.h"
 #include "core/registry.h"
 #include "cuda/device_tensor.h"
@@ -184,6 +185,7 @@ void bundled_trace_benchmark(benchmark::State& state) {
 
 int main(int argc, char** argv) {
   using namespace kvsim;
+  keep_freed_memory_for_reuse();  // as kvsim does
   using bench::register_reporting_errors;
   // The largest T each press is timed at on this 2-core reference: O(T^2) presses (full
   // causal attention: PressInfo::quadratic; pairwise key similarities) and float64 covariance

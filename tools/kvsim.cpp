@@ -5,6 +5,7 @@
 #include <iostream>
 #include <map>
 
+#include "core/allocator.h"
 #include "core/error.h"
 #include "tools/commands.h"
 #include "traces/trace.h"
@@ -44,6 +45,7 @@ int run_command(const std::string& name, int (*command)(const kvsim::cli::Args&)
 
 int main(int argc, char** argv) {
   using namespace kvsim::cli;
+  kvsim::keep_freed_memory_for_reuse();
   const std::map<std::string, int (*)(const Args&)> commands = {{"list", list_command},
                                                                 {"info", info_command},
                                                                 {"replay", replay_command},
