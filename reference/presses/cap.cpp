@@ -19,6 +19,7 @@
 #include "reference/leverage.h"
 #include "reference/parallel.h"
 #include "reference/scorer_press.h"
+#include "reference/scratch_pool.h"
 #include "reference/scoring.h"
 
 namespace kvsim::ref {
@@ -39,14 +40,21 @@ class CapPress final : public ScorerPress {
     const RowMatrixD rotation = Eigen::Map<const RowMatrixD>(average_rope_rotation(in.rope, in.n, n_future_).data(), d, d);
     const InverseRopeTable table(in.rope, n_sink_, N);
     RowMatrixD per_head(H, N);
-    parallel_for(H, [&](int h) { per_head.row(h) = head_scores(in, h, rotation, table); });
+    ScratchPool<HeadScratch> scratch;  // N x d float64 each: 64 MB a matrix at 64K tokens
+    parallel_for(H, [&](int h) { per_head.row(h) = head_scores(in, h, rotation, table, *scratch.take()); });
     Scores s(Hkv, N);
     for (int g = 0; g < Hkv; ++g) s.row(g) = (per_head.middleRows(g * G, G).colwise().sum() / static_cast<double>(G)).cast<float>();
     return pad_with_max_plus_one(s, n_sink_, 0);
   }
 
  private:
-  Eigen::RowVectorXd head_scores(const PressInput& in, int h, const RowMatrixD& rotation, const InverseRopeTable& table) const {
+  // A query head's values and their weighted copy, reused by the next head.
+  struct HeadScratch {
+    RowMatrixD values, scaled;
+  };
+
+  Eigen::RowVectorXd head_scores(const PressInput& in, int h, const RowMatrixD& rotation, const InverseRopeTable& table,
+                                 HeadScratch& scratch) const {
     const int d = in.head_dim(), N = table.count(), g = kv_head_of(h, in.num_heads(), in.num_kv_heads());
     // The queries' mean and the keys' cosines row by row: N x d float64 copies of them cost
     // more in fresh pages than the arithmetic.
@@ -59,9 +67,11 @@ class CapPress final : public ScorerPress {
       key = keys.row(t).cast<double>();
       logits[t] = tau_ * std::clamp(key.dot(anchor) / std::max(key.norm(), 1e-12), -1.0, 1.0);
     }
-    RowMatrixD values = head_rows(in.layer.v, g, in.n).bottomRows(N).cast<double>();
+    RowMatrixD& values = scratch.values;
+    values = head_rows(in.layer.v, g, in.n).bottomRows(N).cast<double>();
     const Eigen::VectorXd w = (logits.array() - logits.maxCoeff()).exp();
-    const RowMatrixD scaled = (w.array() + epsilon_).sqrt().matrix().asDiagonal() * values;
+    RowMatrixD& scaled = scratch.scaled;
+    scaled.noalias() = (w.array() + epsilon_).sqrt().matrix().asDiagonal() * values;
     RowMatrixD capacity = RowMatrixD::Identity(d, d);  // I + scaled' scaled, half computed (symmetric rank update), half mirrored
     capacity.selfadjointView<Eigen::Lower>().rankUpdate(scaled.transpose());
     capacity.triangularView<Eigen::StrictlyUpper>() = capacity.transpose();
