@@ -5,12 +5,14 @@
 #include <cstring>
 #include <stdexcept>
 #include <thread>
+#include <vector>
 
 #include "core/registry.h"
 #include "reference/attention.h"
 #include "reference/parallel.h"
 #include "reference/replay.h"
 #include "reference/scorer_press.h"
+#include "reference/scratch_pool.h"
 #include "test_util.h"
 
 namespace kvsim {
@@ -69,7 +71,7 @@ TEST_P(ThreadedPress, ScoresAndCompressionEqualOneThread) {
 INSTANTIATE_TEST_SUITE_P(Presses, ThreadedPress,
                          ::testing::Values("expected_attention", "observed_attention", "snapkv", "tova", "knorm", "keydiff",
                                            "cam_kvcf", "merging(knorm)", "pivot_merge(snapkv)", "minicache", "kvzap",
-                                           "fastkvzip:layerwise=true"),
+                                           "fastkvzip:layerwise=true", "cap"),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& ch : name)
@@ -146,6 +148,24 @@ TEST(Threads, CountsAreCappedAtTheMaximum) {
   EXPECT_EQ(ref::threads(), ref::kMaxThreads);
   ref::set_threads(3);
   EXPECT_EQ(ref::threads(), 3);
+}
+
+// A scratch pool hands out a new object only while every one it made is taken; a returned
+// object (and its memory) goes to the next taker.
+TEST(ScratchPool, MakesOneObjectPerConcurrentTakerAndReusesReturnedOnes) {
+  ref::ScratchPool<std::vector<int>> pool;
+  const std::vector<int>* first = nullptr;
+  {
+    const auto a = pool.take();
+    const auto b = pool.take();
+    EXPECT_NE(&*a, &*b);
+    (*a).assign(1000, 7);
+    first = &*a;
+  }
+  const auto again = pool.take();
+  const auto other = pool.take();
+  EXPECT_TRUE(&*again == first || &*other == first);
+  EXPECT_EQ((&*again == first ? *again : *other).size(), 1000u);
 }
 
 }  // namespace
