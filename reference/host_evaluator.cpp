@@ -9,8 +9,8 @@
 
 namespace kvsim::ref {
 
-Outputs attend(const HeadTensor& q, int h, const RowMatrix& keys, const RowMatrix& values, const std::vector<int>& key_pos,
-               int first_query, int n_queries, int sliding_window, const std::vector<char>* allowed) {
+Outputs attend(const HeadTensor& q, int h, const Eigen::Ref<const RowMatrix>& keys, const Eigen::Ref<const RowMatrix>& values,
+               const std::vector<int>& key_pos, int first_query, int n_queries, int sliding_window, const std::vector<char>* allowed) {
   std::vector<int> qpos(n_queries);
   std::iota(qpos.begin(), qpos.end(), first_query);
   Outputs o;
