@@ -21,7 +21,8 @@ using Outputs = AttentionOutputs;
 // (and within a sliding window W > 0: query p sees keys j with p - j < W; and, with `allowed`
 // [n_queries, keys], only where it is non-zero).
 Outputs attend(const HeadTensor& q, int h, const Eigen::Ref<const RowMatrix>& keys, const Eigen::Ref<const RowMatrix>& values,
-               const std::vector<int>& key_pos, int first_query, int n_queries, int sliding_window = 0, const std::vector<char>* allowed = nullptr);
+               const std::vector<int>& key_pos, int first_query, int n_queries, int sliding_window = 0,
+               const std::vector<char>* allowed = nullptr);
 
 // Rows of head g of `t` at `positions`; the first merged.size() / dim rows come from `merged`
 // instead (the kept tokens' merged keys or values, when the press merges).

@@ -19,8 +19,8 @@
 #include "reference/leverage.h"
 #include "reference/parallel.h"
 #include "reference/scorer_press.h"
-#include "reference/scratch_pool.h"
 #include "reference/scoring.h"
+#include "reference/scratch_pool.h"
 
 namespace kvsim::ref {
 namespace {
