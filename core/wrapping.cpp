@@ -192,7 +192,7 @@ Compression composed_compress(const PressInput& input, const std::vector<const P
           for (int& p : absolute[g]) p = (*input.positions)[g][p];
       stage_input.positions = &absolute;
     }
-    if (observe) (*observe)(i, stage_input, ratios[i]);
+    if (observe) (*observe)(i, stage_input, ratios[i], i > 0 ? &stage : nullptr);
     stage = presses[i]->compress(stage_input, ratios[i]);
     for (int g = 0; g < Hkv; ++g) {
       std::vector<int> mapped;

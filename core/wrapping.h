@@ -71,10 +71,11 @@ Compression block_compress(const PressInput& input, double ratio, int block_size
 
 // ComposedPress: runs `presses` in order, each on the previous one's survivors (their queries,
 // keys and values, merged rows included, in position order) at ratios[i]. `observe`, where
-// given, sees each press's index, input and ratio just before the press runs; it may set the
-// input's `resident` to its own device copy of that input's layer, which it keeps alive until
-// its next call or the composition's end.
-using StageObserver = std::function<void(std::size_t press, PressInput& input, double ratio)>;
+// given, sees each press's index, input and ratio just before the press runs, and the
+// compression of the press before (its kept tokens index that press's input; null for the
+// first press); it may set the input's `resident` to its own device copy of that input's
+// layer, which it keeps alive until its next call or the composition's end.
+using StageObserver = std::function<void(std::size_t press, PressInput& input, double ratio, const Compression* before)>;
 Compression composed_compress(const PressInput& input, const std::vector<const Press*>& presses, const std::vector<double>& ratios,
                               const std::vector<std::string>& names, CarriedParts parts, const StageObserver* observe = nullptr);
 

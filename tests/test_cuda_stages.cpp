@@ -463,7 +463,7 @@ TEST(CudaStages, ComposedPressesReadTheCopyTheObserverHandsThem) {
   const auto& composed = dynamic_cast<const ComposedPress&>(*press);
   LayerTensors scaled;
   std::unique_ptr<ResidentLayer> handed;
-  const Compression observed = composed.compress_observed(input, 0.5, [&](std::size_t i, PressInput& in, double) {
+  const Compression observed = composed.compress_observed(input, 0.5, [&](std::size_t i, PressInput& in, double, const Compression*) {
     if (i == 0) return;
     scaled = in.layer;
     for (int g = 0; g < 2; ++g)
@@ -479,6 +479,38 @@ TEST(CudaStages, ComposedPressesReadTheCopyTheObserverHandsThem) {
   std::iota(last_ten.begin(), last_ten.end(), 30);
   EXPECT_EQ(observed.kept, (std::vector<std::vector<int>>{last_ten, last_ten}));
   EXPECT_NE(press->compress(input, 0.5).kept, observed.kept) << "the survivors' own keys must give another selection";
+}
+
+// A composition on the device hands each later press the rows the press before kept, gathered
+// from that press's copy on the device (or, after merged rows, the host survivors uploaded):
+// every press must see what the reference composition's does, in either storage, with or
+// without a resident copy of the input.
+TEST(CudaStages, ComposedPressesReadTheSurvivorsGatheredOnTheDevice) {
+  const ResidentFactory* make_resident = find_resident_layer(Backend::cuda_emulated);
+  ASSERT_NE(make_resident, nullptr);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 8);
+  for (const bool bf16 : {false, true}) {
+    LayerTensors layer = test::random_layer(4, 2, 48, 8, 21);
+    if (bf16)
+      for (auto* tensor : {&layer.q, &layer.k, &layer.v})
+        for (float& x : tensor->data) x = round_to_bf16(x);
+    PressInput input{layer, 48, 1, rope};
+    const std::unique_ptr<ResidentLayer> resident = (*make_resident)(input);
+    for (const std::string spec : {"composed(streaming_llm:n_sink=2;knorm;tova)", "composed(knorm;snapkv:window_size=4)",
+                                   "composed(pivot_merge(knorm);knorm;knorm)", "composed(knorm;pivot_merge(knorm);knorm)"}) {
+      SCOPED_TRACE(spec + (bf16 ? ", bfloat16 values" : ""));
+      const Compression expected = Registry::instance().make(spec, Backend::reference)->compress(input, 0.3);
+      const auto press = Registry::instance().make(spec, Backend::cuda_emulated);
+      for (const ResidentLayer* handed : std::vector<const ResidentLayer*>{nullptr, resident.get()}) {
+        input.resident = handed;
+        const Compression got = press->compress(input, 0.3);
+        EXPECT_EQ(got.kept, expected.kept);
+        EXPECT_EQ(got.keys, expected.keys);
+        EXPECT_EQ(got.values, expected.values);
+      }
+      input.resident = nullptr;
+    }
+  }
 }
 
 TEST(CudaStages, DeviceEvaluatorMatchesBruteForceAttentionAndMetrics) {

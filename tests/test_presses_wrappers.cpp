@@ -288,8 +288,11 @@ TEST_P(Wrappers, ComposedShowsEachPressItsInput) {
   std::vector<double> ratios;
   std::vector<int> lengths;
   std::vector<float> second_keys_norms;  // head 0's
-  const Compression observed =
-      dynamic_cast<const ComposedPress&>(*press).compress_observed(input, 0.9, [&](std::size_t i, PressInput& in, double ratio) {
+  std::vector<std::vector<int>> first_kept;  // the first press's, as the second one's observer sees it
+  const Compression observed = dynamic_cast<const ComposedPress&>(*press).compress_observed(
+      input, 0.9, [&](std::size_t i, PressInput& in, double ratio, const Compression* before) {
+        EXPECT_EQ(before == nullptr, i == 0);
+        if (before) first_kept = before->kept;
         indices.push_back(i);
         ratios.push_back(ratio);
         lengths.push_back(in.n);
@@ -301,6 +304,7 @@ TEST_P(Wrappers, ComposedShowsEachPressItsInput) {
   EXPECT_EQ(lengths, (std::vector<int>{8, 4}));
   ASSERT_EQ(second_keys_norms.size(), 4u);
   EXPECT_EQ(second_keys_norms, (std::vector<float>{1, 2, 3, 4}));
+  EXPECT_EQ(first_kept, (std::vector<std::vector<int>>{{1, 3, 5, 7}, {0, 1, 2, 3}}));
   EXPECT_EQ(observed.kept, press->compress(input, 0.9).kept);
 }
 

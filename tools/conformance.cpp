@@ -455,7 +455,7 @@ bool compare_composition_stages(const Press& reference, const ComposedPress& can
   bool stage_refused = false;
   std::unique_ptr<ResidentLayer> survivors;  // the stage's copy, alive while the composition's press runs
   try {
-    candidate.compress_observed(input, ratio, [&](std::size_t i, PressInput& stage_input, double stage_ratio) {
+    candidate.compress_observed(input, ratio, [&](std::size_t i, PressInput& stage_input, double stage_ratio, const Compression*) {
       const auto on_reference = registry.make(*stages[i], Backend::reference), on_other = registry.make(*stages[i], other);
       // The survivors of the presses before, copied to the device once for this stage's calls
       // and the composition's own (the first press's input is the case's, which has its copy).
