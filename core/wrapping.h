@@ -73,8 +73,9 @@ Compression block_compress(const PressInput& input, double ratio, int block_size
 // keys and values, merged rows included, in position order) at ratios[i]. `observe`, where
 // given, sees each press's index, input and ratio just before the press runs, and the
 // compression of the press before (its kept tokens index that press's input; null for the
-// first press); it may set the input's `resident` to its own device copy of that input's
-// layer, which it keeps alive until its next call or the composition's end.
+// first press); it may set the input's `resident` to a device copy of that input's layer
+// (replacing the one a device composition hands its presses, ComposedPress::compress_observed),
+// which it keeps alive until its next call or the composition's end.
 using StageObserver = std::function<void(std::size_t press, PressInput& input, double ratio, const Compression* before)>;
 Compression composed_compress(const PressInput& input, const std::vector<const Press*>& presses, const std::vector<double>& ratios,
                               const std::vector<std::string>& names, CarriedParts parts, const StageObserver* observe = nullptr);
@@ -101,8 +102,9 @@ class ComposedPress : public Press {
   Compression compress(const PressInput& input, double ratio) const override;
   // compress, showing `observe` each press's input (the conformance harness compares the
   // presses one at a time on this backend's survivors: a near-tie in a later press's scores
-  // lies on no boundary of the first press's).
-  Compression compress_observed(const PressInput& input, double ratio, const StageObserver& observe) const;
+  // lies on no boundary of the first press's). A device backend sets each input's `resident`
+  // to its own copy of the survivors before `observe` sees it.
+  virtual Compression compress_observed(const PressInput& input, double ratio, const StageObserver& observe) const;
 
  private:
   Compression compose(const PressInput& input, double ratio, const StageObserver* observe) const;

@@ -443,7 +443,7 @@ bool compare_case(const Press& reference, const Press& candidate, const PressSpe
 
 // A composition (kvpress ComposedPress), press by press: each of its presses on both backends
 // over the input the other backend's composition hands it (that backend's survivors of the
-// presses before), as a case of its own. The bookkeeping between the presses is host code
+// presses before, and on a device backend its own device copy of them), as a case of its own. The bookkeeping between the presses is host code
 // shared by the backends; comparing only the final kept sets would judge a near-tie in a later
 // press's scores by the first press's boundary. The compositions are not also run whole: an
 // error of a press was compared at its stage, and only one of the bookkeeping (raised between
@@ -458,8 +458,9 @@ bool compare_composition_stages(const Press& reference, const ComposedPress& can
     candidate.compress_observed(input, ratio, [&](std::size_t i, PressInput& stage_input, double stage_ratio, const Compression*) {
       const auto on_reference = registry.make(*stages[i], Backend::reference), on_other = registry.make(*stages[i], other);
       // The survivors of the presses before, copied to the device once for this stage's calls
-      // and the composition's own (the first press's input is the case's, which has its copy).
-      if (i > 0) {
+      // and the composition's own, unless the composition hands its own copy (the first
+      // press's input is the case's, which has its copy).
+      if (i > 0 && !stage_input.resident) {
         survivors.reset();
         survivors = timed(compare.other_seconds(), [&] { return resident_copy(other, stage_input); });
         stage_input.resident = survivors.get();

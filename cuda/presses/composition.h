@@ -60,9 +60,14 @@ class ComposedDevice final : public ComposedPress {
  public:
   explicit ComposedDevice(const PressConfig& c) : ComposedPress(c) {}
 
-  Compression compress(const PressInput& input, double ratio) const override {
+  Compression compress(const PressInput& input, double ratio) const override { return compress_observed(input, ratio, {}); }
+
+  Compression compress_observed(const PressInput& input, double ratio, const StageObserver& observe) const override {
     SurvivorsOnDevice<Exec> survivors(input);
-    return compress_observed(input, ratio, [&](std::size_t, PressInput& stage, double, const Compression* before) { survivors.hand(stage, before); });
+    return ComposedPress::compress_observed(input, ratio, [&](std::size_t i, PressInput& stage, double stage_ratio, const Compression* before) {
+      survivors.hand(stage, before);
+      if (observe) observe(i, stage, stage_ratio, before);
+    });
   }
 };
 
