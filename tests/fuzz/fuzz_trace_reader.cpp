@@ -25,5 +25,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } catch (const kvsim::Error&) {
     // a clean, one-line refusal: what damaged input must give
   }
+  std::remove(path.c_str());  // fork mode starts many processes: leave none of their files behind
   return 0;
 }
