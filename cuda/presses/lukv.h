@@ -1,13 +1,30 @@
 #pragma once
-// Device twin of lukv(<scorer>) (reference/presses/lukv.cpp): the inner scorer runs on the
-// device; the per-head counts come from the artefact's curve and the per-head selection of
-// the downloaded [Hkv, n] scores runs through the reference's own code (reference/artefacts.h),
-// so both backends keep the same tokens for the same scores.
+// Device twin of lukv(<scorer>) (reference/presses/lukv.cpp, ref::lukv_select): the inner
+// scorer runs on the device; the per-head counts come from the artefact's curve; the sinks and
+// the window are lifted above every score, each head's scores sorted and its first count kept,
+// all on the device (stable: equal scores keep the lower position, as the reference's
+// stable_sort).
 #include "cuda/device_registry.h"
 #include "cuda/device_scorer.h"
 #include "reference/artefacts.h"
 
 namespace kvsim::cuda {
+
+// Positions of each row of scores [rows, n] in descending order, the first `sink` and last
+// `window` of every row above all others (the largest score of all rows plus one, in float).
+template <typename Exec>
+typename Exec::template Buffer<int> lukv_order(Exec& exec, const float* scores, int rows, int n, int sink, int window) {
+  typename Exec::template Buffer<float> row_max(static_cast<std::size_t>(rows)), top(1), lifted(static_cast<std::size_t>(rows) * n);
+  exec.row_reduce(scores, rows, n, row_max.data(), Reduce::max);
+  exec.row_reduce(row_max.data(), 1, rows, top.data(), Reduce::max);
+  const float* largest = top.data();
+  float* out = lifted.data();
+  exec.for_each(static_cast<long>(rows) * n, [=] KVSIM_HD(long i) {
+    const long t = i % n;
+    out[i] = t < sink || t >= n - window ? *largest + 1.0f : scores[i];
+  });
+  return sorted_positions(exec, out, rows, n);
+}
 
 template <typename Exec>
 class LukvDevice final : public Press {
@@ -25,10 +42,9 @@ class LukvDevice final : public Press {
     const LayerOnDevice<Exec> on_device(input);
     const DeviceLayer<Exec>& layer = *on_device;
     const auto scores = inner_->device_scores(exec, layer, ratio);
+    const auto order = lukv_order(exec, scores.data(), layer.Hkv, layer.n, sink_, window_);
     scores.throw_if_nan(exec);
-    std::vector<float> host(scores.buffer().size());
-    scores.buffer().download(host.data(), host.size());
-    return ref::lukv_select(std::move(host), layer.Hkv, layer.n, keep, sink_, window_);
+    return first_of_each_order(exec, order.data(), layer.Hkv, layer.n, keep);
   }
 
  private:
