@@ -10,7 +10,11 @@
 //    head's threshold, then mark-and-scan compaction), positions left on the device;
 //  * cuda/<press>/select_shared/...: the same in one launch, a block per head with its scores
 //    in shared memory, where they fit (select_topk_shared_on_device; not yet the default);
-//  * cuda/<press>/gather/...: compaction of the kept keys and values.
+//  * cuda/<press>/gather/...: compaction of the kept keys and values;
+//  * cuda/upload/...: a layer made resident as the replay makes each layer (q, k and v
+//    narrowed to bfloat16 on the host's cores into page-locked memory, then copied), wall time;
+//  * cuda/host_to_device/{pinned,pageable}/...: the copy alone of a layer's q, k and v bytes
+//    from page-locked and from ordinary host memory.
 // Bytes counted are the layer's keys and values (bfloat16) for scoring and compression, the
 // scores read once for selection, the kept rows read and written for the gather (bfloat16 to
 // bfloat16, as kvpress gathers);
@@ -90,15 +94,39 @@ struct BenchLayer {
   explicit BenchLayer(int T) : host(llama_layer(T, 1234, true)) {}
 };
 
-const DeviceLayer<CudaExec>& bench_layer(int T) {
+const BenchLayer& bench_layer(int T) {
   static std::map<int, std::unique_ptr<BenchLayer>> layers;
   auto& layer = layers[T];
   if (!layer) layer = std::make_unique<BenchLayer>(T);
-  return layer->device;
+  return *layer;
+}
+
+// Bytes of the layer's q, k and v in bfloat16.
+double layer_bytes(int T) { return 2.0 * T * kHeadDim * (kHeads + 2.0 * kKvHeads); }
+
+void measure_upload(benchmark::State& state, int T) {
+  const BenchLayer& layer = bench_layer(T);
+  for (auto _ : state) {
+    const DeviceLayer<CudaExec> resident(layer.input);
+    check_cuda(cudaDeviceSynchronize(), "upload");
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * layer_bytes(T)));
+}
+
+void measure_host_to_device(benchmark::State& state, int T, bool pinned) {
+  const std::size_t bytes = static_cast<std::size_t>(layer_bytes(T));
+  CudaExec::Buffer<char> device(bytes);
+  std::unique_ptr<char[]> pageable;
+  char* host = nullptr;
+  if (pinned) check_cuda(cudaMallocHost(reinterpret_cast<void**>(&host), bytes), "cudaMallocHost");
+  else host = (pageable = std::make_unique<char[]>(bytes)).get();  // zeroed: every page is touched
+  for (auto _ : state) device.upload(host, bytes);
+  if (pinned) cudaFreeHost(host);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * static_cast<double>(bytes)));
 }
 
 void measure_press(benchmark::State& state, const std::string& spec, int T, Stage stage) {
-  const DeviceLayer<CudaExec>& layer = bench_layer(T);
+  const DeviceLayer<CudaExec>& layer = bench_layer(T).device;
   const auto press = Registry::instance().make(spec, Backend::cuda);
   const auto* scorer = dynamic_cast<const DeviceScorer<CudaExec>*>(press.get());
   CudaExec exec;
@@ -169,6 +197,15 @@ int main(int argc, char** argv) {
         })->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(0.2);
       }
     }
+  }
+  for (int T : {32768, 131072}) {
+    const std::string shape = "/T=" + std::to_string(T) + "/h=32/hkv=8/d=128/bf16";
+    kvsim::bench::register_reporting_errors("cuda/upload" + shape, [T](benchmark::State& s) { kc::measure_upload(s, T); })
+        ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(0.2);
+    for (const bool pinned : {true, false})
+      kvsim::bench::register_reporting_errors(std::string("cuda/host_to_device/") + (pinned ? "pinned" : "pageable") + shape,
+                                              [T, pinned](benchmark::State& s) { kc::measure_host_to_device(s, T, pinned); })
+          ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(0.2);
   }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -177,24 +177,25 @@ class DeviceTensor {
   }
 
  private:
-  // Narrows every head into one host staging array and uploads it, or returns false (nothing
-  // uploaded) when the storage does not hold a value. The staging array is left
-  // uninitialised: narrowing writes every element, and a float32 tensor is refused in the first
-  // block of each part, so zeroing the whole array first would be most of the work. Parts of
-  // 2^20 values run on every core (a Llama-3-8B layer of 32K holds 2 x 10^8 values).
+  // Narrows every head into one host staging array (Exec::Staging: page-locked on a GPU) and
+  // uploads it, or returns false (nothing uploaded) when the storage does not hold a value.
+  // The staging array is left uninitialised: narrowing writes every element, and a float32
+  // tensor is refused in the first block of each part, so zeroing the whole array first would
+  // be most of the work. Parts of 2^20 values run on every core (a Llama-3-8B layer of 32K
+  // holds 2 x 10^8 values).
   template <typename T, typename Narrow>
   bool upload_narrow(const HeadTensor& host, std::size_t per_head, typename Exec::template Buffer<T>& buffer, Narrow narrow) {
     constexpr std::size_t kPart = std::size_t(1) << 20;
-    const std::unique_ptr<T[]> staging(new T[count_]);
+    typename Exec::template Staging<T> staging(count_);
     const std::size_t parts_per_head = std::max<std::size_t>(1, (per_head + kPart - 1) / kPart);
     std::vector<char> held(static_cast<std::size_t>(host.heads) * parts_per_head, 1);
     parallel_tasks(held.size(), [&](std::size_t i) {
       const std::size_t h = i / parts_per_head, begin = i % parts_per_head * kPart, end = std::min(per_head, begin + kPart);
-      if (begin < end) held[i] = narrow(host.head(static_cast<int>(h)) + begin, end - begin, staging.get() + h * per_head + begin);
+      if (begin < end) held[i] = narrow(host.head(static_cast<int>(h)) + begin, end - begin, staging.data() + h * per_head + begin);
     });
     if (std::find(held.begin(), held.end(), 0) != held.end()) return false;
     buffer = typename Exec::template Buffer<T>(count_);
-    if (count_) buffer.upload(staging.get(), count_);
+    if (count_) buffer.upload(staging.data(), count_);
     return true;
   }
 

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "core/error.h"
@@ -361,6 +362,44 @@ struct CudaExec {
   template <typename T>
   void download(const T* device, T* host, std::size_t n) {
     check_cuda(cudaMemcpy(host, device, n * sizeof(T), cudaMemcpyDeviceToHost), "download");
+  }
+
+  // Uninitialised host memory to assemble an upload in: page-locked, so that the copy to the
+  // device runs at the link's rate (from pageable memory the driver goes through a bounce
+  // buffer). Pinning is slow, so each thread keeps its area, grown to its largest upload and
+  // never returned (it is freed with the process); plain memory where the driver will not
+  // pin more. One Staging per thread at a time.
+  template <typename T>
+  class Staging {
+   public:
+    explicit Staging(std::size_t n) : data_(static_cast<T*>(pinned_area(n * sizeof(T)))) {
+      if (!data_) {
+        fallback_.reset(new T[n]);
+        data_ = fallback_.get();
+      }
+    }
+    T* data() { return data_; }
+
+   private:
+    T* data_;
+    std::unique_ptr<T[]> fallback_;
+  };
+
+  // This thread's page-locked area of at least `bytes`, or null where it cannot be had.
+  static void* pinned_area(std::size_t bytes) {
+    thread_local void* area = nullptr;
+    thread_local std::size_t size = 0;
+    if (bytes <= size) return area;
+    if (area) cudaFreeHost(area);
+    area = nullptr;
+    size = 0;
+    if (cudaMallocHost(&area, bytes) != cudaSuccess) {
+      cudaGetLastError();
+      area = nullptr;
+      return nullptr;
+    }
+    size = bytes;
+    return area;
   }
 
   template <typename F>

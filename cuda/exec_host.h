@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -40,6 +41,17 @@ struct HostExec {
   void download(const T* device, T* host, std::size_t n) {
     std::copy(device, device + n, host);
   }
+
+  // Uninitialised host memory to assemble an upload in (CudaExec's is page-locked).
+  template <typename T>
+  class Staging {
+   public:
+    explicit Staging(std::size_t n) : data_(new T[n]) {}
+    T* data() { return data_.get(); }
+
+   private:
+    std::unique_ptr<T[]> data_;
+  };
 
   template <typename F>
   void for_each(long count, F body) {

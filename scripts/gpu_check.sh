@@ -22,7 +22,8 @@
 #   conformance.txt     the device top-k against a sort, and every press on    (checks)
 #                       the bundled trace
 #   grid.txt            the random shape grid to 64K, shard after shard         (checks)
-#   bench_cuda.json     Google Benchmark JSON: compress / select / gather      (speed)
+#   bench_cuda.json     Google Benchmark JSON: compress / select / gather,     (speed)
+#                       a layer's upload, host-to-device copies
 #   torch.json          kvpress-style PyTorch compression step, same layer     (speed)
 #   profile.txt         per press, its kernels' device time (nsys)           (profile)
 #   log.txt             everything printed, with the timed replays of a synthetic Llama-3-8B-
@@ -120,7 +121,7 @@ run_grid_during() {  # run_grid_during COMMAND...: the grid's shards in the back
 run_speed() {
   # The presses the PyTorch comparison has (every press's step: drop the filter; ~95 s on an H100).
   local compared='knorm|snapkv|pyramidkv|tova|keydiff|streaming_llm|random|lagkv|expected_attention|cur|non_causal_attention|leverage_score|compactor'
-  step bench_cuda 180 "$bin/bench_cuda" --benchmark_filter="cuda/($compared)/compress/T=(32768|131072)/|knorm/(score|select|select_shared|gather)/T=(32768|131072)/" \
+  step bench_cuda 180 "$bin/bench_cuda" --benchmark_filter="cuda/($compared)/compress/T=(32768|131072)/|knorm/(score|select|select_shared|gather)/T=(32768|131072)/|cuda/(upload|host_to_device)/" \
     --benchmark_out="$out/bench_cuda.json" --benchmark_out_format=json
   if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
     step torch 45 python3 "$stage/torch_compression.py" --tokens 32768 131072 --out "$out/torch.json"
