@@ -443,11 +443,12 @@ bool compare_case(const Press& reference, const Press& candidate, const PressSpe
 
 // A composition (kvpress ComposedPress), press by press: each of its presses on both backends
 // over the input the other backend's composition hands it (that backend's survivors of the
-// presses before, and on a device backend its own device copy of them), as a case of its own. The bookkeeping between the presses is host code
-// shared by the backends; comparing only the final kept sets would judge a near-tie in a later
-// press's scores by the first press's boundary. The compositions are not also run whole: an
-// error of a press was compared at its stage, and only one of the bookkeeping (raised between
-// stages) runs the reference composition, for its message.
+// presses before, and on a device backend its own device copy of them), as a case of its own.
+// The bookkeeping between the presses is host code shared by the backends; comparing only the
+// final kept sets would judge a near-tie in a later press's scores by the first press's
+// boundary. The compositions are not also run whole: an error of a press was compared at its
+// stage, and only one of the bookkeeping (raised between stages) runs the reference
+// composition, for its message.
 bool compare_composition_stages(const Press& reference, const ComposedPress& candidate, const PressSpec& spec, Backend other,
                                 const PressInput& input, double ratio, CaseComparer& compare, const std::string& where) {
   const std::vector<std::shared_ptr<PressSpec>> stages = spec.presses();
