@@ -1,6 +1,7 @@
 // The primitives that are kernels of our own, on the GPU: the top-k (radix_select_pass's
 // kernel under the shared radix select, and the one-launch top-k) against the reference's
-// sort, on the cases of select_cases.h; the masked row softmax against HostExec's serial one.
+// sort, on the cases of select_cases.h; the masked row softmax against HostExec's serial one;
+// the gather of rows; the page-locked staging of uploads.
 // Skipped, with the reason, without a GPU.
 #include <cmath>
 #include <cstring>
@@ -105,6 +106,38 @@ TEST(PrimitivesGpu, GatherRowsCopiesTheKeptRowsOfEveryHead) {
   expect_gather_matches_loop<Float16>(4, 2, 50, 12, 17);
   expect_gather_matches_loop<float>(4, 1, 50, 4, 17);
   expect_gather_matches_loop<float>(6, 3, 50, 6, 17);
+}
+
+// Uploads are assembled in page-locked memory that each thread keeps: a smaller upload reuses
+// the area, a larger one grows it; and a DeviceTensor uploaded through it holds the values.
+TEST(PrimitivesGpu, UploadStagingIsPageLockedAndKeptPerThread) {
+  if (const DeviceStatus status = device_status(); status.count == 0) GTEST_SKIP() << "no CUDA device: " << status.reason;
+  const auto page_locked = [](const void* p) {
+    cudaPointerAttributes attributes{};
+    return cudaPointerGetAttributes(&attributes, p) == cudaSuccess && attributes.type == cudaMemoryTypeHost;
+  };
+  const void* first = nullptr;
+  {
+    CudaExec::Staging<float> staging(1 << 20);
+    first = staging.data();
+    EXPECT_TRUE(page_locked(first));
+  }
+  {
+    CudaExec::Staging<Bfloat16> smaller(1000);
+    EXPECT_EQ(static_cast<const void*>(smaller.data()), first);
+  }
+  {
+    CudaExec::Staging<float> larger(1 << 22);
+    EXPECT_TRUE(page_locked(larger.data()));
+  }
+  HeadTensor host(2, 300, 8);
+  for (std::size_t i = 0; i < host.data.size(); ++i) host.data[i] = static_cast<float>(i % 251) - 125.0f;  // exact in bfloat16
+  const DeviceTensor<CudaExec> tensor(host, 300);
+  ASSERT_EQ(tensor.storage(), Storage::bfloat16);
+  std::vector<Bfloat16> back(tensor.size());
+  CudaExec exec;
+  exec.download(tensor.as<Bfloat16>(), back.data(), back.size());
+  for (std::size_t i = 0; i < back.size(); ++i) ASSERT_EQ(static_cast<float>(back[i]), host.data[i]) << "value " << i;
 }
 
 }  // namespace
