@@ -2,10 +2,13 @@
 // Device twins of the chunk and block wrappers: chunk(<scorer>), chunkkv(<scorer>),
 // entropy_gated_chunkkv(<scorer>) and block(<scorer>) (formulas and deviations in
 // reference/presses/chunk.cpp, chunkkv.cpp, block.cpp). The inner scorer scores on the device
-// and the selections run there; chunk hands its chunks to the inner scorer through the host
-// loop of core/wrapping.h (the reference's), which uploads each chunk once; block gathers each
-// block's sequence from the layer on the device (block_compress_on_device).
+// and the selections run there; chunk gathers each chunk from the layer on the device
+// (chunk_compress_on_device; through the host loop of core/wrapping.h, which uploads each
+// chunk, only for inner scorers that read hidden states or o_proj); block gathers each block's
+// sequence from the layer on the device (block_compress_on_device).
 #include <algorithm>
+#include <numeric>
+#include <vector>
 
 #include "core/error.h"
 #include "core/wrapping.h"
@@ -94,6 +97,38 @@ std::vector<int> chunkkv_select_on_device(Exec& exec, const CheckedScores<Exec>&
   return select_topk_per_head(exec, mean_buffer.data(), 1, chunks, n_chunks_kept, [&] { scores.throw_if_nan(exec); }).kept[0];
 }
 
+// chunk_compress (core/wrapping.h) with the layer on the device: each chunk is gathered from
+// it as a layer of its own, scored and selected there, and its kept positions written, offset
+// by the chunk's start, after the chunks before in each head's row of one buffer. Per chunk
+// only the NaN check's flag comes to the host (the reference stops at the first chunk whose
+// scores have one), and the kept positions at the end.
+template <typename Exec>
+Compression chunk_compress_on_device(Exec& exec, const DeviceLayer<Exec>& layer, const DeviceScorer<Exec>& inner, double ratio,
+                                     int chunk_length) {
+  const int Hkv = layer.Hkv, n = layer.n;
+  if (ratio == 0.0) return keep_all(Hkv, n);  // kvpress: a zero ratio changes nothing
+  std::vector<int> counts;                      // each chunk's kept tokens per head
+  for (int start = 0; start < n; start += chunk_length) counts.push_back(kvpress_budget(std::min(chunk_length, n - start), ratio));
+  const long total = std::accumulate(counts.begin(), counts.end(), 0L);
+  using IntBuffer = typename Exec::template Buffer<int>;
+  IntBuffer kept_buffer(static_cast<std::size_t>(Hkv) * total), rows_buffer(static_cast<std::size_t>(Hkv) * std::min(chunk_length, n));
+  int* kept = kept_buffer.data();
+  int* rows = rows_buffer.data();
+  long offset = 0;
+  for (int start = 0, c = 0; start < n; start += chunk_length, ++c) {
+    const int length = std::min(chunk_length, n - start), n_kept = counts[static_cast<std::size_t>(c)];
+    exec.for_each(static_cast<long>(Hkv) * length, [=] KVSIM_HD(long i) { rows[i] = start + static_cast<int>(i % length); });
+    const DeviceLayer<Exec> chunk(exec, layer, rows, length);
+    const auto scores = inner.device_scores(exec, chunk, ratio);
+    const auto best = select_topk_on_device(exec, scores.data(), Hkv, length, n_kept);
+    const int* chosen = best.data();
+    exec.for_each(static_cast<long>(Hkv) * n_kept, [=] KVSIM_HD(long i) { kept[i / n_kept * total + offset + i % n_kept] = start + chosen[i]; });
+    scores.throw_if_nan(exec);
+    offset += n_kept;
+  }
+  return kept_on_host<Exec>(kept_buffer, Hkv, static_cast<int>(total));
+}
+
 template <typename Exec>
 class ChunkDevice final : public Press {
  public:
@@ -105,6 +140,11 @@ class ChunkDevice final : public Press {
   }
 
   Compression compress(const PressInput& input, double ratio) const override {
+    if (!parts_.hidden_states && !parts_.o_proj) {  // a gathered layer carries neither
+      Exec exec;
+      const LayerOnDevice<Exec> on_device(input);
+      return chunk_compress_on_device(exec, *on_device, *inner_, ratio, chunk_length_);
+    }
     return chunk_compress(input, ratio, chunk_length_, parts_, [&](const PressInput& chunk, int n_kept) {
       Exec exec;
       const LayerOnDevice<Exec> on_device(chunk);
