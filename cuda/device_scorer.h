@@ -327,6 +327,13 @@ Compression select_topk_global(Exec& exec, const CheckedScores<Exec>& scores, in
   return select_topk_global(exec, scores.data(), rows, n, total, [&] { scores.throw_if_nan(exec); });
 }
 
+// A chunk's kept positions part [rows, count] (within the chunk), placed as positions of the
+// whole segment in their rows of kept [rows, k]: kept[g, offset + r] = first + part[g, r].
+template <typename Exec>
+void place_chunk(Exec& exec, const int* part, int rows, int count, int first, long offset, long k, int* kept) {
+  exec.for_each(static_cast<long>(rows) * count, [=] KVSIM_HD(long i) { kept[i / count * k + offset + i % count] = first + part[i]; });
+}
+
 // The first counts[g] entries of each row g of `order` [rows, n] (each row a permutation of
 // its positions, as sorted_positions gives), per row ascending: mark, scan, compact on the
 // device, as select_topk_on_device, for budgets that differ between rows (head-wise presses).

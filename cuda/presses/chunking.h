@@ -121,8 +121,7 @@ Compression chunk_compress_on_device(Exec& exec, const DeviceLayer<Exec>& layer,
     const DeviceLayer<Exec> chunk(exec, layer, rows, length);
     const auto scores = inner.device_scores(exec, chunk, ratio);
     const auto best = select_topk_on_device(exec, scores.data(), Hkv, length, n_kept);
-    const int* chosen = best.data();
-    exec.for_each(static_cast<long>(Hkv) * n_kept, [=] KVSIM_HD(long i) { kept[i / n_kept * total + offset + i % n_kept] = start + chosen[i]; });
+    place_chunk(exec, best.data(), Hkv, n_kept, start, offset, total, kept);
     scores.throw_if_nan(exec);
     offset += n_kept;
   }

@@ -106,11 +106,6 @@ class FinchDevice final : public DeviceScorer<Exec> {
     return select_topk_on_device(exec, c, rows, length, count);
   }
 
-  // kept[g, offset + r] = first + part[g, r].
-  static void place_chunk(Exec& exec, const int* part, int rows, int count, int first, int offset, int k, int* kept) {
-    exec.for_each(static_cast<long>(rows) * count, [=] KVSIM_HD(long i) { kept[i / count * k + offset + i % count] = first + part[i]; });
-  }
-
  private:
   int window_, chunk_;
   bool normalize_, rerotate_;
