@@ -5,6 +5,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -19,6 +20,8 @@ struct ResidentLayer {
   virtual ~ResidentLayer() = default;
 };
 
+struct ScoreMemo;  // below: scores already computed on an input
+
 struct PressInput {
   const LayerTensors& layer;  // the whole recorded layer; the press reads tokens [0, n)
   int n = 0;                  // length of the compressed segment
@@ -31,6 +34,10 @@ struct PressInput {
   // Per KV head, the absolute position of each of the n tokens, where they are not 0..n-1: the
   // survivors a press after an eviction sees in composed(...). Null: token t is at position t.
   const std::vector<std::vector<int>>* positions = nullptr;
+  // Where the caller keeps the scores that presses whose scores ignore the ratio computed on
+  // this input (the replay runs each press at every ratio on a layer); null: none kept. A
+  // wrapper that hands a press other tokens hands it a PressInput of its own, without one.
+  ScoreMemo* score_memo = nullptr;
 
   int layer_index() const { return layer.layer_index; }
   int num_heads() const { return layer.q.heads; }
@@ -80,6 +87,11 @@ class Press {
 
 // Per-KV-head token scores [Hkv, n], on the host; higher means "keep".
 using ScoreMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// Scores computed on one input, by the press (object) that computed them.
+struct ScoreMemo {
+  std::map<const void*, ScoreMatrix> scores;
+};
 
 // A press defined by one score per (KV head, token) — kvpress' ScorerPress. Every backend
 // implements the scoring stage behind this interface, so wrappers and the conformance

@@ -619,6 +619,8 @@ ReplayResult replay(const TraceReader& trace, const ReplayOptions& options, cons
     PressInput input = layer.input(info, question_tokens);
     const std::unique_ptr<LayerEvaluator> on_device = device_evaluator ? (*device_evaluator)(input) : nullptr;
     if (on_device) input.resident = on_device->resident();
+    ScoreMemo scored;  // a press that scores regardless of the ratio scores the layer once for every ratio
+    input.score_memo = &scored;
     const LayerRunner runner(layer, info, on_device.get());
     for (std::size_t s = 0; s < slots.size(); ++s) {
       const std::size_t p = slots[s].press;

@@ -25,6 +25,15 @@ Compression ScorerPress::compress_keeping_scores(const PressInput& input, double
   return select_topk_per_head(*scores, budget(input, ratio));
 }
 
+Scores RatioFreeScorer::score(const PressInput& input, double) const {
+  if (!input.score_memo) return score_input(input);
+  auto& memo = input.score_memo->scores;
+  if (const auto found = memo.find(this); found != memo.end()) return found->second;
+  Scores scores = score_input(input);  // kept only once computed: an error leaves nothing behind
+  memo.emplace(this, scores);
+  return scores;
+}
+
 std::unique_ptr<ScorerPress> make_inner_scorer(const PressConfig& config) {
   std::unique_ptr<Press> inner = config.registry.make(*config.inner, config.backend);
   auto* scorer = dynamic_cast<ScorerPress*>(inner.get());

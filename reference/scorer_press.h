@@ -31,6 +31,18 @@ class ScorerPress : public kvsim::ScorerPress {
   std::string name_;
 };
 
+// A scorer whose scores do not depend on the ratio (which then only sets how many tokens are
+// kept): it implements score_input, which is not given the ratio, and scores an input that
+// carries a ScoreMemo once however many ratios it is run at.
+class RatioFreeScorer : public ScorerPress {
+ public:
+  using ScorerPress::ScorerPress;
+  Scores score(const PressInput& input, double ratio) const final;
+
+ protected:
+  virtual Scores score_input(const PressInput& input) const = 0;
+};
+
 // Builds the inner scorer of a wrapper spec (e.g. the snapkv of adakv(snapkv)).
 std::unique_ptr<ScorerPress> make_inner_scorer(const PressConfig& config);
 

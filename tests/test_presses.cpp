@@ -81,6 +81,44 @@ TEST(Budget, ShortContextsKeepAtLeastOneTokenPerHead) {
   EXPECT_EQ(pyramidkv_budget(3, 0.9, 1, 20.0, 0, 2), 1);
 }
 
+// A scorer whose scores ignore the ratio scores an input that carries a ScoreMemo once, however
+// many ratios it runs at, and every time without one; each press object keeps its own scores,
+// and a scoring that fails keeps nothing.
+TEST(RatioFreeScorer, ScoresAnInputThatCarriesAMemoOnce) {
+  struct Counting final : ref::RatioFreeScorer {
+    explicit Counting(float v) : RatioFreeScorer("counting"), value(v) {}
+    ScoreMatrix score_input(const PressInput& in) const override {
+      ++calls;
+      if (fail) throw Error("scoring failed");
+      return ScoreMatrix::Constant(in.num_kv_heads(), in.n, value);
+    }
+    float value;
+    mutable int calls = 0;
+    bool fail = false;
+  };
+  const LayerTensors layer = test::random_layer(2, 1, 6, 4, 1);
+  const RopeConfig rope = RopeConfig::from_theta(10000.0, 4);
+  PressInput input{layer, 6, 1, rope};
+  Counting one(1.0f), two(2.0f);
+  for (double ratio : {0.25, 0.5}) one.compress(input, ratio);
+  EXPECT_EQ(one.calls, 2);  // no memo: scored at every call
+  ScoreMemo memo;
+  input.score_memo = &memo;
+  for (double ratio : {0.25, 0.5, 0.75}) {
+    EXPECT_EQ(one.score(input, ratio)(0, 0), 1.0f);
+    EXPECT_EQ(two.score(input, ratio)(0, 0), 2.0f);
+    one.compress(input, ratio);
+  }
+  EXPECT_EQ(one.calls, 3);
+  EXPECT_EQ(two.calls, 1);
+  Counting failing(3.0f);
+  failing.fail = true;
+  EXPECT_THROW(failing.score(input, 0.5), Error);
+  failing.fail = false;
+  EXPECT_EQ(failing.score(input, 0.5)(0, 0), 3.0f);
+  EXPECT_EQ(failing.calls, 2);
+}
+
 TEST(Knorm, TiesKeepTheLowerPosition) {
   const LayerTensors layer = layer_with_keys({norms({1, 1, 1, 1})});
   EXPECT_EQ(run("knorm", layer, 4, 0.5).kept, (Kept{{0, 1}}));

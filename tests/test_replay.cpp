@@ -138,6 +138,33 @@ TEST_F(ReplayOnRandomTrace, EveryPressAtRatioZeroLeavesOutputsUnchanged) {
   }
 }
 
+// A replay at several ratios gives each run what a replay at its ratio alone gives: the scores
+// a press computes once for every ratio on a layer (ScoreMemo) are its own, and the same at
+// every ratio. Two snapkv presses that differ only in their window score differently.
+TEST_F(ReplayOnRandomTrace, RunsAtSeveralRatiosEqualTheRunsAtEachRatioAlone) {
+  std::vector<std::string> presses = {"snapkv:window_size=8", "snapkv:window_size=16"};
+  const auto recorded = [](const PressInfo& p) {  // the trace has no o_proj and no KVzip passes
+    return std::ranges::none_of(p.needs, [](const std::string& need) { return need == "o_proj" || need == "kvzip passes"; });
+  };
+  for (const PressInfo* p : Registry::instance().presses())
+    if (p->uses_ratio && !p->wraps_pair && recorded(*p))
+      presses.push_back(test::with_test_artefact(p->example.empty() ? p->name : p->example, {info_.num_hidden_layers, 4, 2, 16, test::kTestHiddenSize}, 1));
+  const TraceReader trace(path_);
+  const std::vector<double> ratios = {0.25, 0.6};
+  const ref::ReplayResult together = ref::replay(trace, {.presses = presses, .ratios = ratios});
+  for (std::size_t r = 0; r < ratios.size(); ++r) {
+    const ref::ReplayResult alone = ref::replay(trace, {.presses = presses, .ratios = {ratios[r]}});
+    for (const auto& run : alone.runs) {
+      const auto same = std::ranges::find_if(together.runs, [&](const auto& t) { return t.press == run.press && t.ratio == run.ratio; });
+      ASSERT_NE(same, together.runs.end()) << run.press << " at " << run.ratio;
+      EXPECT_EQ(same->rel_err.mean, run.rel_err.mean) << run.press << " at " << run.ratio;
+      EXPECT_EQ(same->recall.mean, run.recall.mean) << run.press << " at " << run.ratio;
+      EXPECT_EQ(same->achieved_ratio, run.achieved_ratio) << run.press << " at " << run.ratio;
+    }
+  }
+  EXPECT_NE(together.runs[0].rel_err.mean, together.runs[2].rel_err.mean) << "the two snapkv windows must keep other tokens";
+}
+
 // Recompute snapkv's perturbation in double from the definition: each later query t
 // attends to the kept context tokens of its KV head plus tokens [n, t].
 TEST_F(ReplayOnRandomTrace, MatchesABruteForceRecomputation) {

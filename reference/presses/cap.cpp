@@ -25,16 +25,16 @@
 namespace kvsim::ref {
 namespace {
 
-class CapPress final : public ScorerPress {
+class CapPress final : public RatioFreeScorer {
  public:
   explicit CapPress(const PressConfig& c)
-      : ScorerPress("cap"),
+      : RatioFreeScorer("cap"),
         tau_(c.params.get("tau")),
         n_future_(c.params.get_int("n_future_positions")),
         n_sink_(c.params.get_int("n_sink")),
         epsilon_(c.params.get("epsilon")) {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     require_more_tokens(name(), "n_sink", n_sink_, in.n);
     const int d = in.head_dim(), N = in.n - n_sink_, H = in.num_heads(), Hkv = in.num_kv_heads(), G = H / Hkv;
     const RowMatrixD rotation = Eigen::Map<const RowMatrixD>(average_rope_rotation(in.rope, in.n, n_future_).data(), d, d);

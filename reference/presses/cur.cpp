@@ -34,10 +34,10 @@ std::vector<ParamDef> cur_params() {
           {"seed", ParamType::Int, 0.0, 0.0, 4294967295.0, "Philox seed of G (kvsim; kvpress uses torch's generator)"}};
 }
 
-class CurPress final : public ScorerPress {
+class CurPress final : public RatioFreeScorer {
  public:
   explicit CurPress(const PressConfig& c)
-      : ScorerPress("cur"),
+      : RatioFreeScorer("cur"),
         num_sinks_(c.params.get_int("num_sinks")),
         type_(static_cast<CurLeverage>(c.params.get_int("leverage_type"))),
         random_(c.params.get_bool("use_random_leverage")),
@@ -45,7 +45,7 @@ class CurPress final : public ScorerPress {
         window_(c.params.get_int("local_window_size")),
         seed_(static_cast<uint64_t>(c.params.get("seed"))) {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     const int n = in.n, d = in.head_dim();
     // The projection G [d, r], shared by every head of the layer.
     std::vector<double> projection;

@@ -18,17 +18,17 @@
 namespace kvsim::ref {
 namespace {
 
-class ExpectedAttentionPress final : public ScorerPress {
+class ExpectedAttentionPress final : public RatioFreeScorer {
  public:
   explicit ExpectedAttentionPress(const PressConfig& c)
-      : ScorerPress("expected_attention"),
+      : RatioFreeScorer("expected_attention"),
         n_future_(c.params.get_int("n_future_positions")),
         n_sink_(c.params.get_int("n_sink")),
         use_covariance_(c.params.get_bool("use_covariance")),
         use_vnorm_(c.params.get_bool("use_vnorm")),
         epsilon_(c.params.get("epsilon")) {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     require_more_tokens(name(), "n_sink", n_sink_, in.n);
     const int d = in.head_dim(), N = in.n - n_sink_;
     const RowMatrixD rotation = Eigen::Map<const RowMatrixD>(average_rope_rotation(in.rope, in.n, n_future_).data(), d, d);

@@ -25,10 +25,10 @@
 namespace kvsim::ref {
 namespace {
 
-class ExpectedAttentionStatsPress final : public ScorerPress {
+class ExpectedAttentionStatsPress final : public RatioFreeScorer {
  public:
   explicit ExpectedAttentionStatsPress(const PressConfig& c)
-      : ScorerPress("expected_attention_stats"),
+      : RatioFreeScorer("expected_attention_stats"),
         n_future_(c.params.get_int("n_future_positions")),
         n_sink_(c.params.get_int("n_sink")),
         use_covariance_(c.params.get_bool("use_covariance")),
@@ -36,7 +36,7 @@ class ExpectedAttentionStatsPress final : public ScorerPress {
         epsilon_(c.params.get("epsilon")),
         stats_(load_query_statistics(c.params.get_path("artefact"))) {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     require_more_tokens(name(), "n_sink", n_sink_, in.n);
     const int d = in.head_dim(), N = in.n - n_sink_, layer = in.layer_index();
     stats_.check(layer, in.num_heads(), d);

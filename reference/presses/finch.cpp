@@ -18,16 +18,16 @@
 namespace kvsim::ref {
 namespace {
 
-class FinchPress final : public ScorerPress {
+class FinchPress final : public RatioFreeScorer {
  public:
   explicit FinchPress(const PressConfig& c)
-      : ScorerPress("finch"),
+      : RatioFreeScorer("finch"),
         window_(c.params.get_int("window_size")),
         chunk_(c.params.get_int("chunk_length")),
         normalize_(c.params.get_bool("normalize_scores")),
         rerotate_(c.params.get_bool("rerotate_keys")) {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     const int w = finch_window("finch", window_, in.question_tokens, in.n), past = in.n - w;
     RowMatrix per_query_head(in.num_heads(), past);
     parallel_for(in.num_heads(), [&](int h) {

@@ -9,13 +9,13 @@
 namespace kvsim::ref {
 namespace {
 
-class KeyDiffPress final : public ScorerPress {
+class KeyDiffPress final : public RatioFreeScorer {
  public:
-  explicit KeyDiffPress(const PressConfig&) : ScorerPress("keydiff") {}
+  explicit KeyDiffPress(const PressConfig&) : RatioFreeScorer("keydiff") {}
 
   // Float64 throughout: the anchor is a mean of n unit vectors whose float32 running sum
   // loses ~1e-6 of a cosine by n = 8K, more than the backends may differ by.
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     Scores s(in.num_kv_heads(), in.n);
     parallel_for(in.num_kv_heads(), [&](int g) {
       const RowMatrixD keys = head_rows(in.layer.k, g, in.n).cast<double>();  // row-major: each key one cache-friendly row

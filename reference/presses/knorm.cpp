@@ -6,11 +6,11 @@
 namespace kvsim::ref {
 namespace {
 
-class KnormPress final : public ScorerPress {
+class KnormPress final : public RatioFreeScorer {
  public:
-  explicit KnormPress(const PressConfig&) : ScorerPress("knorm") {}
+  explicit KnormPress(const PressConfig&) : RatioFreeScorer("knorm") {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     Scores s(in.num_kv_heads(), in.n);
     parallel_for(in.num_kv_heads(), [&](int g) { s.row(g) = -head_rows(in.layer.k, g, in.n).rowwise().norm().transpose(); });
     return s;

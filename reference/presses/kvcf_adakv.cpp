@@ -26,16 +26,16 @@ std::vector<ParamDef> kvcf_adakv_params() {
   return params;
 }
 
-class KvcfAdaKvPress final : public ScorerPress {
+class KvcfAdaKvPress final : public RatioFreeScorer {
  public:
   explicit KvcfAdaKvPress(const PressConfig& c)
-      : ScorerPress("kvcf_adakv"),
+      : RatioFreeScorer("kvcf_adakv"),
         capacity_(c.params.get_int("max_capacity_prompt")),
         floor_(c.params.get("floor")),
         normalize_(c.params.get_bool("normalize")),
         scoring_(KvcfScoring::from(c, true)) {}
 
-  Scores score(const PressInput& in, double) const override { return kvcf_window_scores(in, scoring_, true, name()); }
+  Scores score_input(const PressInput& in) const override { return kvcf_window_scores(in, scoring_, true, name()); }
 
   Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>& scores) const override {
     const KvcfPlan base = kvcf_adakv_plan(name(), in.n, ratio, capacity_, scoring_.window);

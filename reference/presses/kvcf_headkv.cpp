@@ -25,16 +25,16 @@ std::vector<ParamDef> kvcf_headkv_params() {
   return params;
 }
 
-class HeadKvPress final : public ScorerPress {
+class HeadKvPress final : public RatioFreeScorer {
  public:
   explicit HeadKvPress(const PressConfig& c)
-      : ScorerPress("headkv"),
+      : RatioFreeScorer("headkv"),
         capacity_(c.params.get_int("max_capacity_prompt")),
         beta_(c.params.get("head_beta")),
         scoring_(KvcfScoring::from(c, true)),
         table_(load_headkv_table(c.params.get_path("artefact"))) {}
 
-  Scores score(const PressInput& in, double) const override { return kvcf_window_scores(in, scoring_, true, name()); }
+  Scores score_input(const PressInput& in) const override { return kvcf_window_scores(in, scoring_, true, name()); }
 
   Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>& scores) const override {
     const KvcfPlan base = kvcf_adakv_plan(name(), in.n, ratio, capacity_, scoring_.window);

@@ -14,11 +14,11 @@
 namespace kvsim::ref {
 namespace {
 
-class KvzapPress final : public ScorerPress {
+class KvzapPress final : public RatioFreeScorer {
  public:
-  explicit KvzapPress(const PressConfig& c) : ScorerPress("kvzap"), model_(load_kvzap_model(c.params.get_path("artefact"))) {}
+  explicit KvzapPress(const PressConfig& c) : RatioFreeScorer("kvzap"), model_(load_kvzap_model(c.params.get_path("artefact"))) {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     require_hidden_states(name(), in.layer, in.n);
     const KvzapModel::Layer m = model_.of(in.layer_index(), in.num_kv_heads(), in.layer.hidden_size);
     const int D = model_.hidden_size, Hkv = model_.kv_heads, first = model_.first_outputs();

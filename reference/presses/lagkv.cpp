@@ -17,15 +17,15 @@
 namespace kvsim::ref {
 namespace {
 
-class LagKvPress final : public ScorerPress {
+class LagKvPress final : public RatioFreeScorer {
  public:
   explicit LagKvPress(const PressConfig& c)
-      : ScorerPress("lagkv"),
+      : RatioFreeScorer("lagkv"),
         n_sink_(c.params.get_int("n_sink")),
         lag_(c.params.get_int("lag_size")),
         cross_scoring_(c.params.get_bool("cross_scoring")) {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     const int n = in.n;
     Scores s(in.num_kv_heads(), n);
     if (n < n_sink_ + 2 * lag_) {

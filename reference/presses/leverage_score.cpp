@@ -63,12 +63,12 @@ RowMatrixD z_normalised(const RowMatrixD& raw, const std::string& press) {
 
 namespace {
 
-class LeverageScorePress final : public ScorerPress {
+class LeverageScorePress final : public RatioFreeScorer {
  public:
   explicit LeverageScorePress(const PressConfig& c)
-      : ScorerPress("leverage_score"), k_(c.params.get_int("sketch_dimension")), seed_(static_cast<uint64_t>(c.params.get("seed"))) {}
+      : RatioFreeScorer("leverage_score"), k_(c.params.get_int("sketch_dimension")), seed_(static_cast<uint64_t>(c.params.get("seed"))) {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     require_z_normalisable(name(), static_cast<long>(in.num_kv_heads()) * in.n);
     return z_normalised(leverage_raw_scores(in, 0, in.n, k_, seed_, name()), name()).cast<float>();
   }

@@ -55,11 +55,11 @@ RowMatrixD non_causal_raw_scores(const PressInput& in, int first, int count, int
 
 namespace {
 
-class NonCausalAttnPress final : public ScorerPress {
+class NonCausalAttnPress final : public RatioFreeScorer {
  public:
-  explicit NonCausalAttnPress(const PressConfig& c) : ScorerPress("non_causal_attention"), chunk_(c.params.get_int("chunk_size")) {}
+  explicit NonCausalAttnPress(const PressConfig& c) : RatioFreeScorer("non_causal_attention"), chunk_(c.params.get_int("chunk_size")) {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     require_z_normalisable(name(), static_cast<long>(in.num_kv_heads()) * in.n);
     return z_normalised(non_causal_raw_scores(in, 0, in.n, chunk_), name()).cast<float>();
   }

@@ -12,11 +12,11 @@
 namespace kvsim::ref {
 namespace {
 
-class ObservedAttentionPress final : public ScorerPress {
+class ObservedAttentionPress final : public RatioFreeScorer {
  public:
-  explicit ObservedAttentionPress(const PressConfig&) : ScorerPress("observed_attention") {}
+  explicit ObservedAttentionPress(const PressConfig&) : RatioFreeScorer("observed_attention") {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     const int n = in.n;
     RowMatrix column_means(in.num_heads(), n);
     parallel_for(in.num_heads(), [&](int h) {

@@ -7,15 +7,15 @@
 namespace kvsim::ref {
 namespace {
 
-class PyramidKvPress final : public ScorerPress {
+class PyramidKvPress final : public RatioFreeScorer {
  public:
   explicit PyramidKvPress(const PressConfig& c)
-      : ScorerPress("pyramidkv"),
+      : RatioFreeScorer("pyramidkv"),
         window_(c.params.get_int("window_size")),
         kernel_(c.params.get_int("kernel_size")),
         beta_(c.params.get("beta")) {}
 
-  Scores score(const PressInput& in, double) const override { return snapkv_scores(in, window_, kernel_, name()); }
+  Scores score_input(const PressInput& in) const override { return snapkv_scores(in, window_, kernel_, name()); }
 
   int budget(const PressInput& in, double ratio) const override {
     return pyramidkv_budget(in.n, ratio, window_, beta_, in.layer_index(), in.num_layers);

@@ -8,11 +8,11 @@
 namespace kvsim::ref {
 namespace {
 
-class QFilterPress final : public ScorerPress {
+class QFilterPress final : public RatioFreeScorer {
  public:
-  explicit QFilterPress(const PressConfig& c) : ScorerPress("qfilter"), filters_(load_qfilters(c.params.get_path("artefact"))) {}
+  explicit QFilterPress(const PressConfig& c) : RatioFreeScorer("qfilter"), filters_(load_qfilters(c.params.get_path("artefact"))) {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     const float* filters = filters_.of(in.layer_index(), in.num_kv_heads(), in.head_dim());
     const int d = in.head_dim();
     Scores s(in.num_kv_heads(), in.n);

@@ -8,11 +8,11 @@
 namespace kvsim::ref {
 namespace {
 
-class RandomPress final : public ScorerPress {
+class RandomPress final : public RatioFreeScorer {
  public:
-  explicit RandomPress(const PressConfig& c) : ScorerPress("random"), seed_(static_cast<uint64_t>(c.params.get("seed"))) {}
+  explicit RandomPress(const PressConfig& c) : RatioFreeScorer("random"), seed_(static_cast<uint64_t>(c.params.get("seed"))) {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     Scores s(in.num_kv_heads(), in.n);
     parallel_for(in.num_kv_heads(), [&](int g) {
       for (int t = 0; t < in.n; ++t)

@@ -31,12 +31,12 @@ Scores snapkv_scores(const PressInput& in, int window, int kernel, const std::st
 
 namespace {
 
-class SnapKvPress final : public ScorerPress {
+class SnapKvPress final : public RatioFreeScorer {
  public:
   explicit SnapKvPress(const PressConfig& c)
-      : ScorerPress("snapkv"), window_(c.params.get_int("window_size")), kernel_(c.params.get_int("kernel_size")) {}
+      : RatioFreeScorer("snapkv"), window_(c.params.get_int("window_size")), kernel_(c.params.get_int("kernel_size")) {}
 
-  Scores score(const PressInput& in, double) const override { return snapkv_scores(in, window_, kernel_, name()); }
+  Scores score_input(const PressInput& in) const override { return snapkv_scores(in, window_, kernel_, name()); }
 
  private:
   int window_, kernel_;

@@ -9,11 +9,11 @@
 namespace kvsim::ref {
 namespace {
 
-class TovaPress final : public ScorerPress {
+class TovaPress final : public RatioFreeScorer {
  public:
-  explicit TovaPress(const PressConfig&) : ScorerPress("tova") {}
+  explicit TovaPress(const PressConfig&) : RatioFreeScorer("tova") {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     require_more_tokens(name(), "window", 1, in.n);  // the last query is its window
     RowMatrix per_head(in.num_heads(), in.n - 1);
     parallel_for(in.num_heads(), [&](int h) { per_head.row(h) = window_attention(in, h, 1).row(0); });
