@@ -19,7 +19,7 @@ class KvcfH2oPress final : public KvcfScorer {
   explicit KvcfH2oPress(const PressConfig& c)
       : KvcfScorer("kvcf_h2o"), capacity_(c.params.get_int("max_capacity_prompt")), scoring_(KvcfScoring::from(c, false)) {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     require_more_tokens(name(), "window_size", scoring_.window, in.n);
     RowMatrix column_sums(in.num_heads(), in.n - scoring_.window);
     parallel_for(in.num_heads(), [&](int h) {

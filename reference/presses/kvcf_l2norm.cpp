@@ -9,10 +9,10 @@
 namespace kvsim::ref {
 namespace {
 
-class KvcfL2NormPress final : public KvcfScorer {
+class KvcfL2NormPress final : public KvcfRatioScorer {
  public:
   explicit KvcfL2NormPress(const PressConfig& c)
-      : KvcfScorer("kvcf_l2norm"),
+      : KvcfRatioScorer("kvcf_l2norm"),
         capacity_(c.params.get_int("max_capacity_prompt")),
         skip_layers_(kvcf_layer_list(name(), c.params.get_list("skip_layers"))),
         knorm_(make_scorer(c)) {}

@@ -36,7 +36,7 @@ class KvcfNaclPress final : public KvcfScorer {
         reduce_(static_cast<KvcfGroupReduce>(c.params.get_int("gqa_score_agg"))) {}
 
   // The proxies' attention, the proxies above every other token.
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     return kvcf_protected_scores(kvcf_observed_attention(in, proxies_), in.num_kv_heads(), reduce_, 0, proxies_);
   }
   KvcfPlan plan(const PressInput& in, double ratio) const override { return kvcf_token_budget_plan(name(), in.n, ratio, capacity_); }

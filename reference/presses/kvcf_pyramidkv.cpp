@@ -17,7 +17,7 @@ class KvcfPyramidKvPress final : public KvcfScorer {
         beta_(c.params.get_int("beta")),
         scoring_(KvcfScoring::from(c, true)) {}
 
-  Scores score(const PressInput& in, double) const override { return kvcf_window_scores(in, scoring_, false, name()); }
+  Scores score_input(const PressInput& in) const override { return kvcf_window_scores(in, scoring_, false, name()); }
   KvcfPlan plan(const PressInput& in, double ratio) const override {
     return kvcf_pyramid_plan(name(), in.n, ratio, capacity_, scoring_.window, beta_, in.layer_index(), in.num_layers);
   }

@@ -26,7 +26,7 @@ class KvcfScissorhandsPress final : public KvcfScorer {
         sinks_(c.params.get_int("sink_size")),
         reduce_(static_cast<KvcfGroupReduce>(c.params.get_int("gqa_score_agg"))) {}
 
-  Scores score(const PressInput& in, double) const override {
+  Scores score_input(const PressInput& in) const override {
     const int rows = history_ == 0 ? in.n : history_;
     return kvcf_protected_scores(kvcf_observed_attention(in, rows), in.num_kv_heads(), reduce_, sinks_, recent_);
   }

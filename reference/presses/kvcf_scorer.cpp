@@ -12,14 +12,6 @@
 
 namespace kvsim::ref {
 
-int KvcfScorer::budget(const PressInput& in, double ratio) const { return kvcf_kept_per_head(plan(in, ratio), in.n); }
-
-Compression KvcfScorer::compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>& scores) const {
-  if (!plan(in, ratio)) return keep_all(in.num_kv_heads(), in.n);
-  scores = checked_score(in, ratio);
-  return select_topk_per_head(*scores, budget(in, ratio));  // an explicit budget applies at ratio 0 too
-}
-
 Compression kvcf_keep_top_past(const Scores& s, int window, const std::vector<long long>& caps) {
   const int n = static_cast<int>(s.cols()), past = n - window;
   Compression c;

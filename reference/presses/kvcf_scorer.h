@@ -4,22 +4,32 @@
 // layer the scores of each group's query heads are reduced to one row per KV head before
 // pooling — KVCF's kv_head granularity (gqa_score_agg); its default gives every query head a
 // cache of its own, which a per-KV-head cache cannot hold.
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "reference/kvcf.h"
 #include "reference/scorer_press.h"
+#include "reference/select.h"
 
 namespace kvsim::ref {
 
-// A press keeping plan() tokens per KV head by its scores (top-k), or everything.
-class KvcfScorer : public ScorerPress {
+// A press keeping plan() tokens per KV head by its scores (top-k), or everything. Base:
+// RatioFreeScorer where the scores ignore the ratio (KvcfScorer), ScorerPress where they do not.
+template <typename Base>
+class KvcfScorerOn : public Base {
  public:
-  using ScorerPress::ScorerPress;
+  using Base::Base;
   virtual KvcfPlan plan(const PressInput& input, double ratio) const = 0;
-  int budget(const PressInput& input, double ratio) const override;
-  Compression compress_keeping_scores(const PressInput& input, double ratio, std::optional<Scores>& scores) const override;
+  int budget(const PressInput& in, double ratio) const override { return kvcf_kept_per_head(plan(in, ratio), in.n); }
+  Compression compress_keeping_scores(const PressInput& in, double ratio, std::optional<Scores>& scores) const override {
+    if (!plan(in, ratio)) return keep_all(in.num_kv_heads(), in.n);
+    scores = this->checked_score(in, ratio);
+    return select_topk_per_head(*scores, budget(in, ratio));  // an explicit budget applies at ratio 0 too
+  }
 };
+using KvcfScorer = KvcfScorerOn<RatioFreeScorer>;
+using KvcfRatioScorer = KvcfScorerOn<ScorerPress>;
 
 // Head g keeps its top min(caps[g], n - w) earlier tokens by s (ties: lower position first)
 // and the window of w (AdaKV's and HeadKV's head-wise budgets).

@@ -18,7 +18,7 @@ class KvcfSnapKvPress final : public KvcfScorer {
   explicit KvcfSnapKvPress(const PressConfig& c)
       : KvcfScorer("kvcf_snapkv"), capacity_(c.params.get_int("max_capacity_prompt")), scoring_(KvcfScoring::from(c, true)) {}
 
-  Scores score(const PressInput& in, double) const override { return kvcf_window_scores(in, scoring_, false, name()); }
+  Scores score_input(const PressInput& in) const override { return kvcf_window_scores(in, scoring_, false, name()); }
   KvcfPlan plan(const PressInput& in, double ratio) const override {
     return kvcf_window_plan(name(), in.n, ratio, capacity_, scoring_.window);
   }

@@ -9,10 +9,10 @@
 namespace kvsim::ref {
 namespace {
 
-class KvcfStreamingLlmPress final : public KvcfScorer {
+class KvcfStreamingLlmPress final : public KvcfRatioScorer {
  public:
   explicit KvcfStreamingLlmPress(const PressConfig& c)
-      : KvcfScorer("kvcf_streaming_llm"), capacity_(c.params.get_int("max_capacity_prompt")), n_sink_(c.params.get_int("n_sink")) {}
+      : KvcfRatioScorer("kvcf_streaming_llm"), capacity_(c.params.get_int("max_capacity_prompt")), n_sink_(c.params.get_int("n_sink")) {}
 
   Scores score(const PressInput& in, double ratio) const override {
     const long long kept = std::min<long long>(kvcf_budget(in.n, ratio, capacity_).capacity, in.n);

@@ -20,7 +20,7 @@ class KvcfThinkPress final : public KvcfScorer {
         scoring_(KvcfScoring::from(c, true)),
         pruning_(KvcfThinkPruning::from(c)) {}
 
-  Scores score(const PressInput& in, double) const override { return kvcf_window_scores(in, scoring_, false, name()); }
+  Scores score_input(const PressInput& in) const override { return kvcf_window_scores(in, scoring_, false, name()); }
   KvcfPlan plan(const PressInput& in, double ratio) const override {
     return kvcf_window_plan(name(), in.n, ratio, capacity_, scoring_.window);
   }
