@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <array>
 #include <numeric>
 #include <cmath>
@@ -116,6 +117,16 @@ class ReplayOnRandomTrace : public ::testing::Test {
     path_ = dir_.file("random.h5");
     test::write_trace(path_, info_, layers_);
   }
+  // Every one-shot press that takes a ratio (prefill_decoding also decodes) and passes `keep`,
+  // as its example spec, with a test artefact of this trace's shape where it needs one.
+  std::vector<std::string> one_shot_presses(const std::function<bool(const PressInfo&)>& keep = {}) const {
+    std::vector<std::string> presses;
+    for (const PressInfo* p : Registry::instance().presses())
+      if (p->uses_ratio && !p->wraps_pair && (!keep || keep(*p)))
+        presses.push_back(test::with_test_artefact(p->example.empty() ? p->name : p->example, {info_.num_hidden_layers, 4, 2, 16, test::kTestHiddenSize}, 1));
+    return presses;
+  }
+
   test::TempDir dir_;
   TraceInfo info_;
   std::vector<LayerTensors> layers_;
@@ -123,10 +134,7 @@ class ReplayOnRandomTrace : public ::testing::Test {
 };
 
 TEST_F(ReplayOnRandomTrace, EveryPressAtRatioZeroLeavesOutputsUnchanged) {
-  std::vector<std::string> presses;
-  for (const PressInfo* p : Registry::instance().presses())  // one-shot presses (prefill_decoding also decodes)
-    if (p->uses_ratio && !p->wraps_pair)
-      presses.push_back(test::with_test_artefact(p->example.empty() ? p->name : p->example, {info_.num_hidden_layers, 4, 2, 16, test::kTestHiddenSize}, 1));
+  const std::vector<std::string> presses = one_shot_presses();
   const TraceReader trace(path_);
   const ref::ReplayResult result = ref::replay(trace, {.presses = presses, .ratios = {0.0}});
   for (const auto& run : result.runs) {
@@ -143,12 +151,10 @@ TEST_F(ReplayOnRandomTrace, EveryPressAtRatioZeroLeavesOutputsUnchanged) {
 // every ratio. Two snapkv presses that differ only in their window score differently.
 TEST_F(ReplayOnRandomTrace, RunsAtSeveralRatiosEqualTheRunsAtEachRatioAlone) {
   std::vector<std::string> presses = {"snapkv:window_size=8", "snapkv:window_size=16"};
-  const auto recorded = [](const PressInfo& p) {  // the trace has no o_proj and no KVzip passes
-    return std::ranges::none_of(p.needs, [](const std::string& need) { return need == "o_proj" || need == "kvzip passes"; });
-  };
-  for (const PressInfo* p : Registry::instance().presses())
-    if (p->uses_ratio && !p->wraps_pair && recorded(*p))
-      presses.push_back(test::with_test_artefact(p->example.empty() ? p->name : p->example, {info_.num_hidden_layers, 4, 2, 16, test::kTestHiddenSize}, 1));
+  for (const std::string& spec : one_shot_presses([](const PressInfo& p) {  // the trace has no o_proj and no KVzip passes
+         return std::ranges::none_of(p.needs, [](const std::string& need) { return need == "o_proj" || need == "kvzip passes"; });
+       }))
+    presses.push_back(spec);
   const TraceReader trace(path_);
   const std::vector<double> ratios = {0.25, 0.6};
   const ref::ReplayResult together = ref::replay(trace, {.presses = presses, .ratios = ratios});

@@ -14,9 +14,8 @@ namespace kvsim::cuda {
 // `window` of every row above all others (the largest score of all rows plus one, in float).
 template <typename Exec>
 typename Exec::template Buffer<int> lukv_order(Exec& exec, const float* scores, int rows, int n, int sink, int window) {
-  typename Exec::template Buffer<float> row_max(static_cast<std::size_t>(rows)), top(1), lifted(static_cast<std::size_t>(rows) * n);
-  exec.row_reduce(scores, rows, n, row_max.data(), Reduce::max);
-  exec.row_reduce(row_max.data(), 1, rows, top.data(), Reduce::max);
+  typename Exec::template Buffer<float> top(1), lifted(static_cast<std::size_t>(rows) * n);
+  exec.row_reduce(scores, 1, static_cast<long>(rows) * n, top.data(), Reduce::max);  // all rows as one
   const float* largest = top.data();
   float* out = lifted.data();
   exec.for_each(static_cast<long>(rows) * n, [=] KVSIM_HD(long i) {
